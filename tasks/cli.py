@@ -1,0 +1,35 @@
+"""Shared entry-point plumbing: every stage is a Typer command with the same error handling."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from tasks.config import ParamsError
+from tasks.errors import StageError
+
+
+def stage_command(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a stage's ``main``: configure logging, and turn expected failures into a clear
+    one-paragraph message on stderr and exit code 1 (no traceback for bad input)."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            logging.basicConfig(
+                level=logging.INFO,
+                format=f"%(asctime)s {stage} %(levelname)s %(message)s",
+                datefmt="%H:%M:%S",
+            )
+            try:
+                return func(*args, **kwargs)
+            except (StageError, ParamsError) as exc:
+                print(f"{stage}: error: {exc}", file=sys.stderr)
+                sys.exit(1)
+
+        return wrapper
+
+    return decorate

