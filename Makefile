@@ -21,6 +21,8 @@ export PREFECT_HOME := $(CURDIR)/.state/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PIP_CACHE_DIR := $(CURDIR)/.state/pip-cache
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export TMPDIR := $(CURDIR)/.state/tmp
+$(shell mkdir -p .state/tmp)
 
 .PHONY: help setup run test lint format clean
 

@@ -30,6 +30,8 @@ def state_variables(root: Path = PROJECT_ROOT) -> dict[str, str]:
         "MPLCONFIGDIR": str(state / "matplotlib"),
         "PIP_CACHE_DIR": str(state / "pip-cache"),
         "TOKENIZERS_PARALLELISM": "false",
+        # Scratch files of every library (and pytest's tmp_path) stay in the project too.
+        "TMPDIR": str(state / "tmp"),
     }
 
 
@@ -37,3 +39,4 @@ def configure_environment(root: Path = PROJECT_ROOT) -> None:
     """Set the variables from :func:`state_variables` unless the caller already set them."""
     for name, value in state_variables(root).items():
         os.environ.setdefault(name, value)
+    Path(os.environ["TMPDIR"]).mkdir(parents=True, exist_ok=True)

