@@ -1,0 +1,43 @@
+"""The DVC stage graph, run for real by `dvc repro` in a copy of the project."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run, set_params
+
+
+def test_repro_validate_then_noop_then_only_changed_stages(project_copy):
+    set_params(project_copy, **{"prepare.max_examples": 300})
+    first = run(["dvc", "repro", "validate"], project_copy)
+    assert "Running stage 'prepare'" in first.stdout
+    assert "Running stage 'validate'" in first.stdout
+    summary = json.loads((project_copy / "data/prepared/summary.json").read_text())
+    assert summary["source"] == "rotten_tomatoes"
+    assert {s["examples"] for s in summary["splits"].values()} == {300}
+    report = json.loads((project_copy / "reports/validation.json").read_text())
+    assert report["success"] is True
+
+    second = run(["dvc", "repro", "validate"], project_copy)
+    assert "Running stage" not in second.stdout
+    assert "didn't change" in second.stdout
+    assert (
+        run(["dvc", "status"], project_copy).stdout.strip() == "Data and pipelines are up to date."
+    )
+
+    # A validation threshold reruns only validate.
+    set_params(project_copy, **{"validate.max_duplicate_share": 0.2})
+    third = run(["dvc", "repro", "validate"], project_copy)
+    assert "Running stage 'prepare'" not in third.stdout
+    assert "Running stage 'validate'" in third.stdout
+
+    # The split seed reruns prepare and validate, reusing the downloaded wheel.
+    set_params(project_copy, **{"prepare.seed": 7})
+    fourth = run(["dvc", "repro", "validate"], project_copy)
+    assert "Running stage 'prepare'" in fourth.stdout
+    assert "Running stage 'validate'" in fourth.stdout
+    assert "reusing" in fourth.stdout + fourth.stderr
+    assert json.loads((project_copy / "data/prepared/summary.json").read_text())["seed"] == 7
+
+    metrics = run(["dvc", "metrics", "show", "--json"], project_copy)
+    assert "summary.json" in metrics.stdout
