@@ -1,0 +1,106 @@
+"""Prefect artifacts built from the report files each stage writes (never from stage internals)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import create_table_artifact
+
+# The report each stage leaves behind, relative to the project root.
+STAGE_REPORTS = {
+    "prepare": "data/prepared/summary.json",
+    "validate": "reports/validation.json",
+    "tokenize": "data/tokenized/manifest.json",
+    "tune": "reports/tune_trials.csv",
+    "train": "reports/train_metrics.json",
+    "evaluate": "reports/metrics.json",
+    "register": "reports/registry.json",
+}
+
+
+def publish_stage_artifact(stage: str, project: Path, failed: bool = False) -> str | None:
+    """Create the Prefect artifact of ``stage`` from its report file; return its key.
+
+    A failed stage publishes only when it left a fresh report (validate does, by design).
+    """
+    relative = STAGE_REPORTS.get(stage)
+    path = project / relative if relative else None
+    if path is None or not path.exists():
+        return None
+    key = f"{stage}-report"
+    builder = _BUILDERS.get(stage, _flat_table)
+    rows, description = builder(path)
+    if failed:
+        description = f"**{stage} failed.** {description}"
+    create_table_artifact(key=key, table=rows, description=description)
+    return key
+
+
+def _summary_table(path: Path) -> tuple[list[dict[str, Any]], str]:
+    summary = json.loads(path.read_text())
+    rows = []
+    for split, info in summary["splits"].items():
+        labels = ", ".join(f"{k}: {v}" for k, v in info["labels"].items())
+        rows.append(
+            {
+                "split": split,
+                "examples": info["examples"],
+                "labels": labels,
+                f"p50 {summary['length_unit']}": info["length"]["p50"],
+                f"p90 {summary['length_unit']}": info["length"]["p90"],
+            }
+        )
+    return rows, f"Prepared data from `{summary['source']}` (seed {summary['seed']})."
+
+
+def _validation_table(path: Path) -> tuple[list[dict[str, Any]], str]:
+    report = json.loads(path.read_text())
+    rows = [
+        {
+            "result": "FAIL" if not e["success"] else "pass",
+            "split": e["split"],
+            "check": e["check"],
+            "column": e.get("column") or "",
+            "observed": e["observed"],
+            "expected": e["threshold"],
+            "offending rows": e.get("unexpected_count", 0),
+        }
+        for e in report["expectations"]  # failed expectations come first in the report
+    ]
+    verdict = "passed" if report["success"] else f"FAILED ({report['failed']} failed)"
+    return rows, f"Data validation {verdict}: {report['evaluated']} expectations."
+
+
+def _trials_table(path: Path) -> tuple[list[dict[str, Any]], str]:
+    with path.open(newline="") as handle:
+        trials = list(csv.DictReader(handle))
+    complete = [t for t in trials if t.get("state") == "COMPLETE" and t.get("value")]
+    complete.sort(key=lambda t: float(t["value"]), reverse=True)
+    return complete[:10], f"Tuning leaderboard: best 10 of {len(trials)} trials."
+
+
+def _flat_table(path: Path) -> tuple[list[dict[str, Any]], str]:
+    data = json.loads(path.read_text())
+    rows = [{"key": k, "value": v} for k, v in _flatten(data).items()]
+    return rows, f"`{path.name}`"
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat |= _flatten(value, f"{prefix}{key}.")
+        return flat
+    if isinstance(data, list):
+        return {prefix.rstrip("."): json.dumps(data)[:200]}
+    return {prefix.rstrip("."): data}
+
+
+_BUILDERS = {
+    "prepare": _summary_table,
+    "validate": _validation_table,
+    "tune": _trials_table,
+}
