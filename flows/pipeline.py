@@ -46,7 +46,7 @@ def stage_order(project: Path) -> list[str]:
 
     with Repo(str(project)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        return [stage.addressing for stage in nx.topological_sort(graph.reverse(copy=False))]
+        return [stage.name for stage in nx.topological_sort(graph.reverse(copy=False))]
 
 
 def apply_overrides(project: Path, overrides: dict[str, Any]) -> None:

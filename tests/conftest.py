@@ -6,10 +6,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
+
+import tasks  # noqa: F401 - sets the offline, state and scratch (TMPDIR) variables first
+
+tempfile.tempdir = None  # recomputed from TMPDIR: tmp_path folders live under .state/tmp
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -42,19 +47,151 @@ def set_params(project: Path, **dotted) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+def make_project(directory: Path) -> Path:
+    """A fresh git + DVC repository in ``directory`` with the project's code, params and
+    stage graph (no data, no outputs)."""
+    directory.mkdir(parents=True)
+    for name in ("tasks", "flows", "data/external"):
+        if (ROOT / name).exists():
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(ROOT / name, directory / name, ignore=ignore)
+    for name in ("params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore"):
+        shutil.copy2(ROOT / name, directory / name)
+    run(["git", "init", "-q"], directory)
+    run(["dvc", "init", "-q"], directory)
+    run(["dvc", "config", "core.analytics", "false"], directory)
+    return directory
+
+
 @pytest.fixture
 def project_copy(tmp_path: Path) -> Path:
     """A fresh git + DVC repository holding the project's code, params and stage graph."""
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("tasks", "flows", "data/external"):
-        if (ROOT / name).exists():
-            shutil.copytree(
-                ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__")
-            )
-    for name in ("params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore"):
-        shutil.copy2(ROOT / name, project / name)
-    run(["git", "init", "-q"], project)
-    run(["dvc", "init", "-q"], project)
-    run(["dvc", "config", "core.analytics", "false"], project)
-    return project
+    return make_project(tmp_path / "project")
+
+
+# --- tiny models and toy data for the model stages (tokenize, train, evaluate) ----------------
+
+POSITIVE = ["good", "great", "excellent", "superb", "lovely", "brilliant"]
+NEGATIVE = ["bad", "awful", "terrible", "boring", "dull", "poor"]
+FILLER_WORDS = (
+    "the a movie film plot actor story scene was is and it this that very quite with "
+    "of in on to for at by from about some long short old new big small"
+)
+FILLER = FILLER_WORDS.split()
+PERSONS = ["alice", "bob", "carol", "dave", "erin", "frank"]
+SURNAMES = ["smith", "jones", "brown", "miller"]
+CITIES = ["paris", "berlin", "rome", "oslo", "madrid", "lisbon"]
+
+
+def tiny_vocab() -> list[str]:
+    """A WordPiece vocabulary of a few hundred tokens covering the toy data."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted(set(POSITIVE + NEGATIVE + FILLER + PERSONS + SURNAMES + CITIES))
+    pieces = ["##" + x for x in [*letters, "ing", "ed", "er", "s"]]
+    return [*specials, *".,!?;:'\"()-", *letters, *"0123456789", *pieces, *words]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32) and its fast tokenizer, on disk."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    vocab = {token: i for i, token in enumerate(tiny_vocab())}
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(tiny_vocab()),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def toy_text_frame(n: int, seed: int, source: str = "toy.csv"):
+    """Reviews whose label is decided by one sentiment word among filler words."""
+    import random
+
+    import pandas as pd
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = rng.choice(["positive", "negative"])
+        words = rng.choices(FILLER, k=rng.randint(3, 12))
+        cue = rng.choice(POSITIVE if label == "positive" else NEGATIVE)
+        words.insert(rng.randint(0, len(words)), cue)
+        text = " ".join(words) + "."
+        rows.append({"text": text, "label": label, "source_file": source, "source_line": i + 2})
+    return pd.DataFrame(rows)
+
+
+def toy_token_frame(n: int, seed: int, source: str = "toy.conll"):
+    """Sentences with person names (one or two words) and cities among filler words."""
+    import random
+
+    import pandas as pd
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        tokens, tags = [], []
+        for _ in range(rng.randint(4, 10)):
+            roll = rng.random()
+            if roll < 0.15:
+                tokens.append(rng.choice(PERSONS))
+                tags.append("B-PER")
+                if rng.random() < 0.5:
+                    tokens.append(rng.choice(SURNAMES))
+                    tags.append("I-PER")
+            elif roll < 0.3:
+                tokens.append(rng.choice(CITIES))
+                tags.append("B-LOC")
+            else:
+                tokens.append(rng.choice(FILLER))
+                tags.append("O")
+        rows.append({"tokens": tokens, "tags": tags, "source_file": source, "source_line": i + 1})
+    return pd.DataFrame(rows)
+
+
+def write_toy_prepared(
+    directory: Path, task: str = "text_classification", n_train: int = 240, n_eval: int = 60
+) -> Path:
+    """Toy ``{train,validation,test}.parquet`` in ``directory``, as prepare writes them."""
+    make = toy_text_frame if task == "text_classification" else toy_token_frame
+    directory.mkdir(parents=True, exist_ok=True)
+    sizes = [("train", n_train), ("validation", n_eval), ("test", n_eval)]
+    for seed, (split, n) in enumerate(sizes):
+        make(n, seed).to_parquet(directory / f"{split}.parquet")
+    return directory
+
+
+def tiny_params(task: str, model: str | Path, **sections):
+    """Validated Params for the tiny model; ``sections`` maps a section to a dict of keys
+    merged over the defaults here (``train={"epochs": 2}``)."""
+    from tasks.config import Params
+
+    raw = {
+        "task": task,
+        "data": {"source": "rotten_tomatoes" if task == "text_classification" else "wnut16"},
+        "model": {"name_or_path": str(model)},
+        "tokenize": {"max_length": 32},
+        "train": {
+            "learning_rate": 1e-2,
+            "epochs": 6,
+            "batch_size": 16,
+            "warmup_ratio": 0.1,
+            "logging_steps": 5,
+            "precision": "fp32",
+        },
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return Params.model_validate(raw)

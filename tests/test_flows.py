@@ -1,0 +1,206 @@
+"""The Prefect flow and deployment, against a real Prefect server on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import ROOT, make_project, project_env, run, set_params
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+)
+from prefect.deployments import run_deployment
+from prefect.logging.handlers import APILogHandler
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.deploy import DEPLOYMENT_NAME, SCHEDULE_SLUG
+from flows.pipeline import stage_order, training_pipeline
+
+DEPLOYMENT = f"training-pipeline/{DEPLOYMENT_NAME}"
+SMALL = {"prepare.max_examples": 200}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not ready after {timeout} s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """A real ``prefect server`` on 127.0.0.1 with its own home; yields the API URL."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    url = f"http://127.0.0.1:{_free_port()}/api"
+    env = {**project_env(), "PREFECT_HOME": str(home), "PREFECT_API_URL": url}
+    port = url.split(":")[2].split("/")[0]
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(
+        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", port],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for(lambda: _healthy(url), 90, "prefect server")
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+            APILogHandler.flush()  # ship this process's flow logs before the server stops
+    finally:
+        _stop(server)
+
+
+@pytest.fixture(scope="module")
+def served(prefect_api, tmp_path_factory):
+    """``python -m flows.deploy serve`` running against the test server."""
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**project_env(), "PREFECT_API_URL": prefect_api}
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flows.deploy", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for(lambda: asyncio.run(_deployment()) is not None, 90, "served deployment")
+        yield log_path
+    finally:
+        _stop(process)
+
+
+async def _deployment():
+    async with get_client() as client:
+        found = await client.read_deployments()
+        return next((d for d in found if d.name == DEPLOYMENT_NAME), None)
+
+
+async def _scheduled_runs(deployment_id):
+    async with get_client() as client:
+        return await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                state={"type": {"any_": ["SCHEDULED"]}},
+            )
+        )
+
+
+async def _artifacts(flow_run_id) -> dict:
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+        return {a.key: a for a in found}
+
+
+def _rows(artifact) -> list[dict]:
+    """A table artifact's rows (the API returns them JSON-encoded)."""
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+
+
+async def _task_runs(flow_run_id) -> dict:
+    async with get_client() as client:
+        found = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]})
+        )
+        return {t.name: t for t in found}
+
+
+def test_deployment_is_scheduled_nightly_with_a_stable_slug(served):
+    deployment = asyncio.run(_deployment())
+    (schedule,) = deployment.schedules
+    assert schedule.slug == SCHEDULE_SLUG
+    assert schedule.schedule.cron == "0 2 * * *"
+    # The server's scheduler service creates the upcoming runs shortly after deployment.
+    _wait_for(lambda: asyncio.run(_scheduled_runs(deployment.id)), 90, "scheduled runs")
+    runs = asyncio.run(_scheduled_runs(deployment.id))
+    scheduled = [r for r in runs if r.state_name == "Scheduled"]
+    assert all(r.expected_start_time.hour == 2 for r in scheduled)
+
+
+def test_triggered_run_completes_with_stage_artifacts(served, tmp_path):
+    project = make_project(tmp_path / "project")
+    flow_run = run_deployment(
+        DEPLOYMENT,
+        parameters={"project_dir": str(project), "overrides": SMALL},
+        timeout=600,
+    )
+    assert flow_run.state_name == "Completed", served.read_text()[-3000:]
+    artifacts = asyncio.run(_artifacts(flow_run.id))
+    assert {"prepare-report", "validate-report"} <= set(artifacts)
+    splits = {row["split"]: row for row in _rows(artifacts["prepare-report"])}
+    assert splits["train"]["examples"] == 200
+    assert all(row["result"] == "pass" for row in _rows(artifacts["validate-report"]))
+    assert run(["dvc", "status"], project).stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_validation_failure_fails_the_run_without_retry(served, tmp_path):
+    project = make_project(tmp_path / "project")
+    overrides = {**SMALL, "validate.max_text_length": 40}  # most reviews are longer
+    flow_run = run_deployment(
+        DEPLOYMENT,
+        parameters={"project_dir": str(project), "overrides": overrides},
+        timeout=600,
+    )
+    assert flow_run.state_name == "Failed"
+    report = asyncio.run(_artifacts(flow_run.id))["validate-report"]
+    assert report.description.startswith("**validate failed.**")
+    first = _rows(report)[0]  # failed expectations come first
+    assert (first["result"], first["check"]) == ("FAIL", "text_length")
+    tasks = asyncio.run(_task_runs(flow_run.id))
+    assert tasks["validate"].state_name == "Failed"
+    assert tasks["validate"].run_count == 1  # bad data is not retried
+    later_stages = stage_order(project)[2:]
+    assert not set(later_stages) & set(tasks)
+
+
+def test_flow_and_dvc_repro_leave_identical_locks(prefect_api, tmp_path):
+    by_dvc = make_project(tmp_path / "by-dvc")
+    by_flow = make_project(tmp_path / "by-flow")
+    for project in (by_dvc, by_flow):
+        set_params(project, **SMALL)
+    run(["dvc", "repro"], by_dvc)
+    results = training_pipeline(project_dir=str(by_flow))
+    assert [r["stage"] for r in results] == stage_order(by_flow)
+    assert all(r["ran"] for r in results)
+    assert (by_flow / "dvc.lock").read_text() == (by_dvc / "dvc.lock").read_text()
+    assert run(["dvc", "status"], by_flow).stdout.strip() == "Data and pipelines are up to date."
+    # After `dvc repro`, the flow has nothing to do.
+    again = training_pipeline(project_dir=str(by_dvc))
+    assert not any(r["ran"] for r in again)
