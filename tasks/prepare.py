@@ -52,47 +52,58 @@ def split_frame(
 ) -> dict[str, pd.DataFrame]:
     """Deterministically split ``frame`` by ``ratios`` and ``seed``.
 
-    With a ``group`` column, whole groups go to one split (e.g. every review of a movie);
-    otherwise rows are split within each value of ``stratify_by`` (the label), so every
-    split keeps the class balance. Rows inside each split are shuffled.
+    Rows are split in units that never straddle two splits: a ``group`` value when the
+    frame has that column (e.g. every review of one movie), otherwise one text (identical
+    texts or sentences stay together, so duplicates cannot leak from train into test).
+    Without groups, units are split within each value of ``stratify_by`` (the label), so
+    every split keeps the class balance. Rows inside each split are shuffled.
     """
     rng = np.random.default_rng(seed)
-    fractions = np.array([ratios.train, ratios.validation, ratios.test])
-    assignment = np.empty(len(frame), dtype=np.int64)
-    if "group" in frame.columns:
-        # Rows without a group value are groups of their own.
-        keys = (
-            frame["group"]
-            .astype("string")
-            .fillna(pd.Series(frame.index, index=frame.index).map("<row {}>".format))
-        )
-        groups = np.array(sorted(keys.unique()), dtype=object)
-        sizes = keys.value_counts()
-        order = groups[rng.permutation(len(groups))]
-        cumulative = np.cumsum([sizes[g] for g in order]) / len(frame)
-        # A group goes to the split whose cumulative ratio range contains its midpoint.
-        midpoints = cumulative - np.array([sizes[g] for g in order]) / (2 * len(frame))
-        split_of_group = dict(
-            zip(order, np.searchsorted(np.cumsum(fractions), midpoints), strict=True)
-        )
-        assignment[:] = np.minimum(keys.map(split_of_group).to_numpy(dtype=np.int64), 2)
+    bounds = np.cumsum([ratios.train, ratios.validation, ratios.test])
+    units = _split_units(frame)
+    if stratify_by and "group" not in frame.columns:
+        strata = frame[stratify_by].astype("string").fillna("<null>")
     else:
-        strata = (
-            frame[stratify_by].astype("string").fillna("<null>")
-            if stratify_by
-            else pd.Series("all", index=frame.index)
-        )
-        for stratum in sorted(strata.unique()):
-            members = np.flatnonzero((strata == stratum).to_numpy())
-            members = members[rng.permutation(len(members))]
-            cuts = np.round(np.cumsum(fractions)[:2] * len(members)).astype(int)
-            for split_index, part in enumerate(np.split(members, cuts)):
-                assignment[part] = split_index
+        strata = pd.Series("all", index=frame.index)
+    table = pd.DataFrame({"unit": units, "stratum": strata})
+    table = table.groupby("unit", sort=True).agg(
+        stratum=("stratum", "first"), size=("stratum", "size")
+    )
+    split_of_unit: dict[str, int] = {}
+    for _, members in table.groupby("stratum", sort=True):
+        members = members.iloc[rng.permutation(len(members))]
+        sizes = members["size"].to_numpy()
+        # Each unit goes to the split whose ratio range holds the midpoint of its rows.
+        midpoints = (np.cumsum(sizes) - sizes / 2) / sizes.sum()
+        chosen = np.minimum(np.searchsorted(bounds, midpoints), 2)
+        split_of_unit.update(zip(members.index, chosen, strict=True))
+    assignment = units.map(split_of_unit).to_numpy()
     result = {}
     for split_index, split in enumerate(SPLITS):
         rows = np.flatnonzero(assignment == split_index)
         result[split] = frame.iloc[rows[rng.permutation(len(rows))]].reset_index(drop=True)
     return result
+
+
+def drop_repeats(frame: pd.DataFrame) -> pd.DataFrame:
+    """Drop rows repeating an earlier row's text and label (tokens and tags), keep the first."""
+    if "text" in frame.columns:
+        key = frame["text"].astype("string") + "\x00" + frame["label"].astype("string")
+    else:
+        key = frame["tokens"].map(" ".join) + "\x00" + frame["tags"].map(" ".join)
+    return frame[~key.duplicated() | key.isna()].reset_index(drop=True)
+
+
+def _split_units(frame: pd.DataFrame) -> pd.Series:
+    """The key that keeps rows together: the group, else the text (or joined tokens)."""
+    if "group" in frame.columns:
+        keys = frame["group"]
+    elif "text" in frame.columns:
+        keys = frame["text"]
+    else:
+        keys = frame["tokens"].map(" ".join)
+    row_keys = pd.Series([f"<row {i}>" for i in range(len(frame))], index=frame.index)
+    return keys.astype("string").fillna(row_keys).astype(str)
 
 
 def summarize(splits: dict[str, pd.DataFrame], params: Params, inputs: list[dict]) -> dict:
@@ -134,6 +145,11 @@ def summarize(splits: dict[str, pd.DataFrame], params: Params, inputs: list[dict
 def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
     """Run the stage: read, split, write parquet files and ``summary.json``; return the summary."""
     frames, inputs = load_source(params, raw_dir)
+    removed = 0
+    if params.prepare.deduplicate:
+        deduplicated = {name: drop_repeats(frame) for name, frame in frames.items()}
+        removed = sum(len(frames[n]) - len(f) for n, f in deduplicated.items())
+        frames = deduplicated
     if "all" in frames:
         stratify = "label" if params.task == "text_classification" else None
         splits = split_frame(frames["all"], params.prepare.split, params.prepare.seed, stratify)
@@ -148,6 +164,7 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
                 f"examples with prepare.split.{name} = {getattr(params.prepare.split, name)}"
             )
     summary = summarize(splits, params, inputs)
+    summary["duplicates_removed"] = removed
     _write_atomically(splits, summary, out_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
     (raw_dir / "sources.json").write_text(json.dumps(inputs, indent=2) + "\n")

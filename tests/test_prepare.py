@@ -339,3 +339,21 @@ def test_bad_input_fails_clearly_and_keeps_outputs(tmp_path, case):
     assert "Traceback" not in done.stderr
     after = {p.name: p.read_bytes() for p in (tmp_path / "prepared").iterdir()}
     assert after == before
+
+
+def test_repeats_are_dropped_and_identical_texts_never_straddle_splits(tmp_path):
+    source = tmp_path / "r.csv"
+    rows = ["review,sentiment"]
+    rows += [f"review {i},{'pos' if i % 2 else 'neg'}" for i in range(200)]
+    rows += ["same words,pos"] * 5 + ["same words,neg"] * 3  # a repeat with two labels
+    source.write_text("\n".join(rows) + "\n")
+    summary = run_prepare(tmp_path, data=user_data(source))
+    assert summary["duplicates_removed"] == 4 + 2
+    splits = {s: read_split(tmp_path, s) for s in ("train", "validation", "test")}
+    holding = [s for s, f in splits.items() if "same words" in set(f["text"])]
+    assert len(holding) == 1  # both labelled copies went to the same split
+    assert (splits[holding[0]]["text"] == "same words").sum() == 2
+
+    kept = run_prepare(tmp_path / "kept", data=user_data(source), prepare={"deduplicate": False})
+    assert kept["duplicates_removed"] == 0
+    assert kept["total_examples"] == 208

@@ -1,0 +1,536 @@
+"""Stage ``validate``: the data-quality gate between ``prepare`` and ``tokenize``.
+
+Every verdict comes from a built-in Great Expectations 1.x expectation. Checks that need a
+derived value (token counts, IOB errors, duplicates, per-class shares) validate a column or
+table computed here with pandas. Writes ``validation.json`` and ``validation.md`` to the
+reports folder; a failed gate exits non-zero. Files under ``data/`` are only read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import typer
+
+from tasks.cli import stage_command
+from tasks.config import Params, load_params
+from tasks.errors import StageError
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "validation", "test")
+TAG_RE = re.compile(r"^(O|[BI]-\S+)$")
+COLUMNS = {  # required columns -> the Python type of their values ("group" is optional)
+    "text_classification": {"text": "str", "label": "str"},
+    "token_classification": {"tokens": "list", "tags": "list"},
+}
+SOURCE_COLUMNS = {"source_file": "str", "source_line": "int", "group": "str"}
+CHECKS = {  # check name -> what it asserts (shown in the reports)
+    "column_exists": "the required column is present",
+    "column_type": "every value has the required Python type",
+    "not_empty": "train has at least one row",
+    "text_not_null": "the text (tokens) is not null",
+    "text_not_blank": "the text (tokens) is not empty or whitespace only",
+    "text_length": "length in characters (token task: in tokens) within bounds",
+    "duplicate_share": "share of rows whose text repeats an earlier row of the same split",
+    "leakage": "share of rows whose text (token task: joined tokens) also occurs in train",
+    "label_not_null": "the label is not null",
+    "label_allowed": "the label is one of validate.labels",
+    "label_in_train": "the label occurs in train",
+    "class_share": "share of each label (token task: entity type, among entities) in train",
+    "tokens_tags_same_length": "one tag per token",
+    "tag_format": "every tag is O, B-X or I-X",
+    "iob_sequence": "IOB2: no I-X at sentence start, after O or after another type",
+    "entity_type_allowed": "entity types are in validate.labels",
+    "entity_type_in_train": "entity types occur in train",
+}
+
+
+@dataclass
+class CheckResult:
+    """One expectation's outcome, with up to ``max_offending_rows`` offending rows."""
+
+    split: str
+    check: str
+    expectation: str
+    column: str | None
+    description: str
+    success: bool
+    observed: str
+    threshold: str
+    observed_value: Any = None
+    unexpected_count: int = 0
+    offending_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ValidationReport:
+    """All results of one run; ``success`` is the gate's verdict."""
+
+    success: bool
+    task: str
+    rows: dict[str, int]
+    results: list[CheckResult]
+    json_path: Path
+    markdown_path: Path
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [r for r in self.results if not r.success]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report; failed expectations first."""
+        ordered = self.failed + [r for r in self.results if r.success]
+        return {
+            **{"success": self.success, "task": self.task, "rows": self.rows},
+            **{"evaluated": len(self.results), "failed": len(self.failed)},
+            "expectations": [asdict(r) for r in ordered],
+        }
+
+    def failure_message(self) -> str:
+        """Every failed expectation (split, check, observed vs threshold) and the report paths."""
+        lines = [f"{len(self.failed)} of {len(self.results)} expectations failed:"]
+        for r in self.failed:
+            on = f" on {r.column}" if r.column else ""
+            examples = "; ".join(_example(row) for row in r.offending_rows[:3])
+            lines.append(
+                f"  {r.split}: {r.check} ({r.expectation}{on}): observed {r.observed}, "
+                f"expected {r.threshold}" + (f"; e.g. {examples}" if examples else "")
+            )
+        return "\n".join([*lines, f"report: {self.markdown_path} (and {self.json_path.name})"])
+
+
+def validate(params: Params, prepared_dir: Path, reports_dir: Path) -> ValidationReport:
+    """Validate the prepared splits, write the reports and return the result.
+
+    Args:
+        params: the whole ``params.yaml``; thresholds come from ``params.validate_``.
+        prepared_dir: folder with ``train/validation/test.parquet``.
+        reports_dir: where ``validation.json`` and ``validation.md`` are written.
+
+    Raises:
+        StageError: a prepared file is missing or unreadable (no report is written then).
+    """
+    token = params.task == "token_classification"
+    frames = {s: _derive(_load(Path(prepared_dir) / f"{s}.parquet", token), token) for s in SPLITS}
+    results = _run_gx(_suites(frames, params), params.validate_.max_offending_rows)
+    reports_dir = Path(reports_dir)
+    report = ValidationReport(
+        success=all(r.success for r in results),
+        task=params.task,
+        rows={split: len(frame) for split, frame in frames.items()},
+        results=results,
+        json_path=reports_dir / "validation.json",
+        markdown_path=reports_dir / "validation.md",
+    )
+    _write_atomic(report.json_path, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    _write_atomic(report.markdown_path, _markdown(report))
+    if report.success:
+        rows = "/".join(str(n) for n in report.rows.values())
+        log.info(
+            "validation passed: %d expectations on %s train/validation/test rows; report %s",
+            len(results),
+            rows,
+            report.markdown_path,
+        )
+    return report
+
+
+def _load(path: Path, token: bool) -> pd.DataFrame:
+    if not path.is_file():
+        raise StageError(
+            f"{path}: prepared split not found; run the 'prepare' stage first "
+            "(python -m tasks.prepare, or dvc repro prepare)"
+        )
+    try:
+        frame = pd.read_parquet(path).reset_index(drop=True)
+    except Exception as exc:
+        raise StageError(f"{path}: cannot read the parquet file: {exc}") from None
+    columns = list(frame.columns)
+    # Object dtype: GX then checks each value's Python type, whatever pandas' storage type is.
+    frame = frame.astype(object)
+    for column in ("tokens", "tags") if token else ():
+        if column in frame:  # parquet lists arrive as numpy arrays
+            frame[column] = frame[column].map(
+                lambda v: list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v
+            )
+    frame.attrs["columns"] = columns
+    return frame
+
+
+def _derive(frame: pd.DataFrame, token: bool) -> pd.DataFrame:
+    """Add the derived columns that some expectations check (where their inputs exist)."""
+    if not token and "text" in frame:
+        frame["key"] = frame["text"]
+    if token and "tokens" in frame:
+        tokens = frame["tokens"].map(lambda v: v if isinstance(v, list) else None)
+        frame["key"] = tokens.map(lambda v: None if v is None else " ".join(map(str, v)))
+        frame["n_tokens"] = tokens.map(lambda v: None if v is None else len(v)).astype("Int64")
+    if token and "tags" in frame:
+        tags = frame["tags"].map(lambda v: v if isinstance(v, list) else [])
+        frame["n_tags"] = frame["tags"].map(lambda v: len(v) if isinstance(v, list) else None)
+        frame["n_tags"] = frame["n_tags"].astype("Int64")
+        frame["bad_tag"] = tags.map(_bad_tag)
+        frame["iob_error"] = tags.map(_iob_error)
+        frame["entity_types"] = tags.map(lambda ts: {t[2:] for t in ts if _is_tag(t) and t != "O"})
+    if "key" in frame:  # duplicate_of: the row where this row's text first occurs, or None
+        first = pd.Series(frame.index, index=frame.index).groupby(frame["key"]).transform("min")
+        frame["duplicate_of"] = [int(f) if f == f and f != i else None for i, f in first.items()]
+    return frame
+
+
+def _is_tag(tag: Any) -> bool:
+    return isinstance(tag, str) and TAG_RE.match(tag) is not None
+
+
+def _bad_tag(tags: list[Any]) -> str | None:
+    return ", ".join(f"token {i}: {t!r}" for i, t in enumerate(tags, 1) if not _is_tag(t)) or None
+
+
+def _iob_error(tags: list[Any]) -> str | None:
+    """The first IOB2 violation: ``I-X`` at sentence start, after ``O`` or after another type."""
+    previous = "O"
+    for i, tag in enumerate(tags, 1):
+        if not _is_tag(tag):
+            continue  # the tag_format check reports it
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            return f"token {i}: {tag} " + ("at sentence start" if i == 1 else f"after {previous}")
+        previous = tag
+    return None
+
+
+def _expect(check: str, cls: type, show: str | None = None, unit: str = "", **kw: Any) -> Any:
+    """A GX expectation whose meta carries the check name, its description and threshold.
+
+    ``show`` names the user's column when GX checks a derived one.
+    """
+    if "mostly" in kw:
+        threshold = f"<= {1 - kw['mostly']:.2%} of rows"
+    elif "max_value" in kw:
+        threshold = f"{kw['min_value']}..{kw['max_value']} {unit}".rstrip()
+    elif "min_value" in kw:
+        threshold = f">= {kw['min_value']:g}"
+    elif "type_list" in kw:
+        threshold = f"type {kw['type_list'][0]}"
+    elif "value_set" in kw:
+        threshold = f"one of {kw['value_set']}"
+    else:
+        threshold = "present" if check == "column_exists" else "no offending rows"
+    column = kw.get("column")
+    # Where the derived column is only a flag, offending rows show the text (joined tokens).
+    value = "key" if column in ("key", "duplicate_of", "in_train") else column
+    if "column_A" in kw:
+        column = f"{kw['column_A']}, {kw['column_B']}"
+    meta = {"check": check, "description": CHECKS[check], "threshold": threshold}
+    return cls(**kw, meta={**meta, "column": show or column, "value": value})
+
+
+def _suites(
+    frames: dict[str, pd.DataFrame], params: Params
+) -> list[tuple[str, pd.DataFrame, list]]:
+    """(split, frame, expectations) to run: one per split, plus the train class-share table."""
+    ex = _gx().expectations
+    cfg, token = params.validate_, params.task == "token_classification"
+    allowed = cfg.labels
+    if token and allowed is not None:  # entity types; full tags (B-PER, O) are accepted too
+        allowed = sorted({re.sub(r"^[BI]-", "", label) for label in allowed if label != "O"})
+    train = frames["train"]
+    seen = None
+    if token and "entity_types" in train:
+        seen = sorted(set().union(*train["entity_types"]))
+    elif not token and "label" in train:
+        seen = sorted(set(train["label"].dropna().astype(str)))
+    for split, frame in frames.items():  # derived columns that compare with train or params
+        if split != "train" and "key" in frame and "key" in train:
+            frame["in_train"] = frame["key"].notna() & frame["key"].isin(train["key"].dropna())
+        known = {"entity_type_allowed": allowed, "entity_type_in_train": seen}
+        for check, types in known.items() if "entity_types" in frame else ():
+            if types is not None and not (split == "train" and check == "entity_type_in_train"):
+                frame[check] = frame["entity_types"].map(
+                    lambda found, types=set(types): ", ".join(sorted(found - types)) or None
+                )
+    suites = [
+        (split, frame, list(_split_expectations(ex, split, frame, params, allowed, seen)))
+        for split, frame in frames.items()
+    ]
+    if seen is not None:
+        share = _expect(
+            "class_share",
+            ex.ExpectColumnValuesToBeBetween,
+            column="share",
+            min_value=cfg.min_class_share,
+        )
+        suites.append(("train", _class_shares(train, token, allowed), [share]))
+    return suites
+
+
+def _split_expectations(
+    ex: Any,
+    split: str,
+    frame: pd.DataFrame,
+    params: Params,
+    allowed: list | None,
+    seen: list | None,
+) -> Iterator[Any]:
+    """One split's expectations, for the columns (and derived columns) it has."""
+    cfg, token = params.validate_, params.task == "token_classification"
+    text, unit = ("tokens", "tokens") if token else ("text", "characters")
+    for column, type_ in {**COLUMNS[params.task], **SOURCE_COLUMNS}.items():
+        if column != "group":
+            yield _expect("column_exists", ex.ExpectColumnToExist, column=column)
+        if column in frame:
+            yield _expect(
+                "column_type", ex.ExpectColumnValuesToBeInTypeList, column=column, type_list=[type_]
+            )
+    if split == "train":
+        yield _expect("not_empty", ex.ExpectTableRowCountToBeBetween, min_value=1)
+    if "key" in frame:
+        bounds = {"min_value": cfg.min_text_length, "max_value": cfg.max_text_length}
+        length = (
+            ex.ExpectColumnValuesToBeBetween if token else ex.ExpectColumnValueLengthsToBeBetween
+        )
+        yield _expect("text_not_null", ex.ExpectColumnValuesToNotBeNull, column=text)
+        yield _expect(
+            "text_not_blank", ex.ExpectColumnValuesToMatchRegex, text, column="key", regex=r"\S"
+        )
+        yield _expect(
+            "text_length", length, text, unit, column=("n_tokens" if token else text), **bounds
+        )
+        yield _expect(
+            "duplicate_share",
+            ex.ExpectColumnValuesToBeNull,
+            text,
+            column="duplicate_of",
+            mostly=1 - cfg.max_duplicate_share,
+        )
+    if "in_train" in frame:
+        yield _expect(
+            "leakage",
+            ex.ExpectColumnValuesToNotBeInSet,
+            text,
+            column="in_train",
+            value_set=[True],
+            mostly=1 - cfg.max_leakage_share,
+        )
+    if not token and "label" in frame:
+        yield _expect("label_not_null", ex.ExpectColumnValuesToNotBeNull, column="label")
+        if allowed is not None:
+            yield _expect(
+                "label_allowed", ex.ExpectColumnValuesToBeInSet, column="label", value_set=allowed
+            )
+        if split != "train" and seen is not None:
+            yield _expect(
+                "label_in_train", ex.ExpectColumnValuesToBeInSet, column="label", value_set=seen
+            )
+    if token and "tags" in frame:
+        if "tokens" in frame:
+            yield _expect(
+                "tokens_tags_same_length",
+                ex.ExpectColumnPairValuesToBeEqual,
+                column_A="n_tokens",
+                column_B="n_tags",
+            )
+        yield _expect("tag_format", ex.ExpectColumnValuesToBeNull, "tags", column="bad_tag")
+        yield _expect("iob_sequence", ex.ExpectColumnValuesToBeNull, "tags", column="iob_error")
+        for check in ("entity_type_allowed", "entity_type_in_train"):
+            if check in frame:
+                yield _expect(check, ex.ExpectColumnValuesToBeNull, "tags", column=check)
+
+
+def _class_shares(train: pd.DataFrame, token: bool, allowed: list[str] | None) -> pd.DataFrame:
+    """One row per class with its count and share in train."""
+    if token:  # an entity is counted by its B- tag
+        tags = [t for ts in train["tags"] if isinstance(ts, list) for t in ts if _is_tag(t)]
+        values = pd.Series([t[2:] for t in tags if t.startswith("B-")], dtype=object)
+    else:
+        values = train["label"].dropna().astype(str)
+    counts = values.value_counts()
+    # An allowed class absent from train has share 0.
+    counts = counts.reindex(sorted(set(counts.index) | set(allowed or [])), fill_value=0)
+    shares = counts / max(int(counts.sum()), 1)
+    # A plain RangeIndex: GX reports a named index as dicts rather than positions.
+    return pd.DataFrame({"class": counts.index, "count": counts.values, "share": shares.values})
+
+
+def _gx() -> Any:
+    """Import GX lazily (it takes seconds) with its INFO logging silenced."""
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    import great_expectations as gx
+
+    # This module sets its own level on import.
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
+    return gx
+
+
+def _run_gx(suites: list[tuple[str, pd.DataFrame, list]], max_rows: int) -> list[CheckResult]:
+    """Run every suite on its frame within one ephemeral GX context."""
+    gx = _gx()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    asset = context.data_sources.add_pandas("prepared").add_dataframe_asset("frame")
+    batch = asset.add_batch_definition_whole_dataframe("whole")
+    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": max_rows}
+    results = []
+    for i, (split, frame, expectations) in enumerate(suites):
+        suite = context.suites.add(gx.ExpectationSuite(f"{split}-{i}", expectations=expectations))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{split}-{i}", data=batch, suite=suite)
+        )
+        run = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+        order = {e.id: n for n, e in enumerate(suite.expectations)}  # GX reorders results
+        for result in sorted(run.results, key=lambda r: order.get(r.expectation_config.id, 0)):
+            results.append(_check_result(split, frame, result, max_rows))
+    return results
+
+
+def _check_result(split: str, frame: pd.DataFrame, result: Any, max_rows: int) -> CheckResult:
+    config, res, success = result.expectation_config, result.result or {}, bool(result.success)
+    meta, observed_value = config.meta or {}, res.get("observed_value")
+    unit = "classes" if "share" in frame else "sentences" if "tags" in frame else "rows"
+    if result.exception_info.get("raised_exception"):
+        observed = f"error: {result.exception_info.get('exception_message')}"
+    elif "unexpected_count" in res:
+        counted = res["element_count"] - res.get("missing_count", 0)
+        share = (res.get("unexpected_percent") or 0) / 100
+        observed = f"{res['unexpected_count']} of {counted} {unit} ({share:.2%})"
+        observed_value = {"unexpected": res["unexpected_count"], "of": counted, "share": share}
+    elif config.type == "expect_column_to_exist":
+        columns = ", ".join(map(str, frame.attrs.get("columns", [])))
+        observed = "present" if success else f"missing (columns: {columns})"
+    else:
+        observed = str(observed_value)
+    indexes = [] if success else res.get("partial_unexpected_index_list") or []
+    return CheckResult(
+        split=split,
+        check=meta.get("check", config.type),
+        expectation=config.type,
+        column=meta.get("column"),
+        description=meta.get("description", ""),
+        success=success,
+        observed=observed,
+        threshold=meta.get("threshold", ""),
+        observed_value=_plain(observed_value),
+        unexpected_count=int(res.get("unexpected_count") or 0),
+        offending_rows=[_row(frame, i, meta, config.kwargs) for i in indexes[:max_rows]],
+    )
+
+
+def _row(frame: pd.DataFrame, index: Any, meta: dict, kwargs: dict) -> dict[str, Any]:
+    """An offending row: its 0-based position in the parquet file, its source and its value."""
+    record = frame.loc[index]
+    if "share" in frame:  # the class-share table has one row per class
+        return {
+            "class": record["class"],
+            "count": int(record["count"]),
+            "share": round(record["share"], 6),
+        }
+    if "column_A" in kwargs:
+        pair = (kwargs["column_A"], kwargs["column_B"])
+        value = ", ".join(f"{c}={_plain(record[c])}" for c in pair)
+    else:
+        value = _plain(record[meta["value"]])
+    if isinstance(value, str) and len(value) > 200:
+        value = f"{value[:200]}… ({len(value)} characters)"
+    source = {c: _plain(record.get(c)) for c in ("source_file", "source_line")}
+    return {"row": int(index), **source, "value": value}
+
+
+def _example(row: dict[str, Any]) -> str:
+    """A short mention of an offending row for the error message."""
+    if "class" in row:
+        return f"{row['class']} {row['share']:.2%} ({row['count']})"
+    value = json.dumps(row["value"], ensure_ascii=False, default=str)
+    value = value if len(value) <= 60 else value[:57] + "..."
+    return f"row {row['row']} ({row['source_file']}:{row['source_line']}) {value}"
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly version of a cell value (numpy scalars, NaN, NA, lists)."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    return None if value is pd.NA or (isinstance(value, float) and value != value) else value
+
+
+def _markdown(report: ValidationReport) -> str:
+    rows = ", ".join(f"{split} {n}" for split, n in report.rows.items())
+    lines = [
+        f"# Data validation: {'passed' if report.success else 'FAILED'}",
+        "",
+        f"Task {report.task}; rows: {rows}. {len(report.failed)} of {len(report.results)} "
+        "expectations failed. `row` is the 0-based position in the prepared parquet file.",
+        "",
+    ]
+    if report.failed:
+        lines += ["## Failed expectations", ""]
+    for r in report.failed:
+        on = f" on `{r.column}`" if r.column else ""
+        lines += [f"### {r.split}: {r.check}", "", f"{r.description} (`{r.expectation}`{on}).", ""]
+        lines += [f"Observed {r.observed}; expected {r.threshold}.", ""]
+        if r.offending_rows:
+            keys = list(r.offending_rows[0])
+            lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+            lines += [
+                "| " + " | ".join(_cell(row, k) for k in keys) + " |" for row in r.offending_rows
+            ]
+            if r.unexpected_count > len(r.offending_rows):
+                lines.append(f"\n(first {len(r.offending_rows)} of {r.unexpected_count} shown)")
+            lines.append("")
+    lines += [
+        "## All expectations",
+        "",
+        "| split | check | column | passed | observed | expected |",
+    ]
+    lines.append("|---|---|---|---|---|---|")
+    for r in report.results:
+        passed = "yes" if r.success else "**no**"
+        cells = [r.split, r.check, r.column or "", passed, r.observed, r.threshold]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    value = row[key]
+    text = json.dumps(value, ensure_ascii=False, default=str) if key == "value" else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A plain open (not mkstemp) so the file gets the usual umask permissions, not 0600.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+app = typer.Typer(add_completion=False, help="Validate the prepared splits (the data gate).")
+
+
+@app.command()
+@stage_command("validate")
+def main(
+    prepared_dir: Path = typer.Option(Path("data/prepared"), help="Folder of the prepared splits."),
+    reports_dir: Path = typer.Option(Path("reports"), help="Where validation.json/.md go."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="The parameters file."),
+) -> None:
+    """Run the validation gate; exit 1 listing the failed expectations when it fails."""
+    report = validate(load_params(params), prepared_dir, reports_dir)
+    if not report.success:
+        raise StageError(f"validation failed: {report.failure_message()}")
+
+
+if __name__ == "__main__":
+    app()
