@@ -24,10 +24,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TMPDIR := $(CURDIR)/.state/tmp
 $(shell mkdir -p .state/tmp)
 
-.PHONY: help setup run test lint format clean
+.PHONY: help setup run test lint format clean prefect-server serve-flows worker
 
 help:  ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -51,6 +51,22 @@ lint: setup  ## ruff lint and format check
 format: setup  ## Apply ruff fixes and formatting
 	ruff check --fix .
 	ruff format .
+
+PREFECT_PORT ?= 4200
+PREFECT_LOCAL_API := http://127.0.0.1:$(PREFECT_PORT)/api
+
+prefect-server: setup  ## Start a local Prefect server + UI on 127.0.0.1:4200 (state in .state/prefect)
+	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+serve-flows: setup  ## Register the nightly deployment and execute its runs here (needs prefect-server)
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) python -m flows.deploy serve
+
+POOL ?= training
+worker: setup  ## Past one machine: deploy to work pool $(POOL) and start a process worker for it
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) prefect work-pool inspect $(POOL) >/dev/null 2>&1 || \
+	  PREFECT_API_URL=$(PREFECT_LOCAL_API) prefect work-pool create $(POOL) --type process
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) python -m flows.deploy pool --pool $(POOL)
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) prefect worker start --pool $(POOL)
 
 clean:  ## Remove tool state (.state) but keep data, models and the environment
 	rm -rf .state
