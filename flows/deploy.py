@@ -32,10 +32,13 @@ def schedule(cron: str = DEFAULT_CRON, timezone: str = "UTC"):
 
 
 def deployment_options(
-    cron: str, parameters: dict[str, Any] | None = None, paused: bool = False
+    cron: str,
+    parameters: dict[str, Any] | None = None,
+    paused: bool = False,
+    name: str = DEPLOYMENT_NAME,
 ) -> dict[str, Any]:
     return {
-        "name": DEPLOYMENT_NAME,
+        "name": name,
         "schedules": [schedule(cron)],
         "parameters": parameters or {},
         "paused": paused,
@@ -68,12 +71,13 @@ def serve(
 def pool(
     pool_name: str = typer.Option("training", "--pool", help="Work pool (type process)."),
     cron: str = typer.Option(DEFAULT_CRON, help="Cron schedule (UTC)."),
+    name: str = typer.Option(DEPLOYMENT_NAME, help="Deployment name."),
 ) -> None:
     """Register the deployment on a work pool; `prefect worker start --pool NAME` runs it."""
     from prefect import flow
 
     source = flow.from_source(source=str(PROJECT_ROOT), entrypoint=ENTRYPOINT)
-    source.deploy(work_pool_name=pool_name, **deployment_options(cron))
+    source.deploy(work_pool_name=pool_name, **deployment_options(cron, name=name))
 
 
 if __name__ == "__main__":

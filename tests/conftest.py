@@ -25,8 +25,11 @@ def project_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, cwd=cwd, env=project_env(), capture_output=True, text=True)
+def run(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with the project's environment (plus ``env``); fail loudly unless ``check``
+    is off."""
+    environment = {**project_env(), **env}
+    done = subprocess.run(cmd, cwd=cwd, env=environment, capture_output=True, text=True)
     if check and done.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"

@@ -11,6 +11,7 @@ import time
 import urllib.request
 
 import pytest
+import yaml
 from conftest import ROOT, make_project, project_env, run, set_params
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -27,7 +28,18 @@ from flows.deploy import DEPLOYMENT_NAME, SCHEDULE_SLUG
 from flows.pipeline import stage_order, training_pipeline
 
 DEPLOYMENT = f"training-pipeline/{DEPLOYMENT_NAME}"
-SMALL = {"prepare.max_examples": 200}
+
+
+@pytest.fixture(scope="module")
+def small(tiny_model_dir) -> dict:
+    """Overrides that make a whole pipeline run take seconds: a few hundred reviews and a
+    tiny random BERT."""
+    return {
+        "prepare.max_examples": 200,
+        "model.name_or_path": str(tiny_model_dir),
+        "tokenize.max_length": 64,
+        "train.epochs": 1,
+    }
 
 
 def _free_port() -> int:
@@ -80,7 +92,7 @@ def prefect_api(tmp_path_factory):
         _wait_for(lambda: _healthy(url), 90, "prefect server")
         with temporary_settings({PREFECT_API_URL: url}):
             yield url
-            APILogHandler.flush()  # ship this process's flow logs before the server stops
+            APILogHandler().flush()  # ship this process's flow logs before the server stops
     finally:
         _stop(server)
 
@@ -154,11 +166,11 @@ def test_deployment_is_scheduled_nightly_with_a_stable_slug(served):
     assert all(r.expected_start_time.hour == 2 for r in scheduled)
 
 
-def test_triggered_run_completes_with_stage_artifacts(served, tmp_path):
+def test_triggered_run_completes_with_stage_artifacts(served, tmp_path, small):
     project = make_project(tmp_path / "project")
     flow_run = run_deployment(
         DEPLOYMENT,
-        parameters={"project_dir": str(project), "overrides": SMALL},
+        parameters={"project_dir": str(project), "overrides": small},
         timeout=600,
     )
     assert flow_run.state_name == "Completed", served.read_text()[-3000:]
@@ -170,9 +182,9 @@ def test_triggered_run_completes_with_stage_artifacts(served, tmp_path):
     assert run(["dvc", "status"], project).stdout.strip() == "Data and pipelines are up to date."
 
 
-def test_validation_failure_fails_the_run_without_retry(served, tmp_path):
+def test_validation_failure_fails_the_run_without_retry(served, tmp_path, small):
     project = make_project(tmp_path / "project")
-    overrides = {**SMALL, "validate.max_text_length": 40}  # most reviews are longer
+    overrides = {**small, "validate.max_text_length": 40}  # most reviews are longer
     flow_run = run_deployment(
         DEPLOYMENT,
         parameters={"project_dir": str(project), "overrides": overrides},
@@ -190,17 +202,59 @@ def test_validation_failure_fails_the_run_without_retry(served, tmp_path):
     assert not set(later_stages) & set(tasks)
 
 
-def test_flow_and_dvc_repro_leave_identical_locks(prefect_api, tmp_path):
+def test_work_pool_worker_runs_the_deployment(prefect_api, tmp_path, small):
+    """The path past one machine: a process work pool, a worker, a deployment on the pool."""
+    api = {"PREFECT_API_URL": prefect_api}
+    run(["prefect", "work-pool", "create", "test-pool", "--type", "process"], ROOT, **api)
+    deploy = [sys.executable, "-m", "flows.deploy", "pool", "--pool", "test-pool"]
+    run([*deploy, "--name", "on-pool"], ROOT, **api)
+    log_path = tmp_path / "worker.log"
+    with log_path.open("w") as log:
+        worker = subprocess.Popen(
+            ["prefect", "worker", "start", "--pool", "test-pool"],
+            cwd=ROOT,
+            env={**project_env(), **api},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        project = make_project(tmp_path / "project")
+        flow_run = run_deployment(
+            "training-pipeline/on-pool",
+            parameters={"project_dir": str(project), "overrides": small},
+            timeout=600,
+        )
+    finally:
+        _stop(worker)
+    assert flow_run.state_name == "Completed", log_path.read_text()[-3000:]
+    assert run(["dvc", "status"], project).stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_flow_and_dvc_repro_leave_identical_locks(prefect_api, tmp_path, small):
     by_dvc = make_project(tmp_path / "by-dvc")
     by_flow = make_project(tmp_path / "by-flow")
     for project in (by_dvc, by_flow):
-        set_params(project, **SMALL)
+        set_params(project, **small)
     run(["dvc", "repro"], by_dvc)
     results = training_pipeline(project_dir=str(by_flow))
     assert [r["stage"] for r in results] == stage_order(by_flow)
     assert all(r["ran"] for r in results)
-    assert (by_flow / "dvc.lock").read_text() == (by_dvc / "dvc.lock").read_text()
+    assert _lock_without_timings(by_flow) == _lock_without_timings(by_dvc)
     assert run(["dvc", "status"], by_flow).stdout.strip() == "Data and pipelines are up to date."
     # After `dvc repro`, the flow has nothing to do.
     again = training_pipeline(project_dir=str(by_dvc))
     assert not any(r["ran"] for r in again)
+
+
+# These metrics files hold measured speeds and wall times, so their hashes differ between
+# any two runs; every other hash in dvc.lock (data, model weights, reports) must match.
+TIMED_METRICS = {"reports/train_metrics.json", "reports/metrics.json"}
+
+
+def _lock_without_timings(project) -> dict:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    for stage in lock["stages"].values():
+        for entry in stage.get("outs", []):
+            if entry["path"] in TIMED_METRICS:
+                entry.pop("md5"), entry.pop("size")
+    return lock

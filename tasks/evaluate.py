@@ -1,0 +1,453 @@
+"""Stage ``evaluate``: score the trained model on the test split, once.
+
+Reads ``task``, ``train.precision`` (inference runs in the training precision) and
+``evaluate`` from ``params.yaml``, ``data/tokenized/`` (test split only) and
+``models/model/``. Writes into ``reports/``:
+
+- ``metrics.json``: DVC metrics. Text: accuracy, macro/weighted F1, per-class precision,
+  recall, F1 and support, ROC AUC for two classes. Tokens: seqeval entity precision,
+  recall and F1 (micro, macro, per type; strict IOB2, on word-level tags) and
+  ``token_accuracy`` (share of words tagged right, not an entity score). Both: inference
+  throughput.
+- ``confusion.csv`` (one ``actual,predicted`` row per example, or per word for tokens; a
+  DVC confusion plot) and ``confusion_matrix.png``.
+- ``errors.jsonl``: the misclassified examples, highest-confidence mistakes first.
+- ``eval_report.md``: the tables and the plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from tasks.cli import stage_command
+from tasks.config import DEFAULT_PARAMS, Params, load_params
+from tasks.environment import PROJECT_ROOT
+from tasks.errors import StageError
+from tasks.metrics import entity_scores, text_scores
+from tasks.modeling import (
+    ModelSource,
+    choose_precision,
+    entity_type,
+    load_tokenizer,
+    make_collator,
+    model_class,
+    model_columns,
+    quiet_transformers,
+    sorted_by_length,
+    vocab_hash,
+    write_json,
+)
+from tasks.tokenize import TOKENIZED_DIR, load_tokenized
+
+log = logging.getLogger(__name__)
+MODEL_DIR = PROJECT_ROOT / "models" / "model"
+REPORTS_DIR = PROJECT_ROOT / "reports"
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+# --- inference --------------------------------------------------------------------------------
+
+
+def load_model(model_dir: Path, task: str) -> tuple[Any, Any]:
+    """The fine-tuned model (in eval mode) and its tokenizer.
+
+    Raises:
+        StageError: ``model_dir`` holds no model of the task's kind.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise StageError(f"{model_dir}: no trained model found (run the train stage first)")
+    tokenizer = load_tokenizer(ModelSource(str(model_dir), model_dir, model_dir))
+    try:
+        model = model_class(task).from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:
+        raise StageError(f"{model_dir}: cannot load a {task} model: {exc}") from None
+    return model.eval(), tokenizer
+
+
+def predict(
+    model: Any, tokenizer: Any, dataset: Any, task: str, batch_size: int, precision: Any
+) -> tuple[list[Any], dict[str, float]]:
+    """Class probabilities per example (text) or per sub-token (tokens), in dataset order.
+
+    Batches are cut from the examples sorted by length (little padding), padded per batch,
+    and run under ``inference_mode`` with the training precision's autocast.
+
+    Returns:
+        The probabilities (numpy arrays) and timing: ``seconds``, ``samples_per_second``,
+        ``tokens_per_second`` (real, non-padding tokens).
+    """
+    import torch
+
+    device = torch.device(precision.device)
+    model.to(device)
+    inputs = dataset.select_columns([c for c in model_columns(dataset) if c != "labels"])
+    collate = make_collator("text_classification", tokenizer)  # pads inputs only
+    lengths = list(dataset["length"])
+    order = sorted_by_length(lengths)
+    probabilities: list[Any] = [None] * len(order)
+    tokens = 0
+    started = time.perf_counter()
+    with torch.inference_mode(), precision.autocast():
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = collate([inputs[i] for i in indices])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(**batch).logits.float()
+            probs = torch.softmax(logits, dim=-1).cpu().numpy()
+            tokens += int(batch["attention_mask"].sum())
+            for row, i in enumerate(indices):
+                if task == "text_classification":
+                    probabilities[i] = probs[row]
+                else:  # keep the unpadded positions only
+                    probabilities[i] = probs[row, : lengths[i]]
+    seconds = time.perf_counter() - started
+    timing = {
+        "inference_seconds": round(seconds, 4),
+        "samples_per_second": round(len(order) / seconds, 2) if seconds > 0 else None,
+        "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
+    }
+    return probabilities, timing
+
+
+def words_from_subtokens(
+    word_ids: list[int], token_tags: list[str], confidences: list[float], n_words: int
+) -> tuple[list[str], list[float | None]]:
+    """Word-level tags: each word takes the tag predicted on its first sub-token. Words
+    without a sub-token (truncated away, or nothing the tokenizer could represent) get
+    ``O`` (they count as missed entities) and confidence ``None``."""
+    tags: list[str] = ["O"] * n_words
+    confidence: list[float | None] = [None] * n_words
+    previous = -1
+    for position, word in enumerate(word_ids):
+        if word >= 0 and word != previous:
+            tags[word] = token_tags[position]
+            confidence[word] = confidences[position]
+        previous = word
+    return tags, confidence
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def _label_ids(model: Any, needed: set[str], what: str) -> dict[str, int]:
+    label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
+    unknown = sorted(needed - set(label2id))
+    if unknown:
+        raise StageError(
+            f"test split: {what} {', '.join(map(repr, unknown))} not in the model's label map "
+            f"({', '.join(label2id)}); re-run train on data with these labels"
+        )
+    return label2id
+
+
+def evaluate(
+    params: Params,
+    tokenized_dir: Path = TOKENIZED_DIR,
+    model_dir: Path = MODEL_DIR,
+    reports_dir: Path = REPORTS_DIR,
+) -> dict[str, Any]:
+    """Score ``model_dir`` on the test split and write the reports.
+
+    Args:
+        params: validated parameters (``task``, ``train.precision``, ``evaluate``).
+        tokenized_dir: output of the tokenize stage (only ``test`` is read).
+        model_dir: output of the train stage.
+        reports_dir: receives metrics.json, confusion.csv, confusion_matrix.png,
+            errors.jsonl and eval_report.md.
+
+    Returns:
+        The content of ``metrics.json``.
+    """
+    import numpy as np
+
+    quiet_transformers()
+    task = params.task
+    data, manifest = load_tokenized(tokenized_dir)
+    if manifest["task"] != task:
+        raise StageError(
+            f"{tokenized_dir} holds {manifest['task']} data but task is {task} (re-run tokenize)"
+        )
+    test = data["test"]
+    if len(test) == 0:
+        raise StageError(f"{tokenized_dir}: the test split is empty")
+    model, tokenizer = load_model(model_dir, task)
+    if vocab_hash(tokenizer) != manifest["tokenizer"]["vocab_sha256"]:
+        raise StageError(
+            f"{tokenized_dir} was tokenized with another tokenizer than the model in "
+            f"{model_dir}; re-run tokenize and train"
+        )
+    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+    labels = [id2label[i] for i in range(len(id2label))]
+    precision = choose_precision(params.train.precision)
+    probabilities, timing = predict(
+        model, tokenizer, test, task, params.evaluate.batch_size, precision
+    )
+
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    if task == "text_classification":
+        label2id = _label_ids(model, set(test["label"]), "label(s)")
+        gold = [label2id[g] for g in test["label"]]
+        predicted = [int(np.argmax(p)) for p in probabilities]
+        metrics: dict[str, Any] = {
+            "samples": len(test),
+            **text_scores(gold, predicted, labels, True),
+        }
+        if len(labels) == 2:
+            metrics["roc_auc"] = _roc_auc(gold, [float(p[1]) for p in probabilities])
+        pairs = [(labels[g], labels[p]) for g, p in zip(gold, predicted, strict=True)]
+        errors = _text_errors(test, gold, predicted, probabilities, labels)
+        matrix_labels = labels
+    else:
+        gold_tags = [list(t) for t in test["tags"]]
+        _label_ids(model, {t for s in gold_tags for t in s}, "tag(s)")
+        predicted_tags, confidences = [], []
+        word_ids = list(test["word_ids"])
+        for i, probs in enumerate(probabilities):
+            token_tags = [id2label[int(k)] for k in probs.argmax(axis=-1)]
+            tags, confidence = words_from_subtokens(
+                word_ids[i], token_tags, probs.max(axis=-1).tolist(), len(gold_tags[i])
+            )
+            predicted_tags.append(tags)
+            confidences.append(confidence)
+        missing = sum(c is None for sentence in confidences for c in sentence)
+        metrics = {
+            "samples": len(test),
+            "words": sum(len(s) for s in gold_tags),
+            "words_not_predicted": missing,  # truncated or without sub-tokens: scored as O
+            "truncated_sentences": int(manifest["truncated"]["test"]),
+            **entity_scores(gold_tags, predicted_tags, detailed=True),
+        }
+        pairs = [
+            (entity_type(g) or "O", entity_type(p) or "O")
+            for gs, ps in zip(gold_tags, predicted_tags, strict=True)
+            for g, p in zip(gs, ps, strict=True)
+        ]
+        errors = _token_errors(test, gold_tags, predicted_tags, confidences)
+        matrix_labels = ["O", *sorted({entity_type(t) for t in labels} - {None})]
+    metrics.update(timing)
+    metrics["batch_size"] = params.evaluate.batch_size
+
+    _write_confusion(reports_dir, pairs, matrix_labels)
+    errors.sort(key=lambda e: -e["confidence"])
+    with (reports_dir / "errors.jsonl").open("w", encoding="utf-8") as handle:
+        for error in errors[: params.evaluate.max_errors]:
+            handle.write(json.dumps(error, ensure_ascii=False) + "\n")
+    write_json(reports_dir / "metrics.json", metrics)
+    (reports_dir / "eval_report.md").write_text(
+        _markdown(task, metrics, pairs, matrix_labels, errors, precision, model_dir),
+        encoding="utf-8",
+    )
+    headline = "f1_macro" if task == "text_classification" else "f1_micro"
+    log.info(
+        "test: %d examples, %s %.4f, %s samples/s (%s on %s); %d errors listed",
+        len(test), headline, metrics[headline], timing["samples_per_second"], precision.dtype,
+        precision.device, min(len(errors), params.evaluate.max_errors),
+    )  # fmt: skip
+    return metrics
+
+
+def _roc_auc(gold: list[int], scores: list[float]) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    if len(set(gold)) < 2:
+        return None  # undefined with one class in the test split
+    return float(roc_auc_score(gold, scores))
+
+
+def _source(row: dict[str, Any]) -> dict[str, Any]:
+    return {"source_file": row.get("source_file"), "source_line": row.get("source_line")}
+
+
+def _text_errors(
+    test: Any, gold: list[int], predicted: list[int], probabilities: list[Any], labels: list[str]
+):
+    rows = test.select_columns(
+        [c for c in ("text", "source_file", "source_line") if c in test.column_names]
+    )
+    errors = []
+    for i, (g, p) in enumerate(zip(gold, predicted, strict=True)):
+        if g != p:
+            row = rows[i]
+            errors.append(
+                {
+                    "text": row["text"],
+                    "gold": labels[g],
+                    "predicted": labels[p],
+                    "confidence": round(float(probabilities[i][p]), 6),
+                    "gold_probability": round(float(probabilities[i][g]), 6),
+                    **_source(row),
+                }
+            )
+    return errors
+
+
+def _token_errors(
+    test: Any, gold: list[list[str]], predicted: list[list[str]], confidences: list[list[Any]]
+):
+    rows = test.select_columns(
+        [c for c in ("tokens", "source_file", "source_line") if c in test.column_names]
+    )
+    errors = []
+    for i, (gs, ps) in enumerate(zip(gold, predicted, strict=True)):
+        wrong = [j for j, (g, p) in enumerate(zip(gs, ps, strict=True)) if g != p]
+        if not wrong:
+            continue
+        row = rows[i]
+        words = [
+            {
+                "index": j,
+                "word": row["tokens"][j],
+                "gold": gs[j],
+                "predicted": ps[j],
+                "confidence": None if confidences[i][j] is None else round(confidences[i][j], 6),
+            }
+            for j in wrong
+        ]
+        errors.append(
+            {
+                "text": " ".join(row["tokens"]),
+                "gold": gs,
+                "predicted": ps,
+                "confidence": max((w["confidence"] or 0.0) for w in words),
+                "wrong_words": words,
+                **_source(row),
+            }
+        )
+    return errors
+
+
+def _write_confusion(reports_dir: Path, pairs: list[tuple[str, str]], labels: list[str]) -> None:
+    """``confusion.csv`` (rows for DVC's confusion template) and ``confusion_matrix.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    with (reports_dir / "confusion.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows(pairs)
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = np.zeros((len(labels), len(labels)), dtype=int)
+    for actual, predicted in pairs:
+        matrix[index[actual], index[predicted]] += 1
+    size = max(4.0, 0.6 * len(labels) + 2)
+    figure, axes = plt.subplots(figsize=(size, size * 0.85))
+    axes.imshow(matrix, cmap="Blues")
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("actual")
+    for (row, column), count in np.ndenumerate(matrix):
+        color = "white" if count > matrix.max() / 2 else "black"
+        axes.text(column, row, str(count), ha="center", va="center", color=color, fontsize=8)
+    axes.set_title("Test confusion matrix")
+    figure.tight_layout()
+    figure.savefig(reports_dir / "confusion_matrix.png", dpi=100)
+    plt.close(figure)
+
+
+def _markdown(
+    task: str,
+    metrics: dict[str, Any],
+    pairs: list[tuple[str, str]],
+    labels: list[str],
+    errors: list[dict[str, Any]],
+    precision: Any,
+    model_dir: Path,
+) -> str:
+    def fmt(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = [
+        "# Test evaluation",
+        "",
+        f"Model `{Path(model_dir).name}` ({task}), {metrics['samples']} test examples, "
+        f"{precision.dtype} on {precision.device}. Inference speed is in metrics.json (kept out "
+        "of this file so that two runs of the same inputs write the same report).",
+        "",
+        "## Scores",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    timing = ("inference_seconds", "samples_per_second", "tokens_per_second", "batch_size")
+    scalar = {k: v for k, v in metrics.items() if not isinstance(v, dict) and k not in timing}
+    lines += [f"| {k} | {fmt(v)} |" for k, v in scalar.items()]
+    if task == "token_classification":
+        lines += [
+            "",
+            "Entity scores are seqeval's, strict IOB2, on word-level tags (each word's first "
+            "sub-token); `token_accuracy` is the share of words with the right tag.",
+        ]
+    per = metrics.get("per_class") or metrics.get("per_type") or {}
+    lines += [
+        "",
+        "## Per class" if task == "text_classification" else "## Per entity type",
+        "",
+        "| label | precision | recall | f1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |"
+        for k, v in per.items()
+    ]
+    counts = {(a, p): 0 for a in labels for p in labels}
+    for pair in pairs:
+        counts[pair] += 1
+    lines += [
+        "",
+        "## Confusion matrix"
+        + (" (words, by entity type)" if task != "text_classification" else ""),
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+        "| actual \\ predicted | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    lines += [f"| {a} | " + " | ".join(str(counts[a, p]) for p in labels) + " |" for a in labels]
+    lines += [
+        "",
+        f"## Highest-confidence mistakes ({min(len(errors), 10)} of {len(errors)}; "
+        "the first evaluate.max_errors are in errors.jsonl)",
+        "",
+        "| confidence | gold | predicted | text |",
+        "|---|---|---|---|",
+    ]
+    for error in errors[:10]:
+        text = error["text"].replace("|", "\\|").replace("\n", " ")
+        if task == "text_classification":
+            gold, predicted = error["gold"], error["predicted"]
+        else:
+            gold = " ".join(f"{w['word']}/{w['gold']}" for w in error["wrong_words"])
+            predicted = " ".join(f"{w['word']}/{w['predicted']}" for w in error["wrong_words"])
+        lines.append(f"| {error['confidence']:.3f} | {gold} | {predicted} | {text[:200]} |")
+    return "\n".join(lines) + "\n"
+
+
+@app.command()
+@stage_command("evaluate")
+def main(
+    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
+    tokenized_dir: Path = typer.Option(TOKENIZED_DIR, help="output of the tokenize stage"),
+    model_dir: Path = typer.Option(MODEL_DIR, help="the trained model"),
+    reports_dir: Path = typer.Option(REPORTS_DIR, help="where the reports go"),
+) -> None:
+    """Score models/model on the test split (see the module docstring)."""
+    params = load_params(params_path)
+    evaluate(params, tokenized_dir, model_dir, reports_dir)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,355 @@
+"""Stage ``tokenize``: turn the prepared splits into model inputs with the model's tokenizer.
+
+Reads ``task``, ``model.name_or_path``, ``tracking.uri`` and ``tokenize`` from ``params.yaml``
+and ``data/prepared/{train,validation,test}.parquet``. Writes ``data/tokenized/`` (one
+Hugging Face dataset per split, unpadded: batches are padded when they are made) with
+``manifest.json`` (tokenizer identity, label map, counts, truncation, token lengths), and
+``reports/tokenize.json`` (the counts, as DVC metrics).
+
+Text classification: each text is truncated to ``tokenize.max_length`` sub-tokens.
+Token classification: words are split into sub-tokens; each word's tag goes on its first
+sub-token, ``-100`` (ignored by the loss) on the others and on special tokens. Examples
+longer than ``max_length`` are truncated and counted, never silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from tasks.cli import stage_command
+from tasks.config import DEFAULT_PARAMS, Params, load_params
+from tasks.environment import PROJECT_ROOT, STATE_DIR
+from tasks.errors import StageError
+from tasks.modeling import (
+    check_iob2,
+    entity_type,
+    iob2_tags,
+    load_tokenizer,
+    percentiles,
+    quiet_transformers,
+    replace_dir,
+    resolve_model_source,
+    vocab_hash,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "validation", "test")
+PREPARED_DIR = PROJECT_ROOT / "data" / "prepared"
+TOKENIZED_DIR = PROJECT_ROOT / "data" / "tokenized"
+REPORT_PATH = PROJECT_ROOT / "reports" / "tokenize.json"
+MANIFEST = "manifest.json"
+COLUMNS = {
+    "text_classification": ("text", "label"),
+    "token_classification": ("tokens", "tags"),
+}
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+# --- input ------------------------------------------------------------------------------------
+
+
+def read_prepared(prepared_dir: Path, task: str) -> dict[str, Any]:
+    """The three prepared splits as DataFrames.
+
+    Raises:
+        StageError: a split is missing, empty, or lacks the task's columns.
+    """
+    import pandas as pd
+
+    frames = {}
+    for split in SPLITS:
+        path = prepared_dir / f"{split}.parquet"
+        if not path.is_file():
+            raise StageError(f"{path}: not found (run the prepare stage first)")
+        frame = pd.read_parquet(path)
+        missing = [c for c in COLUMNS[task] if c not in frame.columns]
+        if missing:
+            raise StageError(
+                f"{path}: missing column(s) {', '.join(missing)} for {task} "
+                f"(columns: {', '.join(map(str, frame.columns))})"
+            )
+        if frame.empty:
+            raise StageError(f"{path}: the {split} split is empty")
+        for column in ("source_file", "source_line"):
+            if column not in frame.columns:
+                frame[column] = None if column == "source_file" else -1
+        frames[split] = frame.reset_index(drop=True)
+    return frames
+
+
+def _where(row: Any, split: str) -> str:
+    if row.get("source_file") is not None and row.get("source_line", -1) != -1:
+        return f"{split} split ({row['source_file']}:{row['source_line']})"
+    return f"{split} split"
+
+
+def build_labels(task: str, frames: dict[str, Any]) -> list[str]:
+    """The label map, built from train: sorted labels, or the IOB2 tag list of the entity
+    types seen in train (``O``, then ``B-``/``I-`` per type).
+
+    Raises:
+        StageError: a validation/test label (or entity type) never occurs in train, or a
+            tag is not IOB2.
+    """
+    if task == "text_classification":
+        known = sorted({str(x) for x in frames["train"]["label"]})
+        for split in ("validation", "test"):
+            frame = frames[split]
+            unseen = sorted({str(x) for x in frame["label"]} - set(known))
+            if unseen:
+                row = frame[frame["label"].astype(str) == unseen[0]].iloc[0]
+                raise StageError(
+                    f"{_where(row, split)}: label {unseen[0]!r} does not occur in train, so the "
+                    f"model cannot learn it (train labels: {', '.join(known)}; unseen: "
+                    f"{', '.join(map(repr, unseen))})"
+                )
+        return known
+    types: dict[str, set[str]] = {}
+    for split in SPLITS:
+        seen: set[str] = set()
+        for row in frames[split].to_dict("records"):
+            for tag in row["tags"]:
+                check_iob2(str(tag), _where(row, split))
+                if (kind := entity_type(str(tag))) is not None:
+                    seen.add(kind)
+        types[split] = seen
+    for split in ("validation", "test"):
+        unseen = sorted(types[split] - types["train"])
+        if unseen:
+            raise StageError(
+                f"{split} split: entity type(s) {', '.join(map(repr, unseen))} do not occur in "
+                f"train (train types: {', '.join(sorted(types['train'])) or 'none'})"
+            )
+    return iob2_tags(types["train"])
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
+    """Sub-token labels: a word's label on its first sub-token, -100 on the rest and on
+    special tokens (``word_ids`` is ``None`` there)."""
+    labels, previous = [], None
+    for word in word_ids:
+        if word is None or word == previous:
+            labels.append(-100)
+        else:
+            labels.append(word_labels[word])
+        previous = word
+    return labels
+
+
+def encode_texts(
+    tokenizer: Any, frame: Any, label2id: dict[str, int], max_length: int
+) -> tuple[dict[str, list], dict[str, Any]]:
+    """Columns of the text dataset and this split's statistics."""
+    texts = [str(t) for t in frame["text"]]
+    full = tokenizer(texts, truncation=False)["input_ids"]
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    columns = {k: list(v) for k, v in encoded.items()}
+    columns["labels"] = [label2id[str(x)] for x in frame["label"]]
+    columns["length"] = [len(ids) for ids in encoded["input_ids"]]
+    columns["text"] = texts
+    columns["label"] = [str(x) for x in frame["label"]]
+    full_lengths = [len(ids) for ids in full]
+    stats = {
+        "examples": len(texts),
+        "truncated": sum(n > max_length for n in full_lengths),
+        "token_length": percentiles(full_lengths),
+    }
+    return columns, stats
+
+
+def encode_words(
+    tokenizer: Any, frame: Any, tag2id: dict[str, int], max_length: int
+) -> tuple[dict[str, list], dict[str, Any]]:
+    """Columns of the token-classification dataset and this split's statistics.
+
+    ``word_ids`` keeps, per sub-token, the index of its word (-1 for special tokens), so
+    evaluate can map predictions back to words."""
+    words = [[str(w) for w in tokens] for tokens in frame["tokens"]]
+    tags = [[str(t) for t in ts] for ts in frame["tags"]]
+    full = tokenizer(words, is_split_into_words=True, truncation=False)
+    encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+    columns: dict[str, list] = {k: list(v) for k, v in encoded.items()}
+    columns["labels"], columns["word_ids"] = [], []
+    unaligned = 0
+    for i, sentence_tags in enumerate(tags):
+        word_ids = encoded.word_ids(i)
+        columns["labels"].append(align_labels(word_ids, [tag2id[t] for t in sentence_tags]))
+        columns["word_ids"].append([-1 if w is None else w for w in word_ids])
+        # Words that no sub-token represents (e.g. only control characters) get no label.
+        covered = {w for w in full.word_ids(i) if w is not None}
+        unaligned += len(sentence_tags) - len(covered)
+    columns["length"] = [len(ids) for ids in encoded["input_ids"]]
+    columns["tokens"] = words
+    columns["tags"] = tags
+    full_lengths = [len(ids) for ids in full["input_ids"]]
+    stats = {
+        "examples": len(words),
+        "truncated": sum(n > max_length for n in full_lengths),
+        "words": sum(len(t) for t in tags),
+        "words_without_subtokens": unaligned,
+        "token_length": percentiles(full_lengths),
+    }
+    return columns, stats
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def tokenize(
+    params: Params,
+    prepared_dir: Path = PREPARED_DIR,
+    output_dir: Path = TOKENIZED_DIR,
+    report_path: Path = REPORT_PATH,
+    state_dir: Path = STATE_DIR,
+) -> dict[str, Any]:
+    """Tokenize the prepared splits; write the datasets, the manifest and the report.
+
+    Args:
+        params: validated parameters (``task``, ``model``, ``tracking``, ``tokenize``).
+        prepared_dir: holds ``{train,validation,test}.parquet`` from prepare.
+        output_dir: receives one dataset per split and ``manifest.json`` (replaced whole,
+            only once everything succeeded).
+        report_path: DVC metrics file with the counts.
+        state_dir: cache for registered models (``models:/...``).
+
+    Returns:
+        The manifest.
+    """
+    import datasets
+
+    quiet_transformers()
+    frames = read_prepared(Path(prepared_dir), params.task)
+    labels = build_labels(params.task, frames)
+    label2id = {label: i for i, label in enumerate(labels)}
+    source = resolve_model_source(params.model.name_or_path, params.tracking.uri, state_dir)
+    tokenizer = load_tokenizer(source)
+    max_length = params.tokenize.max_length
+    encode = encode_texts if params.task == "text_classification" else encode_words
+
+    splits, stats = {}, {}
+    for split in SPLITS:
+        frame = frames[split]
+        columns, stats[split] = encode(tokenizer, frame, label2id, max_length)
+        columns["source_file"] = [None if x is None else str(x) for x in frame["source_file"]]
+        columns["source_line"] = [int(x) for x in frame["source_line"]]
+        splits[split] = datasets.Dataset.from_dict(columns)
+        if stats[split]["truncated"]:
+            log.warning(
+                "%s: %d of %d examples are longer than tokenize.max_length=%d and were truncated",
+                split,
+                stats[split]["truncated"],
+                stats[split]["examples"],
+                max_length,
+            )
+
+    manifest = {
+        "task": params.task,
+        "max_length": max_length,
+        "tokenizer": {
+            "name_or_path": source.spec,
+            "registry_version": source.registry_version,
+            "class": type(tokenizer).__name__,
+            "vocab_size": len(tokenizer.get_vocab()),
+            "vocab_sha256": vocab_hash(tokenizer),
+            "model_input_names": list(tokenizer.model_input_names),
+        },
+        "labels": labels,
+        "label2id": label2id,
+        "counts": {split: stats[split]["examples"] for split in SPLITS},
+        "truncated": {split: stats[split]["truncated"] for split in SPLITS},
+        "splits": stats,
+    }
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary directory
+    try:
+        datasets.DatasetDict(splits).save_to_disk(str(tmp))
+        _stable_fingerprints(tmp)
+        write_json(tmp / MANIFEST, manifest)
+        replace_dir(tmp, output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_json(Path(report_path), _report(manifest))
+    log.info(
+        "tokenized %s with %s (max_length %d, %d labels) into %s",
+        ", ".join(f"{s} {manifest['counts'][s]}" for s in SPLITS),
+        source.spec,
+        max_length,
+        len(labels),
+        output_dir,
+    )
+    return manifest
+
+
+def _report(manifest: dict[str, Any]) -> dict[str, Any]:
+    splits = manifest["splits"]
+    return {
+        "max_length": manifest["max_length"],
+        "labels": len(manifest["labels"]),
+        "examples": manifest["counts"],
+        "truncated": manifest["truncated"],
+        "truncated_share": {
+            s: round(v["truncated"] / v["examples"], 6) for s, v in splits.items() if v["examples"]
+        },
+        "token_length_p95": {s: v["token_length"].get("p95") for s, v in splits.items()},
+    }
+
+
+def _stable_fingerprints(directory: Path) -> None:
+    """Replace the random fingerprints ``datasets`` writes into ``state.json`` by a hash of
+    the data, so the same input gives byte-identical outputs and DVC skips later stages."""
+    for state_file in sorted(directory.glob("*/state.json")):
+        digest = hashlib.sha256()
+        for data_file in sorted(state_file.parent.glob("*.arrow")):
+            digest.update(data_file.read_bytes())
+        state = json.loads(state_file.read_text())
+        state["_fingerprint"] = digest.hexdigest()[:16]
+        state_file.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def load_tokenized(tokenized_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The tokenized ``DatasetDict`` and its manifest (used by train and evaluate).
+
+    Raises:
+        StageError: the directory or its manifest is missing.
+    """
+    import datasets
+
+    tokenized_dir = Path(tokenized_dir)
+    manifest_path = tokenized_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise StageError(f"{manifest_path}: not found (run the tokenize stage first)")
+    manifest = json.loads(manifest_path.read_text())
+    return datasets.load_from_disk(str(tokenized_dir)), manifest
+
+
+@app.command()
+@stage_command("tokenize")
+def main(
+    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
+    prepared_dir: Path = typer.Option(PREPARED_DIR, help="prepared parquet splits"),
+    output_dir: Path = typer.Option(TOKENIZED_DIR, help="where the tokenized datasets go"),
+    report_path: Path = typer.Option(REPORT_PATH, "--report", help="DVC metrics file"),
+    state_dir: Path = typer.Option(STATE_DIR, help="cache for registered models"),
+) -> None:
+    """Tokenize data/prepared into data/tokenized (see the module docstring)."""
+    params = load_params(params_path)
+    tokenize(params, prepared_dir, output_dir, report_path, state_dir)
+
+
+if __name__ == "__main__":
+    app()

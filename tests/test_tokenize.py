@@ -1,0 +1,179 @@
+"""The tokenize stage: sub-token alignment, truncation counts, manifest, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT, project_env, tiny_params, write_toy_prepared
+
+from tasks.errors import StageError
+from tasks.modeling import vocab_hash
+from tasks.tokenize import align_labels, encode_words, load_tokenized, tokenize
+
+TAG2ID = {"O": 0, "B-LOC": 1, "I-LOC": 2, "B-PER": 3, "I-PER": 4}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def run_tokenize(tmp_path, params, task="text_classification", **sizes):
+    prepared = write_toy_prepared(tmp_path / "prepared", task, **sizes)
+    out, report = tmp_path / "tokenized", tmp_path / "reports" / "tokenize.json"
+    manifest = tokenize(params, prepared, out, report, tmp_path / "state")
+    return manifest, out, report
+
+
+def test_align_labels_first_subtoken_only():
+    # [CLS] w0 w0 w1 w1 w1 w2 [SEP]
+    word_ids = [None, 0, 0, 1, 1, 1, 2, None]
+    assert align_labels(word_ids, [3, 4, 0]) == [-100, 3, -100, 4, -100, -100, 0, -100]
+
+
+def test_words_split_into_subtokens_keep_one_label(tokenizer):
+    # "xyzzy" is not in the vocabulary: it becomes x ##y ##z ##z ##y.
+    frame = pd.DataFrame(
+        {"tokens": [["alice", "xyzzy", "paris"]], "tags": [["B-PER", "O", "B-LOC"]]}
+    )
+    columns, stats = encode_words(tokenizer, frame, TAG2ID, max_length=32)
+    pieces = tokenizer.convert_ids_to_tokens(columns["input_ids"][0])
+    assert pieces == ["[CLS]", "alice", "x", "##y", "##z", "##z", "##y", "paris", "[SEP]"]
+    assert columns["labels"][0] == [-100, 3, 0, -100, -100, -100, -100, 1, -100]
+    assert columns["word_ids"][0] == [-1, 0, 1, 1, 1, 1, 1, 2, -1]
+    assert columns["length"] == [9]  # unpadded
+    assert stats["truncated"] == 0
+    assert stats["words_without_subtokens"] == 0
+
+
+def test_long_sentences_are_truncated_and_counted(tokenizer):
+    frame = pd.DataFrame(
+        {
+            "tokens": [["alice"] * 20, ["bob", "paris"]],
+            "tags": [["B-PER"] * 20, ["B-PER", "B-LOC"]],
+        }
+    )
+    columns, stats = encode_words(tokenizer, frame, TAG2ID, max_length=8)
+    assert stats["truncated"] == 1
+    assert [len(ids) for ids in columns["input_ids"]] == [8, 4]
+    # 6 words survive between [CLS] and [SEP]; the special tokens stay unlabelled.
+    assert columns["labels"][0] == [-100] + [3] * 6 + [-100]
+    assert stats["token_length"]["max"] == 22
+
+
+def test_text_task_outputs_manifest_and_report(tmp_path, tiny_model_dir, tokenizer):
+    params = tiny_params("text_classification", tiny_model_dir, tokenize={"max_length": 8})
+    manifest, out, report = run_tokenize(tmp_path, params)
+    data, loaded = load_tokenized(out)
+    assert loaded == manifest
+    assert manifest["labels"] == ["negative", "positive"]
+    assert manifest["label2id"] == {"negative": 0, "positive": 1}
+    assert manifest["counts"] == {"train": 240, "validation": 60, "test": 60}
+    assert manifest["tokenizer"]["vocab_sha256"] == vocab_hash(tokenizer)
+    assert manifest["tokenizer"]["name_or_path"] == str(tiny_model_dir)
+    assert set(manifest["splits"]["train"]["token_length"]) >= {"p50", "p90", "p95", "p99", "max"}
+    train = data["train"]
+    lengths = [len(ids) for ids in train["input_ids"]]
+    assert max(lengths) <= 8 and len(set(lengths)) > 1  # truncated, not padded
+    assert train["length"] == lengths
+    expected = sum(len(tokenizer(t)["input_ids"]) > 8 for t in train["text"])
+    assert manifest["truncated"]["train"] == expected > 0
+    metrics = json.loads(report.read_text())
+    assert metrics["truncated"]["train"] == expected
+    assert metrics["examples"]["test"] == 60
+    assert train[0]["labels"] == manifest["label2id"][train[0]["label"]]
+
+
+def test_token_task_label_map_from_train_entity_types(tmp_path, tiny_model_dir):
+    params = tiny_params("token_classification", tiny_model_dir)
+    manifest, out, _ = run_tokenize(tmp_path, params, "token_classification")
+    assert manifest["labels"] == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    data, _ = load_tokenized(out)
+    row = data["test"][0]
+    first = [i for i, w in enumerate(row["word_ids"]) if w >= 0 and w != row["word_ids"][i - 1]]
+    assert [manifest["labels"][row["labels"][i]] for i in first] == row["tags"]
+
+
+def test_same_input_gives_identical_output_files(tmp_path, tiny_model_dir):
+    params = tiny_params("text_classification", tiny_model_dir)
+    _, first, _ = run_tokenize(tmp_path / "a", params)
+    _, second, _ = run_tokenize(tmp_path / "b", params)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files
+    for name in files:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_label_unseen_in_train_is_an_error(tmp_path, tiny_model_dir):
+    params = tiny_params("text_classification", tiny_model_dir)
+    prepared = write_toy_prepared(tmp_path / "prepared")
+    test = pd.read_parquet(prepared / "test.parquet")
+    test.loc[3, "label"] = "neutral"
+    test.to_parquet(prepared / "test.parquet")
+    with pytest.raises(StageError, match=r"test split \(toy.csv:5\): label 'neutral' does not"):
+        tokenize(params, prepared, tmp_path / "out", tmp_path / "r.json", tmp_path / "state")
+    assert not (tmp_path / "out").exists()
+
+
+def test_entity_type_unseen_in_train_and_bad_tags_are_errors(tmp_path, tiny_model_dir):
+    params = tiny_params("token_classification", tiny_model_dir)
+    prepared = write_toy_prepared(tmp_path / "prepared", "token_classification")
+    validation = pd.read_parquet(prepared / "validation.parquet")
+    validation.at[0, "tags"] = ["B-ORG", *list(validation.at[0, "tags"])[1:]]
+    validation.to_parquet(prepared / "validation.parquet")
+    with pytest.raises(StageError, match=r"validation split: entity type.*'ORG'"):
+        tokenize(params, prepared, tmp_path / "out", tmp_path / "r.json", tmp_path / "state")
+    validation.at[0, "tags"] = ["PER", *list(validation.at[0, "tags"])[1:]]
+    validation.to_parquet(prepared / "validation.parquet")
+    with pytest.raises(StageError, match="tag 'PER' is not IOB2"):
+        tokenize(params, prepared, tmp_path / "out", tmp_path / "r.json", tmp_path / "state")
+
+
+def test_empty_split_and_missing_files_are_errors(tmp_path, tiny_model_dir):
+    params = tiny_params("text_classification", tiny_model_dir)
+    prepared = write_toy_prepared(tmp_path / "prepared")
+    (prepared / "test.parquet").unlink()
+    with pytest.raises(StageError, match=r"test\.parquet: not found"):
+        tokenize(params, prepared, tmp_path / "out", tmp_path / "r.json", tmp_path / "state")
+    write_toy_prepared(prepared)
+    validation = pd.read_parquet(prepared / "validation.parquet")
+    validation.iloc[:0].to_parquet(prepared / "validation.parquet")
+    with pytest.raises(StageError, match="the validation split is empty"):
+        tokenize(params, prepared, tmp_path / "out", tmp_path / "r.json", tmp_path / "state")
+
+
+def test_unknown_model_directory_is_an_error(tmp_path, tiny_model_dir):
+    prepared = write_toy_prepared(tmp_path / "prepared")
+    for spec, message in [
+        (str(tmp_path / "nowhere"), "is not a directory"),
+        (str(tmp_path), "no model found"),
+        ("bert-base-uncased", "is not a directory"),
+        ("hf://bert-base-uncased", "is not supported"),
+    ]:
+        params = tiny_params("text_classification", spec)
+        with pytest.raises(StageError, match=message):
+            tokenize(params, prepared, tmp_path / "out", tmp_path / "r.json", tmp_path / "state")
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, tiny_model_dir):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"]["name_or_path"] = str(tmp_path / "missing-model")
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(raw))
+    prepared = write_toy_prepared(tmp_path / "prepared")
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.tokenize", "--params", str(params_path),
+         "--prepared-dir", str(prepared), "--output-dir", str(tmp_path / "out"),
+         "--report", str(tmp_path / "tokenize.json"), "--state-dir", str(tmp_path / "state")],
+        cwd=ROOT, env=project_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "tokenize: error: model.name_or_path:" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,362 @@
+"""The train stage on tiny random BERTs: learning, methods, determinism, resume, start points."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, project_env, tiny_params, write_toy_prepared
+
+from tasks.config import load_params
+from tasks.errors import StageError
+from tasks.modeling import LengthGroupedSampler, choose_precision, cpu_supports_bf16
+from tasks.tokenize import tokenize
+from tasks.train import build_model, head_parameter_names, train
+
+
+def prepare_run(directory: Path, params, task: str = "text_classification", **sizes) -> Path:
+    """Toy prepared data tokenized into ``directory / "tokenized"``."""
+    prepared = write_toy_prepared(directory / "prepared", task, **sizes)
+    tokenized = directory / "tokenized"
+    tokenize(params, prepared, tokenized, directory / "reports" / "tokenize.json", directory)
+    return tokenized
+
+
+def run_train(directory: Path, params, tokenized: Path, name: str = "run") -> dict:
+    out = directory / name
+    metrics = train(params, tokenized, out / "model", out / "reports", out / "state")
+    return metrics
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(model_dir / "model.safetensors")
+
+
+def validation_loss(model_dir: Path, tokenized: Path) -> float:
+    """Mean cross-entropy of the saved model on the validation split (fp32)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tasks.modeling import make_collator, model_columns
+    from tasks.tokenize import load_tokenized
+
+    data, _ = load_tokenized(tokenized)
+    split = data["validation"].select_columns(model_columns(data["validation"]))
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    collate = make_collator("text_classification", AutoTokenizer.from_pretrained(model_dir))
+    total = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(split), 32):
+            batch = collate([split[i] for i in range(start, min(start + 32, len(split)))])
+            total += float(model(**batch).loss) * len(batch["labels"])
+    return total / len(split)
+
+
+def saved_checkpoint(checkpoints: Path) -> bool:
+    """True once a checkpoint's trainer state (written last) is complete."""
+    for state in checkpoints.glob("*/checkpoint-*/trainer_state.json"):
+        try:
+            json.loads(state.read_text())
+            return True
+        except ValueError:
+            pass
+    return False
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, tiny_model_dir):
+    """One text run with early stopping (patience 1) shared by several tests."""
+    directory = tmp_path_factory.mktemp("text-run")
+    params = tiny_params(
+        "text_classification", tiny_model_dir, train={"early_stopping_patience": 1}
+    )
+    tokenized = prepare_run(directory, params)
+    metrics = run_train(directory, params, tokenized)
+    return directory / "run", tokenized, metrics
+
+
+def test_text_task_learns_and_writes_outputs(text_run):
+    run, _, metrics = text_run
+    assert metrics["best_validation"]["accuracy"] >= 0.9
+    assert metrics["metric"] == "f1_macro" and metrics["best_validation_metric"] >= 0.9
+    assert metrics["head"] == "new" and metrics["method"] == "full"
+    assert metrics["trainable_parameters"] == metrics["total_parameters"]
+    assert metrics["device"] == "cpu" and metrics["precision"] == "fp32"
+    assert metrics["train_samples_per_second"] > 0 and metrics["train_tokens_per_second"] > 0
+    assert 0 <= metrics["padding_share"] < 0.5
+    assert json.loads((run / "reports" / "train_metrics.json").read_text()) == metrics
+
+    model_dir = run / "model"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in model_dir.iterdir()
+    }
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["label2id"] == {"negative": 0, "positive": 1}
+
+    history = read_csv(run / "reports" / "train_history.csv")
+    assert list(history[0]) == ["step", "epoch", "loss", "learning_rate", "grad_norm"]
+    assert [int(r["step"]) for r in history] == sorted(int(r["step"]) for r in history)
+    validation = read_csv(run / "reports" / "validation_history.csv")
+    assert {"epoch", "step", "loss", "accuracy", "f1_macro", "f1_weighted"} <= set(validation[0])
+    assert len(validation) == metrics["epochs_run"]
+    # Finished runs leave no checkpoints behind (the model is DVC's output now).
+    assert not any((run / "state" / "checkpoints").glob("*"))
+
+
+def test_early_stopping_restores_the_best_epoch(text_run):
+    run, tokenized, metrics = text_run
+    validation = read_csv(run / "reports" / "validation_history.csv")
+    scores = [float(r["f1_macro"]) for r in validation]
+    best = scores.index(max(scores))  # the first epoch reaching the best score
+    assert metrics["stopped_early"] and metrics["epochs_run"] == best + 2  # patience 1
+    assert metrics["best_epoch"] == best + 1
+    # The saved weights are the best epoch's, not the last one's: their validation loss is
+    # the one recorded for the best epoch.
+    expected = float(validation[best]["loss"])
+    assert float(validation[-1]["loss"]) != pytest.approx(expected, rel=1e-3)
+    assert validation_loss(run / "model", tokenized) == pytest.approx(expected, rel=1e-4)
+
+
+def test_token_task_learns(tmp_path, tiny_model_dir):
+    # Also exercises gradient accumulation, the cosine schedule and the dropout override.
+    train_params = {"epochs": 3, "batch_size": 8, "gradient_accumulation_steps": 2}
+    train_params.update(scheduler="cosine", dropout=0.0)
+    params = tiny_params("token_classification", tiny_model_dir, train=train_params)
+    metrics = run_train(tmp_path, params, prepare_run(tmp_path, params, "token_classification"))
+    assert metrics["global_steps"] == 3 * 15  # 240 examples / (8 x 2) per optimizer step
+    assert metrics["metric"] == "f1_micro"
+    config = json.loads((tmp_path / "run/model/config.json").read_text())
+    assert config["hidden_dropout_prob"] == config["attention_probs_dropout_prob"] == 0.0
+    validation = (tmp_path / "run/reports/validation_history.csv").read_text().splitlines()
+    assert validation[0].endswith(",f1_micro")  # the metric DVC plots by default
+    assert metrics["best_validation"]["f1_micro"] >= 0.9
+    assert metrics["best_validation"]["token_accuracy"] >= 0.9
+
+
+def test_same_seed_gives_identical_runs(tmp_path, tiny_model_dir):
+    # precision auto: bf16 autocast on CPUs that support it (as on the real runs), else fp32.
+    params = tiny_params(
+        "text_classification", tiny_model_dir, train={"epochs": 2, "precision": "auto"}
+    )
+    tokenized = prepare_run(tmp_path, params)
+    first = run_train(tmp_path, params, tokenized, "first")
+    second = run_train(tmp_path, params, tokenized, "second")
+    assert first["best_validation"] == second["best_validation"]
+    assert first["precision"] == ("bf16" if cpu_supports_bf16() else "fp32")
+    for name in ("train_history.csv", "validation_history.csv"):
+        assert (tmp_path / "first/reports" / name).read_text() == (
+            tmp_path / "second/reports" / name
+        ).read_text()
+    a, b = weights(tmp_path / "first/model"), weights(tmp_path / "second/model")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_model_dir):
+    params_path = tmp_path / "params.yaml"
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"]["name_or_path"] = str(tiny_model_dir)
+    raw["tokenize"]["max_length"] = 32
+    raw["train"].update(
+        learning_rate=1e-2, epochs=4, batch_size=8, save_steps=4, logging_steps=5,
+        early_stopping_patience=0, precision="fp32",
+    )  # fmt: skip
+    params_path.write_text(yaml.safe_dump(raw))
+    params = load_params(params_path)
+    tokenized = prepare_run(tmp_path, params)
+    reference = run_train(tmp_path, params, tokenized, "reference")
+
+    run = tmp_path / "interrupted"
+    command = [
+        sys.executable, "-m", "tasks.train", "--params", str(params_path),
+        "--tokenized-dir", str(tokenized), "--model-dir", str(run / "model"),
+        "--reports-dir", str(run / "reports"), "--state-dir", str(run / "state"),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=project_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while not saved_checkpoint(run / "state" / "checkpoints"):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)  # mid-epoch: 30 steps per epoch, first save at 4
+    process.wait()
+    process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    assert not (run / "model").exists()
+
+    resumed = train(params, tokenized, run / "model", run / "reports", run / "state")
+    assert resumed["resumed_from_step"] is not None and resumed["resumed_from_step"] < 30
+    assert resumed["best_validation"] == reference["best_validation"]
+    assert resumed["global_steps"] == reference["global_steps"] == 120
+    assert (run / "reports/validation_history.csv").read_text() == (
+        tmp_path / "reference/reports/validation_history.csv"
+    ).read_text()
+    # The first loss logged after the resume averages fewer steps (Trainer restarts its
+    # running sum at the checkpoint); every other row is identical.
+    history = read_csv(run / "reports/train_history.csv")
+    expected = read_csv(tmp_path / "reference/reports/train_history.csv")
+    first_after = min(
+        int(r["step"]) for r in history if int(r["step"]) > resumed["resumed_from_step"]
+    )
+    assert [r["step"] for r in history] == [r["step"] for r in expected]
+    assert [r for r in history if int(r["step"]) != first_after] == [
+        r for r in expected if int(r["step"]) != first_after
+    ]
+    a, b = weights(run / "model"), weights(tmp_path / "reference/model")
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_head_method_trains_only_the_classifier(tmp_path, tiny_model_dir):
+    params = tiny_params(
+        "text_classification", tiny_model_dir, train={"method": "head", "epochs": 2}
+    )
+    metrics = run_train(tmp_path, params, prepare_run(tmp_path, params))
+    hidden, labels = 32, 2
+    assert metrics["trainable_parameters"] == hidden * labels + labels
+    assert metrics["total_parameters"] > 10 * metrics["trainable_parameters"]
+    before, after = weights(tiny_model_dir), weights(tmp_path / "run/model")
+    encoder = [k for k in after if k.startswith("bert.")]
+    assert encoder
+    for key in encoder:  # the encoder did not move
+        assert (after[key] == before[key.removeprefix("bert.")]).all(), key
+
+
+def test_lora_trains_adapters_and_saves_a_merged_model(tmp_path, tiny_model_dir):
+    params = tiny_params(
+        "text_classification", tiny_model_dir, train={"method": "lora", "epochs": 2}
+    )
+    metrics = run_train(tmp_path, params, prepare_run(tmp_path, params))
+    hidden, layers, r, labels = 32, 2, params.train.lora.r, 2
+    lora = layers * 2 * r * (hidden + hidden)  # query and value: A (r x in) + B (out x r)
+    assert metrics["trainable_parameters"] == lora + hidden * labels + labels
+    after, before = weights(tmp_path / "run/model"), weights(tiny_model_dir)
+    assert not any("lora" in k for k in after)  # merged: a plain model
+    query = "encoder.layer.0.attention.self.query.weight"
+    key = "encoder.layer.0.attention.self.key.weight"
+    assert not (after[f"bert.{query}"] == before[query]).all()  # LoRA folded into query
+    assert (after[f"bert.{key}"] == before[key]).all()  # untouched module
+
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run/model")
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_a_head_for_the_same_labels_is_kept_and_reordered(tmp_path, tiny_model_dir):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(1)
+    source = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, num_labels=2, id2label={0: "positive", 1: "negative"},
+        label2id={"positive": 0, "negative": 1},
+    )  # fmt: skip
+    source.save_pretrained(tmp_path / "source")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "source")
+    from tasks.modeling import resolve_model_source
+
+    start = resolve_model_source(str(tmp_path / "source"))
+    model, head = build_model("text_classification", start, ["negative", "positive"], None)
+    assert head == "kept"
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    assert (model.classifier.weight[0] == source.classifier.weight[1]).all()
+    assert (model.classifier.weight[1] == source.classifier.weight[0]).all()
+
+    model, head = build_model("text_classification", start, ["bad", "good"], 0.3)
+    assert head == "new" and model.config.hidden_dropout_prob == 0.3
+    assert not (model.classifier.weight == source.classifier.weight).all()
+    assert head_parameter_names(model) == ["classifier.weight", "classifier.bias"]
+
+
+def test_registered_model_is_a_start_point(tmp_path, tiny_model_dir, text_run):
+    import mlflow
+
+    run, tokenized, _ = text_run
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+        tokenizer = AutoTokenizer.from_pretrained(run / "model")
+        experiment = mlflow.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
+        with mlflow.start_run(experiment_id=experiment):
+            mlflow.transformers.log_model(
+                {"model": model, "tokenizer": tokenizer}, name="model",
+                task="text-classification", pip_requirements=["transformers", "torch"],
+                registered_model_name="sentiment",
+            )  # fmt: skip
+        mlflow.MlflowClient().set_registered_model_alias("sentiment", "champion", "1")
+    finally:
+        mlflow.set_tracking_uri(None)
+    params = tiny_params(
+        "text_classification", "models:/sentiment@champion", tracking={"uri": uri},
+        train={"epochs": 1},
+    )  # fmt: skip
+    metrics = train(params, tokenized, tmp_path / "model", tmp_path / "reports", tmp_path)
+    assert metrics["head"] == "kept"  # same label set: continue with the trained head
+    assert metrics["best_validation"]["accuracy"] >= 0.9
+    assert (tmp_path / "registry" / "sentiment" / "v1").is_dir()  # downloaded once, cached
+
+    missing = tiny_params("text_classification", "models:/sentiment@nobody", tracking={"uri": uri})
+    with pytest.raises(StageError, match="not found in the registry"):
+        train(missing, tokenized, tmp_path / "m2", tmp_path / "r2", tmp_path)
+
+
+def test_data_from_another_tokenizer_is_an_error(tmp_path, tiny_model_dir, text_run):
+    _, tokenized, _ = text_run
+    params = tiny_params("text_classification", "default")
+    with pytest.raises(StageError, match="tokenized with another tokenizer"):
+        train(params, tokenized, tmp_path / "model", tmp_path / "reports", tmp_path)
+
+
+def test_precision_choice_on_cpu():
+    auto = choose_precision("auto")
+    assert auto.device == "cpu"
+    assert auto.dtype == ("bf16" if cpu_supports_bf16() else "fp32")
+    assert choose_precision("fp32").dtype == "fp32"
+    with pytest.raises(StageError, match="fp16 needs a CUDA GPU"):
+        choose_precision("fp16")
+
+
+def test_length_grouped_sampler_is_reproducible_and_groups_lengths():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 60) for _ in range(1000)]
+    sampler = LengthGroupedSampler(lengths, batch_size=16, seed=7)
+    first = list(sampler)
+    assert sorted(first) == list(range(1000))
+    assert list(sampler) == first  # no hidden RNG state
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    assert list(LengthGroupedSampler(lengths, 16, seed=7)) == first
+
+    def padding(order):
+        batches = [order[i : i + 16] for i in range(0, len(order), 16)]
+        return sum(
+            max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches
+        )
+
+    shuffled = list(LengthGroupedSampler(lengths, 16, seed=7, group=False))
+    assert padding(first) < padding(shuffled) / 5
+    # Only the last batch may be short, so batch boundaries stay aligned.
+    sizes = [len(first[i : i + 16]) for i in range(0, 1000, 16)]
+    assert all(size == 16 for size in sizes[:-1])
