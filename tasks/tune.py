@@ -1,0 +1,1101 @@
+"""Stage ``tune``: search the ``train`` hyperparameters with Optuna on the validation split and
+hand the best ones to ``train``.
+
+Reads ``task``, ``model.name_or_path``, ``tracking``, ``train`` and ``tune`` from
+``params.yaml`` and ``data/tokenized/{train,validation}`` (the test split is never opened).
+Writes ``reports/best_params.json`` (the best values, read by ``train``; ``status: disabled``
+when ``tune.enabled`` is false), ``reports/tune_trials.csv`` (number, state, value,
+``params_*``, duration in seconds, epochs run), ``reports/tune_report.md`` and three plots
+(``reports/tune_history.png``, ``tune_importance.png``, ``tune_intermediate.png``).
+
+Each trial trains with the train module's own pieces (``build_model``, ``apply_method``,
+its ``Trainer`` subclass, collators and length-grouped sampler) on a stratified
+``tune.train_fraction`` of train, evaluates ``tune.evals_per_epoch`` times per epoch,
+reports the validation metric to Optuna at every evaluation and stops when the pruner says
+so. Its value is the best evaluation, as train keeps its best epoch. Budget: ``tune.n_trials``
+finished trials and/or ``tune.timeout`` seconds (then no trial starts, and a running one
+stops and is recorded as pruned), so the stage's duration is bounded.
+
+The study (``tune.study_name``) lives in ``tune.storage``: by default SQLite in
+``.state/optuna/``, so a re-run continues it, keeps every finished trial and runs only what
+is missing to reach ``tune.n_trials`` finished trials of the current configuration (same
+data, model, space and fixed train values; other trials stay in the study but are not
+counted or used). ``tune.n_jobs`` > 1 runs worker processes against a journal file (or a
+database server). Running trials send heartbeats; a trial whose worker died is failed and
+re-queued with the same values (``RetryHeartbeatStaleTrialCallback``, the successor of
+``RetryFailedTrialCallback``).
+
+MLflow: the stage's run (a child of the pipeline execution's run) holds the summary, the
+reports and plots; every trial is a nested run with its values, the validation metrics of
+each evaluation (step = evaluation number), its final state and duration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gc
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import typer
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import FrozenTrial, TrialState
+
+from tasks.cli import stage_command
+from tasks.config import (
+    BEST_PARAMS_FILE,
+    DEFAULT_PARAMS,
+    Params,
+    SearchDimension,
+    TrainParams,
+    load_params,
+    overlay_train,
+)
+from tasks.environment import PROJECT_ROOT, STATE_DIR
+from tasks.errors import StageError
+from tasks.modeling import (
+    ModelSource,
+    choose_precision,
+    load_tokenizer,
+    make_collator,
+    model_columns,
+    quiet_transformers,
+    resolve_model_source,
+    vocab_hash,
+    write_json,
+)
+from tasks.tokenize import MANIFEST, TOKENIZED_DIR
+from tasks.train import _argmax, _compute_metrics, _trainer_classes, apply_method, build_model
+
+log = logging.getLogger(__name__)
+REPORTS_DIR = PROJECT_ROOT / "reports"
+BEST_PARAMS = BEST_PARAMS_FILE
+TRIALS_CSV = "tune_trials.csv"
+REPORT_MD = "tune_report.md"
+PLOTS = {
+    "history": "tune_history.png",
+    "importance": "tune_importance.png",
+    "intermediate": "tune_intermediate.png",
+}
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+DIRECTION = "maximize"  # every selectable metric is higher-is-better
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+# --- search space -----------------------------------------------------------------------------
+
+
+def suggest(trial: optuna.Trial, space: dict[str, SearchDimension]) -> dict[str, Any]:
+    """Sample one value per dimension of ``tune.space`` (names as in the space)."""
+    values: dict[str, Any] = {}
+    for name, dim in space.items():
+        if dim.type == "categorical":
+            values[name] = trial.suggest_categorical(name, list(dim.choices or []))
+        elif dim.type == "int":
+            step = int(dim.step) if dim.step is not None else 1
+            values[name] = trial.suggest_int(
+                name, int(dim.low), int(dim.high), step=step, log=dim.log
+            )
+        else:
+            values[name] = trial.suggest_float(
+                name, float(dim.low), float(dim.high), step=dim.step, log=dim.log
+            )
+    return values
+
+
+# --- storage, sampler, pruner -----------------------------------------------------------------
+
+
+def storage_spec(params: Params, state_dir: Path = STATE_DIR) -> str:
+    """``tune.storage``, or the default inside the project: SQLite for one process, a journal
+    file for parallel workers (SQLite is not safe for those)."""
+    tune = params.tune
+    if tune.storage:
+        return tune.storage
+    directory = (Path(state_dir) / "optuna").resolve()
+    if tune.n_jobs > 1:
+        return f"journal:{directory / 'journal.log'}"
+    return f"sqlite:///{directory / 'optuna.db'}"
+
+
+def describe_storage(spec: str) -> str:
+    """The storage for reports and logs, without a password."""
+    if spec.startswith("journal:"):
+        return spec
+    from sqlalchemy.engine import make_url
+
+    with contextlib.suppress(Exception):
+        return make_url(spec).render_as_string(hide_password=True)
+    return spec.split("@")[-1]
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's ``JournalStorage`` with heartbeats (Optuna has them for RDB storages only):
+    a running trial records the time in a system attribute every ``interval`` seconds; one
+    silent for ``grace`` seconds is stale, failed, and handed to ``on_stale``."""
+
+    def __init__(self, backend: Any, interval: int, grace: int, on_stale: Any) -> None:
+        super().__init__(backend)
+        self._interval, self._grace, self._on_stale = interval, grace, on_stale
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            self.set_trial_system_attr(trial_id, "heartbeat", time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now, stale = time.time(), []
+        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = trial.system_attrs.get("heartbeat")
+            if beat is None and trial.datetime_start is not None:
+                beat = trial.datetime_start.timestamp()
+            if beat is not None and now - beat > self._grace:
+                stale.append(trial._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Any:
+        return self._on_stale
+
+
+class RetryStaleTrial:
+    """Re-queue a trial whose worker died, with the same values (Optuna's
+    ``RetryHeartbeatStaleTrialCallback``), and close its MLflow run as FAILED."""
+
+    def __init__(self, max_retry: int) -> None:
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        log.warning("trial %d: its worker stopped sending heartbeats; re-queued", trial.number)
+        self.retry(study, trial)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            with contextlib.suppress(Exception):
+                import mlflow
+
+                client = mlflow.MlflowClient()
+                client.set_tag(run_id, "trial.state", "FAIL")
+                client.set_terminated(run_id, "FAILED")
+
+
+def open_storage(spec: str, params: Params) -> optuna.storages.BaseStorage:
+    """The study storage with heartbeats and retry of stale trials.
+
+    ``journal:PATH`` (relative to the project) opens a journal file, safe for several
+    processes on one machine; anything else is a SQLAlchemy URL (SQLite, PostgreSQL, ...).
+    """
+    tune = params.tune
+    on_stale = RetryStaleTrial(tune.max_retries)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        if spec.startswith("journal:"):
+            path = Path(spec.removeprefix("journal:")).expanduser()
+            path = path if path.is_absolute() else PROJECT_ROOT / path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # An open(O_EXCL) lock file: works on every local file system.
+            backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+            return HeartbeatJournalStorage(
+                backend, tune.heartbeat_interval, tune.grace_period, on_stale
+            )
+        engine: dict[str, Any] = {}
+        if spec.startswith("sqlite:"):
+            if spec.startswith("sqlite:///") and spec != "sqlite:///:memory:":
+                Path(spec.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            engine = {"connect_args": {"timeout": 60}}  # heartbeat thread + trial thread
+        return RDBStorage(
+            spec,
+            engine_kwargs=engine,
+            heartbeat_interval=tune.heartbeat_interval,
+            grace_period=tune.grace_period,
+            heartbeat_stale_trial_callback=on_stale,
+        )
+
+
+def make_sampler(params: Params, seed: int) -> optuna.samplers.BaseSampler:
+    """Seeded TPE; ``constant_liar`` keeps parallel workers from sampling the same point."""
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=params.tune.startup_trials, constant_liar=True
+    )
+
+
+def make_pruner(params: Params) -> optuna.pruners.BasePruner:
+    """``tune.pruner``; steps are evaluation numbers (``evals_per_epoch`` per epoch)."""
+    pruner, tune = params.tune.pruner, params.tune
+    if pruner.type == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps
+        )
+    if pruner.type == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=pruner.min_resource, reduction_factor=pruner.reduction_factor
+        )
+    if pruner.type == "hyperband":
+        epochs = tune.space.get("epochs")
+        most = max(epochs.bounds()) if epochs is not None else params.train.epochs
+        return optuna.pruners.HyperbandPruner(
+            min_resource=pruner.min_resource,
+            max_resource=max(int(most) * tune.evals_per_epoch, pruner.min_resource + 1),
+            reduction_factor=pruner.reduction_factor,
+        )
+    return optuna.pruners.NopPruner()
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TuningData:
+    """What every trial trains and evaluates on (train subset and validation only)."""
+
+    task: str
+    labels: list[str]
+    metric: str
+    source: ModelSource
+    tokenizer: Any
+    train: Any  # the stratified subset, model columns only
+    validation: Any
+    lengths: dict[str, list[int]]
+    train_examples: int  # of the whole train split
+    fingerprint: str  # identifies the configuration whose trials are comparable
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def stratified_subset(keys: list[Any], fraction: float, seed: int) -> list[int]:
+    """Indices of about ``fraction`` of the rows, the same share of every key (at least one
+    row per key), chosen reproducibly by ``seed``; sorted."""
+    import random
+
+    if fraction >= 1:
+        return list(range(len(keys)))
+    groups: dict[str, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(repr(key), []).append(index)
+    rng = random.Random(seed)
+    chosen: list[int] = []
+    for name in sorted(groups):
+        members = groups[name]
+        rng.shuffle(members)
+        chosen += members[: max(1, round(len(members) * fraction))]
+    return sorted(chosen)
+
+
+def _strata(task: str, labels_column: list[Any], label_names: list[str]) -> list[Any]:
+    """Stratification key per example: the label (text), or the first entity tag of the
+    sentence, ``O`` for none (token classification)."""
+    if task == "text_classification":
+        return list(labels_column)
+    outside = label_names.index("O") if "O" in label_names else -1
+    keys = []
+    for row in labels_column:
+        keys.append(next((label for label in row if label not in (-100, outside)), outside))
+    return keys
+
+
+def load_tuning_data(params: Params, tokenized_dir: Path, state_dir: Path) -> TuningData:
+    """Load train (a stratified ``train_fraction``) and validation; the test split is never
+    opened.
+
+    Raises:
+        StageError: missing or mismatched tokenized data.
+    """
+    import datasets
+
+    tokenized_dir = Path(tokenized_dir)
+    manifest_path = tokenized_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise StageError(f"{manifest_path}: not found (run the tokenize stage first)")
+    manifest = json.loads(manifest_path.read_text())
+    task = params.task
+    if manifest["task"] != task:
+        raise StageError(
+            f"{tokenized_dir} holds {manifest['task']} data but task is {task} (re-run tokenize)"
+        )
+    splits = {}
+    for split in ("train", "validation"):
+        try:
+            splits[split] = datasets.load_from_disk(str(tokenized_dir / split))
+        except FileNotFoundError as exc:
+            raise StageError(f"{tokenized_dir / split}: {exc} (re-run tokenize)") from None
+        if len(splits[split]) == 0:
+            raise StageError(f"{tokenized_dir}: the {split} split is empty")
+    source = resolve_model_source(params.model.name_or_path, params.tracking.uri, state_dir)
+    tokenizer = load_tokenizer(source)
+    if vocab_hash(tokenizer) != manifest["tokenizer"]["vocab_sha256"]:
+        raise StageError(
+            f"{tokenized_dir} was tokenized with another tokenizer "
+            f"({manifest['tokenizer']['name_or_path']}) than {source.spec}'s; re-run tokenize"
+        )
+    labels: list[str] = manifest["labels"]
+    full = splits["train"]
+    tune = params.tune
+    keep = stratified_subset(_strata(task, full["labels"], labels), tune.train_fraction, tune.seed)
+    subset = full.select(keep) if len(keep) < len(full) else full
+    validation = splits["validation"]
+    identity = {
+        "task": task,
+        "model": [source.spec, source.registry_version],
+        "data": [_dataset_fingerprint(tokenized_dir / s, splits[s]) for s in splits],
+        "labels": labels,
+        "metric": params.train.resolved_metric(task),
+        "train": {
+            k: v
+            for k, v in params.train.model_dump(mode="json").items()
+            if k not in tune.space and k not in ("resume", "save_steps", "logging_steps")
+        },
+        "space": {k: v.model_dump(mode="json") for k, v in tune.space.items()},
+        "train_fraction": tune.train_fraction,
+        "evals_per_epoch": tune.evals_per_epoch,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return TuningData(
+        task=task,
+        labels=labels,
+        metric=params.train.resolved_metric(task),
+        source=source,
+        tokenizer=tokenizer,
+        train=subset.select_columns(model_columns(subset)),
+        validation=validation.select_columns(model_columns(validation)),
+        lengths={"train": list(subset["length"]), "validation": list(validation["length"])},
+        train_examples=len(full),
+        fingerprint=digest,
+    )
+
+
+def _dataset_fingerprint(directory: Path, dataset: Any) -> str:
+    """The content fingerprint tokenize stores in ``state.json`` (stable across runs)."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return json.loads((directory / "state.json").read_text())["_fingerprint"]
+    return str(getattr(dataset, "_fingerprint", ""))
+
+
+# --- one trial --------------------------------------------------------------------------------
+
+
+def _reporter_class() -> type:
+    """The TrainerCallback that evaluates ``evals_per_epoch`` times per epoch, reports each
+    score to the trial (and its MLflow run) and stops training when the trial is pruned or
+    the search's time budget (``deadline``, monotonic seconds) is spent."""
+    from transformers import TrainerCallback
+
+    class ReportToTrial(TrainerCallback):
+        def __init__(
+            self,
+            trial: optuna.Trial,
+            metric: str,
+            per_epoch: int,
+            mlflow_on: bool,
+            deadline: float | None = None,
+        ):
+            self.trial, self.metric, self.per_epoch = trial, metric, per_epoch
+            self.mlflow_on, self.deadline = mlflow_on, deadline
+            self.points: list[int] = []
+            self.values: list[float] = []
+            self.pruned = self.out_of_time = False
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            count = max(1, math.ceil(args.num_train_epochs * self.per_epoch))
+            self.points = sorted(
+                {max(1, round(i * state.max_steps / count)) for i in range(1, count + 1)}
+            )
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+            if state.global_step in self.points:
+                control.should_evaluate = True
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self.out_of_time = True
+                control.should_training_stop = True
+            return control
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw):
+            metrics = metrics or {}
+            step = len(self.values) + 1
+            value = float(metrics[f"eval_{self.metric}"])
+            self.values.append(value)
+            if self.mlflow_on:
+                import mlflow
+
+                scores = {
+                    k[5:]: float(v)
+                    for k, v in metrics.items()
+                    if k.startswith("eval_")
+                    and isinstance(v, int | float)
+                    and not k.endswith(("runtime", "per_second"))
+                }
+                scores["epoch"] = round(float(state.epoch or 0), 4)
+                mlflow.log_metrics(scores, step=step)
+            self.trial.report(value, step)
+            if self.trial.should_prune():
+                self.pruned = True
+                control.should_training_stop = True
+            return control
+
+    return ReportToTrial
+
+
+@dataclass
+class TrialRecord:
+    epochs: float = 0.0
+    evaluations: int = 0
+
+
+class Objective:
+    """Train and evaluate one trial's values; the study's objective function.
+
+    Args:
+        params: validated parameters (the ``train`` section is the base of every trial).
+        data: from :func:`load_tuning_data`.
+        parent_run_id: the stage's MLflow run; ``None`` logs nothing to MLflow.
+        experiment_id: the MLflow experiment of the parent run.
+        deadline: ``time.monotonic()`` at which the search's time budget ends: a trial still
+            training then stops (recorded as pruned, ``stopped: timeout``).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        data: TuningData,
+        parent_run_id: str | None = None,
+        experiment_id: str | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.params, self.data = params, data
+        self.parent_run_id, self.experiment_id = parent_run_id, experiment_id
+        self.deadline = deadline
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        import psutil
+
+        # A re-queued trial carries the user attributes of the one whose worker died.
+        earlier = trial.user_attrs.get("retry_of", trial.user_attrs.get("trial_number"))
+        retry_of = earlier if earlier is not None and earlier != trial.number else None
+        trial.set_user_attr("trial_number", trial.number)
+        if retry_of is not None:
+            trial.set_user_attr("retry_of", retry_of)
+        trial.set_user_attr("fingerprint", self.data.fingerprint)
+        trial.set_user_attr("worker_pid", os.getpid())
+        record, state, started = TrialRecord(), "FAIL", time.perf_counter()
+        run_id = None
+        try:
+            values = suggest(trial, self.params.tune.space)
+            run_id = self._start_run(trial, values, retry_of)
+            tp = overlay_train(self.params.train, values)
+            value = self._fit(trial, tp, record, run_id is not None)
+            state = "COMPLETE"
+            return value
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
+            log.exception("trial %d failed", trial.number)
+            raise
+        finally:
+            _free_memory()
+            duration = time.perf_counter() - started
+            rss_mb = psutil.Process().memory_info().rss / 2**20
+            trial.set_user_attr("epochs_run", round(record.epochs, 4))
+            trial.set_user_attr("duration_s", round(duration, 2))
+            trial.set_user_attr("rss_mb", round(rss_mb, 1))
+            if run_id is not None:
+                self._end_run(state, duration, record, rss_mb)
+
+    def _start_run(self, trial: optuna.Trial, values: dict[str, Any], retry_of: Any) -> Any:
+        if self.parent_run_id is None:
+            return None
+        import mlflow
+
+        tags = {
+            "pipeline.stage": "tune-trial",
+            "trial.number": str(trial.number),
+            "optuna.study": trial.study.study_name,
+            "trial.state": "RUNNING",
+        }
+        if retry_of is not None:
+            tags["trial.retry_of"] = str(retry_of)
+        run = mlflow.start_run(
+            run_name=f"trial-{trial.number}",
+            parent_run_id=self.parent_run_id,
+            nested=True,
+            experiment_id=self.experiment_id,
+            tags=tags,
+        )
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        mlflow.log_params({k: str(v) for k, v in values.items()})
+        return run.info.run_id
+
+    @staticmethod
+    def _end_run(state: str, duration: float, record: TrialRecord, rss_mb: float) -> None:
+        import mlflow
+
+        mlflow.set_tag("trial.state", state)
+        mlflow.log_metrics({"duration_s": duration, "epochs_run": record.epochs, "rss_mb": rss_mb})
+        mlflow.end_run("FAILED" if state == "FAIL" else "FINISHED")
+
+    def _fit(self, trial: optuna.Trial, tp: TrainParams, record: TrialRecord, log_mlflow: bool):
+        import transformers
+        from transformers import PrinterCallback, TrainingArguments
+
+        data, tune = self.data, self.params.tune
+        trainer_cls, _, _ = _trainer_classes()
+        precision = choose_precision(tp.precision)
+        scratch = Path(tempfile.mkdtemp(prefix=f"tune-trial-{trial.number}-"))
+        model = trainer = None
+        try:
+            transformers.set_seed(tp.seed)  # the same head initialisation in every trial
+            model, _ = build_model(data.task, data.source, data.labels, tp.dropout)
+            model = apply_method(model, data.task, tp)
+            args = TrainingArguments(
+                output_dir=str(scratch),
+                per_device_train_batch_size=tp.batch_size,
+                per_device_eval_batch_size=tp.batch_size * 2,
+                gradient_accumulation_steps=tp.gradient_accumulation_steps,
+                learning_rate=tp.learning_rate,
+                weight_decay=tp.weight_decay,
+                warmup_steps=float(tp.warmup_ratio),  # a float in [0, 1) is a ratio
+                lr_scheduler_type=tp.scheduler,
+                num_train_epochs=tp.epochs,
+                max_grad_norm=tp.max_grad_norm,
+                eval_strategy="no",  # the reporter asks for evaluations at its own points
+                save_strategy="no",  # trials keep no checkpoints
+                logging_strategy="no",
+                seed=tp.seed,
+                data_seed=tp.seed,
+                bf16=precision.dtype == "bf16",
+                fp16=precision.dtype == "fp16",
+                use_cpu=precision.device == "cpu",
+                report_to="none",  # trial runs are logged here, never by Trainer's callback
+                disable_tqdm=True,
+                dataloader_num_workers=0,
+                remove_unused_columns=False,
+            )
+            reporter = _reporter_class()(
+                trial, data.metric, tune.evals_per_epoch, log_mlflow, self.deadline
+            )
+            trainer = trainer_cls(
+                model=model,
+                args=args,
+                train_dataset=data.train,
+                eval_dataset=data.validation,
+                data_collator=make_collator(data.task, data.tokenizer),
+                processing_class=data.tokenizer,
+                compute_metrics=_compute_metrics(data.task, data.labels),
+                preprocess_logits_for_metrics=_argmax,
+                callbacks=[reporter],
+                lengths=data.lengths,
+                group=tp.group_by_length,
+            )
+            trainer.remove_callback(PrinterCallback)  # no metrics dicts on stdout
+            trainer.train()
+            record.epochs = float(trainer.state.epoch or 0)
+            record.evaluations = len(reporter.values)
+            if reporter.pruned:
+                raise optuna.TrialPruned(f"pruned at evaluation {len(reporter.values)}")
+            if reporter.out_of_time and trainer.state.global_step < trainer.state.max_steps:
+                trial.set_user_attr("stopped", "timeout")
+                raise optuna.TrialPruned("stopped: tune.timeout reached")
+            if not reporter.values:
+                raise StageError("the trial ran no evaluation")
+            return max(reporter.values)  # train keeps its best epoch too
+        finally:
+            if trainer is not None:
+                record.epochs = float(trainer.state.epoch or 0)
+                trainer.accelerator.free_memory()  # drops its model/optimizer references
+                trainer.model = trainer.model_wrapped = None
+                trainer.optimizer = trainer.lr_scheduler = None
+            del model, trainer
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _free_memory() -> None:
+    """Collect the finished trial's model, optimizer and Trainer (reference cycles), and
+    give cached GPU memory back."""
+    gc.collect()
+    with contextlib.suppress(ImportError):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# --- the study --------------------------------------------------------------------------------
+
+
+def current_trials(study: optuna.Study, fingerprint: str) -> list[FrozenTrial]:
+    """Trials of this configuration (``fingerprint``), by number."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("fingerprint") == fingerprint
+    ]
+
+
+def recover_stale_trials(study: optuna.Study, params: Params) -> None:
+    """Fail and re-queue trials whose worker died (no heartbeat for ``grace_period``).
+
+    Running trials are given one grace period to prove they are alive (a live worker keeps
+    beating), so a trial killed just before this run is recovered now, not left running.
+    """
+    tune = params.tune
+    deadline = time.monotonic() + tune.grace_period + tune.heartbeat_interval
+    waited = False
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running or time.monotonic() > deadline:
+            break
+        if not waited:
+            log.info(
+                "%d trial(s) marked running: waiting up to %ds for their heartbeats",
+                len(running), tune.grace_period + tune.heartbeat_interval,
+            )  # fmt: skip
+            waited = True
+        time.sleep(1)
+
+
+class StopAtTarget:
+    """Stop this process's search once the configuration has ``target`` finished trials,
+    counting those finished by other processes (or machines) too."""
+
+    def __init__(self, target: int, fingerprint: str) -> None:
+        self.target, self.fingerprint = target, fingerprint
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trials = current_trials(study, self.fingerprint)
+        if sum(t.state in FINISHED for t in trials) >= self.target:
+            study.stop()
+
+
+def run_search(
+    params: Params,
+    data: TuningData,
+    study: optuna.Study,
+    n_trials: int | None,
+    timeout: float | None,
+    parent_run_id: str | None = None,
+    experiment_id: str | None = None,
+) -> None:
+    """Run up to ``n_trials`` trials in this process, and stop early once the study holds
+    ``tune.n_trials`` finished trials of this configuration. After ``timeout`` seconds no
+    trial starts and a running one stops (at its next step; recorded as pruned), so the
+    search ends within about ``timeout`` seconds.
+
+    A trial that raises is recorded as FAIL and the search goes on; a pruned one as PRUNED.
+    """
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    objective = Objective(params, data, parent_run_id, experiment_id, deadline)
+    target = params.tune.n_trials
+    callbacks = [StopAtTarget(target, data.fingerprint)] if target is not None else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            timeout=timeout,
+            catch=(Exception,),
+            callbacks=callbacks,
+            gc_after_trial=True,
+        )
+
+
+def _open_study(params: Params, spec: str, seed: int, create: bool) -> optuna.Study:
+    storage = open_storage(spec, params)
+    kwargs = {
+        "study_name": params.tune.study_name,
+        "storage": storage,
+        "sampler": make_sampler(params, seed),
+        "pruner": make_pruner(params),
+    }
+    if create:
+        study = optuna.create_study(direction=DIRECTION, load_if_exists=True, **kwargs)
+        if study.direction.name.lower() != DIRECTION:
+            raise StageError(
+                f"study {params.tune.study_name!r} in {describe_storage(spec)} minimizes; "
+                "choose another tune.study_name"
+            )
+        return study
+    return optuna.load_study(**kwargs)
+
+
+def _worker(spec: dict[str, Any]) -> None:
+    """One parallel worker process: its own storage connection, sampler seed and MLflow
+    client; trials are nested under the stage's run (passed in explicitly)."""
+    import torch
+
+    from tasks import tracking
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s tune[w{spec['worker']}] %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    quiet_transformers()
+    torch.set_num_threads(spec["threads"])
+    params = Params.model_validate(spec["params"])
+    state_dir = Path(spec["state_dir"])
+    experiment_id = None
+    if spec["parent_run_id"]:
+        experiment_id = tracking.configure(params, state_dir)
+    data = load_tuning_data(params, Path(spec["tokenized_dir"]), state_dir)
+    study = _open_study(params, spec["storage"], spec["seed"], create=False)
+    run_search(
+        params, data, study, spec["n_trials"], spec["timeout"], spec["parent_run_id"],
+        experiment_id,
+    )  # fmt: skip
+
+
+def _split(total: int | None, parts: int) -> list[int | None]:
+    if total is None:
+        return [None] * parts
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def run_workers(
+    params: Params,
+    spec: str,
+    tokenized_dir: Path,
+    state_dir: Path,
+    n_trials: int | None,
+    timeout: float | None,
+    seed: int,
+    parent_run_id: str | None,
+) -> list[int]:
+    """Run ``tune.n_jobs`` worker processes sharing ``n_trials``; return their exit codes."""
+    n_jobs = params.tune.n_jobs
+    context = multiprocessing.get_context("spawn")  # no forked torch/MLflow state
+    threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    processes = []
+    for worker, quota in enumerate(_split(n_trials, n_jobs)):
+        if quota == 0:
+            continue
+        payload = {
+            "worker": worker,
+            "params": params.model_dump(by_alias=True, mode="json"),
+            "storage": spec,
+            "tokenized_dir": str(tokenized_dir),
+            "state_dir": str(state_dir),
+            "n_trials": quota,
+            "timeout": timeout,
+            "seed": seed + 1000 * worker,  # distinct streams: no duplicate samples
+            "threads": threads,
+            "parent_run_id": parent_run_id,
+        }
+        process = context.Process(target=_worker, args=(payload,), name=f"tune-worker-{worker}")
+        process.start()
+        processes.append(process)
+    for process in processes:
+        process.join()
+    return [p.exitcode for p in processes]
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def tune(
+    params: Params,
+    tokenized_dir: Path = TOKENIZED_DIR,
+    reports_dir: Path = REPORTS_DIR,
+    state_dir: Path = STATE_DIR,
+) -> dict[str, Any]:
+    """Search hyperparameters and write the reports (see the module docstring).
+
+    Args:
+        params: validated parameters.
+        tokenized_dir: output of the tokenize stage (train and validation are read).
+        reports_dir: receives ``best_params.json``, ``tune_trials.csv``, ``tune_report.md``
+            and the plots.
+        state_dir: the default study storage (``optuna/``) and the registry cache.
+
+    Returns:
+        The content of ``best_params.json``.
+
+    Raises:
+        StageError: bad input, or no trial of this configuration completed.
+    """
+    reports_dir = Path(reports_dir)
+    if not params.tune.enabled:
+        summary = {
+            "status": "disabled",
+            "reason": "tune.enabled is false: train uses params.yaml alone",
+            "params": {},
+        }
+        _write_reports(params, reports_dir, summary, [], None)
+        log.info("tuning disabled; wrote %s", reports_dir / BEST_PARAMS)
+        return summary
+
+    from tasks import tracking
+
+    quiet_transformers()
+    warnings.simplefilter("ignore", ExperimentalWarning)
+    tune_params = params.tune
+    data = load_tuning_data(params, tokenized_dir, state_dir)
+    spec = storage_spec(params, state_dir)
+    started = time.perf_counter()
+    with tracking.stage_run(params, "tune", state_dir) as run:
+        study = _open_study(params, spec, tune_params.seed, create=True)
+        recover_stale_trials(study, params)
+        # Seeded by the study's length: a re-run samples new points, reproducibly.
+        seed = tune_params.seed + len(study.get_trials(deepcopy=False))
+        study.sampler = make_sampler(params, seed)
+        done = sum(t.state in FINISHED for t in current_trials(study, data.fingerprint))
+        remaining = None if tune_params.n_trials is None else tune_params.n_trials - done
+        log.info(
+            "study %r in %s: %d finished trials of this configuration, %s to run; "
+            "train on %d of %d examples",
+            tune_params.study_name, describe_storage(spec), done,
+            "until the timeout" if remaining is None else max(remaining, 0),
+            len(data.train), data.train_examples,
+        )  # fmt: skip
+        if remaining is None or remaining > 0:
+            if tune_params.n_jobs == 1:
+                run_search(
+                    params, data, study, remaining, tune_params.timeout,
+                    run.info.run_id, run.info.experiment_id,
+                )  # fmt: skip
+            else:
+                codes = run_workers(
+                    params, spec, tokenized_dir, state_dir, remaining, tune_params.timeout,
+                    seed, run.info.run_id,
+                )  # fmt: skip
+                if any(code != 0 for code in codes):
+                    log.warning("worker exit codes %s: the next run retries lost trials", codes)
+        trials = current_trials(study, data.fingerprint)
+        summary = _summary(params, data, spec, trials)
+        if summary["best_trial"] is None:
+            reasons = {t.user_attrs.get("fail_reason") for t in trials} - {None}
+            raise StageError(
+                f"no trial of study {tune_params.study_name!r} completed "
+                f"({_count_states(trials)}); first failure: {next(iter(reasons), 'none')}"
+            )
+        view = _view_study(trials, tune_params.study_name)
+        _write_reports(params, reports_dir, summary, trials, view)
+        _log_stage(summary, reports_dir, time.perf_counter() - started)
+    log.info(
+        "best %s %.4f (trial %d): %s; %s; %.0f s",
+        data.metric, summary["best_value"], summary["best_trial"], summary["params"],
+        summary["trials"], time.perf_counter() - started,
+    )  # fmt: skip
+    return summary
+
+
+def _count_states(trials: list[FrozenTrial]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+def _summary(
+    params: Params, data: TuningData, spec: str, trials: list[FrozenTrial]
+) -> dict[str, Any]:
+    """The content of ``best_params.json``."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = max(complete, key=lambda t: (t.value, -t.number), default=None)
+    return {
+        "status": "tuned",
+        "study_name": params.tune.study_name,
+        "storage": describe_storage(spec),
+        "metric": data.metric,
+        "direction": DIRECTION,
+        "best_trial": best.number if best else None,
+        "best_value": best.value if best else None,
+        # Replace train.<key> for the train stage (tune.enabled); other keys: params.yaml.
+        "params": dict(best.params) if best else {},
+        "trials": _count_states(trials),
+        "trial_epochs": round(sum(t.user_attrs.get("epochs_run", 0.0) for t in trials), 3),
+        "train_examples": len(data.train),
+        "train_fraction": params.tune.train_fraction,
+        "fingerprint": data.fingerprint,
+    }
+
+
+def _view_study(trials: list[FrozenTrial], name: str) -> optuna.Study:
+    """An in-memory study of this configuration's finished trials (for plots)."""
+    view = optuna.create_study(direction=DIRECTION, study_name=name)
+    view.add_trials([t for t in trials if t.state.is_finished()])
+    return view
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+
+def _write_reports(
+    params: Params,
+    reports_dir: Path,
+    summary: dict[str, Any],
+    trials: list[FrozenTrial],
+    view: optuna.Study | None,
+) -> None:
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    names = list(params.tune.space)
+    rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value if t.value is not None else "",
+            **{f"params_{n}": t.params.get(n, "") for n in names},
+            "duration": t.user_attrs.get("duration_s", ""),
+            "epochs_run": t.user_attrs.get("epochs_run", ""),
+            "retry_of": t.user_attrs.get("retry_of", ""),
+        }
+        for t in trials
+    ]
+    fields = ["number", "state", "value", *(f"params_{n}" for n in names)]
+    fields += ["duration", "epochs_run", "retry_of"]
+    tmp = reports_dir / f".{TRIALS_CSV}.tmp"
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(reports_dir / TRIALS_CSV)
+    notes = _write_plots(reports_dir, view, summary)
+    _write_markdown(params, reports_dir / REPORT_MD, summary, rows, notes)
+    write_json(reports_dir / BEST_PARAMS, summary)  # last: train's input
+
+
+def _write_plots(
+    reports_dir: Path, view: optuna.Study | None, summary: dict[str, Any]
+) -> dict[str, str]:
+    """The three PNGs (a note in the image where a plot is not possible); returns the notes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    makers = {
+        "history": plots.plot_optimization_history,
+        "importance": plots.plot_param_importances,
+        "intermediate": plots.plot_intermediate_values,
+    }
+    notes: dict[str, str] = {}
+    for key, make in makers.items():
+        path = reports_dir / PLOTS[key]
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        figure = None
+        try:
+            if view is None:
+                raise ValueError(summary.get("reason", "no study"))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = make(view)
+            figure = axes.figure
+            figure.set_size_inches(8, 5)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            notes[key] = str(exc) or type(exc).__name__
+            figure, axes = plt.subplots(figsize=(8, 2))
+            axes.axis("off")
+            axes.text(0.5, 0.5, f"not available: {notes[key]}", ha="center", wrap=True)
+        figure.savefig(tmp, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        tmp.replace(path)
+    return notes
+
+
+def _write_markdown(
+    params: Params,
+    path: Path,
+    summary: dict[str, Any],
+    rows: list[dict[str, Any]],
+    notes: dict[str, str],
+) -> None:
+    lines = ["# Hyperparameter search", ""]
+    if summary["status"] != "tuned":
+        lines += [f"Tuning is **disabled** ({summary['reason']}).", ""]
+    else:
+        tune, train = params.tune, params.train
+        counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(summary["trials"].items()))
+        lines += [
+            f"Study `{summary['study_name']}` in `{summary['storage']}`: {len(rows)} trials of "
+            f"this configuration ({counts}), {summary['trial_epochs']} trial-epochs; "
+            f"pruner `{tune.pruner.type}`, TPE seed {tune.seed}.",
+            f"Each trial trains on {summary['train_examples']:,} examples (a stratified "
+            f"{tune.train_fraction:.0%} of train) and is scored on the validation split "
+            f"({summary['metric']}, {tune.evals_per_epoch} evaluation(s) per epoch).",
+            "",
+            f"**Best: trial {summary['best_trial']}, {summary['metric']} "
+            f"{summary['best_value']:.4f}.** The train stage uses these values in place of "
+            "`params.yaml`'s `train` keys (other keys unchanged):",
+            "",
+            "| parameter | tuned | params.yaml |",
+            "|---|---|---|",
+        ]
+        for name, value in summary["params"].items():
+            base: Any = train
+            for part in name.split("."):
+                base = getattr(base, part)
+            lines.append(f"| {name} | {_fmt(value)} | {_fmt(base)} |")
+        names = [k for k in (rows[0] if rows else {}) if k.startswith("params_")]
+        lines += ["", "## Trials", ""]
+        header = ["number", "state", "value", *names, "duration", "epochs_run"]
+        lines += ["| " + " | ".join(h.removeprefix("params_") for h in header) + " |"]
+        lines += ["|" + "---|" * len(header)]
+        for row in rows:
+            lines.append("| " + " | ".join(_fmt(row[h]) for h in header) + " |")
+    lines += ["", "## Plots", ""]
+    titles = {"history": "Optimization history", "importance": "Parameter importances"}
+    titles["intermediate"] = "Validation metric at each evaluation"
+    for key, name in PLOTS.items():
+        note = f" (not available: {notes[key]})" if key in notes else ""
+        lines += [f"![{titles[key]}]({name}){note}", ""]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines).rstrip() + "\n")
+    tmp.replace(path)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _log_stage(summary: dict[str, Any], reports_dir: Path, wall_time: float) -> None:
+    """The summary, best values and reports on the stage's MLflow run (the active run)."""
+    import mlflow
+
+    metrics = {f"trials_{k.lower()}": float(v) for k, v in summary["trials"].items()}
+    metrics |= {"best_value": summary["best_value"], "trial_epochs": summary["trial_epochs"]}
+    metrics["wall_time_s"] = wall_time
+    mlflow.log_metrics(metrics)
+    mlflow.log_params({f"best.{k}": str(v) for k, v in summary["params"].items()})
+    mlflow.set_tags(
+        {"tune.best_trial": str(summary["best_trial"]), "tune.metric": summary["metric"]}
+    )
+    for name in (BEST_PARAMS, TRIALS_CSV, REPORT_MD, *PLOTS.values()):
+        mlflow.log_artifact(str(reports_dir / name), artifact_path="tune")
+
+
+@app.command()
+@stage_command("tune")
+def main(
+    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
+    tokenized_dir: Path = typer.Option(TOKENIZED_DIR, help="output of the tokenize stage"),
+    reports_dir: Path = typer.Option(REPORTS_DIR, help="where the reports go"),
+    state_dir: Path = typer.Option(STATE_DIR, help="default study storage, registry cache"),
+) -> None:
+    """Search hyperparameters on the validation split (see the module docstring)."""
+    params = load_params(params_path)
+    tune(params, tokenized_dir, reports_dir, state_dir)
+
+
+if __name__ == "__main__":
+    app()
