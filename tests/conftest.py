@@ -66,6 +66,27 @@ def make_project(directory: Path) -> Path:
     return directory
 
 
+@pytest.fixture(autouse=True)
+def _reset_mlflow_uris():
+    """MLflow keeps the tracking and registry URIs process-wide and mirrors them into
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI; a test that points them at its own store
+    must not leak them into the next test (or its subprocesses)."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {name: os.environ.get(name) for name in names}
+    yield
+    if "mlflow" in sys.modules:
+        from mlflow.tracking import _model_registry, _tracking_service
+
+        # No public way to unset them: set_*_uri(None) keeps the old value.
+        _tracking_service.utils._tracking_uri = None
+        _model_registry.utils._registry_uri = None
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def project_copy(tmp_path: Path) -> Path:
     """A fresh git + DVC repository holding the project's code, params and stage graph."""

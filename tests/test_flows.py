@@ -293,9 +293,14 @@ def test_flow_and_dvc_repro_leave_identical_locks(prefect_api, tmp_path, small):
     assert not any(r["ran"] for r in again)
 
 
-# These metrics files hold measured speeds and wall times, so their hashes differ between
-# any two runs; every other hash in dvc.lock (data, model weights, reports) must match.
-TIMED_METRICS = {"reports/train_metrics.json", "reports/metrics.json"}
+# These reports hold measured speeds, wall times or trial durations, so their hashes differ
+# between any two runs; every other hash in dvc.lock (data, model weights, reports) must match.
+TIMED_METRICS = {
+    "reports/train_metrics.json",
+    "reports/metrics.json",
+    "reports/tune_trials.csv",
+    "reports/tune_report.md",
+}
 
 
 def _lock_without_timings(project) -> dict:
