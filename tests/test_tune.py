@@ -291,7 +291,7 @@ def test_killed_study_resumes_and_keeps_finished_trials(tmp_path, tiny_model_dir
         stderr=subprocess.PIPE,
     )  # fmt: skip
     database = tmp_path / "state/optuna/optuna.db"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while True:  # kill once a trial has finished and the next one is half-way through
         assert process.poll() is None, process.stderr.read().decode()
         assert time.monotonic() < deadline, "no trial finished in time"
