@@ -24,17 +24,7 @@ from conftest import ROOT, project_env, tiny_params, write_toy_prepared
 from tasks.config import ParamsError, apply_tuned_params, load_params
 from tasks.tokenize import tokenize
 from tasks.train import train
-from tasks.tune import (
-    BEST_PARAMS,
-    PLOTS,
-    REPORT_MD,
-    TRIALS_CSV,
-    MedianPruner,
-    load_tuning_data,
-    run_search,
-    stratified_subset,
-    tune,
-)
+from tasks.tune import BEST_PARAMS, PLOTS, REPORT_MD, TRIALS_CSV, stratified_subset, tune
 
 N_TRIALS = 6
 # Learning rates from "learns in one epoch" to "still guessing": pruning has work to do.
@@ -221,16 +211,6 @@ def test_trials_free_their_models_and_memory_does_not_grow(tuned):
         assert later / rss[1] < 1.10, rss  # after trial k vs after trial 2
 
 
-def test_timeout_stops_the_running_trial(tuned):
-    params = tuned["params"]
-    data = load_tuning_data(params, tuned["tokenized"], tuned["dir"] / "state")
-    study = optuna.create_study(direction="maximize")
-    run_search(params, data, study, n_trials=3, timeout=1e-6)  # spent before the first step
-    (trial,) = study.trials  # no further trial starts
-    assert trial.state.name == "PRUNED" and trial.user_attrs["stopped"] == "timeout"
-    assert 0 < trial.user_attrs["epochs_run"] < trial.params["epochs"]
-
-
 def test_train_uses_the_best_params_and_says_so(tuned, tmp_path):
     summary, params = tuned["summary"], tuned["params"]
     reports = tmp_path / "reports"
@@ -291,7 +271,7 @@ def test_killed_study_resumes_and_keeps_finished_trials(tmp_path, tiny_model_dir
         stderr=subprocess.PIPE,
     )  # fmt: skip
     database = tmp_path / "state/optuna/optuna.db"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 120
     while True:  # kill once a trial has finished and the next one is half-way through
         assert process.poll() is None, process.stderr.read().decode()
         assert time.monotonic() < deadline, "no trial finished in time"
@@ -377,23 +357,6 @@ def test_search_space_and_storage_are_validated():
     with pytest.raises(ParamsError, match="SQLite storage does not support"):
         load_params(overrides={"tune.n_jobs": 2, "tune.storage": "sqlite:///x.db"})
     assert load_params(overrides={"tune.n_jobs": 2}).tune.n_jobs == 2  # default: journal
-
-
-def test_median_pruner_prunes_trials_tied_with_the_median():
-    study = optuna.create_study(direction="maximize", pruner=MedianPruner(startup_trials=2))
-    for curve in ([0.37, 0.37], [0.37, 0.8]):  # 0.37: still predicting one class
-        trial = study.ask()
-        for step, value in enumerate(curve, 1):
-            trial.report(value, step)
-        study.tell(trial, max(curve))
-    stuck, learning = study.ask(), study.ask()
-    stuck.report(0.37, 1)
-    learning.report(0.5, 1)
-    assert stuck.should_prune() and not learning.should_prune()
-    # Optuna's strict median keeps the tied trial; warm-up evaluations are never pruned.
-    frozen = study.trials[2]
-    assert not optuna.pruners.MedianPruner(n_startup_trials=2).prune(study, frozen)
-    assert not MedianPruner(startup_trials=2, warmup_steps=1).prune(study, frozen)
 
 
 def test_stratified_subset_keeps_label_shares():
