@@ -29,6 +29,7 @@ import tasks  # noqa: E402,F401 - offline, state and scratch inside the project
 from tasks.config import load_params  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
+STORAGE = ROOT / ".state" / "bench" / "tune_pruning.db"  # the studies, one per variant and run
 
 
 def run_variant(params, data, pruner: str, trials: int) -> dict:
@@ -44,11 +45,14 @@ def run_variant(params, data, pruner: str, trials: int) -> dict:
             )
         }
     )
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+    STORAGE.parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         direction="maximize",
         sampler=make_sampler(variant, variant.tune.seed),
         pruner=make_pruner(variant),
-        study_name=f"bench-{pruner}",
+        storage=f"sqlite:///{STORAGE}",  # kept: every trial's curve, for inspection
+        study_name=f"{stamp}-{pruner}",
     )
     started = time.perf_counter()
     run_search(variant, data, study, n_trials=trials, timeout=None)
@@ -66,6 +70,7 @@ def run_variant(params, data, pruner: str, trials: int) -> dict:
         "wall_s": wall,
         "best": max((t.value for t in complete), default=float("nan")),
         "best_params": study.best_params if complete else {},
+        "study": study.study_name,
     }
 
 
@@ -77,15 +82,20 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.1, help="tune.train_fraction")
     parser.add_argument("--pruner", default="median", help="the pruner to compare with none")
     parser.add_argument("--results", default=str(RESULTS), help="markdown file to append to")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
 
     from tasks.environment import STATE_DIR
-    from tasks.modeling import quiet_transformers
+    from tasks.modeling import choose_precision, quiet_transformers
     from tasks.tracking import device_name
     from tasks.tune import load_tuning_data
 
     quiet_transformers()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     overrides = {"tune.train_fraction": args.fraction, "tune.n_trials": args.trials}
     params = load_params(args.params, overrides=overrides)
     data = load_tuning_data(params, Path(args.tokenized_dir), STATE_DIR)
@@ -133,11 +143,13 @@ def main() -> None:
     section = [
         f"## tune_pruning: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        f"- machine: {device_name()}, {platform.platform()}",
+        f"- machine: {device_name()}, {platform.platform()}; torch threads "
+        f"{torch.get_num_threads()}",
         f"- command: `{command}`",
         f"- data: {len(data.train)} of {data.train_examples} train examples (stratified "
         f"{args.fraction:g}), {len(data.validation)} validation; model "
-        f"`{params.model.name_or_path}`, precision `{params.train.precision}`",
+        f"`{params.model.name_or_path}`, precision `{params.train.precision}` "
+        f"({choose_precision(params.train.precision).dtype})",
         f"- search: TPE seed {tune.seed} ({tune.startup_trials} random startup trials), "
         f"{args.trials} trials each, {tune.evals_per_epoch} evaluations per epoch, pruner "
         f"`{args.pruner}` (startup {tune.pruner.startup_trials}, warmup "
@@ -146,6 +158,9 @@ def main() -> None:
         *lines,
         "",
         summary,
+        f"Studies (every trial's curve): `{STORAGE.relative_to(ROOT)}`, "
+        + ", ".join(f"`{row['study']}`" for row in rows)
+        + ".",
         "",
     ]
     results = Path(args.results)

@@ -47,7 +47,9 @@ class Section(BaseModel):
 
 
 class UserFiles(Section):
-    """The user's own data: one file to split, or train/validation/test files used as given."""
+    """The user's own data: one file to split; train/validation/test files used as given; or
+    train and test files, with validation held out from train (``prepare.split.validation``
+    of its examples), for benchmarks whose labelled evaluation set is the only other file."""
 
     path: Path | None = None
     train: Path | None = None
@@ -61,13 +63,11 @@ class UserFiles(Section):
             raise ValueError(
                 "give either 'path' (one file to split) or 'train'/'validation'/'test'"
             )
-        if self.path is None and not all(p is not None for p in given):
-            missing = [
-                n for n, p in zip(("train", "validation", "test"), given, strict=True) if p is None
-            ]
+        if self.path is None and (self.train is None or self.test is None):
+            missing = [n for n, p in (("train", self.train), ("test", self.test)) if p is None]
             raise ValueError(
-                "give either 'path' (one file to split) or all of 'train', 'validation', "
-                f"'test' (missing: {', '.join(missing)})"
+                "give either 'path' (one file to split) or 'train' and 'test' (and optionally "
+                f"'validation') files (missing: {', '.join(missing)})"
             )
         return self
 
@@ -75,7 +75,8 @@ class UserFiles(Section):
         """Split name (or ``"all"`` for a single file) to path."""
         if self.path is not None:
             return {"all": self.path}
-        return {"train": self.train, "validation": self.validation, "test": self.test}
+        files = {"train": self.train, "validation": self.validation, "test": self.test}
+        return {split: path for split, path in files.items() if path is not None}
 
 
 class ConllColumns(Section):
@@ -292,7 +293,7 @@ class PrunerParams(Section):
 
     type: Literal["median", "successive_halving", "hyperband", "none"] = "median"
     startup_trials: Annotated[int, Field(ge=0)] = 2  # median: trials before any pruning
-    warmup_steps: Annotated[int, Field(ge=0)] = 0  # median: evaluations never pruned
+    warmup_steps: Annotated[int, Field(ge=0)] = 1  # median: first evaluations, never pruned
     min_resource: Annotated[int, Field(ge=1)] = 1  # halving/hyperband: evaluations, first rung
     reduction_factor: Annotated[int, Field(ge=2)] = 3  # halving/hyperband
 

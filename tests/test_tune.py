@@ -24,7 +24,16 @@ from conftest import ROOT, project_env, tiny_params, write_toy_prepared
 from tasks.config import ParamsError, apply_tuned_params, load_params
 from tasks.tokenize import tokenize
 from tasks.train import train
-from tasks.tune import BEST_PARAMS, PLOTS, REPORT_MD, TRIALS_CSV, stratified_subset, tune
+from tasks.tune import (
+    BEST_PARAMS,
+    PLOTS,
+    REPORT_MD,
+    TRIALS_CSV,
+    load_tuning_data,
+    run_search,
+    stratified_subset,
+    tune,
+)
 
 N_TRIALS = 6
 # Learning rates from "learns in one epoch" to "still guessing": pruning has work to do.
@@ -211,6 +220,16 @@ def test_trials_free_their_models_and_memory_does_not_grow(tuned):
         assert later / rss[1] < 1.10, rss  # after trial k vs after trial 2
 
 
+def test_timeout_stops_the_running_trial(tuned):
+    params = tuned["params"]
+    data = load_tuning_data(params, tuned["tokenized"], tuned["dir"] / "state")
+    study = optuna.create_study(direction="maximize")
+    run_search(params, data, study, n_trials=3, timeout=0.5)  # spent within the first trial
+    (trial,) = study.trials  # no further trial starts
+    assert trial.state.name == "PRUNED" and trial.user_attrs["stopped"] == "timeout"
+    assert 0 < trial.user_attrs["epochs_run"] < trial.params["epochs"]
+
+
 def test_train_uses_the_best_params_and_says_so(tuned, tmp_path):
     summary, params = tuned["summary"], tuned["params"]
     reports = tmp_path / "reports"
@@ -271,7 +290,7 @@ def test_killed_study_resumes_and_keeps_finished_trials(tmp_path, tiny_model_dir
         stderr=subprocess.PIPE,
     )  # fmt: skip
     database = tmp_path / "state/optuna/optuna.db"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while True:  # kill once a trial has finished and the next one is half-way through
         assert process.poll() is None, process.stderr.read().decode()
         assert time.monotonic() < deadline, "no trial finished in time"
