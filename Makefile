@@ -38,7 +38,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## Create .venv and install the project (idempotent)
 
-run: setup  ## Run the whole pipeline on params.yaml (dvc repro; unchanged stages are skipped)
+run: setup  ## Run the whole pipeline (dvc repro); PRESET=conll2003|sst2 writes that preset first
+ifdef PRESET
+	python -m tasks.presets $(PRESET)
+endif
 	dvc repro
 
 test: setup  ## Run the test suite

@@ -22,6 +22,7 @@ from prefect.tasks import exponential_backoff
 from flows.artifacts import publish_stage_artifact
 from tasks.config import ParamsError, load_params
 from tasks.environment import PROJECT_ROOT
+from tasks.presets import load_preset, write_overrides
 
 # A stage that exits with this code rejected its input (bad data, failed gate): running it
 # again cannot help, so it is never retried. Anything else (a crash, a kill) may be transient.
@@ -47,22 +48,6 @@ def stage_order(project: Path) -> list[str]:
     with Repo(str(project)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         return [stage.name for stage in nx.topological_sort(graph.reverse(copy=False))]
-
-
-def apply_overrides(project: Path, overrides: dict[str, Any]) -> None:
-    """Validate ``overrides`` (dotted keys) with the typed params, then write them into
-    ``params.yaml`` in place, keeping its comments, as ``dvc exp run -S`` does."""
-    from dvc.utils.serialize import modify_yaml
-
-    params_file = project / "params.yaml"
-    load_params(params_file, overrides)  # raises ParamsError naming the bad key, before work
-    with modify_yaml(params_file) as document:
-        for dotted, value in overrides.items():
-            node = document
-            *parents, leaf = dotted.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
 
 
 def _not_bad_input(task, task_run, state) -> bool:
@@ -121,6 +106,7 @@ def run_stage(stage: str, project: Path) -> dict[str, Any]:
 def training_pipeline(
     overrides: dict[str, Any] | None = None,
     task: str | None = None,
+    preset: str | None = None,
     retries: dict[str, int] | None = None,
     project_dir: str | None = None,
 ) -> list[dict[str, Any]]:
@@ -131,6 +117,8 @@ def training_pipeline(
             the typed params before any work and written to ``params.yaml`` (as
             ``dvc exp run -S`` does).
         task: shortcut for ``overrides["task"]``.
+        preset: a ready-made configuration (``presets/NAME.yaml``, e.g. ``conll2003``),
+            written first; ``overrides`` and ``task`` apply on top of it.
         retries: retries per stage name (default 1; bad input is never retried).
         project_dir: the project to run in (default: this checkout).
 
@@ -142,8 +130,10 @@ def training_pipeline(
     if task is not None:
         overrides["task"] = task
     try:
+        if preset is not None:
+            overrides = {**load_preset(preset, project / "presets"), **overrides}
         if overrides:
-            apply_overrides(project, overrides)
+            write_overrides(project / "params.yaml", overrides)
         else:
             load_params(project / "params.yaml")
     except ParamsError as exc:

@@ -236,6 +236,8 @@ def evaluate(
         matrix_labels = ["O", *sorted({entity_type(t) for t in labels} - {None})]
     metrics.update(timing)
     metrics["batch_size"] = params.evaluate.batch_size
+    # Named in the report: with a {train, test} source the test split is e.g. SST-2's dev file.
+    test_files = sorted(set(test["source_file"])) if "source_file" in test.column_names else []
 
     _write_confusion(reports_dir, pairs, matrix_labels)
     errors.sort(key=lambda e: -e["confidence"])
@@ -244,7 +246,7 @@ def evaluate(
             handle.write(json.dumps(error, ensure_ascii=False) + "\n")
     write_json(reports_dir / "metrics.json", metrics)
     (reports_dir / "eval_report.md").write_text(
-        _markdown(task, metrics, pairs, matrix_labels, errors, precision, model_dir),
+        _markdown(task, metrics, pairs, matrix_labels, errors, precision, model_dir, test_files),
         encoding="utf-8",
     )
     headline = "f1_macro" if task == "text_classification" else "f1_micro"
@@ -366,6 +368,7 @@ def _markdown(
     errors: list[dict[str, Any]],
     precision: Any,
     model_dir: Path,
+    test_files: list[str],
 ) -> str:
     def fmt(value: Any) -> str:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -377,6 +380,11 @@ def _markdown(
         f"{precision.dtype} on {precision.device}. Inference speed is in metrics.json (kept out "
         "of this file so that two runs of the same inputs write the same report).",
         "",
+        *(
+            [f"Test examples read from: {', '.join(f'`{f}`' for f in test_files)}.", ""]
+            if test_files
+            else []
+        ),
         "## Scores",
         "",
         "| metric | value |",

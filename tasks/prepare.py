@@ -85,6 +85,21 @@ def split_frame(
     return result
 
 
+def hold_out_validation(train: pd.DataFrame, params: Params) -> dict[str, pd.DataFrame]:
+    """Split a train file into train and validation (``prepare.split.validation`` of it),
+    with the same grouping and stratification as a single-file split."""
+    share = params.prepare.split.validation
+    if not 0 < share < 1:
+        raise StageError(
+            "data.source gives no validation file, so prepare.split.validation of the train "
+            f"file is held out as validation; it must be between 0 and 1, got {share}"
+        )
+    ratios = SplitRatios(train=1 - share, validation=share, test=0.0)
+    stratify = "label" if params.task == "text_classification" else None
+    split = split_frame(train, ratios, params.prepare.seed, stratify)
+    return {"train": split["train"], "validation": split["validation"]}
+
+
 def drop_repeats(frame: pd.DataFrame) -> pd.DataFrame:
     """Drop rows repeating an earlier row's text and label (tokens and tags), keep the first."""
     if "text" in frame.columns:
@@ -153,6 +168,8 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
     if "all" in frames:
         stratify = "label" if params.task == "text_classification" else None
         splits = split_frame(frames["all"], params.prepare.split, params.prepare.seed, stratify)
+    elif "validation" not in frames:
+        splits = {**hold_out_validation(frames["train"], params), "test": frames["test"]}
     else:
         splits = frames
     if params.prepare.max_examples:
@@ -165,6 +182,11 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
             )
     summary = summarize(splits, params, inputs)
     summary["duplicates_removed"] = removed
+    if not isinstance(params.data.source, str) and params.data.source.validation is None:
+        summary["validation_origin"] = (
+            f"held out from the train file (prepare.split.validation = "
+            f"{params.prepare.split.validation})"
+        )
     _write_atomically(splits, summary, out_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
     (raw_dir / "sources.json").write_text(json.dumps(inputs, indent=2) + "\n")
