@@ -291,7 +291,7 @@ def _default_space() -> dict[str, SearchDimension]:
 class PrunerParams(Section):
     """Stops unpromising trials early, from the validation metric at each evaluation."""
 
-    type: Literal["median", "successive_halving", "hyperband", "none"] = "median"
+    type: Literal["median", "successive_halving", "hyperband", "none"] = "hyperband"
     startup_trials: Annotated[int, Field(ge=0)] = 2  # median: trials before any pruning
     warmup_steps: Annotated[int, Field(ge=0)] = 1  # median: first evaluations, never pruned
     min_resource: Annotated[int, Field(ge=1)] = 1  # halving/hyperband: evaluations, first rung

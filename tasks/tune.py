@@ -240,8 +240,10 @@ def make_pruner(params: Params) -> optuna.pruners.BasePruner:
     """``tune.pruner``; steps are evaluation numbers (``evals_per_epoch`` per epoch)."""
     pruner, tune = params.tune.pruner, params.tune
     if pruner.type == "median":
+        # Optuna may prune at step == n_warmup_steps; our steps count from 1, so +1 keeps
+        # the first ``warmup_steps`` evaluations of every trial unpruned, as documented.
         return optuna.pruners.MedianPruner(
-            n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps
+            n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps + 1
         )
     if pruner.type == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(

@@ -54,7 +54,7 @@ def make_project(directory: Path) -> Path:
     """A fresh git + DVC repository in ``directory`` with the project's code, params and
     stage graph (no data, no outputs)."""
     directory.mkdir(parents=True)
-    for name in ("tasks", "flows", "data/external"):
+    for name in ("tasks", "flows", "presets", "data/external"):
         if (ROOT / name).exists():
             ignore = shutil.ignore_patterns("__pycache__")
             shutil.copytree(ROOT / name, directory / name, ignore=ignore)
