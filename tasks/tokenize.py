@@ -149,19 +149,42 @@ def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int
     return labels
 
 
+def _encode_once(
+    tokenizer: Any, inputs: list, max_length: int, **kwargs: Any
+) -> tuple[dict[str, list], tuple[list, list], list[int]]:
+    """Tokenize ``inputs`` once without truncation (the full lengths are statistics), then
+    re-encode with truncation only the rows longer than ``max_length``: usually none, so the
+    data is tokenized once instead of twice (the library's path for both would be two passes).
+
+    Returns the model columns (truncated), the word ids per row before and after truncation,
+    and the full lengths."""
+    full = tokenizer(inputs, truncation=False, **kwargs)
+    columns = {key: list(values) for key, values in full.items()}
+    full_lengths = [len(ids) for ids in columns["input_ids"]]
+    full_word_ids = [full.word_ids(i) for i in range(len(inputs))]
+    kept_word_ids = list(full_word_ids)
+    long_rows = [i for i, n in enumerate(full_lengths) if n > max_length]
+    if long_rows:
+        cut = tokenizer(
+            [inputs[i] for i in long_rows], truncation=True, max_length=max_length, **kwargs
+        )
+        for j, i in enumerate(long_rows):
+            for key in columns:
+                columns[key][i] = cut[key][j]
+            kept_word_ids[i] = cut.word_ids(j)
+    return columns, (full_word_ids, kept_word_ids), full_lengths
+
+
 def encode_texts(
     tokenizer: Any, frame: Any, label2id: dict[str, int], max_length: int
 ) -> tuple[dict[str, list], dict[str, Any]]:
     """Columns of the text dataset and this split's statistics."""
     texts = [str(t) for t in frame["text"]]
-    full = tokenizer(texts, truncation=False)["input_ids"]
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)
-    columns = {k: list(v) for k, v in encoded.items()}
+    columns, _, full_lengths = _encode_once(tokenizer, texts, max_length)
     columns["labels"] = [label2id[str(x)] for x in frame["label"]]
-    columns["length"] = [len(ids) for ids in encoded["input_ids"]]
+    columns["length"] = [len(ids) for ids in columns["input_ids"]]
     columns["text"] = texts
     columns["label"] = [str(x) for x in frame["label"]]
-    full_lengths = [len(ids) for ids in full]
     stats = {
         "examples": len(texts),
         "truncated": sum(n > max_length for n in full_lengths),
@@ -179,22 +202,20 @@ def encode_words(
     evaluate can map predictions back to words."""
     words = [[str(w) for w in tokens] for tokens in frame["tokens"]]
     tags = [[str(t) for t in ts] for ts in frame["tags"]]
-    full = tokenizer(words, is_split_into_words=True, truncation=False)
-    encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
-    columns: dict[str, list] = {k: list(v) for k, v in encoded.items()}
+    columns, (full_word_ids, kept_word_ids), full_lengths = _encode_once(
+        tokenizer, words, max_length, is_split_into_words=True
+    )
     columns["labels"], columns["word_ids"] = [], []
     unaligned = 0
-    for i, sentence_tags in enumerate(tags):
-        word_ids = encoded.word_ids(i)
+    for sentence_tags, full_ids, word_ids in zip(tags, full_word_ids, kept_word_ids, strict=True):
         columns["labels"].append(align_labels(word_ids, [tag2id[t] for t in sentence_tags]))
         columns["word_ids"].append([-1 if w is None else w for w in word_ids])
         # Words that no sub-token represents (e.g. only control characters) get no label.
-        covered = {w for w in full.word_ids(i) if w is not None}
+        covered = {w for w in full_ids if w is not None}
         unaligned += len(sentence_tags) - len(covered)
-    columns["length"] = [len(ids) for ids in encoded["input_ids"]]
+    columns["length"] = [len(ids) for ids in columns["input_ids"]]
     columns["tokens"] = words
     columns["tags"] = tags
-    full_lengths = [len(ids) for ids in full["input_ids"]]
     stats = {
         "examples": len(words),
         "truncated": sum(n > max_length for n in full_lengths),
