@@ -1,0 +1,152 @@
+"""Benchmark (not a test): where the default pipeline's wall time goes, stage by stage.
+
+Runs ``make run`` in ``--project`` (prepare the folder first: e.g. a fresh clone with
+``data/raw`` copied in, so it starts from a clean state with the data already fetched),
+timestamps every output line, and splits each stage's wall time into
+
+- compute: the work the stage itself reports (tune: trial durations; train: training and
+  validation; evaluate: inference). prepare, validate, tokenize and register report none;
+- startup: a fresh interpreter importing the stage's module (``python -c "import tasks.X"``,
+  measured separately, median of three): what every stage pays before any work;
+- the rest: setup, loading, writing outputs, MLflow logging and registry calls, DVC hashing.
+
+Then times a no-op ``dvc repro`` (three times). Prints a table and appends it to
+``bench/RESULTS.md``.
+
+    .venv/bin/python bench/pipeline_overhead.py --project .state/fresh-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "RESULTS.md"
+STAGE = re.compile(r"Running stage '([a-z_]+)'")
+
+
+def timed_lines(command: list[str], cwd: Path, log: Path) -> tuple[int, list[tuple[float, str]]]:
+    """Run ``command``; return its exit code and (seconds since start, line) for each line."""
+    started = time.monotonic()
+    lines = []
+    with (
+        subprocess.Popen(
+            command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as process,
+        log.open("w") as handle,
+    ):
+        for line in process.stdout:
+            lines.append((time.monotonic() - started, line.rstrip()))
+            handle.write(f"{lines[-1][0]:9.2f} {line}")
+    lines.append((time.monotonic() - started, "<end>"))
+    return process.returncode, lines
+
+
+def stage_walls(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Seconds from each ``Running stage`` line to the next one (or the end)."""
+    starts = [(t, m.group(1)) for t, text in lines if (m := STAGE.search(text))]
+    ends = [t for t, _ in starts[1:]] + [lines[-1][0]]
+    return {name: end - start for (start, name), end in zip(starts, ends, strict=True)}
+
+
+def reported_compute(project: Path) -> dict[str, float]:
+    """Seconds of work the stages report in their outputs."""
+    reports, compute = project / "reports", {}
+    trials = reports / "tune_trials.csv"
+    if trials.is_file():
+        with trials.open() as handle:
+            compute["tune"] = sum(float(row["duration"] or 0) for row in csv.DictReader(handle))
+    train = reports / "train_metrics.json"
+    if train.is_file():
+        metrics = json.loads(train.read_text())
+        compute["train"] = metrics["train_time_s"] + metrics["eval_time_s"]
+    evaluate = reports / "metrics.json"
+    if evaluate.is_file():
+        compute["evaluate"] = json.loads(evaluate.read_text())["inference_seconds"]
+    return compute
+
+
+def import_seconds(project: Path, stage: str, python: str) -> float:
+    """Median wall time of a fresh interpreter importing ``tasks.<stage>`` (3 runs)."""
+    runs = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([python, "-c", f"import tasks.{stage}"], cwd=project, check=True)
+        runs.append(time.perf_counter() - started)
+    return statistics.median(runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--project", type=Path, default=ROOT, help="where to run make run")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    project = args.project.resolve()
+    python = str(project / ".venv" / "bin" / "python")
+    env_path = f"{project / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"
+    os.environ["PATH"] = env_path
+
+    code, lines = timed_lines(["make", "run"], project, project / ".state" / "make-run.log")
+    if code != 0:
+        sys.exit(f"make run failed ({code}); see {project / '.state' / 'make-run.log'}")
+    total = lines[-1][0]
+    walls, compute = stage_walls(lines), reported_compute(project)
+    rows, overhead_sum = [], 0.0
+    for stage, wall in walls.items():
+        startup = import_seconds(project, stage, python)
+        work = compute.get(stage)
+        rest = wall - startup - (work or 0.0)
+        overhead_sum += wall - work if work is not None else 0.0
+        rows.append(
+            f"| {stage} | {wall:.1f} | {'—' if work is None else f'{work:.1f}'} | "
+            f"{startup:.1f} | {rest:.1f} |"
+        )
+    before_first = min((t for t, text in lines if STAGE.search(text)), default=0.0)
+    noop = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run(["dvc", "repro"], cwd=project, check=True, capture_output=True)
+        noop.append(time.perf_counter() - started)
+    measured = sum(compute.values())
+    with_compute = sum(walls[s] for s in compute if s in walls)
+    section = [
+        f"## pipeline_overhead: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{platform.platform()}",
+        f"- command: `{shlex.join([sys.executable, *sys.argv])}` (runs `make run` in "
+        f"`{project.name}`)",
+        "",
+        "| stage | wall s | compute s (reported) | startup s (imports) | rest s |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"`make run` {total:.1f} s in all ({before_first:.1f} s before the first stage: make, "
+        f"setup check, DVC start). Stages that report compute: {measured:.1f} s of "
+        f"{with_compute:.1f} s wall, overhead {overhead_sum:.1f} s = "
+        f"{overhead_sum / with_compute:.1%}. Stages without reported compute (prepare, validate, "
+        f"tokenize, register) take {sum(w for s, w in walls.items() if s not in compute):.1f} s "
+        f"= {sum(w for s, w in walls.items() if s not in compute) / total:.1%} of the run.",
+        f"No-op `dvc repro`: {', '.join(f'{s:.2f}' for s in noop)} s (target <= 3 s).",
+        "",
+    ]
+    text = "\n".join(section)
+    print(text)
+    with args.results.open("a") as handle:
+        handle.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
