@@ -39,7 +39,7 @@ def test_project_params_load_with_defaults():
         ),
         ({"task": "regression"}, "task: must be one of 'text_classification' or"),
         ({"data.source": "imdb"}, "data.source: unknown built-in source 'imdb'"),
-        ({"data.source": {"train": "a.csv"}}, "(missing: validation, test)"),
+        ({"data.source": {"train": "a.csv"}}, "(missing: test)"),
         (
             {"task": "token_classification"},
             "data.source: 'rotten_tomatoes' is a text_classification dataset, but task is",

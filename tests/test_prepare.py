@@ -190,6 +190,25 @@ def test_given_splits_are_used_as_they_are(tmp_path):
     assert read_split(tmp_path, "test")["source_file"].unique().tolist() == [str(files["test"])]
 
 
+def test_train_and_test_files_hold_validation_out_of_train(tmp_path):
+    train, test = reviews_csv(tmp_path / "train.csv", n=200), reviews_csv(tmp_path / "t.csv", 9)
+    data = {"source": {"train": str(train), "test": str(test)}, **TEXT_COLUMNS}
+    split = {"train": 0.8, "validation": 0.2, "test": 0.0}
+    summary = run_prepare(tmp_path, data=data, prepare={"split": split})
+    counts = {s: summary["splits"][s]["examples"] for s in ("train", "validation", "test")}
+    assert counts == {"train": 160, "validation": 40, "test": 9}
+    assert "held out from the train file" in summary["validation_origin"]
+    held, kept = read_split(tmp_path, "validation"), read_split(tmp_path, "train")
+    assert set(held["source_file"]) == {str(train)} and not set(held["text"]) & set(kept["text"])
+    assert held["label"].value_counts().to_dict() == {"pos": 27, "neg": 13}  # stratified 2:1
+    with pytest.raises(StageError, match=r"prepare\.split\.validation"):
+        run_prepare(
+            tmp_path / "none",
+            data=data,
+            prepare={"split": {"train": 1.0, "validation": 0.0, "test": 0.0}},
+        )
+
+
 def test_max_examples_caps_every_split(tmp_path):
     source = reviews_csv(tmp_path / "r.csv", n=300)
     summary = run_prepare(tmp_path, data=user_data(source), prepare={"max_examples": 20})
