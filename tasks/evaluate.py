@@ -96,10 +96,12 @@ def predict(
     probabilities: list[Any] = [None] * len(order)
     tokens = 0
     started = time.perf_counter()
+    # One read of the columns: indexing the dataset row by row costs ~10x more per row.
+    columns = inputs.to_dict()
     with torch.inference_mode(), precision.autocast():
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
-            batch = collate([inputs[i] for i in indices])
+            batch = collate([{c: values[i] for c, values in columns.items()} for i in indices])
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(**batch).logits.float()
             probs = torch.softmax(logits, dim=-1).cpu().numpy()
