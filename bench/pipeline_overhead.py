@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from results import append_section  # bench/results.py
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
 STAGE = re.compile(r"Running stage '([a-z_]+)'")
@@ -147,10 +149,8 @@ def main() -> None:
         f"No-op `dvc repro`: {', '.join(f'{s:.2f}' for s in noop)} s (target <= 3 s).",
         "",
     ]
-    text = "\n".join(section)
-    print(text)
-    with args.results.open("a") as handle:
-        handle.write("\n" + text)
+    print("\n".join(section))
+    append_section(args.results, section)
 
 
 if __name__ == "__main__":

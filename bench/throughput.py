@@ -45,6 +45,8 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results import append_section  # noqa: E402 - bench/results.py
+
 import tasks  # noqa: E402,F401 - offline, state and scratch inside the project
 from tasks.config import load_params  # noqa: E402
 
@@ -910,11 +912,7 @@ def main() -> None:
         *(f"- {c}" for c in checks),
         "",
     ]
-    results_file = Path(args.results)
-    results_file.parent.mkdir(parents=True, exist_ok=True)
-    previous = results_file.read_text() if results_file.exists() else "# Benchmark results\n\n"
-    results_file.write_text(previous.rstrip("\n") + "\n\n" + "\n".join(section))
-    print(f"appended to {results_file}")
+    append_section(args.results, section)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results import append_section  # noqa: E402 - bench/results.py
+
 import tasks  # noqa: E402,F401 - offline, state and scratch inside the project
 from tasks.config import load_params  # noqa: E402
 
@@ -163,11 +165,7 @@ def main() -> None:
         + ".",
         "",
     ]
-    results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    previous = results.read_text() if results.exists() else "# Benchmark results\n\n"
-    results.write_text(previous.rstrip("\n") + "\n\n" + "\n".join(section))
-    print(f"appended to {results}")
+    append_section(args.results, section)
 
 
 if __name__ == "__main__":

@@ -191,6 +191,17 @@ def vocab_hash(tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
 
 
+def load_matching_tokenizer(source: ModelSource, manifest: dict, tokenized_dir: Path) -> Any:
+    """``source``'s tokenizer, checked to be the one ``tokenized_dir`` was made with."""
+    tokenizer = load_tokenizer(source)
+    if vocab_hash(tokenizer) != manifest["tokenizer"]["vocab_sha256"]:
+        raise StageError(
+            f"{tokenized_dir} was tokenized with another tokenizer "
+            f"({manifest['tokenizer']['name_or_path']}) than {source.spec}'s; re-run tokenize"
+        )
+    return tokenizer
+
+
 # --- labels -----------------------------------------------------------------------------------
 
 

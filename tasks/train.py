@@ -55,7 +55,7 @@ from tasks.modeling import (
     ModelSource,
     Precision,
     choose_precision,
-    load_tokenizer,
+    load_matching_tokenizer,
     make_collator,
     model_class,
     model_columns,
@@ -63,7 +63,6 @@ from tasks.modeling import (
     replace_dir,
     resolve_model_source,
     sorted_by_length,
-    vocab_hash,
     write_json,
 )
 from tasks.tokenize import TOKENIZED_DIR, load_tokenized
@@ -393,12 +392,7 @@ def train(
         if len(data[split]) == 0:
             raise StageError(f"{tokenized_dir}: the {split} split is empty")
     source = resolve_model_source(params.model.name_or_path, params.tracking.uri, state_dir)
-    tokenizer = load_tokenizer(source)
-    if vocab_hash(tokenizer) != manifest["tokenizer"]["vocab_sha256"]:
-        raise StageError(
-            f"{tokenized_dir} was tokenized with another tokenizer "
-            f"({manifest['tokenizer']['name_or_path']}) than {source.spec}'s; re-run tokenize"
-        )
+    tokenizer = load_matching_tokenizer(source, manifest, tokenized_dir)
     labels: list[str] = manifest["labels"]
     metric = tp.resolved_metric(task)
     precision = choose_precision(tp.precision)

@@ -72,12 +72,11 @@ from tasks.errors import StageError
 from tasks.modeling import (
     ModelSource,
     choose_precision,
-    load_tokenizer,
+    load_matching_tokenizer,
     make_collator,
     model_columns,
     quiet_transformers,
     resolve_model_source,
-    vocab_hash,
     write_json,
 )
 from tasks.tokenize import MANIFEST, TOKENIZED_DIR
@@ -339,12 +338,7 @@ def load_tuning_data(params: Params, tokenized_dir: Path, state_dir: Path) -> Tu
         if len(splits[split]) == 0:
             raise StageError(f"{tokenized_dir}: the {split} split is empty")
     source = resolve_model_source(params.model.name_or_path, params.tracking.uri, state_dir)
-    tokenizer = load_tokenizer(source)
-    if vocab_hash(tokenizer) != manifest["tokenizer"]["vocab_sha256"]:
-        raise StageError(
-            f"{tokenized_dir} was tokenized with another tokenizer "
-            f"({manifest['tokenizer']['name_or_path']}) than {source.spec}'s; re-run tokenize"
-        )
+    tokenizer = load_matching_tokenizer(source, manifest, tokenized_dir)
     labels: list[str] = manifest["labels"]
     full = splits["train"]
     tune = params.tune
