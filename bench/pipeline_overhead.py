@@ -76,7 +76,7 @@ def reported_compute(project: Path) -> dict[str, float]:
     if train.is_file():
         metrics = json.loads(train.read_text())
         compute["train"] = metrics["train_time_s"] + metrics["eval_time_s"]
-    evaluate = reports / "metrics.json"
+    evaluate = reports / "inference_speed.json"
     if evaluate.is_file():
         compute["evaluate"] = json.loads(evaluate.read_text())["inference_seconds"]
     return compute

@@ -7,8 +7,11 @@ Reads ``task``, ``train.precision`` (inference runs in the training precision) a
 - ``metrics.json``: DVC metrics. Text: accuracy, macro/weighted F1, per-class precision,
   recall, F1 and support, ROC AUC for two classes. Tokens: seqeval entity precision,
   recall and F1 (micro, macro, per type; strict IOB2, on word-level tags) and
-  ``token_accuracy`` (share of words tagged right, not an entity score). Both: inference
-  throughput.
+  ``token_accuracy`` (share of words tagged right, not an entity score). Scores only: the
+  register stage depends on this file, so it holds nothing that changes between two runs
+  of the same model on the same data.
+- ``inference_speed.json``: DVC metrics that nothing depends on: inference seconds,
+  samples/s, real tokens/s, batch size, precision and device.
 - ``confusion.csv`` (one ``actual,predicted`` row per example, or per word for tokens; a
   DVC confusion plot) and ``confusion_matrix.png``.
 - ``errors.jsonl``: the misclassified examples, highest-confidence mistakes first.
@@ -49,6 +52,7 @@ from tasks.tokenize import TOKENIZED_DIR, load_tokenized
 log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"
 REPORTS_DIR = PROJECT_ROOT / "reports"
+SPEED_FILE = "inference_speed.json"  # timings: kept out of metrics.json, which register reads
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -163,11 +167,11 @@ def evaluate(
         params: validated parameters (``task``, ``train.precision``, ``evaluate``).
         tokenized_dir: output of the tokenize stage (only ``test`` is read).
         model_dir: output of the train stage.
-        reports_dir: receives metrics.json, confusion.csv, confusion_matrix.png,
-            errors.jsonl and eval_report.md.
+        reports_dir: receives metrics.json, inference_speed.json, confusion.csv,
+            confusion_matrix.png, errors.jsonl and eval_report.md.
 
     Returns:
-        The content of ``metrics.json``.
+        The content of ``metrics.json`` (scores only).
     """
     import numpy as np
 
@@ -236,8 +240,12 @@ def evaluate(
         ]
         errors = _token_errors(test, gold_tags, predicted_tags, confidences)
         matrix_labels = ["O", *sorted({entity_type(t) for t in labels} - {None})]
-    metrics.update(timing)
-    metrics["batch_size"] = params.evaluate.batch_size
+    speed = {
+        **timing,
+        "batch_size": params.evaluate.batch_size,
+        "dtype": str(precision.dtype).removeprefix("torch."),
+        "device": str(precision.device),
+    }
     # Named in the report: with a {train, test} source the test split is e.g. SST-2's dev file.
     test_files = sorted(set(test["source_file"])) if "source_file" in test.column_names else []
 
@@ -247,6 +255,7 @@ def evaluate(
         for error in errors[: params.evaluate.max_errors]:
             handle.write(json.dumps(error, ensure_ascii=False) + "\n")
     write_json(reports_dir / "metrics.json", metrics)
+    write_json(reports_dir / SPEED_FILE, speed)
     (reports_dir / "eval_report.md").write_text(
         _markdown(task, metrics, pairs, matrix_labels, errors, precision, model_dir, test_files),
         encoding="utf-8",
@@ -379,8 +388,8 @@ def _markdown(
         "# Test evaluation",
         "",
         f"Model `{Path(model_dir).name}` ({task}), {metrics['samples']} test examples, "
-        f"{precision.dtype} on {precision.device}. Inference speed is in metrics.json (kept out "
-        "of this file so that two runs of the same inputs write the same report).",
+        f"{precision.dtype} on {precision.device}. Inference speed is in {SPEED_FILE} (kept "
+        "out of this file so that two runs of the same inputs write the same report).",
         "",
         *(
             [f"Test examples read from: {', '.join(f'`{f}`' for f in test_files)}.", ""]
@@ -392,8 +401,7 @@ def _markdown(
         "| metric | value |",
         "|---|---|",
     ]
-    timing = ("inference_seconds", "samples_per_second", "tokens_per_second", "batch_size")
-    scalar = {k: v for k, v in metrics.items() if not isinstance(v, dict) and k not in timing}
+    scalar = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     lines += [f"| {k} | {fmt(v)} |" for k, v in scalar.items()]
     if task == "token_classification":
         lines += [
@@ -468,7 +476,11 @@ def log_to_mlflow(params: Params, metrics: dict[str, Any], reports_dir: Path) ->
 
     with tracking.stage_run(params, "evaluate"):
         tracking.log_numbers(metrics, prefix="test_")
-        names = ("metrics.json", "eval_report.md", "confusion_matrix.png", "confusion.csv")
+        speed_path = reports_dir / SPEED_FILE
+        if speed_path.exists():
+            tracking.log_numbers(json.loads(speed_path.read_text()), prefix="test_")
+        names = ("metrics.json", SPEED_FILE, "eval_report.md", "confusion_matrix.png")
+        names += ("confusion.csv",)
         for name in (*names, "errors.jsonl"):
             if (reports_dir / name).exists():
                 mlflow.log_artifact(str(reports_dir / name), artifact_path="reports")

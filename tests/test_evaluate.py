@@ -87,8 +87,11 @@ def test_text_report_on_test_split(tmp_path, text_model):
     assert metrics["roc_auc"] >= 0.9
     assert set(metrics["per_class"]) == {"negative", "positive"}
     assert sum(c["support"] for c in metrics["per_class"].values()) == 60
-    assert metrics["samples_per_second"] > 0 and metrics["tokens_per_second"] > 0
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    speed = json.loads((tmp_path / "inference_speed.json").read_text())
+    assert speed["samples_per_second"] > 0 and speed["tokens_per_second"] > 0
+    assert speed["batch_size"] == params.evaluate.batch_size
+    assert not {"inference_seconds", "samples_per_second", "batch_size"} & set(metrics)
 
     with (tmp_path / "confusion.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -197,12 +200,15 @@ def test_dvc_repro_runs_the_model_stages_on_the_pretrained_encoder(tmp_path):
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
     assert "accuracy" in json.dumps(shown) and "train_samples_per_second" in json.dumps(shown)
-    # Nothing changed: nothing runs. A report-only param reruns evaluate alone.
+    # Nothing changed: nothing runs. A report-only param reruns evaluate alone, and leaves
+    # metrics.json (register's input) byte-identical: register stays up to date.
     assert "Running stage" not in run(["dvc", "repro", "evaluate"], project).stdout
+    scores = (project / "reports/metrics.json").read_bytes()
     set_params(project, **{"evaluate.max_errors": 3})
     third = run(["dvc", "repro", "evaluate"], project)
     assert "Running stage 'evaluate'" in third.stdout
     assert "Running stage 'train'" not in third.stdout
+    assert (project / "reports/metrics.json").read_bytes() == scores
     assert len((project / "reports/errors.jsonl").read_text().splitlines()) <= 3
     diff = run(["dvc", "metrics", "diff", "--json"], project)
     assert diff.returncode == 0
