@@ -1,11 +1,19 @@
 """Stage ``register``: log the trained model to MLflow, register it, and gate the champion.
 
-The new version always gets the alias ``challenger``. It becomes ``champion`` only if its
-test score beats the current champion's by at least ``register.min_improvement``, both
-scored on the same test data: when the champion was scored on another version of the test
-split, it is re-scored on the current one first (tokenize + evaluate, exactly as the stages
-do). With no champion yet, the version is promoted if it reaches ``register.min_score``.
-Versions are never deleted or overwritten. Writes ``reports/registry.json``.
+Registration is idempotent. Every version carries, as tags set in the same call that creates
+it, DVC's md5 of the model directory (``model_md5``, the ``.dir`` hash ``dvc.lock`` records
+for ``models/model``) and the md5 of the test split it was scored on (``test_data_hash``).
+When a version with the current weights exists already, it is reused: nothing is logged or
+registered again, the gate is re-applied to it, and its decision tags are updated.
+
+The registered version of the current weights gets the alias ``challenger``. It becomes
+``champion`` only if its test score beats the current champion's by at least
+``register.min_improvement``, both scored on the same test data: when the champion was
+scored on another version of the test split, it is re-scored on the current one first
+(tokenize + evaluate, exactly as the stages do). With no champion yet, the version is
+promoted if it reaches ``register.min_score``. A reused version that is the champion stays
+champion (its aliases are left as they are). Versions are never deleted or overwritten.
+Writes ``reports/registry.json`` atomically, last.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from tasks.errors import StageError
 
 log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"
+MODEL_MD5_TAG = "model_md5"  # DVC's md5 of the model directory: the identity of the weights
 PREPARED_DIR = PROJECT_ROOT / "data" / "prepared"
 REPORTS_DIR = PROJECT_ROOT / "reports"
 INPUT_EXAMPLES = {
@@ -48,6 +57,25 @@ def metric_key(params: Params) -> str:
 def test_data_hash(prepared_dir: Path) -> str:
     """md5 of the prepared test split: the identity of the data a score was measured on."""
     return hashlib.md5((prepared_dir / "test.parquet").read_bytes()).hexdigest()
+
+
+def model_md5(model_dir: Path) -> str:
+    """DVC's md5 of the model directory: the ``.dir`` hash ``dvc.lock`` records for it.
+
+    Computed by DVC's own code (``dvc_data``'s ``build``, as ``dvc add`` and ``dvc repro``
+    hash a directory output) in a dry run: nothing is written to any cache. The project's
+    ``.dvcignore`` is not applied (it ignores nothing inside ``models/model``).
+    """
+    import os
+
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs import LocalFileSystem, MemoryFileSystem
+
+    staging = HashFileDB(MemoryFileSystem(), "memory://register-model-md5")
+    path = os.fspath(Path(model_dir).resolve())
+    _, _, obj = build(staging, path, LocalFileSystem(), "md5", dry_run=True)
+    return str(obj.hash_info.value)
 
 
 def decide(
@@ -77,7 +105,8 @@ def register(
     reports_dir: Path = REPORTS_DIR,
     state_dir: Path = STATE_DIR,
 ) -> dict[str, Any]:
-    """Log and register ``model_dir``, apply the champion/challenger gate, write the report.
+    """Register ``model_dir`` (or reuse the version holding the same weights), apply the
+    champion/challenger gate, and write the report.
 
     Returns:
         The content of ``reports/registry.json``.
@@ -97,52 +126,87 @@ def register(
             f"register.metric: {key!r} is not in {metrics_path} ({', '.join(metrics)})"
         )
     score = float(metrics[key])
+    if not (Path(model_dir) / "config.json").exists():
+        raise StageError(f"{model_dir}: no trained model found; run the train stage first")
     data_hash = test_data_hash(Path(prepared_dir))
+    weights = model_md5(Path(model_dir))
     name = params.register_.model_name
 
     with tracking.stage_run(params, "register", state_dir) as run:
         client = mlflow.MlflowClient()
+        existing = _version_with_weights(client, name, weights)
         champion = _champion(client, name, params.task)
         champion_score, rescored = None, False
-        if champion is not None:
-            tags = champion.tags
-            same_data = tags.get("test_data_hash") == data_hash and tags.get("metric") == key
-            if same_data:
-                champion_score = float(tags["test_score"])
-            else:
-                log.info("champion v%s was scored on other test data: re-scoring", champion.version)
-                champion_score = rescore(params, name, champion.version, prepared_dir, state_dir)[
-                    key
-                ]
-                rescored = True
-        promote, reason = decide(
-            score, champion_score, params.register_.min_improvement, params.register_.min_score
-        )
-        version = _log_and_register(params, Path(model_dir), name)
-        decision = "promoted to champion" if promote else "kept as challenger"
+        if existing is not None and champion is not None and _same(existing, champion):
+            # The champion's own weights: nothing to decide, and metrics.json is its score.
+            champion_score, promote = score, False
+            decision = "stays champion"
+            reason = (
+                f"same weights as the champion (model md5 {weights}); "
+                f"{score:.4f} on the current test data"
+            )
+        else:
+            if champion is not None:
+                tags = champion.tags
+                same_data = tags.get("test_data_hash") == data_hash and tags.get("metric") == key
+                if same_data:
+                    champion_score = float(tags["test_score"])
+                else:
+                    log.info(
+                        "champion v%s was scored on other test data: re-scoring", champion.version
+                    )
+                    champion_score = rescore(
+                        params, name, champion.version, prepared_dir, state_dir
+                    )[key]
+                    rescored = True
+            promote, reason = decide(
+                score, champion_score, params.register_.min_improvement, params.register_.min_score
+            )
+            decision = "promoted to champion" if promote else "kept as challenger"
         version_tags = {
             "task": params.task,
+            MODEL_MD5_TAG: weights,
+            "test_data_hash": data_hash,
             "metric": key,
             "test_score": f"{score:.6f}",
-            "test_data_hash": data_hash,
             "decision": decision,
             "reason": reason,
+            "decision_run_id": run.info.run_id,
             "champion_before": champion.version if champion else "none",
             "champion_score": "none" if champion_score is None else f"{champion_score:.6f}",
             "champion_rescored": str(rescored).lower(),
         }
-        for tag, value in version_tags.items():
-            client.set_model_version_tag(name, version, tag, value)
-        client.set_registered_model_alias(name, "challenger", version)
-        if promote:
-            client.set_registered_model_alias(name, "champion", version)
+        if existing is None:
+            # The version and its identity tags come into being in one call: a crash after
+            # it leaves a version that the next run finds and reuses.
+            version = _log_and_register(params, Path(model_dir), name, version_tags)
+            source_run = run.info.run_id
+        else:
+            version, source_run = existing.version, existing.run_id
+            log.info("%s version %s holds these weights already: reusing it", name, version)
+            for tag, value in version_tags.items():
+                client.set_model_version_tag(name, version, tag, value)
+        if decision != "stays champion":
+            # challenger first, champion last: a crash in between is repaired by a re-run.
+            client.set_registered_model_alias(name, "challenger", version)
+            if promote:
+                client.set_registered_model_alias(name, "champion", version)
         mlflow.log_metric(f"test_{key}", score)
-        mlflow.set_tags({"registry.decision": decision, "registry.version": version})
+        mlflow.set_tags(
+            {
+                "registry.decision": decision,
+                "registry.version": version,
+                "registry.reused": str(existing is not None).lower(),
+            }
+        )
         report = {
             "model_name": name,
             "version": int(version),
             "model_uri": f"models:/{name}/{version}",
+            "reused": existing is not None,
+            "model_md5": weights,
             "run_id": run.info.run_id,
+            "version_run_id": source_run,
             "metric": key,
             "score": score,
             "test_data_hash": data_hash,
@@ -195,16 +259,35 @@ def _champion(client: Any, name: str, task: str) -> Any | None:
     return version
 
 
-def _log_and_register(params: Params, model_dir: Path, name: str) -> str:
+def _same(version: Any, other: Any) -> bool:
+    return int(version.version) == int(other.version)
+
+
+def _version_with_weights(client: Any, name: str, weights: str) -> Any | None:
+    """The version of ``name`` whose ``model_md5`` tag is ``weights`` (the registry's own tag
+    filter, evaluated in SQL by a database store); the champion or challenger if several."""
+    found = client.search_model_versions(f"name = '{name}' AND tags.{MODEL_MD5_TAG} = '{weights}'")
+    if not found:
+        return None
+    aliases = _aliases(client, name)
+    for alias in ("champion", "challenger"):
+        for version in found:
+            if int(version.version) == aliases.get(alias):
+                return version
+    return max(found, key=lambda version: int(version.version))
+
+
+def _log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str, str]) -> str:
     """Log the model into the active run with signature, input example and explicit
-    requirements, register it under ``name``, and return the new version."""
+    requirements, then create a version of ``name`` from it with ``tags`` (one call: the
+    version never exists without them). Returns the new version."""
     import mlflow
     import torch
     import transformers
+    from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
+    from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
 
-    if not (model_dir / "config.json").exists():
-        raise StageError(f"{model_dir}: no trained model found; run the train stage first")
     example = INPUT_EXAMPLES[params.task]
     # Explicit requirements: MLflow's inference of them looks for torchvision and fails.
     requirements = [
@@ -220,7 +303,6 @@ def _log_and_register(params: Params, model_dir: Path, name: str) -> str:
             task="text-classification",
             input_example=example,
             pip_requirements=requirements,
-            registered_model_name=name,
         )
     else:
         # MLflow's transformers pyfunc collapses token-classification output into a
@@ -240,9 +322,21 @@ def _log_and_register(params: Params, model_dir: Path, name: str) -> str:
             signature=infer_signature(example, EntityPipeline.entities(pipeline, example)),
             input_example=example,
             pip_requirements=requirements,
-            registered_model_name=name,
         )
-    return str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in (
+            ErrorCode.Name(RESOURCE_ALREADY_EXISTS),
+            ErrorCode.Name(ALREADY_EXISTS),
+        ):
+            raise
+    run_id = mlflow.active_run().info.run_id
+    version = client.create_model_version(
+        name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
+    )
+    return str(version.version)
 
 
 class EntityPipeline(PythonModel):

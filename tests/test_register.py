@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +22,7 @@ import yaml
 from conftest import ROOT, project_env, run, tiny_params, write_toy_prepared
 
 from tasks.evaluate import evaluate
-from tasks.register import decide, register
+from tasks.register import decide, model_md5, register
 from tasks.tokenize import tokenize
 from tasks.train import train
 
@@ -29,14 +33,25 @@ class Trained:
 
     params: object
     root: Path
+    model_dir: Path | None = None  # default: root/model
+    reports_dir: Path | None = None  # default: root/reports
 
     @property
     def uri(self) -> str:
         return self.params.tracking.uri
 
+    @property
+    def name(self) -> str:
+        return self.params.register_.model_name
+
     def dirs(self) -> tuple[Path, Path, Path, Path]:
         r = self.root
-        return r / "model", r / "prepared", r / "reports", r / "state"
+        return (
+            self.model_dir or r / "model",
+            r / "prepared",
+            self.reports_dir or r / "reports",
+            r / "state",
+        )
 
     def set_score(self, score: float) -> None:
         """Pretend evaluate measured ``score`` (the gate reads metrics.json)."""
@@ -51,13 +66,37 @@ class Trained:
     def client(self):
         return mlflow.MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
+    def versions(self) -> list:
+        return self.client().search_model_versions(f"name='{self.name}'")
+
     def ensure_champion(self) -> None:
         """Register once when an earlier test (run alone, or deselected) has not."""
-        name = self.params.register_.model_name
-        if not self.client().search_model_versions(f"name='{name}'"):
+        if not self.versions():
             self.register()
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
+
+    def named(self, name: str) -> Trained:
+        """The same model and data, registered under ``name`` (a registry of its own)."""
+        section = self.params.register_.model_copy(update={"model_name": name})
+        return dataclasses.replace(
+            self, params=self.params.model_copy(update={"register_": section})
+        )
+
+    def variant(self, tag: str) -> Trained:
+        """The same model with slightly different weights, in a directory of its own."""
+        from safetensors.torch import load_file, save_file
+
+        target = self.root / f"model-{tag}"
+        if not target.exists():
+            shutil.copytree(self.root / "model", target)
+            weights = target / "model.safetensors"
+            tensors = load_file(weights)
+            bias = next(key for key in tensors if key.endswith("classifier.bias"))
+            shift = (int(hashlib.md5(tag.encode()).hexdigest()[:4], 16) + 1) * 1e-7
+            tensors[bias] = tensors[bias] + shift
+            save_file(tensors, weights, metadata={"format": "pt"})
+        return dataclasses.replace(self, model_dir=target)
 
 
 def _train(root: Path, task: str, model_dir: Path, name: str) -> Trained:
@@ -114,24 +153,25 @@ def test_first_better_worse_and_equal_versions(text_model):
     assert first["aliases"] == {"champion": 1, "challenger": 1}
 
     text_model.set_score(first["score"] + 0.1)
-    better = text_model.register()
+    better = text_model.variant("better").register()
     assert better["promoted"] and better["champion_before"]["version"] == 1
     assert better["aliases"] == {"champion": 2, "challenger": 2}
 
     text_model.set_score(first["score"])
-    worse = text_model.register()
+    worse = text_model.variant("worse").register()
     assert not worse["promoted"]
     assert "does not beat the champion" in worse["reason"]
     assert worse["aliases"] == {"champion": 2, "challenger": 3}
 
     text_model.set_score(better["score"])
-    equal = text_model.register()
+    equal = text_model.variant("equal").register()
     assert not equal["promoted"]
     assert equal["aliases"] == {"champion": 2, "challenger": 4}
 
-    # Every version is kept, with its decision, scores and data hash as tags.
+    # Every version is kept, with its decision, scores, weights and data hash as tags.
     versions = client.search_model_versions("name='toy-sentiment'")
     assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
+    assert len({v.tags["model_md5"] for v in versions}) == 4
     third = client.get_model_version("toy-sentiment", "3")
     assert third.tags["decision"] == "kept as challenger"
     assert float(third.tags["champion_score"]) == pytest.approx(better["score"], abs=1e-6)
@@ -146,7 +186,7 @@ def test_champion_is_rescored_on_new_test_data(text_model):
     original = test_path.read_bytes()
     try:
         pd.read_parquet(test_path).head(30).to_parquet(test_path)  # a new test data version
-        report = text_model.register()
+        report = text_model.variant("rescore").register()
     finally:
         test_path.write_bytes(original)
     before = report["champion_before"]
@@ -156,6 +196,99 @@ def test_champion_is_rescored_on_new_test_data(text_model):
     assert before["score"] != pytest.approx(float(champion.tags["test_score"]))
     assert 0.0 <= before["score"] <= 1.0
     assert report["test_data_hash"] != champion.tags["test_data_hash"]
+
+
+# --- idempotent registration: one version per set of weights -------------------------------
+
+
+def test_model_md5_is_the_hash_dvc_records(text_model, tmp_path):
+    """The ``model_md5`` tag is the ``.dir`` md5 that DVC writes for the model directory."""
+    from dvc.repo import Repo
+
+    shutil.copytree(text_model.root / "model", tmp_path / "model")
+    with Repo.init(tmp_path, no_scm=True) as repo:
+        repo.add(str(tmp_path / "model"))
+    recorded = yaml.safe_load((tmp_path / "model.dvc").read_text())["outs"][0]
+    assert recorded["hash"] == "md5" and recorded["md5"].endswith(".dir")
+    assert model_md5(text_model.root / "model") == recorded["md5"]
+    assert model_md5(text_model.variant("md5").model_dir) != recorded["md5"]
+
+
+def test_same_weights_are_registered_once(text_model):
+    trained = text_model.named("toy-once")
+    first = trained.register()
+    assert (first["version"], first["reused"], first["decision"]) == (
+        1,
+        False,
+        "promoted to champion",
+    )
+    # evaluate re-ran (a report-only param): same weights, same score.
+    second = trained.register()
+    assert (second["version"], second["reused"]) == (1, True)
+    assert second["decision"] == "stays champion" and not second["promoted"]
+    assert second["aliases"] == first["aliases"] == {"champion": 1, "challenger": 1}
+    assert second["model_md5"] == first["model_md5"] == model_md5(text_model.root / "model")
+    (version,) = trained.versions()
+    assert version.tags["model_md5"] == first["model_md5"]
+    assert version.tags["test_data_hash"] == first["test_data_hash"]
+    assert version.tags["decision"] == "stays champion"
+    assert version.run_id == first["run_id"] == second["version_run_id"] != second["run_id"]
+    saved = json.loads((text_model.root / "reports" / "registry.json").read_text())
+    assert saved == second
+
+
+def test_different_weights_get_a_new_version_and_old_weights_are_reused(text_model):
+    trained = text_model.named("toy-variants")
+    first = trained.register()
+    other = trained.variant("other").register()
+    assert (other["version"], other["reused"]) == (2, False)
+    assert other["model_md5"] != first["model_md5"]
+    assert other["aliases"] == {"champion": 1, "challenger": 2}  # same score: not promoted
+    # Back to the first weights: the gate runs again on version 1, nothing new is logged.
+    again = trained.register()
+    assert (again["version"], again["reused"], again["decision"]) == (1, True, "stays champion")
+    again = trained.variant("other").register()
+    assert (again["version"], again["reused"]) == (2, True)
+    assert again["decision"] == "kept as challenger"
+    assert again["aliases"] == {"champion": 1, "challenger": 2}
+    assert sorted(int(v.version) for v in trained.versions()) == [1, 2]
+
+
+def test_a_kill_after_version_creation_is_repaired_by_the_next_run(text_model, tmp_path):
+    """SIGKILL right after the version is created (its tags with it), before any alias or
+    report: the next run finds that version, finishes the gate, and writes the report."""
+    trained = dataclasses.replace(text_model.named("toy-crash"), reports_dir=tmp_path / "reports")
+    trained.reports_dir.mkdir()
+    shutil.copy2(text_model.root / "reports" / "metrics.json", trained.reports_dir)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(trained.params.model_dump(mode="json", by_alias=True)))
+    model_dir, prepared_dir, reports_dir, _ = trained.dirs()
+    script = f"""
+import os, signal
+from pathlib import Path
+import mlflow
+from tasks.register import main
+
+def killed(*args, **kwargs):  # the first call after the version is created
+    os.kill(os.getpid(), signal.SIGKILL)
+
+mlflow.MlflowClient.set_registered_model_alias = killed
+main(params_path=Path({str(params_file)!r}), model_dir=Path({str(model_dir)!r}),
+     prepared_dir=Path({str(prepared_dir)!r}), reports_dir=Path({str(reports_dir)!r}))
+"""
+    done = run([sys.executable, "-c", script], ROOT, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert not (reports_dir / "registry.json").exists()
+    (created,) = trained.versions()
+    assert created.tags["model_md5"] == model_md5(model_dir)
+    assert created.aliases == []
+
+    report = trained.register()
+    assert (report["version"], report["reused"]) == (1, True)
+    assert report["aliases"] == {"champion": 1, "challenger": 1}
+    assert report["version_run_id"] == created.run_id
+    assert len(trained.versions()) == 1
+    assert json.loads((reports_dir / "registry.json").read_text()) == report
 
 
 def test_champions_load_as_pyfunc_and_predict(text_model, token_model):
