@@ -6,10 +6,15 @@ path and the value (``validate.max_duplicate_share: must be <= 1, got 3``).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
+import os
+import re
+import shlex
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -545,6 +550,109 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ParamsError(f"override {dotted!r}: {part!r} is not a section")
     node[leaf] = value
+
+
+# --- every input tracked by DVC ---------------------------------------------------------------
+
+# The folders DVC tracks for the user's inputs (dependencies in dvc.yaml); relative to the
+# project root. A file or model anywhere else would be read, but a change to it would not
+# re-run anything: `dvc repro` would say "up to date" and keep the old results.
+EXTERNAL_DATA_DIR = Path("data", "external")  # prepare
+PRETRAINED_DIR = Path("models", "pretrained")  # tokenize, tune, train
+TRACKED_INPUTS = ("data.source", "model.name_or_path")
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # models:/NAME@alias, hf://, https://, ...
+
+
+def untracked_inputs(
+    params: Params,
+    project_root: Path,
+    keys: Iterable[str] = TRACKED_INPUTS,
+    base: Path | None = None,
+) -> list[str]:
+    """The user inputs of ``params`` that DVC does not track, one message per problem.
+
+    A user data file (``data.source``) must lie in ``<project_root>/data/external/``, and a
+    local start-point model (``model.name_or_path``, other than ``default`` and
+    ``models:/...``) in ``<project_root>/models/pretrained/``, with symbolic links resolved
+    (a link may only point into DVC's own cache, as ``cache.type: symlink`` makes them).
+    Nothing is read: the check runs before a stage opens any input.
+
+    Args:
+        params: validated parameters.
+        project_root: the project of the running stage (``tasks.environment.PROJECT_ROOT``).
+        keys: which inputs to check (a stage checks the ones it reads).
+        base: the folder relative paths are read from (default: the current directory,
+            the project root when DVC runs the stage).
+
+    Returns:
+        ``key: value ...`` lines naming the value and how to bring it into the project;
+        empty when every input is tracked.
+    """
+    root = Path(project_root).resolve()
+    base = Path(base) if base is not None else Path.cwd()
+    problems = []
+    if "data.source" in keys and params.data.builtin is None:
+        for split, path in params.data.source.files().items():
+            key = "data.source." + ("path" if split == "all" else split)
+            problem = _outside(key, str(path), base / path, root, EXTERNAL_DATA_DIR)
+            problems += [problem] if problem else []
+    spec = params.model.name_or_path
+    if "model.name_or_path" in keys and spec != "default" and not _URI.match(spec):
+        path = Path(spec).expanduser()
+        problem = _outside("model.name_or_path", spec, base / path, root, PRETRAINED_DIR)
+        problems += [problem] if problem else []
+    return problems
+
+
+def require_tracked_inputs(
+    params: Params, project_root: Path, keys: Iterable[str] = TRACKED_INPUTS
+) -> None:
+    """Raise unless every input in ``keys`` is tracked (see :func:`untracked_inputs`).
+
+    Raises:
+        ParamsError: one line per untracked input, naming the key, the value and the fix.
+    """
+    problems = untracked_inputs(params, project_root, keys)
+    if problems:
+        raise ParamsError("\n".join(problems))
+
+
+def _outside(key: str, value: str, path: Path, root: Path, folder: Path) -> str | None:
+    """The message for ``value`` (read as ``path``) unless it lies in ``root / folder``."""
+    allowed = root / folder
+    lexical = Path(os.path.normpath(path.absolute()))
+    resolved = path.resolve()
+    if resolved.is_relative_to(allowed):
+        return None
+    if lexical.is_relative_to(allowed) and _in_dvc_cache(resolved, root):
+        return None
+    where = f"{value!r}" if resolved == lexical else f"{value!r} (resolves to {resolved})"
+    stages = "prepare" if folder == EXTERNAL_DATA_DIR else "tokenize, tune and train"
+    copy = "cp" if folder == EXTERNAL_DATA_DIR else "cp -r"
+    origin, target = shlex.quote(str(resolved)), (folder / resolved.name).as_posix()
+    return (
+        f"{key}: {where} is outside {folder.as_posix()}/: DVC does not track it, so {stages} "
+        f"would not re-run when it changes. Bring it into the project and set {key}: "
+        f"{target}, either as a copy:\n"
+        f"    {copy} {origin} {shlex.quote(target)}\n"
+        f"  or keeping its origin (`dvc update {shlex.quote(target + '.dvc')}` fetches it "
+        "again after it changed):\n"
+        f"    dvc import-url {origin} {shlex.quote(target)}"
+    )
+
+
+def _in_dvc_cache(path: Path, root: Path) -> bool:
+    """Whether ``path`` is in the project's DVC cache (links made by ``cache.type: symlink``)."""
+    if path.is_relative_to((root / ".dvc" / "cache").resolve()):
+        return True
+    if not (root / ".dvc").is_dir():
+        return False
+    with contextlib.suppress(Exception):  # not a DVC repository, or an unreadable config
+        from dvc.repo import Repo  # only for this rare case: a configured cache.dir
+
+        with Repo(str(root)) as repo:
+            return path.is_relative_to(Path(repo.cache.local.path).resolve())
+    return False
 
 
 # --- tuned values over the train section ------------------------------------------------------

@@ -21,7 +21,8 @@ import pandas as pd
 import typer
 
 from tasks.cli import stage_command
-from tasks.config import Params, SplitRatios, load_params
+from tasks.config import Params, SplitRatios, load_params, require_tracked_inputs
+from tasks.environment import PROJECT_ROOT
 from tasks.errors import StageError
 from tasks.sources import BUILTINS, read_builtin, read_user_file, sha256_of
 
@@ -215,7 +216,10 @@ def main(
     raw_dir: Path = typer.Option(Path("data/raw"), help="Download folder of built-in data."),
 ) -> None:
     """Read the configured data source and write the prepared train/validation/test splits."""
-    prepare(load_params(params_file), out_dir, raw_dir)
+    params = load_params(params_file)
+    # Before any file is read: user data must be in data/external/, which DVC tracks.
+    require_tracked_inputs(params, PROJECT_ROOT, ["data.source"])
+    prepare(params, out_dir, raw_dir)
 
 
 if __name__ == "__main__":

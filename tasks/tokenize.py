@@ -25,7 +25,7 @@ from typing import Any
 import typer
 
 from tasks.cli import stage_command
-from tasks.config import DEFAULT_PARAMS, Params, load_params
+from tasks.config import DEFAULT_PARAMS, Params, load_params, require_tracked_inputs
 from tasks.environment import PROJECT_ROOT, STATE_DIR
 from tasks.errors import StageError
 from tasks.modeling import (
@@ -369,6 +369,8 @@ def main(
 ) -> None:
     """Tokenize data/prepared into data/tokenized (see the module docstring)."""
     params = load_params(params_path)
+    # Before the model is read: a local start point must be in models/pretrained/.
+    require_tracked_inputs(params, PROJECT_ROOT, ["model.name_or_path"])
     tokenize(params, prepared_dir, output_dir, report_path, state_dir)
 
 

@@ -45,6 +45,7 @@ from tasks.config import (
     TrainParams,
     apply_tuned_params,
     load_params,
+    require_tracked_inputs,
 )
 from tasks.environment import PROJECT_ROOT, STATE_DIR
 from tasks.errors import StageError
@@ -586,6 +587,8 @@ def main(
 ) -> None:
     """Fine-tune on data/tokenized into models/model (see the module docstring)."""
     params = load_params(params_path)
+    # Before the model is read: a local start point must be in models/pretrained/.
+    require_tracked_inputs(params, PROJECT_ROOT, ["model.name_or_path"])
     # The values this run uses (tuned ones over params.yaml), so its MLflow run logs them too.
     params, _ = apply_tuned_params(params, Path(reports_dir) / BEST_PARAMS_FILE)
     metrics = train(params, tokenized_dir, model_dir, reports_dir, state_dir)

