@@ -3,27 +3,35 @@ hand the best ones to ``train``.
 
 Reads ``task``, ``model.name_or_path``, ``tracking``, ``train`` and ``tune`` from
 ``params.yaml`` and ``data/tokenized/{train,validation}`` (the test split is never opened).
-Writes ``reports/best_params.json`` (the best values, read by ``train``; ``status: disabled``
-when ``tune.enabled`` is false), ``reports/tune_trials.csv`` (number, state, value,
-``params_*``, duration in seconds, epochs run), ``reports/tune_report.md`` and three plots
-(``reports/tune_history.png``, ``tune_importance.png``, ``tune_intermediate.png``).
+Writes ``reports/best_params.json`` (read by ``train``: the best values, their trial number
+and score, the study and metric; ``status: disabled`` when ``tune.enabled`` is false; nothing
+that differs between two identical runs, so ``train`` re-runs only when the result changes),
+``reports/tune_trials.csv`` (number, state, value, ``params_*``, duration in seconds, epochs
+run), ``reports/tune_report.md`` (also the storage, trial counts and the other studies) and
+three plots (``reports/tune_history.png``, ``tune_importance.png``, ``tune_intermediate.png``).
 
 Each trial trains with the train module's own pieces (``build_model``, ``apply_method``,
 its ``Trainer`` subclass, collators and length-grouped sampler) on a stratified
 ``tune.train_fraction`` of train, evaluates ``tune.evals_per_epoch`` times per epoch,
 reports the validation metric to Optuna at every evaluation and stops when the pruner says
 so. Its value is the best evaluation, as train keeps its best epoch. Budget: ``tune.n_trials``
-finished trials and/or ``tune.timeout`` seconds (then no trial starts, and a running one
-stops and is recorded as pruned), so the stage's duration is bounded.
+finished (complete or pruned) trials in the study and/or ``tune.timeout`` seconds (then no
+trial starts, and a running one stops and is recorded as pruned), so the stage's duration is
+bounded.
 
-The study (``tune.study_name``) lives in ``tune.storage``: by default SQLite in
-``.state/optuna/``, so a re-run continues it, keeps every finished trial and runs only what
-is missing to reach ``tune.n_trials`` finished trials of the current configuration (same
-data, model, space and fixed train values; other trials stay in the study but are not
-counted or used). ``tune.n_jobs`` > 1 runs worker processes against a journal file (or a
-database server). Running trials send heartbeats; a trial whose worker died is failed and
-re-queued with the same values (``RetryHeartbeatStaleTrialCallback``, the successor of
-``RetryFailedTrialCallback``).
+One study per configuration: the study is named ``{tune.study_name}-{fingerprint}``
+(``tune.study_name`` is the prefix), where the fingerprint hashes what makes two trials
+comparable: the tokenized train and validation data, the model, labels, metric, the train
+values outside ``tune.space``, the space itself, ``tune.train_fraction`` and
+``tune.evals_per_epoch`` (not ``n_trials``, ``timeout``, the pruner or the seed). The TPE
+sampler and the pruner therefore see only trials of the objective they are searching. The
+study lives in ``tune.storage`` (by default SQLite in ``.state/optuna/``): a re-run of the same
+configuration continues its study, keeps every finished trial and runs only what is missing
+to reach ``tune.n_trials`` (Optuna's ``MaxTrialsCallback``); a changed configuration starts a
+new study, and the old ones stay in the storage, listed in the report. ``tune.n_jobs`` > 1
+runs worker processes against a journal file (or a database server). Running trials send
+heartbeats; a trial whose worker died is failed and re-queued with the same values
+(``RetryHeartbeatStaleTrialCallback``, the successor of ``RetryFailedTrialCallback``).
 
 MLflow: the stage's run (a child of the pipeline execution's run) holds the summary, the
 reports and plots; every trial is a nested run with its values, the validation metrics of
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import gc
 import hashlib
 import json
@@ -41,6 +50,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -55,6 +65,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from tasks.cli import stage_command
@@ -66,6 +77,7 @@ from tasks.config import (
     TrainParams,
     load_params,
     overlay_train,
+    require_tracked_inputs,
 )
 from tasks.environment import PROJECT_ROOT, STATE_DIR
 from tasks.errors import StageError
@@ -92,8 +104,15 @@ PLOTS = {
     "importance": "tune_importance.png",
     "intermediate": "tune_intermediate.png",
 }
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what tune.n_trials counts
 DIRECTION = "maximize"  # every selectable metric is higher-is-better
+FINGERPRINT_CHARS = 12  # hex digits of the configuration hash in the study name
+# What best_params.json holds (train's input): the same for two identical runs, so no
+# storage path, trial counts, durations, dates or run ids (those go to the other reports).
+BEST_PARAMS_KEYS = (
+    "status", "reason", "study_name", "fingerprint", "metric", "direction", "best_trial",
+    "best_value", "params",
+)  # fmt: skip
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -275,7 +294,7 @@ class TuningData:
     validation: Any
     lengths: dict[str, list[int]]
     train_examples: int  # of the whole train split
-    fingerprint: str  # identifies the configuration whose trials are comparable
+    fingerprint: str  # the configuration whose trials are comparable: names the study
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -360,7 +379,7 @@ def load_tuning_data(params: Params, tokenized_dir: Path, state_dir: Path) -> Tu
         "train_fraction": tune.train_fraction,
         "evals_per_epoch": tune.evals_per_epoch,
     }
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return TuningData(
         task=task,
         labels=labels,
@@ -371,7 +390,7 @@ def load_tuning_data(params: Params, tokenized_dir: Path, state_dir: Path) -> Tu
         validation=validation.select_columns(model_columns(validation)),
         lengths={"train": list(subset["length"]), "validation": list(validation["length"])},
         train_examples=len(full),
-        fingerprint=digest,
+        fingerprint=digest[:FINGERPRINT_CHARS],
     )
 
 
@@ -485,7 +504,6 @@ class Objective:
         trial.set_user_attr("trial_number", trial.number)
         if retry_of is not None:
             trial.set_user_attr("retry_of", retry_of)
-        trial.set_user_attr("fingerprint", self.data.fingerprint)
         trial.set_user_attr("worker_pid", os.getpid())
         record, state, started = TrialRecord(), "FAIL", time.perf_counter()
         run_id = None
@@ -634,15 +652,6 @@ def _free_memory() -> None:
 # --- the study --------------------------------------------------------------------------------
 
 
-def current_trials(study: optuna.Study, fingerprint: str) -> list[FrozenTrial]:
-    """Trials of this configuration (``fingerprint``), by number."""
-    return [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.user_attrs.get("fingerprint") == fingerprint
-    ]
-
-
 def recover_stale_trials(study: optuna.Study, params: Params) -> None:
     """Fail and re-queue trials whose worker died (no heartbeat for ``grace_period``).
 
@@ -668,19 +677,6 @@ def recover_stale_trials(study: optuna.Study, params: Params) -> None:
         time.sleep(1)
 
 
-class StopAtTarget:
-    """Stop this process's search once the configuration has ``target`` finished trials,
-    counting those finished by other processes (or machines) too."""
-
-    def __init__(self, target: int, fingerprint: str) -> None:
-        self.target, self.fingerprint = target, fingerprint
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        trials = current_trials(study, self.fingerprint)
-        if sum(t.state in FINISHED for t in trials) >= self.target:
-            study.stop()
-
-
 def run_search(
     params: Params,
     data: TuningData,
@@ -691,16 +687,17 @@ def run_search(
     experiment_id: str | None = None,
 ) -> None:
     """Run up to ``n_trials`` trials in this process, and stop early once the study holds
-    ``tune.n_trials`` finished trials of this configuration. After ``timeout`` seconds no
-    trial starts and a running one stops (at its next step; recorded as pruned), so the
-    search ends within about ``timeout`` seconds.
+    ``tune.n_trials`` finished (complete or pruned) trials, counting those of other processes
+    too (``MaxTrialsCallback``). After ``timeout`` seconds no trial starts and a running one
+    stops (at its next step; recorded as pruned), so the search ends within about ``timeout``
+    seconds.
 
     A trial that raises is recorded as FAIL and the search goes on; a pruned one as PRUNED.
     """
     deadline = time.monotonic() + timeout if timeout is not None else None
     objective = Objective(params, data, parent_run_id, experiment_id, deadline)
     target = params.tune.n_trials
-    callbacks = [StopAtTarget(target, data.fingerprint)] if target is not None else []
+    callbacks = [MaxTrialsCallback(target, states=FINISHED)] if target is not None else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         study.optimize(
@@ -713,10 +710,16 @@ def run_search(
         )
 
 
-def _open_study(params: Params, spec: str, seed: int, create: bool) -> optuna.Study:
-    storage = open_storage(spec, params)
+def study_name(params: Params, fingerprint: str) -> str:
+    """The study of one configuration: ``{tune.study_name}-{fingerprint}``."""
+    return f"{params.tune.study_name}-{fingerprint}"
+
+
+def _open_study(
+    params: Params, storage: optuna.storages.BaseStorage, name: str, seed: int, create: bool
+) -> optuna.Study:
     kwargs = {
-        "study_name": params.tune.study_name,
+        "study_name": name,
         "storage": storage,
         "sampler": make_sampler(params, seed),
         "pruner": make_pruner(params),
@@ -724,12 +727,34 @@ def _open_study(params: Params, spec: str, seed: int, create: bool) -> optuna.St
     if create:
         study = optuna.create_study(direction=DIRECTION, load_if_exists=True, **kwargs)
         if study.direction.name.lower() != DIRECTION:
-            raise StageError(
-                f"study {params.tune.study_name!r} in {describe_storage(spec)} minimizes; "
-                "choose another tune.study_name"
-            )
+            raise StageError(f"study {name!r} minimizes; choose another tune.study_name")
         return study
     return optuna.load_study(**kwargs)
+
+
+def other_studies(
+    storage: optuna.storages.BaseStorage, prefix: str, current: str
+) -> list[dict[str, Any]]:
+    """The studies of other configurations under the same ``tune.study_name`` prefix in the
+    storage (and a study named just ``prefix``, from before one study per configuration):
+    name, number of trials, best value and first start, most recent first."""
+    pattern = re.compile(rf"{re.escape(prefix)}(-[0-9a-f]{{{FINGERPRINT_CHARS}}})?")
+    found = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        if summary.study_name == current or not pattern.fullmatch(summary.study_name):
+            continue
+        best = summary.best_trial
+        found.append(
+            {
+                "study_name": summary.study_name,
+                "trials": summary.n_trials,
+                "best_value": best.value if best is not None else None,
+                "best_trial": best.number if best is not None else None,
+                "started": summary.datetime_start,
+            }
+        )
+    oldest = datetime.datetime.min
+    return sorted(found, key=lambda s: (s["started"] or oldest, s["study_name"]), reverse=True)
 
 
 def _worker(spec: dict[str, Any]) -> None:
@@ -752,7 +777,8 @@ def _worker(spec: dict[str, Any]) -> None:
     if spec["parent_run_id"]:
         experiment_id = tracking.configure(params, state_dir)
     data = load_tuning_data(params, Path(spec["tokenized_dir"]), state_dir)
-    study = _open_study(params, spec["storage"], spec["seed"], create=False)
+    storage = open_storage(spec["storage"], params)
+    study = _open_study(params, storage, spec["study_name"], spec["seed"], create=False)
     run_search(
         params, data, study, spec["n_trials"], spec["timeout"], spec["parent_run_id"],
         experiment_id,
@@ -768,6 +794,7 @@ def _split(total: int | None, parts: int) -> list[int | None]:
 def run_workers(
     params: Params,
     spec: str,
+    name: str,
     tokenized_dir: Path,
     state_dir: Path,
     n_trials: int | None,
@@ -787,6 +814,7 @@ def run_workers(
             "worker": worker,
             "params": params.model_dump(by_alias=True, mode="json"),
             "storage": spec,
+            "study_name": name,
             "tokenized_dir": str(tokenized_dir),
             "state_dir": str(state_dir),
             "n_trials": quota,
@@ -822,10 +850,12 @@ def tune(
         state_dir: the default study storage (``optuna/``) and the registry cache.
 
     Returns:
-        The content of ``best_params.json``.
+        The summary: the content of ``best_params.json`` (its keys are ``BEST_PARAMS_KEYS``)
+        and, for the reports, the storage, the trial counts by state, the trial-epochs
+        spent, the train examples per trial and the other studies of the prefix.
 
     Raises:
-        StageError: bad input, or no trial of this configuration completed.
+        StageError: bad input, or no trial of the study completed.
     """
     reports_dir = Path(reports_dir)
     if not params.tune.enabled:
@@ -845,19 +875,20 @@ def tune(
     tune_params = params.tune
     data = load_tuning_data(params, tokenized_dir, state_dir)
     spec = storage_spec(params, state_dir)
+    name = study_name(params, data.fingerprint)
     started = time.perf_counter()
     with tracking.stage_run(params, "tune", state_dir) as run:
-        study = _open_study(params, spec, tune_params.seed, create=True)
+        storage = open_storage(spec, params)
+        study = _open_study(params, storage, name, tune_params.seed, create=True)
         recover_stale_trials(study, params)
         # Seeded by the study's length: a re-run samples new points, reproducibly.
         seed = tune_params.seed + len(study.get_trials(deepcopy=False))
         study.sampler = make_sampler(params, seed)
-        done = sum(t.state in FINISHED for t in current_trials(study, data.fingerprint))
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
         remaining = None if tune_params.n_trials is None else tune_params.n_trials - done
         log.info(
-            "study %r in %s: %d finished trials of this configuration, %s to run; "
-            "train on %d of %d examples",
-            tune_params.study_name, describe_storage(spec), done,
+            "study %r in %s: %d finished trials, %s to run; train on %d of %d examples",
+            name, describe_storage(spec), done,
             "until the timeout" if remaining is None else max(remaining, 0),
             len(data.train), data.train_examples,
         )  # fmt: skip
@@ -869,20 +900,21 @@ def tune(
                 )  # fmt: skip
             else:
                 codes = run_workers(
-                    params, spec, tokenized_dir, state_dir, remaining, tune_params.timeout,
-                    seed, run.info.run_id,
+                    params, spec, name, tokenized_dir, state_dir, remaining,
+                    tune_params.timeout, seed, run.info.run_id,
                 )  # fmt: skip
                 if any(code != 0 for code in codes):
                     log.warning("worker exit codes %s: the next run retries lost trials", codes)
-        trials = current_trials(study, data.fingerprint)
-        summary = _summary(params, data, spec, trials)
+        trials = study.get_trials(deepcopy=False)
+        summary = _summary(params, data, name, spec, trials)
+        summary["other_studies"] = other_studies(storage, tune_params.study_name, name)
         if summary["best_trial"] is None:
             reasons = {t.user_attrs.get("fail_reason") for t in trials} - {None}
             raise StageError(
-                f"no trial of study {tune_params.study_name!r} completed "
-                f"({_count_states(trials)}); first failure: {next(iter(reasons), 'none')}"
+                f"no trial of study {name!r} completed ({_count_states(trials)}); "
+                f"first failure: {next(iter(reasons), 'none')}"
             )
-        view = _view_study(trials, tune_params.study_name)
+        view = _view_study(trials, name)
         _write_reports(params, reports_dir, summary, trials, view)
         _log_stage(summary, reports_dir, time.perf_counter() - started)
     log.info(
@@ -901,31 +933,33 @@ def _count_states(trials: list[FrozenTrial]) -> dict[str, int]:
 
 
 def _summary(
-    params: Params, data: TuningData, spec: str, trials: list[FrozenTrial]
+    params: Params, data: TuningData, name: str, spec: str, trials: list[FrozenTrial]
 ) -> dict[str, Any]:
-    """The content of ``best_params.json``."""
+    """The content of ``best_params.json`` (``BEST_PARAMS_KEYS``), then the facts for the
+    reports only."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = max(complete, key=lambda t: (t.value, -t.number), default=None)
     return {
         "status": "tuned",
-        "study_name": params.tune.study_name,
-        "storage": describe_storage(spec),
+        "study_name": name,
+        "fingerprint": data.fingerprint,
         "metric": data.metric,
         "direction": DIRECTION,
         "best_trial": best.number if best else None,
         "best_value": best.value if best else None,
         # Replace train.<key> for the train stage (tune.enabled); other keys: params.yaml.
         "params": dict(best.params) if best else {},
+        # Reports only: a path, and counts that a timeout or a killed worker can change.
+        "storage": describe_storage(spec),
         "trials": _count_states(trials),
         "trial_epochs": round(sum(t.user_attrs.get("epochs_run", 0.0) for t in trials), 3),
         "train_examples": len(data.train),
         "train_fraction": params.tune.train_fraction,
-        "fingerprint": data.fingerprint,
     }
 
 
 def _view_study(trials: list[FrozenTrial], name: str) -> optuna.Study:
-    """An in-memory study of this configuration's finished trials (for plots)."""
+    """An in-memory study of the finished trials (for plots)."""
     view = optuna.create_study(direction=DIRECTION, study_name=name)
     view.add_trials([t for t in trials if t.state.is_finished()])
     return view
@@ -965,7 +999,8 @@ def _write_reports(
     tmp.replace(reports_dir / TRIALS_CSV)
     notes = _write_plots(reports_dir, view, summary)
     _write_markdown(params, reports_dir / REPORT_MD, summary, rows, notes)
-    write_json(reports_dir / BEST_PARAMS, summary)  # last: train's input
+    best = {key: summary[key] for key in BEST_PARAMS_KEYS if key in summary}
+    write_json(reports_dir / BEST_PARAMS, best)  # last: train's input
 
 
 def _write_plots(
@@ -1021,9 +1056,11 @@ def _write_markdown(
         tune, train = params.tune, params.train
         counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(summary["trials"].items()))
         lines += [
-            f"Study `{summary['study_name']}` in `{summary['storage']}`: {len(rows)} trials of "
-            f"this configuration ({counts}), {summary['trial_epochs']} trial-epochs; "
-            f"pruner `{tune.pruner.type}`, TPE seed {tune.seed}.",
+            f"Study `{summary['study_name']}` in `{summary['storage']}`: {len(rows)} trials "
+            f"({counts}), {summary['trial_epochs']} trial-epochs; pruner "
+            f"`{tune.pruner.type}`, TPE seed {tune.seed}. The study holds this configuration "
+            f"alone (`tune.study_name` `{tune.study_name}` + fingerprint "
+            f"`{summary['fingerprint']}` of the data, model, space and fixed train values).",
             f"Each trial trains on {summary['train_examples']:,} examples (a stratified "
             f"{tune.train_fraction:.0%} of train) and is scored on the validation split "
             f"({summary['metric']}, {tune.evals_per_epoch} evaluation(s) per epoch).",
@@ -1047,6 +1084,7 @@ def _write_markdown(
         lines += ["|" + "---|" * len(header)]
         for row in rows:
             lines.append("| " + " | ".join(_fmt(row[h]) for h in header) + " |")
+        lines += ["", *_other_studies_markdown(tune.study_name, summary["other_studies"])]
     lines += ["", "## Plots", ""]
     titles = {"history": "Optimization history", "importance": "Parameter importances"}
     titles["intermediate"] = "Validation metric at each evaluation"
@@ -1056,6 +1094,26 @@ def _write_markdown(
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines).rstrip() + "\n")
     tmp.replace(path)
+
+
+def _other_studies_markdown(prefix: str, studies: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Other studies", ""]
+    if not studies:
+        return [*lines, f"None: no other study named `{prefix}-*` in this storage."]
+    lines += [
+        f"Studies of other configurations named `{prefix}-*` in the same storage, kept and "
+        "not used by this search (their trials do not reach its sampler or pruner); most "
+        "recent first:",
+        "",
+        "| study | trials | best value | best trial | started |",
+        "|---|---|---|---|---|",
+    ]
+    for study in studies:
+        started = study["started"]
+        when = f"{started:%Y-%m-%d %H:%M}" if started is not None else ""
+        cells = [f"`{study['study_name']}`", study["trials"], study["best_value"]]
+        lines.append("| " + " | ".join(map(_fmt, [*cells, study["best_trial"], when])) + " |")
+    return lines
 
 
 def _fmt(value: Any) -> str:
@@ -1074,7 +1132,11 @@ def _log_stage(summary: dict[str, Any], reports_dir: Path, wall_time: float) -> 
     mlflow.log_metrics(metrics)
     mlflow.log_params({f"best.{k}": str(v) for k, v in summary["params"].items()})
     mlflow.set_tags(
-        {"tune.best_trial": str(summary["best_trial"]), "tune.metric": summary["metric"]}
+        {
+            "tune.study": summary["study_name"],
+            "tune.best_trial": str(summary["best_trial"]),
+            "tune.metric": summary["metric"],
+        }
     )
     for name in (BEST_PARAMS, TRIALS_CSV, REPORT_MD, *PLOTS.values()):
         mlflow.log_artifact(str(reports_dir / name), artifact_path="tune")
@@ -1090,6 +1152,8 @@ def main(
 ) -> None:
     """Search hyperparameters on the validation split (see the module docstring)."""
     params = load_params(params_path)
+    # Before the model is read: a local start point must be in models/pretrained/.
+    require_tracked_inputs(params, PROJECT_ROOT, ["model.name_or_path"])
     tune(params, tokenized_dir, reports_dir, state_dir)
 
 

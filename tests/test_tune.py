@@ -1,5 +1,6 @@
 """The tune stage on a tiny random BERT: pruning, reports, MLflow run tree, memory, resume
-after SIGKILL, parallel workers, and the hand-over to train."""
+after SIGKILL, parallel workers, one study per configuration, deterministic best_params.json
+and the hand-over to train."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import optuna
 import pytest
@@ -22,16 +24,20 @@ import yaml
 from conftest import ROOT, project_env, tiny_params, write_toy_prepared
 
 from tasks.config import ParamsError, apply_tuned_params, load_params
+from tasks.errors import StageError
 from tasks.tokenize import tokenize
 from tasks.train import train
 from tasks.tune import (
     BEST_PARAMS,
+    BEST_PARAMS_KEYS,
+    FINISHED,
     PLOTS,
     REPORT_MD,
     TRIALS_CSV,
     load_tuning_data,
     run_search,
     stratified_subset,
+    study_name,
     tune,
 )
 
@@ -138,10 +144,17 @@ def tuned(tmp_path_factory, tiny_model_dir):
     }  # fmt: skip
 
 
-def load_study(directory: Path, name: str = "finetune") -> optuna.Study:
-    return optuna.load_study(
-        study_name=name, storage=f"sqlite:///{directory / 'state/optuna/optuna.db'}"
-    )
+def storage_url(directory: Path, state: str = "state") -> str:
+    return f"sqlite:///{directory / state / 'optuna/optuna.db'}"
+
+
+def load_study(directory: Path, name: str, state: str = "state") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage_url(directory, state))
+
+
+def best_params_of(summary: dict) -> dict:
+    """What best_params.json holds: the summary's deterministic keys."""
+    return {key: summary[key] for key in BEST_PARAMS_KEYS if key in summary}
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -155,7 +168,8 @@ def test_a_tiny_study_prunes_and_reports(tuned):
     assert summary["trials"].get("PRUNED", 0) >= 1 and summary["trials"].get("COMPLETE", 0) >= 1
     assert summary["trials"]["COMPLETE"] + summary["trials"]["PRUNED"] == N_TRIALS
     assert set(summary["params"]) == set(SPACE) and summary["best_value"] >= 0.9
-    assert json.loads((reports / BEST_PARAMS).read_text()) == summary
+    assert json.loads((reports / BEST_PARAMS).read_text()) == best_params_of(summary)
+    assert summary["study_name"] == f"finetune-{summary['fingerprint']}"
 
     rows = read_csv(reports / TRIALS_CSV)
     assert [int(r["number"]) for r in rows] == list(range(N_TRIALS))
@@ -176,7 +190,7 @@ def test_a_tiny_study_prunes_and_reports(tuned):
     assert all(f"]({name})" in report for name in PLOTS.values())
 
     # Every evaluation reported to the pruner: evals_per_epoch (2) per epoch run.
-    study = load_study(tuned["dir"])
+    study = load_study(tuned["dir"], summary["study_name"])
     for trial in study.trials:
         steps = sorted(trial.intermediate_values)
         assert steps == list(range(1, len(steps) + 1))
@@ -198,7 +212,7 @@ def test_trials_are_nested_mlflow_runs_with_their_states(tuned):
     children = client.search_runs(
         [experiment], f"tags.`mlflow.parentRunId` = '{stage.info.run_id}'"
     )
-    trials = {t.number: t for t in load_study(tuned["dir"]).trials}
+    trials = {t.number: t for t in load_study(tuned["dir"], tuned["summary"]["study_name"]).trials}
     assert sorted(int(r.data.tags["trial.number"]) for r in children) == sorted(trials)
     metric = tuned["summary"]["metric"]
     for run in children:
@@ -214,7 +228,8 @@ def test_trials_are_nested_mlflow_runs_with_their_states(tuned):
 
 def test_trials_free_their_models_and_memory_does_not_grow(tuned):
     assert tuned["leftover"] == 0  # no model or optimizer survives the study
-    rss = [t.user_attrs["rss_mb"] for t in load_study(tuned["dir"]).trials]
+    study = load_study(tuned["dir"], tuned["summary"]["study_name"])
+    rss = [t.user_attrs["rss_mb"] for t in study.trials]
     assert len(rss) == N_TRIALS
     for later in rss[2:]:
         assert later / rss[1] < 1.10, rss  # after trial k vs after trial 2
@@ -302,13 +317,15 @@ def test_killed_study_resumes_and_keeps_finished_trials(tmp_path, tiny_model_dir
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     process.stderr.close()
-    before = {t.number: t for t in load_study(tmp_path).trials}
+    name = study_name(params, load_tuning_data(params, tokenized, tmp_path / "state").fingerprint)
+    before = {t.number: t for t in load_study(tmp_path, name).trials}
     killed = [t for t in before.values() if t.state.name == "RUNNING"]
     finished = {n: t.value for n, t in before.items() if t.state.name == "COMPLETE"}
     assert len(killed) == 1 and finished
 
     summary = tune(params, tokenized, tmp_path / "reports", tmp_path / "state")
-    after = {t.number: t for t in load_study(tmp_path).trials}
+    assert summary["study_name"] == name
+    after = {t.number: t for t in load_study(tmp_path, name).trials}
     assert {n: after[n].value for n in finished} == finished  # kept, not re-run
     assert after[killed[0].number].state.name == "FAIL"  # its worker died
     retried = [t for t in after.values() if t.user_attrs.get("retry_of") == killed[0].number]
@@ -341,7 +358,7 @@ def test_two_workers_share_one_study(tmp_path, tiny_model_dir):
 
     path = str(tmp_path / "state/optuna/journal.log")
     storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
-    trials = optuna.load_study(study_name="finetune", storage=storage).trials
+    trials = optuna.load_study(study_name=summary["study_name"], storage=storage).trials
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # no duplicates, none lost
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 2
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # distinct samples
@@ -385,3 +402,162 @@ def test_stratified_subset_keeps_label_shares():
     assert [keys[i] for i in chosen].count("b") == 5
     assert chosen == stratified_subset(keys, 0.25, seed=1) != stratified_subset(keys, 0.25, 2)
     assert stratified_subset(keys, 1.0, seed=1) == list(range(100))
+
+
+# --- one study per configuration --------------------------------------------------------------
+
+# One dimension, half of train, one epoch, one evaluation, no pruner: a trial takes a second
+# (and learns little: these tests are about studies, not scores).
+FAST_SPACE = {"learning_rate": {"type": "float", "low": 3e-3, "high": 3e-2, "log": True}}
+
+
+def fast_params(model: Path, uri: str, epochs: int = 1, **tune_changes):
+    changes = {
+        "n_trials": 2, "space": FAST_SPACE, "pruner": {"type": "none"}, "train_fraction": 0.5,
+        "evals_per_epoch": 1, **tune_changes,
+    }  # fmt: skip
+    return tiny_params(
+        "text_classification", model, tracking={"uri": uri}, train={"epochs": epochs},
+        tune=tune_section(**changes),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def toy_inputs(tmp_path_factory, tiny_model_dir):
+    """One MLflow store and two tokenized data sets (the second: other examples)."""
+    directory = tmp_path_factory.mktemp("configurations")
+    uri = make_tracking(directory)
+    params = fast_params(tiny_model_dir, uri)
+    tokenized = {}
+    for name, n_train in (("old", 240), ("new", 200)):
+        prepared = write_toy_prepared(directory / name / "prepared", n_train=n_train)
+        tokenized[name] = directory / name / "tokenized"
+        state = directory / name / "tokenize-state"
+        tokenize(params, prepared, tokenized[name], directory / name / "tokenize.json", state)
+    return {"dir": directory, "uri": uri, "tokenized": tokenized}
+
+
+def test_a_rerun_continues_its_study_up_to_n_trials(toy_inputs, tiny_model_dir, tmp_path):
+    uri, tokenized = toy_inputs["uri"], toy_inputs["tokenized"]["old"]
+    reports, state = tmp_path / "reports", tmp_path / "state"
+    # A first run out of time: its only trial stops at the first step (PRUNED, which counts
+    # as finished) and nothing completed, so the stage fails but the study keeps the trial.
+    with pytest.raises(StageError, match=r"no trial of study 'finetune-[0-9a-f]{12}' completed"):
+        tune(fast_params(tiny_model_dir, uri, timeout=0.01), tokenized, reports, state)
+    (name,) = optuna.get_all_study_names(storage_url(tmp_path))
+    (stopped,) = load_study(tmp_path, name).trials
+    assert stopped.state.name == "PRUNED" and stopped.user_attrs["stopped"] == "timeout"
+
+    params = fast_params(tiny_model_dir, uri)  # same configuration: n_trials 2, no timeout
+    summary = tune(params, tokenized, reports, state)
+    assert summary["study_name"] == name  # continued, not a new study
+    assert summary["trials"] == {"PRUNED": 1, "COMPLETE": 1}  # one trial was missing
+    trials = load_study(tmp_path, name).trials
+    assert [t.number for t in trials] == [0, 1]
+    assert trials[0].datetime_start == stopped.datetime_start  # kept, not re-run
+    first = (reports / BEST_PARAMS).read_bytes()
+
+    again = tune(params, tokenized, reports, state)  # the study is complete: no trial runs
+    assert len(load_study(tmp_path, name).trials) == 2
+    assert again["trials"] == summary["trials"] and again["other_studies"] == []
+    assert (reports / BEST_PARAMS).read_bytes() == first
+    assert optuna.get_all_study_names(storage_url(tmp_path)) == [name]
+
+
+class SpySampler(optuna.samplers.TPESampler):
+    """The stage's TPE sampler, recording the finished trials it models each sample on."""
+
+    seen: ClassVar[list[tuple[str, list[int]]]] = []
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        finished = study.get_trials(deepcopy=False, states=FINISHED)
+        self.seen.append((study.study_name, [t._trial_id for t in finished]))
+        return super().sample_independent(study, trial, param_name, param_distribution)
+
+
+@pytest.fixture(scope="module")
+def changed_data(toy_inputs, tiny_model_dir):
+    """The same params tuned on the old data, then on new data, in one storage; the sampler
+    is the stage's own TPE sampler, recording what it sees."""
+    import tasks.tune as stage
+
+    directory = toy_inputs["dir"] / "changed"
+    params = fast_params(tiny_model_dir, toy_inputs["uri"])
+    SpySampler.seen = []
+
+    make_sampler = stage.make_sampler
+
+    def spy(params, seed):
+        sampler = make_sampler(params, seed)  # configured as always, only observed
+        assert type(sampler) is optuna.samplers.TPESampler
+        sampler.__class__ = SpySampler
+        return sampler
+
+    summaries = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stage, "make_sampler", spy)
+        for name in ("old", "new"):
+            tokenized = toy_inputs["tokenized"][name]
+            summaries[name] = tune(params, tokenized, directory / "reports", directory / "state")
+    return {"dir": directory, "summaries": summaries, "seen": list(SpySampler.seen)}
+
+
+def test_changed_data_starts_a_new_study_and_keeps_the_old(changed_data):
+    old, new = changed_data["summaries"]["old"], changed_data["summaries"]["new"]
+    assert old["fingerprint"] != new["fingerprint"]
+    assert old["study_name"] == f"finetune-{old['fingerprint']}"
+    assert new["study_name"] == f"finetune-{new['fingerprint']}"
+    storage = storage_url(changed_data["dir"])
+    assert sorted(optuna.get_all_study_names(storage)) == sorted(
+        [old["study_name"], new["study_name"]]
+    )
+    kept = load_study(changed_data["dir"], old["study_name"]).trials
+    assert len(kept) == 2 and all(t.state.name == "COMPLETE" for t in kept)  # untouched
+    assert max(t.value for t in kept) == old["best_value"]
+    assert new["trials"] == {"COMPLETE": 2}  # its own n_trials, not topped up from the old
+    assert old["other_studies"] == []
+    (listed,) = new["other_studies"]
+    assert listed["study_name"] == old["study_name"] and listed["trials"] == 2
+    assert listed["best_value"] == old["best_value"]
+
+    report = (changed_data["dir"] / "reports" / REPORT_MD).read_text()
+    section = report.split("## Other studies", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in section.splitlines() if old["study_name"] in line)
+    assert f"| 2 | {old['best_value']:.4g} | {old['best_trial']} |" in row
+    assert new["study_name"] not in section
+
+
+def test_the_new_study_samples_without_the_old_trials(changed_data):
+    directory, summaries = changed_data["dir"], changed_data["summaries"]
+    old = load_study(directory, summaries["old"]["study_name"]).trials
+    new = load_study(directory, summaries["new"]["study_name"]).trials
+    old_ids = {t._trial_id for t in old}
+    seen = changed_data["seen"]
+    names = [summaries[key]["study_name"] for key in ("old", "old", "new", "new")]
+    assert [name for name, _ in seen] == names  # one dimension sampled per trial
+    for _, trial_ids in seen[2:]:
+        assert not set(trial_ids) & old_ids
+    assert seen[2][1] == []  # the new study's first trial: no history at all
+    assert seen[3][1] == [new[0]._trial_id]
+    # A fresh search: numbers from 0, and the same first (random) point as the old one.
+    assert [t.number for t in new] == [0, 1]
+    assert new[0].params == old[0].params
+
+
+def test_best_params_are_identical_for_identical_runs(toy_inputs, tiny_model_dir, tmp_path):
+    # Enough training for scores that differ between trials (fast_params' do not).
+    params = fast_params(tiny_model_dir, toy_inputs["uri"], epochs=2, train_fraction=1.0)
+    tokenized = toy_inputs["tokenized"]["old"]
+    outputs = []
+    for run in ("first", "second"):  # fresh storage, reports and state each
+        tune(params, tokenized, tmp_path / run / "reports", tmp_path / run / "state")
+        outputs.append((tmp_path / run / "reports" / BEST_PARAMS).read_bytes())
+    assert outputs[0] == outputs[1]
+    best = json.loads(outputs[0])
+    assert best["best_value"] > 0.5  # a trained model's score
+    assert set(best) == set(BEST_PARAMS_KEYS) - {"reason"}
+    assert str(tmp_path) not in outputs[0].decode()  # no storage path, no run state
+    # Timings are in the other reports (nothing depends on them).
+    rows = {run: read_csv(tmp_path / run / "reports" / TRIALS_CSV) for run in ("first", "second")}
+    assert [r["value"] for r in rows["first"]] == [r["value"] for r in rows["second"]]
+    assert all(float(r["duration"]) > 0 for r in rows["first"])
