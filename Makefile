@@ -46,7 +46,9 @@ $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-setup: $(STAMP)  ## Create .venv and install requirements.lock and the project (idempotent)
+setup: $(STAMP)  ## Create .venv, install requirements.lock and the project, fetch built-in data
+	@# Once per checkout into .state/downloads (sha256-checked); later runs and tests need no network.
+	@$(PYTHON) -m tasks.sources fetch
 
 # The one upgrade command: resolve pyproject.toml's ranges (dev extras included), torch and the
 # build tools afresh to the newest matching releases, rewrite requirements.lock, install it.
