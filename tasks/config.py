@@ -596,8 +596,8 @@ def untracked_inputs(
             key = "data.source." + ("path" if split == "all" else split)
             problem = _outside(key, str(path), base / path, root, EXTERNAL_DATA_DIR)
             problems += [problem] if problem else []
-    spec = params.model.name_or_path
-    if "model.name_or_path" in keys and spec != "default" and not _URI.match(spec):
+    spec = params.model.name_or_path if "model.name_or_path" in keys else "default"
+    if spec != "default" and not _URI.match(spec):
         path = Path(spec).expanduser()
         problem = _outside("model.name_or_path", spec, base / path, root, PRETRAINED_DIR)
         problems += [problem] if problem else []
