@@ -3,6 +3,11 @@
 Prefect adds retries, schedules, logs and artifacts; it does not re-implement any stage.
 Each task runs ``dvc repro --single-item <stage>``, so DVC decides what is up to date, writes
 ``dvc.lock`` exactly as ``dvc repro`` would, and both drivers skip unchanged stages.
+
+A run with ``overrides``, ``preset`` or ``task`` is an ad-hoc configuration: it runs as one
+Prefect task, a DVC experiment in a temporary copy of the workspace (tasks/experiments.py),
+so ``params.yaml`` and ``dvc.lock`` stay as committed and the next scheduled run trains what
+it would have trained anyway. ``dvc exp show`` lists the experiment, ``dvc exp apply`` adopts it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +25,18 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run as prefect_flow_run
 from prefect.tasks import exponential_backoff
 
-from flows.artifacts import publish_stage_artifact
+from flows.artifacts import STAGE_REPORTS, publish_stage_artifact
 from tasks.config import ParamsError, load_params
 from tasks.environment import PROJECT_ROOT
-from tasks.presets import load_preset, write_overrides
+from tasks.experiments import (
+    Experiment,
+    ExperimentError,
+    baseline_commit,
+    check_name,
+    run_experiment,
+    set_param_args,
+)
+from tasks.presets import load_preset
 
 # A stage that exits with this code rejected its input (bad data, failed gate): running it
 # again cannot help, so it is never retried. Anything else (a crash, a kill) may be transient.
@@ -40,14 +54,33 @@ class StageFailed(RuntimeError):
         super().__init__(f"stage {stage!r} failed (exit code {exit_code}):\n{tail}")
 
 
-def stage_order(project: Path) -> list[str]:
-    """The DVC stages of ``project`` in dependency order (upstream first)."""
+def stage_order(project: Path, targets: list[str] | None = None) -> list[str]:
+    """The stages of ``project``'s ``dvc.yaml`` in dependency order (upstream first); with
+    ``targets``, only those and the stages they depend on.
+
+    ``.dvc`` files (``dvc add``, ``dvc import-url`` data) have no command to run: left out.
+
+    Raises:
+        ValueError: a target that is not a stage of ``dvc.yaml``.
+    """
     import networkx as nx
     from dvc.repo import Repo
+    from dvc.stage import PipelineStage
 
     with Repo(str(project)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        return [stage.name for stage in nx.topological_sort(graph.reverse(copy=False))]
+        order = list(nx.topological_sort(graph.reverse(copy=False)))
+        by_name = {stage.name: stage for stage in order if isinstance(stage, PipelineStage)}
+        wanted = set(by_name.values())
+        if targets:
+            unknown = [t for t in targets if t not in by_name]
+            if unknown:
+                known = ", ".join(by_name)
+                raise ValueError(f"unknown stage(s) {', '.join(unknown)} (stages: {known})")
+            wanted = set()
+            for target in targets:
+                wanted |= {by_name[target], *nx.descendants(graph, by_name[target])}
+        return [stage.name for stage in order if stage in wanted and stage.name in by_name]
 
 
 def _not_bad_input(task, task_run, state) -> bool:
@@ -102,6 +135,99 @@ def run_stage(stage: str, project: Path) -> dict[str, Any]:
     return {"stage": stage, "ran": ran, "seconds": seconds}
 
 
+@task(
+    task_run_name="experiment {name}",
+    retries=1,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_condition_fn=_not_bad_input,
+)
+def run_as_experiment(
+    name: str,
+    project: Path,
+    overrides: dict[str, Any],
+    stages: list[str] | None = None,
+    imports: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run the stages with ``overrides`` as DVC experiment ``name`` (``dvc exp run --temp``),
+    streaming its log; publish an artifact naming the experiment and the stage reports."""
+    logger = get_run_logger()
+    env = {"PIPELINE_FLOW_RUN_ID": str(prefect_flow_run.id or "")}
+    try:
+        done = run_experiment(
+            project,
+            overrides,
+            name,
+            targets=stages or [],
+            imports=imports,
+            on_line=logger.info,
+            env=env,
+        )
+    except ExperimentError as exc:
+        publish_experiment_artifact(name, overrides, failure=str(exc))
+        raise StageFailed(exc.stage or "experiment", exc.exit_code, str(exc)) from None
+    logger.info("experiment %s saved in %.1f s:\n%s", done.name, done.seconds, done.how_to_use())
+    published = publish_experiment_reports(project, done.rev, stage_order(project, stages))
+    publish_experiment_artifact(done.name, overrides, done=done)
+    return {
+        "experiment": done.name,
+        "rev": done.rev,
+        "baseline": done.baseline,
+        "ran": done.ran,
+        "cached": done.cached,
+        "reports": published,
+        "seconds": done.seconds,
+    }
+
+
+def publish_experiment_reports(project: Path, rev: str, stages: list[str]) -> list[str]:
+    """The stage artifacts of an experiment, built from the report files saved in it."""
+    from dvc.api import DVCFileSystem
+
+    published = []
+    fs = DVCFileSystem(str(project), rev=rev)
+    with tempfile.TemporaryDirectory(prefix="experiment-reports-") as tmp:
+        for stage in stages:
+            relative = STAGE_REPORTS.get(stage)
+            if relative is None or not fs.exists(relative):
+                continue
+            target = Path(tmp) / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(relative, str(target))
+            key = publish_stage_artifact(stage, Path(tmp))
+            if key:
+                published.append(key)
+    return published
+
+
+def publish_experiment_artifact(
+    name: str, overrides: dict[str, Any], done: Experiment | None = None, failure: str = ""
+) -> str:
+    """A markdown artifact (key ``experiment``) naming the experiment and how to use it."""
+    from prefect.artifacts import create_markdown_artifact
+
+    rows = "\n".join(f"| `{key}` | `{value!r}` |" for key, value in overrides.items())
+    lines = [f"## DVC experiment `{name}`", "", "| params key | value |", "|---|---|", rows, ""]
+    if done is None:
+        lines += ["**Failed**; nothing was saved.", "", "```", failure[-3000:], "```"]
+    else:
+        lines += [
+            f"Baseline commit `{done.baseline[:7]}`, experiment commit `{done.rev[:7]}`; the "
+            "project's `params.yaml` and `dvc.lock` are unchanged.",
+            f"Stages run: {', '.join(done.ran) or 'none'}; restored from DVC's run cache: "
+            f"{', '.join(done.cached) or 'none'}.",
+            "",
+            "```",
+            done.how_to_use(),
+            "```",
+        ]
+    description = f"experiment {name}" + (" failed" if done is None else "")
+    return str(
+        create_markdown_artifact(
+            key="experiment", markdown="\n".join(lines), description=description
+        )
+    )
+
+
 @flow(name="training-pipeline", log_prints=True)
 def training_pipeline(
     overrides: dict[str, Any] | None = None,
@@ -109,37 +235,59 @@ def training_pipeline(
     preset: str | None = None,
     retries: dict[str, int] | None = None,
     project_dir: str | None = None,
+    stages: list[str] | None = None,
+    experiment: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run every DVC stage in order; unchanged stages are skipped.
 
+    Without ``overrides``, ``preset`` and ``task`` (the nightly deployment) the stages run in
+    the project's workspace from its ``params.yaml``, one Prefect task each. With any of
+    them the run is a DVC experiment instead (one Prefect task): ``params.yaml`` and
+    ``dvc.lock`` stay as they are; ``dvc exp show`` lists it, ``dvc exp apply NAME`` adopts it.
+
     Args:
-        overrides: dotted params to change first, e.g. ``{"train.lr": 3e-5}``; validated by
-            the typed params before any work and written to ``params.yaml`` (as
-            ``dvc exp run -S`` does).
+        overrides: dotted params for this run, e.g. ``{"prepare.seed": 7}``; validated by
+            the typed params before any work (``dvc exp run -S``).
         task: shortcut for ``overrides["task"]``.
-        preset: a ready-made configuration (``presets/NAME.yaml``, e.g. ``conll2003``),
-            written first; ``overrides`` and ``task`` apply on top of it.
-        retries: retries per stage name (default 1; bad input is never retried).
+        preset: a ready-made configuration (``presets/NAME.yaml``, e.g. ``conll2003``);
+            ``overrides`` and ``task`` apply on top of it.
+        retries: retries per stage name, ``experiment`` for an experiment (default 1; bad
+            input is never retried).
         project_dir: the project to run in (default: this checkout).
+        stages: run only these stages and the ones they depend on (default: all).
+        experiment: the experiment's name (default: the preset's, else the flow run's);
+            ``-2``, ``-3``... is added when it is taken.
 
     Returns:
-        One record per stage: name, whether it ran, seconds.
+        One record per stage (name, whether it ran, seconds), or one for the experiment.
     """
     project = Path(project_dir) if project_dir else PROJECT_ROOT
     overrides = dict(overrides or {})
     if task is not None:
         overrides["task"] = task
+    imports: dict[str, str] = {}
+    as_experiment = preset is not None or bool(overrides)
+    name = experiment or preset or prefect_flow_run.name or "flow-run"
+    order = stage_order(project, stages)  # raises ValueError for an unknown stage
     try:
         if preset is not None:
-            overrides = {**load_preset(preset, project / "presets"), **overrides}
-        if overrides:
-            write_overrides(project / "params.yaml", overrides)
+            chosen = load_preset(preset, project / "presets")
+            overrides, imports = {**chosen.params, **overrides}, chosen.imports
+        if as_experiment:
+            set_param_args(project / "params.yaml", overrides)  # validates: names a bad key
+            check_name(name)
+            baseline_commit(project)  # experiments start from a commit
         else:
             load_params(project / "params.yaml")
-    except ParamsError as exc:
+    except (ParamsError, ExperimentError) as exc:
         raise ValueError(str(exc)) from None
+    if as_experiment:
+        runner = run_as_experiment
+        if retries and "experiment" in retries:
+            runner = run_as_experiment.with_options(retries=retries["experiment"])
+        return [runner(name, project, overrides, stages, imports)]
     results = []
-    for stage in stage_order(project):
+    for stage in order:
         runner = run_stage
         if retries and stage in retries:
             runner = run_stage.with_options(retries=retries[stage])

@@ -6,12 +6,28 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-STATE_DIR = PROJECT_ROOT / ".state"
+
+
+def state_dir(root: Path = PROJECT_ROOT) -> Path:
+    """Where tool state lives: ``root/.state``, or, in a stage of a DVC experiment, the
+    ``.state`` of the repository that started it.
+
+    ``dvc exp run --temp`` (and ``--queue``) runs the stages in a throwaway copy under
+    ``.dvc/tmp/exps/``, setting ``DVC_EXP_NAME`` and ``DVC_ROOT`` (the repository that runs
+    the experiment) for every stage command: the MLflow store and registry, Optuna studies,
+    checkpoints and caches of an experiment are then the user's own, not the copy's.
+    """
+    if os.environ.get("DVC_EXP_NAME") and os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve() / ".state"
+    return root / ".state"
+
+
+STATE_DIR = state_dir()
 
 
 def state_variables(root: Path = PROJECT_ROOT) -> dict[str, str]:
     """Environment variables that keep the stack offline, quiet and inside ``root``."""
-    state = root / ".state"
+    state = state_dir(root)
     return {
         # No model hub: weights come from local directories or installed packages only.
         "HF_HUB_OFFLINE": "1",

@@ -1,14 +1,21 @@
-"""Ready-made configurations (``presets/NAME.yaml``) written into ``params.yaml``.
+"""Ready-made configurations (``presets/NAME.yaml``), each run as a DVC experiment.
 
-A preset maps dotted params keys to values; each value replaces that key, as
-``dvc exp run -S key=value`` would, and ``params.yaml`` keeps its comments. Everything is
-validated with the typed params before the file is touched, so a bad preset changes nothing.
+A preset file holds ``params:``, dotted params keys whose values replace those keys (as
+``dvc exp run -S key=value``), and optionally ``imports:``, data (or models) brought into
+``data/external/NAME`` (``models/pretrained/NAME``) once, when missing
+(``dvc import-url SOURCE TARGET``, SOURCE relative to the project).
 
-    python -m tasks.presets conll2003     # then: dvc repro   (make run PRESET=conll2003 does both)
+Running a preset never writes ``params.yaml``: the pipeline runs as experiment NAME (NAME-2,
+... when taken) in a temporary copy of the workspace (see tasks/experiments.py); ``dvc exp
+show`` lists it and ``dvc exp apply NAME`` brings its results into the workspace.
+
+    python -m tasks.presets conll2003          # make run PRESET=conll2003 runs this
+    python -m tasks.presets conll2003 --stage validate   # only up to validate
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +23,22 @@ import typer
 import yaml
 
 from tasks.cli import stage_command
-from tasks.config import DEFAULT_PARAMS, ParamsError, load_params
+from tasks.config import ParamsError
 from tasks.environment import PROJECT_ROOT
+from tasks.experiments import check_imports, run_experiment
 
 PRESETS_DIR = PROJECT_ROOT / "presets"
+SECTIONS = ("params", "imports")
 app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@dataclass
+class Preset:
+    """A preset file: its dotted params overrides and the data folders it imports."""
+
+    name: str
+    params: dict[str, Any]
+    imports: dict[str, str] = field(default_factory=dict)
 
 
 def available_presets(presets_dir: Path = PRESETS_DIR) -> list[str]:
@@ -28,51 +46,54 @@ def available_presets(presets_dir: Path = PRESETS_DIR) -> list[str]:
     return sorted(path.stem for path in presets_dir.glob("*.yaml"))
 
 
-def load_preset(name: str, presets_dir: Path = PRESETS_DIR) -> dict[str, Any]:
-    """The dotted overrides of preset ``name``.
+def load_preset(name: str, presets_dir: Path = PRESETS_DIR) -> Preset:
+    """Read preset ``name`` (its params are validated when it runs, against params.yaml).
 
     Raises:
-        ParamsError: unknown preset, or a file that is not a mapping of dotted keys.
+        ParamsError: unknown preset, or a file without a ``params:`` mapping of dotted keys.
     """
     path = presets_dir / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(available_presets(presets_dir)) or "none"
         raise ParamsError(f"unknown preset {name!r} (presets in {presets_dir}: {known})")
     try:
-        overrides = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
-        raise ParamsError(f"{path}: expected a mapping of dotted params keys to values")
-    return overrides
-
-
-def write_overrides(params_file: Path, overrides: dict[str, Any]) -> None:
-    """Validate ``overrides`` (dotted keys) with the typed params, then write them into
-    ``params_file`` in place, keeping its comments, as ``dvc exp run -S`` does."""
-    from dvc.utils.serialize import modify_yaml
-
-    load_params(params_file, overrides)  # raises ParamsError naming the bad key, before work
-    with modify_yaml(params_file) as document:
-        for dotted, value in overrides.items():
-            node = document
-            *parents, leaf = dotted.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
+    if not isinstance(document, dict) or set(document) - set(SECTIONS) or "params" not in document:
+        raise ParamsError(
+            f"{path}: expected a 'params:' mapping of dotted params keys to values "
+            "and optionally 'imports:' (data/external/NAME: SOURCE)"
+        )
+    params, imports = document["params"] or {}, document.get("imports") or {}
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise ParamsError(f"{path}: params: expected a mapping of dotted params keys to values")
+    if not isinstance(imports, dict):
+        raise ParamsError(f"{path}: imports: expected a mapping of TARGET: SOURCE")
+    check_imports(imports, str(path))
+    return Preset(name, params, {str(k): v for k, v in imports.items()})
 
 
 @app.command()
 @stage_command("preset")
 def main(
     name: str = typer.Argument(..., help="preset name: a file presets/NAME.yaml"),
-    params_file: Path = typer.Option(DEFAULT_PARAMS, help="params file to write into"),
+    stage: list[str] = typer.Option(
+        [], "--stage", "-s", help="run only up to this stage (repeatable); default all"
+    ),
+    experiment: str = typer.Option(None, help="experiment name (default: the preset's)"),
+    project: Path = typer.Option(PROJECT_ROOT, help="the project (a git + DVC repository)"),
 ) -> None:
-    """Write preset NAME into params.yaml (then run `dvc repro`)."""
-    overrides = load_preset(name)
-    write_overrides(params_file, overrides)
-    keys = ", ".join(overrides)
-    print(f"preset {name}: set {keys} in {params_file} (git checkout {params_file.name} undoes)")
+    """Run preset NAME as a DVC experiment; params.yaml and dvc.lock stay as they are."""
+    preset = load_preset(name, project / "presets")
+    done = run_experiment(
+        project, preset.params, experiment or name, targets=stage, imports=preset.imports
+    )
+    print(
+        f"\npreset {name}: experiment '{done.name}' done in {done.seconds:.0f} s "
+        f"(baseline {done.baseline[:7]}); params.yaml and dvc.lock are unchanged.\n"
+        f"{done.how_to_use()}"
+    )
 
 
 if __name__ == "__main__":

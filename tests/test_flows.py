@@ -1,9 +1,14 @@
-"""The Prefect flow and deployment, against a real Prefect server on a free loopback port."""
+"""The Prefect flow and deployment, against a real Prefect server on a free loopback port.
+
+Runs without overrides (the nightly deployment) go stage by stage in the project's workspace;
+runs with overrides are DVC experiments that leave params.yaml and dvc.lock as committed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,18 +37,34 @@ from flows.pipeline import stage_order, training_pipeline
 DEPLOYMENT = f"training-pipeline/{DEPLOYMENT_NAME}"
 
 
+TINY = "models/pretrained/tiny"  # start-point models must live in models/pretrained/
+SMALL = {
+    "prepare.max_examples": 200,
+    "model.name_or_path": TINY,
+    "tokenize.max_length": 64,
+    "train.epochs": 1,
+    "tune.n_trials": 2,
+    "tune.timeout": None,
+}
+
+
 @pytest.fixture(scope="module")
-def small(tiny_model_dir) -> dict:
+def small() -> dict:
     """Overrides that make a whole pipeline run take seconds: a few hundred reviews and a
-    tiny random BERT."""
-    return {
-        "prepare.max_examples": 200,
-        "model.name_or_path": str(tiny_model_dir),
-        "tokenize.max_length": 64,
-        "train.epochs": 1,
-        "tune.n_trials": 2,
-        "tune.timeout": None,
-    }
+    tiny random BERT (a project needs it in models/pretrained/tiny: :func:`project_with`)."""
+    return dict(SMALL)
+
+
+@pytest.fixture(scope="module")
+def project_with(tiny_model_dir):
+    """``project_with(directory)``: a fresh project copy holding the tiny model."""
+
+    def make(directory: Path) -> Path:
+        project = make_project(directory)
+        shutil.copytree(tiny_model_dir, project / TINY)
+        return project
+
+    return make
 
 
 def _free_port() -> int:
@@ -158,8 +179,30 @@ async def _task_runs(flow_run_id) -> dict:
         return {t.name: t for t in found}
 
 
+def commit(project: Path) -> Path:
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"], project)
+    return project
+
+
+def experiments(project: Path) -> dict[str, dict]:
+    """``dvc exp show --json``: experiment name -> its params.yaml values."""
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    found = {}
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment["revs"]:
+                found[rev["name"]] = rev["data"]["params"]["params.yaml"]["data"]
+    return found
+
+
+def _locked_params(project: Path, stage: str) -> dict:
+    return yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]["params"]
+
+
 def test_deployment_is_scheduled_nightly_with_a_stable_slug(served):
     deployment = asyncio.run(_deployment())
+    assert deployment.parameters == {}  # nightly runs train what params.yaml says
     (schedule,) = deployment.schedules
     assert schedule.slug == SCHEDULE_SLUG
     assert schedule.schedule.cron == "0 2 * * *"
@@ -171,9 +214,10 @@ def test_deployment_is_scheduled_nightly_with_a_stable_slug(served):
 
 
 @pytest.fixture(scope="module")
-def served_project(tmp_path_factory) -> Path:
-    """One project copy shared by the triggered-run tests (its registry carries over)."""
-    return make_project(tmp_path_factory.mktemp("served") / "project")
+def served_project(tmp_path_factory, project_with) -> Path:
+    """One committed project copy shared by the triggered-run tests (its registry carries
+    over)."""
+    return commit(project_with(tmp_path_factory.mktemp("served") / "project"))
 
 
 def _registry(project: Path) -> dict:
@@ -197,7 +241,10 @@ def _mlflow_runs_of(project: Path, flow_run_id) -> dict[str, dict]:
     return {r.data.tags["pipeline.stage"]: r for r in runs}
 
 
-def test_triggered_run_completes_with_artifacts_and_an_mlflow_tree(served, served_project, small):
+def test_triggered_run_with_overrides_is_an_experiment_with_artifacts_and_an_mlflow_tree(
+    served, served_project, small
+):
+    before = (served_project / "params.yaml").read_bytes()
     flow_run = run_deployment(
         DEPLOYMENT,
         parameters={"project_dir": str(served_project), "overrides": small},
@@ -206,14 +253,19 @@ def test_triggered_run_completes_with_artifacts_and_an_mlflow_tree(served, serve
     assert flow_run.state_name == "Completed", served.read_text()[-3000:]
     artifacts = asyncio.run(_artifacts(flow_run.id))
     expected = {f"{stage}-report" for stage in stage_order(served_project)}
-    assert expected <= set(artifacts)
+    assert expected | {"experiment"} <= set(artifacts)
+    assert f"DVC experiment `{flow_run.name}`" in artifacts["experiment"].data
     splits = {row["split"]: row for row in _rows(artifacts["prepare-report"])}
     assert splits["train"]["examples"] == 200
     assert all(row["result"] == "pass" for row in _rows(artifacts["validate-report"]))
     assert "version 1" in artifacts["register-report"].data
-    status = run(["dvc", "status"], served_project).stdout.strip()
-    assert status == "Data and pipelines are up to date."
-    # One MLflow tree per execution: the pipeline run and one child per logging stage.
+    # The workspace is as committed; the experiment holds the run.
+    assert (served_project / "params.yaml").read_bytes() == before
+    assert not (served_project / "dvc.lock").exists()
+    assert experiments(served_project)[flow_run.name]["prepare"]["max_examples"] == 200
+    # The experiment ran in a copy under .dvc/tmp, yet its MLflow runs and registered model
+    # are in the project's own store. One tree per execution: the pipeline run and one child
+    # per logging stage.
     runs = _mlflow_runs_of(served_project, flow_run.id)
     assert {"pipeline", "train", "evaluate", "register"} <= set(runs)
     parent = runs["pipeline"].info.run_id
@@ -230,12 +282,28 @@ def test_validation_failure_fails_the_run_and_keeps_the_registry(served, served_
             timeout=600,
         )
     registry_before = _registry(served_project)
-    overrides = {**small, "validate.max_text_length": 40}  # most reviews are longer
+    bad = {**small, "validate.max_text_length": 40}  # most reviews are longer
+    # As an experiment: one task, not retried (bad data), nothing saved.
     flow_run = run_deployment(
         DEPLOYMENT,
-        parameters={"project_dir": str(served_project), "overrides": overrides},
+        parameters={"project_dir": str(served_project), "overrides": bad},
         timeout=600,
     )
+    assert flow_run.state_name == "Failed"
+    (experiment,) = asyncio.run(_task_runs(flow_run.id)).values()
+    assert experiment.state_name == "Failed" and experiment.run_count == 1
+    artifact = asyncio.run(_artifacts(flow_run.id))["experiment"]
+    assert artifact.description.endswith("failed") and "validate" in artifact.data
+    assert flow_run.name not in experiments(served_project)
+    # As the scheduled run would meet it: params.yaml itself holds the bad value.
+    committed = (served_project / "params.yaml").read_bytes()
+    set_params(served_project, **bad)
+    try:
+        flow_run = run_deployment(
+            DEPLOYMENT, parameters={"project_dir": str(served_project)}, timeout=600
+        )
+    finally:
+        (served_project / "params.yaml").write_bytes(committed)
     assert flow_run.state_name == "Failed"
     report = asyncio.run(_artifacts(flow_run.id))["validate-report"]
     assert report.description.startswith("**validate failed.**")
@@ -249,7 +317,7 @@ def test_validation_failure_fails_the_run_and_keeps_the_registry(served, served_
     assert registry_before and _registry(served_project) == registry_before
 
 
-def test_work_pool_worker_runs_the_deployment(prefect_api, tmp_path, small):
+def test_work_pool_worker_runs_the_deployment(prefect_api, tmp_path, small, project_with):
     """The path past one machine: a process work pool, a worker, a deployment on the pool."""
     api = {"PREFECT_API_URL": prefect_api}
     run(["prefect", "work-pool", "create", "test-pool", "--type", "process"], ROOT, **api)
@@ -265,11 +333,10 @@ def test_work_pool_worker_runs_the_deployment(prefect_api, tmp_path, small):
             stderr=subprocess.STDOUT,
         )
     try:
-        project = make_project(tmp_path / "project")
+        project = project_with(tmp_path / "project")
+        set_params(project, **small)
         flow_run = run_deployment(
-            "training-pipeline/on-pool",
-            parameters={"project_dir": str(project), "overrides": small},
-            timeout=600,
+            "training-pipeline/on-pool", parameters={"project_dir": str(project)}, timeout=600
         )
     finally:
         _stop(worker)
@@ -277,9 +344,9 @@ def test_work_pool_worker_runs_the_deployment(prefect_api, tmp_path, small):
     assert run(["dvc", "status"], project).stdout.strip() == "Data and pipelines are up to date."
 
 
-def test_flow_and_dvc_repro_leave_identical_locks(prefect_api, tmp_path, small):
-    by_dvc = make_project(tmp_path / "by-dvc")
-    by_flow = make_project(tmp_path / "by-flow")
+def test_flow_and_dvc_repro_leave_identical_locks(prefect_api, tmp_path, small, project_with):
+    by_dvc = project_with(tmp_path / "by-dvc")
+    by_flow = project_with(tmp_path / "by-flow")
     for project in (by_dvc, by_flow):
         set_params(project, **small)
     run(["dvc", "repro"], by_dvc)
@@ -293,13 +360,13 @@ def test_flow_and_dvc_repro_leave_identical_locks(prefect_api, tmp_path, small):
     assert not any(r["ran"] for r in again)
 
 
-# Reports that hold measured speeds, wall times or trial durations, the tuning outputs (they
-# record the study's storage path, which differs between the two project copies) and the
-# registry decision (it records the new MLflow run id): their hashes differ between any two
-# runs. Every other hash (data, model weights, evaluation reports) must match.
+# The contract (dvc.yaml): an output that another stage depends on holds no timings, paths
+# or run ids, so its hash must match between any two runs. Only outputs nothing depends on
+# (speeds, wall times, trial durations, the registry decision with its run id) may differ.
 def _varying(path: str) -> bool:
-    timed = ("reports/train_metrics.json", "reports/metrics.json", "reports/registry.json")
-    return path in timed or path.startswith(("reports/tune_", "reports/best_params"))
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()
+    consumed = {d for stage in stages for d in stage.get("deps", []) if isinstance(d, str)}
+    return not any(path == dep or path.startswith(dep + "/") for dep in consumed)
 
 
 def _lock_without_timings(project) -> dict:
@@ -309,3 +376,47 @@ def _lock_without_timings(project) -> dict:
             if _varying(entry["path"]):
                 entry.pop("md5", None), entry.pop("size", None)
     return lock
+
+
+def test_overrides_never_change_what_the_next_plain_run_trains(prefect_api, tmp_path):
+    """An ad-hoc run (prepare.seed 7) is a DVC experiment; the plain run after it (what the
+    nightly deployment does) reproduces the committed params. Up to validate, for speed."""
+    project = make_project(tmp_path / "project")
+    set_params(project, **{"prepare.max_examples": 200})
+    commit(project)
+    before = (project / "params.yaml").read_bytes()
+    state = training_pipeline(
+        project_dir=str(project),
+        overrides={"prepare.seed": 7},
+        stages=["validate"],
+        experiment="seed-7",
+        return_state=True,
+    )
+    (record,) = state.result()
+    assert record["experiment"] == "seed-7" and record["ran"] == ["prepare", "validate"]
+    assert (project / "params.yaml").read_bytes() == before
+    assert not (project / "dvc.lock").exists()
+    artifacts = asyncio.run(_artifacts(state.state_details.flow_run_id))
+    assert {"experiment", "prepare-report", "validate-report"} <= set(artifacts)
+    assert "(seed 7)" in artifacts["prepare-report"].description
+
+    results = training_pipeline(project_dir=str(project), stages=["validate"])
+    assert [(r["stage"], r["ran"]) for r in results] == [("prepare", True), ("validate", True)]
+    assert (project / "params.yaml").read_bytes() == before
+    committed = yaml.safe_load(before)
+    assert _locked_params(project, "prepare")["params.yaml"]["prepare"] == committed["prepare"]
+    assert experiments(project)["seed-7"]["prepare"]["seed"] == 7
+
+
+def test_a_bad_override_fails_before_any_work(prefect_api, tmp_path):
+    project = commit(make_project(tmp_path / "project"))
+    before = (project / "params.yaml").read_bytes()
+    with pytest.raises(ValueError, match=r"prepare\.sed: unknown key \(did you mean 'seed'"):
+        training_pipeline(project_dir=str(project), overrides={"prepare.sed": 7})
+    with pytest.raises(ValueError, match=r"unknown stage\(s\) trian"):
+        training_pipeline(project_dir=str(project), stages=["trian"])
+    with pytest.raises(ValueError, match="'a b' cannot name an experiment"):
+        training_pipeline(project_dir=str(project), overrides={"prepare.seed": 7}, experiment="a b")
+    assert (project / "params.yaml").read_bytes() == before
+    assert not (project / "dvc.lock").exists() and not experiments(project)
+    assert not (project / "data" / "prepared" / "train.parquet").exists()

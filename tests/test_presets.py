@@ -1,9 +1,10 @@
-"""The benchmark presets (presets/*.yaml) run end to end on slices of ../shared/datasets.
+"""Presets (presets/*.yaml) run as DVC experiments and never change params.yaml.
 
-Skipped only when ../shared/datasets is absent. Each test copies the project, writes the
-first sentences of each benchmark file into ``<tmp>/shared/datasets`` (so the presets'
-relative ``../shared/...`` paths resolve there), applies the preset with its CLI, shrinks
-the budget (tiny tune, one epoch) and runs ``dvc repro``: every stage, registry included.
+The benchmark tests run end to end on slices of ../shared/datasets (skipped only when it is
+absent): each copies the project, writes the first sentences of each benchmark file into
+``<tmp>/shared/datasets`` (so the presets' ``imports:`` sources ``../shared/...`` resolve
+there), shrinks the preset's budget (tiny tune, one epoch), commits, runs the preset with its
+CLI (every stage, registry included) and applies the experiment to check its outputs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, make_project, run, set_params
+from conftest import ROOT, make_project, run, toy_text_frame
+
+from tasks.config import ParamsError, load_params
+from tasks.experiments import ExperimentError, run_experiment, set_param_args
+from tasks.presets import available_presets, load_preset
 
 SHARED = ROOT.parent / "shared" / "datasets"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent")
@@ -46,10 +51,43 @@ def tsv_head(source: Path, target: Path, rows: int) -> None:
         target.write_text("".join(itertools.islice(handle, rows + 1)), encoding="utf-8")
 
 
-def apply_preset(tmp_path: Path, name: str) -> Path:
+def commit(project: Path) -> None:
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"], project)
+
+
+def shrink_preset(project: Path, name: str, **params) -> None:
+    """Merge ``params`` into the project copy's ``presets/NAME.yaml``."""
+    path = project / "presets" / f"{name}.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["params"].update(params)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def experiments(project: Path) -> dict[str, dict]:
+    """``dvc exp show --json``: experiment name -> its params.yaml values."""
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    found = {}
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment["revs"]:
+                found[rev["name"]] = rev["data"]["params"]["params.yaml"]["data"]
+    return found
+
+
+def run_preset(tmp_path: Path, name: str) -> Path:
+    """Run preset ``name`` (shrunk by FAST) in a committed project copy; check that it left
+    params.yaml alone, then apply the experiment so its outputs can be read."""
     project = make_project(tmp_path / "project")
+    shrink_preset(project, name, **FAST)
+    commit(project)
+    before = (project / "params.yaml").read_bytes()
     done = run([sys.executable, "-m", "tasks.presets", name], project)
-    assert f"preset {name}" in done.stdout
+    assert f"experiment '{name}' done" in done.stdout and f"dvc exp apply {name}" in done.stdout
+    assert (project / "params.yaml").read_bytes() == before
+    assert not (project / "dvc.lock").exists()
+    assert name in experiments(project)
+    run(["dvc", "exp", "apply", name], project)
     return project
 
 
@@ -59,12 +97,9 @@ def test_conll2003_preset_runs_end_to_end(tmp_path):
     shared = tmp_path / "shared" / "datasets" / "conll2003"
     for split, count in (("train", 300), ("dev", 80), ("test", 80)):
         conll_head(SHARED / "conll2003" / f"{split}.txt", shared / f"{split}.txt", count)
-    project = apply_preset(tmp_path, "conll2003")
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    project = run_preset(tmp_path, "conll2003")
+    params = yaml.safe_load((project / "params.yaml").read_text())  # the experiment's
     assert params["task"] == "token_classification" and params["data"]["format"] == "conll"
-    set_params(project, **FAST)
-
-    run(["dvc", "repro"], project)
     summary = json.loads((project / "data/prepared/summary.json").read_text())
     assert [summary["splits"][s]["examples"] for s in ("train", "validation", "test")] == [
         300,
@@ -86,10 +121,7 @@ def test_sst2_preset_holds_validation_out_of_train_and_tests_on_dev(tmp_path):
     shared = tmp_path / "shared" / "datasets" / "sst2"
     tsv_head(SHARED / "sst2" / "train.tsv", shared / "train.tsv", 600)
     tsv_head(SHARED / "sst2" / "dev.tsv", shared / "dev.tsv", 100)
-    project = apply_preset(tmp_path, "sst2")
-    set_params(project, **FAST)
-
-    run(["dvc", "repro"], project)
+    project = run_preset(tmp_path, "sst2")
     summary = json.loads((project / "data/prepared/summary.json").read_text())
     train, validation = (summary["splits"][s]["examples"] for s in ("train", "validation"))
     assert train + validation <= 600 and 0.03 < validation / (train + validation) < 0.08
@@ -98,9 +130,28 @@ def test_sst2_preset_holds_validation_out_of_train_and_tests_on_dev(tmp_path):
     metrics = json.loads((project / "reports/metrics.json").read_text())
     assert metrics["samples"] == 100 and set(metrics["per_class"]) == {"0", "1"}
     report = (project / "reports/eval_report.md").read_text()
-    assert "shared/datasets/sst2/dev.tsv" in report
+    assert "data/external/sst2/dev.tsv" in report
     registry = json.loads((project / "reports/registry.json").read_text())
     assert registry["model_name"] == "sst2-sentiment"
+
+
+def test_shipped_presets_are_valid_and_read_their_data_from_data_external():
+    assert {"conll2003", "sst2"} <= set(available_presets())
+    for name in available_presets():
+        preset = load_preset(name)
+        set_param_args(ROOT / "params.yaml", preset.params)  # validated, exact as -S
+        assert list(preset.imports) == [f"data/external/{name}"]
+        source = load_params(ROOT / "params.yaml", preset.params).data.source
+        paths = [p for p in source.model_dump(mode="json").values() if p]
+        assert paths and all(p.startswith(f"data/external/{name}/") for p in paths)
+
+
+def test_overrides_replace_whole_mappings_as_the_typed_params_do():
+    """Hydra (behind -S) would merge a mapping into tune.space; a preset replaces it."""
+    space = {"learning_rate": {"type": "float", "low": 1.0e-4, "high": 3.0e-4, "log": True}}
+    args = set_param_args(ROOT / "params.yaml", {"tune.space": space, "prepare.seed": 7})
+    replaced = "{learning_rate: {type: 'float', low: 0.0001, high: 0.0003, log: true}}"
+    assert args == ["~tune.space", f"++tune.space={replaced}", "++prepare.seed=7"]
 
 
 def test_a_bad_preset_changes_nothing(tmp_path):
@@ -109,7 +160,59 @@ def test_a_bad_preset_changes_nothing(tmp_path):
     unknown = run([sys.executable, "-m", "tasks.presets", "nope"], project, check=False)
     assert unknown.returncode == 1 and "unknown preset 'nope'" in unknown.stderr
     assert "conll2003" in unknown.stderr and "sst2" in unknown.stderr
-    (project / "presets" / "broken.yaml").write_text("train.learning_rate: -1\n")
-    broken = run([sys.executable, "-m", "tasks.presets", "broken"], project, check=False)
-    assert broken.returncode == 1 and "train.learning_rate" in broken.stderr
+    broken = {
+        "flat": "train.learning_rate: 0.1\n",  # the keys belong under params:
+        "bad-value": "params:\n  train.learning_rate: -1\n",
+        "outside": "imports:\n  data/mine: ../elsewhere\nparams: {}\n",
+    }
+    for name, text in broken.items():
+        (project / "presets" / f"{name}.yaml").write_text(text)
+    expected = {"flat": "expected a 'params:' mapping", "bad-value": "train.learning_rate"}
+    expected["outside"] = "'data/mine': the target must be data/external/NAME or models/"
+    for name, message in expected.items():
+        done = run([sys.executable, "-m", "tasks.presets", name], project, check=False)
+        assert done.returncode == 1 and message in done.stderr, done.stderr
     assert (project / "params.yaml").read_bytes() == before
+    assert not list((project / "data" / "external").glob("*.dvc"))
+
+
+def test_an_experiment_needs_a_commit_and_checks_overrides_first(tmp_path):
+    project = make_project(tmp_path / "project")
+    with pytest.raises(ParamsError, match=r"prepare\.sed: unknown key"):
+        run_experiment(project, {"prepare.sed": 7}, "x")
+    with pytest.raises(ExperimentError, match="commit the project first"):
+        run_experiment(project, {"prepare.seed": 7}, "x")
+
+
+def test_a_preset_runs_as_an_experiment_and_leaves_params_alone(tmp_path):
+    """A preset that imports its data: the first run brings it in, each run is a new
+    experiment (toy, toy-2), and the workspace's params.yaml and dvc.lock stay as they were."""
+    shared = tmp_path / "shared" / "datasets" / "toy"
+    shared.mkdir(parents=True)
+    toy_text_frame(150, seed=1)[["text", "label"]].to_csv(shared / "reviews.csv", index=False)
+    project = make_project(tmp_path / "project")
+    (project / "presets" / "toy.yaml").write_text(
+        "imports:\n  data/external/toy: ../shared/datasets/toy\n"
+        "params:\n  data.source: {path: data/external/toy/reviews.csv}\n"
+        "  prepare.max_examples: 100\n"
+    )
+    commit(project)
+    before = (project / "params.yaml").read_bytes()
+    command = [sys.executable, "-m", "tasks.presets", "toy", "--stage", "validate"]
+    first = run(command, project)
+    assert "importing ../shared/datasets/toy -> data/external/toy" in first.stdout
+    assert "experiment 'toy' done" in first.stdout and "dvc exp apply toy" in first.stdout
+    second = run(command, project)  # stages restored from DVC's run cache
+    assert "importing" not in second.stdout and "experiment 'toy-2' done" in second.stdout
+
+    assert (project / "params.yaml").read_bytes() == before
+    assert not (project / "dvc.lock").exists()
+    changed = run(["git", "status", "--porcelain"], project).stdout.split("\n")
+    assert sorted(filter(None, changed)) == [
+        "?? data/external/.gitignore",
+        "?? data/external/toy.dvc",
+    ]
+    shown = experiments(project)
+    for name in ("toy", "toy-2"):
+        assert shown[name]["data"]["source"] == {"path": "data/external/toy/reviews.csv"}
+        assert shown[name]["prepare"]["max_examples"] == 100
