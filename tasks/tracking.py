@@ -182,6 +182,9 @@ def lineage_tags(project: Path = PROJECT_ROOT) -> dict[str, str]:
     flow_run = os.environ.get("PIPELINE_FLOW_RUN_ID")
     if flow_run:
         tags["prefect.flow_run_id"] = flow_run
+    experiment = os.environ.get("DVC_EXP_NAME")  # set by DVC in every stage of an experiment
+    if experiment:
+        tags["dvc.experiment"] = experiment
     return tags
 
 

@@ -269,6 +269,7 @@ def test_triggered_run_with_overrides_is_an_experiment_with_artifacts_and_an_mlf
     runs = _mlflow_runs_of(served_project, flow_run.id)
     assert {"pipeline", "train", "evaluate", "register"} <= set(runs)
     parent = runs["pipeline"].info.run_id
+    assert {r.data.tags.get("dvc.experiment") for r in runs.values()} == {flow_run.name}
     assert all(
         r.data.tags["mlflow.parentRunId"] == parent for s, r in runs.items() if s != "pipeline"
     )
