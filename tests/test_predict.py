@@ -1,0 +1,123 @@
+"""Entity predictions return the user's own text: spans sliced from the input, word-level."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import mlflow
+import pytest
+from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+from tasks.modeling import iob2_tags
+from tasks.predict import predict, render
+from tasks.register import EntityPipeline
+
+
+def _token(index: int, tag: str, start: int, end: int, score: float = 0.9) -> dict:
+    """One sub-token as the pipeline's ``none`` aggregation returns it (``O`` kept)."""
+    return {"entity": tag, "score": score, "index": index, "word": "?", "start": start, "end": end}
+
+
+def test_spans_are_slices_of_the_input_grouped_by_word():
+    text = "lufthansa flew  Paris Berlin"
+    # [CLS] lu ##ft ##han ##sa flew paris berlin [SEP]; the pieces after a word's first
+    # are untrained: their tags (O, B-ORG, I-PER) must not split or cut the word.
+    tokens = [
+        _token(0, "O", 0, 0),
+        _token(1, "B-ORG", 0, 2, 0.8),
+        _token(2, "O", 2, 4),
+        _token(3, "B-ORG", 4, 7),
+        _token(4, "I-PER", 7, 9),
+        _token(5, "I-ORG", 10, 14, 0.6),  # flew: continues the organisation
+        _token(6, "B-LOC", 16, 21),
+        _token(7, "B-LOC", 22, 28, 0.7),  # B- after B-: a second entity
+        _token(8, "O", 28, 28),
+    ]
+    word_ids = [None, 0, 0, 0, 0, 1, 2, 3, None]
+    found = EntityPipeline.spans(text, tokens, word_ids)
+    assert found == [
+        {"entity": "ORG", "score": 0.7, "word": "lufthansa flew", "start": 0, "end": 14},
+        {"entity": "LOC", "score": 0.9, "word": "Paris", "start": 16, "end": 21},
+        {"entity": "LOC", "score": 0.7, "word": "Berlin", "start": 22, "end": 28},
+    ]
+    # A stray I- starts an entity; O ends one; a word of another type starts a new one.
+    tokens = [
+        _token(1, "I-PER", 0, 2),
+        _token(2, "O", 3, 5),
+        _token(3, "B-PER", 6, 8),
+        _token(4, "I-LOC", 9, 11),
+    ]
+    found = EntityPipeline.spans("ab cd ef gh", tokens, [None, 0, 1, 2, 3])
+    words = [(e["entity"], e["word"]) for e in found]
+    assert words == [("PER", "ab"), ("PER", "ef"), ("LOC", "gh")]
+
+
+@pytest.mark.parametrize("form", ["NFC", "NFD"])
+def test_offsets_of_the_uncased_tokenizer_keep_case_accents_and_spacing(tiny_model_dir, form):
+    """The real (uncased, accent-stripping) fast tokenizer's offsets and word_ids; tags
+    are crafted per word, with conflicting tags on every non-first sub-token. In NFD, the
+    tokenizer's offsets of "José" leave out the final combining accent."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = unicodedata.normalize(form, "MÜLLER  José flew to  São Paulo, then Zürich.")
+    plan = ["B-PER", "I-PER", "O", "O", "B-LOC", "I-LOC", "O", "O", "B-LOC", "O"]
+    encoding = tokenizer(text, return_offsets_mapping=True)
+    word_ids = encoding.word_ids()
+    assert max(w for w in word_ids if w is not None) == len(plan) - 1
+    tokens, previous = [], None
+    for index, (word, (start, end)) in enumerate(
+        zip(word_ids, encoding["offset_mapping"], strict=True)
+    ):
+        tag = "O" if word is None else plan[word] if word != previous else "B-ORG"
+        tokens.append(_token(index, tag, start, end))
+        previous = word
+    found = EntityPipeline.spans(text, tokens, word_ids)
+    for entity in found:
+        assert entity["word"] == text[entity["start"] : entity["end"]]
+    words = [(e["entity"], unicodedata.normalize("NFC", e["word"])) for e in found]
+    assert words == [("PER", "MÜLLER  José"), ("LOC", "São Paulo"), ("LOC", "Zürich")]
+
+
+def test_served_model_returns_the_users_words(tiny_model_dir, tmp_path):
+    """Log the pyfunc wrapper, load it back through tasks.predict: every entity's word is
+    the input's slice, in its original case. The head is crafted (zero weights, a bias
+    towards B-PER) so that every word is an entity of its own."""
+    import torch
+
+    labels = iob2_tags(["LOC", "PER"])
+    model = AutoModelForTokenClassification.from_pretrained(
+        tiny_model_dir,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0 if t != "B-PER" else 5.0 for t in labels]))
+    model.save_pretrained(tmp_path / "model")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "model")
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=EntityPipeline(),
+            artifacts={"model": str(tmp_path / "model")},
+            pip_requirements=[f"mlflow=={mlflow.__version__}"],
+        )
+    texts = ["Alice went to PARIS", "Lufthansa  flew", "..."]
+    records = predict(info.model_uri, texts)
+    assert [r["text"] for r in records] == texts
+    for record in records:
+        for entity in record["entities"]:
+            assert entity["word"] == record["text"][entity["start"] : entity["end"]]
+            assert entity["entity"] == "PER" and 0 < entity["score"] <= 1
+    words = [[e["word"] for e in r["entities"]] for r in records]
+    # Lufthansa is nine sub-tokens (l ##u ##f ...) all tagged B-PER: still one word.
+    assert words == [["Alice", "went", "to", "PARIS"], ["Lufthansa", "flew"], [".", ".", "."]]
+    # The text output: e^5 / (e^5 + 4) = 0.974 on every word.
+    assert render(records[0]).splitlines()[1:] == [
+        "  PER\t0.974\t[0:5]\tAlice",
+        "  PER\t0.974\t[6:10]\twent",
+        "  PER\t0.974\t[11:13]\tto",
+        "  PER\t0.974\t[14:19]\tPARIS",
+    ]
