@@ -28,6 +28,7 @@ import csv
 import hashlib
 import json
 import logging
+import pickle
 import re
 import shutil
 import tempfile
@@ -139,7 +140,8 @@ def build_model(
                 setattr(config, key, dropout)
     try:
         model = auto.from_pretrained(source.model_dir, config=config, ignore_mismatched_sizes=True)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
+        # UnpicklingError: torch's weights_only loader refused a pickle that runs code.
         raise StageError(f"cannot load a model from {source.model_dir}: {exc}") from None
     layer = _head_output(model, len(labels))
     with torch.no_grad():

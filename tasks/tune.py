@@ -874,6 +874,10 @@ def tune(
     warnings.simplefilter("ignore", ExperimentalWarning)
     tune_params = params.tune
     data = load_tuning_data(params, tokenized_dir, state_dir)
+    # The start point loads once here, so a model that cannot load fails the stage with one
+    # message before any trial, instead of failing every trial with a traceback each.
+    build_model(data.task, data.source, data.labels, None)
+    _free_memory()
     spec = storage_spec(params, state_dir)
     name = study_name(params, data.fingerprint)
     started = time.perf_counter()

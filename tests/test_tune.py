@@ -8,6 +8,7 @@ import csv
 import gc
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -561,3 +562,25 @@ def test_best_params_are_identical_for_identical_runs(toy_inputs, tiny_model_dir
     rows = {run: read_csv(tmp_path / run / "reports" / TRIALS_CSV) for run in ("first", "second")}
     assert [r["value"] for r in rows["first"]] == [r["value"] for r in rows["second"]]
     assert all(float(r["duration"]) > 0 for r in rows["first"])
+
+
+def test_an_unloadable_model_fails_before_any_trial(toy_inputs, tiny_model_dir, tmp_path):
+    """A start point whose weights are a code-running pickle (refused by torch's weights_only
+    loader) stops the stage with one message; no trial is started."""
+    bad = tmp_path / "bad-model"
+    shutil.copytree(tiny_model_dir, bad)
+    for weights in bad.glob("*.safetensors"):
+        weights.unlink()
+    with (bad / "pytorch_model.bin").open("wb") as handle:
+        pickle.dump(RunsCode(), handle)
+    params = fast_params(bad, toy_inputs["uri"])
+    with pytest.raises(StageError, match=r"cannot load a model from .*bad-model: Weights only"):
+        tune(params, toy_inputs["tokenized"]["old"], tmp_path / "reports", tmp_path / "state")
+    assert not (tmp_path / "state" / "optuna").exists()  # no study, no trial
+
+
+class RunsCode:
+    """Unpickling this would run a shell command; torch refuses it."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this should never run",))
