@@ -76,6 +76,14 @@ def make_project(directory: Path) -> Path:
     return directory
 
 
+def start_point_in(project: Path, model_dir: Path, name: str = "tiny") -> Path:
+    """``model_dir`` copied into ``project/models/pretrained/name``, the only place the stages
+    accept a local start point from (run the stage CLIs with ``cwd=project``)."""
+    target = project / "models" / "pretrained" / name
+    shutil.copytree(model_dir, target)
+    return target
+
+
 @pytest.fixture(autouse=True)
 def _reset_mlflow_uris():
     """MLflow keeps the tracking and registry URIs process-wide and mirrors them into

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, project_env, tiny_params, write_toy_prepared
+from conftest import (
+    ROOT,
+    make_project,
+    project_env,
+    start_point_in,
+    tiny_params,
+    write_toy_prepared,
+)
 
 from tasks.config import load_params
 from tasks.errors import StageError
@@ -169,8 +176,10 @@ def test_same_seed_gives_identical_runs(tmp_path, tiny_model_dir):
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_model_dir):
     params_path = tmp_path / "params.yaml"
+    # The CLI runs in a project copy: it accepts a start point from models/pretrained only.
+    project = make_project(tmp_path / "project")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["model"]["name_or_path"] = str(tiny_model_dir)
+    raw["model"]["name_or_path"] = str(start_point_in(project, tiny_model_dir))
     raw["tokenize"]["max_length"] = 32
     raw["train"].update(
         learning_rate=1e-2, epochs=4, batch_size=8, save_steps=4, logging_steps=5,
@@ -188,7 +197,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_model_
         "--reports-dir", str(run / "reports"), "--state-dir", str(run / "state"),
     ]  # fmt: skip
     process = subprocess.Popen(
-        command, cwd=ROOT, env=project_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command, cwd=project, env=project_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 120
     while not saved_checkpoint(run / "state" / "checkpoints"):

@@ -22,7 +22,14 @@ from typing import ClassVar
 import optuna
 import pytest
 import yaml
-from conftest import ROOT, project_env, tiny_params, write_toy_prepared
+from conftest import (
+    ROOT,
+    make_project,
+    project_env,
+    start_point_in,
+    tiny_params,
+    write_toy_prepared,
+)
 
 from tasks.config import ParamsError, apply_tuned_params, load_params
 from tasks.errors import StageError
@@ -288,8 +295,10 @@ def test_disabled_tuning_writes_its_outputs(tmp_path, tiny_model_dir):
 
 def test_killed_study_resumes_and_keeps_finished_trials(tmp_path, tiny_model_dir):
     uri = make_tracking(tmp_path)
+    # The CLI runs in a project copy: it accepts a start point from models/pretrained only.
+    project = make_project(tmp_path / "project")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["model"]["name_or_path"] = str(tiny_model_dir)
+    raw["model"]["name_or_path"] = str(start_point_in(project, tiny_model_dir))
     raw["tokenize"]["max_length"] = 32
     raw["tracking"]["uri"] = uri
     raw["train"].update(precision="fp32")
@@ -302,7 +311,7 @@ def test_killed_study_resumes_and_keeps_finished_trials(tmp_path, tiny_model_dir
     dirs += ["--state-dir", str(tmp_path / "state")]
     process = subprocess.Popen(
         [sys.executable, "-m", "tasks.tune", "--params", str(params_path), *dirs],
-        cwd=ROOT, env={**project_env(), "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+        cwd=project, env={**project_env(), "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )  # fmt: skip
     database = tmp_path / "state/optuna/optuna.db"
