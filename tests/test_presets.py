@@ -25,7 +25,7 @@ from tasks.presets import available_presets, load_preset
 SHARED = ROOT.parent / "shared" / "datasets"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent")
 FAST = {
-    "tune.n_trials": 2,
+    "tune.n_trials": 1,
     "tune.timeout": None,
     "tune.space": {
         "learning_rate": {"type": "float", "low": 1.0e-4, "high": 3.0e-4, "log": True},

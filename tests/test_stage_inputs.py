@@ -195,7 +195,7 @@ def recorded_reads(tmp_path_factory, tiny_model_dir) -> tuple[dict[str, set[str]
     """Run the whole pipeline of a tiny project with the recorder; params read per stage."""
     base = tmp_path_factory.mktemp("reads")
     project = make_project(base / "project")
-    toy_text_frame(300, seed=3)[["text", "label"]].to_csv(
+    toy_text_frame(200, seed=3)[["text", "label"]].to_csv(
         project / "data/external/toy.csv", index=False
     )
     shutil.copytree(tiny_model_dir, project / "models/pretrained/tiny")
@@ -207,7 +207,7 @@ def recorded_reads(tmp_path_factory, tiny_model_dir) -> tuple[dict[str, set[str]
             "tokenize.max_length": 32,
             "train.epochs": 1,
             "train.precision": "fp32",
-            "tune.n_trials": 2,
+            "tune.n_trials": 1,
             "tune.timeout": None,
             "tune.space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2}},
             "register.min_score": 0.0,
