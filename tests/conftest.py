@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -74,6 +75,24 @@ def make_project(directory: Path) -> Path:
     run(["dvc", "init", "-q"], directory)
     run(["dvc", "config", "core.analytics", "false"], directory)
     return directory
+
+
+def commit(project: Path) -> Path:
+    """Commit everything in a project copy (DVC experiments start from a commit)."""
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"], project)
+    return project
+
+
+def experiments(project: Path) -> dict[str, dict]:
+    """``dvc exp show --json``: experiment name -> its params.yaml values."""
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    found = {}
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment["revs"]:
+                found[rev["name"]] = rev["data"]["params"]["params.yaml"]["data"]
+    return found
 
 
 def start_point_in(project: Path, model_dir: Path, name: str = "tiny") -> Path:

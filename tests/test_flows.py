@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import ROOT, make_project, project_env, run, set_params
+from conftest import ROOT, commit, experiments, make_project, project_env, run, set_params
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -177,23 +177,6 @@ async def _task_runs(flow_run_id) -> dict:
             flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]})
         )
         return {t.name: t for t in found}
-
-
-def commit(project: Path) -> Path:
-    run(["git", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"], project)
-    return project
-
-
-def experiments(project: Path) -> dict[str, dict]:
-    """``dvc exp show --json``: experiment name -> its params.yaml values."""
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
-    found = {}
-    for baseline in shown:
-        for experiment in baseline.get("experiments") or []:
-            for rev in experiment["revs"]:
-                found[rev["name"]] = rev["data"]["params"]["params.yaml"]["data"]
-    return found
 
 
 def _locked_params(project: Path, stage: str) -> dict:

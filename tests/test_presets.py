@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, make_project, run, toy_text_frame
+from conftest import ROOT, commit, experiments, make_project, run, toy_text_frame
 
 from tasks.config import ParamsError, load_params
 from tasks.experiments import ExperimentError, run_experiment, set_param_args
@@ -51,28 +51,12 @@ def tsv_head(source: Path, target: Path, rows: int) -> None:
         target.write_text("".join(itertools.islice(handle, rows + 1)), encoding="utf-8")
 
 
-def commit(project: Path) -> None:
-    run(["git", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"], project)
-
-
 def shrink_preset(project: Path, name: str, **params) -> None:
     """Merge ``params`` into the project copy's ``presets/NAME.yaml``."""
     path = project / "presets" / f"{name}.yaml"
     document = yaml.safe_load(path.read_text())
     document["params"].update(params)
     path.write_text(yaml.safe_dump(document, sort_keys=False))
-
-
-def experiments(project: Path) -> dict[str, dict]:
-    """``dvc exp show --json``: experiment name -> its params.yaml values."""
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
-    found = {}
-    for baseline in shown:
-        for experiment in baseline.get("experiments") or []:
-            for rev in experiment["revs"]:
-                found[rev["name"]] = rev["data"]["params"]["params.yaml"]["data"]
-    return found
 
 
 def run_preset(tmp_path: Path, name: str) -> Path:
