@@ -43,7 +43,7 @@ SMALL = {
     "model.name_or_path": TINY,
     "tokenize.max_length": 64,
     "train.epochs": 1,
-    "tune.n_trials": 2,
+    "tune.n_trials": 1,
     "tune.timeout": None,
 }
 
