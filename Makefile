@@ -83,8 +83,12 @@ else
 	dvc repro
 endif
 
-test: setup  ## Run the test suite
-	pytest
+# Two pytest-xdist workers, one test file each at a time (module fixtures such as the Prefect
+# server start once); each worker's torch gets its share of the cores (tests/conftest.py).
+TEST_WORKERS ?= 2
+
+test: setup  ## Run the test suite (TEST_WORKERS=2 processes; TEST_WORKERS=0: one process)
+	pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup  ## ruff lint and format check
 	ruff check .

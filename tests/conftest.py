@@ -23,6 +23,10 @@ VENV_BIN = Path(sys.executable).parent
 # from the main checkout's download cache: fetched once (python -m tasks.sources fetch),
 # never once per copy.
 os.environ.setdefault("FINETUNE_DOWNLOAD_CACHE", str(ROOT / ".state" / "downloads"))
+# Under pytest-xdist (make test), the workers share the cores: each worker's torch (in-process
+# and in the stages it starts) gets its share instead of all of them, which oversubscribes.
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 
 def project_env() -> dict[str, str]:
