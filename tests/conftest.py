@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -105,6 +109,60 @@ def start_point_in(project: Path, model_dir: Path, name: str = "tiny") -> Path:
     target = project / "models" / "pretrained" / name
     shutil.copytree(model_dir, target)
     return target
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(
+    command: list[str], health: str, log: Path, timeout: float = 180, **env: str
+) -> subprocess.Popen:
+    """Start ``command`` (output to ``log``) and wait until ``health`` answers over HTTP."""
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            command, env={**project_env(), **env}, stdout=handle, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            urllib.request.urlopen(health, timeout=2)
+            return process
+        except OSError:
+            time.sleep(0.5)
+    stop_server(process)
+    raise AssertionError(f"{command[:4]} did not come up:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator:
+    """A real PostgreSQL server (``tasks.servers.Postgres``) on 127.0.0.1 and a free port,
+    one per test process (each pytest-xdist worker starts its own), stopped and deleted at
+    the end. Tests create their own databases: ``postgres.create_database("name")`` returns
+    its URL."""
+    from tasks.servers import Postgres
+
+    # Not under tmp_path_factory: its folders are private to this user (0700), and as root
+    # the server runs as another user, who must reach its data directory.
+    root = Path(tempfile.mkdtemp(prefix="postgres-"))
+    server = Postgres(root, port=free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

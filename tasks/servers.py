@@ -1,0 +1,235 @@
+"""Local servers for working past one machine: PostgreSQL and an MLflow tracking server on it.
+
+    python -m tasks.servers postgres            # start PostgreSQL in the background, print its URL
+    python -m tasks.servers postgres --stop
+    python -m tasks.servers url mlflow          # the URL of a database (created when missing)
+    python -m tasks.servers tracking            # MLflow server on PostgreSQL, in the foreground
+
+PostgreSQL runs Debian's binaries (``initdb``/``pg_ctl``) on a data directory inside the
+project (``.state/postgres``), listening on 127.0.0.1 only (no Unix socket), with a role
+``finetune`` whose random password sits in ``.state/postgres/password``. PostgreSQL refuses
+to run as root: as root, its files belong to the ``postgres`` user (created when missing) and
+its commands run through ``runuser``. The tracking server keeps runs and the registry in the
+``mlflow`` database and proxies artifacts into ``.state/mlflow-server/artifacts``: clients
+need only ``http://127.0.0.1:PORT`` (``tracking.uri`` or ``MLFLOW_TRACKING_URI``), never a
+path or a bucket of their own.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from tasks.cli import stage_command
+from tasks.environment import STATE_DIR
+from tasks.errors import StageError
+
+ROLE = "finetune"
+SERVER_USER = "postgres"  # the OS user that runs PostgreSQL when we are root (Debian's own)
+DEFAULT_PORT = 5433  # not 5432: a system cluster from Debian's package may hold that one
+MLFLOW_PORT = 5000
+# The server's job runner (Huey consumer processes for GenAI scorers and trace archival) does
+# nothing for this project's runs and registry: off, it starts no extra processes.
+TRACKING_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def postgres_bin(name: str) -> str:
+    """Path of a PostgreSQL server program: on PATH, else the newest Debian install."""
+    found = shutil.which(name) or next(
+        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
+    )
+    if found is None:
+        raise StageError(
+            f"{name}: PostgreSQL server binaries not found (PATH, /usr/lib/postgresql/*/bin); "
+            "install them with `make postgres-binaries` (Debian: apt-get install postgresql)"
+        )
+    return found
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """The unprivileged user that runs PostgreSQL when we are root (``None``: run as us)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+             SERVER_USER],
+            check=True,
+        )  # fmt: skip
+        return pwd.getpwnam(SERVER_USER)
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """One PostgreSQL cluster in ``root`` (data, log, password) on ``127.0.0.1:port``."""
+
+    root: Path = STATE_DIR / "postgres"
+    port: int = DEFAULT_PORT
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "postgres.log"
+
+    @property
+    def password_file(self) -> Path:
+        return self.root / "password"
+
+    def url(self, database: str = "postgres") -> str:
+        """SQLAlchemy/libpq URL of ``database`` (the password included)."""
+        password = self.password_file.read_text().strip()
+        return f"postgresql://{ROLE}:{password}@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *command: str) -> subprocess.CompletedProcess:
+        """Run a PostgreSQL program as the server user; fail with its output."""
+        user = _server_user()
+        prefix = ["runuser", "-u", user.pw_name, "--"] if user else []
+        done = subprocess.run(
+            [*prefix, postgres_bin(command[0]), *command[1:]], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            log = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise StageError(
+                f"{' '.join(command[:2])} failed ({done.returncode}): "
+                f"{done.stderr.strip() or done.stdout.strip()}\n{log}"
+            )
+        return done
+
+    def _init(self) -> None:
+        """A new cluster: role ``finetune`` with a random password, password login only."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.password_file.write_text(secrets.token_urlsafe(24) + "\n")
+        self.password_file.chmod(0o600)
+        if user := _server_user():
+            for path in (self.root, self.password_file):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        self.root.chmod(0o700)
+        self._run(
+            "initdb", "-D", str(self.data.resolve()), "-U", ROLE,
+            f"--pwfile={self.password_file.resolve()}", "--auth=scram-sha-256",
+            "-E", "UTF8", "--locale=C.UTF-8",
+        )  # fmt: skip
+
+    def running(self) -> bool:
+        if not (self.data / "postmaster.pid").exists():
+            return False
+        user = _server_user()
+        prefix = ["runuser", "-u", user.pw_name, "--"] if user else []
+        status = [*prefix, postgres_bin("pg_ctl"), "status", "-D", str(self.data.resolve())]
+        return subprocess.run(status, capture_output=True).returncode == 0
+
+    def start(self) -> Postgres:
+        """Start the server (creating the cluster first if needed); already running: keep it."""
+        if not (self.data / "PG_VERSION").exists():
+            self._init()
+        if self.running():
+            lines = (self.data / "postmaster.pid").read_text().splitlines()
+            if int(lines[3]) != self.port:
+                raise StageError(
+                    f"{self.data}: PostgreSQL is already running on port {lines[3]}, not "
+                    f"{self.port}; stop it first (python -m tasks.servers postgres --stop)"
+                )
+            return self
+        options = f"-h 127.0.0.1 -p {self.port} -k ''"  # TCP on loopback only, no Unix socket
+        self._run(
+            "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data.resolve()),
+            "-l", str(self.log.resolve()), "-o", options,
+        )  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        if self.running():
+            self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data.resolve()))
+
+    def create_database(self, name: str) -> str:
+        """Create ``name`` unless it exists; return its URL."""
+        import psycopg2
+        from psycopg2 import sql
+
+        connection = psycopg2.connect(self.url())
+        connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cursor.fetchone() is None:
+                    cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        finally:
+            connection.close()
+        return self.url(name)
+
+
+def tracking_server_command(
+    backend_uri: str, artifacts: Path, port: int = MLFLOW_PORT, workers: int = 1
+) -> list[str]:
+    """``mlflow server`` on ``backend_uri`` with artifacts proxied into ``artifacts``."""
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend_uri,
+        "--serve-artifacts", "--artifacts-destination", str(artifacts.resolve()),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+    ]  # fmt: skip
+
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+@stage_command("servers")
+def postgres(
+    port: int = typer.Option(DEFAULT_PORT, help="Port on 127.0.0.1."),
+    stop: bool = typer.Option(False, "--stop", help="Stop the server instead."),
+) -> None:
+    """Start (or stop) the project's PostgreSQL in the background; print its URL."""
+    server = Postgres(port=port)
+    if stop:
+        server.stop()
+        typer.echo(f"stopped PostgreSQL ({server.data})")
+        return
+    server.start()
+    typer.echo(f"PostgreSQL on 127.0.0.1:{port} (data {server.data}, log {server.log})")
+    typer.echo(server.url())
+
+
+@app.command()
+@stage_command("servers")
+def url(
+    database: str = typer.Argument(..., help="Database name (created when missing)."),
+    port: int = typer.Option(DEFAULT_PORT, help="Port of the running server."),
+) -> None:
+    """Print the URL of a database of the running server, e.g. for ``tune.storage``."""
+    typer.echo(Postgres(port=port).create_database(database))
+
+
+@app.command()
+@stage_command("servers")
+def tracking(
+    port: int = typer.Option(MLFLOW_PORT, help="Port of the MLflow server on 127.0.0.1."),
+    postgres_port: int = typer.Option(DEFAULT_PORT, help="Port of PostgreSQL on 127.0.0.1."),
+    workers: int = typer.Option(1, help="Server worker processes."),
+) -> None:
+    """MLflow tracking server: runs and registry in PostgreSQL (started when not running),
+    artifacts proxied into .state/mlflow-server/artifacts; runs in the foreground."""
+    backend = Postgres(port=postgres_port).start().create_database("mlflow")
+    artifacts = STATE_DIR / "mlflow-server" / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    typer.echo(f"MLflow on http://127.0.0.1:{port} (set tracking.uri or MLFLOW_TRACKING_URI)")
+    command = tracking_server_command(backend, artifacts, port, workers)
+    os.execve(command[0], command, {**os.environ, **TRACKING_SERVER_ENV})
+
+
+if __name__ == "__main__":
+    app()

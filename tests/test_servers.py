@@ -1,0 +1,148 @@
+"""Past one machine: the pipeline's MLflow stages against a real ``mlflow server`` on a real
+PostgreSQL, with artifacts proxied by the server (``tasks.servers``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import psycopg2
+import pytest
+import yaml
+from conftest import (
+    ROOT,
+    free_port,
+    run,
+    start_server,
+    stop_server,
+    tiny_params,
+    write_toy_prepared,
+)
+from test_register import Trained
+
+from tasks.errors import StageError
+from tasks.evaluate import evaluate
+from tasks.servers import TRACKING_SERVER_ENV, Postgres, tracking_server_command
+from tasks.tokenize import tokenize
+from tasks.train import train
+
+
+@pytest.fixture(scope="module")
+def tracking_server(postgres: Postgres, tmp_path_factory) -> dict:
+    """``mlflow server`` on the ``mlflow`` database, artifacts proxied into a folder."""
+    backend = postgres.create_database("mlflow")
+    root = tmp_path_factory.mktemp("tracking-server")
+    port = free_port()
+    server = start_server(
+        tracking_server_command(backend, root / "artifacts", port),
+        f"http://127.0.0.1:{port}/health",
+        root / "server.log",
+        **TRACKING_SERVER_ENV,
+    )
+    try:
+        yield {
+            "uri": f"http://127.0.0.1:{port}",
+            "backend": backend,
+            "artifacts": root / "artifacts",
+        }
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def served_model(tracking_server, tmp_path_factory, tiny_model_dir) -> Trained:
+    """A tiny model trained and evaluated by the real stages, logging to the server."""
+    root = tmp_path_factory.mktemp("client")
+    params = tiny_params(
+        "text_classification",
+        tiny_model_dir,
+        train={"epochs": 1},  # the gate reads the scores the test sets
+        tracking={"uri": tracking_server["uri"], "experiment": "server-tests"},
+        register={"model_name": "toy-on-server", "min_score": 0.0},
+    )
+    write_toy_prepared(root / "prepared")
+    state = root / "state"
+    tokenize(params, root / "prepared", root / "tokenized", root / "tokenize.json", state)
+    train(params, root / "tokenized", root / "model", root / "reports", state)
+    evaluate(params, root / "tokenized", root / "model", root / "reports")
+    return Trained(params, root)
+
+
+def _rows(url: str, query: str) -> list[tuple]:
+    """Rows of ``query`` read straight from PostgreSQL (not through MLflow)."""
+    connection = psycopg2.connect(url)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(query)
+            return sorted(cursor.fetchall())
+    finally:
+        connection.close()
+
+
+def test_gate_and_aliases_on_the_server(served_model, tracking_server):
+    first = served_model.register()
+    assert (first["version"], first["promoted"]) == (1, True)
+    served_model.set_score(first["score"] + 0.1)
+    better = served_model.variant("better").register()
+    assert better["promoted"] and better["aliases"] == {"champion": 2, "challenger": 2}
+    served_model.set_score(first["score"])
+    worse = served_model.variant("worse").register()
+    assert not worse["promoted"] and "does not beat the champion" in worse["reason"]
+    assert worse["aliases"] == {"champion": 2, "challenger": 3}
+
+    # The registry and the runs live in PostgreSQL, as the server's clients see them.
+    backend = tracking_server["backend"]
+    assert _rows(backend, "SELECT version FROM model_versions WHERE name = 'toy-on-server'") == [
+        (1,),
+        (2,),
+        (3,),
+    ]
+    aliases = "SELECT alias, version FROM registered_model_aliases WHERE name = 'toy-on-server'"
+    assert _rows(backend, aliases) == [("challenger", 3), ("champion", 2)]
+    stages = _rows(
+        backend,
+        "SELECT DISTINCT value FROM tags WHERE key = 'pipeline.stage'",
+    )
+    assert {s for (s,) in stages} == {"register", "pipeline"}
+
+    # Artifacts went through the server into its destination, none to a client-side path.
+    client = served_model.client()
+    version = client.get_model_version("toy-on-server", "2")
+    run = client.get_run(version.run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+    stored = tracking_server["artifacts"] / run.info.artifact_uri.removeprefix("mlflow-artifacts:/")
+    assert (stored / "reports" / "registry.json").is_file()
+    assert len(list(tracking_server["artifacts"].rglob("MLmodel"))) == 3
+    assert len(list(tracking_server["artifacts"].rglob("model.safetensors"))) >= 3
+    assert not (served_model.root / "state" / "mlflow").exists()
+    assert not list(served_model.root.rglob("mlruns")) and not list(Path.cwd().glob("mlruns"))
+
+
+def test_predict_loads_the_champion_through_the_server(served_model, tracking_server):
+    """``predict`` pointed at the server by MLFLOW_TRACKING_URI alone (tracking.uri null);
+    the model exists on the server only (a name no other test registers)."""
+    served_model.ensure_champion()
+    raw = served_model.params.model_dump(mode="json", by_alias=True)
+    raw["tracking"]["uri"] = None
+    params_file = served_model.root / "params-env.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "tasks.predict", "--params", str(params_file), "--json"]
+    done = run(
+        [*command, "a great film", "a dull plot"],
+        ROOT,
+        MLFLOW_TRACKING_URI=tracking_server["uri"],
+    )
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["text"] for r in records] == ["a great film", "a dull plot"]
+    assert all(r["label"] in ("positive", "negative") for r in records)
+    champion = served_model.client().get_model_version_by_alias("toy-on-server", "champion")
+    assert champion.source.startswith(("models:/", "mlflow-artifacts:/"))
+
+
+def test_a_running_cluster_refuses_another_port(postgres):
+    """The running cluster cannot be started again on another port: the error says so."""
+    other = Postgres(postgres.root, port=postgres.port + 1)
+    with pytest.raises(StageError, match=f"already running on port {postgres.port}"):
+        other.start()
+    assert postgres.running()
