@@ -29,7 +29,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TMPDIR := $(CURDIR)/.state/tmp
 $(shell mkdir -p .state/tmp)
 
-.PHONY: help setup lock run test lint format clean prefect-server serve-flows worker ui serve-model
+.PHONY: help setup lock run test lint format clean prefect-server serve-flows worker ui serve-model \
+	postgres-binaries postgres postgres-stop tracking-server
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -87,7 +88,7 @@ endif
 # server start once); each worker's torch gets its share of the cores (tests/conftest.py).
 TEST_WORKERS ?= 2
 
-test: setup  ## Run the test suite (TEST_WORKERS=2 processes; TEST_WORKERS=0: one process)
+test: setup postgres-binaries  ## Run the test suite (TEST_WORKERS=2 processes; TEST_WORKERS=0: one process)
 	pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup  ## ruff lint and format check
@@ -107,9 +108,27 @@ ui: setup  ## MLflow UI on http://127.0.0.1:5000 (experiments, nested trials, re
 	@mkdir -p .state/mlflow
 	mlflow server --backend-store-uri $(MLFLOW_DB) --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
-serve-model: setup  ## Serve models:/<register.model_name>@champion on http://127.0.0.1:5001/invocations
-	MLFLOW_TRACKING_URI=$(MLFLOW_DB) mlflow models serve -m "models:/$(MODEL_NAME)@champion" \
+serve-model: setup  ## Serve models:/<register.model_name>@champion on http://127.0.0.1:5001/invocations (from MLFLOW_TRACKING_URI if set)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(MLFLOW_DB)} mlflow models serve -m "models:/$(MODEL_NAME)@champion" \
 	  --env-manager local --host 127.0.0.1 --port $(MODEL_PORT)
+
+# Past one machine: PostgreSQL (Debian's server binaries, run as the `postgres` user when we are
+# root) and an MLflow tracking server on it; tasks/servers.py does the work.
+POSTGRES_PORT ?= 5433
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+postgres-binaries:  ## Install PostgreSQL's server binaries (Debian package) when initdb is missing
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
+
+postgres: setup postgres-binaries  ## PostgreSQL on 127.0.0.1:5433 in the background (.state/postgres); prints its URL
+	python -m tasks.servers postgres --port $(POSTGRES_PORT)
+
+postgres-stop: setup  ## Stop the project's PostgreSQL
+	python -m tasks.servers postgres --stop --port $(POSTGRES_PORT)
+
+tracking-server: setup postgres-binaries  ## MLflow server on 127.0.0.1:5000: runs in PostgreSQL, artifacts proxied
+	python -m tasks.servers tracking --port $(MLFLOW_PORT) --postgres-port $(POSTGRES_PORT)
 
 PREFECT_PORT ?= 4200
 PREFECT_LOCAL_API := http://127.0.0.1:$(PREFECT_PORT)/api
@@ -127,5 +146,6 @@ worker: setup  ## Past one machine: deploy to work pool $(POOL) and start a proc
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) python -m flows.deploy pool --pool $(POOL)
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) prefect worker start --pool $(POOL)
 
-clean:  ## Remove tool state (.state) but keep data, models and the environment
+clean:  ## Remove tool state (.state) but keep data, models, the DVC remote and the environment
+	@test ! -x $(PYTHON) || $(PYTHON) -m tasks.servers postgres --stop --port $(POSTGRES_PORT)
 	rm -rf .state

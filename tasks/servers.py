@@ -37,9 +37,6 @@ ROLE = "finetune"
 SERVER_USER = "postgres"  # the OS user that runs PostgreSQL when we are root (Debian's own)
 DEFAULT_PORT = 5433  # not 5432: a system cluster from Debian's package may hold that one
 MLFLOW_PORT = 5000
-# The server's job runner (Huey consumer processes for GenAI scorers and trace archival) does
-# nothing for this project's runs and registry: off, it starts no extra processes.
-TRACKING_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def postgres_bin(name: str) -> str:
@@ -174,14 +171,19 @@ class Postgres:
 
 def tracking_server_command(
     backend_uri: str, artifacts: Path, port: int = MLFLOW_PORT, workers: int = 1
-) -> list[str]:
-    """``mlflow server`` on ``backend_uri`` with artifacts proxied into ``artifacts``."""
-    return [
+) -> tuple[list[str], dict[str, str]]:
+    """``mlflow server`` on ``backend_uri`` with artifacts proxied into ``artifacts``: the
+    command and the variables to add to its environment (the backend URI goes there, so its
+    password is not in the process list)."""
+    command = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", backend_uri,
         "--serve-artifacts", "--artifacts-destination", str(artifacts.resolve()),
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
     ]  # fmt: skip
+    # The server's job runner (Huey consumer processes for GenAI scorers and trace archival)
+    # does nothing for this project's runs and registry: off, it starts no extra processes.
+    env = {"MLFLOW_BACKEND_STORE_URI": backend_uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return command, env
 
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -227,8 +229,8 @@ def tracking(
     artifacts = STATE_DIR / "mlflow-server" / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     typer.echo(f"MLflow on http://127.0.0.1:{port} (set tracking.uri or MLFLOW_TRACKING_URI)")
-    command = tracking_server_command(backend, artifacts, port, workers)
-    os.execve(command[0], command, {**os.environ, **TRACKING_SERVER_ENV})
+    command, env = tracking_server_command(backend, artifacts, port, workers)
+    os.execve(command[0], command, {**os.environ, **env})
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from test_register import Trained
 
 from tasks.errors import StageError
 from tasks.evaluate import evaluate
-from tasks.servers import TRACKING_SERVER_ENV, Postgres, tracking_server_command
+from tasks.servers import Postgres, tracking_server_command
 from tasks.tokenize import tokenize
 from tasks.train import train
 
@@ -34,12 +34,8 @@ def tracking_server(postgres: Postgres, tmp_path_factory) -> dict:
     backend = postgres.create_database("mlflow")
     root = tmp_path_factory.mktemp("tracking-server")
     port = free_port()
-    server = start_server(
-        tracking_server_command(backend, root / "artifacts", port),
-        f"http://127.0.0.1:{port}/health",
-        root / "server.log",
-        **TRACKING_SERVER_ENV,
-    )
+    command, env = tracking_server_command(backend, root / "artifacts", port)
+    server = start_server(command, f"http://127.0.0.1:{port}/health", root / "server.log", **env)
     try:
         yield {
             "uri": f"http://127.0.0.1:{port}",
