@@ -106,8 +106,26 @@ class Postgres:
             )
         return done
 
+    def _check_reachable(self) -> None:
+        """As root, the server user must be able to enter every folder above ``root``."""
+        user = _server_user()
+        if user is None:
+            return
+        for folder in reversed(self.root.resolve().parents):
+            if not folder.exists():  # created by us below, enterable by all (umask 022)
+                break
+            probe = ["runuser", "-u", user.pw_name, "--", "test", "-x", str(folder)]
+            if subprocess.run(probe, capture_output=True).returncode != 0:
+                raise StageError(
+                    f"{self.root}: PostgreSQL runs as user {user.pw_name!r} (it refuses root), "
+                    f"who cannot enter {folder} (mode {folder.stat().st_mode & 0o777:o}); "
+                    "keep the project in a folder other users can enter, or run as a "
+                    "non-root user"
+                )
+
     def _init(self) -> None:
         """A new cluster: role ``finetune`` with a random password, password login only."""
+        self._check_reachable()
         self.root.mkdir(parents=True, exist_ok=True)
         self.password_file.write_text(secrets.token_urlsafe(24) + "\n")
         self.password_file.chmod(0o600)

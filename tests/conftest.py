@@ -119,12 +119,22 @@ def free_port() -> int:
 
 
 def start_server(
-    command: list[str], health: str, log: Path, timeout: float = 180, **env: str
+    command: list[str],
+    health: str,
+    log: Path,
+    timeout: float = 180,
+    cwd: Path | None = None,
+    **env: str,
 ) -> subprocess.Popen:
-    """Start ``command`` (output to ``log``) and wait until ``health`` answers over HTTP."""
+    """Start ``command`` (in ``cwd``, output to ``log``) and wait until ``health`` answers
+    over HTTP."""
     with log.open("w") as handle:
         process = subprocess.Popen(
-            command, env={**project_env(), **env}, stdout=handle, stderr=subprocess.STDOUT
+            command,
+            cwd=cwd,
+            env={**project_env(), **env},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:

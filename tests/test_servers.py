@@ -4,15 +4,21 @@ PostgreSQL, with artifacts proxied by the server (``tasks.servers``)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import psycopg2
 import pytest
 import yaml
 from conftest import (
     ROOT,
     free_port,
+    make_project,
     run,
     start_server,
     stop_server,
@@ -142,3 +148,52 @@ def test_a_running_cluster_refuses_another_port(postgres):
     with pytest.raises(StageError, match=f"already running on port {postgres.port}"):
         other.start()
     assert postgres.running()
+
+
+@pytest.fixture
+def reachable_copy() -> Iterator[Path]:
+    """A project copy that PostgreSQL's user can reach when we are root (pytest's own tmp
+    folders are private to us)."""
+    folder = Path(tempfile.mkdtemp(prefix="servers-"))
+    folder.chmod(0o755)
+    try:
+        yield make_project(folder / "project")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_make_targets_commands_in_a_project_copy(reachable_copy, tmp_path):
+    """What `make tracking-server` and `make postgres-stop` run, in a project copy: PostgreSQL
+    is created in the copy's .state and started, MLflow comes up on it and keeps a run; the
+    stop command stops it; a second start on another port is refused by name."""
+    project_copy = reachable_copy
+    pg_port, port = free_port(), free_port()
+    servers = [sys.executable, "-m", "tasks.servers"]
+    state = project_copy / ".state"
+    server = start_server(
+        [*servers, "tracking", "--port", str(port), "--postgres-port", str(pg_port)],
+        f"http://127.0.0.1:{port}/health",
+        tmp_path / "tracking.log",
+        cwd=project_copy,
+    )
+    try:
+        assert (state / "postgres" / "data" / "PG_VERSION").is_file()
+        client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+        run_id = client.create_run(client.create_experiment("cli")).info.run_id
+        client.log_text(run_id, "kept", "note.txt")
+        assert any((state / "mlflow-server" / "artifacts").rglob("note.txt"))
+        other = run([*servers, "postgres", "--port", str(pg_port + 1)], project_copy, check=False)
+        assert other.returncode == 1
+        assert "servers: error: " in other.stderr and f"port {pg_port}" in other.stderr
+    finally:
+        stop_server(server)
+        run([*servers, "postgres", "--stop"], project_copy)
+    assert not (state / "postgres" / "data" / "postmaster.pid").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_a_folder_the_server_user_cannot_enter_is_named(tmp_path):
+    """pytest's tmp folders are private (0700): as root, the error names the folder."""
+    with pytest.raises(StageError, match=r"cannot enter .*pytest-of-\w+ \(mode 700\)"):
+        Postgres(tmp_path / "postgres", port=free_port()).start()
+    assert not (tmp_path / "postgres").exists()
