@@ -54,7 +54,8 @@ def tracking_server(postgres: Postgres, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def served_model(tracking_server, tmp_path_factory, tiny_model_dir) -> Trained:
-    """A tiny model trained and evaluated by the real stages, logging to the server."""
+    """A tiny model trained and evaluated by the real stage functions; its registry and
+    runs are the server's (``tracking.uri``)."""
     root = tmp_path_factory.mktemp("client")
     params = tiny_params(
         "text_classification",
