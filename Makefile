@@ -100,8 +100,7 @@ MODEL_PORT   ?= 5001
 MODEL_NAME    = $(shell $(PYTHON) -c "from tasks.config import load_params; print(load_params().register_.model_name)")
 
 ui: setup  ## MLflow UI on http://127.0.0.1:5000 (experiments, nested trials, registry)
-	@mkdir -p .state/mlflow
-	mlflow server --backend-store-uri $(MLFLOW_DB) --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+	python -m tasks.ui mlflow --port $(MLFLOW_PORT)
 
 serve-model: setup  ## Serve models:/<register.model_name>@champion on http://127.0.0.1:5001/invocations
 	MLFLOW_TRACKING_URI=$(MLFLOW_DB) mlflow models serve -m "models:/$(MODEL_NAME)@champion" \
@@ -110,8 +109,9 @@ serve-model: setup  ## Serve models:/<register.model_name>@champion on http://12
 PREFECT_PORT ?= 4200
 PREFECT_LOCAL_API := http://127.0.0.1:$(PREFECT_PORT)/api
 
+# Port, host and the UI's API URL set together (tasks/ui.py): the UI calls its own port.
 prefect-server: setup  ## Start a local Prefect server + UI on 127.0.0.1:4200 (state in .state/prefect)
-	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	python -m tasks.ui prefect --port $(PREFECT_PORT)
 
 serve-flows: setup  ## Register the nightly deployment and execute its runs here (needs prefect-server)
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) python -m flows.deploy serve

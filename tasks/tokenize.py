@@ -368,10 +368,14 @@ def main(
     state_dir: Path = typer.Option(STATE_DIR, help="cache for registered models"),
 ) -> None:
     """Tokenize data/prepared into data/tokenized (see the module docstring)."""
+    from tasks import tracking
+
     params = load_params(params_path)
     # Before the model is read: a local start point must be in models/pretrained/.
     require_tracked_inputs(params, PROJECT_ROOT, ["model.name_or_path"])
-    tokenize(params, prepared_dir, output_dir, report_path, state_dir)
+    # The first stage that logs: it opens the pipeline's parent run, RUNNING from here on.
+    with tracking.stage_run(params, "tokenize", state_dir):
+        tracking.log_numbers(tokenize(params, prepared_dir, output_dir, report_path, state_dir))
 
 
 if __name__ == "__main__":
