@@ -349,6 +349,10 @@ class EntityPipeline(PythonModel):
     with its case, accents and spacing, never the decoded (lowercased) sub-tokens.
     """
 
+    # MLflow's own opt-out of type-hint validation: without it, defining this class (every
+    # `import tasks.register`, even --help) prints a coloured "Add type hints" warning.
+    _skip_type_hint_validation = True
+
     def load_context(self, context):
         import transformers
 

@@ -57,6 +57,16 @@ def prefect_server(port: int) -> tuple[list[str], dict[str, str]]:
     return command, env
 
 
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The page of an experiment's training runs.
+
+    MLflow 3.17's UI opens every experiment on its GenAI traces overview unless the URL (or
+    the browser's last choice) selects the model-training workflow; the experiment's
+    ``mlflow.experimentKind`` tag (set by tasks.tracking) is what older 3.x UIs read.
+    """
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 @app.command("mlflow")
 def mlflow_ui(
     port: int = typer.Option(5000, help="Port on 127.0.0.1."),
@@ -64,7 +74,22 @@ def mlflow_ui(
 ) -> None:
     """Start the MLflow UI: experiments, nested runs and trials, the model registry."""
     command, env = mlflow_server(port, store)
+    typer.echo(f"Training runs: {training_runs_url(f'http://{HOST}:{port}', command[3])}")
     os.execve(command[0], command, env)
+
+
+def training_runs_url(base: str, store_uri: str) -> str:
+    """:func:`experiment_url` of ``tracking.experiment`` when the store has it."""
+    from tasks.config import load_params
+
+    name = load_params().tracking.experiment
+    if store_uri.startswith("sqlite:///") and Path(store_uri.removeprefix("sqlite:///")).exists():
+        import mlflow
+
+        experiment = mlflow.MlflowClient(store_uri).get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment_url(base, experiment.experiment_id)
+    return f"{base}/#/experiments?workflowType=machine_learning"
 
 
 @app.command("prefect")
