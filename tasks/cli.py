@@ -45,9 +45,9 @@ def relative_defaults(func: Callable[..., Any]) -> None:
     for parameter in inspect.signature(func).parameters.values():
         info = parameter.default
         default = getattr(info, "default", None)
-        if isinstance(default, Path) and default.is_relative_to(PROJECT_ROOT):
-            if getattr(info, "show_default", True) is True:
-                info.show_default = default.relative_to(PROJECT_ROOT).as_posix() or "."
+        shown = getattr(info, "show_default", None) is True
+        if shown and isinstance(default, Path) and default.is_relative_to(PROJECT_ROOT):
+            info.show_default = default.relative_to(PROJECT_ROOT).as_posix() or "."
 
 
 def stage_command(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -58,9 +58,8 @@ def server(command: list[str], env: dict[str, str], health: str, log: Path) -> I
     try:
         deadline = time.monotonic() + 120
         while True:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(health, timeout=5):
-                    break
+            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=5):
+                break
             if process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"{command[:3]} did not start:\n{log.read_text()[-3000:]}")
             time.sleep(1)
