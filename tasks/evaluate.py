@@ -47,6 +47,7 @@ from tasks.modeling import (
     vocab_hash,
     write_json,
 )
+from tasks.progress import Progress
 from tasks.tokenize import TOKENIZED_DIR, load_tokenized
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def predict(
     started = time.perf_counter()
     # One read of the columns: indexing the dataset row by row costs ~10x more per row.
     columns = inputs.to_dict()
+    progress = Progress(-(-len(order) // batch_size), "evaluate", unit="batch")
     with torch.inference_mode(), precision.autocast():
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
@@ -115,6 +117,8 @@ def predict(
                     probabilities[i] = probs[row]
                 else:  # keep the unpadded positions only
                     probabilities[i] = probs[row, : lengths[i]]
+            progress.update(examples=start + len(indices))
+    progress.close()
     seconds = time.perf_counter() - started
     timing = {
         "inference_seconds": round(seconds, 4),

@@ -40,6 +40,7 @@ from tasks.modeling import (
     vocab_hash,
     write_json,
 )
+from tasks.progress import Progress
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -261,9 +262,11 @@ def tokenize(
     encode = encode_texts if params.task == "text_classification" else encode_words
 
     splits, stats = {}, {}
+    progress = Progress(sum(len(frames[split]) for split in SPLITS), "tokenize", "example")
     for split in SPLITS:
         frame = frames[split]
         columns, stats[split] = encode(tokenizer, frame, label2id, max_length)
+        progress.update(advance=len(frame), split=split)
         columns["source_file"] = [None if x is None else str(x) for x in frame["source_file"]]
         columns["source_line"] = [int(x) for x in frame["source_line"]]
         splits[split] = datasets.Dataset.from_dict(columns)
