@@ -199,9 +199,8 @@ class TrialProgress:
         if 0 < len(done) < self.n_trials:
             eta = f", ETA {_duration(elapsed / len(done) * (self.n_trials - len(done)))}"
         self.log.info(
-            "trial %d/%d: %s%s, %d pruned%s",
-            len(done),
-            self.n_trials,
+            "trial %s: %s%s, %d pruned%s",
+            f"{len(done)}/{self.n_trials}" if self.n_trials else len(done),
             outcome,
             best,
             pruned,
