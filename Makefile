@@ -97,7 +97,7 @@ format: setup  ## Apply ruff fixes and formatting
 MLFLOW_DB    := sqlite:///$(CURDIR)/.state/mlflow/mlflow.db
 MLFLOW_PORT  ?= 5000
 MODEL_PORT   ?= 5001
-MODEL_NAME    = $(shell $(PYTHON) -c "from tasks.config import load_params; print(load_params().register_.model_name)")
+MODEL_NAME    = $(shell $(PYTHON) -c "from tasks.config import load_params; from tasks.tracking import registered_model_name; print(registered_model_name(load_params()))")
 
 ui: setup  ## MLflow UI on http://127.0.0.1:5000 (experiments, nested trials, registry)
 	python -m tasks.ui mlflow --port $(MLFLOW_PORT)

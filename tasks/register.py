@@ -130,7 +130,7 @@ def register(
         raise StageError(f"{model_dir}: no trained model found; run the train stage first")
     data_hash = test_data_hash(Path(prepared_dir))
     weights = model_md5(Path(model_dir))
-    name = params.register_.model_name
+    name = tracking.registered_model_name(params)  # register.model_name, or auto
 
     with tracking.stage_run(params, "register", state_dir) as run:
         client = mlflow.MlflowClient()

@@ -86,6 +86,18 @@ def configure(params: Params, state_dir: Path = STATE_DIR) -> str:
     return experiment_id
 
 
+def registered_model_name(params: Params) -> str:
+    """``register.model_name``, or with ``auto`` one name per data and task:
+    ``{data.source}-{text|token}-classifier`` (``custom-...`` for the user's own files), so a
+    token-classification run never lands in a sentiment model's registry entry."""
+    name = params.register_.model_name
+    if name != "auto":
+        return name
+    data = params.data.builtin or "custom"
+    kind = "token" if params.task == "token_classification" else "text"
+    return f"{data}-{kind}-classifier"
+
+
 def pipeline_id() -> str:
     """The id shared by every stage of one pipeline execution."""
     explicit = os.environ.get("PIPELINE_RUN_ID") or os.environ.get("PIPELINE_FLOW_RUN_ID")
