@@ -483,6 +483,7 @@ def log_to_mlflow(metrics: dict[str, Any], reports_dir: Path) -> None:
     from tasks import tracking
 
     tracking.log_numbers(metrics, prefix="test_")
+    tracking.log_to_parent(metrics, prefix="test_")  # the execution's headline metrics
     speed_path = reports_dir / SPEED_FILE
     if speed_path.exists():
         tracking.log_numbers(json.loads(speed_path.read_text()), prefix="test_")

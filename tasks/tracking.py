@@ -12,6 +12,7 @@ import contextlib
 import os
 import platform
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -384,6 +385,25 @@ def log_numbers(values: dict[str, Any], prefix: str = "", step: int | None = Non
     }
     if numbers:
         mlflow.log_metrics(numbers, step=step)
+
+
+def log_to_parent(values: dict[str, Any], prefix: str = "") -> None:
+    """Numbers of ``values`` also on the pipeline's parent run of the active stage run: the
+    headline metrics of an execution, in the runs list's columns without opening a child."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    tags = client.get_run(mlflow.active_run().info.run_id).data.tags
+    parent = tags.get("mlflow.parentRunId")
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"{prefix}{key}", float(value), now, 0)
+        for key, value in flatten(values).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    ]
+    if parent and metrics:
+        client.log_batch(parent, metrics=metrics)
 
 
 def log_history(csv_path: Path, prefix: str) -> None:

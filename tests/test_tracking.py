@@ -38,6 +38,8 @@ def log_execution(project: Path, state: Path, execution: str, fail_at: str | Non
             if stage == "train":
                 for step in range(1, 4):
                     mlflow.log_metric("train_loss", 1.0 / step, step=step)
+            if stage == "evaluate":
+                tracking.log_to_parent({"f1_macro": 0.75, "per_class": {"pos": 0.5}}, "test_")
             if stage == fail_at:
                 raise RuntimeError(f"{stage} blew up: out of disk")
     return seen
@@ -65,6 +67,9 @@ def test_runs_are_live_and_the_parent_spans_the_execution(tmp_path, monkeypatch)
     assert {runs[s].info.status for s in STAGES} == {"FINISHED"}
     parent = runs["pipeline"]
     assert parent.info.status == "FINISHED"  # ended by the last stage of dvc.yaml
+    # The headline metrics are rolled up onto the parent.
+    assert parent.data.metrics["test_f1_macro"] == 0.75
+    assert parent.data.metrics["test_per_class.pos"] == 0.5
     # Its duration covers every stage (it was not created already finished).
     assert parent.info.start_time <= runs["tokenize"].info.start_time
     assert parent.info.end_time >= runs["register"].info.end_time
