@@ -89,14 +89,22 @@ def configure(params: Params, state_dir: Path = STATE_DIR) -> str:
 
 def registered_model_name(params: Params) -> str:
     """``register.model_name``, or with ``auto`` one name per data and task:
-    ``{data.source}-{text|token}-classifier`` (``custom-...`` for the user's own files), so a
-    token-classification run never lands in a sentiment model's registry entry."""
+    ``{data}-{text|token}-classifier``, data being the built-in dataset's name or the stem of
+    the user's file (``data.source.path``, else ``.train``), so a token-classification run
+    never lands in a sentiment model's registry entry."""
+    import re
+
     name = params.register_.model_name
     if name != "auto":
         return name
-    data = params.data.builtin or "custom"
+    source = params.data.source
+    if isinstance(source, str):
+        data = source
+    else:
+        file = source.path or source.train
+        data = re.sub(r"[^\w.-]+", "-", Path(file).stem).strip("-._") if file else ""
     kind = "token" if params.task == "token_classification" else "text"
-    return f"{data}-{kind}-classifier"
+    return f"{data or 'custom'}-{kind}-classifier"
 
 
 def pipeline_id() -> str:

@@ -162,5 +162,7 @@ def test_auto_model_name_follows_data_and_task():
     assert registered_model_name(text) == "rotten_tomatoes-text-classifier"
     tokens = Params.model_validate({"task": "token_classification", "data": {"source": "wnut16"}})
     assert registered_model_name(tokens) == "wnut16-token-classifier"
+    files = Params.model_validate({"data": {"source": {"path": "data/external/My Reviews.csv"}}})
+    assert registered_model_name(files) == "My-Reviews-text-classifier"
     named = Params.model_validate({"register": {"model_name": "mine"}})
     assert registered_model_name(named) == "mine"
