@@ -48,6 +48,9 @@ $(STAMP): $(LOCK) pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## Create .venv, install requirements.lock and the project, fetch built-in data
+	@# Headless Chromium for the browser tests (tests/test_ui.py); they skip, saying why, without.
+	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get install -y -q chromium \
+	  >/dev/null; } || echo "chromium is not installed (apt-get install chromium, as root)"
 	@# Once per checkout into .state/downloads (sha256-checked); later runs and tests need no network.
 	@$(PYTHON) -m tasks.sources fetch
 
@@ -102,11 +105,10 @@ format: setup  ## Apply ruff fixes and formatting
 MLFLOW_DB    := sqlite:///$(CURDIR)/.state/mlflow/mlflow.db
 MLFLOW_PORT  ?= 5000
 MODEL_PORT   ?= 5001
-MODEL_NAME    = $(shell $(PYTHON) -c "from tasks.config import load_params; print(load_params().register_.model_name)")
+MODEL_NAME    = $(shell $(PYTHON) -c "from tasks.config import load_params; from tasks.tracking import registered_model_name; print(registered_model_name(load_params()))")
 
 ui: setup  ## MLflow UI on http://127.0.0.1:5000 (experiments, nested trials, registry)
-	@mkdir -p .state/mlflow
-	mlflow server --backend-store-uri $(MLFLOW_DB) --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+	python -m tasks.ui mlflow --port $(MLFLOW_PORT)
 
 serve-model: setup  ## Serve models:/<register.model_name>@champion on http://127.0.0.1:5001/invocations (from MLFLOW_TRACKING_URI if set)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(MLFLOW_DB)} mlflow models serve -m "models:/$(MODEL_NAME)@champion" \
@@ -133,8 +135,9 @@ tracking-server: setup postgres-binaries  ## MLflow server on 127.0.0.1:5000: ru
 PREFECT_PORT ?= 4200
 PREFECT_LOCAL_API := http://127.0.0.1:$(PREFECT_PORT)/api
 
+# Port, host and the UI's API URL set together (tasks/ui.py): the UI calls its own port.
 prefect-server: setup  ## Start a local Prefect server + UI on 127.0.0.1:4200 (state in .state/prefect)
-	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	python -m tasks.ui prefect --port $(PREFECT_PORT)
 
 serve-flows: setup  ## Register the nightly deployment and execute its runs here (needs prefect-server)
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) python -m flows.deploy serve

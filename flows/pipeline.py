@@ -37,6 +37,7 @@ from tasks.experiments import (
     set_param_args,
 )
 from tasks.presets import load_preset
+from tasks.tracking import describe_error, end_pipeline
 
 # A stage that exits with this code rejected its input (bad data, failed gate): running it
 # again cannot help, so it is never retried. Anything else (a crash, a kill) may be transient.
@@ -287,12 +288,28 @@ def training_pipeline(
             runner = run_as_experiment.with_options(retries=retries["experiment"])
         return [runner(name, project, overrides, stages, imports)]
     results = []
-    for stage in order:
-        runner = run_stage
-        if retries and stage in retries:
-            runner = run_stage.with_options(retries=retries[stage])
-        results.append(runner(stage, project))
+    try:
+        for stage in order:
+            runner = run_stage
+            if retries and stage in retries:
+                runner = run_stage.with_options(retries=retries[stage])
+            results.append(runner(stage, project))
+    except BaseException as exc:
+        end_parent_run(project, describe_error(exc))
+        raise
+    end_parent_run(project)
     return results
+
+
+def end_parent_run(project: Path, error: str | None = None) -> None:
+    """End this flow run's MLflow parent run (the stages opened it): FINISHED, or FAILED with
+    the error, so its status and duration are the whole flow run's."""
+    from tasks.environment import state_dir
+
+    execution = str(prefect_flow_run.id or "")
+    if execution:
+        params = load_params(project / "params.yaml")
+        end_pipeline(params, execution, error, state_dir(project))
 
 
 if __name__ == "__main__":

@@ -3,20 +3,64 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tasks.config import ParamsError
+from tasks.environment import PROJECT_ROOT
 from tasks.errors import StageError
+
+SEE_MODULE = " (see the module docstring)"
+
+
+def help_text(func: Callable[..., Any]) -> str:
+    """The command's help: its docstring's summary, then its module's docstring."""
+    summary = inspect.cleandoc(func.__doc__ or "").replace(SEE_MODULE, "")
+    module = inspect.cleandoc(sys.modules[func.__module__].__doc__ or "")
+    text = "\n\n".join(reflow(part) for part in (summary, module) if part)
+    return text.replace("[", "\\[")  # `text[start:end]` is text, not rich markup
+
+
+def reflow(text: str) -> str:
+    """Paragraphs as single lines (the help formatter wraps them to the terminal); indented
+    blocks (command examples) kept line by line."""
+    paragraphs = []
+    for paragraph in text.split("\n\n"):
+        lines = paragraph.splitlines()
+        if all(line.startswith("    ") for line in lines):
+            paragraphs.append("\n".join(lines))
+        else:
+            paragraphs.append(" ".join(line.strip() for line in lines))
+    return "\n\n".join(paragraphs)
+
+
+def relative_defaults(func: Callable[..., Any]) -> None:
+    """Show path defaults inside the project relative to it (``reports``, not
+    ``/home/.../reports``) in ``--help``; the values themselves stay absolute, so a stage
+    started from another directory still finds the project's files."""
+    for parameter in inspect.signature(func).parameters.values():
+        info = parameter.default
+        default = getattr(info, "default", None)
+        shown = getattr(info, "show_default", None) is True
+        if shown and isinstance(default, Path) and default.is_relative_to(PROJECT_ROOT):
+            info.show_default = default.relative_to(PROJECT_ROOT).as_posix() or "."
 
 
 def stage_command(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wrap a stage's ``main``: configure logging, and turn expected failures into a clear
-    one-paragraph message on stderr and exit code 1 (no traceback for bad input)."""
+    one-paragraph message on stderr and exit code 1 (no traceback for bad input).
+
+    ``--help`` shows the command's and the module's docstring, path defaults relative to
+    the project.
+    """
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        relative_defaults(func)
+
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             logging.basicConfig(
@@ -30,6 +74,7 @@ def stage_command(stage: str) -> Callable[[Callable[..., Any]], Callable[..., An
                 print(f"{stage}: error: {exc}", file=sys.stderr)
                 sys.exit(1)
 
+        wrapper.__doc__ = help_text(func)
         return wrapper
 
     return decorate

@@ -359,9 +359,9 @@ class EvaluateParams(Section):
 class RegisterParams(Section):
     """Stage ``register``: the MLflow registered model and the champion/challenger gate."""
 
-    model_name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][\w.-]*$")] = (
-        "sentiment-classifier"
-    )
+    # auto: {data}-{task} (tasks.tracking.registered_model_name), e.g.
+    # rotten_tomatoes-text-classifier, wnut16-token-classifier, reviews-text-classifier
+    model_name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][\w.-]*$")] = "auto"
     # auto: f1_macro (text_classification), entity_f1 (token_classification)
     metric: Literal["auto", "accuracy", "f1_macro", "f1_weighted", "entity_f1"] = "auto"
     min_improvement: Annotated[float, Field(ge=0, le=1)] = 0.002

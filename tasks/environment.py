@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -46,13 +47,49 @@ def state_variables(root: Path = PROJECT_ROOT) -> dict[str, str]:
         "MPLCONFIGDIR": str(state / "matplotlib"),
         "PIP_CACHE_DIR": str(state / "pip-cache"),
         "TOKENIZERS_PARALLELISM": "false",
+        # Quiet: no download/loading bars ("Loading weights", "Writing model shards") and no
+        # advice meant for library developers; the stages report their own progress.
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
         # Scratch files of every library (and pytest's tmp_path) stay in the project too.
         "TMPDIR": str(state / "tmp"),
     }
 
 
 def configure_environment(root: Path = PROJECT_ROOT) -> None:
-    """Set the variables from :func:`state_variables` unless the caller already set them."""
+    """Set the variables from :func:`state_variables` unless the caller already set them,
+    and silence library messages that do not concern the user (:func:`quiet_libraries`)."""
     for name, value in state_variables(root).items():
         os.environ.setdefault(name, value)
     Path(os.environ["TMPDIR"]).mkdir(parents=True, exist_ok=True)
+    quiet_libraries()
+
+
+# Messages of libraries that are noise here, by logger: offline, the hub's model card and
+# license cannot be fetched (and a local start point has none); MLflow's database set-up.
+_DROPPED = {
+    "mlflow.transformers": ("model card could not be retrieved", "license"),
+    "mlflow.store.db.utils": ("Creating initial MLflow database", "Updating database tables"),
+}
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, fragments: tuple[str, ...]):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+def quiet_libraries() -> None:
+    """Drop library warnings and log lines that do not concern the user, at their source
+    (their loggers; nothing is imported here)."""
+    for name, fragments in _DROPPED.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(fragments))
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # MLflow's schema migrations
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "generated new fontManager"

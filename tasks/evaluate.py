@@ -47,6 +47,7 @@ from tasks.modeling import (
     vocab_hash,
     write_json,
 )
+from tasks.progress import Progress
 from tasks.tokenize import TOKENIZED_DIR, load_tokenized
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def predict(
     started = time.perf_counter()
     # One read of the columns: indexing the dataset row by row costs ~10x more per row.
     columns = inputs.to_dict()
+    progress = Progress(-(-len(order) // batch_size), "evaluate", unit="batch")
     with torch.inference_mode(), precision.autocast():
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
@@ -115,6 +117,8 @@ def predict(
                     probabilities[i] = probs[row]
                 else:  # keep the unpadded positions only
                     probabilities[i] = probs[row, : lengths[i]]
+            progress.update(examples=start + len(indices))
+    progress.close()
     seconds = time.perf_counter() - started
     timing = {
         "inference_seconds": round(seconds, 4),
@@ -463,27 +467,31 @@ def main(
     reports_dir: Path = typer.Option(REPORTS_DIR, help="where the reports go"),
 ) -> None:
     """Score models/model on the test split (see the module docstring)."""
+    from tasks import tracking
+
     params = load_params(params_path)
-    metrics = evaluate(params, tokenized_dir, model_dir, reports_dir)
-    log_to_mlflow(params, metrics, Path(reports_dir))
+    # The run is open (RUNNING) while the stage works; a failure ends it FAILED.
+    with tracking.stage_run(params, "evaluate"):
+        metrics = evaluate(params, tokenized_dir, model_dir, reports_dir)
+        log_to_mlflow(metrics, Path(reports_dir))
 
 
-def log_to_mlflow(params: Params, metrics: dict[str, Any], reports_dir: Path) -> None:
-    """The evaluate stage's MLflow child run: test metrics (``test_`` prefix) and reports."""
+def log_to_mlflow(metrics: dict[str, Any], reports_dir: Path) -> None:
+    """Into the evaluate stage's active MLflow run: test metrics (``test_``) and reports."""
     import mlflow
 
     from tasks import tracking
 
-    with tracking.stage_run(params, "evaluate"):
-        tracking.log_numbers(metrics, prefix="test_")
-        speed_path = reports_dir / SPEED_FILE
-        if speed_path.exists():
-            tracking.log_numbers(json.loads(speed_path.read_text()), prefix="test_")
-        names = ("metrics.json", SPEED_FILE, "eval_report.md", "confusion_matrix.png")
-        names += ("confusion.csv",)
-        for name in (*names, "errors.jsonl"):
-            if (reports_dir / name).exists():
-                mlflow.log_artifact(str(reports_dir / name), artifact_path="reports")
+    tracking.log_numbers(metrics, prefix="test_")
+    tracking.log_to_parent(metrics, prefix="test_")  # the execution's headline metrics
+    speed_path = reports_dir / SPEED_FILE
+    if speed_path.exists():
+        tracking.log_numbers(json.loads(speed_path.read_text()), prefix="test_")
+    names = ("metrics.json", SPEED_FILE, "eval_report.md", "confusion_matrix.png")
+    names += ("confusion.csv",)
+    for name in (*names, "errors.jsonl"):
+        if (reports_dir / name).exists():
+            mlflow.log_artifact(str(reports_dir / name), artifact_path="reports")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m tasks.predict "A moving, beautifully acted film."
     python -m tasks.predict --file texts.txt --json
-    python -m tasks.predict --model-uri models:/sentiment-classifier@challenger "..."
+    python -m tasks.predict --model-uri models:/rotten_tomatoes-text-classifier@challenger "..."
 
 Text classification prints the label and its score per text; token classification prints
 each entity with its type, score, character span ``[start:end]`` and ``word``, which is
@@ -47,7 +47,8 @@ def predict(model_uri: str, texts: list[str]) -> list[dict[str, Any]]:
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as exc:
-        raise StageError(f"{model_uri}: cannot load the model: {exc.message}") from None
+        hint = registry_hint(model_uri)
+        raise StageError(hint or f"{model_uri}: cannot load the model: {exc.message}") from None
     output = model.predict(texts)
     if hasattr(output, "to_dict"):  # text classification: a frame of label and score
         rows = output.to_dict("records")
@@ -56,6 +57,43 @@ def predict(model_uri: str, texts: list[str]) -> list[dict[str, Any]]:
             for t, r in zip(texts, rows, strict=True)
         ]
     return [{"text": t, "entities": list(found)} for t, found in zip(texts, output, strict=True)]
+
+
+def registry_hint(model_uri: str) -> str | None:
+    """Why ``models:/NAME@alias`` cannot be loaded and what to do: the model or the alias
+    is missing (with the aliases that exist and the gate's reason for the latest version)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if not model_uri.startswith("models:/") or "@" not in model_uri:
+        return None
+    name, alias = model_uri.removeprefix("models:/").split("@", 1)
+    client = mlflow.MlflowClient()
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException:
+        return (
+            f"{model_uri}: no registered model {name!r} in {mlflow.get_registry_uri()}: run the "
+            "pipeline first (`make run` or `dvc repro`), or pass --model-uri"
+        )
+    if alias in registered.aliases:
+        return None
+    aliases = ", ".join(f"@{a} (v{v})" for a, v in sorted(registered.aliases.items()))
+    lines = [f"{model_uri}: {name!r} has no @{alias} version (aliases: {aliases or 'none'})."]
+    versions = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"])
+    if versions:
+        latest = versions[0]
+        decision = latest.tags.get("decision", "registered")
+        reason = latest.tags.get("reason", "")
+        lines.append(f"The latest, v{latest.version}, was {decision}: {reason}".rstrip(": "))
+    if registered.aliases:
+        other = sorted(registered.aliases)[0]
+        lines.append(f"Use it anyway: --model-uri models:/{name}@{other}")
+    lines.append(
+        "A first model becomes champion only if it reaches register.min_score; lower it in "
+        "params.yaml or train a better model, then run `dvc repro`."
+    )
+    return " ".join(lines)
 
 
 def render(record: dict[str, Any]) -> str:
@@ -74,7 +112,8 @@ def main(
     texts: list[str] = typer.Argument(None, help="Texts to classify."),
     file: Path | None = typer.Option(None, help="A file with one text per line."),
     model_uri: str | None = typer.Option(
-        None, help="Model to use (default: models:/<register.model_name>@champion)."
+        None,
+        help="Model to use (default: models:/<register.model_name>@champion; auto: {data}-{task}).",
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
@@ -84,7 +123,7 @@ def main(
 
     params = load_params(params_path)
     tracking.use_store(params)
-    uri = model_uri or f"models:/{params.register_.model_name}@champion"
+    uri = model_uri or f"models:/{tracking.registered_model_name(params)}@champion"
     for record in predict(uri, load_texts(texts or [], file)):
         typer.echo(json.dumps(record, ensure_ascii=False) if as_json else render(record))
 

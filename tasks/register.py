@@ -130,7 +130,7 @@ def register(
         raise StageError(f"{model_dir}: no trained model found; run the train stage first")
     data_hash = test_data_hash(Path(prepared_dir))
     weights = model_md5(Path(model_dir))
-    name = params.register_.model_name
+    name = tracking.registered_model_name(params)  # register.model_name, or auto
 
     with tracking.stage_run(params, "register", state_dir) as run:
         client = mlflow.MlflowClient()
@@ -348,6 +348,10 @@ class EntityPipeline(PythonModel):
     an entity (``B-`` starts a new one). ``word`` is ``text[start:end]``: the user's own text,
     with its case, accents and spacing, never the decoded (lowercased) sub-tokens.
     """
+
+    # MLflow's own opt-out of type-hint validation: without it, defining this class (every
+    # `import tasks.register`, even --help) prints a coloured "Add type hints" warning.
+    _skip_type_hint_validation = True
 
     def load_context(self, context):
         import transformers

@@ -40,6 +40,7 @@ from tasks.modeling import (
     vocab_hash,
     write_json,
 )
+from tasks.progress import Progress
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -261,9 +262,11 @@ def tokenize(
     encode = encode_texts if params.task == "text_classification" else encode_words
 
     splits, stats = {}, {}
+    progress = Progress(sum(len(frames[split]) for split in SPLITS), "tokenize", "example")
     for split in SPLITS:
         frame = frames[split]
         columns, stats[split] = encode(tokenizer, frame, label2id, max_length)
+        progress.update(advance=len(frame), split=split)
         columns["source_file"] = [None if x is None else str(x) for x in frame["source_file"]]
         columns["source_line"] = [int(x) for x in frame["source_line"]]
         splits[split] = datasets.Dataset.from_dict(columns)
@@ -368,10 +371,14 @@ def main(
     state_dir: Path = typer.Option(STATE_DIR, help="cache for registered models"),
 ) -> None:
     """Tokenize data/prepared into data/tokenized (see the module docstring)."""
+    from tasks import tracking
+
     params = load_params(params_path)
     # Before the model is read: a local start point must be in models/pretrained/.
     require_tracked_inputs(params, PROJECT_ROOT, ["model.name_or_path"])
-    tokenize(params, prepared_dir, output_dir, report_path, state_dir)
+    # The first stage that logs: it opens the pipeline's parent run, RUNNING from here on.
+    with tracking.stage_run(params, "tokenize", state_dir):
+        tracking.log_numbers(tokenize(params, prepared_dir, output_dir, report_path, state_dir))
 
 
 if __name__ == "__main__":

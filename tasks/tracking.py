@@ -12,6 +12,7 @@ import contextlib
 import os
 import platform
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,11 @@ from tasks.environment import PROJECT_ROOT, STATE_DIR
 
 PIPELINE_TAG = "pipeline.id"
 STAGE_TAG = "pipeline.stage"
+ERROR_TAG = "error"
+# MLflow 3's UI opens an experiment on its GenAI traces overview unless this experiment tag
+# says it is for model training; then it opens on the runs list.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def default_tracking_uri(state_dir: Path = STATE_DIR) -> str:
@@ -64,14 +70,41 @@ def configure(params: Params, state_dir: Path = STATE_DIR) -> str:
     name = params.tracking.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        experiment_id = experiment.experiment_id
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # a store from before the tag
+            mlflow.MlflowClient().set_experiment_tag(
+                experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+            )
         mlflow.set_experiment(name)
-        return experiment.experiment_id
+        return experiment_id
     location = None
     if uri.startswith("sqlite:///"):  # artifacts beside the database, never in ./mlruns
         location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
-    experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    experiment_id = mlflow.create_experiment(
+        name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+    )
     mlflow.set_experiment(name)
     return experiment_id
+
+
+def registered_model_name(params: Params) -> str:
+    """``register.model_name``, or with ``auto`` one name per data and task:
+    ``{data}-{text|token}-classifier``, data being the built-in dataset's name or the stem of
+    the user's file (``data.source.path``, else ``.train``), so a token-classification run
+    never lands in a sentiment model's registry entry."""
+    import re
+
+    name = params.register_.model_name
+    if name != "auto":
+        return name
+    source = params.data.source
+    if isinstance(source, str):
+        data = source
+    else:
+        file = source.path or source.train
+        data = re.sub(r"[^\w.-]+", "-", Path(file).stem).strip("-._") if file else ""
+    kind = "token" if params.task == "token_classification" else "text"
+    return f"{data or 'custom'}-{kind}-classifier"
 
 
 def pipeline_id() -> str:
@@ -95,21 +128,23 @@ def parent_run_id(
     experiment_id: str, execution: str, params: Params, project: Path = PROJECT_ROOT
 ) -> str:
     """Find or create the parent run of ``execution`` (tagged with it), with the lineage
-    tags and the resolved params."""
+    tags and the resolved params.
+
+    It is created RUNNING and stays so while stages run: :func:`stage_run` ends it FAILED
+    when a stage fails and FINISHED after the last stage of ``dvc.yaml``; the Prefect flow
+    ends it too (:func:`end_pipeline`). Its duration is the whole execution's.
+    """
     import mlflow
 
     client = mlflow.MlflowClient()
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{PIPELINE_TAG}` = '{execution}' and tags.`{STAGE_TAG}` = 'pipeline'",
-        max_results=1,
-    )
-    if found:
-        return found[0].info.run_id
+    found = find_parent(experiment_id, execution)
+    if found is not None:
+        return found
+    tags = lineage_tags(project)
     run = client.create_run(
         experiment_id,
-        run_name=f"pipeline {execution[:24]}",
-        tags={PIPELINE_TAG: execution, STAGE_TAG: "pipeline", **lineage_tags(project)},
+        run_name=pipeline_run_name(project, tags.get("git.commit", "")),
+        tags={PIPELINE_TAG: execution, STAGE_TAG: "pipeline", **tags},
     )
     run_id = run.info.run_id
     log_params(client, run_id, params)
@@ -121,9 +156,75 @@ def parent_run_id(
     ):
         if (project / report).exists():
             client.log_artifact(run_id, str(project / report), artifact_path="data")
-    with mlflow.start_run(run_id=run_id):
-        log_datasets(project, ("train", "validation", "test"))
+    log_datasets(project, ("train", "validation", "test"), run_id)  # keeps the run RUNNING
     return run_id
+
+
+def find_parent(experiment_id: str, execution: str) -> str | None:
+    """The id of ``execution``'s parent run, if one was created."""
+    import mlflow
+
+    found = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_TAG}` = '{execution}' and tags.`{STAGE_TAG}` = 'pipeline'",
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
+def pipeline_run_name(project: Path, commit: str) -> str:
+    """A name a person can read in the runs list: data, task, start time, commit.
+
+    Data and task come from prepare's ``summary.json`` (already logged with the parent run),
+    not from params: naming a run is no reason for a stage to depend on ``data.source``.
+    """
+    import datetime
+    import json
+
+    summary_path = project / "data" / "prepared" / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    data = str(summary.get("source", "data")).replace(" ", "-")
+    task = str(summary.get("task", "pipeline"))
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    short = commit[:7] if commit and commit != "unknown" else "no-commit"
+    return f"{data} {task} {when} {short}"
+
+
+def last_stage(project: Path = PROJECT_ROOT) -> str | None:
+    """The last stage of ``project``'s ``dvc.yaml`` (the one that ends a whole run)."""
+    path = project / "dvc.yaml"
+    if not path.exists():
+        return None
+    stages = list((yaml.safe_load(path.read_text()) or {}).get("stages", {}))
+    return stages[-1] if stages else None
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as one tag value: its type and message, cut to MLflow's tag limit."""
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, KeyboardInterrupt):
+        text = "interrupted"
+    return f"{type(exc).__name__}: {text}"[:4000]
+
+
+def end_pipeline(
+    params: Params, execution: str, error: str | None = None, state_dir: Path = STATE_DIR
+) -> str | None:
+    """End ``execution``'s parent run: FINISHED, or FAILED with ``error`` as its tag.
+
+    Returns the parent's run id (None when no stage opened one).
+    """
+    import mlflow
+
+    experiment_id = configure(params, state_dir)
+    parent = find_parent(experiment_id, execution)
+    if parent is None:
+        return None
+    client = mlflow.MlflowClient()
+    if error is not None:
+        client.set_tag(parent, ERROR_TAG, error[:4000])
+    client.set_terminated(parent, "FAILED" if error is not None else "FINISHED")
+    return parent
 
 
 @contextlib.contextmanager
@@ -132,20 +233,39 @@ def stage_run(
 ) -> Iterator[Any]:
     """Open ``stage``'s child run under this execution's parent run (active in the block).
 
-    The child carries the lineage tags and params too, so any run (and the model version
-    registered from it) is traceable on its own.
+    Open the block when the stage starts and do the work inside it: the run is RUNNING
+    (and its metrics visible) while the stage works. It ends FINISHED, or FAILED (KILLED
+    on Ctrl-C) with the error as its ``error`` tag; a failure ends the parent run FAILED
+    too, with ``stage: error``; the last stage of ``dvc.yaml`` ends it FINISHED. The child
+    carries the lineage tags and params too, so any run (and the model version registered
+    from it) is traceable on its own.
     """
     import mlflow
 
     experiment_id = configure(params, state_dir)
     execution = pipeline_id()
     parent = parent_run_id(experiment_id, execution, params, project)
+    client = mlflow.MlflowClient()
+    if client.get_run(parent).info.status != "RUNNING":  # a retried or resumed execution
+        client.update_run(parent, status="RUNNING")
     tags = {PIPELINE_TAG: execution, STAGE_TAG: stage, **lineage_tags(project)}
-    with mlflow.start_run(
+    run = mlflow.start_run(
         run_name=stage, parent_run_id=parent, nested=True, tags=tags, experiment_id=experiment_id
-    ) as run:
-        log_params(mlflow.MlflowClient(), run.info.run_id, params)
+    )
+    try:
+        log_params(client, run.info.run_id, params)
         yield run
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        error = describe_error(exc)
+        client.set_tag(run.info.run_id, ERROR_TAG, error)
+        client.set_tag(parent, ERROR_TAG, f"{stage}: {error}"[:4000])
+        mlflow.end_run(status)
+        client.set_terminated(parent, status)
+        raise
+    mlflow.end_run("FINISHED")
+    if stage == last_stage(project):
+        client.set_terminated(parent, "FINISHED")
 
 
 def log_params(client: Any, run_id: str, params: Params) -> None:
@@ -230,8 +350,9 @@ def dvc_hashes(project: Path = PROJECT_ROOT) -> dict[str, str]:
     return hashes
 
 
-def log_datasets(project: Path, splits: tuple[str, ...]) -> None:
-    """The prepared splits as MLflow dataset inputs of the active run, digest = DVC's hash.
+def log_datasets(project: Path, splits: tuple[str, ...], run_id: str | None = None) -> None:
+    """The prepared splits as MLflow dataset inputs of ``run_id`` (default: the active run),
+    digest = DVC's hash.
 
     Only metadata is logged (no rows are read), so logging the test split's identity does not
     mean a stage looked at it.
@@ -241,8 +362,11 @@ def log_datasets(project: Path, splits: tuple[str, ...]) -> None:
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     hashes = dvc_hashes(project)
+    inputs = []
     for split in splits:
         path = project / "data" / "prepared" / f"{split}.parquet"
         digest = hashes.get(f"data/prepared/{split}.parquet")
@@ -251,7 +375,11 @@ def log_datasets(project: Path, splits: tuple[str, ...]) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLflow warns about guessing the source type
             source = resolve_dataset_source(str(path.resolve()))
-        mlflow.log_input(MetaDataset(source, name=split, digest=digest), context=split)
+        dataset = MetaDataset(source, name=split, digest=digest)._to_mlflow_entity()
+        inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, split)]))
+    if inputs:
+        run_id = run_id or mlflow.active_run().info.run_id
+        mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
 
 
 def log_numbers(values: dict[str, Any], prefix: str = "", step: int | None = None) -> None:
@@ -265,6 +393,25 @@ def log_numbers(values: dict[str, Any], prefix: str = "", step: int | None = Non
     }
     if numbers:
         mlflow.log_metrics(numbers, step=step)
+
+
+def log_to_parent(values: dict[str, Any], prefix: str = "") -> None:
+    """Numbers of ``values`` also on the pipeline's parent run of the active stage run: the
+    headline metrics of an execution, in the runs list's columns without opening a child."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    tags = client.get_run(mlflow.active_run().info.run_id).data.tags
+    parent = tags.get("mlflow.parentRunId")
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"{prefix}{key}", float(value), now, 0)
+        for key, value in flatten(values).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    ]
+    if parent and metrics:
+        client.log_batch(parent, metrics=metrics)
 
 
 def log_history(csv_path: Path, prefix: str) -> None:

@@ -38,6 +38,7 @@ from typing import Any
 
 import typer
 
+from tasks import progress
 from tasks.cli import stage_command
 from tasks.config import (
     BEST_PARAMS_FILE,
@@ -447,6 +448,7 @@ def train(
         disable_tqdm=True,
         dataloader_num_workers=0,
         remove_unused_columns=False,  # columns are selected below
+        include_num_input_tokens_seen="non_padding",  # real tokens/s in the progress lines
     )
     trainer_cls, epoch_end_cls, early_stopping_cls = _trainer_classes()
     epoch_end = epoch_end_cls()
@@ -466,6 +468,7 @@ def train(
         lengths={s: list(data[s]["length"]) for s in ("train", "validation")},
         group=tp.group_by_length,
     )
+    progress.install(trainer, "train")  # step/total, loss, tokens/s, ETA; no raw dicts
     resumed_step = None
     if checkpoint is not None:
         resumed_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]

@@ -91,6 +91,7 @@ from tasks.modeling import (
     resolve_model_source,
     write_json,
 )
+from tasks.progress import TrialProgress, quiet_optuna
 from tasks.tokenize import MANIFEST, TOKENIZED_DIR
 from tasks.train import _argmax, _compute_metrics, _trainer_classes, apply_method, build_model
 
@@ -698,6 +699,8 @@ def run_search(
     objective = Objective(params, data, parent_run_id, experiment_id, deadline)
     target = params.tune.n_trials
     callbacks = [MaxTrialsCallback(target, states=FINISHED)] if target is not None else []
+    callbacks.append(TrialProgress(target or 0))  # trial i/n, best so far, pruned
+    quiet_optuna()  # instead of Optuna's [I ...] lines
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         study.optimize(

@@ -121,3 +121,48 @@ def test_served_model_returns_the_users_words(tiny_model_dir, tmp_path):
         "  PER\t0.974\t[11:13]\tto",
         "  PER\t0.974\t[14:19]\tPARIS",
     ]
+
+
+def test_no_champion_says_why_and_what_to_do(tmp_path):
+    """A first model below register.min_score is only challenger: predict names the alias
+    that exists, the gate's reason, and what to run; a missing model says to run the
+    pipeline."""
+    from tasks.errors import StageError
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    with mlflow.start_run() as run:
+        mlflow.log_text("weights", "model/weights.txt")
+    client.create_registered_model("toy-text-classifier")
+    reason = "0.4100 is below register.min_score 0.5"
+    client.create_model_version(
+        "toy-text-classifier",
+        f"runs:/{run.info.run_id}/model",
+        run_id=run.info.run_id,
+        tags={"decision": "kept as challenger", "reason": reason},
+    )
+    client.set_registered_model_alias("toy-text-classifier", "challenger", "1")
+    with pytest.raises(StageError) as raised:
+        predict("models:/toy-text-classifier@champion", ["a text"])
+    message = str(raised.value)
+    assert "has no @champion version (aliases: @challenger (v1))" in message
+    assert f"v1, was kept as challenger: {reason}" in message
+    assert "--model-uri models:/toy-text-classifier@challenger" in message
+    with pytest.raises(StageError, match=r"no registered model 'other'.*run the pipeline"):
+        predict("models:/other@champion", ["a text"])
+
+
+def test_auto_model_name_follows_data_and_task():
+    from tasks.config import Params
+    from tasks.tracking import registered_model_name
+
+    text = Params.model_validate({})
+    assert text.register_.model_name == "auto"
+    assert registered_model_name(text) == "rotten_tomatoes-text-classifier"
+    tokens = Params.model_validate({"task": "token_classification", "data": {"source": "wnut16"}})
+    assert registered_model_name(tokens) == "wnut16-token-classifier"
+    files = Params.model_validate({"data": {"source": {"path": "data/external/My Reviews.csv"}}})
+    assert registered_model_name(files) == "My-Reviews-text-classifier"
+    named = Params.model_validate({"register": {"model_name": "mine"}})
+    assert registered_model_name(named) == "mine"

@@ -42,7 +42,9 @@ class Trained:
 
     @property
     def name(self) -> str:
-        return self.params.register_.model_name
+        from tasks.tracking import registered_model_name
+
+        return registered_model_name(self.params)
 
     def dirs(self) -> tuple[Path, Path, Path, Path]:
         r = self.root

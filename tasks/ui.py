@@ -1,0 +1,103 @@
+"""The two web UIs: MLflow (runs, trials, registry) and Prefect (flow runs, deployments).
+
+    python -m tasks.ui mlflow              # http://127.0.0.1:5000
+    python -m tasks.ui prefect --port 4255 # http://127.0.0.1:4255
+
+Both bind 127.0.0.1 and keep their state in the project (``.state/``). The Prefect UI is a
+browser app that calls the API at the address ``/ui-settings`` gives it; ``prefect server
+start --port`` alone leaves that at the default port 4200 (so the page says "Something went
+wrong" on any other port): :func:`prefect_server` sets the port, the host and the UI's API
+URL together.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from tasks.environment import STATE_DIR
+
+HOST = "127.0.0.1"
+app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
+
+
+def mlflow_server(
+    port: int, store_uri: str | None = None, state_dir: Path = STATE_DIR
+) -> tuple[list[str], dict[str, str]]:
+    """Command and environment of ``mlflow server`` on ``store_uri`` (default: the project's
+    SQLite store, artifacts served from beside it)."""
+    from tasks.tracking import default_tracking_uri
+
+    uri = store_uri or default_tracking_uri(state_dir)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    bin_dir = Path(sys.executable).parent
+    command = [str(bin_dir / "mlflow"), "server", "--backend-store-uri", uri]
+    command += ["--host", HOST, "--port", str(port), "--workers", "1"]
+    return command, dict(os.environ)
+
+
+def prefect_server(port: int) -> tuple[list[str], dict[str, str]]:
+    """Command and environment of ``prefect server start`` whose UI calls its own API."""
+    api = f"http://{HOST}:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_SERVER_API_HOST": HOST,
+        "PREFECT_SERVER_API_PORT": str(port),
+        # What /ui-settings hands the browser; it follows PREFECT_API_URL when that is set,
+        # which may name another server: set it explicitly.
+        "PREFECT_UI_API_URL": api,
+        "PREFECT_UI_URL": f"http://{HOST}:{port}",
+    }
+    bin_dir = Path(sys.executable).parent
+    command = [str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port", str(port)]
+    return command, env
+
+
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The page of an experiment's training runs.
+
+    MLflow 3.17's UI opens every experiment on its GenAI traces overview unless the URL (or
+    the browser's last choice) selects the model-training workflow; the experiment's
+    ``mlflow.experimentKind`` tag (set by tasks.tracking) is what older 3.x UIs read.
+    """
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+@app.command("mlflow")
+def mlflow_ui(
+    port: int = typer.Option(5000, help="Port on 127.0.0.1."),
+    store: str | None = typer.Option(None, help="Tracking store (default: .state/mlflow)."),
+) -> None:
+    """Start the MLflow UI: experiments, nested runs and trials, the model registry."""
+    command, env = mlflow_server(port, store)
+    typer.echo(f"Training runs: {training_runs_url(f'http://{HOST}:{port}', command[3])}")
+    os.execve(command[0], command, env)
+
+
+def training_runs_url(base: str, store_uri: str) -> str:
+    """:func:`experiment_url` of ``tracking.experiment`` when the store has it."""
+    from tasks.config import load_params
+
+    name = load_params().tracking.experiment
+    if store_uri.startswith("sqlite:///") and Path(store_uri.removeprefix("sqlite:///")).exists():
+        import mlflow
+
+        experiment = mlflow.MlflowClient(store_uri).get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment_url(base, experiment.experiment_id)
+    return f"{base}/#/experiments?workflowType=machine_learning"
+
+
+@app.command("prefect")
+def prefect_ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
+    """Start the Prefect server and UI: flow runs, stage task runs, deployments."""
+    command, env = prefect_server(port)
+    os.execve(command[0], command, env)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,106 @@
+"""Live tracking: stage runs open when a stage starts and end FINISHED or FAILED with the
+error; the pipeline's parent run spans the whole execution and says how it ended."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from tasks import tracking
+from tasks.config import load_params
+
+STAGES = ["tokenize", "tune", "train", "evaluate", "register"]
+
+
+def tracked_project(tmp_path: Path) -> tuple[Path, Path]:
+    """A directory with the project's dvc.yaml and params.yaml, and its own state dir."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(ROOT / name, project / name)
+    return project, tmp_path / "state"
+
+
+def log_execution(project: Path, state: Path, execution: str, fail_at: str | None = None):
+    """Run the stage runs of one execution as the stages do; ``fail_at`` raises inside."""
+    import mlflow
+
+    params = load_params(project / "params.yaml")
+    seen = {}
+    for stage in STAGES:
+        with tracking.stage_run(params, stage, state, project) as run:
+            client = mlflow.MlflowClient()
+            parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+            seen[stage] = (client.get_run(run.info.run_id).info.status, parent.info.status)
+            if stage == "train":
+                for step in range(1, 4):
+                    mlflow.log_metric("train_loss", 1.0 / step, step=step)
+            if stage == "evaluate":
+                tracking.log_to_parent({"f1_macro": 0.75, "per_class": {"pos": 0.5}}, "test_")
+            if stage == fail_at:
+                raise RuntimeError(f"{stage} blew up: out of disk")
+    return seen
+
+
+def runs_of(execution: str) -> dict[str, object]:
+    import mlflow
+
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.`{tracking.PIPELINE_TAG}` = '{execution}'",
+        output_format="list",
+    )
+    return {run.data.tags[tracking.STAGE_TAG]: run for run in runs}
+
+
+def test_runs_are_live_and_the_parent_spans_the_execution(tmp_path, monkeypatch):
+    project, state = tracked_project(tmp_path)
+    monkeypatch.setenv("PIPELINE_RUN_ID", "exec-ok")
+    seen = log_execution(project, state, "exec-ok")
+    # Every stage run and the parent are RUNNING while the stage works.
+    assert set(seen.values()) == {("RUNNING", "RUNNING")}, seen
+    runs = runs_of("exec-ok")
+    assert set(runs) == {"pipeline", *STAGES}
+    assert {runs[s].info.status for s in STAGES} == {"FINISHED"}
+    parent = runs["pipeline"]
+    assert parent.info.status == "FINISHED"  # ended by the last stage of dvc.yaml
+    # The headline metrics are rolled up onto the parent.
+    assert parent.data.metrics["test_f1_macro"] == 0.75
+    assert parent.data.metrics["test_per_class.pos"] == 0.5
+    # Its duration covers every stage (it was not created already finished).
+    assert parent.info.start_time <= runs["tokenize"].info.start_time
+    assert parent.info.end_time >= runs["register"].info.end_time
+    # A readable name: data, task, date and time, commit (not the execution id).
+    assert "exec-ok" not in parent.info.run_name
+    commit = parent.data.tags["git.commit"]
+    assert parent.info.run_name.split()[-1] == commit[:7]
+    import mlflow
+
+    experiment = mlflow.get_experiment(parent.info.experiment_id)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+
+
+def test_a_failed_stage_fails_its_run_and_the_parent_with_the_error(tmp_path, monkeypatch):
+    project, state = tracked_project(tmp_path)
+    monkeypatch.setenv("PIPELINE_RUN_ID", "exec-bad")
+    with pytest.raises(RuntimeError, match="out of disk"):
+        log_execution(project, state, "exec-bad", fail_at="train")
+    runs = runs_of("exec-bad")
+    assert set(runs) == {"pipeline", "tokenize", "tune", "train"}  # later stages never ran
+    train, parent = runs["train"], runs["pipeline"]
+    assert train.info.status == "FAILED"
+    assert train.data.tags[tracking.ERROR_TAG] == "RuntimeError: train blew up: out of disk"
+    assert train.data.metrics["train_loss"] == pytest.approx(1 / 3)  # streamed before failing
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags[tracking.ERROR_TAG].startswith("train: RuntimeError: train blew up")
+    assert runs["tokenize"].info.status == "FINISHED"
+
+    # A retry of the stage in the same execution reopens the parent; the flow's end closes it.
+    params = load_params(project / "params.yaml")
+    with tracking.stage_run(params, "train", state, project):
+        assert runs_of("exec-bad")["pipeline"].info.status == "RUNNING"
+    assert tracking.end_pipeline(params, "exec-bad", state_dir=state) == parent.info.run_id
+    assert runs_of("exec-bad")["pipeline"].info.status == "FINISHED"
