@@ -44,6 +44,7 @@ from tasks.tune import (
     PLOTS,
     REPORT_MD,
     TRIALS_CSV,
+    _reporter_class,
     choose,
     load_tuning_data,
     run_search,
@@ -249,6 +250,35 @@ def test_strong_defaults_lead_the_pruner_and_are_kept(toy_inputs, tiny_model_dir
     resolved, provenance = apply_tuned_params(params, reports / BEST_PARAMS)
     assert resolved.train == params.train and provenance["params_source"] == "params.yaml"
     assert "source 'defaults'" in provenance["reason"] and provenance["best_trial"] == 0
+
+
+def test_ner_trials_are_not_pruned_before_their_entity_f1_is_measurable():
+    """The reporter (the trial's TrainerCallback) against a real median pruner whose
+    reference trial scored 0.5 at every evaluation: for a token task a trial still at entity
+    F1 0 is not judged (no whole entity found yet: all such trials tie), from its first score
+    above 0 it is; a text task, or the defaults trial, as configured."""
+    from transformers import TrainerControl
+
+    def evaluate(reporter, value):
+        control = TrainerControl()
+        reporter.on_evaluate(None, None, control, metrics={"eval_f1_micro": value})
+        return reporter.pruned, control.should_training_stop
+
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1)
+    )
+    study.add_trial(
+        optuna.trial.create_trial(value=0.5, intermediate_values={1: 0.5, 2: 0.5, 3: 0.5})
+    )
+    reporter_class = _reporter_class()
+    ner = reporter_class(study.ask(), "f1_micro", 1, False, wait_for_signal=True)
+    assert evaluate(ner, 0.0) == (False, False)  # at 0: not judged
+    assert evaluate(ner, 0.0) == (False, False)
+    assert evaluate(ner, 0.1) == (True, True)  # measurable, and below the median: pruned
+    text = reporter_class(study.ask(), "f1_micro", 1, False)
+    assert evaluate(text, 0.0) == (True, True)  # no waiting for other tasks
+    defaults = reporter_class(study.ask(), "f1_micro", 1, False, prunable=False)
+    assert evaluate(defaults, 0.1) == (False, False)  # asked (a reference), never stopped
 
 
 def finished(number: int, value: float, role: str | None = None, **params) -> FrozenTrial:
