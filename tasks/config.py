@@ -172,8 +172,9 @@ class TokenizeParams(Section):
 
     # Longer texts are truncated to this many sub-tokens (special tokens included); the
     # number of truncated examples is reported in the manifest and reports/tokenize.json.
-    # auto: the 99.9th percentile of train's sub-token lengths, rounded up to a multiple of 8,
-    # capped at the encoder's limit (the choice and why are in the manifest).
+    # auto: the 99.9th percentile of train's sub-token lengths (token tasks: the longest, as
+    # a cut word is never predicted), rounded up to a multiple of 8, capped at the encoder's
+    # limit (the choice and why are in the manifest).
     max_length: Literal["auto"] | Annotated[int, Field(ge=8, le=8192)] = "auto"
     # Token task: the largest share of validation or test words that may lie past max_length
     # (never predicted, scored as O); above it tokenize fails naming tokenize.max_length.

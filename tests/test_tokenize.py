@@ -192,7 +192,7 @@ def test_auto_max_length_is_the_train_percentile_capped_at_the_encoder(
     observed = int(np.percentile(lengths, 99.9, method="higher"))
     assert manifest["max_length"] == -(-observed // 8) * 8 >= observed  # a multiple of 8
     choice = manifest["max_length_choice"]
-    assert choice["setting"] == "auto" and choice["train_p99.9"] == observed
+    assert choice["setting"] == "auto" and choice["train_length_at_percentile"] == observed
     assert choice["encoder_limit"]["value"] == 128  # the tiny BERT's position embeddings
     assert "max_position_embeddings" in choice["encoder_limit"]["source"]
     assert manifest["truncated"]["train"] == 0
@@ -207,6 +207,14 @@ def test_auto_max_length_is_the_train_percentile_capped_at_the_encoder(
     assert manifest["max_length"] == 128 and manifest["truncated"]["train"] == 1
     assert "above the encoder's limit, 128" in manifest["max_length_choice"]["reason"]
     assert json.loads((out / "manifest.json").read_text())["max_length"] == 128
+
+    # Token tasks take train's longest sentence: no word of a sentence as long is cut.
+    token = tiny_params("token_classification", tiny_model_dir, tokenize={"max_length": "auto"})
+    manifest, _, _ = run_tokenize(tmp_path / "token", token, "token_classification")
+    longest = manifest["splits"]["train"]["token_length"]["max"]
+    assert manifest["max_length_choice"]["percentile"] == 100
+    assert manifest["max_length"] == -(-longest // 8) * 8
+    assert manifest["splits"]["train"]["words_past_max_length"] == 0
 
 
 def test_words_past_max_length_warn_and_fail_above_the_share(tmp_path, tiny_model_dir, caplog):
