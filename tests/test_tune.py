@@ -488,7 +488,9 @@ def test_two_workers_share_one_study(tmp_path, tiny_model_dir):
     uri = make_tracking(tmp_path)
     params = tiny_params(
         "text_classification", tiny_model_dir, tracking={"uri": uri},
-        tune=tune_section(n_trials=4, n_jobs=2, pruner={"type": "none"}),
+        # A grace period of 10 s: two workers on a loaded 2-core machine, one running the
+        # 6-epoch defaults trial, missed the 2 s one (a live trial failed as stale).
+        tune=tune_section(n_trials=4, n_jobs=2, pruner={"type": "none"}, grace_period=10),
     )  # fmt: skip
     tokenized = tokenized_without_test(tmp_path, params)
     summary = tune(params, tokenized, tmp_path / "reports", tmp_path / "state")
