@@ -172,7 +172,13 @@ class TokenizeParams(Section):
 
     # Longer texts are truncated to this many sub-tokens (special tokens included); the
     # number of truncated examples is reported in the manifest and reports/tokenize.json.
-    max_length: Annotated[int, Field(ge=8, le=8192)] = 128
+    # auto: the 99.9th percentile of train's sub-token lengths (token tasks: the longest, as
+    # a cut word is never predicted), rounded up to a multiple of 8, capped at the encoder's
+    # limit (the choice and why are in the manifest).
+    max_length: Literal["auto"] | Annotated[int, Field(ge=8, le=8192)] = "auto"
+    # Token task: the largest share of validation or test words that may lie past max_length
+    # (never predicted, scored as O); above it tokenize fails naming tokenize.max_length.
+    max_unpredicted_share: Share = 0.01
 
 
 class LoraParams(Section):
@@ -312,7 +318,9 @@ class TuneParams(Section):
     # journal:PATH (a JournalStorage file, parallel-safe on one machine); or a database URL.
     storage: str | None = None
     n_trials: Annotated[int, Field(gt=0)] | None = 6  # finished trials the study should reach
-    timeout: Annotated[float, Field(gt=0)] | None = 270  # seconds per run (trials stop too)
+    # A cap in seconds per run, null: none (the budget is n_trials, so the result does not
+    # depend on the machine's speed). A trial it stops is failed as timed out, never a best.
+    timeout: Annotated[float, Field(gt=0)] | None = None
     n_jobs: Annotated[int, Field(ge=1)] = 1  # worker processes
     seed: int = 42  # TPE sampler
     startup_trials: Annotated[int, Field(ge=1)] = 3  # random trials before TPE models the space
@@ -365,7 +373,9 @@ class RegisterParams(Section):
     # auto: f1_macro (text_classification), entity_f1 (token_classification)
     metric: Literal["auto", "accuracy", "f1_macro", "f1_weighted", "entity_f1"] = "auto"
     min_improvement: Annotated[float, Field(ge=0, le=1)] = 0.002
-    min_score: Annotated[float, Field(ge=0, le=1)] = 0.5  # a first model must reach it
+    # A first model must reach it; auto: beat the trivial baseline on test (the best constant
+    # prediction: the most frequent label, or no entities for token classification).
+    min_score: Literal["auto"] | Annotated[float, Field(ge=0, le=1)] = "auto"
 
 
 class ModelParams(Section):
@@ -679,7 +689,8 @@ def apply_tuned_params(params: Params, best_params: Path | str) -> tuple[Params,
     Precedence (also in ``params.yaml``): when ``tune.enabled`` is true and ``best_params``
     (``reports/best_params.json``, written by the tune stage) holds a finished search
     (``status: tuned``), its values replace the ``train`` keys they name; every other key
-    comes from ``params.yaml``. Otherwise ``params.yaml`` alone decides.
+    comes from ``params.yaml``. Otherwise, or when the search found nothing better than the
+    ``train`` values themselves (``source: defaults``), ``params.yaml`` alone decides.
 
     Returns:
         ``params`` with the resolved ``train`` section, and the provenance:
@@ -702,6 +713,15 @@ def apply_tuned_params(params: Params, best_params: Path | str) -> tuple[Params,
     if not isinstance(found, dict) or found.get("status") != "tuned":
         status = found.get("status") if isinstance(found, dict) else None
         return params, {**provenance, "reason": f"{path.name}: status {status!r}, not 'tuned'"}
+    if found.get("source") == "defaults":  # no tuned configuration beat params.yaml's values
+        return params, {
+            **provenance,
+            "reason": f"{path.name}: source 'defaults': {found.get('reason')}",
+            "study_name": found.get("study_name"),
+            "best_trial": found.get("best_trial"),
+            "best_value": found.get("best_value"),
+            "metric": found.get("metric"),
+        }
     values = found.get("params") or {}
     unknown = sorted(set(values) - set(TUNABLE_TRAIN_KEYS))
     if unknown:

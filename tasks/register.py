@@ -11,9 +11,10 @@ The registered version of the current weights gets the alias ``challenger``. It 
 ``register.min_improvement``, both scored on the same test data: when the champion was
 scored on another version of the test split, it is re-scored on the current one first
 (tokenize + evaluate, exactly as the stages do). With no champion yet, the version is
-promoted if it reaches ``register.min_score``. A reused version that is the champion stays
-champion (its aliases are left as they are). Versions are never deleted or overwritten.
-Writes ``reports/registry.json`` atomically, last.
+promoted if it reaches ``register.min_score``, or with ``auto`` (the default) if it beats the
+trivial baseline on the same test split (the most frequent label, or no entities). A reused
+version that is the champion stays champion (its aliases are left as they are). Versions
+are never deleted or overwritten. Writes ``reports/registry.json`` atomically, last.
 """
 
 from __future__ import annotations
@@ -78,10 +79,47 @@ def model_md5(model_dir: Path) -> str:
     return str(obj.hash_info.value)
 
 
+def trivial_baseline(params: Params, prepared_dir: Path, key: str) -> tuple[float, str]:
+    """``key`` of the best constant prediction on the test split (``register.min_score:
+    auto``), and what that prediction is: the most frequent test label (among constants it
+    maximises accuracy, macro and weighted F1), or no entities (``O`` for every word) for
+    token classification."""
+    import pandas as pd
+
+    from tasks.metrics import entity_scores, text_scores
+
+    frame = pd.read_parquet(Path(prepared_dir) / "test.parquet")
+    if params.task == "text_classification":
+        gold = [str(x) for x in frame["label"]]
+        labels = sorted(set(gold))
+        majority = max(labels, key=gold.count)
+        ids = [labels.index(x) for x in gold]
+        scores = text_scores(ids, [labels.index(majority)] * len(ids), labels)
+        return float(scores[key]), f"always {majority!r}"
+    gold_tags = [[str(t) for t in row] for row in frame["tags"]]
+    scores = entity_scores(gold_tags, [["O"] * len(row) for row in gold_tags])
+    scores["accuracy"] = scores["token_accuracy"]
+    return float(scores.get(key, 0.0)), "no entities"
+
+
 def decide(
-    score: float, champion_score: float | None, min_improvement: float, min_score: float
+    score: float,
+    champion_score: float | None,
+    min_improvement: float,
+    min_score: float | None,
+    baseline: tuple[float, str] | None = None,
 ) -> tuple[bool, str]:
-    """The promotion gate: (promote?, reason in words)."""
+    """The promotion gate: (promote?, reason in words). A first model must reach
+    ``min_score``, or with ``min_score`` None (``auto``) beat ``baseline`` (the trivial
+    prediction's score on test, and what it predicts)."""
+    if champion_score is None and min_score is None:
+        floor, what = baseline if baseline is not None else (0.0, "no baseline")
+        if score > floor:
+            return True, f"first model: {score:.4f} beats the trivial baseline {floor:.4f} ({what})"
+        return False, (
+            f"first model: {score:.4f} does not beat the trivial baseline {floor:.4f} ({what}); "
+            "register.min_score: auto"
+        )
     if champion_score is None:
         if score >= min_score:
             return True, f"first model: {score:.4f} reaches min_score {min_score}"
@@ -159,8 +197,13 @@ def register(
                         params, name, champion.version, prepared_dir, state_dir
                     )[key]
                     rescored = True
+            gate = params.register_.min_score
             promote, reason = decide(
-                score, champion_score, params.register_.min_improvement, params.register_.min_score
+                score,
+                champion_score,
+                params.register_.min_improvement,
+                None if gate == "auto" else gate,
+                trivial_baseline(params, Path(prepared_dir), key) if gate == "auto" else None,
             )
             decision = "promoted to champion" if promote else "kept as challenger"
         version_tags = {

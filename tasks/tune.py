@@ -3,8 +3,9 @@ hand the best ones to ``train``.
 
 Reads ``task``, ``model.name_or_path``, ``tracking``, ``train`` and ``tune`` from
 ``params.yaml`` and ``data/tokenized/{train,validation}`` (the test split is never opened).
-Writes ``reports/best_params.json`` (read by ``train``: the best values, their trial number
-and score, the study and metric; ``status: disabled`` when ``tune.enabled`` is false; nothing
+Writes ``reports/best_params.json`` (read by ``train``: ``source`` tuned or defaults and why,
+the chosen values, their trial number and score, the defaults' and the trivial baseline's
+scores, the study and metric; ``status: disabled`` when ``tune.enabled`` is false; nothing
 that differs between two identical runs, so ``train`` re-runs only when the result changes),
 ``reports/tune_trials.csv`` (number, state, value, ``params_*``, duration in seconds, epochs
 run), ``reports/tune_report.md`` (also the storage, trial counts and the other studies) and
@@ -15,9 +16,18 @@ its ``Trainer`` subclass, collators and length-grouped sampler) on a stratified
 ``tune.train_fraction`` of train, evaluates ``tune.evals_per_epoch`` times per epoch,
 reports the validation metric to Optuna at every evaluation and stops when the pruner says
 so. Its value is the best evaluation, as train keeps its best epoch. Budget: ``tune.n_trials``
-finished (complete or pruned) trials in the study and/or ``tune.timeout`` seconds (then no
-trial starts, and a running one stops and is recorded as pruned), so the stage's duration is
-bounded.
+finished (complete or pruned) trials in the study, so the same commit, params and data give
+the same result on a busy and an idle machine; ``tune.timeout`` (default none) is a cap in
+seconds: then no trial starts, and a running one stops and is failed with ``stopped:
+timeout`` (shown as timed out in the report; never pruned, never chosen).
+
+Never worse than the defaults: the study's first trial (or the next, after the ``train``
+values changed) trains ``params.yaml``'s own ``train`` values on the same data with the same
+evaluations, and is never pruned. ``best_params.json`` names a searched trial
+(``source: tuned``) only when it scores above that trial and above the trivial baseline
+(the metric of a constant prediction on validation: the most frequent label, or no entities);
+otherwise ``source: defaults`` and train keeps ``params.yaml``'s values. For token tasks no
+pruning decision is taken before a trial's entity F1 first rises above 0.
 
 One study per configuration: the study is named ``{tune.study_name}-{fingerprint}``
 (``tune.study_name`` is the prefix), where the fingerprint hashes what makes two trials
@@ -43,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import functools
 import gc
 import hashlib
 import json
@@ -111,9 +122,11 @@ FINGERPRINT_CHARS = 12  # hex digits of the configuration hash in the study name
 # What best_params.json holds (train's input): the same for two identical runs, so no
 # storage path, trial counts, durations, dates or run ids (those go to the other reports).
 BEST_PARAMS_KEYS = (
-    "status", "reason", "study_name", "fingerprint", "metric", "direction", "best_trial",
-    "best_value", "params",
+    "status", "source", "reason", "study_name", "fingerprint", "metric", "direction",
+    "baseline", "defaults_trial", "defaults_value", "best_trial", "best_value", "params",
 )  # fmt: skip
+DEFAULTS_ROLE = "defaults"  # user attr ``role`` of the trial that runs params.yaml's values
+TIMEOUT = "timeout"  # user attr ``stopped`` of a trial that tune.timeout stopped (FAIL state)
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -136,6 +149,64 @@ def suggest(trial: optuna.Trial, space: dict[str, SearchDimension]) -> dict[str,
             values[name] = trial.suggest_float(
                 name, float(dim.low), float(dim.high), step=dim.step, log=dim.log
             )
+    return values
+
+
+def defaults_values(params: Params) -> dict[str, Any]:
+    """The ``train`` values of the keys in ``tune.space`` (what train uses untuned)."""
+    values = {}
+    for name in params.tune.space:
+        value: Any = params.train
+        for part in name.split("."):
+            value = getattr(value, part)
+        values[name] = value
+    return values
+
+
+def _fits(dim: SearchDimension, value: Any) -> bool:
+    """Whether ``value`` is a point of ``dim`` (Optuna would warn about, and TPE mis-model,
+    a fixed value outside its distribution)."""
+    if dim.type == "categorical":
+        return any(type(value) is type(c) and value == c for c in dim.choices or [])
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if not dim.low <= value <= dim.high:
+        return False
+    return dim.step is None or math.isclose(
+        round((value - dim.low) / dim.step) * dim.step, value - dim.low, abs_tol=1e-12
+    )
+
+
+def enqueue_defaults(study: optuna.Study, params: Params) -> bool:
+    """Queue a trial of the ``train`` values themselves unless the study holds one of these
+    values already (finished, running or queued); ``True`` when queued.
+
+    Values inside the space are the trial's fixed parameters (TPE learns from them); one
+    outside it (e.g. ``dropout: null``) stays out of ``trial.params`` and is trained as is.
+    """
+    values = defaults_values(params)
+    present = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    for trial in study.get_trials(deepcopy=False, states=present):
+        if _is_defaults(trial, values):
+            return False
+    space = params.tune.space
+    fixed = {name: value for name, value in values.items() if _fits(space[name], value)}
+    study.enqueue_trial(fixed, user_attrs={"role": DEFAULTS_ROLE, "defaults": values})
+    return True
+
+
+def _is_defaults(trial: FrozenTrial, values: dict[str, Any]) -> bool:
+    return trial.user_attrs.get("role") == DEFAULTS_ROLE and (
+        trial.user_attrs.get("defaults") == values
+    )
+
+
+def suggest_defaults(trial: optuna.Trial, params: Params) -> dict[str, Any]:
+    """The defaults trial's values: its fixed (in-space) parameters recorded through the
+    usual suggest calls, the others as ``train`` has them."""
+    values = defaults_values(params)
+    space = params.tune.space
+    suggest(trial, {n: space[n] for n, value in values.items() if _fits(space[n], value)})
     return values
 
 
@@ -296,6 +367,7 @@ class TuningData:
     lengths: dict[str, list[int]]
     train_examples: int  # of the whole train split
     fingerprint: str  # the configuration whose trials are comparable: names the study
+    baseline: float = 0.0  # the metric of the trivial prediction on validation
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -381,10 +453,11 @@ def load_tuning_data(params: Params, tokenized_dir: Path, state_dir: Path) -> Tu
         "evals_per_epoch": tune.evals_per_epoch,
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    metric = params.train.resolved_metric(task)
     return TuningData(
         task=task,
         labels=labels,
-        metric=params.train.resolved_metric(task),
+        metric=metric,
         source=source,
         tokenizer=tokenizer,
         train=subset.select_columns(model_columns(subset)),
@@ -392,7 +465,30 @@ def load_tuning_data(params: Params, tokenized_dir: Path, state_dir: Path) -> Tu
         lengths={"train": list(subset["length"]), "validation": list(validation["length"])},
         train_examples=len(full),
         fingerprint=digest[:FINGERPRINT_CHARS],
+        baseline=trivial_baseline(task, list(validation["labels"]), labels, metric),
     )
+
+
+def trivial_baseline(task: str, gold: list[Any], labels: list[str], metric: str) -> float:
+    """``metric`` of the best constant prediction, scored like a trial (``_compute_metrics``):
+    the most frequent validation label for text (it maximises accuracy, macro and weighted
+    F1 among constants), no entities (``O`` everywhere: entity F1 0) for token tasks."""
+    import numpy as np
+    from transformers import EvalPrediction
+
+    if task == "text_classification":
+        majority = max(sorted(set(gold)), key=gold.count)
+        predicted: Any = np.full(len(gold), majority)
+        gold_array: Any = np.asarray(gold)
+    else:
+        outside = labels.index("O") if "O" in labels else 0
+        width = max(len(row) for row in gold)
+        gold_array = np.full((len(gold), width), -100)
+        for i, row in enumerate(gold):
+            gold_array[i, : len(row)] = row
+        predicted = np.full_like(gold_array, outside)
+    scores = _compute_metrics(task, labels)(EvalPrediction(predicted, gold_array))
+    return float(scores[metric])
 
 
 def _dataset_fingerprint(directory: Path, dataset: Any) -> str:
@@ -419,9 +515,12 @@ def _reporter_class() -> type:
             per_epoch: int,
             mlflow_on: bool,
             deadline: float | None = None,
+            prunable: bool = True,
+            wait_for_signal: bool = False,
         ):
             self.trial, self.metric, self.per_epoch = trial, metric, per_epoch
             self.mlflow_on, self.deadline = mlflow_on, deadline
+            self.prunable, self.wait_for_signal = prunable, wait_for_signal
             self.points: list[int] = []
             self.values: list[float] = []
             self.pruned = self.out_of_time = False
@@ -458,12 +557,27 @@ def _reporter_class() -> type:
                 scores["epoch"] = round(float(state.epoch or 0), 4)
                 mlflow.log_metrics(scores, step=step)
             self.trial.report(value, step)
-            if self.trial.should_prune():
+            # Token tasks: entity F1 stays 0 for the first evaluations of most trials (no
+            # whole entity found yet), so early rungs would rank ties at random and prune
+            # trials that have not started to learn. No pruning decision is asked for (and no
+            # rung recorded) until this trial's score is first above 0; the trial then
+            # enters every rung it passed with that score. (Validation loss would be
+            # measurable from the start but ranks trials by a quantity they are not chosen
+            # by, and would need a second, minimised objective.)
+            if self.wait_for_signal and max(self.values) <= 0:
+                return control
+            # The defaults trial is asked too (its scores are the pruner's reference) but
+            # always runs to its end: the final choice compares it whole.
+            if self.trial.should_prune() and self.prunable:
                 self.pruned = True
                 control.should_training_stop = True
             return control
 
     return ReportToTrial
+
+
+class TrialTimedOut(Exception):
+    """``tune.timeout`` stopped the trial: failed (never pruned, never a best)."""
 
 
 @dataclass
@@ -481,7 +595,7 @@ class Objective:
         parent_run_id: the stage's MLflow run; ``None`` logs nothing to MLflow.
         experiment_id: the MLflow experiment of the parent run.
         deadline: ``time.monotonic()`` at which the search's time budget ends: a trial still
-            training then stops (recorded as pruned, ``stopped: timeout``).
+            training then stops (recorded as failed, ``stopped: timeout``).
     """
 
     def __init__(
@@ -509,14 +623,21 @@ class Objective:
         record, state, started = TrialRecord(), "FAIL", time.perf_counter()
         run_id = None
         try:
-            values = suggest(trial, self.params.tune.space)
+            defaults = trial.user_attrs.get("role") == DEFAULTS_ROLE
+            space = self.params.tune.space
+            values = suggest_defaults(trial, self.params) if defaults else suggest(trial, space)
             run_id = self._start_run(trial, values, retry_of)
             tp = overlay_train(self.params.train, values)
-            value = self._fit(trial, tp, record, run_id is not None)
+            value = self._fit(trial, tp, record, run_id is not None, prunable=not defaults)
             state = "COMPLETE"
             return value
         except optuna.TrialPruned:
             state = "PRUNED"
+            raise
+        except TrialTimedOut as exc:
+            trial.set_user_attr("stopped", TIMEOUT)
+            trial.set_user_attr("fail_reason", f"{TIMEOUT}: {exc}")
+            log.warning("trial %d: %s", trial.number, exc)
             raise
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
@@ -564,7 +685,14 @@ class Objective:
         mlflow.log_metrics({"duration_s": duration, "epochs_run": record.epochs, "rss_mb": rss_mb})
         mlflow.end_run("FAILED" if state == "FAIL" else "FINISHED")
 
-    def _fit(self, trial: optuna.Trial, tp: TrainParams, record: TrialRecord, log_mlflow: bool):
+    def _fit(
+        self,
+        trial: optuna.Trial,
+        tp: TrainParams,
+        record: TrialRecord,
+        log_mlflow: bool,
+        prunable: bool = True,
+    ) -> float:
         import transformers
         from transformers import PrinterCallback, TrainingArguments
 
@@ -602,8 +730,9 @@ class Objective:
                 remove_unused_columns=False,
             )
             reporter = _reporter_class()(
-                trial, data.metric, tune.evals_per_epoch, log_mlflow, self.deadline
-            )
+                trial, data.metric, tune.evals_per_epoch, log_mlflow, self.deadline,
+                prunable=prunable, wait_for_signal=data.task == "token_classification",
+            )  # fmt: skip
             trainer = trainer_cls(
                 model=model,
                 args=args,
@@ -624,8 +753,9 @@ class Objective:
             if reporter.pruned:
                 raise optuna.TrialPruned(f"pruned at evaluation {len(reporter.values)}")
             if reporter.out_of_time and trainer.state.global_step < trainer.state.max_steps:
-                trial.set_user_attr("stopped", "timeout")
-                raise optuna.TrialPruned("stopped: tune.timeout reached")
+                raise TrialTimedOut(
+                    f"stopped by tune.timeout after {record.epochs:.2f} of {tp.epochs} epochs"
+                )
             if not reporter.values:
                 raise StageError("the trial ran no evaluation")
             return max(reporter.values)  # train keeps its best epoch too
@@ -891,8 +1021,13 @@ def tune(
         # Seeded by the study's length: a re-run samples new points, reproducibly.
         seed = tune_params.seed + len(study.get_trials(deepcopy=False))
         study.sampler = make_sampler(params, seed)
+        # params.yaml's own values are always a candidate: the first trial of a study (or
+        # the next one, when the train values changed since), never pruned.
+        queued = enqueue_defaults(study, params)
         done = len(study.get_trials(deepcopy=False, states=FINISHED))
         remaining = None if tune_params.n_trials is None else tune_params.n_trials - done
+        if queued and remaining is not None:
+            remaining = max(remaining, 1)  # a complete study still measures the defaults
         log.info(
             "study %r in %s: %d finished trials, %s to run; train on %d of %d examples",
             name, describe_storage(spec), done,
@@ -915,7 +1050,7 @@ def tune(
         trials = study.get_trials(deepcopy=False)
         summary = _summary(params, data, name, spec, trials)
         summary["other_studies"] = other_studies(storage, tune_params.study_name, name)
-        if summary["best_trial"] is None:
+        if not any(t.state == TrialState.COMPLETE for t in trials):
             reasons = {t.user_attrs.get("fail_reason") for t in trials} - {None}
             raise StageError(
                 f"no trial of study {name!r} completed ({_count_states(trials)}); "
@@ -925,9 +1060,9 @@ def tune(
         _write_reports(params, reports_dir, summary, trials, view)
         _log_stage(summary, reports_dir, time.perf_counter() - started)
     log.info(
-        "best %s %.4f (trial %d): %s; %s; %.0f s",
-        data.metric, summary["best_value"], summary["best_trial"], summary["params"],
-        summary["trials"], time.perf_counter() - started,
+        "%s: %s; %s; %.0f s",
+        "tuned values" if summary["source"] == "tuned" else "train keeps params.yaml's values",
+        summary["reason"], summary["trials"], time.perf_counter() - started,
     )  # fmt: skip
     return summary
 
@@ -944,18 +1079,13 @@ def _summary(
 ) -> dict[str, Any]:
     """The content of ``best_params.json`` (``BEST_PARAMS_KEYS``), then the facts for the
     reports only."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    best = max(complete, key=lambda t: (t.value, -t.number), default=None)
     return {
         "status": "tuned",
+        **choose(trials, data.baseline, defaults_values(params), data.metric),
         "study_name": name,
         "fingerprint": data.fingerprint,
         "metric": data.metric,
         "direction": DIRECTION,
-        "best_trial": best.number if best else None,
-        "best_value": best.value if best else None,
-        # Replace train.<key> for the train stage (tune.enabled); other keys: params.yaml.
-        "params": dict(best.params) if best else {},
         # Reports only: a path, and counts that a timeout or a killed worker can change.
         "storage": describe_storage(spec),
         "trials": _count_states(trials),
@@ -963,6 +1093,49 @@ def _summary(
         "train_examples": len(data.train),
         "train_fraction": params.tune.train_fraction,
     }
+
+
+def choose(
+    trials: list[FrozenTrial], baseline: float, defaults: dict[str, Any], metric: str
+) -> dict[str, Any]:
+    """What train uses: the best searched trial only if it beats both the trivial baseline
+    and the trial of params.yaml's own values (same data, same evaluations; ties keep the
+    defaults, then the earlier trial), else params.yaml (``source: defaults``).
+
+    Returns ``source``, ``reason``, ``baseline``, ``defaults_trial``/``defaults_value``,
+    ``best_trial``/``best_value`` (the chosen trial: ``None`` when nothing beat the
+    baseline) and ``params`` (the values that replace train's; empty for the defaults).
+    """
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    own = [t for t in complete if _is_defaults(t, defaults)]
+    base = min(own, key=lambda t: t.number, default=None)
+    searched = [t for t in complete if t.user_attrs.get("role") != DEFAULTS_ROLE]
+    eligible = [t for t in searched if t.value > baseline]
+    best = max(eligible, key=lambda t: (t.value, -t.number), default=None)
+    chosen: dict[str, Any] = {
+        "baseline": baseline,
+        "defaults_trial": base.number if base else None,
+        "defaults_value": base.value if base else None,
+    }
+    floor = f"the trivial baseline {baseline:.4f} ({metric} of a constant prediction)"
+    if best is not None and (base is None or best.value > base.value):
+        against = (
+            f"the defaults (trial {base.number}, {base.value:.4f})"
+            if base
+            else "the defaults (their trial did not complete)"
+        )
+        reason = f"trial {best.number} ({best.value:.4f}) beats {against} and {floor}"
+        # Replace train.<key> for the train stage (tune.enabled); other keys: params.yaml.
+        return {"source": "tuned", "reason": reason, **chosen, "best_trial": best.number,
+                "best_value": best.value, "params": dict(best.params)}  # fmt: skip
+    if base is not None and base.value > baseline:
+        top = f"the best searched trial scored {best.value:.4f}" if best else "none beat " + floor
+        reason = f"no searched trial beats the defaults (trial {base.number}, {base.value:.4f}); "
+        return {"source": "defaults", "reason": reason + top, **chosen,
+                "best_trial": base.number, "best_value": base.value, "params": {}}  # fmt: skip
+    reason = f"no trial beats {floor}: train keeps params.yaml's values"
+    return {"source": "defaults", "reason": reason, **chosen, "best_trial": None,
+            "best_value": None, "params": {}}  # fmt: skip
 
 
 def _view_study(trials: list[FrozenTrial], name: str) -> optuna.Study:
@@ -993,27 +1166,31 @@ def _write_reports(
             "duration": t.user_attrs.get("duration_s", ""),
             "epochs_run": t.user_attrs.get("epochs_run", ""),
             "retry_of": t.user_attrs.get("retry_of", ""),
+            "role": t.user_attrs.get("role", "search"),  # defaults: params.yaml's values
+            "stopped": t.user_attrs.get("stopped", ""),  # timeout: tune.timeout stopped it
         }
         for t in trials
     ]
     fields = ["number", "state", "value", *(f"params_{n}" for n in names)]
-    fields += ["duration", "epochs_run", "retry_of"]
+    fields += ["duration", "epochs_run", "retry_of", "role", "stopped"]
     tmp = reports_dir / f".{TRIALS_CSV}.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(reports_dir / TRIALS_CSV)
-    notes = _write_plots(reports_dir, view, summary)
+    notes = _write_plots(reports_dir, view, summary, names)
     _write_markdown(params, reports_dir / REPORT_MD, summary, rows, notes)
     best = {key: summary[key] for key in BEST_PARAMS_KEYS if key in summary}
     write_json(reports_dir / BEST_PARAMS, best)  # last: train's input
 
 
 def _write_plots(
-    reports_dir: Path, view: optuna.Study | None, summary: dict[str, Any]
+    reports_dir: Path, view: optuna.Study | None, summary: dict[str, Any], names: list[str]
 ) -> dict[str, str]:
-    """The three PNGs (a note in the image where a plot is not possible); returns the notes."""
+    """The three PNGs (a note in the image where a plot is not possible); returns the notes.
+    Importances are computed over the trials that sampled every dimension (a defaults trial
+    with a value outside the space does not hide that dimension)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1022,7 +1199,7 @@ def _write_plots(
 
     makers = {
         "history": plots.plot_optimization_history,
-        "importance": plots.plot_param_importances,
+        "importance": functools.partial(plots.plot_param_importances, params=names),
         "intermediate": plots.plot_intermediate_values,
     }
     notes: dict[str, str] = {}
@@ -1060,7 +1237,7 @@ def _write_markdown(
     if summary["status"] != "tuned":
         lines += [f"Tuning is **disabled** ({summary['reason']}).", ""]
     else:
-        tune, train = params.tune, params.train
+        tune = params.tune
         counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(summary["trials"].items()))
         lines += [
             f"Study `{summary['study_name']}` in `{summary['storage']}`: {len(rows)} trials "
@@ -1072,25 +1249,45 @@ def _write_markdown(
             f"{tune.train_fraction:.0%} of train) and is scored on the validation split "
             f"({summary['metric']}, {tune.evals_per_epoch} evaluation(s) per epoch).",
             "",
-            f"**Best: trial {summary['best_trial']}, {summary['metric']} "
-            f"{summary['best_value']:.4f}.** The train stage uses these values in place of "
-            "`params.yaml`'s `train` keys (other keys unchanged):",
+            f"The trivial baseline (constant prediction) scores {summary['baseline']:.4f}; "
+            "a trial must beat it and the trial of `params.yaml`'s own values "
+            f"(the defaults: trial {_fmt(summary['defaults_trial'])}, "
+            f"{_fmt(summary['defaults_value'])}) to be used.",
             "",
-            "| parameter | tuned | params.yaml |",
-            "|---|---|---|",
         ]
-        for name, value in summary["params"].items():
-            base: Any = train
-            for part in name.split("."):
-                base = getattr(base, part)
-            lines.append(f"| {name} | {_fmt(value)} | {_fmt(base)} |")
+        if summary["source"] == "tuned":
+            lines += [
+                f"**Tuned: trial {summary['best_trial']}, {summary['metric']} "
+                f"{summary['best_value']:.4f}** ({summary['reason']}). The train stage uses "
+                "these values in place of `params.yaml`'s `train` keys (other keys unchanged):",
+                "",
+                "| parameter | tuned | params.yaml |",
+                "|---|---|---|",
+            ]
+        else:
+            lines += [
+                f"**Defaults kept** ({summary['reason']}). The train stage uses `params.yaml`'s "
+                "`train` values:",
+                "",
+                "| parameter | params.yaml |",
+                "|---|---|",
+            ]
+        for name, value in defaults_values(params).items():
+            tuned = summary["params"].get(name)
+            cells = [_fmt(tuned), _fmt(value)] if summary["source"] == "tuned" else [_fmt(value)]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         names = [k for k in (rows[0] if rows else {}) if k.startswith("params_")]
         lines += ["", "## Trials", ""]
         header = ["number", "state", "value", *names, "duration", "epochs_run"]
         lines += ["| " + " | ".join(h.removeprefix("params_") for h in header) + " |"]
         lines += ["|" + "---|" * len(header)]
         for row in rows:
-            lines.append("| " + " | ".join(_fmt(row[h]) for h in header) + " |")
+            cells = [_fmt(row[h]) for h in header]
+            if row["stopped"] == TIMEOUT:
+                cells[1] = "timed out (FAIL)"  # tune.timeout, not the pruner
+            if row["role"] == DEFAULTS_ROLE:
+                cells[1] += " (defaults)"
+            lines.append("| " + " | ".join(cells) + " |")
         lines += ["", *_other_studies_markdown(tune.study_name, summary["other_studies"])]
     lines += ["", "## Plots", ""]
     titles = {"history": "Optimization history", "importance": "Parameter importances"}
@@ -1134,7 +1331,10 @@ def _log_stage(summary: dict[str, Any], reports_dir: Path, wall_time: float) -> 
     import mlflow
 
     metrics = {f"trials_{k.lower()}": float(v) for k, v in summary["trials"].items()}
-    metrics |= {"best_value": summary["best_value"], "trial_epochs": summary["trial_epochs"]}
+    metrics |= {"trial_epochs": summary["trial_epochs"], "baseline": summary["baseline"]}
+    for key in ("best_value", "defaults_value"):
+        if summary[key] is not None:
+            metrics[key] = summary[key]
     metrics["wall_time_s"] = wall_time
     mlflow.log_metrics(metrics)
     mlflow.log_params({f"best.{k}": str(v) for k, v in summary["params"].items()})
@@ -1142,6 +1342,7 @@ def _log_stage(summary: dict[str, Any], reports_dir: Path, wall_time: float) -> 
         {
             "tune.study": summary["study_name"],
             "tune.best_trial": str(summary["best_trial"]),
+            "tune.source": summary["source"],
             "tune.metric": summary["metric"],
         }
     )

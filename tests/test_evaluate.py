@@ -129,8 +129,9 @@ def test_errors_list_highest_confidence_mistakes_first(tmp_path, tiny_model_dir)
 
 def test_token_report_counts_truncated_words(tmp_path, tiny_model_dir):
     params, tokenized, model_dir = build(
-        tmp_path, tiny_model_dir, "token_classification", 3, tokenize={"max_length": 10}
-    )
+        tmp_path, tiny_model_dir, "token_classification", 3,
+        tokenize={"max_length": 10, "max_unpredicted_share": 1.0},  # cut words on purpose
+    )  # fmt: skip
     metrics = evaluate(params, tokenized, model_dir, tmp_path / "reports")
     from tasks.tokenize import load_tokenized
 

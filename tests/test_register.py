@@ -22,7 +22,7 @@ import yaml
 from conftest import ROOT, project_env, run, tiny_params, write_toy_prepared
 
 from tasks.evaluate import evaluate
-from tasks.register import decide, model_md5, register
+from tasks.register import decide, model_md5, register, trivial_baseline
 from tasks.tokenize import tokenize
 from tasks.train import train
 
@@ -146,6 +146,33 @@ def test_gate(score, champion, promote, words):
     promoted, reason = decide(score, champion, min_improvement=0.002, min_score=0.5)
     assert promoted is promote
     assert words in reason
+
+
+def test_auto_gate_for_a_first_model_is_the_trivial_baseline(text_model, token_model):
+    # A first NER model at WNUT-17's published level beats "no entities" (0): champion.
+    promoted, reason = decide(0.437, None, 0.002, None, (0.0, "no entities"))
+    assert promoted and "beats the trivial baseline 0.0000 (no entities)" in reason
+    promoted, reason = decide(0.0, None, 0.002, None, (0.0, "no entities"))
+    assert not promoted and "register.min_score: auto" in reason
+    # A number set by the user still decides.
+    assert decide(0.437, None, 0.002, 0.5, (0.0, "no entities"))[0] is False
+
+    # The baselines, measured on the toy test splits.
+    import pandas as pd
+    from sklearn.metrics import f1_score
+
+    gold = list(pd.read_parquet(text_model.root / "prepared" / "test.parquet")["label"])
+    majority = max(sorted(set(gold)), key=gold.count)
+    expected = f1_score(gold, [majority] * len(gold), average="macro", zero_division=0)
+    value, what = trivial_baseline(text_model.params, text_model.root / "prepared", "f1_macro")
+    assert value == pytest.approx(expected) and what == f"always {majority!r}"
+    assert 0 < value < 0.5
+    accuracy, _ = trivial_baseline(text_model.params, text_model.root / "prepared", "accuracy")
+    assert accuracy == pytest.approx(gold.count(majority) / len(gold))
+    assert trivial_baseline(token_model.params, token_model.root / "prepared", "f1_micro") == (
+        0.0,
+        "no entities",
+    )
 
 
 def test_first_better_worse_and_equal_versions(text_model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -177,3 +178,71 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, tiny_model_dir):
     assert done.returncode == 1
     assert "tokenize: error: model.name_or_path:" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_auto_max_length_is_the_train_percentile_capped_at_the_encoder(
+    tmp_path, tiny_model_dir, tokenizer
+):
+    import numpy as np
+
+    params = tiny_params("text_classification", tiny_model_dir, tokenize={"max_length": "auto"})
+    manifest, out, _ = run_tokenize(tmp_path / "short", params)
+    train = pd.read_parquet(tmp_path / "short" / "prepared" / "train.parquet")
+    lengths = [len(tokenizer(t)["input_ids"]) for t in train["text"]]
+    observed = int(np.percentile(lengths, 99.9, method="higher"))
+    assert manifest["max_length"] == -(-observed // 8) * 8 >= observed  # a multiple of 8
+    choice = manifest["max_length_choice"]
+    assert choice["setting"] == "auto" and choice["train_length_at_percentile"] == observed
+    assert choice["encoder_limit"]["value"] == 128  # the tiny BERT's position embeddings
+    assert "max_position_embeddings" in choice["encoder_limit"]["source"]
+    assert manifest["truncated"]["train"] == 0
+
+    # One review far longer than the encoder takes: the value stops at its limit.
+    prepared = write_toy_prepared(tmp_path / "long" / "prepared")
+    frame = pd.read_parquet(prepared / "train.parquet")
+    frame.loc[0, "text"] = " ".join(["good movie"] * 150)
+    frame.to_parquet(prepared / "train.parquet")
+    out = tmp_path / "long" / "tokenized"
+    manifest = tokenize(params, prepared, out, tmp_path / "long" / "r.json", tmp_path / "state")
+    assert manifest["max_length"] == 128 and manifest["truncated"]["train"] == 1
+    assert "above the encoder's limit, 128" in manifest["max_length_choice"]["reason"]
+    assert json.loads((out / "manifest.json").read_text())["max_length"] == 128
+
+    # Token tasks take train's longest sentence: no word of a sentence as long is cut.
+    token = tiny_params("token_classification", tiny_model_dir, tokenize={"max_length": "auto"})
+    manifest, _, _ = run_tokenize(tmp_path / "token", token, "token_classification")
+    longest = manifest["splits"]["train"]["token_length"]["max"]
+    assert manifest["max_length_choice"]["percentile"] == 100
+    assert manifest["max_length"] == -(-longest // 8) * 8
+    assert manifest["splits"]["train"]["words_past_max_length"] == 0
+
+
+def test_words_past_max_length_warn_and_fail_above_the_share(tmp_path, tiny_model_dir, caplog):
+    # Toy sentences hold 4-15 words: at 8 sub-tokens many test words are cut off.
+    params = tiny_params("token_classification", tiny_model_dir, tokenize={"max_length": 8})
+    with pytest.raises(StageError) as caught:
+        run_tokenize(tmp_path / "strict", params, "token_classification")
+    message = str(caught.value)
+    assert re.search(r"test split: \d+ of \d+ words \(\d+\.\d%\)", message), message
+    assert "tokenize.max_length=8" in message and "tokenize.max_unpredicted_share" in message
+    assert not (tmp_path / "strict" / "tokenized").exists()  # nothing written
+
+    lenient = tiny_params(
+        "token_classification", tiny_model_dir,
+        tokenize={"max_length": 8, "max_unpredicted_share": 1.0},
+    )  # fmt: skip
+    with caplog.at_level("WARNING", logger="tasks.tokenize"):
+        manifest, _, report = run_tokenize(tmp_path / "lenient", lenient, "token_classification")
+    cut = manifest["splits"]["test"]["words_past_max_length"]
+    assert 0 < cut < manifest["splits"]["test"]["words"]
+    assert json.loads(report.read_text())["words_past_max_length"]["test"] == cut
+    assert any(
+        f"test: {cut} of" in r.message and "tokenize.max_length=8" in r.message
+        for r in caplog.records
+    )
+    # With room for every sub-token nothing is cut.
+    manifest, _, _ = run_tokenize(
+        tmp_path / "roomy", tiny_params("token_classification", tiny_model_dir),
+        "token_classification",
+    )  # fmt: skip
+    assert all(manifest["splits"][s]["words_past_max_length"] == 0 for s in manifest["splits"])
