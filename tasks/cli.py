@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import sys
@@ -10,6 +11,19 @@ from typing import Any
 
 from tasks.config import ParamsError
 from tasks.errors import StageError
+
+# A write that failed for want of space: a full disk, a file size limit, a disk quota.
+FULL_DISK = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def full_disk_message(exc: OSError) -> str:
+    """One line for a write that found no space: what failed and what is kept."""
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return (
+        f"{exc.strerror or exc}{where}: free disk space (or raise the size limit) and run the "
+        "stage again; outputs are replaced only when complete, so the previous ones (and "
+        "any earlier checkpoint) are kept"
+    )
 
 
 def stage_command(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -28,6 +42,11 @@ def stage_command(stage: str) -> Callable[[Callable[..., Any]], Callable[..., An
                 return func(*args, **kwargs)
             except (StageError, ParamsError) as exc:
                 print(f"{stage}: error: {exc}", file=sys.stderr)
+                sys.exit(1)
+            except OSError as exc:
+                if exc.errno not in FULL_DISK:
+                    raise
+                print(f"{stage}: error: {full_disk_message(exc)}", file=sys.stderr)
                 sys.exit(1)
 
         return wrapper
