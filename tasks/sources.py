@@ -385,7 +385,9 @@ def _read_jsonl(stream: Iterable[str] | str, origin: str, text_column: str) -> p
         except json.JSONDecodeError as exc:
             raise StageError(f"{origin}:{number}: not valid JSON: {exc.msg}") from None
         if not isinstance(record, dict):
-            raise StageError(f"{origin}:{number}: expected a JSON object, got {line.strip()[:80]!r}")
+            raise StageError(
+                f"{origin}:{number}: expected a JSON object, got {line.strip()[:80]!r}"
+            )
         text_seen = text_seen or text_column in record
         text = record.pop(text_column, MISSING)
         if not isinstance(text, str) and other_text is None:
