@@ -88,6 +88,7 @@ def growth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, int
 @pytest.mark.parametrize("stage", ["prepare", "validate"])
 def test_peak_memory_grows_less_than_three_times_the_file(stage, growth):
     small, large, ratio = growth[stage]
+    print(f"{stage}: {small / 1e6:.0f} MB -> {large / 1e6:.0f} MB peak RSS, {ratio:.2f} per byte")
     assert ratio < BOUND, (
         f"{stage}: peak RSS {small / 1e6:.0f} MB on 0.5 MB, {large / 1e6:.0f} MB on 40 MB: "
         f"{ratio:.2f} bytes per byte of file (bound {BOUND})"
