@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,11 +17,34 @@ from tasks.errors import StageError
 FULL_DISK = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
-def full_disk_message(exc: OSError) -> str:
+# The same, as written by libraries that wrap the OS error in their own exception (e.g.
+# safetensors, saving a checkpoint: "I/O error: File too large (os error 27)").
+_CODES = "|".join(str(code) for code in sorted(FULL_DISK))
+FULL_DISK_TEXT = re.compile(
+    rf"\(os error (?:{_CODES})\)|No space left on device|File too large|Disk quota exceeded"
+)
+
+
+def full_disk_cause(exc: BaseException) -> BaseException | None:
+    """The exception in ``exc``'s chain that says a write found no space, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in FULL_DISK:
+            return exc
+        if FULL_DISK_TEXT.search(str(exc)):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def full_disk_message(exc: BaseException) -> str:
     """One line for a write that found no space: what failed and what is kept."""
-    where = f" writing {exc.filename}" if exc.filename else ""
+    filename = getattr(exc, "filename", None)
+    where = f" writing {filename}" if filename else ""
+    what = getattr(exc, "strerror", None) or " ".join(str(exc).split())
     return (
-        f"{exc.strerror or exc}{where}: free disk space (or raise the size limit) and run the "
+        f"{what}{where}: free disk space (or raise the size limit) and run the "
         "stage again; outputs are replaced only when complete, so the previous ones (and "
         "any earlier checkpoint) are kept"
     )
@@ -43,10 +67,11 @@ def stage_command(stage: str) -> Callable[[Callable[..., Any]], Callable[..., An
             except (StageError, ParamsError) as exc:
                 print(f"{stage}: error: {exc}", file=sys.stderr)
                 sys.exit(1)
-            except OSError as exc:
-                if exc.errno not in FULL_DISK:
+            except Exception as exc:
+                cause = full_disk_cause(exc)
+                if cause is None:
                     raise
-                print(f"{stage}: error: {full_disk_message(exc)}", file=sys.stderr)
+                print(f"{stage}: error: {full_disk_message(cause)}", file=sys.stderr)
                 sys.exit(1)
 
         return wrapper
