@@ -14,21 +14,26 @@ run that fails leaves the previous outputs untouched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import typer
 
 from tasks.cli import stage_command
 from tasks.config import Params, SplitRatios, load_params, require_tracked_inputs
 from tasks.environment import PROJECT_ROOT
 from tasks.errors import StageError
+from tasks.rowkeys import first_rows, row_keys
 from tasks.sources import BUILTINS, read_builtin, read_user_file, sha256_of
 
 log = logging.getLogger(__name__)
@@ -66,45 +71,60 @@ def load_source(params: Params, raw_dir: Path) -> tuple[dict[str, pd.DataFrame],
 def split_frame(
     frame: pd.DataFrame, ratios: SplitRatios, seed: int, stratify_by: str | None = None
 ) -> dict[str, pd.DataFrame]:
-    """Deterministically split ``frame`` by ``ratios`` and ``seed``.
+    """Deterministically split ``frame`` by ``ratios`` and ``seed`` (see :func:`split_rows`)."""
+    rows = split_rows(frame, ratios, seed, stratify_by)
+    return {split: frame.iloc[taken].reset_index(drop=True) for split, taken in rows.items()}
+
+
+def split_rows(
+    frame: pd.DataFrame,
+    ratios: SplitRatios,
+    seed: int,
+    stratify_by: str | None = None,
+    kept: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The positions in ``frame`` of each split's rows (of the rows ``kept``, default all).
 
     Rows are split in units that never straddle two splits: a ``group`` value when the
     frame has that column (every review of one movie, every sentence of one CoNLL document;
     a row without a value is its own unit), otherwise one text (identical texts or sentences
     stay together, so duplicates cannot leak from train into test).
     Without groups, units are split within each value of ``stratify_by`` (the label), so
-    every split keeps the class balance. Rows inside each split are shuffled.
+    every split keeps the class balance. Rows inside each split are shuffled. Positions, not
+    frames: prepare copies each split's rows once, from the file's frame.
     """
     rng = np.random.default_rng(seed)
     bounds = np.cumsum([ratios.train, ratios.validation, ratios.test])
-    units = _split_units(frame)
+    kept = np.arange(len(frame)) if kept is None else kept
+    units = _split_units(frame).to_numpy()[kept]
     if stratify_by and "group" not in frame.columns:
-        strata = frame[stratify_by].astype("string").fillna("<null>")
+        strata = frame[stratify_by].astype("string").fillna("<null>").to_numpy()[kept]
     else:
-        strata = pd.Series("all", index=frame.index)
+        strata = np.full(len(kept), "all", dtype=object)
     table = pd.DataFrame({"unit": units, "stratum": strata})
     table = table.groupby("unit", sort=True).agg(
         stratum=("stratum", "first"), size=("stratum", "size")
     )
-    split_of_unit: dict[str, int] = {}
+    split_of_unit = np.zeros(units.max(initial=-1) + 1, dtype=np.int64)
     for _, members in table.groupby("stratum", sort=True):
         members = members.iloc[rng.permutation(len(members))]
         sizes = members["size"].to_numpy()
         # Each unit goes to the split whose ratio range holds the midpoint of its rows.
         midpoints = (np.cumsum(sizes) - sizes / 2) / sizes.sum()
-        chosen = np.minimum(np.searchsorted(bounds, midpoints), 2)
-        split_of_unit.update(zip(members.index, chosen, strict=True))
-    assignment = units.map(split_of_unit).to_numpy()
+        split_of_unit[members.index.to_numpy()] = np.minimum(np.searchsorted(bounds, midpoints), 2)
+    assignment = split_of_unit[units]
     result = {}
     for split_index, split in enumerate(SPLITS):
-        rows = np.flatnonzero(assignment == split_index)
-        result[split] = frame.iloc[rows[rng.permutation(len(rows))]].reset_index(drop=True)
+        rows = kept[np.flatnonzero(assignment == split_index)]
+        result[split] = rows[rng.permutation(len(rows))]
     return result
 
 
-def hold_out_validation(train: pd.DataFrame, params: Params) -> dict[str, pd.DataFrame]:
+def hold_out_validation(
+    train: pd.DataFrame, params: Params, kept: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Split a train file into train and validation (``prepare.split.validation`` of it),
-    with the same grouping and stratification as a single-file split."""
+    with the same grouping and stratification as a single-file split: the rows' positions."""
     share = params.prepare.split.validation
     if not 0 < share < 1:
         raise StageError(
@@ -113,36 +133,36 @@ def hold_out_validation(train: pd.DataFrame, params: Params) -> dict[str, pd.Dat
         )
     ratios = SplitRatios(train=1 - share, validation=share, test=0.0)
     stratify = "label" if params.task == "text_classification" else None
-    split = split_frame(train, ratios, params.prepare.seed, stratify)
+    split = split_rows(train, ratios, params.prepare.seed, stratify, kept)
     return {"train": split["train"], "validation": split["validation"]}
 
 
-def drop_repeats(frame: pd.DataFrame) -> pd.DataFrame:
-    """Drop rows repeating an earlier row's text and label (tokens and tags), keep the first."""
-    return frame[~_repeats(frame)].reset_index(drop=True)
-
-
-def _repeats(frame: pd.DataFrame) -> pd.Series:
-    """True for each row repeating an earlier row's text and label (tokens and tags)."""
+def _repeats(frame: pd.DataFrame) -> np.ndarray:
+    """True for each row repeating an earlier row's text and label (tokens and tags); a row
+    without a text or a label repeats nothing."""
     if "text" in frame.columns:
-        key = frame["text"].astype("string") + "\x00" + frame["label"].astype("string")
+        pair = frame[["text", "label"]]
     else:
-        key = frame["tokens"].map(" ".join) + "\x00" + frame["tags"].map(" ".join)
-    return key.duplicated() & key.notna()
+        pair = pd.DataFrame({"text": _texts(frame), "tags": frame["tags"].map(" ".join)})
+    first, _ = first_rows(row_keys(pair))
+    return (first != np.arange(len(frame))) & pair.notna().all(axis=1).to_numpy()
 
 
 def _texts(frame: pd.DataFrame) -> pd.Series:
     """Each row's text (token frames: the joined tokens), as validate's leakage check sees it."""
     if "text" in frame.columns:
-        return frame["text"].astype("string")
+        return frame["text"]
     return frame["tokens"].map(" ".join).astype("string")
 
 
 def _split_units(frame: pd.DataFrame) -> pd.Series:
-    """The key that keeps rows together: the group, else the text (or joined tokens)."""
+    """The unit that keeps rows together, as an integer: one per group, else per text (or
+    joined tokens); a row without a group (text) is a unit of its own."""
     keys = frame["group"] if "group" in frame.columns else _texts(frame)
-    row_keys = pd.Series([f"<row {i}>" for i in range(len(frame))], index=frame.index)
-    return keys.astype("string").fillna(row_keys).astype(str)
+    _, units = first_rows(row_keys(keys))
+    missing = keys.isna().to_numpy()
+    units[missing] = units.max(initial=-1) + 1 + np.arange(int(missing.sum()))
+    return pd.Series(units, index=frame.index)
 
 
 def _grouped_by(params: Params) -> str | None:
@@ -159,8 +179,18 @@ def _grouped_by(params: Params) -> str | None:
 def summarize(splits: dict[str, pd.DataFrame], params: Params, inputs: list[dict]) -> dict:
     """Counts, label (or entity type) distribution and length percentiles per split, and the
     number of groups (CoNLL: documents) per split when the rows have groups."""
+    summary = _summary_head(params, inputs)
+    if any("group" in frame.columns for frame in splits.values()):
+        summary["grouped_by"] = _grouped_by(params)
+    for split, frame in splits.items():
+        summary["splits"][split] = _split_summary(frame, params)
+    summary["total_examples"] = sum(len(f) for f in splits.values())
+    return summary
+
+
+def _summary_head(params: Params, inputs: list[dict]) -> dict:
     token_task = params.task == "token_classification"
-    summary: dict = {
+    return {
         "task": params.task,
         "source": params.data.builtin or "user files",
         "inputs": inputs,
@@ -168,34 +198,35 @@ def summarize(splits: dict[str, pd.DataFrame], params: Params, inputs: list[dict
         "length_unit": "tokens" if token_task else "characters",
         "splits": {},
     }
-    grouped = any("group" in frame.columns for frame in splits.values())
-    if grouped:
-        summary["grouped_by"] = _grouped_by(params)
-    for split, frame in splits.items():
-        if token_task:
-            lengths = frame["tokens"].map(len)
-            labels = Counter(t[2:] for tags in frame["tags"] for t in tags if t.startswith("B-"))
-            extra = {"tokens": int(lengths.sum()), "entities": int(sum(labels.values()))}
-        else:
-            lengths = frame["text"].fillna("").str.len()
-            labels = Counter(frame["label"].fillna("<null>"))
-            extra = {}
-        if "group" in frame.columns:
-            extra["groups"] = int(_split_units(frame).nunique())
-        percentiles = np.percentile(lengths, [50, 90, 99]) if len(lengths) else [0, 0, 0]
-        summary["splits"][split] = {
-            "examples": len(frame),
-            **extra,
-            "labels": dict(sorted(labels.items())),
-            "length": {
-                "p50": round(float(percentiles[0]), 2),
-                "p90": round(float(percentiles[1]), 2),
-                "p99": round(float(percentiles[2]), 2),
-                "max": int(lengths.max()) if len(lengths) else 0,
-            },
-        }
-    summary["total_examples"] = sum(len(f) for f in splits.values())
-    return summary
+
+
+def _split_summary(frame: pd.DataFrame, params: Params, taken: np.ndarray | None = None) -> dict:
+    """One split's counts, labels (entity types) and length percentiles: the rows of
+    ``frame`` at positions ``taken`` (None: all), read in place (texts are not copied)."""
+    if params.task == "token_classification":
+        lengths = _rows_of(frame["tokens"], taken).map(len)
+        tagged = _rows_of(frame["tags"], taken)
+        labels = Counter(t[2:] for tags in tagged for t in tags if t.startswith("B-"))
+        extra = {"tokens": int(lengths.sum()), "entities": int(sum(labels.values()))}
+    else:
+        lengths = _rows_of(frame["text"].fillna("").str.len(), taken)
+        labels = _rows_of(frame["label"], taken).fillna("<null>").value_counts().to_dict()
+        extra = {}
+    if "group" in frame.columns:
+        extra["groups"] = int(_rows_of(_split_units(frame), taken).nunique())
+    rows = len(frame) if taken is None else len(taken)
+    percentiles = np.percentile(lengths, [50, 90, 99]) if len(lengths) else [0, 0, 0]
+    return {
+        "examples": rows,
+        **extra,
+        "labels": {k: int(v) for k, v in sorted(labels.items())},
+        "length": {
+            "p50": round(float(percentiles[0]), 2),
+            "p90": round(float(percentiles[1]), 2),
+            "p99": round(float(percentiles[2]), 2),
+            "max": int(lengths.max()) if len(lengths) else 0,
+        },
+    }
 
 
 def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
@@ -209,35 +240,57 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
     # Only the frame that gets split is deduplicated: the single file, else the train file.
     # Given validation and test files are never altered (their repeats are only counted).
     divided = "all" if "all" in frames else "train"
-    rows_read = len(frames[divided])
-    removed = 0
+    whole = frames.pop(divided)
+    rows_read = len(whole)
+    kept = np.arange(rows_read)
     if params.prepare.deduplicate:
-        frames[divided] = drop_repeats(frames[divided])
-        removed = rows_read - len(frames[divided])
-    if "all" in frames:
+        kept = np.flatnonzero(~_repeats(whole))
+    removed = rows_read - len(kept)
+    if divided == "all":
         stratify = "label" if params.task == "text_classification" else None
-        splits = split_frame(frames["all"], params.prepare.split, params.prepare.seed, stratify)
+        rows = split_rows(whole, params.prepare.split, params.prepare.seed, stratify, kept)
     elif "validation" not in frames:
-        splits = {**hold_out_validation(frames["train"], params), "test": frames["test"]}
+        rows = hold_out_validation(whole, params, kept)
     else:
-        splits = {split: frames[split] for split in SPLITS}
-    for name, frame in splits.items():
-        if frame.empty:
-            raise _empty_split_error(name, frames[divided], params, rows_read, removed)
+        rows = {"train": kept}
+    sizes = {name: len(rows[name]) if name in rows else len(frames[name]) for name in SPLITS}
+    for name, size in sizes.items():
+        if size == 0:
+            divided_rows = whole.iloc[kept].reset_index(drop=True)
+            raise _empty_split_error(name, divided_rows, params, rows_read, removed)
     cut = {}
     if params.prepare.max_examples:  # an explicit request: it cuts given files too
         limit = params.prepare.max_examples
-        cut = {name: max(len(f) - limit, 0) for name, f in splits.items()}
-        splits = {name: f.head(limit) for name, f in splits.items()}
-    summary = summarize(splits, params, inputs)
-    given = [] if "all" in frames else [s for s in ("validation", "test") if s in frames]
-    summary.update(_lineage(params, splits, given, removed))
-    if cut:
-        summary["max_examples"] = {"limit": params.prepare.max_examples, "rows_cut": cut}
-    _write_atomically(splits, summary, out_dir)
+        cut = {name: max(size - limit, 0) for name, size in sizes.items()}
+        rows = {name: taken[:limit] for name, taken in rows.items()}
+        frames = {name: frame.head(limit) for name, frame in frames.items()}
+    given = [] if divided == "all" else [s for s in ("validation", "test") if s in frames]
+    grouped = "group" in whole.columns or any("group" in f.columns for f in frames.values())
+
+    summary = _summary_head(params, inputs)
+    if grouped:
+        summary["grouped_by"] = _grouped_by(params)
+    lineage = _origins(params, given, removed)
+    with _staged(out_dir) as staged:
+        train_keys = None
+        for name in SPLITS:
+            # A split of the file's frame is read through its positions, never copied whole.
+            frame, taken = (frames[name], None) if name in frames else (whole, rows[name])
+            summary["splits"][name] = _split_summary(frame, params, taken)
+            if name == "train" and given:
+                texts = _texts(frame)
+                train_keys = row_keys(texts)[_rows(texts.notna().to_numpy(), taken)]
+            if name in given:
+                lineage.setdefault("given_files", {})[name] = _given_file(frame, train_keys)
+            _write_parquet(frame, taken, staged / f"{name}.parquet")
+        summary["total_examples"] = sum(s["examples"] for s in summary["splits"].values())
+        summary.update(lineage)
+        if cut:
+            summary["max_examples"] = {"limit": params.prepare.max_examples, "rows_cut": cut}
+        (staged / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     raw_dir.mkdir(parents=True, exist_ok=True)
     (raw_dir / "sources.json").write_text(json.dumps(inputs, indent=2) + "\n")
-    counts = ", ".join(f"{n} {len(f)}" for n, f in splits.items())
+    counts = ", ".join(f"{n} {s['examples']}" for n, s in summary["splits"].items())
     log.info("prepared %s (%s) into %s", summary["source"], counts, out_dir)
     return summary
 
@@ -248,6 +301,16 @@ def _lineage(
     """Where validation and test come from, what deduplication removed, and what is left in
     the given validation/test files as written: rows repeating an earlier row of the same
     file (text and label) and rows whose text also occurs in the train split."""
+    lineage = _origins(params, given, removed)
+    if given:
+        train = _texts(splits["train"])
+        train_keys = row_keys(train[train.notna()])
+        lineage["given_files"] = {split: _given_file(splits[split], train_keys) for split in given}
+    return lineage
+
+
+def _origins(params: Params, given: list[str], removed: int) -> dict:
+    """Where validation and test come from and what deduplication removed."""
     share = params.prepare.split
     if params.data.builtin or params.data.source.path is not None:
         whole = params.data.builtin or params.data.source.path
@@ -268,22 +331,25 @@ def _lineage(
         scope = "the train file only (given validation and test files are kept as they are)"
     if not params.prepare.deduplicate:
         scope = "nothing (prepare.deduplicate: false)"
-    lineage: dict = {
+    return {
         "validation_origin": origins["validation"],
         "test_origin": origins["test"],
         "deduplicated": scope,
         "duplicates_removed": removed,
     }
-    if given:
-        in_train = set(_texts(splits["train"]).dropna())
-        lineage["given_files"] = {
-            split: {
-                "repeated_rows": int(_repeats(splits[split]).sum()),
-                "rows_in_train": int(_texts(splits[split]).isin(in_train).sum()),
-            }
-            for split in given
-        }
-    return lineage
+
+
+def _given_file(frame: pd.DataFrame, train_keys: np.ndarray) -> dict:
+    """A given file's repeated rows and rows whose text occurs in train (as counts)."""
+    return {
+        "repeated_rows": int(_repeats(frame).sum()),
+        "rows_in_train": _rows_in(_texts(frame), train_keys),
+    }
+
+
+def _rows_in(texts: pd.Series, keys: np.ndarray) -> int:
+    """How many of ``texts`` (not null) have one of ``keys`` (:func:`row_keys`)."""
+    return int(np.isin(row_keys(texts[texts.notna()]), keys).sum())
 
 
 def _empty_split_error(
@@ -321,14 +387,40 @@ def _empty_split_error(
     )
 
 
-def _write_atomically(splits: dict[str, pd.DataFrame], summary: dict, out_dir: Path) -> None:
-    """Write everything to a temporary folder first, then move the files into place."""
+# Rows written at a time (one parquet row group): the writer then buffers this many rows,
+# not a whole split (bench/memory.py).
+WRITE_ROWS = 65_536
+
+
+def _rows_of(values: pd.Series, taken: np.ndarray | None) -> pd.Series:
+    """``values`` at positions ``taken`` (None: all)."""
+    return values if taken is None else values.iloc[taken].reset_index(drop=True)
+
+
+def _rows(mask: np.ndarray, taken: np.ndarray | None) -> np.ndarray:
+    """The positions among ``taken`` (None: all) where ``mask`` holds."""
+    return np.flatnonzero(mask) if taken is None else taken[mask[taken]]
+
+
+def _write_parquet(frame: pd.DataFrame, taken: np.ndarray | None, path: Path) -> None:
+    """Write ``frame``'s rows at positions ``taken`` (None: all) to ``path``, WRITE_ROWS
+    rows at a time, so no copy of the whole split is made."""
+    taken = np.arange(len(frame)) if taken is None else taken
+    schema = pa.Schema.from_pandas(frame, preserve_index=False)
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, len(taken), WRITE_ROWS):
+            batch = frame.iloc[taken[start : start + WRITE_ROWS]]
+            writer.write_table(pa.Table.from_pandas(batch, schema=schema, preserve_index=False))
+
+
+@contextlib.contextmanager
+def _staged(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder in ``out_dir`` whose files are moved into ``out_dir`` when the
+    block ends without an error (each move atomic); on an error nothing is moved."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-") as tmp:
         staged = Path(tmp)
-        for name, frame in splits.items():
-            frame.to_parquet(staged / f"{name}.parquet", index=False)
-        (staged / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        yield staged
         for path in staged.iterdir():
             os.replace(path, out_dir / path.name)
 

@@ -170,7 +170,8 @@ def register(
     weights = model_md5(Path(model_dir))
     name = tracking.registered_model_name(params)  # register.model_name, or auto
 
-    with tracking.stage_run(params, "register", state_dir) as run:
+    lock = _registry_lock(tracking.tracking_uri(params, state_dir), Path(state_dir), name)
+    with tracking.stage_run(params, "register", state_dir) as run, lock:
         client = mlflow.MlflowClient()
         existing = _version_with_weights(client, name, weights)
         champion = _champion(client, name, params.task)
@@ -300,6 +301,24 @@ def _champion(client: Any, name: str, task: str) -> Any | None:
             f"{task}; register this model under another name"
         )
     return version
+
+
+def _registry_lock(uri: str, state_dir: Path, name: str) -> Any:
+    """A file lock held from looking up the weights to setting the aliases, so two register
+    runs at once (two checkouts, one store) cannot both create a version of one model. It
+    lies beside a local store's files (SQLite database, file store), which every checkout
+    using that store shares; for a server store, in this checkout's ``.state``."""
+    from filelock import FileLock
+
+    if uri.startswith("sqlite:///"):  # the database's folder
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+    elif uri.startswith("file:") or "://" not in uri:  # the file store's own folder
+        folder = Path(uri.removeprefix("file://").removeprefix("file:"))
+    else:
+        folder = state_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return FileLock(folder / f".register-{safe}.lock")
 
 
 def _same(version: Any, other: Any) -> bool:

@@ -15,8 +15,10 @@ Built-in wheels are downloaded once per checkout into ``.state/downloads/`` (or
 
 from __future__ import annotations
 
+import array
 import bz2
 import codecs
+import contextlib
 import csv
 import functools
 import hashlib
@@ -30,11 +32,14 @@ import sys
 import tempfile
 import unicodedata
 import zipfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import typer
 
 from tasks.cli import stage_command
@@ -187,10 +192,12 @@ def read_builtin(name: str, raw_dir: Path) -> pd.DataFrame:
 def read_user_file(path: Path, data: DataParams, task: str) -> pd.DataFrame:
     """Read one user file in the format given by ``data.format`` (or its extension).
 
+    CSV, TSV and JSONL files are read as a stream, their text values kept as Arrow strings
+    (peak memory about twice the file, see bench/memory.py); CoNLL files are read whole.
     Error messages quote the file's lines and header: call it on the user's data files only
     (prepare's CLI refuses any file outside data/external/ before reading, see
     :func:`tasks.config.untracked_inputs`)."""
-    text = _read_text(path, data.encoding)
+    codec = _check_readable(path, data.encoding)
     fmt = _format_of(path, data.format)
     origin = str(path)
     if task == "token_classification":
@@ -199,6 +206,8 @@ def read_user_file(path: Path, data: DataParams, task: str) -> pd.DataFrame:
                 f"{path}: token_classification needs a CoNLL column file, got format {fmt!r} "
                 "(set data.format: conll)"
             )
+        with _open_text(path, codec) as stream:
+            text = stream.read()
         frame = _parse_conll(text, origin, data.conll.token_column, data.conll.tag_column)
         frame = _clean_tags(frame, origin)
         if data.conll.scheme == "iob1":
@@ -206,10 +215,11 @@ def read_user_file(path: Path, data: DataParams, task: str) -> pd.DataFrame:
         return frame
     if fmt == "conll":
         raise StageError(f"{path}: a CoNLL file needs task: token_classification")
-    if fmt == "jsonl":
-        frame = _read_jsonl(text, origin)
-    else:
-        frame = _read_delimited(text, origin, delimiter="\t" if fmt == "tsv" else ",")
+    with _open_text(path, codec) as stream:
+        if fmt == "jsonl":
+            frame = _read_jsonl(stream, origin, data.text_column)
+        else:
+            frame = _read_delimited(stream, origin, delimiter="\t" if fmt == "tsv" else ",")
     return _select_text_columns(frame, data, origin)
 
 
@@ -239,37 +249,100 @@ def _format_of(path: Path, configured: str) -> str:
         ) from None
 
 
-def _read_text(path: Path, encoding: str) -> str:
+def _check_readable(path: Path, encoding: str) -> str:
+    """The codec to read ``path`` with; refuse a missing, empty or unknown-encoding file."""
     if not path.exists():
         raise StageError(f"{path}: file not found (data.source)")
     if path.is_dir():
         raise StageError(f"{path}: is a directory, expected a file (data.source)")
-    payload = path.read_bytes()
-    if not payload.strip():
-        raise StageError(f"{path}: file is empty")
+    with path.open("rb") as handle:  # blank: only whitespace bytes (read in blocks)
+        if not any(block.strip() for block in iter(lambda: handle.read(1 << 20), b"")):
+            raise StageError(f"{path}: file is empty")
     try:
         codec = codecs.lookup(encoding).name
     except LookupError:
         raise StageError(f"data.encoding: unknown encoding {encoding!r}") from None
     # A UTF-8 byte-order mark (Excel, Notepad) is not data: utf-8-sig drops it, in every format.
+    return "utf-8-sig" if codec == "utf-8" else encoding
+
+
+@contextlib.contextmanager
+def _open_text(path: Path, codec: str) -> Iterator[io.TextIOWrapper]:
+    """``path`` open as text (newlines untranslated, as the csv module wants); a byte that
+    is not valid in ``codec`` becomes a StageError naming its line and column."""
     try:
-        return payload.decode("utf-8-sig" if codec == "utf-8" else encoding)
-    except UnicodeDecodeError as exc:
-        line = payload.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (payload.rfind(b"\n", 0, exc.start) + 1) + 1
-        bad = payload[exc.start : exc.end].hex(" ")
-        raise StageError(
-            f"{path}:{line}: not valid {encoding} (byte 0x{bad} at column {column}); "
-            "set data.encoding if the file uses another encoding (e.g. latin-1)"
-        ) from None
+        with path.open(encoding=codec, newline="") as stream:
+            yield stream
+    except UnicodeDecodeError:
+        raise _decode_error(path, codec) from None
 
 
-def _read_delimited(text: str, origin: str, delimiter: str) -> pd.DataFrame:
+def _decode_error(path: Path, codec: str) -> StageError:
+    """The first undecodable byte of ``path``: line, column and value (read in blocks)."""
+    decoder = codecs.getincrementaldecoder(codec)()
+    line, offset, line_start = 1, 0, 0
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                # The decoder keeps an incomplete sequence from the previous block: positions
+                # in exc are relative to that carried-over prefix plus this block.
+                carried = len(exc.object) - len(block)
+                start = exc.start - carried
+                line += block.count(b"\n", 0, max(start, 0))
+                newline = block.rfind(b"\n", 0, max(start, 0))
+                column_start = offset + newline + 1 if newline >= 0 else line_start
+                column = offset + start - column_start + 1
+                bad = exc.object[exc.start : exc.end].hex(" ")
+                encoding = "utf-8" if codec == "utf-8-sig" else codec
+                return StageError(
+                    f"{path}:{line}: not valid {encoding} (byte 0x{bad} at column {column}); "
+                    "set data.encoding if the file uses another encoding (e.g. latin-1)"
+                )
+            line += block.count(b"\n")
+            newline = block.rfind(b"\n")
+            line_start = offset + newline + 1 if newline >= 0 else line_start
+            offset += len(block)
+    return StageError(f"{path}: not valid {codec}")
+
+
+class _ArrowColumns:
+    """String columns filled row by row straight into UTF-8 buffers, then handed to Arrow
+    without a copy. Hand-written to close a named gap: rows kept as Python objects, then
+    converted, took 10x the file in memory (bench/memory.py); these take the text plus
+    8 bytes a value. A None is stored as an empty string (readers refuse those rows)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.data = [bytearray() for _ in names]
+        self.offsets = [array.array("q", [0]) for _ in names]
+
+    def add(self, values: list[Any]) -> None:
+        """Append one row (raises UnicodeEncodeError for a lone surrogate)."""
+        for data, offsets, value in zip(self.data, self.offsets, values, strict=True):
+            if value:
+                data += value.encode("utf-8")
+            offsets.append(len(data))
+
+    def series(self, index: int) -> pd.Series:
+        """Column ``index`` as a pandas string Series over the same memory."""
+        data, offsets = self.data[index], self.offsets[index]
+        column = pa.LargeStringArray.from_buffers(
+            len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(data)
+        )
+        return pd.Series(pd.array(column, dtype="str"))  # (pd.Series(column) would copy it)
+
+
+def _read_delimited(stream: Iterable[str] | str, origin: str, delimiter: str) -> pd.DataFrame:
     """Parse CSV/TSV with a header; every record must have the header's number of fields."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    if isinstance(stream, str):
+        stream = io.StringIO(stream, newline="")
+    reader = csv.reader(stream, delimiter=delimiter, strict=True)
     try:
         header = next(reader)
-        rows, lines = [], []
+        columns = _ArrowColumns(header)
+        lines = array.array("q")
         start = reader.line_num + 1
         for record in reader:
             if not record:  # a blank line between records
@@ -280,22 +353,31 @@ def _read_delimited(text: str, origin: str, delimiter: str) -> pd.DataFrame:
                     f"{origin}:{start}: expected {len(header)} fields ({', '.join(header)}), "
                     f"got {len(record)}: {delimiter.join(record)[:120]!r}"
                 )
-            rows.append(record)
+            columns.add(record)
             lines.append(start)
             start = reader.line_num + 1
     except csv.Error as exc:
         raise StageError(f"{origin}:{reader.line_num}: malformed record: {exc}") from None
-    if not rows:
+    if not lines:
         raise StageError(f"{origin}: no data rows after the header")
-    frame = pd.DataFrame(rows, columns=header)
+    frame = pd.DataFrame({i: columns.series(i) for i in range(len(header))})
+    frame = frame.set_axis(header, axis=1)  # (a header may repeat a name)
     frame["source_file"] = origin
-    frame["source_line"] = lines
+    frame["source_line"] = np.frombuffer(lines, dtype=np.int64)
     return frame
 
 
-def _read_jsonl(text: str, origin: str) -> pd.DataFrame:
-    records, lines = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+def _read_jsonl(stream: Iterable[str] | str, origin: str, text_column: str) -> pd.DataFrame:
+    """Parse JSON Lines. A string ``text_column`` is packed into Arrow strings as it is read;
+    every other field keeps its JSON value (checked by :func:`_select_text_columns`)."""
+    if isinstance(stream, str):
+        stream = io.StringIO(stream, newline="")
+    texts = _ArrowColumns([text_column])
+    fields: dict[str, list[Any]] = {}
+    lines = array.array("q")
+    other_text: tuple[int, Any] | None = None  # the first text that is not a JSON string
+    text_seen = False
+    for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
         try:
@@ -303,18 +385,36 @@ def _read_jsonl(text: str, origin: str) -> pd.DataFrame:
         except json.JSONDecodeError as exc:
             raise StageError(f"{origin}:{number}: not valid JSON: {exc.msg}") from None
         if not isinstance(record, dict):
-            raise StageError(f"{origin}:{number}: expected a JSON object, got {line[:80]!r}")
-        records.append(record)
+            raise StageError(
+                f"{origin}:{number}: expected a JSON object, got {line.strip()[:80]!r}"
+            )
+        text_seen = text_seen or text_column in record
+        text = record.pop(text_column, MISSING)
+        if not isinstance(text, str) and other_text is None:
+            other_text = (number, text)
+        try:
+            texts.add([text if isinstance(text, str) else None])
+        except UnicodeEncodeError as exc:
+            raise StageError(
+                f"{origin}:{number}: field {text_column!r} (data.text_column) holds a lone "
+                f"surrogate escape ({exc.object[exc.start : exc.end]!a}), which is not text: "
+                "remove it from the file"
+            ) from None
+        for key in [k for k in record if k not in fields]:  # first seen here: missing before
+            fields[key] = [MISSING] * len(lines)
+        for key, values in fields.items():
+            values.append(record.get(key, MISSING))
         lines.append(number)
     # The JSON values as they are (no pandas type inference: null stays None, 1 stays an int
     # beside a null); a field a record lacks is MISSING. _select_text_columns checks them.
-    columns = dict.fromkeys(key for record in records for key in record)
-    frame = pd.DataFrame(
-        {c: pd.Series([r.get(c, MISSING) for r in records], dtype=object) for c in columns},
-        index=pd.RangeIndex(len(records)),
-    )
+    frame = pd.DataFrame(index=pd.RangeIndex(len(lines)))
+    if text_seen:
+        frame[text_column] = texts.series(0)
+    for key, values in fields.items():
+        frame[key] = pd.Series(values, dtype=object)
+    frame.attrs["other_text"] = other_text
     frame["source_file"] = origin
-    frame["source_line"] = lines
+    frame["source_line"] = np.frombuffer(lines, dtype=np.int64)
     return frame
 
 
@@ -333,17 +433,16 @@ def _select_text_columns(frame: pd.DataFrame, data: DataParams, origin: str) -> 
                 f"{origin}: no {role} column {column!r} (columns: {available}); "
                 f"set data.{role}_column"
             )
-    lines = frame["source_line"].tolist()
-    for value, line in zip(frame[data.text_column], lines, strict=True):
-        if not isinstance(value, str):  # only JSONL has other values: CSV/TSV fields are text
-            raise StageError(
-                f"{origin}:{line}: field {data.text_column!r} (data.text_column) is "
-                f"{_described(value)}; a text must be a JSON string (null, missing, numbers, "
-                "booleans, objects and lists are refused, never converted)"
-            )
-    labels = _label_names(frame[data.label_column].tolist(), lines, origin, data.label_column)
+    other_text = frame.attrs.get("other_text")  # only JSONL has them: CSV/TSV fields are text
+    if other_text is not None:
+        line, value = other_text
+        raise StageError(
+            f"{origin}:{line}: field {data.text_column!r} (data.text_column) is "
+            f"{_described(value)}; a text must be a JSON string (null, missing, numbers, "
+            "booleans, objects and lists are refused, never converted)"
+        )
     selected = pd.DataFrame({"text": frame[data.text_column]})
-    selected["label"], normalised = _clean_labels(labels, lines, origin, data.label_column)
+    selected["label"], normalised = _checked_labels(frame, data.label_column, origin)
     if data.group_column:  # a group only keeps rows together: any JSON value becomes a string
         selected["group"] = [
             None if v is None or v is MISSING else v if isinstance(v, str) else _json(v)
@@ -354,6 +453,31 @@ def _select_text_columns(frame: pd.DataFrame, data: DataParams, origin: str) -> 
     # Rows whose label the label rule changed, for prepare to note in summary.json.
     selected.attrs["labels_normalised"] = normalised
     return selected
+
+
+def _checked_labels(frame: pd.DataFrame, column: str, origin: str) -> tuple[pd.Series, int]:
+    """The label column with the label rule applied, and how many rows it changed. A string
+    column (CSV, TSV) is checked once per distinct label; JSONL values one by one."""
+    values = frame[column]
+    if not pd.api.types.is_string_dtype(values) or values.dtype == object:
+        lines = frame["source_line"].tolist()
+        labels = _label_names(values.tolist(), lines, origin, column)
+        cleaned, normalised = _clean_labels(labels, lines, origin, column)
+        return pd.Series(cleaned, index=frame.index, dtype=object), normalised
+    codes, uniques = pd.factorize(values)
+    seen, first_index = np.unique(codes, return_index=True)  # uniques are numbered 0, 1, ...
+    first_rows = first_index[seen >= 0].tolist()
+    lines = frame["source_line"].to_numpy()[first_rows].tolist()
+    cleaned, _ = _clean_labels(list(uniques), lines, origin, column, note=False)
+    changed = [k for k, (old, new) in enumerate(zip(uniques, cleaned, strict=True)) if old != new]
+    rows_changed = int(np.isin(codes, changed).sum())
+    if changed:
+        first = min(changed, key=lambda k: first_rows[k])
+        _note_changes(
+            [(lines[first], uniques[first], cleaned[first])], origin, "labels", rows_changed
+        )
+    mapped = pd.array(cleaned, dtype="str").take(codes, allow_fill=True)
+    return pd.Series(mapped, index=frame.index), rows_changed
 
 
 # --- the label rule: one place for text labels and CoNLL tags --------------------------------
@@ -401,7 +525,7 @@ def clean_label(value: str) -> str:
 
 
 def _clean_labels(
-    labels: list[str | None], lines: list[int], origin: str, column: str
+    labels: list[str | None], lines: list[int], origin: str, column: str, note: bool = True
 ) -> tuple[list[str | None], int]:
     """Apply :func:`clean_label` to every label; return them and how many it changed."""
     cleaned, changed = [], []
@@ -420,7 +544,8 @@ def _clean_labels(
         if new != label:
             changed.append((line, label, new))
         cleaned.append(new or None)
-    _note_changes(changed, origin, "labels")
+    if note:
+        _note_changes(changed, origin, "labels")
     return cleaned, len(changed)
 
 
@@ -448,14 +573,16 @@ def _clean_tags(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
     return frame
 
 
-def _note_changes(changed: list[tuple[int, str, str]], origin: str, what: str) -> None:
+def _note_changes(
+    changed: list[tuple[int, str, str]], origin: str, what: str, count: int | None = None
+) -> None:
     if changed:
         line, old, new = changed[0]
         log.warning(
             "%s: %d %s normalised (surrounding whitespace stripped, Unicode NFC), "
             "e.g. line %d: %s -> %s",
             origin,
-            len(changed),
+            len(changed) if count is None else count,
             what,
             line,
             _shown(old),

@@ -22,6 +22,7 @@ import yaml
 
 from tasks.config import Params
 from tasks.environment import PROJECT_ROOT, STATE_DIR
+from tasks.errors import StageError
 
 PIPELINE_TAG = "pipeline.id"
 STAGE_TAG = "pipeline.stage"
@@ -53,9 +54,39 @@ def use_store(params: Params, state_dir: Path = STATE_DIR) -> str:
     uri = tracking_uri(params, state_dir)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith(("http://", "https://")):
+        require_server(uri, "tracking.uri" if params.tracking.uri else "MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+SERVER_TRIES = (0, 1, 2, 4)  # seconds to wait before each try of an unreachable server
+
+
+def require_server(uri: str, key: str) -> None:
+    """Fail early and in one line when the MLflow server at ``uri`` does not answer (a few
+    tries with backoff, ~7 s), before any run is opened: MLflow's own client retries a
+    refused connection for minutes and ends with a traceback that names no setting."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    reason = ""
+    for delay in SERVER_TRIES:
+        time.sleep(delay)
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return  # the server answered (a proxy may not know /health)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = str(getattr(exc, "reason", exc))
+    raise StageError(
+        f"{key}: the MLflow server {uri} does not answer ({reason}; {len(SERVER_TRIES)} tries "
+        f"over {sum(SERVER_TRIES)} s). Start it, or set tracking.uri: null to use the "
+        "project's SQLite store; nothing was recorded"
+    )
 
 
 def configure(params: Params, state_dir: Path = STATE_DIR) -> str:

@@ -20,12 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import typer
 
 from tasks.cli import stage_command
 from tasks.config import Params, load_params
 from tasks.errors import StageError
+from tasks.rowkeys import first_rows, row_keys
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -166,8 +168,16 @@ def _load(path: Path, token: bool) -> pd.DataFrame:
     except Exception as exc:
         raise StageError(f"{path}: cannot read the parquet file: {exc}") from None
     columns = list(frame.columns)
-    # Object dtype: GX then checks each value's Python type, whatever pandas' storage type is.
-    frame = frame.astype(object)
+    # GX checks each value's Python type in an object column and the dtype of any other. A
+    # string column stays in Arrow (pd.StringDtype(): only str or missing values, which GX
+    # accepts as type "StringDtype", see _expect) and an int64 one as it is; any other
+    # column becomes object, so its values are checked one by one. Objects for every text
+    # took 14x the file in memory (bench/memory.py).
+    for column in frame.columns:
+        if pd.api.types.is_string_dtype(frame[column]) and frame[column].dtype != object:
+            frame[column] = frame[column].astype(pd.StringDtype())
+        elif frame[column].dtype != "int64":
+            frame[column] = frame[column].astype(object)
     for column in ("tokens", "tags") if token else ():
         if column in frame:  # parquet lists arrive as numpy arrays
             frame[column] = frame[column].map(
@@ -193,8 +203,11 @@ def _derive(frame: pd.DataFrame, token: bool) -> pd.DataFrame:
         frame["iob_error"] = tags.map(_iob_error)
         frame["entity_types"] = tags.map(lambda ts: {t[2:] for t in ts if _is_tag(t) and t != "O"})
     if "key" in frame:  # duplicate_of: the row where this row's text first occurs, or None
-        first = pd.Series(frame.index, index=frame.index).groupby(frame["key"]).transform("min")
-        frame["duplicate_of"] = [int(f) if f == f and f != i else None for i, f in first.items()]
+        first, _ = first_rows(row_keys(frame["key"]))
+        repeats = np.flatnonzero((first != np.arange(len(frame))) & frame["key"].notna())
+        duplicate_of = np.full(len(frame), None, dtype=object)
+        duplicate_of[repeats] = first[repeats].tolist()
+        frame["duplicate_of"] = duplicate_of
     return frame
 
 
@@ -258,10 +271,12 @@ def _suites(
     if token and "entity_types" in train:
         seen = sorted(set().union(*train["entity_types"]))
     elif not token and "label" in train:
-        seen = sorted(set(train["label"].dropna().astype(str)))
+        seen = sorted(train["label"].dropna().astype(str).unique())
+    train_keys = row_keys(train["key"].dropna()) if "key" in train else None
     for split, frame in frames.items():  # derived columns that compare with train or params
-        if split != "train" and "key" in frame and "key" in train:
-            frame["in_train"] = frame["key"].notna() & frame["key"].isin(train["key"].dropna())
+        if split != "train" and "key" in frame and train_keys is not None:
+            in_train = np.isin(row_keys(frame["key"]), train_keys)
+            frame["in_train"] = frame["key"].notna().to_numpy() & in_train
         known = {"entity_type_allowed": allowed, "entity_type_in_train": seen}
         for check, types in known.items() if "entity_types" in frame else ():
             if types is not None and not (split == "train" and check == "entity_type_in_train"):
@@ -299,7 +314,7 @@ def _spellings(
         if token and "entity_types" in frame:
             counts.update(t for types in frame["entity_types"] for t in types)
         elif not token and "label" in frame:
-            counts.update(frame["label"].dropna().astype(str))
+            counts.update(frame["label"].dropna().astype(str).value_counts().to_dict())
     classes = sorted(counts)
     folded: dict[str, list[str]] = {}
     for name in classes:
@@ -395,8 +410,10 @@ def _split_expectations(
         if column != "group":
             yield _expect("column_exists", ex.ExpectColumnToExist, column=column)
         if column in frame:
+            # A string column in Arrow (see _load) holds only str: GX accepts its dtype.
+            types = [type_, "StringDtype"] if type_ == "str" else [type_]
             yield _expect(
-                "column_type", ex.ExpectColumnValuesToBeInTypeList, column=column, type_list=[type_]
+                "column_type", ex.ExpectColumnValuesToBeInTypeList, column=column, type_list=types
             )
     if split == "train":
         yield _expect("not_empty", ex.ExpectTableRowCountToBeBetween, min_value=1)
@@ -475,6 +492,12 @@ def _gx() -> Any:
 
     # This module sets its own level on import.
     logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    # GX fingerprints every batch under HASH_THRESHOLD bytes (a batch marker the reports do
+    # not use) by hashing the whole frame, which turns every text into a Python object for
+    # the moment: +3x the file in peak memory (bench/memory.py). 0 turns the marker off.
+    pandas_execution_engine.HASH_THRESHOLD = 0
     return gx
 
 

@@ -1,0 +1,141 @@
+"""Benchmark (not a test): peak memory of ``prepare`` and ``validate`` on a large file.
+
+Generates a CSV (or JSONL) of ``--mb`` megabytes of review-like rows (two labels, texts of
+40-400 characters, a few repeats) under ``.state/tmp/``, copies the project's code there,
+runs ``python -m tasks.prepare`` then ``python -m tasks.validate`` as child processes and
+reads each one's peak resident set size (``ru_maxrss`` of the waited child). The issue's
+bound: peak RSS under 3x the file size. Prints a table and appends it to
+``bench/RESULTS.md`` (``--no-record``: print only).
+
+    .venv/bin/python bench/memory.py --mb 200 --format csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from results import append_section  # bench/results.py
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "RESULTS.md"
+WORDS_TEXT = (
+    "the a movie film plot actor story scene was is and it this that very quite with of in on "
+    "to for at by from about some long short old new big small good great bad awful dull "
+    "brilliant director script music ending character performance"
+)
+WORDS = WORDS_TEXT.split(" ")
+
+
+def generate(path: Path, megabytes: float, fmt: str, seed: int = 0) -> int:
+    """Write about ``megabytes`` MB of labelled texts to ``path``; return the rows written."""
+    rng = random.Random(seed)
+    target, written, rows = int(megabytes * 1e6), 0, 0
+    with path.open("w", encoding="utf-8", newline="") as out:
+        if fmt == "csv":
+            written += out.write("text,label\n")
+        previous: list[str] = []
+        while written < target:
+            if previous and rng.random() < 0.01:  # a few exact repeats, as real data has
+                text = rng.choice(previous)
+            else:
+                text = " ".join(rng.choices(WORDS, k=rng.randint(8, 70))) + f" #{rows}"
+                if len(previous) < 1000:
+                    previous.append(text)
+            label = "positive" if rng.random() < 0.5 else "negative"
+            if fmt == "csv":
+                line = f'"{text}",{label}\n'
+            else:
+                line = json.dumps({"text": text, "label": label}) + "\n"
+            written += out.write(line)
+            rows += 1
+    return rows
+
+
+def project(directory: Path, data_file: Path, code: Path = ROOT) -> Path:
+    """The code and params of ``code`` (a checkout) in ``directory``, reading ``data_file``
+    as one source."""
+    shutil.copytree(code / "tasks", directory / "tasks", ignore=shutil.ignore_patterns("__py*"))
+    for name in ("params.yaml", "pyproject.toml"):
+        shutil.copy2(code / name, directory / name)
+    (directory / "data" / "external").mkdir(parents=True)
+    shutil.move(data_file, directory / "data" / "external" / data_file.name)
+    params = yaml.safe_load((directory / "params.yaml").read_text())
+    params["data"]["source"] = {"path": f"data/external/{data_file.name}"}
+    (directory / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return directory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=float, default=200)
+    parser.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    parser.add_argument("--label", default="", help="a note for the results table")
+    parser.add_argument(
+        "--code", type=Path, default=ROOT, help="a checkout whose code runs (e.g. an old one)"
+    )
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    scratch = ROOT / ".state" / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="bench-memory-") as tmp:
+        data_file = Path(tmp) / f"big.{args.format}"
+        rows = generate(data_file, args.mb, args.format)
+        size = data_file.stat().st_size
+        copy = project(Path(tmp) / "project", data_file, args.code)
+        measured = []
+        for stage in ("prepare", "validate"):
+            # A fresh child per stage: RUSAGE_CHILDREN's maximum is then this stage's alone
+            # (each runs in its own measuring process).
+            probe = (
+                "import resource, subprocess, sys; "
+                "done = subprocess.run(sys.argv[1:]); "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+                "sys.exit(done.returncode)"
+            )
+            start = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-c", probe, sys.executable, "-m", f"tasks.{stage}"],
+                cwd=copy,
+                capture_output=True,
+                text=True,
+            )
+            wall = time.perf_counter() - start
+            if done.returncode:
+                print(done.stdout[-3000:], done.stderr[-3000:])
+                raise SystemExit(f"{stage} failed ({done.returncode})")
+            rss = int(done.stdout.strip().splitlines()[-1]) * 1024
+            measured.append((stage, rss, wall))
+            print(f"{stage}: peak RSS {rss / 1e6:.0f} MB = {rss / size:.2f}x, {wall:.1f} s")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"## memory: {now}{' (' + args.label + ')' if args.label else ''}",
+        "",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        f"- command: `.venv/bin/python bench/memory.py --mb {args.mb:g} --format {args.format}"
+        + (f" --code {args.code}`" if args.code != ROOT else "`"),
+        f"- input: {args.format.upper()} {size / 1e6:.1f} MB, {rows:,} rows",
+        "",
+        "| stage | peak RSS MB | peak RSS / file size | wall s |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {s} | {r / 1e6:.0f} | {r / size:.2f} | {w:.1f} |" for s, r, w in measured]
+    if args.no_record:
+        print("\n".join(lines))
+    else:
+        append_section(RESULTS, lines)
+
+
+if __name__ == "__main__":
+    main()
