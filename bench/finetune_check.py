@@ -3,7 +3,7 @@ an SST-2 sample; prints and writes one JSON line with the dev score, speed and b
 
     .venv/bin/python bench/finetune_check.py --model .state/gpu-carry/model \
         --shared ../shared/datasets --examples 8000 --max-tokens null --out ref.json
-    python3 bench/finetune_check.py ... --reference bench/finetune_reference.json --tolerance 1.0
+    python3 bench/finetune_check.py ... --reference ref.json --tolerance 1.5
 
 ``--reference``: compare the dev accuracy with a stored run's (e.g. the CPU path's on the same
 sample and model); exit 1 when it differs by more than ``--tolerance`` points.
@@ -33,6 +33,7 @@ def main() -> int:
     parser.add_argument("--model", required=True, help="model.name_or_path")
     parser.add_argument("--shared", required=True, help="folder with sst2/train.tsv, dev.tsv")
     parser.add_argument("--examples", type=int, default=8000, help="train sample (0: all)")
+    parser.add_argument("--dev", type=int, default=0, help="dev examples (0: all)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-tokens", default="null", help="auto, null or a number")
@@ -72,6 +73,8 @@ def main() -> int:
     chosen = corpus.train if not args.examples else throughput.sample(
         corpus.train, args.examples, args.seed
     )  # fmt: skip
+    if args.dev:
+        corpus.dev = corpus.dev.head(args.dev)
     SCRATCH.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="finetune-check-", dir=SCRATCH))
     try:
