@@ -29,8 +29,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TMPDIR := $(CURDIR)/.state/tmp
 $(shell mkdir -p .state/tmp)
 
-.PHONY: help setup lock run test lint format clean prefect-server serve-flows worker ui serve-model \
-	postgres-binaries postgres postgres-stop tracking-server
+.PHONY: help setup lock run test lint format gpu-carry clean prefect-server serve-flows worker ui \
+	serve-model postgres-binaries postgres postgres-stop tracking-server
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -101,6 +101,9 @@ lint: setup  ## ruff lint and format check
 format: setup  ## Apply ruff fixes and formatting
 	ruff check --fix .
 	ruff format .
+
+gpu-carry: setup  ## Wheels, bf16 model and data samples for bench/gpu_check.sh (.state/gpu-carry)
+	bash bench/gpu_carry.sh
 
 MLFLOW_DB    := sqlite:///$(CURDIR)/.state/mlflow/mlflow.db
 MLFLOW_PORT  ?= 5000

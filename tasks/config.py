@@ -200,6 +200,9 @@ class TrainParams(Section):
     scheduler: Literal["linear", "cosine"] = "linear"
     epochs: Annotated[int, Field(gt=0)] = 3
     batch_size: Annotated[int, Field(gt=0)] = 32
+    # Padded tokens per batch instead of batch_size examples; auto: 16384 on CUDA, null on a
+    # CPU. The learning rate is scaled by sqrt(mean examples per batch / batch_size).
+    max_tokens_per_batch: Literal["auto"] | Annotated[int, Field(gt=0)] | None = "auto"
     gradient_accumulation_steps: Annotated[int, Field(gt=0)] = 1
     max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
     dropout: Annotated[float, Field(ge=0, lt=1)] | None = None  # null: keep the model's
@@ -361,6 +364,8 @@ class EvaluateParams(Section):
     """Stage ``evaluate``: scores on the test split."""
 
     batch_size: Annotated[int, Field(gt=0)] = 64
+    # Padded tokens per batch instead of batch_size; auto: 65536 on CUDA, null on a CPU.
+    max_tokens_per_batch: Literal["auto"] | Annotated[int, Field(gt=0)] | None = "auto"
     max_errors: Annotated[int, Field(ge=0)] = 50  # misclassified examples in errors.jsonl
 
 

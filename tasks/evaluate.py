@@ -36,14 +36,17 @@ from tasks.errors import StageError
 from tasks.metrics import entity_scores, text_scores
 from tasks.modeling import (
     ModelSource,
+    check_budget,
     choose_precision,
     entity_type,
+    inference_batches,
     load_tokenizer,
     make_collator,
     model_class,
     model_columns,
+    position_cap,
     quiet_transformers,
-    sorted_by_length,
+    token_budget,
     vocab_hash,
     write_json,
 )
@@ -79,12 +82,20 @@ def load_model(model_dir: Path, task: str) -> tuple[Any, Any]:
 
 
 def predict(
-    model: Any, tokenizer: Any, dataset: Any, task: str, batch_size: int, precision: Any
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    task: str,
+    batch_size: int,
+    precision: Any,
+    max_tokens: int | None = None,
 ) -> tuple[list[Any], dict[str, float]]:
     """Class probabilities per example (text) or per sub-token (tokens), in dataset order.
 
-    Batches are cut from the examples sorted by length (little padding), padded per batch,
-    and run under ``inference_mode`` with the training precision's autocast.
+    Batches are cut from the examples sorted by length (little padding): ``batch_size``
+    examples, or as many as fit in ``max_tokens`` padded tokens; each is padded to its
+    bucket (few shapes) and run under ``inference_mode`` with the training precision's
+    autocast.
 
     Returns:
         The probabilities (numpy arrays) and timing: ``seconds``, ``samples_per_second``,
@@ -97,16 +108,16 @@ def predict(
     inputs = dataset.select_columns([c for c in model_columns(dataset) if c != "labels"])
     collate = make_collator("text_classification", tokenizer)  # pads inputs only
     lengths = list(dataset["length"])
-    order = sorted_by_length(lengths)
-    probabilities: list[Any] = [None] * len(order)
+    batches = inference_batches(lengths, batch_size, max_tokens, position_cap(tokenizer))
+    probabilities: list[Any] = [None] * len(lengths)
     tokens = 0
     started = time.perf_counter()
     # One read of the columns: indexing the dataset row by row costs ~10x more per row.
     columns = inputs.to_dict()
-    progress = Progress(-(-len(order) // batch_size), "evaluate", unit="batch")
+    progress = Progress(len(batches), "evaluate", unit="batch")
+    predicted = 0
     with torch.inference_mode(), precision.autocast():
-        for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
+        for indices in batches:
             batch = collate([{c: values[i] for c, values in columns.items()} for i in indices])
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(**batch).logits.float()
@@ -117,12 +128,13 @@ def predict(
                     probabilities[i] = probs[row]
                 else:  # keep the unpadded positions only
                     probabilities[i] = probs[row, : lengths[i]]
-            progress.update(examples=start + len(indices))
+            predicted += len(indices)
+            progress.update(examples=predicted)
     progress.close()
     seconds = time.perf_counter() - started
     timing = {
         "inference_seconds": round(seconds, 4),
-        "samples_per_second": round(len(order) / seconds, 2) if seconds > 0 else None,
+        "samples_per_second": round(len(lengths) / seconds, 2) if seconds > 0 else None,
         "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
     }
     return probabilities, timing
@@ -198,8 +210,12 @@ def evaluate(
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     labels = [id2label[i] for i in range(len(id2label))]
     precision = choose_precision(params.train.precision)
+    max_tokens = token_budget(params.evaluate.max_tokens_per_batch, precision.device, "inference")
+    check_budget(
+        max_tokens, list(test["length"]), position_cap(tokenizer), "evaluate.max_tokens_per_batch"
+    )
     probabilities, timing = predict(
-        model, tokenizer, test, task, params.evaluate.batch_size, precision
+        model, tokenizer, test, task, params.evaluate.batch_size, precision, max_tokens
     )
 
     reports_dir = Path(reports_dir)
@@ -247,6 +263,7 @@ def evaluate(
     speed = {
         **timing,
         "batch_size": params.evaluate.batch_size,
+        "max_tokens_per_batch": max_tokens,
         "dtype": str(precision.dtype).removeprefix("torch."),
         "device": str(precision.device),
     }

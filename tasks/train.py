@@ -18,8 +18,9 @@ Methods: ``full`` (all weights), ``head`` (encoder frozen), ``lora`` (peft adapt
 into the saved model). transformers' ``Trainer`` runs the loop (mixed precision, gradient
 accumulation, clipping, schedules, checkpoint/resume with RNG and optimizer state are all
 solved there); this module adds the parts it lacks: a resume-exact length-grouped sampler,
-per-epoch checkpoints, best-epoch restore without forcing eval and save onto one schedule,
-and measurements of real (non-padding) throughput.
+token-budget batches (``train.max_tokens_per_batch``), per-epoch checkpoints, best-epoch
+restore without forcing eval and save onto one schedule, and measurements of real
+(non-padding) throughput.
 """
 
 from __future__ import annotations
@@ -57,15 +58,22 @@ from tasks.modeling import (
     LengthGroupedSampler,
     ModelSource,
     Precision,
+    TokenBudgetBatches,
+    check_budget,
     choose_precision,
+    inference_batches,
     load_matching_tokenizer,
     make_collator,
+    mean_batch_examples,
     model_class,
     model_columns,
+    position_cap,
     quiet_transformers,
     replace_dir,
     resolve_model_source,
+    scaled_learning_rate,
     sorted_by_length,
+    token_budget,
     write_json,
 )
 from tasks.tokenize import TOKENIZED_DIR, load_tokenized
@@ -203,6 +211,22 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
+def batch_plan(
+    tp: TrainParams, lengths: list[int], device: str, tokenizer: Any
+) -> tuple[int | None, float, float]:
+    """(token budget or ``None``, learning rate, mean examples per batch) for training.
+
+    Raises:
+        StageError: the budget cannot hold the longest example.
+    """
+    max_tokens = token_budget(tp.max_tokens_per_batch, device, "train")
+    check_budget(max_tokens, lengths, position_cap(tokenizer), "train.max_tokens_per_batch")
+    mean = mean_batch_examples(lengths, tp.batch_size, max_tokens)
+    if max_tokens is None:
+        return None, tp.learning_rate, mean
+    return max_tokens, scaled_learning_rate(tp.learning_rate, tp.batch_size, mean), mean
+
+
 # --- checkpoints ------------------------------------------------------------------------------
 
 
@@ -255,13 +279,57 @@ def _trainer_classes() -> tuple[type, type, type]:
     from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 
     class MeasuredTrainer(Trainer):
-        """Trainer with a resume-exact length-grouped sampler, length-sorted evaluation
-        batches, and counters of real (non-padding) tokens."""
+        """Trainer with a resume-exact length-grouped sampler (or token-budget batches),
+        length-sorted evaluation batches, and counters of real (non-padding) tokens.
 
-        def __init__(self, *args: Any, lengths: dict[str, list[int]], group: bool, **kw: Any):
+        Earns its place against ``Trainer`` with ``group_by_length``: exact resume, token
+        budgets (transformers has none) and the real-token counters the reports need; its
+        speed is benchmarked against that path in bench/throughput.py ("Trainer best flags").
+        """
+
+        def __init__(
+            self,
+            *args: Any,
+            lengths: dict[str, list[int]],
+            group: bool,
+            max_tokens: int | None = None,
+            **kw: Any,
+        ):
             super().__init__(*args, **kw)
-            self.lengths, self.group = lengths, group
+            self.lengths, self.group, self.max_tokens = lengths, group, max_tokens
             self.samples_seen = self.tokens_seen = self.padded_tokens_seen = 0
+
+        def _budget_loader(self, dataset: Any, batch_sampler: Any) -> Any:
+            from torch.utils.data import DataLoader
+
+            loader = DataLoader(
+                dataset,
+                batch_sampler=batch_sampler,
+                collate_fn=self.data_collator,
+                num_workers=self.args.dataloader_num_workers,
+                pin_memory=self.args.dataloader_pin_memory,
+            )
+            return self.accelerator.prepare(loader)
+
+        def get_train_dataloader(self) -> Any:
+            if not self.max_tokens:
+                return super().get_train_dataloader()
+            cap = position_cap(self.processing_class)
+            batches = TokenBudgetBatches(
+                self.lengths["train"], self.max_tokens, seed=self.args.seed, cap=cap
+            )
+            return self._budget_loader(self.train_dataset, batches)
+
+        def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+            if not self.max_tokens or eval_dataset is not None:
+                return super().get_eval_dataloader(eval_dataset)
+            batches = inference_batches(
+                self.lengths["validation"],
+                self.args.eval_batch_size,
+                2 * self.max_tokens,  # no gradients: twice the training budget fits
+                position_cap(self.processing_class),
+            )
+            return self._budget_loader(self.eval_dataset, batches)
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             return LengthGroupedSampler(
@@ -417,13 +485,23 @@ def train(
         source.spec, tp.method, f"{trainable:,}", f"{total:,}", head, precision.dtype,
         precision.device,
     )  # fmt: skip
+    lengths = {s: list(data[s]["length"]) for s in ("train", "validation")}
+    max_tokens, learning_rate, mean_batch = batch_plan(
+        tp, lengths["train"], precision.device, tokenizer
+    )
+    if max_tokens:
+        log.info(
+            "batches of at most %d padded tokens (%.1f examples on average): learning rate "
+            "%.3g (sqrt rule from %.3g at batch %d)",
+            max_tokens, mean_batch, learning_rate, tp.learning_rate, tp.batch_size,
+        )  # fmt: skip
 
     args = TrainingArguments(
         output_dir=str(run_dir),
         per_device_train_batch_size=tp.batch_size,
         per_device_eval_batch_size=tp.batch_size * 2,
         gradient_accumulation_steps=tp.gradient_accumulation_steps,
-        learning_rate=tp.learning_rate,
+        learning_rate=learning_rate,
         weight_decay=tp.weight_decay,
         warmup_steps=float(tp.warmup_ratio),  # a float in [0, 1) is a ratio of all steps
         lr_scheduler_type=tp.scheduler,
@@ -465,8 +543,9 @@ def train(
         compute_metrics=_compute_metrics(task, labels),
         preprocess_logits_for_metrics=_argmax,
         callbacks=callbacks,
-        lengths={s: list(data[s]["length"]) for s in ("train", "validation")},
+        lengths=lengths,
         group=tp.group_by_length,
+        max_tokens=max_tokens,
     )
     progress.install(trainer, "train")  # step/total, loss, tokens/s, ETA; no raw dicts
     resumed_step = None
@@ -499,6 +578,9 @@ def train(
         "global_steps": state.global_step,
         "resumed_from_step": resumed_step,
         "train_examples": len(data["train"]),
+        "max_tokens_per_batch": max_tokens,
+        "mean_batch_examples": round(mean_batch, 2),
+        "learning_rate": learning_rate,
         "train_samples_per_second": _rate(trainer.samples_seen, train_seconds),
         "train_tokens_per_second": _rate(trainer.tokens_seen, train_seconds),
         "padding_share": round(1 - trainer.tokens_seen / trainer.padded_tokens_seen, 4)

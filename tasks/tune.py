@@ -104,7 +104,14 @@ from tasks.modeling import (
 )
 from tasks.progress import TrialProgress, quiet_optuna
 from tasks.tokenize import MANIFEST, TOKENIZED_DIR
-from tasks.train import _argmax, _compute_metrics, _trainer_classes, apply_method, build_model
+from tasks.train import (
+    _argmax,
+    _compute_metrics,
+    _trainer_classes,
+    apply_method,
+    batch_plan,
+    build_model,
+)
 
 log = logging.getLogger(__name__)
 REPORTS_DIR = PROJECT_ROOT / "reports"
@@ -705,12 +712,16 @@ class Objective:
             transformers.set_seed(tp.seed)  # the same head initialisation in every trial
             model, _ = build_model(data.task, data.source, data.labels, tp.dropout)
             model = apply_method(model, data.task, tp)
+            # The train stage's batches (token budget, scaled learning rate) in every trial.
+            max_tokens, learning_rate, _ = batch_plan(
+                tp, data.lengths["train"], precision.device, data.tokenizer
+            )
             args = TrainingArguments(
                 output_dir=str(scratch),
                 per_device_train_batch_size=tp.batch_size,
                 per_device_eval_batch_size=tp.batch_size * 2,
                 gradient_accumulation_steps=tp.gradient_accumulation_steps,
-                learning_rate=tp.learning_rate,
+                learning_rate=learning_rate,
                 weight_decay=tp.weight_decay,
                 warmup_steps=float(tp.warmup_ratio),  # a float in [0, 1) is a ratio
                 lr_scheduler_type=tp.scheduler,
@@ -745,6 +756,7 @@ class Objective:
                 callbacks=[reporter],
                 lengths=data.lengths,
                 group=tp.group_by_length,
+                max_tokens=max_tokens,
             )
             trainer.remove_callback(PrinterCallback)  # no metrics dicts on stdout
             trainer.train()

@@ -1,0 +1,243 @@
+"""Shapes a GPU likes: bucketed padding, token-budget batches, the CUDA attention choice."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from conftest import tiny_params, write_toy_prepared
+
+from tasks.errors import StageError
+from tasks.modeling import (
+    LengthGroupedSampler,
+    TokenBudgetBatches,
+    buckets,
+    check_budget,
+    inference_batches,
+    make_collator,
+    mean_batch_examples,
+    padded_length,
+    scaled_learning_rate,
+    token_budget,
+)
+
+torch = pytest.importorskip("torch")
+CUDA = torch.cuda.is_available()
+
+
+def random_lengths(n: int, seed: int = 0, low: int = 3, high: int = 128) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randint(low, high) for _ in range(n)]
+
+
+def test_buckets_are_few_and_cover_every_length():
+    assert buckets(128) == [8, 16, 24, 32, 40, 48, 56, 64, 96, 128]
+    assert len(buckets(512)) == 22
+    for n in range(1, 513):
+        assert n <= padded_length(n) < n + 32
+    assert padded_length(100, cap=100) == 100  # never beyond the model's positions
+    assert padded_length(120, cap=100) == 120  # a longer input is never cut
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory, tiny_model_dir):
+    """Toy text and token data tokenized by the stage (max_length 32), and the tokenizer."""
+    from transformers import AutoTokenizer
+
+    from tasks.tokenize import load_tokenized, tokenize
+
+    out = {}
+    directory = tmp_path_factory.mktemp("batching")
+    for task in ("text_classification", "token_classification"):
+        params = tiny_params(task, tiny_model_dir)
+        prepared = write_toy_prepared(directory / task / "prepared", task, 300, 80)
+        target = directory / task / "tokenized"
+        tokenize(params, prepared, target, directory / task / "tokenize.json", directory / task)
+        out[task] = load_tokenized(target)[0]
+    return out, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def trainer_for(task: str, data, tokenizer, tiny_model_dir: Path, tmp_path: Path, **kw):
+    """The train stage's Trainer subclass, as train() builds it (no training run)."""
+    from transformers import TrainingArguments
+
+    from tasks.modeling import model_class, model_columns
+    from tasks.train import _trainer_classes
+
+    trainer_cls, _, _ = _trainer_classes()
+    model = model_class(task).from_pretrained(tiny_model_dir, num_labels=5)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=32,
+        use_cpu=True,
+        report_to="none",
+        remove_unused_columns=False,
+        seed=3,
+    )
+    return trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=data["train"].select_columns(model_columns(data["train"])),
+        eval_dataset=data["validation"].select_columns(model_columns(data["validation"])),
+        data_collator=make_collator(task, tokenizer),
+        processing_class=tokenizer,
+        lengths={s: list(data[s]["length"]) for s in ("train", "validation")},
+        group=True,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("task", ["text_classification", "token_classification"])
+@pytest.mark.parametrize("max_tokens", [None, 160])
+def test_training_and_evaluation_shapes_are_bounded_by_the_buckets(
+    task, max_tokens, tokenized, tiny_model_dir, tmp_path
+):
+    datasets, tokenizer = tokenized
+    data = datasets[task]
+    trainer = trainer_for(task, data, tokenizer, tiny_model_dir, tmp_path, max_tokens=max_tokens)
+    allowed = set(buckets(32))
+    # Evaluation batches get twice the training budget (no gradients).
+    for loader, budget in ((trainer.get_train_dataloader(), max_tokens),
+                           (trainer.get_eval_dataloader(), 2 * (max_tokens or 0))):  # fmt: skip
+        shapes, seen = set(), 0
+        for batch in loader:
+            rows, width = batch["input_ids"].shape
+            assert width in allowed
+            assert batch["attention_mask"].sum(dim=1).max() > width - 8  # the smallest bucket
+            if "labels" in batch and batch["labels"].dim() == 2:
+                assert batch["labels"].shape == (rows, width)
+            if max_tokens:
+                assert rows * width <= budget
+            shapes.add((rows, width))
+            seen += rows
+        assert seen == len(loader.dataset)
+        # batch_size: one full shape per bucket plus the last batch; budget: per bucket one
+        # full and one short batch (training), or one per bucket plus the last (inference).
+        assert len({w for _, w in shapes}) <= len(allowed)
+        assert len(shapes) <= 2 * len(allowed)
+    # The dynamic-padding baseline sees many more widths on the same data.
+    lengths = list(data["train"]["length"])
+    assert len(set(lengths)) > len({padded_length(n) for n in lengths})
+
+
+def test_token_budget_batches_never_exceed_the_budget_and_cover_each_example_once():
+    lengths = random_lengths(3000)
+    for budget in (128, 1000, 4096):
+        sampler = TokenBudgetBatches(lengths, budget, seed=5)
+        epochs = []
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            batches = list(sampler)
+            assert len(batches) == len(sampler)  # the same count every epoch
+            assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+            for batch in batches:
+                assert len(batch) * padded_length(max(lengths[i] for i in batch)) <= budget
+            epochs.append(batches)
+        assert epochs[0] != epochs[1]  # reshuffled per epoch ...
+        sampler.set_epoch(0)
+        assert list(sampler) == epochs[0]  # ... and reproducible (exact resume)
+        assert list(TokenBudgetBatches(lengths, budget, seed=5)) == epochs[0]
+        shapes = {(len(b), padded_length(max(lengths[i] for i in b))) for b in epochs[0]}
+        assert len(shapes) <= 2 * len(buckets(128))
+
+
+def test_inference_batches_respect_budget_or_batch_size():
+    lengths = random_lengths(1000, seed=1)
+    for budget in (128, 2000, 65536):
+        batches = inference_batches(lengths, 64, budget)
+        assert sorted(i for b in batches for i in b) == list(range(1000))
+        for batch in batches:
+            assert len(batch) * padded_length(max(lengths[i] for i in batch)) <= budget
+        shapes = {(len(b), padded_length(max(lengths[i] for i in b))) for b in batches}
+        assert len(shapes) <= len(buckets(128)) + 1
+    by_size = inference_batches(lengths, 64)
+    assert [len(b) for b in by_size] == [64] * 15 + [40]
+    assert by_size[0][0] == max(range(1000), key=lambda i: (lengths[i], -i))
+
+
+def test_budget_resolution_learning_rate_rule_and_too_small_budget():
+    assert token_budget("auto", "cpu", "train") is None
+    assert token_budget("auto", "cuda", "train") == 16384
+    assert token_budget("auto", "cuda", "inference") == 65536
+    assert token_budget(512, "cpu", "train") == 512
+    assert token_budget(None, "cuda", "train") is None
+    lengths = [10] * 1000  # bucket 16: 64 per batch of 1024 tokens
+    assert mean_batch_examples(lengths, 32, None) == 32
+    assert mean_batch_examples(lengths, 32, 1024) == pytest.approx(1000 / 16)
+    assert scaled_learning_rate(1e-4, 32, 128) == pytest.approx(2e-4)
+    check_budget(128, [100, 128], None, "train.max_tokens_per_batch")
+    with pytest.raises(StageError, match=r"train.max_tokens_per_batch: 100 is below .* 128"):
+        check_budget(100, [100, 127], None, "train.max_tokens_per_batch")
+
+
+def test_train_with_a_token_budget_learns_and_scales_the_learning_rate(tmp_path, tiny_model_dir):
+    from tasks.tokenize import tokenize
+    from tasks.train import train
+
+    params = tiny_params(
+        "text_classification",
+        tiny_model_dir,
+        train={"max_tokens_per_batch": 512, "epochs": 4, "learning_rate": 5e-3},
+    )
+    prepared = write_toy_prepared(tmp_path / "prepared")
+    tokenize(params, prepared, tmp_path / "tok", tmp_path / "tok.json", tmp_path)
+    metrics = train(params, tmp_path / "tok", tmp_path / "m", tmp_path / "r", tmp_path / "s")
+    assert metrics["max_tokens_per_batch"] == 512
+    assert metrics["mean_batch_examples"] > 16  # toy sentences: ~16-24 tokens, 20+ a batch
+    ratio = (metrics["mean_batch_examples"] / 16) ** 0.5
+    assert metrics["learning_rate"] == pytest.approx(5e-3 * ratio, rel=1e-3)
+    assert metrics["best_validation_metric"] > 0.8
+
+
+def test_predict_with_a_budget_matches_batch_size_predictions(tokenized, tiny_model_dir):
+    import numpy as np
+
+    from tasks.evaluate import predict
+    from tasks.modeling import Precision, model_class
+
+    datasets, tokenizer = tokenized
+    for task, data in datasets.items():
+        model = model_class(task).from_pretrained(tiny_model_dir, num_labels=3).eval()
+        fp32 = Precision("cpu", "fp32")
+        by_size, _ = predict(model, tokenizer, data["test"], task, 16, fp32)
+        by_budget, _ = predict(model, tokenizer, data["test"], task, 16, fp32, max_tokens=256)
+        for a, b in zip(by_size, by_budget, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_length_grouped_sampler_batches_use_few_bucket_shapes():
+    lengths = random_lengths(2000, seed=2)
+    order = list(LengthGroupedSampler(lengths, 32, seed=1))
+    widths = {padded_length(max(lengths[i] for i in order[j : j + 32])) for j in range(0, 2000, 32)}
+    assert widths <= set(buckets(128))
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_precision_turns_cudnn_attention_off_and_buckets_run():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tasks.modeling import choose_precision
+
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    precision = choose_precision("auto")
+    assert precision.device == "cuda"
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2)
+    model = BertForSequenceClassification(config).cuda()
+    with precision.autocast():
+        for width in buckets(128):
+            ids = torch.randint(0, 1000, (8, width), device="cuda")
+            loss = model(input_ids=ids, labels=torch.zeros(8, dtype=torch.long).cuda()).loss
+            loss.backward()
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_auto_budget_is_tens_of_thousands_of_tokens():
+    from tasks.config import TrainParams
+    from tasks.modeling import choose_precision
+
+    device = choose_precision("auto").device
+    assert token_budget(TrainParams().max_tokens_per_batch, device, "train") >= 10_000
