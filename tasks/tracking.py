@@ -445,6 +445,36 @@ def log_to_parent(values: dict[str, Any], prefix: str = "") -> None:
         client.log_batch(parent, metrics=metrics)
 
 
+def live_training_metrics() -> Any:
+    """A Trainer callback that logs each training log (``train_loss``, ``train_learning_rate``,
+    ``train_grad_norm``) and each validation (``val_<metric>``) to the active MLflow run as it
+    happens, so a run in progress (or one that crashed) shows its curves; without an active
+    run (tuning trials, tests) it does nothing. Hand-written rather than transformers'
+    ``MLflowCallback``, which also logs ~150 TrainingArguments and model-config params per run
+    and starts its own run when none is active."""
+    import mlflow
+    from transformers import TrainerCallback
+
+    class LiveMetrics(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
+            if mlflow.active_run() is None or not logs:
+                return
+            if "loss" in logs:
+                names = ("loss", "learning_rate", "grad_norm")
+                values = {f"train_{k}": logs[k] for k in names if k in logs}
+            elif "eval_loss" in logs:
+                values = {
+                    f"val_{k[5:]}": v
+                    for k, v in logs.items()
+                    if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))
+                }
+            else:
+                return
+            log_numbers(values, "", step=state.global_step)
+
+    return LiveMetrics()
+
+
 def log_history(csv_path: Path, prefix: str) -> None:
     """A per-step CSV (a ``step`` column and numeric columns) as metrics with their step."""
     import csv

@@ -39,7 +39,7 @@ from typing import Any
 
 import typer
 
-from tasks import progress
+from tasks import progress, tracking
 from tasks.cli import stage_command
 from tasks.config import (
     BEST_PARAMS_FILE,
@@ -530,7 +530,7 @@ def train(
     )
     trainer_cls, epoch_end_cls, early_stopping_cls = _trainer_classes()
     epoch_end = epoch_end_cls()
-    callbacks = [epoch_end]
+    callbacks = [epoch_end, tracking.live_training_metrics()]
     if tp.early_stopping_patience > 0:
         callbacks.append(early_stopping_cls(early_stopping_patience=tp.early_stopping_patience))
     trainer = trainer_cls(
@@ -678,28 +678,23 @@ def main(
     require_tracked_inputs(params, PROJECT_ROOT, ["model.name_or_path"])
     # The values this run uses (tuned ones over params.yaml), so its MLflow run logs them too.
     params, _ = apply_tuned_params(params, Path(reports_dir) / BEST_PARAMS_FILE)
-    metrics = train(params, tokenized_dir, model_dir, reports_dir, state_dir)
-    log_to_mlflow(params, metrics, Path(reports_dir), state_dir)
+    # The MLflow run is open while training (RUNNING, curves streamed; FAILED with the error).
+    with tracking.stage_run(params, "train", state_dir):
+        metrics = train(params, tokenized_dir, model_dir, reports_dir, state_dir)
+        log_results(metrics, Path(reports_dir))
 
 
-def log_to_mlflow(
-    params: Params, metrics: dict[str, Any], reports_dir: Path, state_dir: Path
-) -> None:
-    """The train stage's MLflow child run: per-step loss and learning rate, per-epoch
-    validation metrics, the summary numbers, the history CSVs and a training-curve plot."""
+def log_results(metrics: dict[str, Any], reports_dir: Path) -> None:
+    """Into the active train run (the curves were streamed while training): the summary
+    numbers, device and precision, the history CSVs and a training-curve plot."""
     import mlflow
 
-    from tasks import tracking
-
-    with tracking.stage_run(params, "train", state_dir):
-        tracking.log_history(reports_dir / "train_history.csv", prefix="train_")
-        tracking.log_history(reports_dir / "validation_history.csv", prefix="val_")
-        tracking.log_numbers(metrics, prefix="summary.")
-        mlflow.set_tags({"device": metrics["device"], "precision": metrics["precision"]})
-        for name in ("train_history.csv", "validation_history.csv", "train_metrics.json"):
-            if (reports_dir / name).exists():
-                mlflow.log_artifact(str(reports_dir / name), artifact_path="reports")
-        mlflow.log_figure(_training_curves(reports_dir, metrics["metric"]), "training_curves.png")
+    tracking.log_numbers(metrics, prefix="summary.")
+    mlflow.set_tags({"device": metrics["device"], "precision": metrics["precision"]})
+    for name in ("train_history.csv", "validation_history.csv", "train_metrics.json"):
+        if (reports_dir / name).exists():
+            mlflow.log_artifact(str(reports_dir / name), artifact_path="reports")
+    mlflow.log_figure(_training_curves(reports_dir, metrics["metric"]), "training_curves.png")
 
 
 def _training_curves(reports_dir: Path, metric: str) -> Any:

@@ -21,6 +21,7 @@ from conftest import (
     tiny_params,
     write_toy_prepared,
 )
+from conftest import run as run_command
 
 from tasks.config import load_params
 from tasks.errors import StageError
@@ -230,6 +231,49 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_model_
     ]
     a, b = weights(run / "model"), weights(tmp_path / "reference/model")
     assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_the_cli_streams_its_curves_into_a_run_open_while_training(tmp_path, tiny_model_dir):
+    """The train run is opened before training and fed as the Trainer logs: every logged
+    step's loss and every epoch's validation score are in MLflow with their steps."""
+    import mlflow
+
+    project = make_project(tmp_path / "project")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"]["name_or_path"] = str(start_point_in(project, tiny_model_dir))
+    raw["tokenize"]["max_length"] = 32
+    raw["train"].update(epochs=2, batch_size=8, logging_steps=5, precision="fp32")
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(raw))
+    tokenized = prepare_run(tmp_path, load_params(params_path))
+    out = tmp_path / "cli"
+    started = time.time()
+    run_command(
+        [sys.executable, "-m", "tasks.train", "--params", str(params_path),
+         "--tokenized-dir", str(tokenized), "--model-dir", str(out / "model"),
+         "--reports-dir", str(out / "reports"), "--state-dir", str(out / "state")],
+        project,
+    )  # fmt: skip
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'state' / 'mlflow' / 'mlflow.db'}")
+    try:
+        client = mlflow.MlflowClient()
+        (train_run,) = mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string="tags.mlflow.runName = 'train'",
+            output_format="list",
+        )
+        history = client.get_metric_history(train_run.info.run_id, "train_loss")
+        validation = client.get_metric_history(train_run.info.run_id, "val_f1_macro")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert train_run.info.status == "FINISHED"
+    written = (out / "model" / "config.json").stat().st_mtime
+    assert started * 1000 <= train_run.info.start_time < written * 1000  # open while training
+    csv_rows = read_csv(out / "reports/train_history.csv")
+    assert [m.step for m in history] == [int(r["step"]) for r in csv_rows]
+    assert [m.value for m in history] == pytest.approx([float(r["loss"]) for r in csv_rows])
+    assert len(validation) == 2  # one per epoch
+    assert train_run.data.metrics["summary.global_steps"] > 0
 
 
 def test_head_method_trains_only_the_classifier(tmp_path, tiny_model_dir):
