@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 import yaml
 
@@ -199,6 +200,12 @@ def test_blank_text(tmp_path):
     result = only_failure(run_case(tmp_path, frames), "test", "text_not_blank")
     assert result.expectation == "expect_column_values_to_match_regex"
     assert rows_of(result) == [(7, SOURCE, 2009, "  \t ")]
+
+
+def test_validate_gives_back_the_arrow_memory_pool(tmp_path):
+    before = pa.default_memory_pool().backend_name
+    run_case(tmp_path, text_splits())
+    assert pa.default_memory_pool().backend_name == before
 
 
 def test_validation_label_unseen_in_train(tmp_path):
