@@ -202,6 +202,22 @@ def test_blank_text(tmp_path):
     assert rows_of(result) == [(7, SOURCE, 2009, "  \t ")]
 
 
+def test_offending_rows_keep_their_position_across_parquet_row_groups(tmp_path):
+    # validate joins each column's row groups into one Arrow chunk (memory): row numbers and
+    # values must come out as from a file of one row group.
+    frames = text_splits()
+    frames["test"].loc[7, "text"] = "  \t "
+    frames["test"].loc[15, "text"] = "\u3000\x0b"
+    write_case(tmp_path, frames)
+    prepared = tmp_path / "data" / "prepared" / "test.parquet"
+    frames["test"].to_parquet(prepared, index=False, row_group_size=3)
+    params = load_params(tmp_path / "params.yaml")
+    result = only_failure(
+        validate(params, prepared.parent, tmp_path / "reports"), "test", "text_not_blank"
+    )
+    assert rows_of(result) == [(7, SOURCE, 2009, "  \t "), (15, SOURCE, 2017, "\u3000\x0b")]
+
+
 def test_validate_gives_back_the_arrow_memory_pool(tmp_path):
     before = pa.default_memory_pool().backend_name
     run_case(tmp_path, text_splits())
