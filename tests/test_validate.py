@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -22,7 +24,7 @@ import yaml
 
 from tasks.config import load_params
 from tasks.errors import StageError
-from tasks.validate import ValidationReport, validate
+from tasks.validate import NOT_SPACE, ValidationReport, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "data/external/reviews.csv"
@@ -216,6 +218,15 @@ def test_offending_rows_keep_their_position_across_parquet_row_groups(tmp_path):
         validate(params, prepared.parent, tmp_path / "reports"), "test", "text_not_blank"
     )
     assert rows_of(result) == [(7, SOURCE, 2009, "  \t "), (15, SOURCE, 2017, "\u3000\x0b")]
+
+
+def test_not_blank_class_gives_python_verdict_on_every_code_point():
+    # text_not_blank matches NOT_SPACE (Arrow's RE2) in place of Python's \S.
+    chars = [chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF]
+    texts = pd.Series(chars, dtype=pd.StringDtype()).astype(str)  # as GX reads the column
+    found = texts.str.contains(NOT_SPACE).to_numpy()
+    expected = np.array([re.search(r"\S", c) is not None for c in chars])
+    assert found.dtype == bool and (found == expected).all()
 
 
 def test_validate_gives_back_the_arrow_memory_pool(tmp_path):
