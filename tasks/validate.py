@@ -10,6 +10,7 @@ failure carries its ``remedy``: the ``validate`` key that relaxes it with its cu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import typer
 
 from tasks.cli import stage_command
@@ -32,6 +34,12 @@ from tasks.rowkeys import first_rows, row_keys
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 TAG_RE = re.compile(r"^(O|[BI]-\S+)$")
+# Python's \S spelled as the class of what it excludes, the characters str.isspace()
+# accepts. pandas runs a pattern with \s or \S through Python's re, one Python object per
+# text (RE2's \s misses "\x0b"): +0.4 to 0.7x the file in peak memory (tests/test_memory.py).
+# This class runs in Arrow (RE2) with the same verdict on every code point
+# (tests/test_validate.py).
+NOT_SPACE = "[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 COLUMNS = {  # required columns -> the Python type of their values ("group" is optional)
     "text_classification": {"text": "str", "label": "str"},
     "token_classification": {"tokens": "list", "tags": "list"},
@@ -129,6 +137,39 @@ def validate(params: Params, prepared_dir: Path, reports_dir: Path) -> Validatio
     Raises:
         StageError: a prepared file is missing or unreadable (no report is written then).
     """
+    with _returning_arrow_pool():
+        return _validate(params, prepared_dir, reports_dir)
+
+
+@contextlib.contextmanager
+def _returning_arrow_pool() -> Iterator[None]:
+    """Arrow allocates through jemalloc with decay 0 here: freed pages go back to the OS at once.
+
+    Reading the parquet files frees about as much scratch memory (pages, decompression
+    buffers) as the frames keep. Arrow's default pool, mimalloc, gives freed pages back to
+    the OS only after a purge delay and only when it next runs on that thread, so how much of
+    it is still resident when Great Expectations' import sets the peak depends on timing and
+    thread scheduling (a busy machine): that was the run-to-run spread of
+    tests/test_memory.py, 2.7 to 3.4 bytes of peak per byte of file (2.35, 2.35, 3.73 with the
+    other fixes of this stage and mimalloc). jemalloc with decay 0 returns them at once: the
+    three splits of a 40 MB CSV take 57 MB of RSS for 50 MB of Arrow data, where mimalloc
+    kept 104 to 134 MB. Where pyarrow has no jemalloc (Windows wheels) the system allocator
+    (79 MB) is next best. The previous pool comes back afterwards (Arrow buffers remember
+    their pool).
+    """
+    previous = pa.default_memory_pool()
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+        pa.jemalloc_set_decay_ms(0)
+    except NotImplementedError:
+        pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+
+
+def _validate(params: Params, prepared_dir: Path, reports_dir: Path) -> ValidationReport:
     token = params.task == "token_classification"
     frames = {s: _derive(_load(Path(prepared_dir) / f"{s}.parquet", token), token) for s in SPLITS}
     results = _run_gx(_suites(frames, params), params.validate_.max_offending_rows)
@@ -175,7 +216,7 @@ def _load(path: Path, token: bool) -> pd.DataFrame:
     # took 14x the file in memory (bench/memory.py).
     for column in frame.columns:
         if pd.api.types.is_string_dtype(frame[column]) and frame[column].dtype != object:
-            frame[column] = frame[column].astype(pd.StringDtype())
+            frame[column] = _one_chunk(frame[column].astype(pd.StringDtype()))
         elif frame[column].dtype != "int64":
             frame[column] = frame[column].astype(object)
     for column in ("tokens", "tags") if token else ():
@@ -185,6 +226,19 @@ def _load(path: Path, token: bool) -> pd.DataFrame:
             )
     frame.attrs["columns"] = columns
     return frame
+
+
+def _one_chunk(column: pd.Series) -> pd.Series:
+    """An Arrow string column in one contiguous chunk (one per parquet row group before).
+
+    Arrow's ``take`` concatenates a column's chunks before it picks rows, so each time GX
+    selects rows of a frame (the offending ones, or the non-null ones) a split's text was
+    copied whole for the moment: +0.6x the file in peak memory (tests/test_memory.py).
+    Concatenated once here, while the peak is still far off (Great Expectations is not
+    imported yet).
+    """
+    chunks = pa.chunked_array(pa.array(column.array)).combine_chunks()
+    return pd.Series(pd.arrays.ArrowStringArray(chunks), index=column.index, name=column.name)
 
 
 def _derive(frame: pd.DataFrame, token: bool) -> pd.DataFrame:
@@ -424,7 +478,7 @@ def _split_expectations(
         )
         yield _expect("text_not_null", ex.ExpectColumnValuesToNotBeNull, column=text)
         yield _expect(
-            "text_not_blank", ex.ExpectColumnValuesToMatchRegex, text, column="key", regex=r"\S"
+            "text_not_blank", ex.ExpectColumnValuesToMatchRegex, text, column="key", regex=NOT_SPACE
         )
         yield _expect(
             "text_length", length, text, unit, column=("n_tokens" if token else text), **bounds

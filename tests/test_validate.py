@@ -10,18 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import yaml
 
 from tasks.config import load_params
 from tasks.errors import StageError
-from tasks.validate import ValidationReport, validate
+from tasks.validate import NOT_SPACE, ValidationReport, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "data/external/reviews.csv"
@@ -199,6 +202,37 @@ def test_blank_text(tmp_path):
     result = only_failure(run_case(tmp_path, frames), "test", "text_not_blank")
     assert result.expectation == "expect_column_values_to_match_regex"
     assert rows_of(result) == [(7, SOURCE, 2009, "  \t ")]
+
+
+def test_offending_rows_keep_their_position_across_parquet_row_groups(tmp_path):
+    # validate joins each column's row groups into one Arrow chunk (memory): row numbers and
+    # values must come out as from a file of one row group.
+    frames = text_splits()
+    frames["test"].loc[7, "text"] = "  \t "
+    frames["test"].loc[15, "text"] = "\u3000\x0b"
+    write_case(tmp_path, frames)
+    prepared = tmp_path / "data" / "prepared" / "test.parquet"
+    frames["test"].to_parquet(prepared, index=False, row_group_size=3)
+    params = load_params(tmp_path / "params.yaml")
+    result = only_failure(
+        validate(params, prepared.parent, tmp_path / "reports"), "test", "text_not_blank"
+    )
+    assert rows_of(result) == [(7, SOURCE, 2009, "  \t "), (15, SOURCE, 2017, "\u3000\x0b")]
+
+
+def test_not_blank_class_gives_python_verdict_on_every_code_point():
+    # text_not_blank matches NOT_SPACE (Arrow's RE2) in place of Python's \S.
+    chars = [chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF]
+    texts = pd.Series(chars, dtype=pd.StringDtype()).astype(str)  # as GX reads the column
+    found = texts.str.contains(NOT_SPACE).to_numpy()
+    expected = np.array([re.search(r"\S", c) is not None for c in chars])
+    assert found.dtype == bool and (found == expected).all()
+
+
+def test_validate_gives_back_the_arrow_memory_pool(tmp_path):
+    before = pa.default_memory_pool().backend_name
+    run_case(tmp_path, text_splits())
+    assert pa.default_memory_pool().backend_name == before
 
 
 def test_validation_label_unseen_in_train(tmp_path):
