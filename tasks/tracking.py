@@ -272,17 +272,29 @@ def stage_run(
     from it) is traceable on its own.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    experiment_id = configure(params, state_dir)
-    execution = pipeline_id()
-    parent = parent_run_id(experiment_id, execution, params, project)
-    client = mlflow.MlflowClient()
-    if client.get_run(parent).info.status != "RUNNING":  # a retried or resumed execution
-        client.update_run(parent, status="RUNNING")
-    tags = {PIPELINE_TAG: execution, STAGE_TAG: stage, **lineage_tags(project)}
-    run = mlflow.start_run(
-        run_name=stage, parent_run_id=parent, nested=True, tags=tags, experiment_id=experiment_id
-    )
+    try:
+        experiment_id = configure(params, state_dir)
+        execution = pipeline_id()
+        parent = parent_run_id(experiment_id, execution, params, project)
+        client = mlflow.MlflowClient()
+        if client.get_run(parent).info.status != "RUNNING":  # a retried or resumed execution
+            client.update_run(parent, status="RUNNING")
+        tags = {PIPELINE_TAG: execution, STAGE_TAG: stage, **lineage_tags(project)}
+        run = mlflow.start_run(
+            run_name=stage,
+            parent_run_id=parent,
+            nested=True,
+            tags=tags,
+            experiment_id=experiment_id,
+        )
+    except MlflowException as exc:  # e.g. a full disk under the SQLite store: one line, no work
+        message = " ".join(str(exc).split())
+        raise StageError(
+            f"tracking.uri: the MLflow store {tracking_uri(params, state_dir)} failed before "
+            f"the stage started: {message[:300]}"
+        ) from None
     try:
         log_params(client, run.info.run_id, params)
         yield run

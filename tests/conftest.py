@@ -175,21 +175,33 @@ def postgres() -> Iterator:
         shutil.rmtree(root, ignore_errors=True)
 
 
+_MLFLOW_ENV_AT_START = {
+    name: os.environ.get(name)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+}
+
+
 @pytest.fixture(autouse=True)
 def _reset_mlflow_uris():
     """MLflow keeps the tracking and registry URIs process-wide and mirrors them into
     MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI; a test that points them at its own store
     must not leak them into the next test (or its subprocesses)."""
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved = {name: os.environ.get(name) for name in names}
     yield
     if "mlflow" in sys.modules:
-        from mlflow.tracking import _model_registry, _tracking_service
+        import mlflow
+        from mlflow.tracking import _model_registry, _tracking_service, fluent
 
-        # No public way to unset them: set_*_uri(None) keeps the old value.
+        while mlflow.active_run() is not None:  # a run a stage left open in this process
+            mlflow.end_run()
+        # No public way to unset them: set_*_uri(None) keeps the old value; the experiment
+        # set by mlflow.set_experiment would be looked up in the next test's store.
         _tracking_service.utils._tracking_uri = None
         _model_registry.utils._registry_uri = None
-    for name, value in saved.items():
+        fluent._active_experiment_id = None
+    # Back to the values the session started with, not those at this test's start: a module
+    # fixture (set up before this one) that pointed MLflow at its store must not leak into
+    # the next file's tests and servers run by the same xdist worker.
+    for name, value in _MLFLOW_ENV_AT_START.items():
         if value is None:
             os.environ.pop(name, None)
         else:
