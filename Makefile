@@ -49,8 +49,8 @@ $(STAMP): $(LOCK) pyproject.toml
 
 setup: $(STAMP)  ## Create .venv, install requirements.lock and the project, fetch built-in data
 	@# Headless Chromium for the browser tests (tests/test_ui.py); they skip, saying why, without.
-	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get install -y -q chromium \
-	  >/dev/null; } || echo "chromium is not installed (apt-get install chromium, as root)"
+	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get update -q >/dev/null && \
+	  apt-get install -y -q chromium >/dev/null; } || echo "chromium is not installed (apt-get install chromium, as root)"
 	@# Once per checkout into .state/downloads (sha256-checked); later runs and tests need no network.
 	@$(PYTHON) -m tasks.sources fetch
 
