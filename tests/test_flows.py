@@ -19,7 +19,16 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import ROOT, commit, experiments, make_project, project_env, run, set_params
+from conftest import (
+    ROOT,
+    commit,
+    experiments,
+    make_project,
+    project_env,
+    run,
+    set_params,
+    stop_server,
+)
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -82,15 +91,6 @@ def _wait_for(check, timeout: float, what: str) -> None:
     raise TimeoutError(f"{what} not ready after {timeout} s")
 
 
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
@@ -119,7 +119,7 @@ def prefect_api(tmp_path_factory):
             yield url
             APILogHandler().flush()  # ship this process's flow logs before the server stops
     finally:
-        _stop(server)
+        stop_server(server)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def served(prefect_api, tmp_path_factory):
         _wait_for(lambda: asyncio.run(_deployment()) is not None, 90, "served deployment")
         yield log_path
     finally:
-        _stop(process)
+        stop_server(process)
 
 
 async def _deployment():
@@ -324,7 +324,7 @@ def test_work_pool_worker_runs_the_deployment(prefect_api, tmp_path, small, proj
         parameters = {"project_dir": str(project), "stages": ["validate"]}
         flow_run = run_deployment("training-pipeline/on-pool", parameters=parameters, timeout=600)
     finally:
-        _stop(worker)
+        stop_server(worker)
     assert flow_run.state_name == "Completed", log_path.read_text()[-3000:]
     status = run(["dvc", "status", "validate", "--with-deps"], project).stdout.strip()
     assert status == "Data and pipelines are up to date."

@@ -19,7 +19,7 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, project_env, run, tiny_params, write_toy_prepared
+from conftest import ROOT, project_env, run, stop_server, tiny_params, write_toy_prepared
 
 from tasks.evaluate import evaluate
 from tasks.register import decide, model_md5, register, trivial_baseline
@@ -414,14 +414,6 @@ def _start(command: list[str], health: str, log: Path, env: dict, timeout: float
     raise AssertionError(f"{command[:3]} did not come up:\n{log.read_text()[-3000:]}")
 
 
-def _stop(process) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 def test_server_lists_aliases_and_served_model_answers(text_model, tmp_path):
     text_model.ensure_champion()
     env = {**project_env(), "MLFLOW_TRACKING_URI": text_model.uri}
@@ -437,7 +429,7 @@ def test_server_lists_aliases_and_served_model_answers(text_model, tmp_path):
         aliases = {a["alias"] for a in model["aliases"]}
         assert {"champion", "challenger"} <= aliases
     finally:
-        _stop(server)
+        stop_server(server)
 
     port = _free_port()
     served = _start(
@@ -457,5 +449,5 @@ def test_server_lists_aliases_and_served_model_answers(text_model, tmp_path):
         assert len(predictions) == 2
         assert {p["label"] for p in predictions} <= {"positive", "negative"}
     finally:
-        _stop(served)
+        stop_server(served)
     assert ROOT.exists()
