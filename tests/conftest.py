@@ -181,6 +181,10 @@ _MLFLOW_ENV_AT_START = {
 }
 
 
+_STRAY_MLRUNS = Path.cwd() / "mlruns"
+_STRAY_MLRUNS_AT_START = _STRAY_MLRUNS.exists()
+
+
 @pytest.fixture(autouse=True)
 def _reset_mlflow_uris():
     """MLflow keeps the tracking and registry URIs process-wide and mirrors them into
@@ -206,6 +210,23 @@ def _reset_mlflow_uris():
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    if not _STRAY_MLRUNS_AT_START and _STRAY_MLRUNS.exists():
+        pytest.fail(f"a test wrote MLflow artifacts to {_STRAY_MLRUNS} (use sqlite_store)")
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> str:
+    """MLflow tracking and registry in ``tmp_path/mlflow.db``, with the active experiment's
+    artifacts under ``tmp_path`` too: a SQL store's Default experiment would write them
+    to ``./mlruns`` in the working directory, shared by every test and xdist worker."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    artifacts = (tmp_path / "artifacts").as_uri()
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("tests", artifacts))
+    return uri
 
 
 @pytest.fixture

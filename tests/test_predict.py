@@ -77,7 +77,7 @@ def test_offsets_of_the_uncased_tokenizer_keep_case_accents_and_spacing(tiny_mod
     assert words == [("PER", "MÜLLER  José"), ("LOC", "São Paulo"), ("LOC", "Zürich")]
 
 
-def test_served_model_returns_the_users_words(tiny_model_dir, tmp_path):
+def test_served_model_returns_the_users_words(tiny_model_dir, tmp_path, sqlite_store):
     """Log the pyfunc wrapper, load it back through tasks.predict: every entity's word is
     the input's slice, in its original case. The head is crafted (zero weights, a bias
     towards B-PER) so that every word is an entity of its own."""
@@ -96,7 +96,6 @@ def test_served_model_returns_the_users_words(tiny_model_dir, tmp_path):
     model.save_pretrained(tmp_path / "model")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "model")
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -123,14 +122,12 @@ def test_served_model_returns_the_users_words(tiny_model_dir, tmp_path):
     ]
 
 
-def test_no_champion_says_why_and_what_to_do(tmp_path):
+def test_no_champion_says_why_and_what_to_do(sqlite_store):
     """A first model below register.min_score is only challenger: predict names the alias
     that exists, the gate's reason, and what to run; a missing model says to run the
     pipeline."""
     from tasks.errors import StageError
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     with mlflow.start_run() as run:
         mlflow.log_text("weights", "model/weights.txt")
