@@ -92,7 +92,7 @@ endif
 TEST_WORKERS ?= 2
 
 test: setup postgres-binaries  ## Run the test suite (TEST_WORKERS=2 processes; TEST_WORKERS=0: one process)
-	pytest -n $(TEST_WORKERS) --dist loadfile
+	pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 lint: setup  ## ruff lint and format check
 	ruff check .

@@ -7,10 +7,7 @@ import hashlib
 import json
 import shutil
 import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +16,15 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, project_env, run, stop_server, tiny_params, write_toy_prepared
+from conftest import (
+    ROOT,
+    free_port,
+    run,
+    start_server,
+    stop_server,
+    tiny_params,
+    write_toy_prepared,
+)
 
 from tasks.evaluate import evaluate
 from tasks.register import decide, model_md5, register, trivial_baseline
@@ -387,41 +392,19 @@ def test_predict_cli_prints_labels_and_entity_spans(text_model, token_model):
 # --- a real MLflow server and a served model ---------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get(url: str, timeout: float = 2):
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
 
 
-def _start(command: list[str], health: str, log: Path, env: dict, timeout: float = 120):
-    with log.open("w") as handle:
-        process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(health, timeout=2)
-            return process
-        except OSError:
-            if process.poll() is not None:
-                break
-            time.sleep(0.5)
-    process.kill()
-    raise AssertionError(f"{command[:3]} did not come up:\n{log.read_text()[-3000:]}")
-
-
 def test_server_lists_aliases_and_served_model_answers(text_model, tmp_path):
     text_model.ensure_champion()
-    env = {**project_env(), "MLFLOW_TRACKING_URI": text_model.uri}
-    port = _free_port()
-    server = _start(
+    port = free_port()
+    server = start_server(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", text_model.uri,
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        f"http://127.0.0.1:{port}/health", tmp_path / "server.log", env,
+        f"http://127.0.0.1:{port}/health", tmp_path / "server.log",
+        MLFLOW_TRACKING_URI=text_model.uri,
     )  # fmt: skip
     try:
         api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
@@ -431,11 +414,12 @@ def test_server_lists_aliases_and_served_model_answers(text_model, tmp_path):
     finally:
         stop_server(server)
 
-    port = _free_port()
-    served = _start(
+    port = free_port()
+    served = start_server(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/toy-sentiment@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env, timeout=180,
+        f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log",
+        MLFLOW_TRACKING_URI=text_model.uri,
     )  # fmt: skip
     try:
         request = urllib.request.Request(
@@ -450,4 +434,3 @@ def test_server_lists_aliases_and_served_model_answers(text_model, tmp_path):
         assert {p["label"] for p in predictions} <= {"positive", "negative"}
     finally:
         stop_server(served)
-    assert ROOT.exists()
