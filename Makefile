@@ -146,10 +146,11 @@ serve-flows: setup  ## Register the nightly deployment and execute its runs here
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) python -m flows.deploy serve
 
 POOL ?= training
-worker: setup  ## Past one machine: deploy to work pool $(POOL) and start a process worker for it
+REPO ?=
+worker: setup  ## Past one machine: deploy to work pool $(POOL) (workers clone REPO, default git origin) and start a process worker
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) prefect work-pool inspect $(POOL) >/dev/null 2>&1 || \
 	  PREFECT_API_URL=$(PREFECT_LOCAL_API) prefect work-pool create $(POOL) --type process
-	PREFECT_API_URL=$(PREFECT_LOCAL_API) python -m flows.deploy pool --pool $(POOL)
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) python -m flows.deploy pool --pool $(POOL) $(if $(REPO),--repo $(REPO))
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) prefect worker start --pool $(POOL)
 
 clean:  ## Remove tool state (.state) but keep data, models, the DVC remote and the environment

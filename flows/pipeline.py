@@ -27,7 +27,6 @@ from prefect.tasks import exponential_backoff
 
 from flows.artifacts import STAGE_REPORTS, publish_stage_artifact
 from tasks.config import ParamsError, load_params
-from tasks.environment import PROJECT_ROOT
 from tasks.experiments import (
     Experiment,
     ExperimentError,
@@ -43,6 +42,9 @@ from tasks.tracking import describe_error, end_pipeline
 # again cannot help, so it is never retried. Anything else (a crash, a kill) may be transient.
 BAD_INPUT_EXIT = 1
 _EXIT_CODE = re.compile(r"exited with (\d+)")
+# The checkout this flow file belongs to: on a work-pool worker, the clone its pull step made
+# (tasks.environment.PROJECT_ROOT could name another checkout through an editable install).
+FLOW_PROJECT = Path(__file__).resolve().parents[1]
 
 
 class StageFailed(RuntimeError):
@@ -95,17 +97,10 @@ def _not_bad_input(task, task_run, state) -> bool:
     return True
 
 
-@task(
-    task_run_name="{stage}",
-    retries=1,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_condition_fn=_not_bad_input,
-)
-def run_stage(stage: str, project: Path) -> dict[str, Any]:
-    """Reproduce one DVC stage (skipped by DVC when up to date), streaming its log lines."""
+def _stream_dvc(arguments: list[str], project: Path) -> tuple[int, str]:
+    """Run ``dvc ARGUMENTS`` in ``project``, each output line logged as it comes; return
+    its exit code and output."""
     logger = get_run_logger()
-    started = time.perf_counter()
-    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -113,7 +108,12 @@ def run_stage(stage: str, project: Path) -> dict[str, Any]:
         "PIPELINE_FLOW_RUN_ID": str(prefect_flow_run.id or ""),
     }
     process = subprocess.Popen(
-        command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "dvc", *arguments],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines = []
     assert process.stdout is not None
@@ -122,18 +122,42 @@ def run_stage(stage: str, project: Path) -> dict[str, Any]:
         if line.strip():
             logger.info(line.rstrip())
     process.wait()
-    output = "".join(lines)
-    if process.returncode != 0:
+    return process.returncode, "".join(lines)
+
+
+@task(
+    task_run_name="{stage}",
+    retries=1,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_condition_fn=_not_bad_input,
+)
+def run_stage(stage: str, project: Path) -> dict[str, Any]:
+    """Reproduce one DVC stage (skipped by DVC when up to date), streaming its log lines."""
+    started = time.perf_counter()
+    returncode, output = _stream_dvc(["repro", "--single-item", stage], project)
+    if returncode != 0:
         found = _EXIT_CODE.findall(output)
         failure = StageFailed(stage, int(found[-1]) if found else None, output)
         publish_stage_artifact(stage, project, failed=True)
         raise failure
     ran = f"Running stage '{stage}'" in output
     seconds = round(time.perf_counter() - started, 2)
-    logger.info("%s %s in %.1f s", stage, "ran" if ran else "was up to date", seconds)
+    get_run_logger().info("%s %s in %.1f s", stage, "ran" if ran else "was up to date", seconds)
     if ran:
         publish_stage_artifact(stage, project)
     return {"stage": stage, "ran": ran, "seconds": seconds}
+
+
+@task(task_run_name="dvc {action}", retries=2, retry_delay_seconds=exponential_backoff(10))
+def sync_remote(action: str, project: Path) -> None:
+    """``dvc pull --allow-missing`` before the stages, so a fresh clone restores the outputs
+    of every up-to-date stage instead of re-running it, or ``dvc push`` after them, so the
+    next machine finds this run's data and models. Uses the checkout's default DVC remote."""
+    arguments = ["pull", "--allow-missing"] if action == "pull" else ["push"]
+    returncode, output = _stream_dvc(arguments, project)
+    if returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-10:])
+        raise RuntimeError(f"dvc {action} failed in {project} (exit code {returncode}):\n{tail}")
 
 
 @task(
@@ -238,6 +262,7 @@ def training_pipeline(
     project_dir: str | None = None,
     stages: list[str] | None = None,
     experiment: str | None = None,
+    sync_remote_data: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every DVC stage in order; unchanged stages are skipped.
 
@@ -258,11 +283,13 @@ def training_pipeline(
         stages: run only these stages and the ones they depend on (default: all).
         experiment: the experiment's name (default: the preset's, else the flow run's);
             ``-2``, ``-3``... is added when it is taken.
+        sync_remote_data: ``dvc pull`` before the stages and ``dvc push`` after them (the
+            work-pool deployment sets it: its worker starts from a fresh clone).
 
     Returns:
         One record per stage (name, whether it ran, seconds), or one for the experiment.
     """
-    project = Path(project_dir) if project_dir else PROJECT_ROOT
+    project = Path(project_dir) if project_dir else FLOW_PROJECT
     overrides = dict(overrides or {})
     if task is not None:
         overrides["task"] = task
@@ -289,11 +316,15 @@ def training_pipeline(
         return [runner(name, project, overrides, stages, imports)]
     results = []
     try:
+        if sync_remote_data:
+            sync_remote("pull", project)
         for stage in order:
             runner = run_stage
             if retries and stage in retries:
                 runner = run_stage.with_options(retries=retries[stage])
             results.append(runner(stage, project))
+        if sync_remote_data:
+            sync_remote("push", project)
     except BaseException as exc:
         end_parent_run(project, describe_error(exc))
         raise

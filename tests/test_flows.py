@@ -301,34 +301,64 @@ def test_validation_failure_fails_the_run_and_keeps_the_registry(served, served_
     assert registry_before and _registry(served_project) == registry_before
 
 
-def test_work_pool_worker_runs_the_deployment(prefect_api, tmp_path, small, project_with):
-    """The path past one machine: a process work pool, a worker, a deployment on the pool."""
+def test_work_pool_worker_runs_from_a_clone_and_the_dvc_remote(
+    prefect_api, tmp_path, small, project_with
+):
+    """Past one machine: a worker started in an unrelated directory clones the repository,
+    pulls what the DVC remote holds (those stages are skipped, not re-run), runs the rest and
+    pushes its outputs; the repository it was cloned from is untouched."""
     api = {"PREFECT_API_URL": prefect_api}
+    origin = project_with(tmp_path / "origin")
+    set_params(origin, **small)
+    (origin / ".gitignore").write_text(".state/\n")
+    remote = tmp_path / "dvc-remote"  # the team's shared storage (S3 in real life)
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], origin)
+    run(["dvc", "repro", "validate"], origin)  # prepare + validate, then shared
+    run(["dvc", "push"], origin)
+    commit(origin)  # code, params, dvc.lock, the tiny start-point model
+    branch = run(["git", "branch", "--show-current"], origin).stdout.strip()
+    pushed = {path for path in remote.rglob("*") if path.is_file()}
+
     run(["prefect", "work-pool", "create", "test-pool", "--type", "process"], ROOT, **api)
     deploy = [sys.executable, "-m", "flows.deploy", "pool", "--pool", "test-pool"]
-    run([*deploy, "--name", "on-pool"], ROOT, **api)
-    log_path = tmp_path / "worker.log"
+    run([*deploy, "--name", "on-pool", "--repo", str(origin), "--branch", branch], ROOT, **api)
+    machine = tmp_path / "machine-2"  # the worker's own directory: no checkout there
+    machine.mkdir()
+    worker = start_worker(machine, api, tmp_path / "worker.log")
+    try:
+        flow_run = run_deployment(
+            "training-pipeline/on-pool",
+            parameters={"stages": ["tokenize"]},
+            job_variables={"working_dir": str(machine)},
+            timeout=600,
+        )
+    finally:
+        stop_server(worker)
+    assert flow_run.state_name == "Completed", (tmp_path / "worker.log").read_text()[-3000:]
+    assert flow_run.parameters["sync_remote_data"] is True  # the deployment's default
+
+    (clone,) = {path.parent for path in machine.rglob("dvc.yaml")}
+    assert (clone / "data/tokenized").is_dir()
+    status = run(["dvc", "status", "tokenize", "--with-deps"], clone).stdout.strip()
+    assert status == "Data and pipelines are up to date."
+    # Restored stages were skipped: only tokenize published a stage artifact.
+    assert set(asyncio.run(_artifacts(flow_run.id))) == {"tokenize-report"}
+    # Its outputs went to the remote; the origin's workspace is as committed.
+    assert {path for path in remote.rglob("*") if path.is_file()} > pushed
+    assert not run(["git", "status", "--porcelain"], origin).stdout.strip()
+    assert not (origin / "data/tokenized").exists()
+
+
+def start_worker(directory: Path, api: dict, log_path: Path) -> subprocess.Popen:
+    """``prefect worker start --pool test-pool`` running in ``directory``."""
     with log_path.open("w") as log:
-        worker = subprocess.Popen(
+        return subprocess.Popen(
             ["prefect", "worker", "start", "--pool", "test-pool"],
-            cwd=ROOT,
+            cwd=directory,
             env={**project_env(), **api},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    try:
-        project = project_with(tmp_path / "project")
-        set_params(project, **small)
-        # Up to validate: what is tested here is the worker picking up the run; the whole
-        # pipeline under the flow is covered by the identical-locks test.
-        parameters = {"project_dir": str(project), "stages": ["validate"]}
-        flow_run = run_deployment("training-pipeline/on-pool", parameters=parameters, timeout=600)
-    finally:
-        stop_server(worker)
-    assert flow_run.state_name == "Completed", log_path.read_text()[-3000:]
-    status = run(["dvc", "status", "validate", "--with-deps"], project).stdout.strip()
-    assert status == "Data and pipelines are up to date."
-    assert not (project / "data/tokenized").exists()  # later stages did not run
 
 
 def test_flow_and_dvc_repro_leave_identical_locks(prefect_api, tmp_path, small, project_with):
