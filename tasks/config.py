@@ -217,6 +217,9 @@ class TrainParams(Section):
     resume: Literal["auto", "never"] = "auto"  # auto: continue from the last checkpoint
     save_steps: Annotated[int, Field(gt=0)] = 200  # checkpoint every N steps and each epoch
     logging_steps: Annotated[int, Field(gt=0)] = 10
+    # Data-parallel processes on this machine (torchrun: gloo on CPU, NCCL on GPUs, one GPU
+    # each); batch_size is per process. Rank 0 alone writes outputs, checkpoints and logs.
+    processes: Annotated[int, Field(ge=1)] = 1
     lora: LoraParams = LoraParams()
 
     def resolved_metric(self, task: str) -> str:

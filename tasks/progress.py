@@ -122,6 +122,8 @@ def trainer_callback(task: str = "train", every: float = 5.0) -> Any:
             self.tokens, self.clock = 0, time.perf_counter()
 
         def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return  # one progress line per run, not one per training process
             self.progress = Progress(state.max_steps, task, every=every)
             self.tokens, self.clock = state.num_input_tokens_seen or 0, time.perf_counter()
 

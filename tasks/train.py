@@ -32,6 +32,7 @@ import logging
 import pickle
 import re
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ from typing import Any
 
 import typer
 
-from tasks import progress, tracking
+from tasks import distributed, progress, tracking
 from tasks.cli import stage_command
 from tasks.config import (
     BEST_PARAMS_FILE,
@@ -527,6 +528,7 @@ def train(
         dataloader_num_workers=0,
         remove_unused_columns=False,  # columns are selected below
         include_num_input_tokens_seen="non_padding",  # real tokens/s in the progress lines
+        ddp_backend="gloo" if precision.device == "cpu" and distributed.world_size() > 1 else None,
     )
     trainer_cls, epoch_end_cls, early_stopping_cls = _trainer_classes()
     epoch_end = epoch_end_cls()
@@ -554,6 +556,10 @@ def train(
     train_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - train_started - epoch_end.eval_seconds
+    seen = _summed_over_processes(
+        trainer, [trainer.samples_seen, trainer.tokens_seen, trainer.padded_tokens_seen]
+    )
+    samples_seen, tokens_seen, padded_tokens_seen = seen
 
     state = trainer.state
     best = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
@@ -581,10 +587,10 @@ def train(
         "max_tokens_per_batch": max_tokens,
         "mean_batch_examples": round(mean_batch, 2),
         "learning_rate": learning_rate,
-        "train_samples_per_second": _rate(trainer.samples_seen, train_seconds),
-        "train_tokens_per_second": _rate(trainer.tokens_seen, train_seconds),
-        "padding_share": round(1 - trainer.tokens_seen / trainer.padded_tokens_seen, 4)
-        if trainer.padded_tokens_seen
+        "train_samples_per_second": _rate(samples_seen, train_seconds),
+        "train_tokens_per_second": _rate(tokens_seen, train_seconds),
+        "padding_share": round(1 - tokens_seen / padded_tokens_seen, 4)
+        if padded_tokens_seen
         else None,
         "train_time_s": round(train_seconds, 2),
         "eval_time_s": round(epoch_end.eval_seconds, 2),
@@ -596,10 +602,13 @@ def train(
         "trainable_parameters": trainable,
         "total_parameters": total,
         "seed": tp.seed,
+        "processes": distributed.world_size(),
         "params_source": provenance["params_source"],  # tune | params.yaml
         "tuned_params": provenance["tuned_params"],
     }
 
+    if not distributed.is_main_process():
+        return metrics  # rank 0 writes the model and the reports
     model_dir = Path(model_dir)
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
@@ -631,6 +640,16 @@ def train(
         metrics["train_samples_per_second"], metrics["train_tokens_per_second"], model_dir,
     )  # fmt: skip
     return metrics
+
+
+def _summed_over_processes(trainer: Any, counts: list[int]) -> list[int]:
+    """``counts`` summed over the training processes (each saw its own share of batches)."""
+    if distributed.world_size() == 1:
+        return counts
+    import torch
+
+    summed = trainer.accelerator.reduce(torch.tensor(counts, device=trainer.args.device), "sum")
+    return [int(value) for value in summed.tolist()]
 
 
 def _rate(count: int, seconds: float) -> float | None:
@@ -678,6 +697,14 @@ def main(
     require_tracked_inputs(params, PROJECT_ROOT, ["model.name_or_path"])
     # The values this run uses (tuned ones over params.yaml), so its MLflow run logs them too.
     params, _ = apply_tuned_params(params, Path(reports_dir) / BEST_PARAMS_FILE)
+    if params.train.processes > 1 and not distributed.launched():
+        code = distributed.relaunch(params.train.processes, "tasks.train", sys.argv[1:])
+        if code != 0:
+            raise StageError(f"train.processes {params.train.processes}: a process failed")
+        return
+    if not distributed.is_main_process():
+        train(params, tokenized_dir, model_dir, reports_dir, state_dir)
+        return
     # The MLflow run is open while training (RUNNING, curves streamed; FAILED with the error).
     with tracking.stage_run(params, "train", state_dir):
         metrics = train(params, tokenized_dir, model_dir, reports_dir, state_dir)

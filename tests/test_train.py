@@ -276,6 +276,52 @@ def test_the_cli_streams_its_curves_into_a_run_open_while_training(tmp_path, tin
     assert train_run.data.metrics["summary.global_steps"] > 0
 
 
+def test_two_processes_train_like_one_and_only_rank_0_writes(tmp_path, tiny_model_dir):
+    """``train.processes: 2``: DVC's one command runs two torchrun processes (DDP over gloo);
+    the same global batch (2 x 8 vs 1 x 16) reaches the one-process validation score within
+    0.05, every example is seen once per epoch across the two, and rank 0 alone writes
+    the model, the reports and one MLflow run."""
+    import mlflow
+
+    project = make_project(tmp_path / "project")
+    raw = tiny_params("text_classification", start_point_in(project, tiny_model_dir))
+    raw = raw.model_dump(mode="json", by_alias=True)
+    raw["train"].update(epochs=3, early_stopping_patience=0)
+    tokenized = prepare_run(tmp_path, load_params_from(raw, tmp_path / "one.yaml"))
+    one = run_train(tmp_path, load_params_from(raw, tmp_path / "one.yaml"), tokenized)
+
+    raw["train"].update(processes=2, batch_size=8)
+    out = tmp_path / "two"
+    done = run_command(
+        [sys.executable, "-m", "tasks.train", "--params", str(write_yaml(raw, tmp_path)),
+         "--tokenized-dir", str(tokenized), "--model-dir", str(out / "model"),
+         "--reports-dir", str(out / "reports"), "--state-dir", str(out / "state")],
+        project,
+    )  # fmt: skip
+    two = json.loads((out / "reports" / "train_metrics.json").read_text())
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert two["best_validation_metric"] == pytest.approx(one["best_validation_metric"], abs=0.05)
+    assert two["global_steps"] == one["global_steps"]  # same global batch, same step count
+    assert two["train_examples"] * 3 <= two["train_samples_per_second"] * two["train_time_s"] * 1.01
+    assert (out / "model" / "model.safetensors").is_file()
+    assert done.stderr.count("train INFO best ") == 1  # one summary line: rank 0's
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'state' / 'mlflow' / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert [r.info.run_name for r in runs if r.info.run_name == "train"] == ["train"]
+    assert not any((out / "state" / "checkpoints").glob("*"))
+
+
+def load_params_from(raw: dict, path: Path):
+    path.write_text(yaml.safe_dump(raw))
+    return load_params(path)
+
+
+def write_yaml(raw: dict, directory: Path) -> Path:
+    path = directory / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def test_head_method_trains_only_the_classifier(tmp_path, tiny_model_dir):
     params = tiny_params(
         "text_classification", tiny_model_dir, train={"method": "head", "epochs": 2}
