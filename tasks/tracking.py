@@ -9,8 +9,10 @@ plain ``dvc repro``, by the ``dvc`` process that runs all the stages.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
+import re
 import subprocess
 import time
 import uuid
@@ -315,19 +317,37 @@ def log_params(client: Any, run_id: str, params: Params) -> None:
     """The resolved params as flat keys (``train.learning_rate``)."""
     from mlflow.entities import Param
 
-    flat = flatten(params.model_dump(by_alias=True, mode="json"))
+    flat = mlflow_names(flatten(params.model_dump(by_alias=True, mode="json")))
     entries = [Param(key, str(value)[:6000]) for key, value in flat.items()]
     for start in range(0, len(entries), 100):
         client.log_batch(run_id, params=entries[start : start + 100])
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level with dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``)."""
     if isinstance(data, dict):
         flat: dict[str, Any] = {}
         for key, value in data.items():
             flat |= flatten(value, f"{prefix}{key}.")
         return flat
     return {prefix.rstrip("."): data}
+
+
+# What MLflow accepts in a metric or param name; user data (label names such as ``<pos>`` or
+# ``B-ORG/x?``) can hold anything else, and MLflow rejects the whole batch for one bad key.
+_UNSAFE_NAME_CHARS = re.compile(r"[^\w\-. :/]")
+
+
+def mlflow_names(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with keys MLflow accepts: other characters become ``_``, and a key that then
+    collides with another gets a short hash of the original, so no value is lost."""
+    safe: dict[str, Any] = {}
+    for key, value in values.items():
+        name = _UNSAFE_NAME_CHARS.sub("_", key)
+        if name != key and name in safe | values:
+            name = f"{name}_{hashlib.sha1(key.encode()).hexdigest()[:6]}"
+        safe[name] = value
+    return safe
 
 
 def lineage_tags(project: Path = PROJECT_ROOT) -> dict[str, str]:
@@ -431,7 +451,7 @@ def log_numbers(values: dict[str, Any], prefix: str = "", step: int | None = Non
 
     numbers = {
         f"{prefix}{key}": float(value)
-        for key, value in flatten(values).items()
+        for key, value in mlflow_names(flatten(values)).items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
     if numbers:
@@ -450,7 +470,7 @@ def log_to_parent(values: dict[str, Any], prefix: str = "") -> None:
     now = int(time.time() * 1000)
     metrics = [
         Metric(f"{prefix}{key}", float(value), now, 0)
-        for key, value in flatten(values).items()
+        for key, value in mlflow_names(flatten(values)).items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     ]
     if parent and metrics:

@@ -104,3 +104,22 @@ def test_a_failed_stage_fails_its_run_and_the_parent_with_the_error(tmp_path, mo
         assert runs_of("exec-bad")["pipeline"].info.status == "RUNNING"
     assert tracking.end_pipeline(params, "exec-bad", state_dir=state) == parent.info.run_id
     assert runs_of("exec-bad")["pipeline"].info.status == "FINISHED"
+
+
+def test_user_label_names_become_valid_metric_names_without_losing_one(tmp_path, monkeypatch):
+    """Label names are user data: ``<pos>`` or ``B-ORG?`` must not make MLflow reject the
+    batch, and two labels that sanitise alike stay two metrics."""
+    import mlflow
+
+    project, state = tracked_project(tmp_path)
+    monkeypatch.setenv("PIPELINE_RUN_ID", "exec-labels")
+    params = load_params(project / "params.yaml")
+    counts = {"labels": {"<pos>": 3, "_pos_": 4, "B-ORG?": 5, "neg": 6}}
+    with tracking.stage_run(params, "tokenize", state, project) as run:
+        tracking.log_numbers(counts)
+        tracking.log_to_parent(counts, "test_")
+    metrics = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
+    assert sorted(metrics.values()) == [3.0, 4.0, 5.0, 6.0]
+    assert metrics["labels._pos_"] == 4.0 and metrics["labels.neg"] == 6.0
+    assert metrics["labels.B-ORG_"] == 5.0
+    assert tracking.mlflow_names({"a<b": 1}) == {"a_b": 1}
