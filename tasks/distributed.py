@@ -8,9 +8,13 @@ GPUs). Rank 0 alone writes outputs and checkpoints and logs to MLflow.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def world_size() -> int:
@@ -28,6 +32,23 @@ def launched() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or world_size() > 1
 
 
+def _die_with_parent(sig: signal.Signals) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig))
+
+
+def exit_with_launcher() -> None:
+    """In a torchrun worker: die when the launcher dies. torchrun starts its workers in new
+    sessions, so a SIGKILL of the stage's process group (DVC or Prefect cancelled, the OOM
+    killer, kill -9) would otherwise leave them training and writing outputs behind the next
+    run's back."""
+    parent = os.getppid()
+    _die_with_parent(signal.SIGKILL)
+    if os.getppid() != parent:  # the launcher died before the request was made
+        os._exit(1)
+
+
 def relaunch(processes: int, module: str, arguments: list[str]) -> int:
     """Run ``python -m module arguments`` as ``processes`` torchrun workers on this machine
     and return torchrun's exit code (non-zero when any worker failed)."""
@@ -38,4 +59,5 @@ def relaunch(processes: int, module: str, arguments: list[str]) -> int:
     # One thread per process unless the user chose: N processes x all cores oversubscribes.
     cores = max(1, (os.cpu_count() or 1) // processes)
     env = {"OMP_NUM_THREADS": str(cores), **os.environ}
-    return subprocess.call(command, env=env)
+    # torchrun stops its workers on SIGTERM; it gets one when this process dies.
+    return subprocess.call(command, env=env, preexec_fn=lambda: _die_with_parent(signal.SIGTERM))

@@ -362,19 +362,8 @@ def _trainer_classes() -> tuple[type, type, type]:
             return control
 
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any):
+            # The validation line itself is the progress module's (one line per epoch).
             self.eval_seconds += float((metrics or {}).get("eval_runtime", 0.0))
-            log.info(
-                "epoch %.0f validation: %s",
-                state.epoch or 0,
-                ", ".join(
-                    f"{k[5:]}={v:.4f}"
-                    for k, v in (metrics or {}).items()
-                    if k.startswith("eval_")
-                    and isinstance(v, float)
-                    and "runtime" not in k
-                    and "per_second" not in k
-                ),
-            )
 
     class EarlyStopping(EarlyStoppingCallback):
         """transformers' early stopping (its counter is saved in checkpoints); the best
@@ -472,7 +461,7 @@ def train(
 
     run_dir = Path(state_dir) / "checkpoints" / run_key(params, source, precision, tokenized_dir)
     checkpoint = last_complete_checkpoint(run_dir) if tp.resume == "auto" else None
-    if checkpoint is None:
+    if checkpoint is None and distributed.is_main_process():
         shutil.rmtree(run_dir, ignore_errors=True)
     else:
         log.info("resuming from %s", checkpoint)
@@ -702,7 +691,10 @@ def main(
         if code != 0:
             raise StageError(f"train.processes {params.train.processes}: a process failed")
         return
+    if distributed.launched():
+        distributed.exit_with_launcher()
     if not distributed.is_main_process():
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports progress for all
         train(params, tokenized_dir, model_dir, reports_dir, state_dir)
         return
     # The MLflow run is open while training (RUNNING, curves streamed; FAILED with the error).

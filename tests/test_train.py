@@ -276,28 +276,33 @@ def test_the_cli_streams_its_curves_into_a_run_open_while_training(tmp_path, tin
     assert train_run.data.metrics["summary.global_steps"] > 0
 
 
-def test_two_processes_train_like_one_and_only_rank_0_writes(tmp_path, tiny_model_dir):
+def test_two_processes_train_like_one_only_rank_0_writes_and_resume(tmp_path, tiny_model_dir):
     """``train.processes: 2``: DVC's one command runs two torchrun processes (DDP over gloo);
     the same global batch (2 x 8 vs 1 x 16) reaches the one-process validation score within
     0.05, every example is seen once per epoch across the two, and rank 0 alone writes
-    the model, the reports and one MLflow run."""
+    the model, the reports and one MLflow run. Both processes killed after a checkpoint, the
+    same command resumes and ends with the uninterrupted run's history and weights."""
     import mlflow
 
     project = make_project(tmp_path / "project")
     raw = tiny_params("text_classification", start_point_in(project, tiny_model_dir))
     raw = raw.model_dump(mode="json", by_alias=True)
-    raw["train"].update(epochs=3, early_stopping_patience=0)
+    raw["train"].update(epochs=3, early_stopping_patience=0, save_steps=4)
     tokenized = prepare_run(tmp_path, load_params_from(raw, tmp_path / "one.yaml"))
     one = run_train(tmp_path, load_params_from(raw, tmp_path / "one.yaml"), tokenized)
 
     raw["train"].update(processes=2, batch_size=8)
+    params_path = write_yaml(raw, tmp_path)
+
+    def command(out: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "tasks.train", "--params", str(params_path),
+            "--tokenized-dir", str(tokenized), "--model-dir", str(out / "model"),
+            "--reports-dir", str(out / "reports"), "--state-dir", str(out / "state"),
+        ]  # fmt: skip
+
     out = tmp_path / "two"
-    done = run_command(
-        [sys.executable, "-m", "tasks.train", "--params", str(write_yaml(raw, tmp_path)),
-         "--tokenized-dir", str(tokenized), "--model-dir", str(out / "model"),
-         "--reports-dir", str(out / "reports"), "--state-dir", str(out / "state")],
-        project,
-    )  # fmt: skip
+    done = run_command(command(out), project)
     two = json.loads((out / "reports" / "train_metrics.json").read_text())
     assert two["processes"] == 2 and one["processes"] == 1
     assert two["best_validation_metric"] == pytest.approx(one["best_validation_metric"], abs=0.05)
@@ -309,6 +314,29 @@ def test_two_processes_train_like_one_and_only_rank_0_writes(tmp_path, tiny_mode
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert [r.info.run_name for r in runs if r.info.run_name == "train"] == ["train"]
     assert not any((out / "state" / "checkpoints").glob("*"))
+    mlflow.set_tracking_uri(None)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        command(killed), cwd=project, env=project_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not saved_checkpoint(killed / "state" / "checkpoints"):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks
+    process.wait()
+    process.stderr.close()
+    assert not (killed / "model").exists()
+    resumed = run_command(command(killed), project)
+    assert "resuming from" in resumed.stderr, resumed.stderr
+    assert (killed / "reports/validation_history.csv").read_text() == (
+        out / "reports/validation_history.csv"
+    ).read_text()
+    a, b = weights(killed / "model"), weights(out / "model")
+    assert all((a[k] == b[k]).all() for k in a)
 
 
 def load_params_from(raw: dict, path: Path):
