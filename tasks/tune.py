@@ -801,15 +801,19 @@ def run_search(
     running ones, failing and re-queuing those whose worker stopped beating (Optuna's
     ``fail_stale_trials``), and runs the retries. After ``timeout`` seconds no trial starts
     and a running one stops (failed, ``stopped: timeout``). A trial that raises is recorded
-    as FAIL and the search goes on; a pruned one as PRUNED.
+    as FAIL and the search goes on (up to ``n_trials`` failures in this process: a broken
+    objective must not loop forever); a pruned one as PRUNED.
     """
     deadline = time.monotonic() + timeout if timeout is not None else None
     target = params.tune.n_trials
     objective = Objective(params, data, parent_run_id, experiment_id, deadline)
     callbacks = [TrialProgress(target or 0)]  # trial i/n, best so far, pruned
     quiet_optuna()  # instead of Optuna's [I ...] lines
-    ran = 0
+    ran = failed = 0
     while deadline is None or time.monotonic() < deadline:
+        if target is not None and failed >= target:
+            log.warning("%d trials failed in this process: it stops", failed)
+            break
         finished, running, defaults_queued = study_progress(study)
         if target is not None and finished >= target and not defaults_queued:
             break
@@ -826,6 +830,10 @@ def run_search(
                 objective, n_trials=1, timeout=left, catch=(Exception,),
                 callbacks=callbacks, gc_after_trial=True,
             )  # fmt: skip
+        last = study.get_trials(deepcopy=False)  # this process's trial: the latest it ran
+        mine = [t for t in last if t.user_attrs.get("worker_pid") == os.getpid()]
+        if mine and max(mine, key=lambda t: t.number).state == TrialState.FAIL:
+            failed += max(mine, key=lambda t: t.number).user_attrs.get("stopped") != SURPLUS
         ran += 1
     return ran
 
