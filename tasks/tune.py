@@ -810,7 +810,10 @@ def run_search(
     callbacks = [TrialProgress(target or 0)]  # trial i/n, best so far, pruned
     quiet_optuna()  # instead of Optuna's [I ...] lines
     ran = failed = 0
-    while deadline is None or time.monotonic() < deadline:
+    while True:
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        if out_of_time and ran:  # the first trial starts even so (as study.optimize does)
+            break
         if target is not None and failed >= target:
             log.warning("%d trials failed in this process: it stops", failed)
             break
@@ -818,6 +821,8 @@ def run_search(
         if target is not None and finished >= target and not defaults_queued:
             break
         if target is not None and finished + running >= target and not defaults_queued:
+            if out_of_time:
+                break
             with warnings.catch_warnings():  # the missing trials run elsewhere: wait
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
@@ -982,8 +987,9 @@ def tune(
         # params.yaml's own values are always a candidate: the first trial of a study (or
         # the next one, when the train values changed since), never pruned.
         study, queued = join_study(params, storage, name, stage=True)
-        # Seeded by the study's length: a re-run samples new points, reproducibly.
-        seed = tune_params.seed + len(study.get_trials(deepcopy=False))
+        # Seeded by the study's length before this run queued anything: a re-run samples
+        # new points, reproducibly.
+        seed = tune_params.seed + len(study.get_trials(deepcopy=False)) - queued
         study.sampler = make_sampler(params, seed)
         done, running, _ = study_progress(study)
         log.info(
