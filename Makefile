@@ -135,6 +135,9 @@ postgres-stop: setup  ## Stop the project's PostgreSQL
 tracking-server: setup postgres-binaries  ## MLflow server on 127.0.0.1:5000: runs in PostgreSQL, artifacts proxied
 	python -m tasks.servers tracking --port $(MLFLOW_PORT) --postgres-port $(POSTGRES_PORT)
 
+tune-worker: setup  ## One more tuning worker on this machine: joins the study in tune.storage (PostgreSQL) until n_trials
+	python -m tasks.tune --worker
+
 PREFECT_PORT ?= 4200
 PREFECT_LOCAL_API := http://127.0.0.1:$(PREFECT_PORT)/api
 

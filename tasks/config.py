@@ -320,14 +320,13 @@ class TuneParams(Section):
 
     enabled: bool = True  # false: no search; train uses params.yaml alone
     study_name: Annotated[str, Field(min_length=1)] = "finetune"
-    # null: SQLite in .state/optuna/ (n_jobs 1) or a journal file there (n_jobs > 1);
-    # journal:PATH (a JournalStorage file, parallel-safe on one machine); or a database URL.
+    # null: SQLite in .state/optuna/ (one machine); or a database URL: postgresql://... for
+    # parallel workers (python -m tasks.tune --worker) on one or several machines.
     storage: str | None = None
     n_trials: Annotated[int, Field(gt=0)] | None = 6  # finished trials the study should reach
     # A cap in seconds per run, null: none (the budget is n_trials, so the result does not
     # depend on the machine's speed). A trial it stops is failed as timed out, never a best.
     timeout: Annotated[float, Field(gt=0)] | None = None
-    n_jobs: Annotated[int, Field(ge=1)] = 1  # worker processes
     seed: int = 42  # TPE sampler
     startup_trials: Annotated[int, Field(ge=1)] = 3  # random trials before TPE models the space
     train_fraction: Annotated[float, Field(gt=0, le=1)] = 0.2  # stratified subset of train
@@ -337,6 +336,17 @@ class TuneParams(Section):
     grace_period: Annotated[int, Field(ge=1)] = 30  # seconds without heartbeat: worker dead
     max_retries: Annotated[int, Field(ge=0)] = 2  # re-runs of a trial whose worker died
     space: dict[str, SearchDimension] = Field(default_factory=_default_space)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "n_jobs" in data:
+            raise ValueError(
+                "n_jobs was removed: the stage no longer spawns workers; run "
+                "`python -m tasks.tune --worker` once per extra worker (any machine) against "
+                "a shared tune.storage (postgresql://...), see README 'Parallel tuning'"
+            )
+        return data
 
     @model_validator(mode="after")
     def _budget_and_storage(self) -> TuneParams:
@@ -348,15 +358,10 @@ class TuneParams(Section):
                 f"({self.heartbeat_interval})"
             )
         storage = self.storage
-        if storage is not None and not (storage.startswith("journal:") or "://" in storage):
+        if storage is not None and "://" not in storage:
             raise ValueError(
-                f"storage: {storage!r} is neither journal:PATH nor a database URL "
-                "(sqlite:///..., postgresql://...)"
-            )
-        if self.n_jobs > 1 and storage is not None and storage.startswith("sqlite"):
-            raise ValueError(
-                f"n_jobs {self.n_jobs} runs parallel workers, which SQLite storage does not "
-                "support; use storage: journal:PATH (one machine), a PostgreSQL URL, or null"
+                f"storage: {storage!r} is not a database URL (sqlite:///..., "
+                "postgresql://user:password@host:port/db); journal files are no longer supported"
             )
         if self.enabled and not self.space:
             raise ValueError("space is empty: list at least one hyperparameter to search")

@@ -37,11 +37,18 @@ values outside ``tune.space``, the space itself, ``tune.train_fraction`` and
 sampler and the pruner therefore see only trials of the objective they are searching. The
 study lives in ``tune.storage`` (by default SQLite in ``.state/optuna/``): a re-run of the same
 configuration continues its study, keeps every finished trial and runs only what is missing
-to reach ``tune.n_trials`` (Optuna's ``MaxTrialsCallback``); a changed configuration starts a
-new study, and the old ones stay in the storage, listed in the report. ``tune.n_jobs`` > 1
-runs worker processes against a journal file (or a database server). Running trials send
-heartbeats; a trial whose worker died is failed and re-queued with the same values
-(``RetryHeartbeatStaleTrialCallback``, the successor of ``RetryFailedTrialCallback``).
+to reach ``tune.n_trials``; a changed configuration starts a new study, and the old ones stay
+in the storage, listed in the report.
+
+Parallel tuning: ``python -m tasks.tune --worker`` (any number, on any machine with the
+tokenized data) joins the same study in a shared ``tune.storage`` (``postgresql://...``;
+Optuna's RDB storage) and runs trials until the study holds ``tune.n_trials`` finished
+ones, writing no outputs; the stage runs trials too and writes the outputs once the study
+is complete. No trial starts while finished + running trials reach ``n_trials`` (a trial
+that two workers start at once is failed as ``surplus`` before training), so the study ends
+with exactly ``n_trials``. Running trials send Optuna's heartbeats; a trial whose worker died
+is failed and re-queued with the same values (``RetryHeartbeatStaleTrialCallback``, the
+successor of ``RetryFailedTrialCallback``) and run by a live worker or the next run.
 
 MLflow: the stage's run (a child of the pipeline execution's run) holds the summary, the
 reports and plots; every trial is a nested run with its values, the validation metrics of
@@ -59,7 +66,6 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
 import shutil
@@ -73,10 +79,7 @@ from typing import Any
 import optuna
 import typer
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-from optuna.study import MaxTrialsCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from tasks.cli import stage_command
@@ -134,6 +137,7 @@ BEST_PARAMS_KEYS = (
 )  # fmt: skip
 DEFAULTS_ROLE = "defaults"  # user attr ``role`` of the trial that runs params.yaml's values
 TIMEOUT = "timeout"  # user attr ``stopped`` of a trial that tune.timeout stopped (FAIL state)
+SURPLUS = "surplus"  # user attr ``stopped`` of a trial started after the study was full (FAIL)
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -221,56 +225,19 @@ def suggest_defaults(trial: optuna.Trial, params: Params) -> dict[str, Any]:
 
 
 def storage_spec(params: Params, state_dir: Path = STATE_DIR) -> str:
-    """``tune.storage``, or the default inside the project: SQLite for one process, a journal
-    file for parallel workers (SQLite is not safe for those)."""
-    tune = params.tune
-    if tune.storage:
-        return tune.storage
-    directory = (Path(state_dir) / "optuna").resolve()
-    if tune.n_jobs > 1:
-        return f"journal:{directory / 'journal.log'}"
-    return f"sqlite:///{directory / 'optuna.db'}"
+    """``tune.storage``, or the single-machine default inside the project: SQLite."""
+    if params.tune.storage:
+        return params.tune.storage
+    return f"sqlite:///{(Path(state_dir) / 'optuna' / 'optuna.db').resolve()}"
 
 
 def describe_storage(spec: str) -> str:
     """The storage for reports and logs, without a password."""
-    if spec.startswith("journal:"):
-        return spec
     from sqlalchemy.engine import make_url
 
     with contextlib.suppress(Exception):
         return make_url(spec).render_as_string(hide_password=True)
     return spec.split("@")[-1]
-
-
-class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
-    """Optuna's ``JournalStorage`` with heartbeats (Optuna has them for RDB storages only):
-    a running trial records the time in a system attribute every ``interval`` seconds; one
-    silent for ``grace`` seconds is stale, failed, and handed to ``on_stale``."""
-
-    def __init__(self, backend: Any, interval: int, grace: int, on_stale: Any) -> None:
-        super().__init__(backend)
-        self._interval, self._grace, self._on_stale = interval, grace, on_stale
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            self.set_trial_system_attr(trial_id, "heartbeat", time.time())
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now, stale = time.time(), []
-        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = trial.system_attrs.get("heartbeat")
-            if beat is None and trial.datetime_start is not None:
-                beat = trial.datetime_start.timestamp()
-            if beat is not None and now - beat > self._grace:
-                stale.append(trial._trial_id)
-        return stale
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self._interval
-
-    def get_heartbeat_stale_trial_callback(self) -> Any:
-        return self._on_stale
 
 
 class RetryStaleTrial:
@@ -294,35 +261,25 @@ class RetryStaleTrial:
 
 
 def open_storage(spec: str, params: Params) -> optuna.storages.BaseStorage:
-    """The study storage with heartbeats and retry of stale trials.
-
-    ``journal:PATH`` (relative to the project) opens a journal file, safe for several
-    processes on one machine; anything else is a SQLAlchemy URL (SQLite, PostgreSQL, ...).
-    """
+    """Optuna's RDB storage of a SQLAlchemy URL (SQLite, PostgreSQL, ...) with its own
+    heartbeat: a running trial beats every ``tune.heartbeat_interval`` seconds; one silent
+    for ``tune.grace_period`` is failed and re-queued with the same values."""
     tune = params.tune
-    on_stale = RetryStaleTrial(tune.max_retries)
+    engine: dict[str, Any] = {}
+    if spec.startswith("sqlite:"):
+        if spec.startswith("sqlite:///") and spec != "sqlite:///:memory:":
+            Path(spec.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = {"connect_args": {"timeout": 60}}  # heartbeat thread + trial thread
+    else:
+        engine = {"pool_pre_ping": True}  # a server that restarted: reconnect, not fail
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        if spec.startswith("journal:"):
-            path = Path(spec.removeprefix("journal:")).expanduser()
-            path = path if path.is_absolute() else PROJECT_ROOT / path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # An open(O_EXCL) lock file: works on every local file system.
-            backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
-            return HeartbeatJournalStorage(
-                backend, tune.heartbeat_interval, tune.grace_period, on_stale
-            )
-        engine: dict[str, Any] = {}
-        if spec.startswith("sqlite:"):
-            if spec.startswith("sqlite:///") and spec != "sqlite:///:memory:":
-                Path(spec.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            engine = {"connect_args": {"timeout": 60}}  # heartbeat thread + trial thread
         return RDBStorage(
             spec,
             engine_kwargs=engine,
             heartbeat_interval=tune.heartbeat_interval,
             grace_period=tune.grace_period,
-            heartbeat_stale_trial_callback=on_stale,
+            heartbeat_stale_trial_callback=RetryStaleTrial(tune.max_retries),
         )
 
 
@@ -587,6 +544,11 @@ class TrialTimedOut(Exception):
     """``tune.timeout`` stopped the trial: failed (never pruned, never a best)."""
 
 
+class SurplusTrial(Exception):
+    """Another worker started the study's last missing trial first: failed before training
+    (no values sampled), so the study ends with exactly ``tune.n_trials`` finished trials."""
+
+
 @dataclass
 class TrialRecord:
     epochs: float = 0.0
@@ -627,6 +589,10 @@ class Objective:
         if retry_of is not None:
             trial.set_user_attr("retry_of", retry_of)
         trial.set_user_attr("worker_pid", os.getpid())
+        if self._surplus(trial):
+            trial.set_user_attr("stopped", SURPLUS)
+            trial.set_user_attr("fail_reason", f"{SURPLUS}: the study had its trials")
+            raise SurplusTrial(f"trial {trial.number}: the study has its trials, not run")
         record, state, started = TrialRecord(), "FAIL", time.perf_counter()
         run_id = None
         try:
@@ -659,6 +625,17 @@ class Objective:
             trial.set_user_attr("rss_mb", round(rss_mb, 1))
             if run_id is not None:
                 self._end_run(state, duration, record, rss_mb)
+
+    def _surplus(self, trial: optuna.Trial) -> bool:
+        """Whether ``tune.n_trials`` finished or running trials numbered before this one
+        exist (two workers started the last missing trial at once); the defaults trial
+        always runs."""
+        target = self.params.tune.n_trials
+        if target is None or trial.user_attrs.get("role") == DEFAULTS_ROLE:
+            return False
+        counted = (*FINISHED, TrialState.RUNNING)
+        ahead = trial.study.get_trials(deepcopy=False, states=counted)
+        return sum(t.number < trial.number for t in ahead) >= target
 
     def _start_run(self, trial: optuna.Trial, values: dict[str, Any], retry_of: Any) -> Any:
         if self.parent_run_id is None:
@@ -795,64 +772,75 @@ def _free_memory() -> None:
 # --- the study --------------------------------------------------------------------------------
 
 
-def recover_stale_trials(study: optuna.Study, params: Params) -> None:
-    """Fail and re-queue trials whose worker died (no heartbeat for ``grace_period``).
-
-    Running trials are given one grace period to prove they are alive (a live worker keeps
-    beating), so a trial killed just before this run is recovered now, not left running.
-    """
-    tune = params.tune
-    deadline = time.monotonic() + tune.grace_period + tune.heartbeat_interval
-    waited = False
-    while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if not running or time.monotonic() > deadline:
-            break
-        if not waited:
-            log.info(
-                "%d trial(s) marked running: waiting up to %ds for their heartbeats",
-                len(running), tune.grace_period + tune.heartbeat_interval,
-            )  # fmt: skip
-            waited = True
-        time.sleep(1)
+def study_progress(study: optuna.Study) -> tuple[int, int, bool]:
+    """Finished (complete or pruned) and running trials of every process, and whether a
+    defaults trial is queued."""
+    finished = running = 0
+    defaults_queued = False
+    for trial in study.get_trials(deepcopy=False):
+        finished += trial.state in FINISHED
+        running += trial.state == TrialState.RUNNING
+        if trial.state == TrialState.WAITING and trial.user_attrs.get("role") == DEFAULTS_ROLE:
+            defaults_queued = True
+    return finished, running, defaults_queued
 
 
 def run_search(
     params: Params,
     data: TuningData,
     study: optuna.Study,
-    n_trials: int | None,
     timeout: float | None,
     parent_run_id: str | None = None,
     experiment_id: str | None = None,
-) -> None:
-    """Run up to ``n_trials`` trials in this process, and stop early once the study holds
-    ``tune.n_trials`` finished (complete or pruned) trials, counting those of other processes
-    too (``MaxTrialsCallback``). After ``timeout`` seconds no trial starts and a running one
-    stops (at its next step; recorded as pruned), so the search ends within about ``timeout``
-    seconds.
+) -> int:
+    """Run trials in this process, one at a time, until the study holds ``tune.n_trials``
+    finished (complete or pruned) trials of every process; return how many ran here.
 
-    A trial that raises is recorded as FAIL and the search goes on; a pruned one as PRUNED.
+    Surplus rule (parallel workers): no trial starts while finished + running trials reach
+    ``n_trials`` (a queued defaults trial always runs); this process then waits for the
+    running ones, failing and re-queuing those whose worker stopped beating (Optuna's
+    ``fail_stale_trials``), and runs the retries. After ``timeout`` seconds no trial starts
+    and a running one stops (failed, ``stopped: timeout``). A trial that raises is recorded
+    as FAIL and the search goes on (up to ``n_trials`` failures in this process: a broken
+    objective must not loop forever); a pruned one as PRUNED.
     """
     deadline = time.monotonic() + timeout if timeout is not None else None
-    objective = Objective(params, data, parent_run_id, experiment_id, deadline)
     target = params.tune.n_trials
-    callbacks = [MaxTrialsCallback(target, states=FINISHED)] if target is not None else []
-    callbacks.append(TrialProgress(target or 0))  # trial i/n, best so far, pruned
+    objective = Objective(params, data, parent_run_id, experiment_id, deadline)
+    callbacks = [TrialProgress(target or 0)]  # trial i/n, best so far, pruned
     quiet_optuna()  # instead of Optuna's [I ...] lines
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        study.optimize(
-            objective,
-            n_trials=n_trials,
-            timeout=timeout,
-            catch=(Exception,),
-            callbacks=callbacks,
-            gc_after_trial=True,
-        )
+    ran = failed = 0
+    while True:
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        if out_of_time and ran:  # the first trial starts even so (as study.optimize does)
+            break
+        if target is not None and failed >= target:
+            log.warning("%d trials failed in this process: it stops", failed)
+            break
+        finished, running, defaults_queued = study_progress(study)
+        if target is not None and finished >= target and not defaults_queued:
+            break
+        if target is not None and finished + running >= target and not defaults_queued:
+            if out_of_time:
+                break
+            with warnings.catch_warnings():  # the missing trials run elsewhere: wait
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            time.sleep(min(params.tune.heartbeat_interval, 5))
+            continue
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.optimize(
+                objective, n_trials=1, timeout=left, catch=(Exception,),
+                callbacks=callbacks, gc_after_trial=True,
+            )  # fmt: skip
+        last = study.get_trials(deepcopy=False)  # this process's trial: the latest it ran
+        mine = [t for t in last if t.user_attrs.get("worker_pid") == os.getpid()]
+        if mine and max(mine, key=lambda t: t.number).state == TrialState.FAIL:
+            failed += max(mine, key=lambda t: t.number).user_attrs.get("stopped") != SURPLUS
+        ran += 1
+    return ran
 
 
 def study_name(params: Params, fingerprint: str) -> str:
@@ -860,21 +848,26 @@ def study_name(params: Params, fingerprint: str) -> str:
     return f"{params.tune.study_name}-{fingerprint}"
 
 
-def _open_study(
-    params: Params, storage: optuna.storages.BaseStorage, name: str, seed: int, create: bool
-) -> optuna.Study:
-    kwargs = {
-        "study_name": name,
-        "storage": storage,
-        "sampler": make_sampler(params, seed),
-        "pruner": make_pruner(params),
-    }
-    if create:
-        study = optuna.create_study(direction=DIRECTION, load_if_exists=True, **kwargs)
-        if study.direction.name.lower() != DIRECTION:
-            raise StageError(f"study {name!r} minimizes; choose another tune.study_name")
-        return study
-    return optuna.load_study(**kwargs)
+def join_study(
+    params: Params, storage: optuna.storages.BaseStorage, name: str, stage: bool
+) -> tuple[optuna.Study, bool]:
+    """Create the study ``name`` or join it (another process may have created it); return it
+    and whether a defaults trial was queued.
+
+    The defaults trial is queued by the process that created the study (creation is atomic
+    in the storage, so parallel workers queue it once) and, in an existing study that has
+    trials, by the stage only (``train`` values changed since: a new defaults trial).
+    """
+    kwargs = {"study_name": name, "storage": storage, "pruner": make_pruner(params)}
+    try:
+        study = optuna.create_study(direction=DIRECTION, **kwargs)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.load_study(**kwargs), False
+    if study.direction.name.lower() != DIRECTION:
+        raise StageError(f"study {name!r} minimizes; choose another tune.study_name")
+    joined = stage and bool(study.get_trials(deepcopy=False))
+    return study, (created or joined) and enqueue_defaults(study, params)
 
 
 def other_studies(
@@ -902,78 +895,41 @@ def other_studies(
     return sorted(found, key=lambda s: (s["started"] or oldest, s["study_name"]), reverse=True)
 
 
-def _worker(spec: dict[str, Any]) -> None:
-    """One parallel worker process: its own storage connection, sampler seed and MLflow
-    client; trials are nested under the stage's run (passed in explicitly)."""
-    import torch
+def work(params: Params, tokenized_dir: Path, state_dir: Path) -> int:
+    """One parallel worker (``python -m tasks.tune --worker``): join the study of this
+    configuration in ``tune.storage`` and run trials until it holds ``tune.n_trials``
+    finished ones (or ``tune.timeout``); writes no stage output (the stage does, once the
+    study is complete). Returns the number of trials this worker ran.
+
+    Its trials are nested MLflow runs under a ``tune-worker`` run of its own.
+    """
+    import mlflow
 
     from tasks import tracking
 
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s tune[w{spec['worker']}] %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    if not params.tune.enabled:
+        raise StageError("tune.enabled is false: there is no study to work on")
     quiet_transformers()
-    torch.set_num_threads(spec["threads"])
-    params = Params.model_validate(spec["params"])
-    state_dir = Path(spec["state_dir"])
-    experiment_id = None
-    if spec["parent_run_id"]:
-        experiment_id = tracking.configure(params, state_dir)
-    data = load_tuning_data(params, Path(spec["tokenized_dir"]), state_dir)
-    storage = open_storage(spec["storage"], params)
-    study = _open_study(params, storage, spec["study_name"], spec["seed"], create=False)
-    run_search(
-        params, data, study, spec["n_trials"], spec["timeout"], spec["parent_run_id"],
-        experiment_id,
-    )  # fmt: skip
-
-
-def _split(total: int | None, parts: int) -> list[int | None]:
-    if total is None:
-        return [None] * parts
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-
-
-def run_workers(
-    params: Params,
-    spec: str,
-    name: str,
-    tokenized_dir: Path,
-    state_dir: Path,
-    n_trials: int | None,
-    timeout: float | None,
-    seed: int,
-    parent_run_id: str | None,
-) -> list[int]:
-    """Run ``tune.n_jobs`` worker processes sharing ``n_trials``; return their exit codes."""
-    n_jobs = params.tune.n_jobs
-    context = multiprocessing.get_context("spawn")  # no forked torch/MLflow state
-    threads = max(1, (os.cpu_count() or 1) // n_jobs)
-    processes = []
-    for worker, quota in enumerate(_split(n_trials, n_jobs)):
-        if quota == 0:
-            continue
-        payload = {
-            "worker": worker,
-            "params": params.model_dump(by_alias=True, mode="json"),
-            "storage": spec,
-            "study_name": name,
-            "tokenized_dir": str(tokenized_dir),
-            "state_dir": str(state_dir),
-            "n_trials": quota,
-            "timeout": timeout,
-            "seed": seed + 1000 * worker,  # distinct streams: no duplicate samples
-            "threads": threads,
-            "parent_run_id": parent_run_id,
-        }
-        process = context.Process(target=_worker, args=(payload,), name=f"tune-worker-{worker}")
-        process.start()
-        processes.append(process)
-    for process in processes:
-        process.join()
-    return [p.exitcode for p in processes]
+    warnings.simplefilter("ignore", ExperimentalWarning)
+    spec = storage_spec(params, state_dir)
+    if spec.startswith("sqlite"):
+        log.warning("tune.storage is SQLite: workers on this machine only (use PostgreSQL)")
+    data = load_tuning_data(params, tokenized_dir, state_dir)
+    name = study_name(params, data.fingerprint)
+    study, _ = join_study(params, open_storage(spec, params), name, stage=False)
+    # Its own sampler stream: workers started together must not sample the same points.
+    offset = len(study.get_trials(deepcopy=False)) + os.getpid()
+    study.sampler = make_sampler(params, params.tune.seed + offset)
+    experiment_id = tracking.configure(params, state_dir)
+    tags = {tracking.STAGE_TAG: "tune-worker", "optuna.study": name}
+    log.info("worker %d joined study %r in %s", os.getpid(), name, describe_storage(spec))
+    with mlflow.start_run(
+        run_name=f"tune-worker-{os.getpid()}", experiment_id=experiment_id, tags=tags
+    ) as run:
+        ran = run_search(params, data, study, params.tune.timeout, run.info.run_id, experiment_id)
+    log.info("worker %d: %d trial(s) run; study %r %s", os.getpid(), ran, name,
+             _count_states(study.get_trials(deepcopy=False)))  # fmt: skip
+    return ran
 
 
 # --- the stage --------------------------------------------------------------------------------
@@ -1028,37 +984,23 @@ def tune(
     started = time.perf_counter()
     with tracking.stage_run(params, "tune", state_dir) as run:
         storage = open_storage(spec, params)
-        study = _open_study(params, storage, name, tune_params.seed, create=True)
-        recover_stale_trials(study, params)
-        # Seeded by the study's length: a re-run samples new points, reproducibly.
-        seed = tune_params.seed + len(study.get_trials(deepcopy=False))
-        study.sampler = make_sampler(params, seed)
         # params.yaml's own values are always a candidate: the first trial of a study (or
         # the next one, when the train values changed since), never pruned.
-        queued = enqueue_defaults(study, params)
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
-        remaining = None if tune_params.n_trials is None else tune_params.n_trials - done
-        if queued and remaining is not None:
-            remaining = max(remaining, 1)  # a complete study still measures the defaults
+        study, queued = join_study(params, storage, name, stage=True)
+        # Seeded by the study's length before this run queued anything: a re-run samples
+        # new points, reproducibly.
+        seed = tune_params.seed + len(study.get_trials(deepcopy=False)) - queued
+        study.sampler = make_sampler(params, seed)
+        done, running, _ = study_progress(study)
         log.info(
-            "study %r in %s: %d finished trials, %s to run; train on %d of %d examples",
-            name, describe_storage(spec), done,
-            "until the timeout" if remaining is None else max(remaining, 0),
-            len(data.train), data.train_examples,
+            "study %r in %s: %d finished and %d running trials of %s%s; train on %d of %d "
+            "examples",
+            name, describe_storage(spec), done, running, tune_params.n_trials or "(timeout)",
+            " + the defaults" if queued else "", len(data.train), data.train_examples,
         )  # fmt: skip
-        if remaining is None or remaining > 0:
-            if tune_params.n_jobs == 1:
-                run_search(
-                    params, data, study, remaining, tune_params.timeout,
-                    run.info.run_id, run.info.experiment_id,
-                )  # fmt: skip
-            else:
-                codes = run_workers(
-                    params, spec, name, tokenized_dir, state_dir, remaining,
-                    tune_params.timeout, seed, run.info.run_id,
-                )  # fmt: skip
-                if any(code != 0 for code in codes):
-                    log.warning("worker exit codes %s: the next run retries lost trials", codes)
+        run_search(
+            params, data, study, tune_params.timeout, run.info.run_id, run.info.experiment_id
+        )
         trials = study.get_trials(deepcopy=False)
         summary = _summary(params, data, name, spec, trials)
         summary["other_studies"] = other_studies(storage, tune_params.study_name, name)
@@ -1297,6 +1239,8 @@ def _write_markdown(
             cells = [_fmt(row[h]) for h in header]
             if row["stopped"] == TIMEOUT:
                 cells[1] = "timed out (FAIL)"  # tune.timeout, not the pruner
+            elif row["stopped"] == SURPLUS:
+                cells[1] = "surplus, not run (FAIL)"  # a parallel worker was first
             if row["role"] == DEFAULTS_ROLE:
                 cells[1] += " (defaults)"
             lines.append("| " + " | ".join(cells) + " |")
@@ -1369,12 +1313,18 @@ def main(
     tokenized_dir: Path = typer.Option(TOKENIZED_DIR, help="output of the tokenize stage"),
     reports_dir: Path = typer.Option(REPORTS_DIR, help="where the reports go"),
     state_dir: Path = typer.Option(STATE_DIR, help="default study storage, registry cache"),
+    worker: bool = typer.Option(
+        False, "--worker", help="only run trials of the shared study; write no outputs"
+    ),
 ) -> None:
     """Search hyperparameters on the validation split (see the module docstring)."""
     params = load_params(params_path)
     # Before the model is read: a local start point must be in models/pretrained/.
     require_tracked_inputs(params, PROJECT_ROOT, ["model.name_or_path"])
-    tune(params, tokenized_dir, reports_dir, state_dir)
+    if worker:
+        work(params, tokenized_dir, state_dir)
+    else:
+        tune(params, tokenized_dir, reports_dir, state_dir)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The tune stage on a tiny random BERT: pruning, reports, MLflow run tree, memory, resume
-after SIGKILL, parallel workers, one study per configuration, deterministic best_params.json
+after SIGKILL, one study per configuration, deterministic best_params.json
 and the hand-over to train."""
 
 from __future__ import annotations
@@ -377,7 +377,7 @@ def test_timeout_stops_the_running_trial(tuned):
     params = tuned["params"]
     data = load_tuning_data(params, tuned["tokenized"], tuned["dir"] / "state")
     study = optuna.create_study(direction="maximize")
-    run_search(params, data, study, n_trials=3, timeout=0.5)  # spent within the first trial
+    run_search(params, data, study, timeout=0.5)  # spent within the first trial
     (trial,) = study.trials  # no further trial starts
     # A failed trial (never pruned, never a best), marked as stopped by the timeout.
     assert trial.state.name == "FAIL" and trial.user_attrs["stopped"] == "timeout"
@@ -482,40 +482,6 @@ def test_killed_study_resumes_and_keeps_finished_trials(tmp_path, tiny_model_dir
     assert run.info.status == "FAILED" and run.data.tags["trial.state"] == "FAIL"
 
 
-def test_two_workers_share_one_study(tmp_path, tiny_model_dir):
-    import mlflow
-
-    uri = make_tracking(tmp_path)
-    params = tiny_params(
-        "text_classification", tiny_model_dir, tracking={"uri": uri},
-        # A grace period of 10 s: two workers on a loaded 2-core machine, one running the
-        # 6-epoch defaults trial, missed the 2 s one (a live trial failed as stale).
-        tune=tune_section(n_trials=4, n_jobs=2, pruner={"type": "none"}, grace_period=10),
-    )  # fmt: skip
-    tokenized = tokenized_without_test(tmp_path, params)
-    summary = tune(params, tokenized, tmp_path / "reports", tmp_path / "state")
-    assert summary["storage"].startswith("journal:")
-    assert summary["trials"] == {"COMPLETE": 4}
-
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-    path = str(tmp_path / "state/optuna/journal.log")
-    storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
-    trials = optuna.load_study(study_name=summary["study_name"], storage=storage).trials
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # no duplicates, none lost
-    assert len({t.user_attrs["worker_pid"] for t in trials}) == 2
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # distinct samples
-
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("finetune").experiment_id
-    (stage,) = client.search_runs([experiment], "tags.`pipeline.stage` = 'tune'")
-    children = client.search_runs(
-        [experiment], f"tags.`mlflow.parentRunId` = '{stage.info.run_id}'"
-    )
-    assert sorted(r.info.run_name for r in children) == [f"trial-{n}" for n in range(4)]
-
-
 def test_search_space_and_storage_are_validated():
     cases = {
         "tune.space": {"lr": {"type": "float", "low": 1e-5, "high": 1e-3}},
@@ -523,20 +489,20 @@ def test_search_space_and_storage_are_validated():
         "tune.space.epochs": {"type": "float", "low": 1, "high": 3},
         "tune.space.batch_size": {"type": "categorical", "choices": [0, 16]},
         "tune.storage": "optuna.db",
+        "tune.n_jobs": 2,
     }
     expected = {
         "tune.space": "tune.space.lr: not a tunable train key",
         "tune.space.learning_rate": "tune.space.learning_rate: a log scale needs low > 0",
         "tune.space.epochs": "train.epochs is an integer",
         "tune.space.batch_size": "0 is not a valid train.batch_size (must be > 0)",
-        "tune.storage": "neither journal:PATH nor a database URL",
+        "tune.storage": "'optuna.db' is not a database URL",
+        "tune.n_jobs": "n_jobs was removed: the stage no longer spawns workers; run "
+        "`python -m tasks.tune --worker`",
     }
     for key, value in cases.items():
         with pytest.raises(ParamsError, match=re.escape(expected[key])):
             load_params(overrides={key: value})
-    with pytest.raises(ParamsError, match="SQLite storage does not support"):
-        load_params(overrides={"tune.n_jobs": 2, "tune.storage": "sqlite:///x.db"})
-    assert load_params(overrides={"tune.n_jobs": 2}).tune.n_jobs == 2  # default: journal
 
 
 def test_stratified_subset_keeps_label_shares():
