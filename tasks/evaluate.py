@@ -21,6 +21,7 @@ Reads ``task``, ``train.precision`` (inference runs in the training precision) a
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import time
@@ -48,6 +49,7 @@ from tasks.modeling import (
     quiet_transformers,
     token_budget,
     vocab_hash,
+    write_atomic,
     write_json,
 )
 from tasks.progress import Progress
@@ -272,14 +274,16 @@ def evaluate(
 
     _write_confusion(reports_dir, pairs, matrix_labels)
     errors.sort(key=lambda e: -e["confidence"])
-    with (reports_dir / "errors.jsonl").open("w", encoding="utf-8") as handle:
-        for error in errors[: params.evaluate.max_errors]:
-            handle.write(json.dumps(error, ensure_ascii=False) + "\n")
+    listed = errors[: params.evaluate.max_errors]
+    write_atomic(
+        reports_dir / "errors.jsonl",
+        "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in listed),
+    )
     write_json(reports_dir / "metrics.json", metrics)
     write_json(reports_dir / SPEED_FILE, speed)
-    (reports_dir / "eval_report.md").write_text(
+    write_atomic(
+        reports_dir / "eval_report.md",
         _markdown(task, metrics, pairs, matrix_labels, errors, precision, model_dir, test_files),
-        encoding="utf-8",
     )
     headline = "f1_macro" if task == "text_classification" else "f1_micro"
     log.info(
@@ -368,10 +372,11 @@ def _write_confusion(reports_dir: Path, pairs: list[tuple[str, str]], labels: li
     import matplotlib.pyplot as plt
     import numpy as np
 
-    with (reports_dir / "confusion.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["actual", "predicted"])
-        writer.writerows(pairs)
+    rows = io.StringIO(newline="")
+    writer = csv.writer(rows)
+    writer.writerow(["actual", "predicted"])
+    writer.writerows(pairs)
+    write_atomic(reports_dir / "confusion.csv", rows.getvalue())
     index = {label: i for i, label in enumerate(labels)}
     matrix = np.zeros((len(labels), len(labels)), dtype=int)
     for actual, predicted in pairs:
@@ -388,7 +393,9 @@ def _write_confusion(reports_dir: Path, pairs: list[tuple[str, str]], labels: li
         axes.text(column, row, str(count), ha="center", va="center", color=color, fontsize=8)
     axes.set_title("Test confusion matrix")
     figure.tight_layout()
-    figure.savefig(reports_dir / "confusion_matrix.png", dpi=100)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
+    write_atomic(reports_dir / "confusion_matrix.png", image.getvalue())
     plt.close(figure)
 
 

@@ -544,9 +544,15 @@ def quiet_transformers() -> None:
 
 def write_json(path: Path, payload: Any) -> None:
     """Write ``payload`` atomically (a crash never leaves half a report)."""
+    write_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False, default=float) + "\n")
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write ``content`` (text as UTF-8) to a temporary file beside ``path``, then move it
+    into place: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=float) + "\n")
+    tmp.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
     tmp.replace(path)
 
 

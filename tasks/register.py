@@ -398,7 +398,22 @@ def _log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str
     version = client.create_model_version(
         name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
     )
-    return str(version.version)
+    return _keep_first(client, name, str(version.version), tags[MODEL_MD5_TAG])
+
+
+def _keep_first(client: Any, name: str, version: str, weights: str) -> str:
+    """The first version of ``name`` holding ``weights``; ``version`` (just created) is
+    deleted when an earlier one exists. The HTTP client retries a request whose answer was
+    lost (the server died or restarted after creating the version): the retry creates a
+    second version of the same weights. The registry lock does not reach another machine's
+    register on one server either; both then keep the same, first, version."""
+    same = client.search_model_versions(f"name = '{name}' AND tags.{MODEL_MD5_TAG} = '{weights}'")
+    first = min((int(v.version) for v in same), default=int(version))
+    if first < int(version):
+        log.warning("%s version %s duplicates version %s (same weights): deleted", name,
+                    version, first)  # fmt: skip
+        client.delete_model_version(name, version)
+    return str(min(first, int(version)))
 
 
 class EntityPipeline(PythonModel):

@@ -57,6 +57,8 @@ def use_store(params: Params, state_dir: Path = STATE_DIR) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if uri.startswith(("http://", "https://")):
+        for name, value in HTTP_RETRIES.items():  # the user's own settings win
+            os.environ.setdefault(name, value)
         require_server(uri, "tracking.uri" if params.tracking.uri else "MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -64,6 +66,10 @@ def use_store(params: Params, state_dir: Path = STATE_DIR) -> str:
 
 
 SERVER_TRIES = (0, 1, 2, 4)  # seconds to wait before each try of an unreachable server
+# MLflow's HTTP client retries a failed request 7 times with backoff factor 2 (~4 minutes
+# before the error, meant for rate limits): a server that died mid-stage then holds the stage
+# for minutes. Here: 4 tries, waiting 0, 2 and 4 s (+ up to 1 s jitter) in between.
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
 def require_server(uri: str, key: str) -> None:
@@ -301,6 +307,10 @@ def stage_run(
         log_params(client, run.info.run_id, params)
         yield run
     except BaseException as exc:
+        lost = server_lost(exc)
+        if lost is not None:  # nothing can be marked on a server that is gone
+            uri = tracking_uri(params, state_dir)
+            raise StageError(server_lost_message(uri, stage, lost)) from None
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         error = describe_error(exc)
         client.set_tag(run.info.run_id, ERROR_TAG, error)
@@ -311,6 +321,43 @@ def stage_run(
     mlflow.end_run("FINISHED")
     if stage == last_stage(project):
         client.set_terminated(parent, "FINISHED")
+
+
+_CONNECTION_LOST = re.compile(
+    r"Max retries exceeded|Failed to establish a new connection|Connection refused|"
+    r"Connection aborted|RemoteDisconnected"
+)
+
+_REASON = re.compile(r"\[Errno -?\d+\] [^')\]]+|Connection refused|Connection reset[^')]*")
+
+
+def server_lost(exc: BaseException) -> BaseException | None:
+    """The connection error in ``exc``'s chain when the tracking server stopped answering
+    (MLflow wraps requests' ``ConnectionError`` in an ``MlflowException``), else None."""
+    import requests
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, requests.exceptions.ConnectionError):
+            return exc
+        # Failures of parallel artifact uploads come back as text only, the chain cut.
+        if isinstance(exc, Exception) and _CONNECTION_LOST.search(str(exc)):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def server_lost_message(uri: str, stage: str, cause: BaseException) -> str:
+    """One line for a tracking server lost mid-stage: which, after how many tries, what to do."""
+    tries = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")) + 1
+    found = _REASON.search(str(cause))
+    reason = found.group(0) if found else type(cause).__name__
+    return (
+        f"tracking.uri: the MLflow server {uri} stopped answering during {stage} ({reason}; "
+        f"{tries} tries with backoff). Start it again (make tracking-server) and run "
+        "`dvc repro`: the stage's outputs and the registry are as before it started"
+    )
 
 
 def log_params(client: Any, run_id: str, params: Params) -> None:
@@ -442,7 +489,26 @@ def log_datasets(project: Path, splits: tuple[str, ...], run_id: str | None = No
         inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, split)]))
     if inputs:
         run_id = run_id or mlflow.active_run().info.run_id
-        mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
+        _log_inputs(mlflow.MlflowClient(), run_id, inputs)
+
+
+def _log_inputs(client: Any, run_id: str, inputs: list[Any], tries: int = 3) -> None:
+    """``log_inputs``, tried again when another run stored the same dataset at the same moment:
+    MLflow's SQL store checks whether a dataset exists, then inserts it, so two pipelines
+    (two checkouts, one store) logging one dataset at once make one of them fail on the
+    dataset's UNIQUE constraint; a second try finds the row and links it."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(tries):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as exc:
+            text = str(exc).lower()
+            race = "unique" in text or "duplicate key" in text or "integrityerror" in text
+            if not race or attempt == tries - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def log_numbers(values: dict[str, Any], prefix: str = "", step: int | None = None) -> None:

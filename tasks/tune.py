@@ -274,13 +274,33 @@ def open_storage(spec: str, params: Params) -> optuna.storages.BaseStorage:
         engine = {"pool_pre_ping": True}  # a server that restarted: reconnect, not fail
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        return RDBStorage(
-            spec,
-            engine_kwargs=engine,
-            heartbeat_interval=tune.heartbeat_interval,
-            grace_period=tune.grace_period,
-            heartbeat_stale_trial_callback=RetryStaleTrial(tune.max_retries),
+        return _first_open(
+            lambda: RDBStorage(
+                spec,
+                engine_kwargs=engine,
+                heartbeat_interval=tune.heartbeat_interval,
+                grace_period=tune.grace_period,
+                heartbeat_stale_trial_callback=RetryStaleTrial(tune.max_retries),
+            )
         )
+
+
+def _first_open(open_rdb: Any, tries: int = 3) -> RDBStorage:
+    """``RDBStorage`` on a new database, tried again when another process created the schema
+    at the same moment: Optuna creates its tables (and alembic's) without a lock, so two
+    pipelines starting on one new database (two checkouts, one storage) make one fail on a
+    duplicate table or key; the next try finds the schema in place."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(tries - 1):
+        try:
+            return open_rdb()
+        except (IntegrityError, ProgrammingError) as exc:
+            text = str(exc).lower()
+            if "duplicate" not in text and "already exists" not in text:
+                raise
+            time.sleep(1.0 + attempt)
+    return open_rdb()
 
 
 def make_sampler(params: Params, seed: int) -> optuna.samplers.BaseSampler:
