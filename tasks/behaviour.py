@@ -20,6 +20,7 @@ check its pass rate, count and failed cases), a section of ``eval_report.md``, a
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,8 @@ def fillings(template: str, fills: dict[str, list[str]]) -> list[str]:
 # --- predictions ------------------------------------------------------------------------------
 
 
-def text_probabilities(model: Any, tokenizer: Any, texts: list[str], precision: Any) -> list:
-    """Class probabilities (numpy) of each text."""
+def text_log_probabilities(model: Any, tokenizer: Any, texts: list[str], precision: Any) -> list:
+    """Log class probabilities (numpy) of each text."""
     import torch
 
     model.to(precision.device)
@@ -122,7 +123,7 @@ def text_probabilities(model: Any, tokenizer: Any, texts: list[str], precision: 
                 texts[start : start + BATCH], padding=True, truncation=True, return_tensors="pt"
             ).to(precision.device)
             logits = model(**batch).logits.float()
-            found += list(torch.softmax(logits, dim=-1).cpu().numpy())
+            found += list(torch.log_softmax(logits, dim=-1).cpu().numpy())
     return found
 
 
@@ -192,16 +193,21 @@ def text_checks(model, tokenizer, checks: dict, settings: BehaviourParams, preci
         return {"checks": {}, "skipped": {name: index for name in checks}}
     sentiment = {i: name for name, i in index.items()}
 
-    def predict(texts: list[str]) -> list[tuple[str, float]]:
-        probabilities = text_probabilities(model, tokenizer, texts, precision)
-        return [(sentiment[int(p.argmax())], float(p[index["positive"]])) for p in probabilities]
+    def predict(texts: list[str]) -> list[tuple[str, float, float]]:
+        """Label, positive probability and log-odds (which, unlike a probability near 1,
+        never saturates: a direction is always measurable)."""
+        found = []
+        for logp in text_log_probabilities(model, tokenizer, texts, precision):
+            positive, negative = float(logp[index["positive"]]), float(logp[index["negative"]])
+            found.append((sentiment[int(logp.argmax())], math.exp(positive), positive - negative))
+        return found
 
     found = {}
     if "mft" in checks:
         cases = checks["mft"]["cases"]
         outcomes = [
             (label == case["expected"], {**case, "predicted": label, "positive": round(p, 4)})
-            for case, (label, p) in zip(cases, predict([c["text"] for c in cases]), strict=True)
+            for case, (label, p, _) in zip(cases, predict([c["text"] for c in cases]), strict=True)
         ]
         found["mft"] = _result(checks["mft"].get("description", ""), outcomes)
     if "inv" in checks:
@@ -217,8 +223,10 @@ def text_checks(model, tokenizer, checks: dict, settings: BehaviourParams, preci
         before = predict([c["text"] for c in cases])
         after = predict([c["changed"] for c in cases])
         outcomes, flips = [], 0
-        for case, (old, p_old), (new, p_new) in zip(cases, before, after, strict=True):
-            moved = p_new < p_old if case["direction"] == "down" else p_new > p_old
+        for case, (old, p_old, o_old), (new, p_new, o_new) in zip(
+            cases, before, after, strict=True
+        ):
+            moved = o_new < o_old if case["direction"] == "down" else o_new > o_old
             flips += old != new
             detail = {"positive_before": round(p_old, 4), "positive_after": round(p_new, 4)}
             outcomes.append((moved, {**case, **detail, "label_before": old, "label_after": new}))
