@@ -221,9 +221,10 @@ def test_real_encoder_passes_the_shipped_checks_well_above_chance(tmp_path):
 
     params = Params.model_validate(
         {
-            "prepare": {"max_examples": 2000},
+            # Measured on 2 busy cores: ~90 s of training; MFT 1.0, INV 0.875, DIR 0.8.
+            "prepare": {"max_examples": 800},
             "tokenize": {"max_length": 64},
-            "train": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-4, "precision": "fp32"},
+            "train": {"epochs": 1, "batch_size": 8, "learning_rate": 2e-4, "precision": "fp32"},
             "tune": {"enabled": False},
             "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
         }
@@ -235,9 +236,10 @@ def test_real_encoder_passes_the_shipped_checks_well_above_chance(tmp_path):
 
     report = json.loads((tmp_path / "reports/behaviour.json").read_text())
     checks = report["checks"]
-    assert checks["mft"]["pass_rate"] >= 0.6  # chance: 0.5
+    assert checks["mft"]["pass_rate"] >= 0.75  # chance: 0.5
     assert checks["inv"]["pass_rate"] >= 0.6
-    assert checks["dir"]["count"] == 10
+    assert checks["dir"]["count"] == 10 and checks["dir"]["pass_rate"] >= 0.6
+    assert report["skipped"] == {}  # rotten tomatoes' labels are positive/negative
     mlflow.set_tracking_uri(params.tracking.uri)
     run = mlflow.search_runs(
         experiment_names=["finetune"], filter_string="tags.`pipeline.stage` = 'evaluate'"
