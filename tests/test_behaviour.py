@@ -246,3 +246,25 @@ def test_real_encoder_passes_the_shipped_checks_well_above_chance(tmp_path):
     )
     assert run["metrics.behaviour/mft/pass_rate"].iloc[0] == checks["mft"]["pass_rate"]
     assert "metrics.slice.short.accuracy" in run.columns
+
+
+def test_the_sst2_preset_maps_its_0_1_labels_to_sentiments():
+    from conftest import ROOT
+
+    from tasks.behaviour import sentiment_indices
+    from tasks.config import load_params
+    from tasks.presets import load_preset
+
+    sst2 = load_params(ROOT / "params.yaml", load_preset("sst2").params).evaluate.behaviour
+    assert sentiment_indices({0: "0", 1: "1"}, sst2.sentiment_labels) == {
+        "negative": 0,
+        "positive": 1,
+    }
+    default = load_params(ROOT / "params.yaml").evaluate.behaviour
+    assert "not one positive and one negative" in sentiment_indices(
+        {0: "0", 1: "1"}, default.sentiment_labels
+    )
+    assert sentiment_indices({0: "negative", 1: "positive"}, default.sentiment_labels) == {
+        "negative": 0,
+        "positive": 1,
+    }
