@@ -360,9 +360,10 @@ def check_model(params: Any, model_dir: Path, reports_dir: Path, path: Path | No
     report = run_checks(model, tokenizer, params.task, settings, precision, path)
     write_json(target, report)
     markdown = Path(reports_dir) / "eval_report.md"
-    if markdown.exists():
-        with markdown.open("a", encoding="utf-8") as handle:
-            handle.write(render(report))
+    if markdown.exists():  # replaced whole, as every report: a crash never leaves half
+        tmp = markdown.with_name(f".{markdown.name}.tmp")
+        tmp.write_text(markdown.read_text(encoding="utf-8") + render(report), encoding="utf-8")
+        tmp.replace(markdown)
     gate(report, settings.min_pass_rate)
     return report
 
