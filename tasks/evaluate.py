@@ -194,8 +194,9 @@ def evaluate(
         params: validated parameters (``task``, ``train.precision``, ``evaluate``).
         tokenized_dir: output of the tokenize stage (only ``test`` is read).
         model_dir: output of the train stage.
-        reports_dir: receives metrics.json, inference_speed.json, confusion.csv,
-            confusion_matrix.png, errors.jsonl and eval_report.md.
+        reports_dir: receives metrics.json, inference_speed.json, slices.json,
+            confusion.csv, confusion_matrix.png, errors.jsonl and eval_report.md (the
+            behavioural checks are the stage's next step: ``run_stage``).
 
     Returns:
         The content of ``metrics.json`` (scores only).
