@@ -368,6 +368,35 @@ class TuneParams(Section):
         return self
 
 
+SentimentName = Literal["positive", "negative"]
+
+
+class BehaviourParams(Section):
+    """Behavioural checks of the trained model in ``evaluate`` (tasks/behaviour.py)."""
+
+    enabled: bool = Field(True, description="run the checks of tasks/behaviour_cases/<task>.yaml")
+    min_pass_rate: Share | None = Field(
+        None,
+        description="null: report only; a number: evaluate fails when a check passes less often",
+    )
+    sentiment_labels: dict[str, SentimentName] = Field(
+        {"positive": "positive", "negative": "negative", "pos": "positive", "neg": "negative"},
+        description="the model's label -> positive/negative, for the sentiment checks of text "
+        "classification; without one label of each the sentiment checks are skipped",
+    )
+    entity_types: dict[str, str] = Field(
+        {},
+        description="entity type of the cases (PER, LOC, ORG) -> the model's type (e.g. PER: "
+        "person); types not listed are used as they are",
+    )
+
+    @field_validator("sentiment_labels", "entity_types", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: Any) -> Any:
+        # YAML reads SST-2's labels 0/1 as numbers; the model's label names are strings.
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+
 class EvaluateParams(Section):
     """Stage ``evaluate``: scores on the test split."""
 
@@ -375,6 +404,7 @@ class EvaluateParams(Section):
     # Padded tokens per batch instead of batch_size; auto: 65536 on CUDA, null on a CPU.
     max_tokens_per_batch: Literal["auto"] | Annotated[int, Field(gt=0)] | None = "auto"
     max_errors: Annotated[int, Field(ge=0)] = 50  # misclassified examples in errors.jsonl
+    behaviour: BehaviourParams = BehaviourParams()
 
 
 class RegisterParams(Section):

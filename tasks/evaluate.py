@@ -15,7 +15,12 @@ Reads ``task``, ``train.precision`` (inference runs in the training precision) a
 - ``confusion.csv`` (one ``actual,predicted`` row per example, or per word for tokens; a
   DVC confusion plot) and ``confusion_matrix.png``.
 - ``errors.jsonl``: the misclassified examples, highest-confidence mistakes first.
+- ``slices.json``: DVC metrics on slices of the test split: short and long texts (in words,
+  cut at the test split's median), texts with and without a negation (text task), and each
+  entity type (token task).
 - ``eval_report.md``: the tables and the plot.
+- ``behaviour.json``: behavioural checks of the model (``tasks/behaviour.py``), with their
+  section of ``eval_report.md``; run by the stage after the scores (``evaluate.behaviour``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import csv
 import io
 import json
 import logging
+import re
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +39,7 @@ import typer
 
 from tasks.cli import stage_command
 from tasks.config import DEFAULT_PARAMS, Params, load_params
-from tasks.environment import PROJECT_ROOT
+from tasks.environment import PROJECT_ROOT, STATE_DIR
 from tasks.errors import StageError
 from tasks.metrics import entity_scores, text_scores
 from tasks.modeling import (
@@ -59,6 +66,10 @@ log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"
 REPORTS_DIR = PROJECT_ROOT / "reports"
 SPEED_FILE = "inference_speed.json"  # timings: kept out of metrics.json, which register reads
+SLICES_FILE = "slices.json"
+NEGATION = re.compile(
+    r"\b(not|no|never|nothing|nobody|none|neither|nor|without|hardly|cannot)\b|n't", re.I
+)
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -185,8 +196,9 @@ def evaluate(
         params: validated parameters (``task``, ``train.precision``, ``evaluate``).
         tokenized_dir: output of the tokenize stage (only ``test`` is read).
         model_dir: output of the train stage.
-        reports_dir: receives metrics.json, inference_speed.json, confusion.csv,
-            confusion_matrix.png, errors.jsonl and eval_report.md.
+        reports_dir: receives metrics.json, inference_speed.json, slices.json,
+            confusion.csv, confusion_matrix.png, errors.jsonl and eval_report.md (the
+            behavioural checks are the stage's next step: ``run_stage``).
 
     Returns:
         The content of ``metrics.json`` (scores only).
@@ -233,6 +245,7 @@ def evaluate(
         if len(labels) == 2:
             metrics["roc_auc"] = _roc_auc(gold, [float(p[1]) for p in probabilities])
         pairs = [(labels[g], labels[p]) for g, p in zip(gold, predicted, strict=True)]
+        slices = text_slices(list(test["text"]), gold, predicted, labels)
         errors = _text_errors(test, gold, predicted, probabilities, labels)
         matrix_labels = labels
     else:
@@ -261,6 +274,7 @@ def evaluate(
             for g, p in zip(gs, ps, strict=True)
         ]
         errors = _token_errors(test, gold_tags, predicted_tags, confidences)
+        slices = token_slices(gold_tags, predicted_tags, metrics["per_type"])
         matrix_labels = ["O", *sorted({entity_type(t) for t in labels} - {None})]
     speed = {
         **timing,
@@ -281,9 +295,11 @@ def evaluate(
     )
     write_json(reports_dir / "metrics.json", metrics)
     write_json(reports_dir / SPEED_FILE, speed)
+    write_json(reports_dir / SLICES_FILE, slices)
     write_atomic(
         reports_dir / "eval_report.md",
-        _markdown(task, metrics, pairs, matrix_labels, errors, precision, model_dir, test_files),
+        _markdown(task, metrics, pairs, matrix_labels, errors, precision, model_dir, test_files)
+        + _slices_markdown(slices),
     )
     headline = "f1_macro" if task == "text_classification" else "f1_micro"
     log.info(
@@ -292,6 +308,64 @@ def evaluate(
         precision.device, min(len(errors), params.evaluate.max_errors),
     )  # fmt: skip
     return metrics
+
+
+def _length_slices(lengths: list[int]) -> tuple[float, dict[str, list[int]]]:
+    cut = statistics.median(lengths)
+    return cut, {
+        "short": [i for i, n in enumerate(lengths) if n <= cut],
+        "long": [i for i, n in enumerate(lengths) if n > cut],
+    }
+
+
+def text_slices(
+    texts: list[str], gold: list[int], predicted: list[int], labels: list[str]
+) -> dict[str, Any]:
+    """Scores on slices of the test split: short/long (words, cut at the median) and with or
+    without a negation (``NEGATION``). Each: ``count``, ``accuracy``, ``f1_macro``."""
+    cut, groups = _length_slices([len(t.split()) for t in texts])
+    negated = [i for i, t in enumerate(texts) if NEGATION.search(t)]
+    groups["negation"] = negated
+    groups["no_negation"] = sorted(set(range(len(texts))) - set(negated))
+    found: dict[str, Any] = {}
+    for name, rows in groups.items():
+        found[name] = {"count": len(rows)}
+        if rows:
+            scores = text_scores([gold[i] for i in rows], [predicted[i] for i in rows], labels)
+            found[name] |= {"accuracy": scores["accuracy"], "f1_macro": scores["f1_macro"]}
+    return {"length_cut_words": cut, "slices": found}
+
+
+def token_slices(
+    gold: list[list[str]], predicted: list[list[str]], per_type: dict[str, Any]
+) -> dict[str, Any]:
+    """Scores on slices of the test split: short/long sentences (words, cut at the median),
+    with entity ``f1_micro`` and ``token_accuracy``, and each entity type's F1 and support."""
+    cut, groups = _length_slices([len(s) for s in gold])
+    found: dict[str, Any] = {}
+    for name, rows in groups.items():
+        found[name] = {"count": len(rows)}
+        if rows:
+            scores = entity_scores([gold[i] for i in rows], [predicted[i] for i in rows])
+            found[name] |= {k: scores[k] for k in ("f1_micro", "token_accuracy") if k in scores}
+    for kind, scores in per_type.items():
+        found[f"type_{kind}"] = {"count": scores["support"], "f1_micro": scores["f1"]}
+    return {"length_cut_words": cut, "slices": found}
+
+
+def _slices_markdown(slices: dict[str, Any]) -> str:
+    names = sorted({k for v in slices["slices"].values() for k in v} - {"count"})
+    lines = [
+        "",
+        f"## Slices (short: at most {slices['length_cut_words']} words, the test median)",
+        "",
+        "| slice | count | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for name, values in slices["slices"].items():
+        cells = [f"{values[k]:.4f}" if k in values else "" for k in names]
+        lines.append(f"| {name} | {values['count']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _roc_auc(gold: list[int], scores: list[float]) -> float | None:
@@ -491,13 +565,32 @@ def main(
     reports_dir: Path = typer.Option(REPORTS_DIR, help="where the reports go"),
 ) -> None:
     """Score models/model on the test split (see the module docstring)."""
-    from tasks import tracking
+    run_stage(load_params(params_path), tokenized_dir, model_dir, reports_dir)
 
-    params = load_params(params_path)
+
+def run_stage(
+    params: Params,
+    tokenized_dir: Path = TOKENIZED_DIR,
+    model_dir: Path = MODEL_DIR,
+    reports_dir: Path = REPORTS_DIR,
+    state_dir: Path = STATE_DIR,
+    project: Path = PROJECT_ROOT,
+) -> dict[str, Any]:
+    """The stage inside its MLflow run: scores, reports, then the behavioural checks (whose
+    gate, ``evaluate.behaviour.min_pass_rate``, may fail the stage once all is logged)."""
+    from tasks import behaviour, tracking
+
     # The run is open (RUNNING) while the stage works; a failure ends it FAILED.
-    with tracking.stage_run(params, "evaluate"):
+    with tracking.stage_run(params, "evaluate", state_dir, project):
         metrics = evaluate(params, tokenized_dir, model_dir, reports_dir)
         log_to_mlflow(metrics, Path(reports_dir))
+        try:
+            checked = behaviour.check_model(params, model_dir, reports_dir)
+        finally:  # a failed gate still leaves its report in the run
+            log_behaviour(Path(reports_dir))
+        if checked is not None:
+            log.info("behavioural checks: %s", behaviour.summary(checked))
+    return metrics
 
 
 def log_to_mlflow(metrics: dict[str, Any], reports_dir: Path) -> None:
@@ -511,10 +604,26 @@ def log_to_mlflow(metrics: dict[str, Any], reports_dir: Path) -> None:
     speed_path = reports_dir / SPEED_FILE
     if speed_path.exists():
         tracking.log_numbers(json.loads(speed_path.read_text()), prefix="test_")
+    slices_path = reports_dir / SLICES_FILE
+    if slices_path.exists():
+        tracking.log_numbers(json.loads(slices_path.read_text())["slices"], prefix="slice.")
     names = ("metrics.json", SPEED_FILE, "eval_report.md", "confusion_matrix.png")
-    names += ("confusion.csv",)
+    names += ("confusion.csv", SLICES_FILE)
     for name in (*names, "errors.jsonl"):
         if (reports_dir / name).exists():
+            mlflow.log_artifact(str(reports_dir / name), artifact_path="reports")
+
+
+def log_behaviour(reports_dir: Path) -> None:
+    """Into the active MLflow run: the behavioural checks' pass rates and report."""
+    import mlflow
+
+    from tasks import behaviour, tracking
+
+    path = reports_dir / behaviour.REPORT_FILE
+    if path.exists():
+        tracking.log_numbers(behaviour.metrics_for_mlflow(json.loads(path.read_text())))
+        for name in (behaviour.REPORT_FILE, "eval_report.md"):
             mlflow.log_artifact(str(reports_dir / name), artifact_path="reports")
 
 
