@@ -301,7 +301,8 @@ def curves(steps: list[dict[str, str]], epochs: list[dict[str, str]]) -> str:
     left.set(title="Training loss", xlabel="step")
     for key in [k for k in (epochs[0] if epochs else {}) if k not in ("epoch", "step")]:
         points = [(float(e["epoch"]), float(e[key])) for e in epochs if e.get(key)]
-        right.plot(*zip(*points, strict=True), marker="o", label=key) if points else None
+        if points:
+            right.plot(*zip(*points, strict=True), marker="o", label=key)
     right.set(title="Validation per epoch", xlabel="epoch")
     if epochs:
         right.legend(fontsize="small")

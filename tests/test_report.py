@@ -197,3 +197,26 @@ def test_missing_outputs_become_notes_and_text_is_escaped(tmp_path):
     assert row[:3] == [error["text"], "<b>", "ok"]
     assert "<img src=x" not in raw and "&lt;img src=x onerror=alert(1)&gt; &amp; more" in raw
     assert not page.images
+
+
+def test_entity_report_has_per_type_scores_and_wrong_words(tmp_path, tiny_model_dir):
+    """Token classification: the per-type table and the worst errors' wrong words come from
+    evaluate's metrics.json and errors.jsonl (a tiny model trained by the real stages)."""
+    from test_evaluate import build
+
+    from tasks.evaluate import evaluate
+
+    params, tokenized, model = build(tmp_path, tiny_model_dir, "token_classification", 1)
+    evaluate(params, tokenized, model, tmp_path / "reports")
+    page = Page(write_report(tmp_path, tmp_path / "reports" / "report.html").read_text())
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    per_type = {r[0]: r for r in page.table("test", "label")[1:]}
+    assert set(per_type) == set(metrics["per_type"]) and per_type
+    for name, scores in metrics["per_type"].items():
+        assert float(per_type[name][3]) == pytest.approx(scores["f1"], abs=5e-4)
+    errors = [json.loads(line) for line in (tmp_path / "reports/errors.jsonl").open()]
+    rows = page.table("errors", "text")[1:]
+    assert errors and len(rows) == len(errors)
+    first = errors[0]["wrong_words"][0]
+    assert f"{first['word']}: {first['gold']}" in rows[0][1]
+    assert f"{first['word']}: {first['predicted']}" in rows[0][2]
