@@ -18,6 +18,7 @@ STAGE_REPORTS = {
     "train": "reports/train_metrics.json",
     "evaluate": "reports/metrics.json",
     "register": "reports/registry.json",
+    "report": "reports/report.html",
 }
 
 
@@ -127,7 +128,26 @@ def _registry_markdown(path: Path) -> str:
     )
 
 
-_MARKDOWN = {"register": _registry_markdown}
+def _report_markdown(path: Path) -> str:
+    """The run report's title and where to open it: Prefect's UI renders markdown, not a
+    whole HTML page, so the artifact links the file (and names its copy in MLflow)."""
+    import html
+    import re
+
+    found = re.search(r"<title>(.*?)</title>", path.read_text(encoding="utf-8"), re.S)
+    title = html.unescape(found.group(1)) if found else "Run report"
+    return "\n".join(
+        [
+            f"## {title}",
+            "",
+            f"- open: [{path.name}]({path.resolve().as_uri()}) (one self-contained HTML file)",
+            "- also in MLflow: the pipeline run's artifact `report/report.html`",
+            f"- size: {path.stat().st_size // 1024} KB",
+        ]
+    )
+
+
+_MARKDOWN = {"register": _registry_markdown, "report": _report_markdown}
 _BUILDERS = {
     "prepare": _summary_table,
     "validate": _validation_table,

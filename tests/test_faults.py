@@ -33,8 +33,13 @@ PARAMS = {
     "train.precision": "fp32",
     "tune.enabled": False,
 }
-# Outputs whose content holds timings: the same run twice differs there.
-TIMED = ("reports/inference_speed.json", "reports/train_metrics.json", "reports/registry.json")
+# Outputs whose content holds timings (or run ids): the same run twice differs there.
+TIMED = (
+    "reports/inference_speed.json",
+    "reports/train_metrics.json",
+    "reports/registry.json",
+    "reports/report.html",
+)
 
 
 @pytest.fixture(scope="module")

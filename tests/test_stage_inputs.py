@@ -248,8 +248,9 @@ def test_recorder_sees_reads(recorded_reads):
 
 
 def test_changed_inputs_rerun_exactly_their_stages(recorded_reads):
-    """A code edit is seen by `dvc status`; a register param re-runs register alone, every
-    time (its report is never restored from the run cache behind MLflow's back)."""
+    """A code edit is seen by `dvc status`; a register param re-runs register (and the run
+    report after it, which shows its decision) every time: neither output is ever restored
+    from the run cache behind MLflow's back."""
     _, project = recorded_reads
     sources = project / "tasks/sources.py"
     original = sources.read_text()
@@ -262,5 +263,6 @@ def test_changed_inputs_rerun_exactly_their_stages(recorded_reads):
     for min_score in (0.01, 0.0):  # the second returns to params DVC has seen before
         set_params(project, **{"register.min_score": min_score})
         output = run(["dvc", "repro"], project).stdout
-        assert output.count("Running stage") == 1 and "Running stage 'register'" in output
+        assert output.count("Running stage") == 2 and "Running stage 'register'" in output
+        assert "Running stage 'report'" in output
         assert "is cached" not in output

@@ -12,7 +12,7 @@ from conftest import ROOT
 from tasks import tracking
 from tasks.config import load_params
 
-STAGES = ["tokenize", "tune", "train", "evaluate", "register"]
+STAGES = ["tokenize", "tune", "train", "evaluate", "register", "report"]
 
 
 def tracked_project(tmp_path: Path) -> tuple[Path, Path]:

@@ -1,0 +1,60 @@
+"""Dynamic int8 quantization for CPU inference (``predict --quantize``).
+
+``torch.ao.quantization.quantize_dynamic`` replaces every ``nn.Linear`` (attention, feed-forward,
+classifier head) by a dynamic-quantized one: int8 weights, activations quantized per batch at
+run time; embeddings and LayerNorm stay fp32. No calibration data and no retraining; the
+measured speed-up and accuracy change are in bench/RESULTS.md (``bench/quantize.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.errors import StageError
+
+
+def quantize_model(model: Any) -> Any:
+    """An int8 dynamic-quantized copy of the torch ``model`` (fp32, eval mode) for CPU."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    engines = torch.backends.quantized.supported_engines
+    if not any(engine in engines for engine in ("x86", "fbgemm", "qnnpack")):
+        raise StageError(f"--quantize: this torch build has no int8 CPU engine ({engines})")
+    model = model.to("cpu", dtype=torch.float32).eval()
+    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def is_quantized(model: Any) -> bool:
+    """True when no float ``nn.Linear`` is left and at least one dynamic int8 one is there."""
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    modules = list(model.modules())
+    floats = [m for m in modules if type(m) is torch.nn.Linear]
+    return not floats and any(isinstance(m, DynamicLinear) for m in modules)
+
+
+def quantize_loaded(loaded: Any) -> Any:
+    """Quantize the transformers pipeline inside an MLflow pyfunc model loaded from the
+    registry (the text classifier's transformers flavor, or the entity ``EntityPipeline``),
+    in place; return ``loaded``."""
+    pipeline = getattr(_inner_model(loaded), "pipeline", None)
+    if pipeline is None or not hasattr(pipeline, "model"):
+        raise StageError(
+            "--quantize: the model holds no transformers pipeline to quantize (only models "
+            "registered by this project are supported)"
+        )
+    pipeline.model = quantize_model(pipeline.model)
+    return loaded
+
+
+def _inner_model(loaded: Any) -> Any:
+    """The object behind a pyfunc model: the ``PythonModel``, or, for the transformers
+    flavor, its wrapper (``_model_impl``: MLflow has no public accessor for that one)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return loaded.unwrap_python_model()
+    except MlflowException:
+        return loaded._model_impl
