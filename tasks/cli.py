@@ -119,7 +119,9 @@ def stage_command(stage: str) -> Callable[[Callable[..., Any]], Callable[..., An
                 print(f"{stage}: error: {full_disk_message(cause)}", file=sys.stderr)
                 sys.exit(1)
 
-        wrapper.__doc__ = help_text(func)
+        from tasks.paramsdoc import stage_help  # the params' descriptions, one source
+
+        wrapper.__doc__ = "\n\n".join(filter(None, [help_text(func), stage_help(stage)]))
         return wrapper
 
     return decorate
