@@ -119,9 +119,7 @@ def stage_command(stage: str) -> Callable[[Callable[..., Any]], Callable[..., An
                 print(f"{stage}: error: {full_disk_message(cause)}", file=sys.stderr)
                 sys.exit(1)
 
-        from tasks.paramsdoc import stage_help  # the params' descriptions, one source
-
-        wrapper.__doc__ = "\n\n".join(filter(None, [help_text(func), stage_help(stage)]))
+        wrapper.__doc__ = help_text(func)
         return wrapper
 
     return decorate

@@ -28,6 +28,7 @@ from typer.core import TyperGroup
 from tasks.cli import reflow, stage_command
 from tasks.config import DEFAULT_PARAMS
 from tasks.environment import PROJECT_ROOT
+from tasks.paramsdoc import stage_help
 
 # name -> (module, its Typer app, help panel); each app is the module's own command line.
 DELEGATED = {
@@ -59,10 +60,14 @@ def summary(module: str) -> str:
 
 
 def load(name: str) -> click.Command:
-    """The click command of ``finetune NAME``: the module's own Typer app."""
+    """The click command of ``finetune NAME``: the module's own Typer app (a stage's help
+    lists the params it reads, from tasks/config.py's descriptions)."""
     module = importlib.import_module(DELEGATED[name][0])
     command = typer.main.get_command(module.app)
     command.name = name
+    params_help = stage_help(name)  # the keys the stage declares in dvc.yaml, described
+    if params_help:
+        command.help = f"{command.help}\n\n{params_help}"
     return command
 
 
