@@ -64,9 +64,12 @@ def named_paths(text: str) -> set[str]:
             continue  # data/external/NAME, presets/NAME.yaml
         if "/" in word and (PROJECT_ROOT / top).is_dir():
             found.add(word.rstrip("/"))
-        elif "/" not in word and re.fullmatch(rf"[\w.-]+\.({EXTENSIONS})", word):
-            if (PROJECT_ROOT / word).exists() or word in ROOT_FILES:
-                found.add(word)
+        elif (
+            "/" not in word
+            and re.fullmatch(rf"[\w.-]+\.({EXTENSIONS})", word)
+            and ((PROJECT_ROOT / word).exists() or word in ROOT_FILES)
+        ):
+            found.add(word)
     return found
 
 
@@ -82,6 +85,27 @@ def declared_outputs() -> set[str]:
             for entry in stage.get(kind, []):
                 outputs.add(entry if isinstance(entry, str) else next(iter(entry)))
     return outputs
+
+
+def stage_tree_files(text: str) -> set[str]:
+    """File names in the diagram of the Stages section (``confusion.csv/.png`` is two)."""
+    section = text.split("\n## Stages", 1)[1].split("\n## ", 1)[0]
+    diagram = re.search(r"^```\n(.*?)^```", section, flags=re.MULTILINE | re.DOTALL)
+    names = re.sub(r"([\w-]+)\.(\w+)/\.(\w+)", r"\1.\2 \1.\3", diagram.group(1) if diagram else "")
+    return set(re.findall(r"(?<![\w{,])([\w-]+\.(?:json|jsonl|csv|png|md|parquet))\b", names))
+
+
+def dvc_file_names() -> set[str]:
+    """The names of every dep, out, metric and plot in dvc.yaml."""
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    names = set()
+    for stage in stages.values():
+        for kind in ("deps", "outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                names.add(
+                    PurePosixPath(entry if isinstance(entry, str) else next(iter(entry))).name
+                )
+    return names
 
 
 def exists(word: str, tracked: set[str], outputs: set[str]) -> bool:
@@ -104,6 +128,8 @@ def test_the_extractors_find_what_they_should() -> None:
     assert named_params_keys(text) == {"tune.n_trials", "train.lora.r"}
     assert named_paths(text) == {"tasks/train.py", "reports/metrics.json", "params.yaml"}
     assert named_commands(text) == {"predict", "tune"}
+    diagram = "\n## Stages\n\n```\n└ reports/metrics.json, confusion.csv/.png\n```\n## Next"
+    assert stage_tree_files(diagram) == {"metrics.json", "confusion.csv", "confusion.png"}
 
 
 def test_make_targets_named_in_the_readme_exist() -> None:
@@ -135,6 +161,13 @@ def test_files_named_in_the_readme_exist() -> None:
     assert not missing, (
         f"README names files that are neither in git nor written by a stage: {missing}"
     )
+
+
+def test_files_in_the_stage_diagram_are_the_stages_files() -> None:
+    named = stage_tree_files(README)
+    assert {"metrics.json", "registry.json", "confusion.csv"} <= named
+    missing = sorted(named - dvc_file_names())
+    assert not missing, f"the Stages diagram names files dvc.yaml does not: {missing}"
 
 
 def named_commands(text: str) -> set[str]:
