@@ -103,3 +103,53 @@ def test_predict_without_a_champion_says_why_and_what_to_run(tmp_path: Path) -> 
     name = "rotten_tomatoes-text-classifier"
     assert f"models:/{name}@champion: no registered model {name!r}" in done.stderr
     assert "run the pipeline first (`finetune run`" in done.stderr
+
+
+def test_predict_a_file_as_json_with_progress(tiny_model_dir, tmp_path, sqlite_store, caplog):
+    """``finetune predict --file F --json``: one JSON line per non-blank line of F, in order,
+    and progress in texts (chunk by chunk) on the log, not in the output."""
+    import json
+
+    import mlflow
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from tasks.modeling import iob2_tags
+    from tasks.predict import CHUNK
+    from tasks.register import EntityPipeline
+
+    labels = iob2_tags(["PER"])
+    model = AutoModelForTokenClassification.from_pretrained(
+        tiny_model_dir,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    model.save_pretrained(tmp_path / "model")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "model")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=EntityPipeline(),
+            artifacts={"model": str(tmp_path / "model")},
+            pip_requirements=[f"mlflow=={mlflow.__version__}"],
+        )
+    texts = [f"alice went to paris {i}" for i in range(CHUNK + 10)]
+    file = tmp_path / "texts.txt"
+    file.write_text("\n".join([*texts[:5], "", *texts[5:]]) + "\n", encoding="utf-8")
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw["tracking"]["uri"] = sqlite_store
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw), encoding="utf-8")
+
+    command = ["predict", "--file", str(file), "--json", "--model-uri", info.model_uri]
+    with caplog.at_level("INFO", logger="tasks.predict"):
+        result = CliRunner().invoke(
+            app, [*command, "--params", str(params)], env={"FINETUNE_PROGRESS": "lines"}
+        )
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [record["text"] for record in records] == texts
+    assert all(isinstance(record["entities"], list) for record in records)
+    progress = [r.getMessage() for r in caplog.records if r.name == "tasks.predict"]
+    assert any(f"text {CHUNK}/{len(texts)}" in line for line in progress), progress
+    assert f"text {len(texts)}/{len(texts)} (100%)" in progress[-1]
