@@ -16,6 +16,7 @@ import ast
 import importlib
 import importlib.util
 import inspect
+import logging
 import os
 import subprocess
 import sys
@@ -135,6 +136,7 @@ def run(
     if flow:
         from flows.pipeline import training_pipeline
 
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call
         training_pipeline(preset=preset, stages=stage or None)
     elif preset:
         from tasks.presets import main as run_preset
