@@ -163,10 +163,15 @@ def serve(
     """
     from tasks import tracking
     from tasks.config import load_params
+    from tasks.errors import StageError
+    from tasks.predict import registry_hint
 
     params = load_params(params_path)
     uri = tracking.use_store(params)
     model = model_uri or f"models:/{tracking.registered_model_name(params)}@champion"
+    hint = registry_hint(model)  # no such model or alias: why, and what to run
+    if hint:
+        raise StageError(hint)
     command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model]
     command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
     os.execve(command[0], command, {**os.environ, "MLFLOW_TRACKING_URI": uri})

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import re
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run
+from conftest import free_port, run, start_server, stop_server
 from typer.testing import CliRunner
 
 from tasks.config import Params
@@ -91,23 +92,26 @@ def test_unknown_command_fails_with_a_suggestion() -> None:
     assert "train" in flat(result.output)
 
 
-def test_predict_without_a_champion_says_why_and_what_to_run(tmp_path: Path) -> None:
+def test_predict_and_serve_without_a_champion_say_why_and_what_to_run(tmp_path: Path) -> None:
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text(encoding="utf-8"))
     raw["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"  # an empty registry
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    command = [str(FINETUNE), "predict", "--params", str(params), "A moving film."]
-    done = run(command, tmp_path, check=False)
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr
     name = "rotten_tomatoes-text-classifier"
-    assert f"models:/{name}@champion: no registered model {name!r}" in done.stderr
-    assert "run the pipeline first (`finetune run`" in done.stderr
+    for command in (["predict", "A moving film."], ["serve"]):
+        done = run([str(FINETUNE), *command, "--params", str(params)], tmp_path, check=False)
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr
+        assert f"models:/{name}@champion: no registered model {name!r}" in done.stderr
+        assert "run the pipeline first (`finetune run`" in done.stderr
 
 
-def test_predict_a_file_as_json_with_progress(tiny_model_dir, tmp_path, sqlite_store, caplog):
+def test_predict_a_file_as_json_with_progress_and_serve_the_model(
+    tiny_model_dir, tmp_path, sqlite_store, caplog
+):
     """``finetune predict --file F --json``: one JSON line per non-blank line of F, in order,
-    and progress in texts (chunk by chunk) on the log, not in the output."""
+    and progress in texts (chunk by chunk) on the log, not in the output; ``finetune serve``
+    answers the same over REST."""
     import json
 
     import mlflow
@@ -153,3 +157,21 @@ def test_predict_a_file_as_json_with_progress(tiny_model_dir, tmp_path, sqlite_s
     progress = [r.getMessage() for r in caplog.records if r.name == "tasks.predict"]
     assert any(f"text {CHUNK}/{len(texts)}" in line for line in progress), progress
     assert f"text {len(texts)}/{len(texts)} (100%)" in progress[-1]
+
+    # finetune serve: MLflow's model server on the same model, over REST.
+    port = free_port()
+    serve = [str(FINETUNE), "serve", "--model-uri", info.model_uri, "--port", str(port)]
+    server = start_server(
+        [*serve, "--params", str(params)], f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log"
+    )
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": texts[:2]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = json.loads(response.read())["predictions"]
+    finally:
+        stop_server(server)
+    assert served == [record["entities"] for record in records[:2]]
