@@ -52,7 +52,7 @@ setup: $(STAMP)  ## Create .venv, install requirements.lock and the project, fet
 	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get update -q >/dev/null && \
 	  apt-get install -y -q chromium >/dev/null; } || echo "chromium is not installed (apt-get install chromium, as root)"
 	@# Once per checkout into .state/downloads (sha256-checked); later runs and tests need no network.
-	@$(PYTHON) -m tasks.sources fetch
+	@$(VENV)/bin/finetune sources fetch
 
 # The one upgrade command: resolve pyproject.toml's ranges (dev extras included), torch and the
 # build tools afresh to the newest matching releases, rewrite requirements.lock, install it.
@@ -81,11 +81,7 @@ lock: setup  ## Upgrade: re-resolve pyproject.toml into requirements.lock (hashe
 	$(MAKE) setup
 
 run: setup  ## Run the whole pipeline (dvc repro); PRESET=conll2003|sst2: as a DVC experiment
-ifdef PRESET
-	python -m tasks.presets $(PRESET)
-else
-	dvc repro
-endif
+	finetune run $(if $(PRESET),--preset $(PRESET))
 
 # Two pytest-xdist workers, one test file each at a time (module fixtures such as the Prefect
 # server start once); each worker's torch gets its share of the cores (tests/conftest.py).
@@ -105,17 +101,14 @@ format: setup  ## Apply ruff fixes and formatting
 gpu-carry: setup  ## Wheels, bf16 model and data samples for bench/gpu_check.sh (.state/gpu-carry)
 	bash bench/gpu_carry.sh
 
-MLFLOW_DB    := sqlite:///$(CURDIR)/.state/mlflow/mlflow.db
 MLFLOW_PORT  ?= 5000
 MODEL_PORT   ?= 5001
-MODEL_NAME    = $(shell $(PYTHON) -c "from tasks.config import load_params; from tasks.tracking import registered_model_name; print(registered_model_name(load_params()))")
 
 ui: setup  ## MLflow UI on http://127.0.0.1:5000 (experiments, nested trials, registry)
-	python -m tasks.ui mlflow --port $(MLFLOW_PORT)
+	finetune ui mlflow --port $(MLFLOW_PORT)
 
-serve-model: setup  ## Serve models:/<register.model_name>@champion on http://127.0.0.1:5001/invocations (from MLFLOW_TRACKING_URI if set)
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(MLFLOW_DB)} mlflow models serve -m "models:/$(MODEL_NAME)@champion" \
-	  --env-manager local --host 127.0.0.1 --port $(MODEL_PORT)
+serve-model: setup  ## Serve models:/<register.model_name>@champion on http://127.0.0.1:5001/invocations (tracking.uri, else MLFLOW_TRACKING_URI)
+	finetune serve --port $(MODEL_PORT)
 
 # Past one machine: PostgreSQL (Debian's server binaries, run as the `postgres` user when we are
 # root) and an MLflow tracking server on it; tasks/servers.py does the work.
@@ -127,13 +120,13 @@ postgres-binaries:  ## Install PostgreSQL's server binaries (Debian package) whe
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
 
 postgres: setup postgres-binaries  ## PostgreSQL on 127.0.0.1:5433 in the background (.state/postgres); prints its URL
-	python -m tasks.servers postgres --port $(POSTGRES_PORT)
+	finetune servers postgres --port $(POSTGRES_PORT)
 
 postgres-stop: setup  ## Stop the project's PostgreSQL
-	python -m tasks.servers postgres --stop --port $(POSTGRES_PORT)
+	finetune servers postgres --stop --port $(POSTGRES_PORT)
 
 tracking-server: setup postgres-binaries  ## MLflow server on 127.0.0.1:5000: runs in PostgreSQL, artifacts proxied
-	python -m tasks.servers tracking --port $(MLFLOW_PORT) --postgres-port $(POSTGRES_PORT)
+	finetune servers tracking --port $(MLFLOW_PORT) --postgres-port $(POSTGRES_PORT)
 
 tune-worker: setup  ## One more tuning worker on this machine: joins the study in tune.storage (PostgreSQL) until n_trials
 	python -m tasks.tune --worker
@@ -143,19 +136,19 @@ PREFECT_LOCAL_API := http://127.0.0.1:$(PREFECT_PORT)/api
 
 # Port, host and the UI's API URL set together (tasks/ui.py): the UI calls its own port.
 prefect-server: setup  ## Start a local Prefect server + UI on 127.0.0.1:4200 (state in .state/prefect)
-	python -m tasks.ui prefect --port $(PREFECT_PORT)
+	finetune ui prefect --port $(PREFECT_PORT)
 
 serve-flows: setup  ## Register the nightly deployment and execute its runs here (needs prefect-server)
-	PREFECT_API_URL=$(PREFECT_LOCAL_API) python -m flows.deploy serve
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) finetune deploy serve
 
 POOL ?= training
 REPO ?=
 worker: setup  ## Past one machine: deploy to work pool $(POOL) (workers clone REPO, default git origin) and start a process worker
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) prefect work-pool inspect $(POOL) >/dev/null 2>&1 || \
 	  PREFECT_API_URL=$(PREFECT_LOCAL_API) prefect work-pool create $(POOL) --type process
-	PREFECT_API_URL=$(PREFECT_LOCAL_API) python -m flows.deploy pool --pool $(POOL) $(if $(REPO),--repo $(REPO))
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) finetune deploy pool --pool $(POOL) $(if $(REPO),--repo $(REPO))
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) prefect worker start --pool $(POOL)
 
 clean:  ## Remove tool state (.state) but keep data, models, the DVC remote and the environment
-	@test ! -x $(PYTHON) || $(PYTHON) -m tasks.servers postgres --stop --port $(POSTGRES_PORT)
+	@test ! -x $(VENV)/bin/finetune || $(VENV)/bin/finetune servers postgres --stop --port $(POSTGRES_PORT)
 	rm -rf .state

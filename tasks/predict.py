@@ -1,7 +1,7 @@
 """Predict with a registered model (the champion by default).
 
     python -m tasks.predict "A moving, beautifully acted film."
-    python -m tasks.predict --file texts.txt --json
+    python -m tasks.predict --file texts.txt --json      # progress on stderr
     python -m tasks.predict --model-uri models:/rotten_tomatoes-text-classifier@challenger "..."
     python -m tasks.predict --quantize --file texts.txt   # int8 dynamic quantization, CPU
 
@@ -14,6 +14,7 @@ tokenizer did to them (see ``tasks.register.EntityPipeline``).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import typer
 from tasks.cli import stage_command
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.errors import StageError
+from tasks.progress import Progress
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -40,22 +42,50 @@ def load_texts(texts: list[str], file: Path | None) -> list[str]:
     return collected
 
 
+# Texts per model call with --file: the progress (on stderr) and the output advance per chunk.
+CHUNK = 256
+
+
 def predict(model_uri: str, texts: list[str], quantize: bool = False) -> list[dict[str, Any]]:
     """One record per text: ``{text, label, score}`` or ``{text, entities: [...]}``; with
     ``quantize``, by the model's int8 dynamic-quantized copy (tasks/quantize.py)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    return list(predict_chunks(model_uri, texts, quantize=quantize))
 
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except MlflowException as exc:
-        hint = registry_hint(model_uri)
-        raise StageError(hint or f"{model_uri}: cannot load the model: {exc.message}") from None
+
+def predict_chunks(
+    model_uri: str, texts: list[str], progress: bool = False, quantize: bool = False
+) -> Iterator[dict[str, Any]]:
+    """The records of :func:`predict`, :data:`CHUNK` texts per model call, reporting
+    texts done, rate and ETA (``tasks.progress``) when ``progress`` is set."""
+    model = load_model(model_uri)
     if quantize:
         from tasks.quantize import quantize_loaded
 
         quantize_loaded(model)
-    output = model.predict(texts)
+    reporter = Progress(len(texts), "predict", unit="text") if progress else None
+    for start in range(0, len(texts), CHUNK):
+        chunk = texts[start : start + CHUNK]
+        yield from records(chunk, model.predict(chunk))
+        if reporter is not None:
+            reporter.update(advance=len(chunk))
+    if reporter is not None:
+        reporter.close()
+
+
+def load_model(model_uri: str) -> Any:
+    """The pyfunc model at ``model_uri``; a missing model or alias says why and what to run."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as exc:
+        hint = registry_hint(model_uri)
+        raise StageError(hint or f"{model_uri}: cannot load the model: {exc.message}") from None
+
+
+def records(texts: list[str], output: Any) -> list[dict[str, Any]]:
+    """The model's ``output`` for ``texts`` as one record per text."""
     if hasattr(output, "to_dict"):  # text classification: a frame of label and score
         rows = output.to_dict("records")
         return [
@@ -80,7 +110,7 @@ def registry_hint(model_uri: str) -> str | None:
     except MlflowException:
         return (
             f"{model_uri}: no registered model {name!r} in {mlflow.get_registry_uri()}: run the "
-            "pipeline first (`make run` or `dvc repro`), or pass --model-uri"
+            "pipeline first (`finetune run`, `make run` or `dvc repro`), or pass --model-uri"
         )
     if alias in registered.aliases:
         return None
@@ -97,7 +127,7 @@ def registry_hint(model_uri: str) -> str | None:
         lines.append(f"Use it anyway: --model-uri models:/{name}@{other}")
     lines.append(
         "A first model becomes champion only if it reaches register.min_score; lower it in "
-        "params.yaml or train a better model, then run `dvc repro`."
+        "params.yaml or train a better model, then run `finetune run` (or `dvc repro`)."
     )
     return " ".join(lines)
 
@@ -133,7 +163,9 @@ def main(
     params = load_params(params_path)
     tracking.use_store(params)
     uri = model_uri or f"models:/{tracking.registered_model_name(params)}@champion"
-    for record in predict(uri, load_texts(texts or [], file), quantize):
+    for record in predict_chunks(
+        uri, load_texts(texts or [], file), progress=file is not None, quantize=quantize
+    ):
         typer.echo(json.dumps(record, ensure_ascii=False) if as_json else render(record))
 
 

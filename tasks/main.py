@@ -1,0 +1,201 @@
+"""finetune: one command for the project's stages, pipeline, predictions, UIs and servers.
+
+    finetune run                        # the whole pipeline (dvc repro): unchanged stages skipped
+    finetune run --preset conll2003     # a ready-made configuration, as a DVC experiment
+    finetune train --help               # a stage alone, with the params it reads
+    finetune predict "A moving film."   # the champion's label
+    finetune params                     # every params.yaml key: default and meaning
+
+Each stage command is the stage's own module (``python -m tasks.train`` is the same command,
+and what DVC runs), loaded when it is called, so ``finetune --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import inspect
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from tasks.cli import reflow, stage_command
+from tasks.config import DEFAULT_PARAMS
+from tasks.environment import PROJECT_ROOT
+from tasks.paramsdoc import stage_help
+
+# name -> (module, its Typer app, help panel); each app is the module's own command line.
+DELEGATED = {
+    "prepare": ("tasks.prepare", "Stages"),
+    "validate": ("tasks.validate", "Stages"),
+    "tokenize": ("tasks.tokenize", "Stages"),
+    "tune": ("tasks.tune", "Stages"),
+    "train": ("tasks.train", "Stages"),
+    "evaluate": ("tasks.evaluate", "Stages"),
+    "register": ("tasks.register", "Stages"),
+    "report": ("tasks.report", "Stages"),
+    "predict": ("tasks.predict", "Models"),
+    "ui": ("tasks.ui", "Servers"),
+    "deploy": ("flows.deploy", "Pipeline"),
+    "servers": ("tasks.servers", "Servers"),
+    "sources": ("tasks.sources", "Pipeline"),
+}
+# Listed in this order (panels too); a module whose docstring is not about its command line
+# gets its summary here.
+ORDER = [*list(DELEGATED)[:8], "run", "deploy", "sources", "predict", "serve", "ui", "servers"]
+SUMMARIES = {"sources": "The built-in datasets' download cache: fetch them once per checkout."}
+
+
+def summary(module: str) -> str:
+    """The first paragraph of ``module``'s docstring, read without importing it."""
+    spec = importlib.util.find_spec(module)
+    source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
+    doc = ast.get_docstring(ast.parse(source)) or ""
+    return " ".join(doc.split("\n\n")[0].split()).replace("``", "")
+
+
+def load(name: str) -> click.Command:
+    """The click command of ``finetune NAME``: the module's own Typer app (a stage's help
+    lists the params it reads, from tasks/config.py's descriptions)."""
+    module = importlib.import_module(DELEGATED[name][0])
+    command = typer.main.get_command(module.app)
+    command.name = name
+    params_help = stage_help(name)  # the keys the stage declares in dvc.yaml, described
+    if params_help:
+        command.help = f"{command.help}\n\n{params_help}"
+    return command
+
+
+class LazyGroup(TyperGroup):
+    """Gap: click and Typer import every subcommand to list it; the stage modules import
+    transformers, MLflow and Prefect (seconds each). Listed here from their docstrings,
+    imported only when one is run or asked for its ``--help``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name, (module, panel) in DELEGATED.items():
+            text = SUMMARIES.get(name) or summary(module)
+            stub = click.Command(name, short_help=text, help=text)
+            stub.rich_help_panel = panel
+            self.commands[name] = stub
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name = args[0] if args else None
+        if name in DELEGATED and not getattr(self.commands[name], "loaded", False):
+            command = load(name)
+            command.loaded = True
+            command.rich_help_panel = DELEGATED[name][1]
+            self.commands[name] = command
+        return super().resolve_command(ctx, args)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.commands, key=lambda name: [*ORDER, name].index(name))
+
+
+app = typer.Typer(
+    cls=LazyGroup,
+    add_completion=False,
+    no_args_is_help=True,
+    help=reflow(__doc__).replace("[", "\\["),
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def command(panel: str):
+    """Register a command of this module: the stages' error handling, its own docstring as
+    help (not this module's, which is the group's)."""
+
+    def decorate(func):
+        doc = reflow(inspect.cleandoc(func.__doc__ or ""))
+        wrapped = stage_command(func.__name__)(func)
+        wrapped.__doc__ = doc
+        return app.command(rich_help_panel=panel)(wrapped)
+
+    return decorate
+
+
+@command("Pipeline")
+def run(
+    preset: str = typer.Option(
+        None, help="Run presets/NAME.yaml as a DVC experiment (params.yaml stays as it is)."
+    ),
+    stage: list[str] = typer.Option(
+        [], "--stage", "-s", help="Run only up to this stage (repeatable); default all."
+    ),
+    flow: bool = typer.Option(
+        False, help="Run as the Prefect flow (flows/pipeline.py): retries, logs, artifacts."
+    ),
+) -> None:
+    """Run the pipeline: every DVC stage in order, unchanged ones skipped (`dvc repro`)."""
+    if flow:
+        from flows.pipeline import training_pipeline
+
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call
+        training_pipeline(preset=preset, stages=stage or None)
+    elif preset:
+        from tasks.presets import main as run_preset
+
+        run_preset(preset, stage=stage, experiment=None, project=PROJECT_ROOT)
+    else:
+        dvc = Path(sys.executable).parent / "dvc"
+        command = [str(dvc), "repro", *stage]
+        raise typer.Exit(subprocess.run(command, cwd=PROJECT_ROOT, check=False).returncode)
+
+
+@command("Models")
+def serve(
+    port: int = typer.Option(5001, help="Port on 127.0.0.1."),
+    model_uri: str = typer.Option(
+        None, help="Model to serve (default: models:/<register.model_name>@champion)."
+    ),
+    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
+) -> None:
+    """Serve the champion (or --model-uri) over REST: POST /invocations {"inputs": [...]}.
+
+    MLflow's own model server (`mlflow models serve`, local environment), reading the
+    registry at tracking.uri, else MLFLOW_TRACKING_URI, else the project's store.
+    """
+    from tasks import tracking
+    from tasks.config import load_params
+    from tasks.errors import StageError
+    from tasks.predict import registry_hint
+
+    params = load_params(params_path)
+    uri = tracking.use_store(params)
+    model = model_uri or f"models:/{tracking.registered_model_name(params)}@champion"
+    hint = registry_hint(model)  # no such model or alias: why, and what to run
+    if hint:
+        raise StageError(hint)
+    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    os.execve(command[0], command, {**os.environ, "MLFLOW_TRACKING_URI": uri})
+
+
+@command("Parameters")
+def params(
+    schema: bool = typer.Option(False, "--schema", help="Write params.schema.json."),
+    check: bool = typer.Option(
+        False, "--check", help="Fail unless params.yaml has every key, default and comment."
+    ),
+    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to check"),
+) -> None:
+    """Every params.yaml key with its default and meaning (from tasks/config.py)."""
+    from tasks import paramsdoc
+
+    paramsdoc.main(as_schema=schema, as_check=check, params=params_path)
+
+
+def main() -> None:
+    """Entry point of the ``finetune`` console script."""
+    app(prog_name="finetune")
+
+
+if __name__ == "__main__":
+    main()
