@@ -9,6 +9,8 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from tasks.tracking import flatten
+
 # The report each stage leaves behind, relative to the project root.
 STAGE_REPORTS = {
     "prepare": "data/prepared/summary.json",
@@ -89,19 +91,11 @@ def _trials_table(path: Path) -> tuple[list[dict[str, Any]], str]:
 
 def _flat_table(path: Path) -> tuple[list[dict[str, Any]], str]:
     data = json.loads(path.read_text())
-    rows = [{"key": k, "value": v} for k, v in _flatten(data).items()]
+    rows = [
+        {"key": k, "value": json.dumps(v)[:200] if isinstance(v, list) else v}
+        for k, v in flatten(data).items()
+    ]
     return rows, f"`{path.name}`"
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat |= _flatten(value, f"{prefix}{key}.")
-        return flat
-    if isinstance(data, list):
-        return {prefix.rstrip("."): json.dumps(data)[:200]}
-    return {prefix.rstrip("."): data}
 
 
 def _registry_markdown(path: Path) -> str:
