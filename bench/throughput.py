@@ -396,7 +396,8 @@ def train_baseline(
 
     tp = params.train
     best = kind == BEST
-    dtype = choose_precision("auto").dtype if best else "fp32"
+    auto = choose_precision("auto")
+    dtype = auto.dtype if best else "fp32"
     args = TrainingArguments(  # defaults but for the batch, the step count and no reporting
         output_dir=str(work / kind),
         per_device_train_batch_size=tp.batch_size * tp.gradient_accumulation_steps,
@@ -406,6 +407,7 @@ def train_baseline(
         disable_tqdm=True,
         bf16=dtype == "bf16",
         fp16=dtype == "fp16",
+        use_cpu=auto.device == "cpu",  # transformers refuses bf16 on a CPU without it
         **({"train_sampling_strategy": "group_by_length"} if best else {}),
     )
     trainer = timed_trainer(Trainer, warmup + steps, warmup)(

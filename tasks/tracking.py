@@ -119,9 +119,15 @@ def configure(params: Params, state_dir: Path = STATE_DIR) -> str:
     location = None
     if uri.startswith("sqlite:///"):  # artifacts beside the database, never in ./mlruns
         location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
-    experiment_id = mlflow.create_experiment(
-        name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
-    )
+    try:
+        experiment_id = mlflow.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
+    except mlflow.MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        # another pipeline on the same store created it between our lookup and create
+        experiment_id = mlflow.get_experiment_by_name(name).experiment_id
     mlflow.set_experiment(name)
     return experiment_id
 

@@ -48,7 +48,7 @@ def locked(text: str) -> dict[str, str]:
 def imported_modules(roots: list[Path]) -> dict[str, set[str]]:
     """Top-level names of the third-party modules imported anywhere in ``roots``' .py files,
     with the files that import each: stdlib, relative imports, the project's packages and
-    sibling modules (``conftest``, ``bench/results``) left out."""
+    its own modules (``conftest``, ``bench/results``, from any code folder) left out."""
     found: dict[str, set[str]] = {}
     for root in roots:
         for path in sorted(root.rglob("*.py")):
@@ -66,6 +66,7 @@ def imported_modules(roots: list[Path]) -> dict[str, set[str]]:
                         or top in CODE_DIRS
                         or sibling.with_suffix(".py").is_file()
                         or sibling.is_dir()
+                        or any((ROOT / d / f"{top}.py").is_file() for d in CODE_DIRS)
                     ):
                         continue
                     found.setdefault(top, set()).add(str(path.relative_to(root.parent)))
