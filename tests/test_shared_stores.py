@@ -35,7 +35,7 @@ from tasks.servers import tracking_server_command
 
 TINY = "models/pretrained/tiny"
 MODEL = "reviews-text-classifier"  # register.model_name auto: the data file's stem + task
-STAGE_RUNS = {"tokenize", "tune", "train", "evaluate", "register", "report"}  # stages that log a run
+STAGE_RUNS = {"tokenize", "tune", "train", "evaluate", "register", "report"}  # stages with a run
 
 
 class Server:
