@@ -29,7 +29,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TMPDIR := $(CURDIR)/.state/tmp
 $(shell mkdir -p .state/tmp)
 
-.PHONY: help setup lock run test lint format gpu-carry clean prefect-server serve-flows worker ui \
+.PHONY: help setup lock run test test-fast lint format gpu-carry clean prefect-server serve-flows worker ui \
 	serve-model postgres-binaries postgres postgres-stop tracking-server
 
 help:  ## List the targets
@@ -48,7 +48,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## Create .venv, install requirements.lock and the project, fetch built-in data
-	@# Headless Chromium for the browser tests (tests/test_ui.py); they skip, saying why, without.
+	@# Headless Chromium for the browser tests (tests/e2e/test_ui.py); they skip, saying why, without.
 	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get update -q >/dev/null && \
 	  apt-get install -y -q chromium >/dev/null; } || echo "chromium is not installed (apt-get install chromium, as root)"
 	@# Once per checkout into .state/downloads (sha256-checked); later runs and tests need no network.
@@ -87,8 +87,11 @@ run: setup  ## Run the whole pipeline (dvc repro); PRESET=conll2003|sst2: as a D
 # server start once); each worker's torch gets its share of the cores (tests/conftest.py).
 TEST_WORKERS ?= 2
 
-test: setup postgres-binaries  ## Run the test suite (TEST_WORKERS=2 processes; TEST_WORKERS=0: one process)
+test: setup postgres-binaries  ## Run every tier: unit, integration, e2e (TEST_WORKERS=2 processes; 0: one)
 	pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
+
+test-fast: setup  ## The unit tier only (tests/unit: in-process, seconds), for the edit loop
+	pytest -n $(TEST_WORKERS) tests/unit
 
 lint: setup  ## ruff lint and format check
 	ruff check .

@@ -12,7 +12,7 @@
 # bench/RESULTS.md with the card named (env.txt), then `give_back`.
 #
 # What it runs (about 5-7 minutes on an H100):
-#  1. the CUDA-only tests (tests/test_batching.py -k cuda);
+#  1. the CUDA-only tests (tests/integration/test_batching.py -k cuda);
 #  2. bench/sdpa_backends.py: each SDPA backend on the bucket shapes (first call = build);
 #  3. bench/throughput.py on SST-2 and CoNLL: product with its CUDA defaults (token budget
 #     16384) and at batch 32 (--max-tokens null) vs Trainer best flags, defaults, fixed-128;
@@ -66,7 +66,7 @@ print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
 torch.cuda.get_device_name() if torch.cuda.is_available() else ''); \
 print('transformers', transformers.__version__, transformers.__file__)"; } > "$OUT/env.txt" 2>&1
   cat "$OUT/env.txt"
-  [ -n "${DRY:-}" ] || timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_batching.py -k "cuda or bucket" \
+  [ -n "${DRY:-}" ] || timeout 120 $PY -m pytest -q -p no:cacheprovider tests/integration/test_batching.py -k "cuda or bucket" \
     > "$OUT/cuda_tests.log" 2>&1
   [ -n "${DRY:-}" ] || tail -5 "$OUT/cuda_tests.log"
   timeout 90 $PY bench/sdpa_backends.py --model "$MODEL" --out "$OUT/sdpa.md"

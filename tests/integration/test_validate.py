@@ -21,12 +21,12 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import yaml
+from conftest import ROOT
 
 from tasks.config import load_params
 from tasks.errors import StageError
 from tasks.validate import NOT_SPACE, ValidationReport, validate
 
-ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "data/external/reviews.csv"
 BASE_LINE = {"train": 2, "validation": 1002, "test": 2002}  # source line of each split's row 0
 SENTENCES = [

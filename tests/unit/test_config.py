@@ -1,13 +1,12 @@
 """Typed params: every bad key, type and value fails before work, naming key and value."""
 
-from pathlib import Path
-
 import pytest
 import yaml
+from conftest import ROOT
 
 from tasks.config import ParamsError, load_params
 
-PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+PROJECT_PARAMS = ROOT / "params.yaml"
 
 
 def test_project_params_load_with_defaults():

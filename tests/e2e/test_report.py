@@ -108,7 +108,6 @@ def pipeline(tmp_path_factory, tiny_model_dir) -> Path:
     return project
 
 
-@pytest.mark.slow
 def test_report_shows_the_stages_numbers_escaped_and_is_in_mlflow(pipeline):
     reports = pipeline / "reports"
     raw = (reports / "report.html").read_text(encoding="utf-8")
@@ -202,11 +201,11 @@ def test_missing_outputs_become_notes_and_text_is_escaped(tmp_path):
 def test_entity_report_has_per_type_scores_and_wrong_words(tmp_path, tiny_model_dir):
     """Token classification: the per-type table and the worst errors' wrong words come from
     evaluate's metrics.json and errors.jsonl (a tiny model trained by the real stages)."""
-    from test_evaluate import build
+    from conftest import build_tiny_model
 
     from tasks.evaluate import evaluate
 
-    params, tokenized, model = build(tmp_path, tiny_model_dir, "token_classification", 1)
+    params, tokenized, model = build_tiny_model(tmp_path, tiny_model_dir, "token_classification", 1)
     evaluate(params, tokenized, model, tmp_path / "reports")
     page = Page(write_report(tmp_path, tmp_path / "reports" / "report.html").read_text())
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())

@@ -209,7 +209,6 @@ def test_slices_and_the_behaviour_section_of_the_report(tmp_path, text_model, to
     assert json.loads((tmp_path / "behaviour.json").read_text())["enabled"] is False
 
 
-@pytest.mark.slow
 def test_real_encoder_passes_the_shipped_checks_well_above_chance(tmp_path):
     """The default encoder (all-MiniLM-L6-v2), briefly fine-tuned on a rotten tomatoes sample,
     through the stage's own run (MLflow included)."""
