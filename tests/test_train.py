@@ -27,7 +27,8 @@ from tasks.config import load_params
 from tasks.errors import StageError
 from tasks.modeling import LengthGroupedSampler, choose_precision, cpu_supports_bf16
 from tasks.tokenize import tokenize
-from tasks.train import build_model, head_parameter_names, train
+from tasks.train import train
+from tasks.training import build_model, head_parameter_names
 
 
 def prepare_run(directory: Path, params, task: str = "text_classification", **sizes) -> Path:
