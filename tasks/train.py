@@ -266,10 +266,22 @@ def _prepare(params: Params, tokenized_dir: Path, state_dir: Path) -> Run:
             max_tokens, mean_batch, learning_rate, tp.learning_rate, tp.batch_size,
         )  # fmt: skip
     return Run(
-        params, data, tokenizer, manifest["labels"], tp.resolved_metric(task), precision,
-        run_dir, checkpoint, model, head, (trainable, total), lengths, max_tokens,
-        learning_rate, mean_batch,
-    )  # fmt: skip
+        params=params,
+        data=data,
+        tokenizer=tokenizer,
+        labels=manifest["labels"],
+        metric=tp.resolved_metric(task),
+        precision=precision,
+        run_dir=run_dir,
+        checkpoint=checkpoint,
+        model=model,
+        head=head,
+        parameters=(trainable, total),
+        lengths=lengths,
+        max_tokens=max_tokens,
+        learning_rate=learning_rate,
+        mean_batch=mean_batch,
+    )
 
 
 def _make_trainer(run: Run) -> tuple[Any, Any]:
