@@ -25,7 +25,7 @@ STORAGE = f"sqlite:///{ROOT / '.state' / 'bench' / 'tune_pruning.db'}"
 def pruners() -> dict[str, optuna.pruners.BasePruner]:
     """The pruners compared, built by the tune stage's ``make_pruner`` from params."""
     from tasks.config import load_params
-    from tasks.tune import make_pruner
+    from tasks.tuning.study import make_pruner
 
     def product(**pruner: object) -> optuna.pruners.BasePruner:
         overrides = {f"tune.pruner.{key}": value for key, value in pruner.items()}

@@ -321,7 +321,7 @@ def train_product(
     import tasks.train as product
 
     captured: list[Any] = []
-    original = product._trainer_classes
+    original = product.trainer_classes
 
     def patched() -> tuple[type, type, type]:
         measured, epoch_end, early_stopping = original()
@@ -329,7 +329,7 @@ def train_product(
 
     no_buckets = mock.patch.object(tasks.modeling, "padded_length", lambda n, cap=None: n)
     with (
-        mock.patch.object(product, "_trainer_classes", patched),
+        mock.patch.object(product, "trainer_classes", patched),
         contextlib.nullcontext() if buckets else no_buckets,
     ):
         metrics = product.train(
@@ -361,7 +361,7 @@ def fresh_model(params: Any, source: Any, labels: list[str]) -> Any:
     """The start model exactly as ``train()`` builds it (same seed, head, method)."""
     import transformers
 
-    from tasks.train import apply_method, build_model
+    from tasks.training import apply_method, build_model
 
     transformers.set_seed(params.train.seed)
     model, _ = build_model(params.task, source, labels, params.train.dropout)

@@ -38,7 +38,8 @@ def run_variant(params, data, pruner: str, trials: int) -> dict:
     """One search on an in-memory study; returns its compute and best score."""
     import optuna
 
-    from tasks.tune import make_pruner, make_sampler, run_search
+    from tasks.tune import run_search
+    from tasks.tuning.study import make_pruner, make_sampler
 
     variant = params.model_copy(
         update={
@@ -91,7 +92,7 @@ def main() -> None:
     from tasks.environment import STATE_DIR
     from tasks.modeling import choose_precision, quiet_transformers
     from tasks.tracking import device_name
-    from tasks.tune import load_tuning_data
+    from tasks.tuning.data import load_tuning_data
 
     quiet_transformers()
     import torch

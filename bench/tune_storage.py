@@ -42,7 +42,7 @@ def empty_trials(spec: str, params, trials: int) -> float:
     """Milliseconds per empty trial in the storage ``spec`` (opened as the stage does)."""
     import optuna
 
-    from tasks.tune import open_storage
+    from tasks.tuning.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=open_storage(spec, params), direction="maximize")

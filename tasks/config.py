@@ -33,6 +33,20 @@ from tasks.environment import PROJECT_ROOT
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
 
 TaskType = Literal["text_classification", "token_classification"]
+# The scores a task's model is judged by (metrics.json and Trainer's evaluation keys), its
+# headline first: what ``auto`` means wherever a metric is chosen (train.metric,
+# register.metric, evaluate's log line). Token tasks: seqeval's entity F1 is ``f1_micro``.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "text_classification": ("f1_macro", "accuracy", "f1_weighted"),
+    "token_classification": ("f1_micro", "f1_macro", "token_accuracy"),
+}
+
+
+def headline_metric(task: str) -> str:
+    """The metric ``auto`` stands for: macro F1 (text), entity F1 (token)."""
+    return TASK_METRICS[task][0]
+
+
 BUILTIN_SOURCES: dict[str, TaskType] = {
     "rotten_tomatoes": "text_classification",
     "wnut16": "token_classification",
@@ -277,9 +291,7 @@ class TrainParams(Section):
 
     def resolved_metric(self, task: str) -> str:
         """The validation metric for ``task``, ``auto`` resolved."""
-        if self.metric == "auto":
-            return "f1_macro" if task == "text_classification" else "f1_micro"
-        return self.metric
+        return headline_metric(task) if self.metric == "auto" else self.metric
 
 
 # Hyperparameters of ``train`` that ``tune.space`` may search (dotted: inside ``train.lora``).
@@ -559,10 +571,7 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> Params:
-        metrics = {
-            "text_classification": ("accuracy", "f1_macro", "f1_weighted"),
-            "token_classification": ("f1_micro", "f1_macro", "token_accuracy"),
-        }[self.task]
+        metrics = sorted(TASK_METRICS[self.task])
         if self.train.metric != "auto" and self.train.metric not in metrics:
             raise ValueError(
                 f"train.metric: {self.train.metric!r} is not a {self.task} metric "

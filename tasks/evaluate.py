@@ -38,7 +38,7 @@ from typing import Any
 import typer
 
 from tasks.cli import stage_command
-from tasks.config import DEFAULT_PARAMS, Params, load_params
+from tasks.config import DEFAULT_PARAMS, Params, headline_metric, load_params
 from tasks.environment import PROJECT_ROOT, STATE_DIR
 from tasks.errors import StageError
 from tasks.metrics import entity_scores, text_scores
@@ -207,14 +207,8 @@ def evaluate(
 
     quiet_transformers()
     task = params.task
-    data, manifest = load_tokenized(tokenized_dir)
-    if manifest["task"] != task:
-        raise StageError(
-            f"{tokenized_dir} holds {manifest['task']} data but task is {task} (re-run tokenize)"
-        )
+    data, manifest = load_tokenized(tokenized_dir, task, ("test",))
     test = data["test"]
-    if len(test) == 0:
-        raise StageError(f"{tokenized_dir}: the test split is empty")
     model, tokenizer = load_model(model_dir, task)
     if vocab_hash(tokenizer) != manifest["tokenizer"]["vocab_sha256"]:
         raise StageError(
@@ -301,7 +295,7 @@ def evaluate(
         _markdown(task, metrics, pairs, matrix_labels, errors, precision, model_dir, test_files)
         + _slices_markdown(slices),
     )
-    headline = "f1_macro" if task == "text_classification" else "f1_micro"
+    headline = headline_metric(task)
     log.info(
         "test: %d examples, %s %.4f, %s samples/s (%s on %s); %d errors listed",
         len(test), headline, metrics[headline], timing["samples_per_second"], precision.dtype,

@@ -30,7 +30,7 @@ import typer
 from mlflow.pyfunc import PythonModel
 
 from tasks.cli import stage_command
-from tasks.config import DEFAULT_PARAMS, Params, load_params
+from tasks.config import DEFAULT_PARAMS, Params, headline_metric, load_params
 from tasks.environment import PROJECT_ROOT, STATE_DIR
 from tasks.errors import StageError
 
@@ -51,7 +51,7 @@ def metric_key(params: Params) -> str:
     """The key of ``register.metric`` in ``metrics.json`` (entity F1 is seqeval's micro F1)."""
     metric = params.register_.metric
     if metric == "auto":
-        metric = "f1_macro" if params.task == "text_classification" else "entity_f1"
+        return headline_metric(params.task)
     return "f1_micro" if metric == "entity_f1" else metric
 
 

@@ -29,12 +29,12 @@ import csv
 import hashlib
 import json
 import logging
-import pickle
 import re
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,31 +53,29 @@ from tasks.config import (
 )
 from tasks.environment import PROJECT_ROOT, STATE_DIR
 from tasks.errors import StageError
-from tasks.metrics import entity_scores, text_scores, word_level_tags
 from tasks.modeling import (
-    TASK_HEADS,
-    LengthGroupedSampler,
     ModelSource,
     Precision,
-    TokenBudgetBatches,
-    check_budget,
     choose_precision,
-    inference_batches,
     load_matching_tokenizer,
     make_collator,
-    mean_batch_examples,
-    model_class,
     model_columns,
-    position_cap,
     quiet_transformers,
     replace_dir,
     resolve_model_source,
-    scaled_learning_rate,
-    sorted_by_length,
-    token_budget,
     write_json,
 )
 from tasks.tokenize import TOKENIZED_DIR, load_tokenized
+from tasks.training import (
+    apply_method,
+    batch_plan,
+    build_model,
+    count_parameters,
+    metrics_function,
+    predicted_ids,
+    trainer_classes,
+    training_arguments,
+)
 
 log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"
@@ -86,146 +84,6 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 HISTORY_FIELDS = ("step", "epoch", "loss", "learning_rate", "grad_norm")
 
 app = typer.Typer(add_completion=False, help=__doc__)
-
-
-# --- model ------------------------------------------------------------------------------------
-
-
-def head_labels(config: Any, task: str) -> list[str] | None:
-    """The labels an existing head of ``task``'s kind predicts, in id order; else ``None``."""
-    architectures = getattr(config, "architectures", None) or []
-    if not any(a.endswith(TASK_HEADS[task]) for a in architectures):
-        return None
-    id2label = {int(k): v for k, v in (config.id2label or {}).items()}
-    return [id2label[i] for i in sorted(id2label)]
-
-
-def head_parameter_names(model: Any) -> list[str]:
-    """Parameters outside the encoder (``base_model_prefix``): the classification head."""
-    prefix = f"{model.base_model_prefix}."
-    return [name for name, _ in model.named_parameters() if not name.startswith(prefix)]
-
-
-def _head_output(model: Any, num_labels: int) -> Any:
-    """The head's last linear layer (one output row per label)."""
-    import torch
-
-    base = getattr(model, model.base_model_prefix)
-    inside = {id(m) for m in base.modules()}
-    layers = [
-        m
-        for m in model.modules()
-        if isinstance(m, torch.nn.Linear) and id(m) not in inside and m.out_features == num_labels
-    ]
-    if not layers:
-        raise StageError(f"cannot find the classification layer of {type(model).__name__}")
-    return layers[-1]
-
-
-def build_model(
-    task: str, source: ModelSource, labels: list[str], dropout: float | None
-) -> tuple[Any, str]:
-    """Load the start point with a head for ``labels``.
-
-    Returns:
-        The model and ``"kept"`` (the start point's head predicts the same label set) or
-        ``"new"`` (freshly initialised head; the caller seeds the RNG first).
-    """
-    import torch
-    from transformers import AutoConfig
-
-    auto = model_class(task)
-    config = AutoConfig.from_pretrained(source.model_dir)
-    previous = head_labels(config, task)
-    id2label = dict(enumerate(labels))
-    label2id = {label: i for i, label in enumerate(labels)}
-    keep = previous is not None and len(previous) == len(labels) and set(previous) == set(labels)
-    if not keep:
-        config = AutoConfig.from_pretrained(
-            source.model_dir, num_labels=len(labels), id2label=id2label, label2id=label2id
-        )
-    if dropout is not None:
-        for key, value in config.to_dict().items():
-            if "dropout" in key and (value is None or isinstance(value, float)):
-                setattr(config, key, dropout)
-    try:
-        model = auto.from_pretrained(source.model_dir, config=config, ignore_mismatched_sizes=True)
-    except (OSError, ValueError, pickle.UnpicklingError) as exc:
-        # UnpicklingError: torch's weights_only loader refused a pickle that runs code.
-        raise StageError(f"cannot load a model from {source.model_dir}: {exc}") from None
-    layer = _head_output(model, len(labels))
-    with torch.no_grad():
-        if keep:
-            order = [previous.index(label) for label in labels]
-            if order != list(range(len(labels))):  # same labels, other ids: reorder the rows
-                layer.weight.copy_(layer.weight[order].clone())
-                if layer.bias is not None:
-                    layer.bias.copy_(layer.bias[order].clone())
-            model.config.id2label, model.config.label2id = id2label, label2id
-        else:
-            # A head of another label set (or task) may have the same shape and would load
-            # silently; initialise every head layer afresh instead.
-            base = {id(m) for m in getattr(model, model.base_model_prefix).modules()}
-            std = getattr(config, "initializer_range", 0.02)
-            for module in model.modules():
-                if isinstance(module, torch.nn.Linear) and id(module) not in base:
-                    module.weight.normal_(0.0, std)
-                    if module.bias is not None:
-                        module.bias.zero_()
-    return model, "kept" if keep else "new"
-
-
-def apply_method(model: Any, task: str, train: TrainParams) -> Any:
-    """``full``: train everything; ``head``: freeze the encoder; ``lora``: wrap in peft
-    LoRA adapters (the head is trained in full through ``modules_to_save``)."""
-    if train.method == "head":
-        head = set(head_parameter_names(model))
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad = name in head
-    elif train.method == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        prefix = model.base_model_prefix
-        head_modules = sorted(
-            name
-            for name, child in model.named_children()
-            if name != prefix and any(True for _ in child.parameters())
-        )
-        config = LoraConfig(
-            task_type=TaskType.SEQ_CLS if task == "text_classification" else TaskType.TOKEN_CLS,
-            r=train.lora.r,
-            lora_alpha=train.lora.alpha,
-            lora_dropout=train.lora.dropout,
-            target_modules=train.lora.target_modules,
-            modules_to_save=head_modules,
-        )
-        try:
-            model = get_peft_model(model, config)
-        except ValueError as exc:
-            raise StageError(f"train.lora: {exc}") from None
-    return model
-
-
-def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
-
-
-def batch_plan(
-    tp: TrainParams, lengths: list[int], device: str, tokenizer: Any
-) -> tuple[int | None, float, float]:
-    """(token budget or ``None``, learning rate, mean examples per batch) for training.
-
-    Raises:
-        StageError: the budget cannot hold the longest example.
-    """
-    max_tokens = token_budget(tp.max_tokens_per_batch, device, "train")
-    check_budget(max_tokens, lengths, position_cap(tokenizer), "train.max_tokens_per_batch")
-    mean = mean_batch_examples(lengths, tp.batch_size, max_tokens)
-    if max_tokens is None:
-        return None, tp.learning_rate, mean
-    return max_tokens, scaled_learning_rate(tp.learning_rate, tp.batch_size, mean), mean
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -272,128 +130,6 @@ def last_complete_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-# --- the training loop ------------------------------------------------------------------------
-
-
-def _trainer_classes() -> tuple[type, type, type]:
-    """Trainer subclass and callbacks, defined lazily (importing transformers is slow)."""
-    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
-
-    class MeasuredTrainer(Trainer):
-        """Trainer with a resume-exact length-grouped sampler (or token-budget batches),
-        length-sorted evaluation batches, and counters of real (non-padding) tokens.
-
-        Earns its place against ``Trainer`` with ``group_by_length``: exact resume, token
-        budgets (transformers has none) and the real-token counters the reports need; its
-        speed is benchmarked against that path in bench/throughput.py ("Trainer best flags").
-        """
-
-        def __init__(
-            self,
-            *args: Any,
-            lengths: dict[str, list[int]],
-            group: bool,
-            max_tokens: int | None = None,
-            **kw: Any,
-        ):
-            super().__init__(*args, **kw)
-            self.lengths, self.group, self.max_tokens = lengths, group, max_tokens
-            self.samples_seen = self.tokens_seen = self.padded_tokens_seen = 0
-
-        def _budget_loader(self, dataset: Any, batch_sampler: Any) -> Any:
-            from torch.utils.data import DataLoader
-
-            loader = DataLoader(
-                dataset,
-                batch_sampler=batch_sampler,
-                collate_fn=self.data_collator,
-                num_workers=self.args.dataloader_num_workers,
-                pin_memory=self.args.dataloader_pin_memory,
-            )
-            return self.accelerator.prepare(loader)
-
-        def get_train_dataloader(self) -> Any:
-            if not self.max_tokens:
-                return super().get_train_dataloader()
-            cap = position_cap(self.processing_class)
-            batches = TokenBudgetBatches(
-                self.lengths["train"], self.max_tokens, seed=self.args.seed, cap=cap
-            )
-            return self._budget_loader(self.train_dataset, batches)
-
-        def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
-            if not self.max_tokens or eval_dataset is not None:
-                return super().get_eval_dataloader(eval_dataset)
-            batches = inference_batches(
-                self.lengths["validation"],
-                self.args.eval_batch_size,
-                2 * self.max_tokens,  # no gradients: twice the training budget fits
-                position_cap(self.processing_class),
-            )
-            return self._budget_loader(self.eval_dataset, batches)
-
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            return LengthGroupedSampler(
-                self.lengths["train"],
-                self.args.per_device_train_batch_size,
-                seed=self.args.seed,
-                group=self.group,
-            )
-
-        def _get_eval_sampler(self, eval_dataset: Any) -> Any:
-            return sorted_by_length(self.lengths["validation"])
-
-        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
-            self.samples_seen += int(inputs["input_ids"].shape[0])
-            self.padded_tokens_seen += int(inputs["input_ids"].numel())
-            self.tokens_seen += int(inputs["attention_mask"].sum())
-            return super().training_step(model, inputs, num_items_in_batch)
-
-    class EpochEnd(TrainerCallback):
-        """Checkpoint after every epoch's evaluation as well (besides every ``save_steps``),
-        so the best epoch is on disk and a resume never repeats an evaluated epoch; sums
-        the time spent evaluating (excluded from training throughput)."""
-
-        def __init__(self) -> None:
-            self.eval_seconds = 0.0
-
-        def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
-            control.should_save = True
-            return control
-
-        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any):
-            # The validation line itself is the progress module's (one line per epoch).
-            self.eval_seconds += float((metrics or {}).get("eval_runtime", 0.0))
-
-    class EarlyStopping(EarlyStoppingCallback):
-        """transformers' early stopping (its counter is saved in checkpoints); the best
-        checkpoint is restored by :func:`train`, so its load_best_model_at_end warning is
-        moot."""
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            return None
-
-    return MeasuredTrainer, EpochEnd, EarlyStopping
-
-
-def _compute_metrics(task: str, labels: list[str]) -> Any:
-    def compute(prediction: Any) -> dict[str, float]:
-        predicted, gold = prediction.predictions, prediction.label_ids
-        if task == "text_classification":
-            return text_scores(list(gold), list(predicted), labels)
-        pairs = [word_level_tags(p, g, labels) for p, g in zip(predicted, gold, strict=True)]
-        return entity_scores([g for g, _ in pairs], [p for _, p in pairs])
-
-    return compute
-
-
-def _argmax(logits: Any, labels: Any) -> Any:
-    """Keep only predicted ids during evaluation (not all logits)."""
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    return logits.argmax(dim=-1)
-
-
 def _restore_best(model: Any, checkpoint: Path) -> None:
     """Load the weights of the best epoch's checkpoint into ``model``."""
     from safetensors.torch import load_file
@@ -434,32 +170,76 @@ def train(
     Returns:
         The content of ``train_metrics.json``.
     """
-    import transformers
-    from transformers import TrainingArguments
-
     started = time.perf_counter()
     quiet_transformers()
     # Tuned values (reports/best_params.json, when tune.enabled) over params.yaml's train.
     params, provenance = apply_tuned_params(params, Path(reports_dir) / BEST_PARAMS_FILE)
-    tp, task = params.train, params.task
     if provenance["params_source"] == "tune":
         log.info("train values from tuning (trial %s): %s", provenance["best_trial"],
                  provenance["tuned_params"])  # fmt: skip
-    data, manifest = load_tokenized(tokenized_dir)
-    if manifest["task"] != task:
-        raise StageError(
-            f"{tokenized_dir} holds {manifest['task']} data but task is {task} (re-run tokenize)"
-        )
-    for split in ("train", "validation"):
-        if len(data[split]) == 0:
-            raise StageError(f"{tokenized_dir}: the {split} split is empty")
+    run = _prepare(params, Path(tokenized_dir), Path(state_dir))
+    trainer, epoch_end = _make_trainer(run)
+    progress.install(trainer, "train")  # step/total, loss, tokens/s, ETA; no raw dicts
+    counts = _fit(trainer, run.checkpoint, epoch_end)
+    final = _best_model(trainer)
+    history, validation = _histories(trainer.state.log_history)
+    metrics = {
+        **_outcome(trainer.state, validation, run.metric, run.params.train),
+        "resumed_from_step": counts.pop("resumed_from_step"),
+        **_batches(run),
+        **_throughput(counts, epoch_end.eval_seconds),
+        **_setup(run),
+        "params_source": provenance["params_source"],  # tune | params.yaml
+        "tuned_params": provenance["tuned_params"],
+    }
+    if not distributed.is_main_process():
+        return metrics  # rank 0 writes the model and the reports
+    _save_model(final, run, provenance, Path(model_dir))
+    _write_histories(Path(reports_dir), history, validation, run.metric)
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+    write_json(Path(reports_dir) / "train_metrics.json", metrics)
+    shutil.rmtree(run.run_dir, ignore_errors=True)  # finished: the model is DVC's now
+    log.info(
+        "best %s %.4f at epoch %s; %s samples/s, %s real tokens/s; saved %s",
+        run.metric, metrics["best_validation_metric"] or float("nan"), metrics["best_epoch"],
+        metrics["train_samples_per_second"], metrics["train_tokens_per_second"], model_dir,
+    )  # fmt: skip
+    return metrics
+
+
+@dataclass
+class Run:
+    """One training run, as :func:`_prepare` set it up."""
+
+    params: Params  # tuned values over params.yaml's
+    data: Any  # the train and validation splits
+    tokenizer: Any
+    labels: list[str]
+    metric: str  # picks the best epoch
+    precision: Precision
+    run_dir: Path  # this run's checkpoints (run_key)
+    checkpoint: Path | None  # the one to resume from
+    model: Any
+    head: str  # kept | new
+    parameters: tuple[int, int]  # trainable, total
+    lengths: dict[str, list[int]]
+    max_tokens: int | None
+    learning_rate: float
+    mean_batch: float
+
+
+def _prepare(params: Params, tokenized_dir: Path, state_dir: Path) -> Run:
+    """Load the data and the start model, find the checkpoint to resume from and plan the
+    batches."""
+    import transformers
+
+    tp, task = params.train, params.task
+    data, manifest = load_tokenized(tokenized_dir, task, ("train", "validation"))
     source = resolve_model_source(params.model.name_or_path, params.tracking.uri, state_dir)
     tokenizer = load_matching_tokenizer(source, manifest, tokenized_dir)
-    labels: list[str] = manifest["labels"]
-    metric = tp.resolved_metric(task)
     precision = choose_precision(tp.precision)
 
-    run_dir = Path(state_dir) / "checkpoints" / run_key(params, source, precision, tokenized_dir)
+    run_dir = state_dir / "checkpoints" / run_key(params, source, precision, tokenized_dir)
     checkpoint = last_complete_checkpoint(run_dir) if tp.resume == "auto" else None
     if checkpoint is None and distributed.is_main_process():
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -467,7 +247,7 @@ def train(
         log.info("resuming from %s", checkpoint)
 
     transformers.set_seed(tp.seed)  # the new head's initial weights depend on it
-    model, head = build_model(task, source, labels, tp.dropout)
+    model, head = build_model(task, source, manifest["labels"], tp.dropout)
     model = apply_method(model, task, tp)
     trainable, total = count_parameters(model)
     log.info(
@@ -485,71 +265,72 @@ def train(
             "%.3g (sqrt rule from %.3g at batch %d)",
             max_tokens, mean_batch, learning_rate, tp.learning_rate, tp.batch_size,
         )  # fmt: skip
-
-    args = TrainingArguments(
-        output_dir=str(run_dir),
-        per_device_train_batch_size=tp.batch_size,
-        per_device_eval_batch_size=tp.batch_size * 2,
-        gradient_accumulation_steps=tp.gradient_accumulation_steps,
+    return Run(
+        params=params,
+        data=data,
+        tokenizer=tokenizer,
+        labels=manifest["labels"],
+        metric=tp.resolved_metric(task),
+        precision=precision,
+        run_dir=run_dir,
+        checkpoint=checkpoint,
+        model=model,
+        head=head,
+        parameters=(trainable, total),
+        lengths=lengths,
+        max_tokens=max_tokens,
         learning_rate=learning_rate,
-        weight_decay=tp.weight_decay,
-        warmup_steps=float(tp.warmup_ratio),  # a float in [0, 1) is a ratio of all steps
-        lr_scheduler_type=tp.scheduler,
-        num_train_epochs=tp.epochs,
-        max_grad_norm=tp.max_grad_norm,
-        eval_strategy="epoch",
-        save_strategy="steps",  # plus one after every epoch (EpochEnd)
-        save_steps=tp.save_steps,
-        save_total_limit=2,  # the best checkpoint is always kept besides these
-        metric_for_best_model=metric,
-        greater_is_better=True,
-        load_best_model_at_end=False,  # would force save and eval onto one schedule
-        restore_callback_states_from_checkpoint=True,  # early-stopping counter
-        logging_strategy="steps",
-        logging_steps=tp.logging_steps,
-        seed=tp.seed,
-        data_seed=tp.seed,
-        bf16=precision.dtype == "bf16",
-        fp16=precision.dtype == "fp16",
-        use_cpu=precision.device == "cpu",
-        report_to="none",  # MLflow logging is explicit, never Trainer's own callback
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,  # columns are selected below
-        include_num_input_tokens_seen="non_padding",  # real tokens/s in the progress lines
-        ddp_backend="gloo" if precision.device == "cpu" and distributed.world_size() > 1 else None,
+        mean_batch=mean_batch,
     )
-    trainer_cls, epoch_end_cls, early_stopping_cls = _trainer_classes()
+
+
+def _make_trainer(run: Run) -> tuple[Any, Any]:
+    """The Trainer of the run (checkpoints every ``save_steps`` and every epoch, evaluation
+    every epoch, early stopping) and its epoch-end callback."""
+    tp, task = run.params.train, run.params.task
+    args = training_arguments(
+        tp, run.precision, run.run_dir, run.learning_rate, best_metric=run.metric, log_steps=True
+    )
+    trainer_cls, epoch_end_cls, early_stopping_cls = trainer_classes()
     epoch_end = epoch_end_cls()
     callbacks = [epoch_end, tracking.live_training_metrics()]
     if tp.early_stopping_patience > 0:
         callbacks.append(early_stopping_cls(early_stopping_patience=tp.early_stopping_patience))
     trainer = trainer_cls(
-        model=model,
+        model=run.model,
         args=args,
-        train_dataset=data["train"].select_columns(model_columns(data["train"])),
-        eval_dataset=data["validation"].select_columns(model_columns(data["validation"])),
-        data_collator=make_collator(task, tokenizer),
-        processing_class=tokenizer,
-        compute_metrics=_compute_metrics(task, labels),
-        preprocess_logits_for_metrics=_argmax,
+        train_dataset=run.data["train"].select_columns(model_columns(run.data["train"])),
+        eval_dataset=run.data["validation"].select_columns(model_columns(run.data["validation"])),
+        data_collator=make_collator(task, run.tokenizer),
+        processing_class=run.tokenizer,
+        compute_metrics=metrics_function(task, run.labels),
+        preprocess_logits_for_metrics=predicted_ids,
         callbacks=callbacks,
-        lengths=lengths,
+        lengths=run.lengths,
         group=tp.group_by_length,
-        max_tokens=max_tokens,
+        max_tokens=run.max_tokens,
     )
-    progress.install(trainer, "train")  # step/total, loss, tokens/s, ETA; no raw dicts
+    return trainer, epoch_end
+
+
+def _fit(trainer: Any, checkpoint: Path | None, epoch_end: Any) -> dict[str, Any]:
+    """Train (resuming from ``checkpoint``); the step resumed from, the training seconds
+    (evaluation excluded) and the examples, real and padded tokens seen by all processes."""
     resumed_step = None
     if checkpoint is not None:
         resumed_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
     train_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.perf_counter() - train_started - epoch_end.eval_seconds
+    seconds = time.perf_counter() - train_started - epoch_end.eval_seconds
     seen = _summed_over_processes(
         trainer, [trainer.samples_seen, trainer.tokens_seen, trainer.padded_tokens_seen]
     )
-    samples_seen, tokens_seen, padded_tokens_seen = seen
+    return {"resumed_from_step": resumed_step, "seconds": seconds,
+            **dict(zip(("samples", "tokens", "padded_tokens"), seen, strict=True))}  # fmt: skip
 
+
+def _best_model(trainer: Any) -> Any:
+    """The trained model with the best epoch's weights, LoRA adapters merged."""
     state = trainer.state
     best = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
     if best is not None and best.is_dir():
@@ -557,12 +338,15 @@ def train(
     final = trainer.model
     if hasattr(final, "merge_and_unload"):
         final = final.merge_and_unload()  # LoRA weights folded in: a plain model again
+    return final
 
-    history, validation = _histories(state.log_history)
+
+def _outcome(state: Any, validation: list[dict], metric: str, tp: TrainParams) -> dict[str, Any]:
+    """The best epoch's validation scores and how far training went."""
     best_row = next((r for r in validation if r["step"] == state.best_global_step), None)
     if best_row is None and validation:
         best_row = max(validation, key=lambda r: r[metric])
-    metrics = {
+    return {
         "metric": metric,
         "best_validation_metric": best_row[metric] if best_row else None,
         "best_validation": {k: v for k, v in (best_row or {}).items() if k not in ("step",)},
@@ -571,48 +355,64 @@ def train(
         "epochs_planned": tp.epochs,
         "stopped_early": bool(state.epoch is not None and state.epoch < tp.epochs - 1e-6),
         "global_steps": state.global_step,
-        "resumed_from_step": resumed_step,
-        "train_examples": len(data["train"]),
-        "max_tokens_per_batch": max_tokens,
-        "mean_batch_examples": round(mean_batch, 2),
-        "learning_rate": learning_rate,
-        "train_samples_per_second": _rate(samples_seen, train_seconds),
-        "train_tokens_per_second": _rate(tokens_seen, train_seconds),
-        "padding_share": round(1 - tokens_seen / padded_tokens_seen, 4)
-        if padded_tokens_seen
-        else None,
-        "train_time_s": round(train_seconds, 2),
-        "eval_time_s": round(epoch_end.eval_seconds, 2),
-        "wall_time_s": None,  # filled in below
-        "device": precision.device,
-        "precision": precision.dtype,
-        "method": tp.method,
-        "head": head,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "seed": tp.seed,
-        "processes": distributed.world_size(),
-        "params_source": provenance["params_source"],  # tune | params.yaml
-        "tuned_params": provenance["tuned_params"],
     }
 
-    if not distributed.is_main_process():
-        return metrics  # rank 0 writes the model and the reports
-    model_dir = Path(model_dir)
+
+def _batches(run: Run) -> dict[str, Any]:
+    return {
+        "train_examples": len(run.data["train"]),
+        "max_tokens_per_batch": run.max_tokens,
+        "mean_batch_examples": round(run.mean_batch, 2),
+        "learning_rate": run.learning_rate,
+    }
+
+
+def _throughput(counts: dict[str, Any], eval_seconds: float) -> dict[str, Any]:
+    """Examples and real tokens per second of training, the padding share, the times."""
+    seconds, tokens, padded = counts["seconds"], counts["tokens"], counts["padded_tokens"]
+    return {
+        "train_samples_per_second": _rate(counts["samples"], seconds),
+        "train_tokens_per_second": _rate(tokens, seconds),
+        "padding_share": round(1 - tokens / padded, 4) if padded else None,
+        "train_time_s": round(seconds, 2),
+        "eval_time_s": round(eval_seconds, 2),
+        "wall_time_s": None,  # filled in at the end
+    }
+
+
+def _setup(run: Run) -> dict[str, Any]:
+    tp = run.params.train
+    return {
+        "device": run.precision.device,
+        "precision": run.precision.dtype,
+        "method": tp.method,
+        "head": run.head,
+        "trainable_parameters": run.parameters[0],
+        "total_parameters": run.parameters[1],
+        "seed": tp.seed,
+        "processes": distributed.world_size(),
+    }
+
+
+def _save_model(final: Any, run: Run, provenance: dict[str, Any], model_dir: Path) -> None:
+    """The model, tokenizer and ``training_params.json``, swapped into ``model_dir`` whole."""
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
     tmp.chmod(0o755)
     try:
         final.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        run.tokenizer.save_pretrained(tmp)
         # The train values this model was trained with, and where they came from.
-        write_json(
-            tmp / "training_params.json", {**provenance, "train": tp.model_dump(mode="json")}
-        )
+        train_values = run.params.train.model_dump(mode="json")
+        write_json(tmp / "training_params.json", {**provenance, "train": train_values})
         replace_dir(tmp, model_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    reports_dir = Path(reports_dir)
+
+
+def _write_histories(
+    reports_dir: Path, history: list[dict], validation: list[dict], metric: str
+) -> None:
     _write_csv(reports_dir / "train_history.csv", history, HISTORY_FIELDS)
     # The selected metric goes last: DVC plots the last column when no y is given.
     others = [
@@ -620,15 +420,6 @@ def train(
     ]
     fields = ("epoch", "step", *others, metric)
     _write_csv(reports_dir / "validation_history.csv", validation, fields)
-    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
-    write_json(reports_dir / "train_metrics.json", metrics)
-    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the model is DVC's now
-    log.info(
-        "best %s %.4f at epoch %s; %s samples/s, %s real tokens/s; saved %s",
-        metric, metrics["best_validation_metric"] or float("nan"), metrics["best_epoch"],
-        metrics["train_samples_per_second"], metrics["train_tokens_per_second"], model_dir,
-    )  # fmt: skip
-    return metrics
 
 
 def _summed_over_processes(trainer: Any, counts: list[int]) -> list[int]:

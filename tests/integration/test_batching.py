@@ -63,9 +63,9 @@ def trainer_for(task: str, data, tokenizer, tiny_model_dir: Path, tmp_path: Path
     from transformers import TrainingArguments
 
     from tasks.modeling import model_class, model_columns
-    from tasks.train import _trainer_classes
+    from tasks.training import trainer_classes
 
-    trainer_cls, _, _ = _trainer_classes()
+    trainer_cls, _, _ = trainer_classes()
     model = model_class(task).from_pretrained(tiny_model_dir, num_labels=5)
     args = TrainingArguments(
         output_dir=str(tmp_path),

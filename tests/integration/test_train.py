@@ -27,7 +27,8 @@ from tasks.config import load_params
 from tasks.errors import StageError
 from tasks.modeling import LengthGroupedSampler, choose_precision, cpu_supports_bf16
 from tasks.tokenize import tokenize
-from tasks.train import build_model, head_parameter_names, train
+from tasks.train import train
+from tasks.training import build_model, head_parameter_names
 
 
 def prepare_run(directory: Path, params, task: str = "text_classification", **sizes) -> Path:
@@ -487,3 +488,67 @@ def test_length_grouped_sampler_is_reproducible_and_groups_lengths():
     # Only the last batch may be short, so batch boundaries stay aligned.
     sizes = [len(first[i : i + 16]) for i in range(0, 1000, 16)]
     assert all(size == 16 for size in sizes[:-1])
+
+
+def test_tokenized_data_of_another_task_is_refused_by_every_stage_that_reads_it(
+    tmp_path, tiny_model_dir
+):
+    """Tune, train and evaluate share one check of the tokenized data (``load_tokenized``):
+    the same message, before any model is loaded; tune and train never open the test split."""
+    import shutil
+
+    from tasks.evaluate import evaluate
+    from tasks.tokenize import load_tokenized
+    from tasks.tuning.data import load_tuning_data
+
+    text = tiny_params("text_classification", tiny_model_dir)
+    prepared = write_toy_prepared(tmp_path / "prepared", "text_classification")
+    tokenized = tmp_path / "tokenized"
+    tokenize(text, prepared, tokenized, tmp_path / "tokenize.json", tmp_path)
+    token = tiny_params("token_classification", tiny_model_dir)
+    readers = {
+        "train": lambda: train(token, tokenized, tmp_path / "m", tmp_path / "r", tmp_path / "s"),
+        "tune": lambda: load_tuning_data(token, tokenized, tmp_path / "s"),
+        "evaluate": lambda: evaluate(token, tokenized, tmp_path / "m", tmp_path / "r"),
+    }
+    for stage, read in readers.items():
+        with pytest.raises(StageError, match="holds text_classification data but task is tok"):
+            read()
+        assert not (tmp_path / "m").exists() and not (tmp_path / "r").exists(), stage
+    shutil.rmtree(tokenized / "test")
+    data, manifest = load_tokenized(tokenized, "text_classification", ("train", "validation"))
+    assert sorted(data) == ["train", "validation"] and manifest["task"] == "text_classification"
+    with pytest.raises(StageError, match=r"test: .*\(re-run tokenize\)"):
+        load_tokenized(tokenized, "text_classification")
+
+
+@pytest.mark.parametrize("task", ["text_classification", "token_classification"])
+def test_every_selectable_metric_is_scored_and_auto_means_the_same_everywhere(task):
+    """``config.TASK_METRICS`` is the one list: each metric ``train.metric`` accepts is a
+    score Trainer's evaluation computes, and ``auto`` is the same metric for train's best
+    epoch, tune's objective and register's gate (``metrics.json`` holds the same keys)."""
+    import numpy as np
+    from transformers import EvalPrediction
+
+    from tasks.config import TASK_METRICS
+    from tasks.register import metric_key
+    from tasks.training import metrics_function
+
+    labels = ["neg", "pos"] if task == "text_classification" else ["O", "B-PER", "I-PER"]
+    if task == "text_classification":
+        gold, predicted = np.array([0, 1, 1]), np.array([0, 1, 0])
+    else:
+        gold, predicted = np.array([[0, 1, 2], [1, 0, 0]]), np.array([[0, 1, 2], [0, 0, 0]])
+    scores = metrics_function(task, labels)(EvalPrediction(predicted, gold))
+    assert set(TASK_METRICS[task]) <= set(scores), sorted(scores)
+    assert all(0 < scores[m] < 1 for m in TASK_METRICS[task]), scores  # one right, one wrong
+    params = tiny_params(task, "unused")
+    assert params.train.metric == "auto" and params.register_.metric == "auto"
+    assert params.train.resolved_metric(task) == metric_key(params) == TASK_METRICS[task][0]
+    for metric in TASK_METRICS[task]:
+        chosen = tiny_params(task, "unused", train={"metric": metric})
+        assert chosen.train.resolved_metric(task) == metric
+    own = TASK_METRICS[task]
+    other = next(m for ms in TASK_METRICS.values() for m in ms if m not in own)
+    with pytest.raises(ValueError, match=f"train.metric: '{other}' is not a {task} metric"):
+        tiny_params(task, "unused", train={"metric": other})

@@ -37,22 +37,18 @@ from tasks.config import ParamsError, apply_tuned_params, load_params
 from tasks.errors import StageError
 from tasks.tokenize import tokenize
 from tasks.train import train
-from tasks.tune import (
+from tasks.tune import run_search, tune
+from tasks.tuning.data import load_tuning_data, stratified_subset, trivial_baseline
+from tasks.tuning.objective import reporter_class
+from tasks.tuning.results import (
     BEST_PARAMS,
     BEST_PARAMS_KEYS,
-    FINISHED,
     PLOTS,
     REPORT_MD,
     TRIALS_CSV,
-    _reporter_class,
     choose,
-    load_tuning_data,
-    run_search,
-    stratified_subset,
-    study_name,
-    trivial_baseline,
-    tune,
 )
+from tasks.tuning.study import FINISHED, study_name
 
 N_TRIALS = 6
 # Learning rates from "learns in one epoch" to "still guessing": pruning has work to do.
@@ -270,14 +266,14 @@ def test_ner_trials_are_not_pruned_before_their_entity_f1_is_measurable():
     study.add_trial(
         optuna.trial.create_trial(value=0.5, intermediate_values={1: 0.5, 2: 0.5, 3: 0.5})
     )
-    reporter_class = _reporter_class()
-    ner = reporter_class(study.ask(), "f1_micro", 1, False, wait_for_signal=True)
+    report_to_trial = reporter_class()
+    ner = report_to_trial(study.ask(), "f1_micro", 1, False, wait_for_signal=True)
     assert evaluate(ner, 0.0) == (False, False)  # at 0: not judged
     assert evaluate(ner, 0.0) == (False, False)
     assert evaluate(ner, 0.1) == (True, True)  # measurable, and below the median: pruned
-    text = reporter_class(study.ask(), "f1_micro", 1, False)
+    text = report_to_trial(study.ask(), "f1_micro", 1, False)
     assert evaluate(text, 0.0) == (True, True)  # no waiting for other tasks
-    defaults = reporter_class(study.ask(), "f1_micro", 1, False, prunable=False)
+    defaults = report_to_trial(study.ask(), "f1_micro", 1, False, prunable=False)
     assert evaluate(defaults, 0.1) == (False, False)  # asked (a reference), never stopped
 
 

@@ -19,7 +19,10 @@ from conftest import ROOT, make_project, project_env, start_point_in
 from test_tune import FAST_SPACE, make_tracking, tokenized_without_test, tune_section
 
 from tasks.config import load_params
-from tasks.tune import BEST_PARAMS, DEFAULTS_ROLE, FINISHED, SURPLUS, tune
+from tasks.tune import tune
+from tasks.tuning.results import BEST_PARAMS
+from tasks.tuning.space import DEFAULTS_ROLE
+from tasks.tuning.study import FINISHED, SURPLUS
 
 N_TRIALS = 5
 WORKERS = 3

@@ -1,0 +1,161 @@
+"""What every tune trial trains and is scored on: a stratified ``tune.train_fraction`` of the
+tokenized train split and the whole validation split (the test split is never opened), the
+trivial baseline's score, and the fingerprint of the configuration that names the study."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks.config import Params
+from tasks.modeling import (
+    ModelSource,
+    load_matching_tokenizer,
+    model_columns,
+    resolve_model_source,
+)
+from tasks.tokenize import load_tokenized
+from tasks.training import metrics_function
+from tasks.tuning.study import FINGERPRINT_CHARS
+
+
+@dataclass
+class TuningData:
+    """What every trial trains and evaluates on (train subset and validation only)."""
+
+    task: str
+    labels: list[str]
+    metric: str
+    source: ModelSource
+    tokenizer: Any
+    train: Any  # the stratified subset, model columns only
+    validation: Any
+    lengths: dict[str, list[int]]
+    train_examples: int  # of the whole train split
+    fingerprint: str  # the configuration whose trials are comparable: names the study
+    baseline: float = 0.0  # the metric of the trivial prediction on validation
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def stratified_subset(keys: list[Any], fraction: float, seed: int) -> list[int]:
+    """Indices of about ``fraction`` of the rows, the same share of every key (at least one
+    row per key), chosen reproducibly by ``seed``; sorted."""
+    import random
+
+    if fraction >= 1:
+        return list(range(len(keys)))
+    groups: dict[str, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(repr(key), []).append(index)
+    rng = random.Random(seed)
+    chosen: list[int] = []
+    for name in sorted(groups):
+        members = groups[name]
+        rng.shuffle(members)
+        chosen += members[: max(1, round(len(members) * fraction))]
+    return sorted(chosen)
+
+
+def _strata(task: str, labels_column: list[Any], label_names: list[str]) -> list[Any]:
+    """Stratification key per example: the label (text), or the first entity tag of the
+    sentence, ``O`` for none (token classification)."""
+    if task == "text_classification":
+        return list(labels_column)
+    outside = label_names.index("O") if "O" in label_names else -1
+    keys = []
+    for row in labels_column:
+        keys.append(next((label for label in row if label not in (-100, outside)), outside))
+    return keys
+
+
+def load_tuning_data(params: Params, tokenized_dir: Path, state_dir: Path) -> TuningData:
+    """Load train (a stratified ``train_fraction``) and validation; the test split is never
+    opened.
+
+    Raises:
+        StageError: missing or mismatched tokenized data.
+    """
+    task, tokenized_dir = params.task, Path(tokenized_dir)
+    splits, manifest = load_tokenized(tokenized_dir, task, ("train", "validation"))
+    source = resolve_model_source(params.model.name_or_path, params.tracking.uri, state_dir)
+    tokenizer = load_matching_tokenizer(source, manifest, tokenized_dir)
+    labels: list[str] = manifest["labels"]
+    full = splits["train"]
+    tune = params.tune
+    keep = stratified_subset(_strata(task, full["labels"], labels), tune.train_fraction, tune.seed)
+    subset = full.select(keep) if len(keep) < len(full) else full
+    validation = splits["validation"]
+    metric = params.train.resolved_metric(task)
+    data_prints = [_dataset_fingerprint(tokenized_dir / s, splits[s]) for s in splits]
+    return TuningData(
+        task=task,
+        labels=labels,
+        metric=metric,
+        source=source,
+        tokenizer=tokenizer,
+        train=subset.select_columns(model_columns(subset)),
+        validation=validation.select_columns(model_columns(validation)),
+        lengths={"train": list(subset["length"]), "validation": list(validation["length"])},
+        train_examples=len(full),
+        fingerprint=_configuration(params, source, data_prints, labels, metric),
+        baseline=trivial_baseline(task, list(validation["labels"]), labels, metric),
+    )
+
+
+def _configuration(
+    params: Params, source: ModelSource, data: list[str], labels: list[str], metric: str
+) -> str:
+    """The fingerprint of what makes two trials comparable (it names the study): the data,
+    model, labels, metric, the train values outside the space, the space itself,
+    ``train_fraction`` and ``evals_per_epoch``."""
+    tune = params.tune
+    identity = {
+        "task": params.task,
+        "model": [source.spec, source.registry_version],
+        "data": data,
+        "labels": labels,
+        "metric": metric,
+        "train": {
+            k: v
+            for k, v in params.train.model_dump(mode="json").items()
+            if k not in tune.space and k not in ("resume", "save_steps", "logging_steps")
+        },
+        "space": {k: v.model_dump(mode="json") for k, v in tune.space.items()},
+        "train_fraction": tune.train_fraction,
+        "evals_per_epoch": tune.evals_per_epoch,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return digest[:FINGERPRINT_CHARS]
+
+
+def trivial_baseline(task: str, gold: list[Any], labels: list[str], metric: str) -> float:
+    """``metric`` of the best constant prediction, scored like a trial (``metrics_function``):
+    the most frequent validation label for text (it maximises accuracy, macro and weighted
+    F1 among constants), no entities (``O`` everywhere: entity F1 0) for token tasks."""
+    import numpy as np
+    from transformers import EvalPrediction
+
+    if task == "text_classification":
+        majority = max(sorted(set(gold)), key=gold.count)
+        predicted: Any = np.full(len(gold), majority)
+        gold_array: Any = np.asarray(gold)
+    else:
+        outside = labels.index("O") if "O" in labels else 0
+        width = max(len(row) for row in gold)
+        gold_array = np.full((len(gold), width), -100)
+        for i, row in enumerate(gold):
+            gold_array[i, : len(row)] = row
+        predicted = np.full_like(gold_array, outside)
+    scores = metrics_function(task, labels)(EvalPrediction(predicted, gold_array))
+    return float(scores[metric])
+
+
+def _dataset_fingerprint(directory: Path, dataset: Any) -> str:
+    """The content fingerprint tokenize stores in ``state.json`` (stable across runs)."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return json.loads((directory / "state.json").read_text())["_fingerprint"]
+    return str(getattr(dataset, "_fingerprint", ""))

@@ -1,0 +1,312 @@
+"""One tune trial: train the trial's values with the train stage's own pieces
+(``tasks.training``) on the tuning data, evaluate ``tune.evals_per_epoch`` times per epoch,
+report each score to Optuna (and the trial's nested MLflow run) and stop when the pruner or
+``tune.timeout`` says so. The trial's value is its best evaluation, as train keeps its best
+epoch."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tasks.config import Params, TrainParams, overlay_train
+from tasks.errors import StageError
+from tasks.modeling import choose_precision, make_collator
+from tasks.training import (
+    apply_method,
+    batch_plan,
+    build_model,
+    metrics_function,
+    predicted_ids,
+    trainer_classes,
+    training_arguments,
+)
+from tasks.tuning.data import TuningData
+from tasks.tuning.space import DEFAULTS_ROLE, suggest, suggest_defaults
+from tasks.tuning.study import SURPLUS, TIMEOUT, is_surplus
+
+log = logging.getLogger("tasks.tune")
+
+
+def reporter_class() -> type:
+    """The TrainerCallback that evaluates ``evals_per_epoch`` times per epoch, reports each
+    score to the trial (and its MLflow run) and stops training when the trial is pruned or
+    the search's time budget (``deadline``, monotonic seconds) is spent."""
+    from transformers import TrainerCallback
+
+    class ReportToTrial(TrainerCallback):
+        def __init__(
+            self,
+            trial: optuna.Trial,
+            metric: str,
+            per_epoch: int,
+            mlflow_on: bool,
+            deadline: float | None = None,
+            prunable: bool = True,
+            wait_for_signal: bool = False,
+        ):
+            self.trial, self.metric, self.per_epoch = trial, metric, per_epoch
+            self.mlflow_on, self.deadline = mlflow_on, deadline
+            self.prunable, self.wait_for_signal = prunable, wait_for_signal
+            self.points: list[int] = []
+            self.values: list[float] = []
+            self.pruned = self.out_of_time = False
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            count = max(1, math.ceil(args.num_train_epochs * self.per_epoch))
+            self.points = sorted(
+                {max(1, round(i * state.max_steps / count)) for i in range(1, count + 1)}
+            )
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+            if state.global_step in self.points:
+                control.should_evaluate = True
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self.out_of_time = True
+                control.should_training_stop = True
+            return control
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw):
+            metrics = metrics or {}
+            step = len(self.values) + 1
+            value = float(metrics[f"eval_{self.metric}"])
+            self.values.append(value)
+            if self.mlflow_on:
+                import mlflow
+
+                scores = {
+                    k[5:]: float(v)
+                    for k, v in metrics.items()
+                    if k.startswith("eval_")
+                    and isinstance(v, int | float)
+                    and not k.endswith(("runtime", "per_second"))
+                }
+                scores["epoch"] = round(float(state.epoch or 0), 4)
+                mlflow.log_metrics(scores, step=step)
+            self.trial.report(value, step)
+            # Token tasks: entity F1 stays 0 for the first evaluations of most trials (no
+            # whole entity found yet), so early rungs would rank ties at random and prune
+            # trials that have not started to learn. No pruning decision is asked for (and no
+            # rung recorded) until this trial's score is first above 0; the trial then
+            # enters every rung it passed with that score. (Validation loss would be
+            # measurable from the start but ranks trials by a quantity they are not chosen
+            # by, and would need a second, minimised objective.)
+            if self.wait_for_signal and max(self.values) <= 0:
+                return control
+            # The defaults trial is asked too (its scores are the pruner's reference) but
+            # always runs to its end: the final choice compares it whole.
+            if self.trial.should_prune() and self.prunable:
+                self.pruned = True
+                control.should_training_stop = True
+            return control
+
+    return ReportToTrial
+
+
+class TrialTimedOut(Exception):
+    """``tune.timeout`` stopped the trial: failed (never pruned, never a best)."""
+
+
+class SurplusTrial(Exception):
+    """Another worker started the study's last missing trial first: failed before training
+    (no values sampled), so the study ends with exactly ``tune.n_trials`` finished trials."""
+
+
+@dataclass
+class TrialRecord:
+    epochs: float = 0.0
+    evaluations: int = 0
+
+
+class Objective:
+    """Train and evaluate one trial's values; the study's objective function.
+
+    Args:
+        params: validated parameters (the ``train`` section is the base of every trial).
+        data: from :func:`load_tuning_data`.
+        parent_run_id: the stage's MLflow run; ``None`` logs nothing to MLflow.
+        experiment_id: the MLflow experiment of the parent run.
+        deadline: ``time.monotonic()`` at which the search's time budget ends: a trial still
+            training then stops (recorded as failed, ``stopped: timeout``).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        data: TuningData,
+        parent_run_id: str | None = None,
+        experiment_id: str | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.params, self.data = params, data
+        self.parent_run_id, self.experiment_id = parent_run_id, experiment_id
+        self.deadline = deadline
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        import psutil
+
+        # A re-queued trial carries the user attributes of the one whose worker died.
+        earlier = trial.user_attrs.get("retry_of", trial.user_attrs.get("trial_number"))
+        retry_of = earlier if earlier is not None and earlier != trial.number else None
+        trial.set_user_attr("trial_number", trial.number)
+        if retry_of is not None:
+            trial.set_user_attr("retry_of", retry_of)
+        trial.set_user_attr("worker_pid", os.getpid())
+        if is_surplus(trial, self.params.tune.n_trials):
+            trial.set_user_attr("stopped", SURPLUS)
+            trial.set_user_attr("fail_reason", f"{SURPLUS}: the study had its trials")
+            raise SurplusTrial(f"trial {trial.number}: the study has its trials, not run")
+        record, state, started = TrialRecord(), "FAIL", time.perf_counter()
+        run_id = None
+        try:
+            defaults = trial.user_attrs.get("role") == DEFAULTS_ROLE
+            space = self.params.tune.space
+            values = suggest_defaults(trial, self.params) if defaults else suggest(trial, space)
+            run_id = self._start_run(trial, values, retry_of)
+            tp = overlay_train(self.params.train, values)
+            value = self._fit(trial, tp, record, run_id is not None, prunable=not defaults)
+            state = "COMPLETE"
+            return value
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        except TrialTimedOut as exc:
+            trial.set_user_attr("stopped", TIMEOUT)
+            trial.set_user_attr("fail_reason", f"{TIMEOUT}: {exc}")
+            log.warning("trial %d: %s", trial.number, exc)
+            raise
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
+            log.exception("trial %d failed", trial.number)
+            raise
+        finally:
+            free_memory()
+            duration = time.perf_counter() - started
+            rss_mb = psutil.Process().memory_info().rss / 2**20
+            trial.set_user_attr("epochs_run", round(record.epochs, 4))
+            trial.set_user_attr("duration_s", round(duration, 2))
+            trial.set_user_attr("rss_mb", round(rss_mb, 1))
+            if run_id is not None:
+                self._end_run(state, duration, record, rss_mb)
+
+    def _start_run(self, trial: optuna.Trial, values: dict[str, Any], retry_of: Any) -> Any:
+        if self.parent_run_id is None:
+            return None
+        import mlflow
+
+        tags = {
+            "pipeline.stage": "tune-trial",
+            "trial.number": str(trial.number),
+            "optuna.study": trial.study.study_name,
+            "trial.state": "RUNNING",
+        }
+        if retry_of is not None:
+            tags["trial.retry_of"] = str(retry_of)
+        run = mlflow.start_run(
+            run_name=f"trial-{trial.number}",
+            parent_run_id=self.parent_run_id,
+            nested=True,
+            experiment_id=self.experiment_id,
+            tags=tags,
+        )
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        mlflow.log_params({k: str(v) for k, v in values.items()})
+        return run.info.run_id
+
+    @staticmethod
+    def _end_run(state: str, duration: float, record: TrialRecord, rss_mb: float) -> None:
+        import mlflow
+
+        mlflow.set_tag("trial.state", state)
+        mlflow.log_metrics({"duration_s": duration, "epochs_run": record.epochs, "rss_mb": rss_mb})
+        mlflow.end_run("FAILED" if state == "FAIL" else "FINISHED")
+
+    def _fit(
+        self,
+        trial: optuna.Trial,
+        tp: TrainParams,
+        record: TrialRecord,
+        log_mlflow: bool,
+        prunable: bool = True,
+    ) -> float:
+        import transformers
+        from transformers import PrinterCallback
+
+        data, tune = self.data, self.params.tune
+        trainer_cls, _, _ = trainer_classes()
+        precision = choose_precision(tp.precision)
+        scratch = Path(tempfile.mkdtemp(prefix=f"tune-trial-{trial.number}-"))
+        model = trainer = None
+        try:
+            transformers.set_seed(tp.seed)  # the same head initialisation in every trial
+            model, _ = build_model(data.task, data.source, data.labels, tp.dropout)
+            model = apply_method(model, data.task, tp)
+            # The train stage's batches (token budget, scaled learning rate) in every trial.
+            max_tokens, learning_rate, _ = batch_plan(
+                tp, data.lengths["train"], precision.device, data.tokenizer
+            )
+            # No evaluation schedule (the reporter asks at its own points), no checkpoints.
+            args = training_arguments(
+                tp, precision, scratch, learning_rate, best_metric=None, log_steps=False
+            )
+            reporter = reporter_class()(
+                trial, data.metric, tune.evals_per_epoch, log_mlflow, self.deadline,
+                prunable=prunable, wait_for_signal=data.task == "token_classification",
+            )  # fmt: skip
+            trainer = trainer_cls(
+                model=model,
+                args=args,
+                train_dataset=data.train,
+                eval_dataset=data.validation,
+                data_collator=make_collator(data.task, data.tokenizer),
+                processing_class=data.tokenizer,
+                compute_metrics=metrics_function(data.task, data.labels),
+                preprocess_logits_for_metrics=predicted_ids,
+                callbacks=[reporter],
+                lengths=data.lengths,
+                group=tp.group_by_length,
+                max_tokens=max_tokens,
+            )
+            trainer.remove_callback(PrinterCallback)  # no metrics dicts on stdout
+            trainer.train()
+            record.epochs = float(trainer.state.epoch or 0)
+            record.evaluations = len(reporter.values)
+            if reporter.pruned:
+                raise optuna.TrialPruned(f"pruned at evaluation {len(reporter.values)}")
+            if reporter.out_of_time and trainer.state.global_step < trainer.state.max_steps:
+                raise TrialTimedOut(
+                    f"stopped by tune.timeout after {record.epochs:.2f} of {tp.epochs} epochs"
+                )
+            if not reporter.values:
+                raise StageError("the trial ran no evaluation")
+            return max(reporter.values)  # train keeps its best epoch too
+        finally:
+            if trainer is not None:
+                record.epochs = float(trainer.state.epoch or 0)
+                trainer.accelerator.free_memory()  # drops its model/optimizer references
+                trainer.model = trainer.model_wrapped = None
+                trainer.optimizer = trainer.lr_scheduler = None
+            del model, trainer
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def free_memory() -> None:
+    """Collect the finished trial's model, optimizer and Trainer (reference cycles), and
+    give cached GPU memory back."""
+    gc.collect()
+    with contextlib.suppress(ImportError):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

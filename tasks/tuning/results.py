@@ -1,0 +1,311 @@
+"""What a finished search leaves: the choice between the best searched trial and the
+defaults (``best_params.json``, train's input), ``tune_trials.csv``, ``tune_report.md``, the
+three plots, and the summary on the stage's MLflow run."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tasks.config import BEST_PARAMS_FILE, Params
+from tasks.modeling import write_json
+from tasks.tuning.data import TuningData
+from tasks.tuning.space import DEFAULTS_ROLE, defaults_values, is_defaults
+from tasks.tuning.storage import describe_storage
+from tasks.tuning.study import DIRECTION, SURPLUS, TIMEOUT, count_states
+
+BEST_PARAMS = BEST_PARAMS_FILE
+TRIALS_CSV = "tune_trials.csv"
+REPORT_MD = "tune_report.md"
+PLOTS = {
+    "history": "tune_history.png",
+    "importance": "tune_importance.png",
+    "intermediate": "tune_intermediate.png",
+}
+# What best_params.json holds (train's input): the same for two identical runs, so no
+# storage path, trial counts, durations, dates or run ids (those go to the other reports).
+BEST_PARAMS_KEYS = (
+    "status", "source", "reason", "study_name", "fingerprint", "metric", "direction",
+    "baseline", "defaults_trial", "defaults_value", "best_trial", "best_value", "params",
+)  # fmt: skip
+
+
+def summarize(
+    params: Params, data: TuningData, name: str, spec: str, trials: list[FrozenTrial]
+) -> dict[str, Any]:
+    """The content of ``best_params.json`` (``BEST_PARAMS_KEYS``), then the facts for the
+    reports only."""
+    return {
+        "status": "tuned",
+        **choose(trials, data.baseline, defaults_values(params), data.metric),
+        "study_name": name,
+        "fingerprint": data.fingerprint,
+        "metric": data.metric,
+        "direction": DIRECTION,
+        # Reports only: a path, and counts that a timeout or a killed worker can change.
+        "storage": describe_storage(spec),
+        "trials": count_states(trials),
+        "trial_epochs": round(sum(t.user_attrs.get("epochs_run", 0.0) for t in trials), 3),
+        "train_examples": len(data.train),
+        "train_fraction": params.tune.train_fraction,
+    }
+
+
+def choose(
+    trials: list[FrozenTrial], baseline: float, defaults: dict[str, Any], metric: str
+) -> dict[str, Any]:
+    """What train uses: the best searched trial only if it beats both the trivial baseline
+    and the trial of params.yaml's own values (same data, same evaluations; ties keep the
+    defaults, then the earlier trial), else params.yaml (``source: defaults``).
+
+    Returns ``source``, ``reason``, ``baseline``, ``defaults_trial``/``defaults_value``,
+    ``best_trial``/``best_value`` (the chosen trial: ``None`` when nothing beat the
+    baseline) and ``params`` (the values that replace train's; empty for the defaults).
+    """
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    own = [t for t in complete if is_defaults(t, defaults)]
+    base = min(own, key=lambda t: t.number, default=None)
+    searched = [t for t in complete if t.user_attrs.get("role") != DEFAULTS_ROLE]
+    eligible = [t for t in searched if t.value > baseline]
+    best = max(eligible, key=lambda t: (t.value, -t.number), default=None)
+    chosen: dict[str, Any] = {
+        "baseline": baseline,
+        "defaults_trial": base.number if base else None,
+        "defaults_value": base.value if base else None,
+    }
+    floor = f"the trivial baseline {baseline:.4f} ({metric} of a constant prediction)"
+    if best is not None and (base is None or best.value > base.value):
+        against = (
+            f"the defaults (trial {base.number}, {base.value:.4f})"
+            if base
+            else "the defaults (their trial did not complete)"
+        )
+        reason = f"trial {best.number} ({best.value:.4f}) beats {against} and {floor}"
+        # Replace train.<key> for the train stage (tune.enabled); other keys: params.yaml.
+        return {"source": "tuned", "reason": reason, **chosen, "best_trial": best.number,
+                "best_value": best.value, "params": dict(best.params)}  # fmt: skip
+    if base is not None and base.value > baseline:
+        top = f"the best searched trial scored {best.value:.4f}" if best else "none beat " + floor
+        reason = f"no searched trial beats the defaults (trial {base.number}, {base.value:.4f}); "
+        return {"source": "defaults", "reason": reason + top, **chosen,
+                "best_trial": base.number, "best_value": base.value, "params": {}}  # fmt: skip
+    reason = f"no trial beats {floor}: train keeps params.yaml's values"
+    return {"source": "defaults", "reason": reason, **chosen, "best_trial": None,
+            "best_value": None, "params": {}}  # fmt: skip
+
+
+def view_study(trials: list[FrozenTrial], name: str) -> optuna.Study:
+    """An in-memory study of the finished trials (for plots)."""
+    view = optuna.create_study(direction=DIRECTION, study_name=name)
+    view.add_trials([t for t in trials if t.state.is_finished()])
+    return view
+
+
+def write_reports(
+    params: Params,
+    reports_dir: Path,
+    summary: dict[str, Any],
+    trials: list[FrozenTrial],
+    view: optuna.Study | None,
+) -> None:
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    names = list(params.tune.space)
+    rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value if t.value is not None else "",
+            **{f"params_{n}": t.params.get(n, "") for n in names},
+            "duration": t.user_attrs.get("duration_s", ""),
+            "epochs_run": t.user_attrs.get("epochs_run", ""),
+            "retry_of": t.user_attrs.get("retry_of", ""),
+            "role": t.user_attrs.get("role", "search"),  # defaults: params.yaml's values
+            "stopped": t.user_attrs.get("stopped", ""),  # timeout: tune.timeout stopped it
+        }
+        for t in trials
+    ]
+    fields = ["number", "state", "value", *(f"params_{n}" for n in names)]
+    fields += ["duration", "epochs_run", "retry_of", "role", "stopped"]
+    tmp = reports_dir / f".{TRIALS_CSV}.tmp"
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(reports_dir / TRIALS_CSV)
+    notes = _write_plots(reports_dir, view, summary, names)
+    _write_markdown(params, reports_dir / REPORT_MD, summary, rows, notes)
+    best = {key: summary[key] for key in BEST_PARAMS_KEYS if key in summary}
+    write_json(reports_dir / BEST_PARAMS, best)  # last: train's input
+
+
+def _write_plots(
+    reports_dir: Path, view: optuna.Study | None, summary: dict[str, Any], names: list[str]
+) -> dict[str, str]:
+    """The three PNGs (a note in the image where a plot is not possible); returns the notes.
+    Importances are computed over the trials that sampled every dimension (a defaults trial
+    with a value outside the space does not hide that dimension)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    makers = {
+        "history": plots.plot_optimization_history,
+        "importance": functools.partial(plots.plot_param_importances, params=names),
+        "intermediate": plots.plot_intermediate_values,
+    }
+    notes: dict[str, str] = {}
+    for key, make in makers.items():
+        path = reports_dir / PLOTS[key]
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        figure = None
+        try:
+            if view is None:
+                raise ValueError(summary.get("reason", "no study"))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = make(view)
+            figure = axes.figure
+            figure.set_size_inches(8, 5)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            notes[key] = str(exc) or type(exc).__name__
+            figure, axes = plt.subplots(figsize=(8, 2))
+            axes.axis("off")
+            axes.text(0.5, 0.5, f"not available: {notes[key]}", ha="center", wrap=True)
+        figure.savefig(tmp, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        tmp.replace(path)
+    return notes
+
+
+def _write_markdown(
+    params: Params,
+    path: Path,
+    summary: dict[str, Any],
+    rows: list[dict[str, Any]],
+    notes: dict[str, str],
+) -> None:
+    lines = ["# Hyperparameter search", ""]
+    if summary["status"] != "tuned":
+        lines += [f"Tuning is **disabled** ({summary['reason']}).", ""]
+    else:
+        tune = params.tune
+        counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(summary["trials"].items()))
+        lines += [
+            f"Study `{summary['study_name']}` in `{summary['storage']}`: {len(rows)} trials "
+            f"({counts}), {summary['trial_epochs']} trial-epochs; pruner "
+            f"`{tune.pruner.type}`, TPE seed {tune.seed}. The study holds this configuration "
+            f"alone (`tune.study_name` `{tune.study_name}` + fingerprint "
+            f"`{summary['fingerprint']}` of the data, model, space and fixed train values).",
+            f"Each trial trains on {summary['train_examples']:,} examples (a stratified "
+            f"{tune.train_fraction:.0%} of train) and is scored on the validation split "
+            f"({summary['metric']}, {tune.evals_per_epoch} evaluation(s) per epoch).",
+            "",
+            f"The trivial baseline (constant prediction) scores {summary['baseline']:.4f}; "
+            "a trial must beat it and the trial of `params.yaml`'s own values "
+            f"(the defaults: trial {_fmt(summary['defaults_trial'])}, "
+            f"{_fmt(summary['defaults_value'])}) to be used.",
+            "",
+        ]
+        if summary["source"] == "tuned":
+            lines += [
+                f"**Tuned: trial {summary['best_trial']}, {summary['metric']} "
+                f"{summary['best_value']:.4f}** ({summary['reason']}). The train stage uses "
+                "these values in place of `params.yaml`'s `train` keys (other keys unchanged):",
+                "",
+                "| parameter | tuned | params.yaml |",
+                "|---|---|---|",
+            ]
+        else:
+            lines += [
+                f"**Defaults kept** ({summary['reason']}). The train stage uses `params.yaml`'s "
+                "`train` values:",
+                "",
+                "| parameter | params.yaml |",
+                "|---|---|",
+            ]
+        for name, value in defaults_values(params).items():
+            tuned = summary["params"].get(name)
+            cells = [_fmt(tuned), _fmt(value)] if summary["source"] == "tuned" else [_fmt(value)]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        names = [k for k in (rows[0] if rows else {}) if k.startswith("params_")]
+        lines += ["", "## Trials", ""]
+        header = ["number", "state", "value", *names, "duration", "epochs_run"]
+        lines += ["| " + " | ".join(h.removeprefix("params_") for h in header) + " |"]
+        lines += ["|" + "---|" * len(header)]
+        for row in rows:
+            cells = [_fmt(row[h]) for h in header]
+            if row["stopped"] == TIMEOUT:
+                cells[1] = "timed out (FAIL)"  # tune.timeout, not the pruner
+            elif row["stopped"] == SURPLUS:
+                cells[1] = "surplus, not run (FAIL)"  # a parallel worker was first
+            if row["role"] == DEFAULTS_ROLE:
+                cells[1] += " (defaults)"
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", *_other_studies_markdown(tune.study_name, summary["other_studies"])]
+    lines += ["", "## Plots", ""]
+    titles = {"history": "Optimization history", "importance": "Parameter importances"}
+    titles["intermediate"] = "Validation metric at each evaluation"
+    for key, name in PLOTS.items():
+        note = f" (not available: {notes[key]})" if key in notes else ""
+        lines += [f"![{titles[key]}]({name}){note}", ""]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines).rstrip() + "\n")
+    tmp.replace(path)
+
+
+def _other_studies_markdown(prefix: str, studies: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Other studies", ""]
+    if not studies:
+        return [*lines, f"None: no other study named `{prefix}-*` in this storage."]
+    lines += [
+        f"Studies of other configurations named `{prefix}-*` in the same storage, kept and "
+        "not used by this search (their trials do not reach its sampler or pruner); most "
+        "recent first:",
+        "",
+        "| study | trials | best value | best trial | started |",
+        "|---|---|---|---|---|",
+    ]
+    for study in studies:
+        started = study["started"]
+        when = f"{started:%Y-%m-%d %H:%M}" if started is not None else ""
+        cells = [f"`{study['study_name']}`", study["trials"], study["best_value"]]
+        lines.append("| " + " | ".join(map(_fmt, [*cells, study["best_trial"], when])) + " |")
+    return lines
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def log_stage(summary: dict[str, Any], reports_dir: Path, wall_time: float) -> None:
+    """The summary, best values and reports on the stage's MLflow run (the active run)."""
+    import mlflow
+
+    metrics = {f"trials_{k.lower()}": float(v) for k, v in summary["trials"].items()}
+    metrics |= {"trial_epochs": summary["trial_epochs"], "baseline": summary["baseline"]}
+    for key in ("best_value", "defaults_value"):
+        if summary[key] is not None:
+            metrics[key] = summary[key]
+    metrics["wall_time_s"] = wall_time
+    mlflow.log_metrics(metrics)
+    mlflow.log_params({f"best.{k}": str(v) for k, v in summary["params"].items()})
+    mlflow.set_tags(
+        {
+            "tune.study": summary["study_name"],
+            "tune.best_trial": str(summary["best_trial"]),
+            "tune.source": summary["source"],
+            "tune.metric": summary["metric"],
+        }
+    )
+    for name in (BEST_PARAMS, TRIALS_CSV, REPORT_MD, *PLOTS.values()):
+        mlflow.log_artifact(str(reports_dir / name), artifact_path="tune")

@@ -1,0 +1,101 @@
+"""Where studies live: Optuna's RDB storage (SQLite on one machine by default, PostgreSQL for
+workers on several) with its heartbeat, and the callback that re-queues a dead worker's
+trial."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
+
+from tasks.config import Params
+from tasks.environment import STATE_DIR
+
+log = logging.getLogger("tasks.tune")
+
+
+def storage_spec(params: Params, state_dir: Path = STATE_DIR) -> str:
+    """``tune.storage``, or the single-machine default inside the project: SQLite."""
+    if params.tune.storage:
+        return params.tune.storage
+    return f"sqlite:///{(Path(state_dir) / 'optuna' / 'optuna.db').resolve()}"
+
+
+def describe_storage(spec: str) -> str:
+    """The storage for reports and logs, without a password."""
+    from sqlalchemy.engine import make_url
+
+    with contextlib.suppress(Exception):
+        return make_url(spec).render_as_string(hide_password=True)
+    return spec.split("@")[-1]
+
+
+class RetryStaleTrial:
+    """Re-queue a trial whose worker died, with the same values (Optuna's
+    ``RetryHeartbeatStaleTrialCallback``), and close its MLflow run as FAILED."""
+
+    def __init__(self, max_retry: int) -> None:
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        log.warning("trial %d: its worker stopped sending heartbeats; re-queued", trial.number)
+        self.retry(study, trial)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            with contextlib.suppress(Exception):
+                import mlflow
+
+                client = mlflow.MlflowClient()
+                client.set_tag(run_id, "trial.state", "FAIL")
+                client.set_terminated(run_id, "FAILED")
+
+
+def open_storage(spec: str, params: Params) -> optuna.storages.BaseStorage:
+    """Optuna's RDB storage of a SQLAlchemy URL (SQLite, PostgreSQL, ...) with its own
+    heartbeat: a running trial beats every ``tune.heartbeat_interval`` seconds; one silent
+    for ``tune.grace_period`` is failed and re-queued with the same values."""
+    tune = params.tune
+    engine: dict[str, Any] = {}
+    if spec.startswith("sqlite:"):
+        if spec.startswith("sqlite:///") and spec != "sqlite:///:memory:":
+            Path(spec.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = {"connect_args": {"timeout": 60}}  # heartbeat thread + trial thread
+    else:
+        engine = {"pool_pre_ping": True}  # a server that restarted: reconnect, not fail
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return _first_open(
+            lambda: RDBStorage(
+                spec,
+                engine_kwargs=engine,
+                heartbeat_interval=tune.heartbeat_interval,
+                grace_period=tune.grace_period,
+                heartbeat_stale_trial_callback=RetryStaleTrial(tune.max_retries),
+            )
+        )
+
+
+def _first_open(open_rdb: Any, tries: int = 3) -> RDBStorage:
+    """``RDBStorage`` on a new database, tried again when another process created the schema
+    at the same moment: Optuna creates its tables (and alembic's) without a lock, so two
+    pipelines starting on one new database (two checkouts, one storage) make one fail on a
+    duplicate table or key; the next try finds the schema in place."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(tries - 1):
+        try:
+            return open_rdb()
+        except (IntegrityError, ProgrammingError) as exc:
+            text = str(exc).lower()
+            if "duplicate" not in text and "already exists" not in text:
+                raise
+            time.sleep(1.0 + attempt)
+    return open_rdb()

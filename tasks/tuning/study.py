@@ -1,0 +1,196 @@
+"""One Optuna study per configuration: its name, sampler and pruner, joining or creating it
+(with the defaults trial), the loop that runs trials in this process with the surplus rule
+of parallel workers, and the other studies of the same prefix."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import re
+import time
+import warnings
+from typing import Any
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import FrozenTrial, TrialState
+
+from tasks.config import Params
+from tasks.errors import StageError
+from tasks.progress import TrialProgress, quiet_optuna
+from tasks.tuning.space import DEFAULTS_ROLE, enqueue_defaults
+
+log = logging.getLogger("tasks.tune")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what tune.n_trials counts
+DIRECTION = "maximize"  # every selectable metric is higher-is-better
+FINGERPRINT_CHARS = 12  # hex digits of the configuration hash in the study name
+TIMEOUT = "timeout"  # user attr ``stopped`` of a trial that tune.timeout stopped (FAIL state)
+SURPLUS = "surplus"  # user attr ``stopped`` of a trial started after the study was full (FAIL)
+
+
+def make_sampler(params: Params, seed: int) -> optuna.samplers.BaseSampler:
+    """Seeded TPE; ``constant_liar`` keeps parallel workers from sampling the same point."""
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=params.tune.startup_trials, constant_liar=True
+    )
+
+
+def make_pruner(params: Params) -> optuna.pruners.BasePruner:
+    """``tune.pruner``; steps are evaluation numbers (``evals_per_epoch`` per epoch)."""
+    pruner, tune = params.tune.pruner, params.tune
+    if pruner.type == "median":
+        # Optuna may prune at step == n_warmup_steps; our steps count from 1, so +1 keeps
+        # the first ``warmup_steps`` evaluations of every trial unpruned, as documented.
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps + 1
+        )
+    if pruner.type == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=pruner.min_resource, reduction_factor=pruner.reduction_factor
+        )
+    if pruner.type == "hyperband":
+        epochs = tune.space.get("epochs")
+        most = max(epochs.bounds()) if epochs is not None else params.train.epochs
+        return optuna.pruners.HyperbandPruner(
+            min_resource=pruner.min_resource,
+            max_resource=max(int(most) * tune.evals_per_epoch, pruner.min_resource + 1),
+            reduction_factor=pruner.reduction_factor,
+        )
+    return optuna.pruners.NopPruner()
+
+
+def study_progress(study: optuna.Study) -> tuple[int, int, bool]:
+    """Finished (complete or pruned) and running trials of every process, and whether a
+    defaults trial is queued."""
+    finished = running = 0
+    defaults_queued = False
+    for trial in study.get_trials(deepcopy=False):
+        finished += trial.state in FINISHED
+        running += trial.state == TrialState.RUNNING
+        if trial.state == TrialState.WAITING and trial.user_attrs.get("role") == DEFAULTS_ROLE:
+            defaults_queued = True
+    return finished, running, defaults_queued
+
+
+def run_trials(params: Params, study: optuna.Study, objective: Any) -> int:
+    """Run trials of ``objective`` in this process, one at a time, until the study holds
+    ``tune.n_trials`` finished (complete or pruned) trials of every process; return how many
+    ran here.
+
+    Surplus rule (parallel workers): no trial starts while finished + running trials reach
+    ``n_trials`` (a queued defaults trial always runs); this process then waits for the
+    running ones, failing and re-queuing those whose worker stopped beating (Optuna's
+    ``fail_stale_trials``), and runs the retries. After the objective's ``deadline``
+    (``time.monotonic()``) no trial starts and a running one stops (failed, ``stopped:
+    timeout``). A trial that raises is recorded as FAIL and the search goes on (up to
+    ``n_trials`` failures in this process: a broken objective must not loop forever); a
+    pruned one as PRUNED.
+    """
+    deadline = objective.deadline
+    target = params.tune.n_trials
+    callbacks = [TrialProgress(target or 0)]  # trial i/n, best so far, pruned
+    quiet_optuna()  # instead of Optuna's [I ...] lines
+    ran = failed = 0
+    while True:
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        if out_of_time and ran:  # the first trial starts even so (as study.optimize does)
+            break
+        if target is not None and failed >= target:
+            log.warning("%d trials failed in this process: it stops", failed)
+            break
+        finished, running, defaults_queued = study_progress(study)
+        if target is not None and finished >= target and not defaults_queued:
+            break
+        if target is not None and finished + running >= target and not defaults_queued:
+            if out_of_time:
+                break
+            with warnings.catch_warnings():  # the missing trials run elsewhere: wait
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            time.sleep(min(params.tune.heartbeat_interval, 5))
+            continue
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.optimize(
+                objective, n_trials=1, timeout=left, catch=(Exception,),
+                callbacks=callbacks, gc_after_trial=True,
+            )  # fmt: skip
+        last = study.get_trials(deepcopy=False)  # this process's trial: the latest it ran
+        mine = [t for t in last if t.user_attrs.get("worker_pid") == os.getpid()]
+        if mine and max(mine, key=lambda t: t.number).state == TrialState.FAIL:
+            failed += max(mine, key=lambda t: t.number).user_attrs.get("stopped") != SURPLUS
+        ran += 1
+    return ran
+
+
+def study_name(params: Params, fingerprint: str) -> str:
+    """The study of one configuration: ``{tune.study_name}-{fingerprint}``."""
+    return f"{params.tune.study_name}-{fingerprint}"
+
+
+def join_study(
+    params: Params, storage: optuna.storages.BaseStorage, name: str, stage: bool
+) -> tuple[optuna.Study, bool]:
+    """Create the study ``name`` or join it (another process may have created it); return it
+    and whether a defaults trial was queued.
+
+    The defaults trial is queued by the process that created the study (creation is atomic
+    in the storage, so parallel workers queue it once) and, in an existing study that has
+    trials, by the stage only (``train`` values changed since: a new defaults trial).
+    """
+    kwargs = {"study_name": name, "storage": storage, "pruner": make_pruner(params)}
+    try:
+        study = optuna.create_study(direction=DIRECTION, **kwargs)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.load_study(**kwargs), False
+    if study.direction.name.lower() != DIRECTION:
+        raise StageError(f"study {name!r} minimizes; choose another tune.study_name")
+    joined = stage and bool(study.get_trials(deepcopy=False))
+    return study, (created or joined) and enqueue_defaults(study, params)
+
+
+def other_studies(
+    storage: optuna.storages.BaseStorage, prefix: str, current: str
+) -> list[dict[str, Any]]:
+    """The studies of other configurations under the same ``tune.study_name`` prefix in the
+    storage (and a study named just ``prefix``, from before one study per configuration):
+    name, number of trials, best value and first start, most recent first."""
+    pattern = re.compile(rf"{re.escape(prefix)}(-[0-9a-f]{{{FINGERPRINT_CHARS}}})?")
+    found = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        if summary.study_name == current or not pattern.fullmatch(summary.study_name):
+            continue
+        best = summary.best_trial
+        found.append(
+            {
+                "study_name": summary.study_name,
+                "trials": summary.n_trials,
+                "best_value": best.value if best is not None else None,
+                "best_trial": best.number if best is not None else None,
+                "started": summary.datetime_start,
+            }
+        )
+    oldest = datetime.datetime.min
+    return sorted(found, key=lambda s: (s["started"] or oldest, s["study_name"]), reverse=True)
+
+
+def is_surplus(trial: optuna.Trial, n_trials: int | None) -> bool:
+    """Whether ``n_trials`` finished or running trials numbered before this one exist (two
+    workers started the last missing trial at once: this one is failed before training, so
+    the study ends with exactly ``n_trials``); the defaults trial always runs."""
+    if n_trials is None or trial.user_attrs.get("role") == DEFAULTS_ROLE:
+        return False
+    counted = (*FINISHED, TrialState.RUNNING)
+    ahead = trial.study.get_trials(deepcopy=False, states=counted)
+    return sum(t.number < trial.number for t in ahead) >= n_trials
+
+
+def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
+    """Trials by state name."""
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
