@@ -171,7 +171,7 @@ def _joined_keys(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
 
 def _joined(lists: pd.Series) -> pd.Series:
     """An Arrow ``list<string>`` column's values joined by spaces (a string column)."""
-    return pd.Series(pd.array(pc.binary_join(pa.array(lists), " "), dtype="string"))
+    return pd.Series(pd.array(pc.binary_join(pa.array(lists), " "), dtype="str"))
 
 
 def _split_units(frame: pd.DataFrame) -> pd.Series:
@@ -469,6 +469,21 @@ def _schema(frame: pd.DataFrame) -> pa.Schema:
 
 
 @contextlib.contextmanager
+def _system_arrow_pool() -> Iterator[None]:
+    """Arrow allocates through the system allocator for the stage: freed buffers go back at
+    once. Arrow's default pool (mimalloc) kept what the chunked work frees (joined texts of
+    CHUNK_ROWS sentences, parquet batches): on a 40 MB CoNLL file, 19 MB stayed resident
+    after joining every sentence's tokens chunk by chunk, 3 MB with the system allocator
+    (9 MB with jemalloc). The previous pool comes back afterwards."""
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+
+
+@contextlib.contextmanager
 def _staged(out_dir: Path) -> Iterator[Path]:
     """A temporary folder in ``out_dir`` whose files are moved into ``out_dir`` when the
     block ends without an error (each move atomic); on an error nothing is moved."""
@@ -491,7 +506,8 @@ def main(
     params = load_params(params_file)
     # Before any file is read: user data must be in data/external/, which DVC tracks.
     require_tracked_inputs(params, PROJECT_ROOT, ["data.source"])
-    prepare(params, out_dir, raw_dir)
+    with _system_arrow_pool():
+        prepare(params, out_dir, raw_dir)
 
 
 if __name__ == "__main__":
