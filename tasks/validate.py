@@ -211,11 +211,9 @@ def _load(path: Path, token: bool) -> pd.DataFrame:
             "(python -m tasks.prepare, or dvc repro prepare)"
         )
     try:
-        if token:  # lists of strings as Arrow lists (see _string_lists), not numpy objects
-            table = pq.read_table(path)
-            frame = table.to_pandas(types_mapper=_list_type).reset_index(drop=True)
-        else:
-            frame = pd.read_parquet(path).reset_index(drop=True)
+        # Token frames: lists of strings as Arrow lists (see _string_lists), not numpy objects.
+        frame = _read_lists(path) if token else pd.read_parquet(path)
+        frame = frame.reset_index(drop=True)
     except Exception as exc:
         raise StageError(f"{path}: cannot read the parquet file: {exc}") from None
     columns = list(frame.columns)
@@ -251,6 +249,20 @@ def _one_chunk(column: pd.Series) -> pd.Series:
     """
     chunks = pa.chunked_array(pa.array(column.array)).combine_chunks()
     return pd.Series(pd.arrays.ArrowStringArray(chunks), index=column.index, name=column.name)
+
+
+def _read_lists(path: Path) -> pd.DataFrame:
+    """A parquet file whose list-of-strings columns become Arrow list columns, each read and
+    made one contiguous chunk before the next is read (a whole table read first, then
+    concatenated, held every list twice at once)."""
+    parquet = pq.ParquetFile(path)
+    schema = parquet.schema_arrow
+    columns = []
+    for name in schema.names:
+        column = parquet.read(columns=[name]).column(0)
+        columns.append(column.combine_chunks() if _list_type(column.type) else column)
+    table = pa.Table.from_arrays(columns, schema=schema)
+    return table.to_pandas(types_mapper=_list_type)
 
 
 def _list_type(arrow_type: pa.DataType) -> pd.ArrowDtype | None:
@@ -350,48 +362,87 @@ def _python_derived(frame: pd.DataFrame, _: None) -> _Entities:
     return _Entities(pd.DataFrame({"row": rows, "type": types}), pd.Series(counts, dtype=int))
 
 
+# Sentences whose tags are judged at once: the per-tag arrays (~40 bytes a tag) are made for
+# this many only (over a whole 100 MB file they took 2.6x the file, bench/memory.py).
+TAG_ROWS = 65_536
+
+
 def _arrow_derived(frame: pd.DataFrame, lists: pa.Array) -> _Entities:
     """The tag checks' columns from an Arrow list<string> column, the same as
     :func:`_python_derived` gives: each distinct tag is judged once in Python, each tag then
-    by its number; only the sentences with an offending tag are read as Python lists (for
-    their messages)."""
+    by its number, TAG_ROWS sentences at a time; only the sentences with an offending tag
+    are read as Python lists (for their messages)."""
+    names = pc.unique(pc.list_flatten(lists))
+    tags = names.to_pylist() or ["O"]  # (no tags at all: one name, never used)
+    valid = np.array([_is_tag(t) for t in tags], dtype=bool)
+    types = sorted({t[2:] for t, ok in zip(tags, valid, strict=True) if ok and t != "O"})
+    number = {name: k for k, name in enumerate(types, 1)}  # 0: O (or not a tag)
+    kinds = _TagKinds(
+        valid=valid,
+        type_of=np.array(
+            [
+                number.get(t[2:], 0) if ok and t != "O" else 0
+                for t, ok in zip(tags, valid, strict=True)
+            ],
+            dtype=np.int32,
+        ),
+        inside=np.array([t.startswith("I-") for t in tags]) & valid,
+        begins=np.array([t.startswith("B-") for t in tags]) & valid,
+    )
+    bad, wrong, pairs = [], [], []
+    started = np.zeros(len(types) + 1, dtype=np.int64)
+    for start in range(0, len(lists), TAG_ROWS):
+        part = _judged(lists.slice(start, TAG_ROWS), names, kinds)
+        bad.append(part["bad"] + start)
+        wrong.append(part["wrong"] + start)
+        pairs.append(part["pairs"] + np.array([start, 0]))
+        started += np.bincount(part["started"], minlength=len(types) + 1)
+    frame["n_tags"] = _lengths(lists)
+    frame["bad_tag"] = _messages(len(frame), np.concatenate([[], *bad]), lists, _bad_tag)
+    frame["iob_error"] = _messages(len(frame), np.concatenate([[], *wrong]), lists, _iob_error)
+    found = np.concatenate([np.empty((0, 2), dtype=np.int64), *pairs])
+    named = np.array(["", *types], dtype=object)
+    table = pd.DataFrame({"row": found[:, 0], "type": named[found[:, 1]]})
+    counts = pd.Series(started[1:], index=types, dtype=int)
+    return _Entities(table, counts[counts > 0])
+
+
+@dataclass
+class _TagKinds:
+    """Per distinct tag: a valid tag, its entity type's number (0: O), I- tag, B- tag."""
+
+    valid: np.ndarray
+    type_of: np.ndarray
+    inside: np.ndarray
+    begins: np.ndarray
+
+
+def _judged(lists: pa.Array, names: pa.Array, kinds: _TagKinds) -> dict[str, np.ndarray]:
+    """Some sentences' rows with a refused tag, rows with an IOB2 error, distinct (row, type
+    number) pairs and the type numbers of their B- tags."""
     values = pc.list_flatten(lists)
     ends = lists.offsets.to_numpy()[1:] - lists.offsets[0].as_py()  # (a slice: shifted)
-    names = pc.unique(values)
     codes = pc.index_in(values, value_set=names).to_numpy(zero_copy_only=False)
-    tags = names.to_pylist() or ["O"]  # (no tags at all: one name, never used)
-    valid_name = np.array([_is_tag(t) for t in tags], dtype=bool)
-    types = sorted({t[2:] for t, ok in zip(tags, valid_name, strict=True) if ok and t != "O"})
-    number = {name: k for k, name in enumerate(types, 1)}  # 0: O
-    type_of = np.array([number.get(t[2:], 0) if t != "O" else 0 for t in tags])
-    type_of[~valid_name] = 0
-    inside = np.array([t.startswith("I-") for t in tags]) & valid_name
-    begins = np.array([t.startswith("B-") for t in tags]) & valid_name
-    frame["n_tags"] = _lengths(lists)
-    bad = np.unique(np.searchsorted(ends, np.flatnonzero(~valid_name[codes]), side="right"))
-    frame["bad_tag"] = _messages(len(frame), bad, lists, _bad_tag)
+    valid = kinds.valid[codes]
+    bad = np.unique(np.searchsorted(ends, np.flatnonzero(~valid), side="right"))
     # IOB2: an I-X whose previous valid tag in the sentence (O at its start) is of another type.
-    at = np.flatnonzero(valid_name[codes])
-    kind, row = type_of[codes[at]], np.searchsorted(ends, at, side="right")
+    codes = codes[valid]
+    row = np.searchsorted(ends, np.flatnonzero(valid), side="right")
+    kind = kinds.type_of[codes]
     previous = np.zeros_like(kind)
     previous[1:] = kind[:-1]
     previous[np.r_[True, row[1:] != row[:-1]][: len(row)]] = 0  # a sentence's first valid tag
-    wrong = np.unique(row[inside[codes[at]] & (previous != kind)])
-    frame["iob_error"] = _messages(len(frame), wrong, lists, _iob_error)
+    wrong = np.unique(row[kinds.inside[codes] & (previous != kind)])
     typed = kind > 0
-    pairs = pd.DataFrame({"row": row[typed], "type": kind[typed]}).drop_duplicates()
-    named = np.array(["", *types], dtype=object)
-    pairs["type"] = named[pairs["type"].to_numpy()]
-    started = np.bincount(type_of[codes[at]][begins[codes[at]]], minlength=len(types) + 1)
-    counts = pd.Series(started[1:], index=types, dtype=int)
-    return _Entities(pairs.reset_index(drop=True), counts[counts > 0])
+    pairs = np.unique(np.stack([row[typed], kind[typed]], axis=1), axis=0)
+    return {"bad": bad, "wrong": wrong, "pairs": pairs, "started": kind[kinds.begins[codes]]}
 
 
 def _messages(rows: int, offending: np.ndarray, lists: pa.Array, message: Any) -> np.ndarray:
     """An object column: ``message(tags)`` for the ``offending`` rows (Python lists of their
     tags), None elsewhere."""
     column = np.full(rows, None, dtype=object)
-    for row in offending.tolist():
+    for row in offending.astype(np.int64).tolist():
         column[row] = message(lists[row].as_py())
     return column
 
