@@ -1,13 +1,15 @@
 """Benchmark (not a test): peak memory of ``prepare`` and ``validate`` on a large file.
 
 Generates a CSV (or JSONL) of ``--mb`` megabytes of review-like rows (two labels, texts of
-40-400 characters, a few repeats) under ``.state/tmp/``, copies the project's code there,
-runs ``python -m tasks.prepare`` then ``python -m tasks.validate`` as child processes and
-reads each one's peak resident set size (``ru_maxrss`` of the waited child). The issue's
-bound: peak RSS under 3x the file size. Prints a table and appends it to
-``bench/RESULTS.md`` (``--no-record``: print only).
+40-400 characters, a few repeats), or a CoNLL-2003-like file (``--format conll``: documents,
+IOB2 entities, 1% repeated sentences; run as token_classification), under ``.state/tmp/``,
+copies the project's code there, runs ``python -m tasks.prepare`` then
+``python -m tasks.validate`` as child processes and reads each one's peak resident set size
+(``ru_maxrss`` of the waited child). The issue's bound: peak RSS under 3x the file size.
+Prints a table and appends it to ``bench/RESULTS.md`` (``--no-record``: print only).
 
     .venv/bin/python bench/memory.py --mb 200 --format csv
+    .venv/bin/python bench/memory.py --mb 100 --format conll
 """
 
 from __future__ import annotations

@@ -469,21 +469,6 @@ def _schema(frame: pd.DataFrame) -> pa.Schema:
 
 
 @contextlib.contextmanager
-def _system_arrow_pool() -> Iterator[None]:
-    """Arrow allocates through the system allocator for the stage: freed buffers go back at
-    once. Arrow's default pool (mimalloc) kept what the chunked work frees (joined texts of
-    CHUNK_ROWS sentences, parquet batches): on a 40 MB CoNLL file, 19 MB stayed resident
-    after joining every sentence's tokens chunk by chunk, 3 MB with the system allocator
-    (9 MB with jemalloc). The previous pool comes back afterwards."""
-    previous = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        yield
-    finally:
-        pa.set_memory_pool(previous)
-
-
-@contextlib.contextmanager
 def _staged(out_dir: Path) -> Iterator[Path]:
     """A temporary folder in ``out_dir`` whose files are moved into ``out_dir`` when the
     block ends without an error (each move atomic); on an error nothing is moved."""
@@ -506,8 +491,7 @@ def main(
     params = load_params(params_file)
     # Before any file is read: user data must be in data/external/, which DVC tracks.
     require_tracked_inputs(params, PROJECT_ROOT, ["data.source"])
-    with _system_arrow_pool():
-        prepare(params, out_dir, raw_dir)
+    prepare(params, out_dir, raw_dir)
 
 
 if __name__ == "__main__":
