@@ -683,7 +683,7 @@ class _ConllColumns:
 
     Hand-written to close a named gap: sentences held as Python lists of strings took 15x
     the file in prepare and 12x in validate (bench/memory.py --format conll); these take the
-    token and tag bytes plus 8 bytes a token and 16 a sentence. Tag cleaning and IOB1
+    token and tag bytes plus 8 bytes a token and 20 a sentence. Tag cleaning and IOB1
     conversion run on one sentence at a time."""
 
     def __init__(self, origin: str, clean: bool, iob1: bool) -> None:
