@@ -1,13 +1,15 @@
 """Benchmark (not a test): peak memory of ``prepare`` and ``validate`` on a large file.
 
 Generates a CSV (or JSONL) of ``--mb`` megabytes of review-like rows (two labels, texts of
-40-400 characters, a few repeats) under ``.state/tmp/``, copies the project's code there,
-runs ``python -m tasks.prepare`` then ``python -m tasks.validate`` as child processes and
-reads each one's peak resident set size (``ru_maxrss`` of the waited child). The issue's
-bound: peak RSS under 3x the file size. Prints a table and appends it to
-``bench/RESULTS.md`` (``--no-record``: print only).
+40-400 characters, a few repeats), or a CoNLL-2003-like file (``--format conll``: documents,
+IOB2 entities, 1% repeated sentences; run as token_classification), under ``.state/tmp/``,
+copies the project's code there, runs ``python -m tasks.prepare`` then
+``python -m tasks.validate`` as child processes and reads each one's peak resident set size
+(``ru_maxrss`` of the waited child). The issue's bound: peak RSS under 3x the file size.
+Prints a table and appends it to ``bench/RESULTS.md`` (``--no-record``: print only).
 
     .venv/bin/python bench/memory.py --mb 200 --format csv
+    .venv/bin/python bench/memory.py --mb 100 --format conll
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ WORDS = WORDS_TEXT.split(" ")
 
 def generate(path: Path, megabytes: float, fmt: str, seed: int = 0) -> int:
     """Write about ``megabytes`` MB of labelled texts to ``path``; return the rows written."""
+    if fmt == "conll":
+        return generate_conll(path, megabytes, seed)
     rng = random.Random(seed)
     target, written, rows = int(megabytes * 1e6), 0, 0
     with path.open("w", encoding="utf-8", newline="") as out:
@@ -63,6 +67,48 @@ def generate(path: Path, megabytes: float, fmt: str, seed: int = 0) -> int:
     return rows
 
 
+ENTITY_TYPES = ("PER", "LOC", "ORG", "MISC")
+
+
+def generate_conll(path: Path, megabytes: float, seed: int = 0) -> int:
+    """Write about ``megabytes`` MB of a CoNLL-2003-like file (``token POS chunk tag``,
+    ``-DOCSTART-`` documents of 2-30 sentences of 3-30 tokens, 1% repeated sentences, IOB2
+    entities); return the sentences written."""
+    rng = random.Random(seed)
+    target, written, sentences = int(megabytes * 1e6), 0, 0
+    previous: list[str] = []
+    with path.open("w", encoding="utf-8", newline="") as out:
+        while written < target:
+            written += out.write("-DOCSTART- -X- -X- O\n\n")
+            for _ in range(rng.randint(2, 30)):
+                if previous and rng.random() < 0.01:  # a repeat ("2 .")
+                    block = rng.choice(previous)
+                else:
+                    block = _conll_sentence(rng, sentences)
+                    if len(previous) < 1000:
+                        previous.append(block)
+                written += out.write(block + "\n")
+                sentences += 1
+    return sentences
+
+
+def _conll_sentence(rng: random.Random, number: int) -> str:
+    """One sentence's lines (a number token makes it unique)."""
+    lines, left = [], rng.randint(3, 30)
+    while left > 0:
+        if rng.random() < 0.15:
+            kind = rng.choice(ENTITY_TYPES)
+            for i in range(min(rng.randint(1, 3), left)):
+                word = rng.choice(WORDS).capitalize()
+                lines.append(f"{word} NNP I-NP {'B' if i == 0 else 'I'}-{kind}")
+                left -= 1
+        else:
+            lines.append(f"{rng.choice(WORDS)} NN B-NP O")
+            left -= 1
+    lines.append(f"{number} CD I-NP O")
+    return "\n".join(lines) + "\n"
+
+
 def project(directory: Path, data_file: Path, code: Path = ROOT) -> Path:
     """The code and params of ``code`` (a checkout) in ``directory``, reading ``data_file``
     as one source."""
@@ -73,6 +119,8 @@ def project(directory: Path, data_file: Path, code: Path = ROOT) -> Path:
     shutil.move(data_file, directory / "data" / "external" / data_file.name)
     params = yaml.safe_load((directory / "params.yaml").read_text())
     params["data"]["source"] = {"path": f"data/external/{data_file.name}"}
+    if data_file.suffix == ".conll":
+        params["task"] = "token_classification"
     (directory / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return directory
 
@@ -80,7 +128,7 @@ def project(directory: Path, data_file: Path, code: Path = ROOT) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=200)
-    parser.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    parser.add_argument("--format", choices=["csv", "jsonl", "conll"], default="csv")
     parser.add_argument("--label", default="", help="a note for the results table")
     parser.add_argument(
         "--code", type=Path, default=ROOT, help="a checkout whose code runs (e.g. an old one)"

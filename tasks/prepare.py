@@ -19,13 +19,13 @@ import json
 import logging
 import os
 import tempfile
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import typer
 
@@ -33,7 +33,7 @@ from tasks.cli import stage_command
 from tasks.config import Params, SplitRatios, load_params, require_tracked_inputs
 from tasks.environment import PROJECT_ROOT
 from tasks.errors import StageError
-from tasks.rowkeys import first_rows, row_keys
+from tasks.rowkeys import CHUNK_ROWS, first_rows, row_keys
 from tasks.sources import BUILTINS, read_builtin, read_user_file, sha256_of
 
 log = logging.getLogger(__name__)
@@ -142,25 +142,47 @@ def _repeats(frame: pd.DataFrame) -> np.ndarray:
     without a text or a label repeats nothing."""
     if "text" in frame.columns:
         pair = frame[["text", "label"]]
-    else:
-        pair = pd.DataFrame({"text": _texts(frame), "tags": frame["tags"].map(" ".join)})
-    first, _ = first_rows(row_keys(pair))
-    return (first != np.arange(len(frame))) & pair.notna().all(axis=1).to_numpy()
+        first, _ = first_rows(row_keys(pair))
+        return (first != np.arange(len(frame))) & pair.notna().all(axis=1).to_numpy()
+    first, _ = first_rows(_joined_keys(frame, ["tokens", "tags"]))
+    return first != np.arange(len(frame))  # (a sentence has tokens and tags)
 
 
-def _texts(frame: pd.DataFrame) -> pd.Series:
-    """Each row's text (token frames: the joined tokens), as validate's leakage check sees it."""
+def _text_keys(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's text digest (:func:`row_keys`; token frames: of the joined tokens, as
+    validate's leakage check sees them) and whether the row has a text."""
     if "text" in frame.columns:
-        return frame["text"]
-    return frame["tokens"].map(" ".join).astype("string")
+        return row_keys(frame["text"]), frame["text"].notna().to_numpy()
+    return _joined_keys(frame, ["tokens"]), np.ones(len(frame), dtype=bool)
+
+
+def _joined_keys(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """:func:`row_keys` of list columns' values joined by spaces, joined CHUNK_ROWS rows at a
+    time: the joined texts of a whole file are never held (they are as large as its tokens).
+    One column hashes as its joined strings alone, so the digests (and the split units
+    numbered in digest order) are those of the texts."""
+    digests = [np.empty(0, dtype=np.dtype((np.void, 16)))]
+    for start in range(0, len(frame), CHUNK_ROWS):
+        chunk = frame.iloc[start : start + CHUNK_ROWS]
+        joined = pd.DataFrame({c: _joined(chunk[c]) for c in columns})
+        digests.append(row_keys(joined if len(columns) > 1 else joined[columns[0]]))
+    return np.concatenate(digests)
+
+
+def _joined(lists: pd.Series) -> pd.Series:
+    """An Arrow ``list<string>`` column's values joined by spaces (a string column)."""
+    return pd.Series(pd.array(pc.binary_join(pa.array(lists), " "), dtype="str"))
 
 
 def _split_units(frame: pd.DataFrame) -> pd.Series:
     """The unit that keeps rows together, as an integer: one per group, else per text (or
     joined tokens); a row without a group (text) is a unit of its own."""
-    keys = frame["group"] if "group" in frame.columns else _texts(frame)
-    _, units = first_rows(row_keys(keys))
-    missing = keys.isna().to_numpy()
+    if "group" in frame.columns:
+        keys, present = row_keys(frame["group"]), frame["group"].notna().to_numpy()
+    else:
+        keys, present = _text_keys(frame)
+    _, units = first_rows(keys)
+    missing = ~present
     units[missing] = units.max(initial=-1) + 1 + np.arange(int(missing.sum()))
     return pd.Series(units, index=frame.index)
 
@@ -204,9 +226,8 @@ def _split_summary(frame: pd.DataFrame, params: Params, taken: np.ndarray | None
     """One split's counts, labels (entity types) and length percentiles: the rows of
     ``frame`` at positions ``taken`` (None: all), read in place (texts are not copied)."""
     if params.task == "token_classification":
-        lengths = _rows_of(frame["tokens"], taken).map(len)
-        tagged = _rows_of(frame["tags"], taken)
-        labels = Counter(t[2:] for tags in tagged for t in tags if t.startswith("B-"))
+        lengths = _rows_of(_list_lengths(frame["tokens"]), taken)
+        labels = _entity_counts(frame["tags"], taken)
         extra = {"tokens": int(lengths.sum()), "entities": int(sum(labels.values()))}
     else:
         lengths = _rows_of(frame["text"].fillna("").str.len(), taken)
@@ -227,6 +248,28 @@ def _split_summary(frame: pd.DataFrame, params: Params, taken: np.ndarray | None
             "max": int(lengths.max()) if len(lengths) else 0,
         },
     }
+
+
+def _list_lengths(lists: pd.Series) -> pd.Series:
+    """The length of each list of an Arrow ``list<string>`` column."""
+    return pd.Series(pc.list_value_length(pa.array(lists)).to_numpy(zero_copy_only=False))
+
+
+def _entity_counts(tags: pd.Series, taken: np.ndarray | None) -> dict[str, int]:
+    """Entities (``B-`` tags) per type in the rows at positions ``taken`` (None: all),
+    counted in Arrow on the tags in place (the split's tags are not copied)."""
+    lists = pa.array(tags)
+    values = pc.list_flatten(lists)
+    starts = np.flatnonzero(pc.starts_with(values, "B-").to_numpy(zero_copy_only=False))
+    ends = lists.offsets.to_numpy()[1:] - lists.offsets[0].as_py()  # (a slice: offsets shifted)
+    rows = np.searchsorted(ends, starts, side="right")
+    if taken is not None:  # the entities of the chosen rows only
+        chosen = np.zeros(len(lists), dtype=bool)
+        chosen[taken] = True
+        starts = starts[chosen[rows]]
+    types = pc.utf8_slice_codeunits(values.take(pa.array(starts, pa.int64())), 2)
+    counts = pc.value_counts(types).to_pylist()
+    return {count["values"]: count["counts"] for count in counts}
 
 
 def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
@@ -278,8 +321,8 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
             frame, taken = (frames[name], None) if name in frames else (whole, rows[name])
             summary["splits"][name] = _split_summary(frame, params, taken)
             if name == "train" and given:
-                texts = _texts(frame)
-                train_keys = row_keys(texts)[_rows(texts.notna().to_numpy(), taken)]
+                keys, present = _text_keys(frame)
+                train_keys = keys[_rows(present, taken)]
             if name in given:
                 lineage.setdefault("given_files", {})[name] = _given_file(frame, train_keys)
             _write_parquet(frame, taken, staged / f"{name}.parquet")
@@ -303,8 +346,8 @@ def _lineage(
     file (text and label) and rows whose text also occurs in the train split."""
     lineage = _origins(params, given, removed)
     if given:
-        train = _texts(splits["train"])
-        train_keys = row_keys(train[train.notna()])
+        keys, present = _text_keys(splits["train"])
+        train_keys = keys[present]
         lineage["given_files"] = {split: _given_file(splits[split], train_keys) for split in given}
     return lineage
 
@@ -343,13 +386,14 @@ def _given_file(frame: pd.DataFrame, train_keys: np.ndarray) -> dict:
     """A given file's repeated rows and rows whose text occurs in train (as counts)."""
     return {
         "repeated_rows": int(_repeats(frame).sum()),
-        "rows_in_train": _rows_in(_texts(frame), train_keys),
+        "rows_in_train": _rows_in(frame, train_keys),
     }
 
 
-def _rows_in(texts: pd.Series, keys: np.ndarray) -> int:
-    """How many of ``texts`` (not null) have one of ``keys`` (:func:`row_keys`)."""
-    return int(np.isin(row_keys(texts[texts.notna()]), keys).sum())
+def _rows_in(frame: pd.DataFrame, keys: np.ndarray) -> int:
+    """How many of ``frame``'s rows have a text with one of ``keys`` (:func:`row_keys`)."""
+    texts, present = _text_keys(frame)
+    return int(np.isin(texts[present], keys).sum())
 
 
 def _empty_split_error(
@@ -406,11 +450,22 @@ def _write_parquet(frame: pd.DataFrame, taken: np.ndarray | None, path: Path) ->
     """Write ``frame``'s rows at positions ``taken`` (None: all) to ``path``, WRITE_ROWS
     rows at a time, so no copy of the whole split is made."""
     taken = np.arange(len(frame)) if taken is None else taken
-    schema = pa.Schema.from_pandas(frame, preserve_index=False)
+    schema = _schema(frame)
     with pq.ParquetWriter(path, schema) as writer:
         for start in range(0, len(taken), WRITE_ROWS):
             batch = frame.iloc[taken[start : start + WRITE_ROWS]]
             writer.write_table(pa.Table.from_pandas(batch, schema=schema, preserve_index=False))
+
+
+def _schema(frame: pd.DataFrame) -> pa.Schema:
+    """The parquet schema of ``frame``. Arrow list columns (CoNLL tokens and tags) are
+    described as the object columns of Python lists they were before they were read into
+    Arrow (the same pandas metadata, hence the same files); their type is list<string>."""
+    lists = [c for c in frame.columns if isinstance(frame[c].dtype, pd.ArrowDtype)]
+    head = frame.head(1).astype(dict.fromkeys(lists, object))
+    for column in lists:
+        head[column] = head[column].map(list)
+    return pa.Schema.from_pandas(head, preserve_index=False)
 
 
 @contextlib.contextmanager

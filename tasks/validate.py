@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import typer
 
 from tasks.cli import stage_command
@@ -171,8 +173,12 @@ def _returning_arrow_pool() -> Iterator[None]:
 
 def _validate(params: Params, prepared_dir: Path, reports_dir: Path) -> ValidationReport:
     token = params.task == "token_classification"
-    frames = {s: _derive(_load(Path(prepared_dir) / f"{s}.parquet", token), token) for s in SPLITS}
-    results = _run_gx(_suites(frames, params), params.validate_.max_offending_rows)
+    frames, entities = {}, {}
+    for split in SPLITS:
+        frames[split], entities[split] = _derive(
+            _load(Path(prepared_dir) / f"{split}.parquet", token), token
+        )
+    results = _run_gx(_suites(frames, params, entities), params.validate_.max_offending_rows)
     for result in results:
         if not result.success:
             result.remedy = _remedy(result.check, params, frames.get(result.split))
@@ -205,7 +211,9 @@ def _load(path: Path, token: bool) -> pd.DataFrame:
             "(python -m tasks.prepare, or dvc repro prepare)"
         )
     try:
-        frame = pd.read_parquet(path).reset_index(drop=True)
+        # Token frames: lists of strings as Arrow lists (see _string_lists), not numpy objects.
+        frame = _read_lists(path) if token else pd.read_parquet(path)
+        frame = frame.reset_index(drop=True)
     except Exception as exc:
         raise StageError(f"{path}: cannot read the parquet file: {exc}") from None
     columns = list(frame.columns)
@@ -215,12 +223,14 @@ def _load(path: Path, token: bool) -> pd.DataFrame:
     # column becomes object, so its values are checked one by one. Objects for every text
     # took 14x the file in memory (bench/memory.py).
     for column in frame.columns:
-        if pd.api.types.is_string_dtype(frame[column]) and frame[column].dtype != object:
+        if isinstance(frame[column].dtype, pd.ArrowDtype):
+            frame[column] = _string_lists(frame[column])
+        elif pd.api.types.is_string_dtype(frame[column]) and frame[column].dtype != object:
             frame[column] = _one_chunk(frame[column].astype(pd.StringDtype()))
         elif frame[column].dtype != "int64":
             frame[column] = frame[column].astype(object)
     for column in ("tokens", "tags") if token else ():
-        if column in frame:  # parquet lists arrive as numpy arrays
+        if frame.get(column, pd.Series()).dtype == object:  # numpy arrays or lists
             frame[column] = frame[column].map(
                 lambda v: list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v
             )
@@ -241,28 +251,200 @@ def _one_chunk(column: pd.Series) -> pd.Series:
     return pd.Series(pd.arrays.ArrowStringArray(chunks), index=column.index, name=column.name)
 
 
-def _derive(frame: pd.DataFrame, token: bool) -> pd.DataFrame:
-    """Add the derived columns that some expectations check (where their inputs exist)."""
+def _read_lists(path: Path) -> pd.DataFrame:
+    """A parquet file whose list-of-strings columns become Arrow list columns, each read and
+    made one contiguous chunk before the next is read (a whole table read first, then
+    concatenated, held every list twice at once)."""
+    parquet = pq.ParquetFile(path)
+    schema = parquet.schema_arrow
+    columns = []
+    for name in schema.names:
+        column = parquet.read(columns=[name]).column(0)
+        columns.append(column.combine_chunks() if _list_type(column.type) else column)
+    table = pa.Table.from_arrays(columns, schema=schema)
+    return table.to_pandas(types_mapper=_list_type)
+
+
+def _list_type(arrow_type: pa.DataType) -> pd.ArrowDtype | None:
+    """``pd.ArrowDtype`` for a list of strings (CoNLL tokens and tags), else None (the
+    default conversion)."""
+    lists = pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)
+    if lists and arrow_type.value_type in (pa.string(), pa.large_string()):
+        return pd.ArrowDtype(arrow_type)
+    return None
+
+
+def _string_lists(column: pd.Series) -> pd.Series:
+    """An Arrow list-of-strings column in one contiguous chunk (see :func:`_one_chunk`), kept
+    in Arrow; a list holding a null item becomes Python lists (the checks of
+    :func:`_python_derived` then see it as before). Hand-written to close a named gap:
+    sentences as Python lists of strings took 12x the file in memory (bench/memory.py
+    --format conll)."""
+    lists = column.array.__arrow_array__().combine_chunks()
+    if pc.list_flatten(lists).null_count:
+        return pd.Series(lists.to_pylist(), index=column.index, name=column.name, dtype=object)
+    return pd.Series(pd.arrays.ArrowExtensionArray(lists), index=column.index, name=column.name)
+
+
+def _arrow_lists(column: pd.Series) -> pa.Array | None:
+    """The Arrow list array of a column kept in Arrow by :func:`_string_lists`, else None."""
+    if isinstance(column.dtype, pd.ArrowDtype):
+        return column.array.__arrow_array__().combine_chunks()
+    return None
+
+
+@dataclass
+class _Entities:
+    """A split's entity types: one (row, type) pair per type found in a row (valid tags other
+    than O) and the count of entities (B- tags) per type."""
+
+    pairs: pd.DataFrame
+    counts: pd.Series
+
+
+def _derive(frame: pd.DataFrame, token: bool) -> tuple[pd.DataFrame, _Entities | None]:
+    """Add the derived columns that some expectations check (where their inputs exist);
+    return the frame and its entity types (token frames with tags)."""
+    entities = None
     if not token and "text" in frame:
         frame["key"] = frame["text"]
     if token and "tokens" in frame:
-        tokens = frame["tokens"].map(lambda v: v if isinstance(v, list) else None)
-        frame["key"] = tokens.map(lambda v: None if v is None else " ".join(map(str, v)))
-        frame["n_tokens"] = tokens.map(lambda v: None if v is None else len(v)).astype("Int64")
+        lists = _arrow_lists(frame["tokens"])
+        if lists is not None:
+            joined = pd.Series(pd.array(pc.binary_join(lists, " "), dtype="str"))
+            frame["key"] = _one_chunk(joined)
+            frame["n_tokens"] = _lengths(lists)
+        else:
+            tokens = frame["tokens"].map(lambda v: v if isinstance(v, list) else None)
+            frame["key"] = tokens.map(lambda v: None if v is None else " ".join(map(str, v)))
+            frame["n_tokens"] = tokens.map(lambda v: None if v is None else len(v))
+            frame["n_tokens"] = frame["n_tokens"].astype("Int64")
     if token and "tags" in frame:
-        tags = frame["tags"].map(lambda v: v if isinstance(v, list) else [])
-        frame["n_tags"] = frame["tags"].map(lambda v: len(v) if isinstance(v, list) else None)
-        frame["n_tags"] = frame["n_tags"].astype("Int64")
-        frame["bad_tag"] = tags.map(_bad_tag)
-        frame["iob_error"] = tags.map(_iob_error)
-        frame["entity_types"] = tags.map(lambda ts: {t[2:] for t in ts if _is_tag(t) and t != "O"})
+        lists = _arrow_lists(frame["tags"])
+        derive = _python_derived if lists is None else _arrow_derived
+        entities = derive(frame, lists)
+    for column in ("tokens", "tags"):
+        if token and column in frame and isinstance(frame[column].dtype, pd.ArrowDtype):
+            # Each value of an Arrow list column is a list (or null): the column_type check
+            # reads one shared empty list per row, not every sentence as Python objects.
+            kinds = np.empty(len(frame), dtype=object)
+            kinds.fill([])
+            kinds[frame[column].isna().to_numpy()] = None
+            frame[f"{column}_type"] = kinds
     if "key" in frame:  # duplicate_of: the row where this row's text first occurs, or None
         first, _ = first_rows(row_keys(frame["key"]))
         repeats = np.flatnonzero((first != np.arange(len(frame))) & frame["key"].notna())
         duplicate_of = np.full(len(frame), None, dtype=object)
         duplicate_of[repeats] = first[repeats].tolist()
         frame["duplicate_of"] = duplicate_of
-    return frame
+    return frame, entities
+
+
+def _lengths(lists: pa.Array) -> pd.Series:
+    """The length of each list (null for a null list), as Int64."""
+    lengths = pc.list_value_length(lists).cast(pa.int64())
+    return pd.Series(pd.arrays.ArrowExtensionArray(lengths)).astype("Int64")
+
+
+def _python_derived(frame: pd.DataFrame, _: None) -> _Entities:
+    """The tag checks' columns from tags held as Python lists."""
+    tags = frame["tags"].map(lambda v: v if isinstance(v, list) else [])
+    frame["n_tags"] = frame["tags"].map(lambda v: len(v) if isinstance(v, list) else None)
+    frame["n_tags"] = frame["n_tags"].astype("Int64")
+    frame["bad_tag"] = tags.map(_bad_tag)
+    frame["iob_error"] = tags.map(_iob_error)
+    rows, types, counts = [], [], Counter()
+    for row, values in enumerate(tags):
+        found = sorted({t[2:] for t in values if _is_tag(t) and t != "O"})
+        rows += [row] * len(found)
+        types += found
+        counts.update(t[2:] for t in values if _is_tag(t) and t.startswith("B-"))
+    return _Entities(pd.DataFrame({"row": rows, "type": types}), pd.Series(counts, dtype=int))
+
+
+# Sentences whose tags are judged at once: the per-tag arrays (~40 bytes a tag) are made for
+# this many only (over a whole 100 MB file they took 2.6x the file, bench/memory.py).
+TAG_ROWS = 65_536
+
+
+def _arrow_derived(frame: pd.DataFrame, lists: pa.Array) -> _Entities:
+    """The tag checks' columns from an Arrow list<string> column, the same as
+    :func:`_python_derived` gives: each distinct tag is judged once in Python, each tag then
+    by its number, TAG_ROWS sentences at a time; only the sentences with an offending tag
+    are read as Python lists (for their messages)."""
+    names = pc.unique(pc.list_flatten(lists))
+    tags = names.to_pylist() or ["O"]  # (no tags at all: one name, never used)
+    valid = np.array([_is_tag(t) for t in tags], dtype=bool)
+    types = sorted({t[2:] for t, ok in zip(tags, valid, strict=True) if ok and t != "O"})
+    number = {name: k for k, name in enumerate(types, 1)}  # 0: O (or not a tag)
+    kinds = _TagKinds(
+        valid=valid,
+        type_of=np.array(
+            [
+                number.get(t[2:], 0) if ok and t != "O" else 0
+                for t, ok in zip(tags, valid, strict=True)
+            ],
+            dtype=np.int32,
+        ),
+        inside=np.array([t.startswith("I-") for t in tags]) & valid,
+        begins=np.array([t.startswith("B-") for t in tags]) & valid,
+    )
+    bad, wrong, pairs = [], [], []
+    started = np.zeros(len(types) + 1, dtype=np.int64)
+    for start in range(0, len(lists), TAG_ROWS):
+        part = _judged(lists.slice(start, TAG_ROWS), names, kinds)
+        bad.append(part["bad"] + start)
+        wrong.append(part["wrong"] + start)
+        pairs.append(part["pairs"] + np.array([start, 0]))
+        started += np.bincount(part["started"], minlength=len(types) + 1)
+    frame["n_tags"] = _lengths(lists)
+    frame["bad_tag"] = _messages(len(frame), np.concatenate([[], *bad]), lists, _bad_tag)
+    frame["iob_error"] = _messages(len(frame), np.concatenate([[], *wrong]), lists, _iob_error)
+    found = np.concatenate([np.empty((0, 2), dtype=np.int64), *pairs])
+    named = np.array(["", *types], dtype=object)
+    table = pd.DataFrame({"row": found[:, 0], "type": named[found[:, 1]]})
+    counts = pd.Series(started[1:], index=types, dtype=int)
+    return _Entities(table, counts[counts > 0])
+
+
+@dataclass
+class _TagKinds:
+    """Per distinct tag: a valid tag, its entity type's number (0: O), I- tag, B- tag."""
+
+    valid: np.ndarray
+    type_of: np.ndarray
+    inside: np.ndarray
+    begins: np.ndarray
+
+
+def _judged(lists: pa.Array, names: pa.Array, kinds: _TagKinds) -> dict[str, np.ndarray]:
+    """Some sentences' rows with a refused tag, rows with an IOB2 error, distinct (row, type
+    number) pairs and the type numbers of their B- tags."""
+    values = pc.list_flatten(lists)
+    ends = lists.offsets.to_numpy()[1:] - lists.offsets[0].as_py()  # (a slice: shifted)
+    codes = pc.index_in(values, value_set=names).to_numpy(zero_copy_only=False)
+    valid = kinds.valid[codes]
+    bad = np.unique(np.searchsorted(ends, np.flatnonzero(~valid), side="right"))
+    # IOB2: an I-X whose previous valid tag in the sentence (O at its start) is of another type.
+    codes = codes[valid]
+    row = np.searchsorted(ends, np.flatnonzero(valid), side="right")
+    kind = kinds.type_of[codes]
+    previous = np.zeros_like(kind)
+    previous[1:] = kind[:-1]
+    previous[np.r_[True, row[1:] != row[:-1]][: len(row)]] = 0  # a sentence's first valid tag
+    wrong = np.unique(row[kinds.inside[codes] & (previous != kind)])
+    typed = kind > 0
+    pairs = np.unique(np.stack([row[typed], kind[typed]], axis=1), axis=0)
+    return {"bad": bad, "wrong": wrong, "pairs": pairs, "started": kind[kinds.begins[codes]]}
+
+
+def _messages(rows: int, offending: np.ndarray, lists: pa.Array, message: Any) -> np.ndarray:
+    """An object column: ``message(tags)`` for the ``offending`` rows (Python lists of their
+    tags), None elsewhere."""
+    column = np.full(rows, None, dtype=object)
+    for row in offending.astype(np.int64).tolist():
+        column[row] = message(lists[row].as_py())
+    return column
 
 
 def _is_tag(tag: Any) -> bool:
@@ -312,7 +494,7 @@ def _expect(check: str, cls: type, show: str | None = None, unit: str = "", **kw
 
 
 def _suites(
-    frames: dict[str, pd.DataFrame], params: Params
+    frames: dict[str, pd.DataFrame], params: Params, entities: dict[str, _Entities | None]
 ) -> list[tuple[str, pd.DataFrame, list]]:
     """(split, frame, expectations) to run: one per split, plus the train class-share table."""
     ex = _gx().expectations
@@ -322,8 +504,8 @@ def _suites(
         allowed = sorted({re.sub(r"^[BI]-", "", label) for label in allowed if label != "O"})
     train = frames["train"]
     seen = None
-    if token and "entity_types" in train:
-        seen = sorted(set().union(*train["entity_types"]))
+    if token and entities["train"] is not None:
+        seen = sorted(entities["train"].pairs["type"].unique())
     elif not token and "label" in train:
         seen = sorted(train["label"].dropna().astype(str).unique())
     train_keys = row_keys(train["key"].dropna()) if "key" in train else None
@@ -332,11 +514,9 @@ def _suites(
             in_train = np.isin(row_keys(frame["key"]), train_keys)
             frame["in_train"] = frame["key"].notna().to_numpy() & in_train
         known = {"entity_type_allowed": allowed, "entity_type_in_train": seen}
-        for check, types in known.items() if "entity_types" in frame else ():
+        for check, types in known.items() if entities[split] is not None else ():
             if types is not None and not (split == "train" and check == "entity_type_in_train"):
-                frame[check] = frame["entity_types"].map(
-                    lambda found, types=set(types): ", ".join(sorted(found - types)) or None
-                )
+                frame[check] = _unlisted(entities[split].pairs, len(frame), types)
     suites = [
         (split, frame, list(_split_expectations(ex, split, frame, params, allowed, seen)))
         for split, frame in frames.items()
@@ -352,21 +532,35 @@ def _suites(
             column="share",
             min_value=cfg.min_class_share,
         )
-        suites.append(("train", _class_shares(train, token, allowed), [share]))
+        counts = entities["train"].counts if token else train["label"].dropna().astype(str)
+        counts = counts if token else counts.value_counts()
+        suites.append(("train", _class_shares(counts, allowed), [share]))
         case = _expect("label_case", ex.ExpectColumnValuesToBeNull, column="same_as")
-        suites.append(("all", _spellings(frames, token, allowed), [case]))
+        suites.append(("all", _spellings(frames, token, allowed, entities), [case]))
     return suites
 
 
+def _unlisted(pairs: pd.DataFrame, rows: int, types: list[str]) -> np.ndarray:
+    """Per row: its entity types missing from ``types`` (sorted, comma-separated), or None."""
+    column = np.full(rows, None, dtype=object)
+    missing = pairs[~pairs["type"].isin(types)]
+    for row, found in missing.groupby("row", sort=False)["type"]:
+        column[row] = ", ".join(sorted(found))
+    return column
+
+
 def _spellings(
-    frames: dict[str, pd.DataFrame], token: bool, allowed: list[str] | None
+    frames: dict[str, pd.DataFrame],
+    token: bool,
+    allowed: list[str] | None,
+    entities: dict[str, _Entities | None],
 ) -> pd.DataFrame:
     """One row per label (entity type) of any split: its rows and, where other labels differ
     from it only in letter case, those spellings (unless validate.labels lists them all)."""
     counts: Counter[str] = Counter()
-    for frame in frames.values():
-        if token and "entity_types" in frame:
-            counts.update(t for types in frame["entity_types"] for t in types)
+    for split, frame in frames.items():
+        if token and entities[split] is not None:  # the rows holding each type
+            counts.update(entities[split].pairs["type"].value_counts().to_dict())
         elif not token and "label" in frame:
             counts.update(frame["label"].dropna().astype(str).value_counts().to_dict())
     classes = sorted(counts)
@@ -464,10 +658,16 @@ def _split_expectations(
         if column != "group":
             yield _expect("column_exists", ex.ExpectColumnToExist, column=column)
         if column in frame:
-            # A string column in Arrow (see _load) holds only str: GX accepts its dtype.
+            # A string column in Arrow (see _load) holds only str: GX accepts its dtype. An
+            # Arrow list column is checked through its derived column (see _derive).
             types = [type_, "StringDtype"] if type_ == "str" else [type_]
+            checked = f"{column}_type" if f"{column}_type" in frame else column
             yield _expect(
-                "column_type", ex.ExpectColumnValuesToBeInTypeList, column=column, type_list=types
+                "column_type",
+                ex.ExpectColumnValuesToBeInTypeList,
+                column if checked != column else None,
+                column=checked,
+                type_list=types,
             )
     if split == "train":
         yield _expect("not_empty", ex.ExpectTableRowCountToBeBetween, min_value=1)
@@ -524,14 +724,9 @@ def _split_expectations(
                 yield _expect(check, ex.ExpectColumnValuesToBeNull, "tags", column=check)
 
 
-def _class_shares(train: pd.DataFrame, token: bool, allowed: list[str] | None) -> pd.DataFrame:
-    """One row per class with its count and share in train."""
-    if token:  # an entity is counted by its B- tag
-        tags = [t for ts in train["tags"] if isinstance(ts, list) for t in ts if _is_tag(t)]
-        values = pd.Series([t[2:] for t in tags if t.startswith("B-")], dtype=object)
-    else:
-        values = train["label"].dropna().astype(str)
-    counts = values.value_counts()
+def _class_shares(counts: pd.Series, allowed: list[str] | None) -> pd.DataFrame:
+    """One row per class with its count and share in train (``counts``: rows per label; token
+    task: entities, B- tags, per type)."""
     # An allowed class absent from train has share 0.
     counts = counts.reindex(sorted(set(counts.index) | set(allowed or [])), fill_value=0)
     shares = counts / max(int(counts.sum()), 1)
