@@ -78,7 +78,7 @@ def dataset_section(dataset: dict) -> list[str]:
     """One dataset's heading and its training, inference and tokenization tables."""
     return [
         f"### {dataset['name']} ({dataset['task']}): {dataset['examples']} examples from "
-        f"{dataset['origin']}, mean {dataset['mean_length']:.1f} real tokens; "
+        f"`{dataset['origin']}`, mean {dataset['mean_length']:.1f} real tokens; "
         f"N = {dataset['params']:,} non-embedding parameters",
         "",
         f"Training: batch {dataset['batch']}, timed steps per path: "

@@ -55,7 +55,7 @@ def read_corpus(name: str, shared: Path, params: Any) -> Corpus | None:
         return None
     frame = read_user_file(train, data, TASK_OF[name])
     dev_frame = read_user_file(dev, data, TASK_OF[name]) if dev.is_file() else None
-    return Corpus(LABEL_OF[name], TASK_OF[name], frame, dev_frame, f"`{shown(train)}`")
+    return Corpus(LABEL_OF[name], TASK_OF[name], frame, dev_frame, shown(train))
 
 
 def read_default_corpus() -> Corpus | None:
@@ -71,7 +71,7 @@ def read_default_corpus() -> Corpus | None:
     task = "text_classification" if "text" in frame.columns else "token_classification"
     dev_path = prepared / "validation.parquet"
     dev = pd.read_parquet(dev_path) if dev_path.is_file() else None
-    return Corpus("default data", task, frame, dev, f"`{shown(train)}`")
+    return Corpus("default data", task, frame, dev, shown(train))
 
 
 def shown(path: Path) -> str:

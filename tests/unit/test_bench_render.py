@@ -54,7 +54,7 @@ def dataset() -> dict:
     return {
         "name": "SST-2",
         "task": "text_classification",
-        "origin": "`../shared/datasets/sst2/train.tsv`",
+        "origin": "../shared/datasets/sst2/train.tsv",
         "examples": 96,
         "mean_length": 15.06,
         "params": 10795394,
