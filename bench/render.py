@@ -218,7 +218,52 @@ def render_throughput(result: dict) -> list[str]:
     ]
 
 
-RENDERERS: dict[str, Callable[[dict], list[str]]] = {"throughput": render_throughput}
+def _quantize_table(result: dict) -> list[str]:
+    """fp32, int8 and bf16 autocast: wall and CPU-time speed, dev accuracy."""
+    per_cpu_s = result["texts_per_cpu_s"]
+    return [
+        "| model | texts/s (wall) | texts per CPU-second | dev accuracy |",
+        "|---|---|---|---|",
+        f"| fp32 | {result['fp32_texts_per_s']} | {per_cpu_s['fp32']:.1f} | "
+        f"{result['fp32_accuracy']:.4f} |",
+        f"| int8 dynamic (`--quantize`) | {result['int8_texts_per_s']} | "
+        f"{per_cpu_s['int8']:.1f} | {result['int8_accuracy']:.4f} |",
+        f"| fp32 weights, bf16 autocast | {result['bf16_autocast_texts_per_s']} | "
+        f"{per_cpu_s['bf16']:.1f} | {result['bf16_accuracy']:.4f} |",
+    ]
+
+
+def render_quantize(result: dict) -> list[str]:
+    """The ``## quantize`` section: int8 dynamic quantization vs fp32 CPU inference."""
+    started = datetime.datetime.fromisoformat(result["started"])
+    examples, batch, repeats = result["train_examples"], result["batch_size"], result["repeats"]
+    return [
+        f"## quantize: {started:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- machine: {result['machine']}, {result['platform']}; torch {result['torch']}, "
+        f"quantized engine `{result['engine']}`, {result['threads']} threads",
+        f"- command: `.venv/bin/python bench/quantize.py --examples {examples} "
+        f"--batch-size {batch} --repeats {repeats}`",
+        f"- model: `{result['model']}` fine-tuned 1 epoch on {examples} SST-2 train sentences "
+        f"({result['train_precision']}, {result['train_s']} s); scored on the "
+        f"{result['dev_examples']} SST-2 dev sentences (held out), batches of {batch} by "
+        f"length, fp32, int8 and bf16 autocast alternating {repeats} times (median)",
+        "",
+        *_quantize_table(result),
+        "",
+        f"int8 is **{result['speedup']}x** as fast in wall time, "
+        f"{result['speedup_cpu_time']}x in CPU time; accuracy "
+        f"{result['accuracy_delta_points']:+.2f} points; the two agree on "
+        f"{result['agreement']:.1%} of the sentences (fp32 vs int8). Seconds per pass: fp32 "
+        f"{result['fp32_seconds']}, int8 {result['int8_seconds']}, bf16 "
+        f"{result['bf16_seconds']}.",
+    ]
+
+
+RENDERERS: dict[str, Callable[[dict], list[str]]] = {
+    "throughput": render_throughput,
+    "quantize": render_quantize,
+}
 
 
 def render(result: dict) -> list[str]:
