@@ -93,4 +93,7 @@ print('transformers', transformers.__version__, transformers.__file__)"; } > "$O
 } > "$OUT/check.log" 2>&1
 rc=$?
 grep -v "^{'" "$OUT/check.log" | tail -80
+# A step that crashed fails the check (the block's status is only its last command's).
+grep -q '^Traceback' "$OUT/check.log" && { echo "gpu_check: a step failed (see check.log)"; rc=1; }
 echo "gpu_check: done (rc $rc); files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+exit $rc

@@ -36,7 +36,7 @@ SCRATCH = ROOT / ".state" / "tmp"
 
 def train_briefly(args: argparse.Namespace, work: Path):
     """The product's tokenize + train on an SST-2 sample; (model dir, dev frame, train metrics)."""
-    import throughput
+    from speed.data import read_corpus, sample, tokenize_splits  # bench/speed/
 
     from tasks.config import load_params
     from tasks.modeling import quiet_transformers
@@ -56,12 +56,12 @@ def train_briefly(args: argparse.Namespace, work: Path):
             "train.seed": args.seed,
         },
     )
-    corpus = throughput.read_corpus("sst2", Path(args.shared), params)
+    corpus = read_corpus("sst2", Path(args.shared), params)
     if corpus is None:
         raise SystemExit(f"no SST-2 under {args.shared}")
-    chosen = throughput.sample(corpus.train, args.examples, args.seed)
+    chosen = sample(corpus.train, args.examples, args.seed)
     splits = {"train": chosen, "validation": corpus.dev.head(200), "test": corpus.dev.head(64)}
-    throughput.tokenize_splits(params, splits, work / "data")
+    tokenize_splits(params, splits, work / "data")
     metrics = train(params, work / "data" / "tokenized", work / "m", work / "r", work / "s")
     return work / "m", corpus.dev, metrics
 
