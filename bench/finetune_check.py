@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=1.0, help="accuracy points")
     args = parser.parse_args()
 
-    import throughput
+    from speed.data import read_corpus, sample, tokenize_splits  # bench/speed/
 
     from tasks.config import load_params
     from tasks.modeling import quiet_transformers
@@ -69,8 +69,8 @@ def main() -> int:
             "train.seed": args.seed,
         },
     )
-    corpus = throughput.read_corpus("sst2", Path(args.shared), params)
-    chosen = corpus.train if not args.examples else throughput.sample(
+    corpus = read_corpus("sst2", Path(args.shared), params)
+    chosen = corpus.train if not args.examples else sample(
         corpus.train, args.examples, args.seed
     )  # fmt: skip
     if args.dev:
@@ -79,7 +79,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="finetune-check-", dir=SCRATCH))
     try:
         splits = {"train": chosen, "validation": corpus.dev, "test": corpus.dev.head(64)}
-        throughput.tokenize_splits(params, splits, work / "data")
+        tokenize_splits(params, splits, work / "data")
         started = time.perf_counter()
         metrics = train(params, work / "data" / "tokenized", work / "m", work / "r", work / "s")
         wall = time.perf_counter() - started

@@ -7,7 +7,8 @@
 #   carry:     [".state/gpu-carry"]
 #   timeout_s: 540
 # It writes under $OUT (at most 8 files come back): env.txt, cuda_tests.log, sdpa.md,
-# throughput.md (the bench/RESULTS.md sections of both throughput runs), finetune.jsonl
+# throughput.md (the bench/RESULTS.md sections of both throughput runs), throughput.jsonl
+# (their JSON results, one line per run: bench/render.py renders them again), finetune.jsonl
 # and check.log (everything printed). Paste throughput.md, sdpa.md and the finetune lines into
 # bench/RESULTS.md with the card named (env.txt), then `give_back`.
 #
@@ -29,6 +30,7 @@ cd "$(dirname "$0")/.."
 CARRY=.state/gpu-carry
 export OUT=${OUT:-.state/tmp/gpu-check-out}
 mkdir -p "$OUT"
+rm -f "$OUT/throughput.md" "$OUT/throughput.jsonl"  # both are appended to, run by run
 export PYTHONUNBUFFERED=1
 DATA=.state/tmp/gpu-data
 [ -d "$CARRY/whl" ] || { echo "no $CARRY: run make gpu-carry first (and carry it)"; exit 2; }
@@ -72,11 +74,11 @@ print('transformers', transformers.__version__, transformers.__file__)"; } > "$O
   timeout 90 $PY bench/sdpa_backends.py --model "$MODEL" --out "$OUT/sdpa.md"
   timeout $TIMEOUT $PY bench/throughput.py --model "$MODEL" --shared "$DATA" \
     --examples $EXAMPLES --steps $STEPS --warmup-steps $WARM --batch-size 32 --tokenize-examples $TOK \
-    --results "$OUT/throughput.md" ${DRY:+--matmul-size 256}
+    --results "$OUT/throughput.md" --json "$OUT/throughput.jsonl" ${DRY:+--matmul-size 256}
   timeout $TIMEOUT $PY bench/throughput.py --model "$MODEL" --shared "$DATA" \
     --examples $EX2 --steps $STEPS --warmup-steps $WARM --batch-size 32 --max-tokens null \
     --datasets sst2 --tokenize-examples $TOK --results "$OUT/throughput.md" \
-    ${DRY:+--matmul-size 256}
+    --json "$OUT/throughput.jsonl" ${DRY:+--matmul-size 256}
   FT="$PY bench/finetune_check.py --model $MODEL --shared $DATA --epochs 1 --batch-size 32"
   FT="$FT --dev $DEV"
   # The CPU path on the same machine (its 16 cores), then the GPU path, same sample and model.
@@ -91,4 +93,7 @@ print('transformers', transformers.__version__, transformers.__file__)"; } > "$O
 } > "$OUT/check.log" 2>&1
 rc=$?
 grep -v "^{'" "$OUT/check.log" | tail -80
+# A step that crashed fails the check (the block's status is only its last command's).
+grep -q '^Traceback' "$OUT/check.log" && { echo "gpu_check: a step failed (see check.log)"; rc=1; }
 echo "gpu_check: done (rc $rc); files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+exit $rc

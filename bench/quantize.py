@@ -3,8 +3,9 @@
 Fine-tunes the default encoder briefly on an SST-2 train sample with the product's tokenize and
 train code, then scores the SST-2 dev sentences (held out) with the fp32 model and with its
 int8 copy (tasks/quantize.py), side by side in one process: the same batches, the two models
-alternating ``--repeats`` times; the median speed of each. Appends a section to
-bench/RESULTS.md and prints one JSON line.
+alternating ``--repeats`` times; the median speed of each. Prints its JSON result, writes it
+(``--json``; default ``bench/results/quantize-<UTC stamp>.json``) and appends its rendered
+section (``bench/render.py``) to bench/RESULTS.md.
 
     .venv/bin/python bench/quantize.py --shared ../shared/datasets --examples 2000
 """
@@ -12,6 +13,7 @@ bench/RESULTS.md and prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import platform
 import shutil
@@ -25,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from results import RESULTS, json_path, record  # noqa: E402 - bench/results.py
+
 import tasks  # noqa: E402,F401 - offline, state inside the project
 
 SCRATCH = ROOT / ".state" / "tmp"
@@ -32,7 +36,7 @@ SCRATCH = ROOT / ".state" / "tmp"
 
 def train_briefly(args: argparse.Namespace, work: Path):
     """The product's tokenize + train on an SST-2 sample; (model dir, dev frame, train metrics)."""
-    import throughput
+    from speed.data import read_corpus, sample, tokenize_splits  # bench/speed/
 
     from tasks.config import load_params
     from tasks.modeling import quiet_transformers
@@ -52,12 +56,12 @@ def train_briefly(args: argparse.Namespace, work: Path):
             "train.seed": args.seed,
         },
     )
-    corpus = throughput.read_corpus("sst2", Path(args.shared), params)
+    corpus = read_corpus("sst2", Path(args.shared), params)
     if corpus is None:
         raise SystemExit(f"no SST-2 under {args.shared}")
-    chosen = throughput.sample(corpus.train, args.examples, args.seed)
+    chosen = sample(corpus.train, args.examples, args.seed)
     splits = {"train": chosen, "validation": corpus.dev.head(200), "test": corpus.dev.head(64)}
-    throughput.tokenize_splits(params, splits, work / "data")
+    tokenize_splits(params, splits, work / "data")
     metrics = train(params, work / "data" / "tokenized", work / "m", work / "r", work / "s")
     return work / "m", corpus.dev, metrics
 
@@ -100,7 +104,13 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    parser.add_argument("--results", default=str(RESULTS), help="markdown file to append to")
+    parser.add_argument(
+        "--json",
+        default=None,
+        help="the run's JSON result (default: bench/results/quantize-<stamp>.json, or beside "
+        "--results)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -170,41 +180,16 @@ def main() -> int:
         "torch": torch.__version__,
         "engine": torch.backends.quantized.engine,
     }
-    print(json.dumps(result), flush=True)
-    from results import append_section
-
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    append_section(
-        args.results,
-        [
-            f"## quantize: {when}",
-            "",
-            f"- machine: {device_name()}, {platform.platform()}; torch {torch.__version__}, "
-            f"quantized engine `{result['engine']}`, {result['threads']} threads",
-            f"- command: `.venv/bin/python bench/quantize.py --examples {args.examples} "
-            f"--batch-size {args.batch_size} --repeats {args.repeats}`",
-            f"- model: `{args.model}` fine-tuned 1 epoch on {args.examples} SST-2 train sentences "
-            f"({result['train_precision']}, {result['train_s']} s); scored on the "
-            f"{len(texts)} SST-2 dev sentences (held out), batches of {args.batch_size} by "
-            f"length, fp32, int8 and bf16 autocast alternating {args.repeats} times (median)",
-            "",
-            "| model | texts/s (wall) | texts per CPU-second | dev accuracy |",
-            "|---|---|---|---|",
-            f"| fp32 | {result['fp32_texts_per_s']} | {cpu_speed['fp32']:.1f} | "
-            f"{result['fp32_accuracy']:.4f} |",
-            f"| int8 dynamic (`--quantize`) | {result['int8_texts_per_s']} | "
-            f"{cpu_speed['int8']:.1f} | {result['int8_accuracy']:.4f} |",
-            f"| fp32 weights, bf16 autocast | {result['bf16_autocast_texts_per_s']} | "
-            f"{cpu_speed['bf16']:.1f} | {result['bf16_accuracy']:.4f} |",
-            "",
-            f"int8 is **{result['speedup']}x** as fast in wall time, "
-            f"{result['speedup_cpu_time']}x in CPU time; accuracy "
-            f"{result['accuracy_delta_points']:+.2f} points; the two agree on "
-            f"{result['agreement']:.1%} of the sentences (fp32 vs int8). Seconds per pass: fp32 "
-            f"{result['fp32_seconds']}, int8 {result['int8_seconds']}, bf16 "
-            f"{result['bf16_seconds']}.",
-        ],
+    result.update(
+        bench="quantize",
+        started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        machine=device_name(),
+        platform=platform.platform(),
+        model=args.model,
     )
+    print(json.dumps(result), flush=True)
+    stamp = f"{datetime.datetime.fromisoformat(result['started']):%Y%m%dT%H%M%S}"
+    record(result, args.results, args.json or json_path("quantize", stamp, args.results))
     return 0
 
 

@@ -1,0 +1,302 @@
+"""The one renderer of benchmark results: a JSON result (``results.write_json``) in, the
+markdown section of ``bench/RESULTS.md`` out.
+
+    .venv/bin/python bench/render.py bench/results/throughput-20260101T120000.json
+    .venv/bin/python bench/render.py OUT/throughput.jsonl --append bench/RESULTS.md
+
+Each benchmark's result names its kind (``"bench"``); ``RENDERERS`` maps a kind to the
+function that writes its section (a list of markdown lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TRAINING_COLUMNS = (
+    "| path | precision | batches | examples/step | s | samples/s | real tokens/s | padding "
+    "| MFU 6N | MFU +attn | vs best flags | vs Trainer default | vs fixed-128 |"
+)
+INFERENCE_COLUMNS = (
+    "| path | precision | batches | s | samples/s | real tokens/s | padding | MFU 2N "
+    "| MFU +attn | vs best flags | vs Trainer default | vs fixed-128 |"
+)
+COMPARED = ("Trainer best flags", "Trainer default", "fixed-128")
+
+
+def rule(header: str) -> str:
+    """The markdown separator row under ``header``."""
+    return "|" + "---|" * (header.count("|") - 1)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**NOT met**"
+
+
+def _rates(row: dict) -> str:
+    """The columns every timed row has: s, rates, padding, MFU and the ratios."""
+    ratios = " | ".join(f"{row['vs'][path]:.2f}x" for path in COMPARED)
+    return (
+        f"{row['seconds']:.1f} | {row['samples_s']:.1f} | {row['tokens_s']:,.0f} "
+        f"| {row['padding']:.0%} | {row['mfu']:.1%} | {row['mfu_attention']:.1%} | {ratios} |"
+    )
+
+
+def training_table(rows: list[dict]) -> list[str]:
+    lines = [TRAINING_COLUMNS, rule(TRAINING_COLUMNS)]
+    for row in rows:
+        per_step = row["samples"] / row["steps"]
+        lines.append(
+            f"| {row['path']} | {row['precision']} | {row['batching']} | {per_step:.0f} "
+            f"| {_rates(row)}"
+        )
+    return lines
+
+
+def inference_table(rows: list[dict]) -> list[str]:
+    lines = [INFERENCE_COLUMNS, rule(INFERENCE_COLUMNS)]
+    for row in rows:
+        lines.append(f"| {row['path']} | {row['precision']} | {row['batching']} | {_rates(row)}")
+    return lines
+
+
+def tokenization_table(rows: list[dict]) -> list[str]:
+    lines = ["| tokenization | sentences | s | sentences/s |", "|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| `{row['function']}` | {row['sentences']:,} | {row['seconds']:.2f} "
+            f"| {row['sentences'] / row['seconds']:,.0f} |"
+        )
+    return lines
+
+
+def dataset_section(dataset: dict) -> list[str]:
+    """One dataset's heading and its training, inference and tokenization tables."""
+    return [
+        f"### {dataset['name']} ({dataset['task']}): {dataset['examples']} examples from "
+        f"`{dataset['origin']}`, mean {dataset['mean_length']:.1f} real tokens; "
+        f"N = {dataset['params']:,} non-embedding parameters",
+        "",
+        f"Training: batch {dataset['batch']}, timed steps per path: "
+        f"{dataset['training'][0]['steps']}.",
+        "",
+        *training_table(dataset["training"]),
+        "",
+        f"Inference: batch {dataset['eval_batch']}, all {dataset['examples']} examples.",
+        "",
+        *inference_table(dataset["inference"]),
+        "",
+        *tokenization_table(dataset["tokenization"]),
+    ]
+
+
+def accuracy_section(guard: dict, batch: int, seed: int) -> list[str]:
+    """The accuracy guard's table: dev accuracy of the product and Trainer defaults."""
+    return [
+        f"Accuracy guard ({guard['steps']} steps each, batch {batch}, "
+        f"{guard['examples']} {guard['corpus']} train examples sampled with seed "
+        f"{seed}, {guard['dev']} dev examples):",
+        "",
+        "| path | dev accuracy | training s (all steps) |",
+        "|---|---|---|",
+        f"| product ({guard['precision']} inference, as the evaluate stage) "
+        f"| {guard['product']:.4f} | {guard['product_s']:.0f} |",
+        f"| product (fp32 inference) | {guard['product_fp32']:.4f} | |",
+        f"| Trainer default (fp32) | {guard['default']:.4f} | {guard['default_s']:.0f} |",
+    ]
+
+
+CHECKS: dict[str, Callable[[dict], str]] = {
+    "train_vs_best": lambda c: (
+        f"training {c['value']:.2f}x Trainer best flags (target >= {c['target']:g}x)"
+    ),
+    "train_vs_default": lambda c: (
+        f"training {c['value']:.2f}x Trainer defaults (target >= {c['target']:g}x)"
+    ),
+    "infer_vs_fixed": lambda c: (
+        f"inference {c['value']:.2f}x fixed padding (target >= {c['target']:g}x)"
+    ),
+    "infer_vs_default": lambda c: (
+        f"inference {c['vs_best']:.2f}x best flags, {c['value']:.2f}x "
+        "defaults (target: never slower than the defaults)"
+    ),
+    "buckets": lambda c: (
+        f"buckets vs padding to the longest (same product otherwise): training {c['value']:.2f}x"
+    ),
+    "mfu": lambda c: (
+        f"training MFU {c['value']:.1%} of the bf16 peak (target >= {c['target']:.0%})"
+    ),
+    "mfu_not_applicable": lambda c: (
+        "training MFU target (bf16) not applicable: the product "
+        f"trains in {c['precision']} here (MFU {c['value']:.1%} of the fp32 peak)"
+    ),
+    "accuracy": lambda c: (
+        f"product {c['value']:+.2f} points vs Trainer defaults (target: at "
+        f"most {-c['target']:g} points lower)"
+    ),
+}
+
+
+def check_line(check: dict) -> str:
+    """``- DATASET: what was measured (target): met`` (no verdict for a plain measurement)."""
+    where = "accuracy" if check["kind"] == "accuracy" else check["dataset"]
+    text = f"- {where}: {CHECKS[check['kind']](check)}"
+    return text if check["met"] is None else f"{text}: {verdict(check['met'])}"
+
+
+def throughput_body(result: dict) -> list[str]:
+    """The tables of every dataset, the accuracy guard's and the target checks."""
+    lines: list[str] = []
+    for dataset in result["datasets"]:
+        lines += [*dataset_section(dataset), ""]
+    if result.get("accuracy"):
+        batch, seed = result["datasets"][0]["batch"], result["method"]["seed"]
+        lines += [*accuracy_section(result["accuracy"], batch, seed), ""]
+    return lines + [check_line(check) for check in result["checks"]]
+
+
+def _throughput_method(result: dict) -> list[str]:
+    """The fixed text that says how each path and number was measured."""
+    method = result["method"]
+    return [
+        f"- method: sample of {method['examples']} train examples per dataset (seed "
+        f"{method['seed']}); {method['warmup_steps']} untimed warm-up steps then "
+        f"{method['steps']} timed steps per path; "
+        "real tokens = attention-mask sum. product = `tasks.train.train()` (its Trainer "
+        "subclass, stopped by `max_steps`; `pad to longest`: the same with buckets off); "
+        "Trainer best flags = `transformers.Trainer` with bf16/fp16 where the device has it "
+        "natively, `train_sampling_strategy='group_by_length'`, cuDNN attention off on CUDA; "
+        "Trainer default = `transformers.Trainer`, default "
+        "`TrainingArguments` but batch size and steps, collator padding to the longest "
+        "(token task: `DataCollatorForTokenClassification`); fixed-128 = the same, padded to "
+        "128. Inference: `tasks.evaluate.predict` vs a DataLoader sorted by length with "
+        "autocast (best flags), or in random order, fp32.",
+        "- MFU = FLOPs of the real tokens per second / measured peak of the path's precision; "
+        "training 6·N·T, inference 2·N·T (N non-embedding parameters, T real tokens); "
+        "+attn adds 12·L·d·Σlen² (inference 4·L·d·Σlen²) over each sequence's real length.",
+    ]
+
+
+def _throughput_header(result: dict) -> list[str]:
+    """Heading, machine, command, model, matmul peak and the product's settings."""
+    machine, peak, settings = result["machine"], result["peak"], result["settings"]
+    first, precision = result["datasets"][0], result["precision"]
+    started = datetime.datetime.fromisoformat(result["started"])
+    return [
+        f"## throughput: {started:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- machine: {machine['device']}, {machine['platform']}; torch {machine['torch']} "
+        f"(threads {machine['threads']}), transformers {machine['transformers']}",
+        f"- command: `{result['command']}` (wall time {result['wall_s']:.0f} s)",
+        f"- model `{result['model']}`: {first['layers']} layers, hidden {first['hidden']} "
+        f"(N, the non-embedding parameters with the task's head, per dataset below); product "
+        f"precision {precision['dtype']} on {precision['device']}",
+        f"- matmul peak ({peak['size']}x{peak['size']}, best of 5x3): fp32 "
+        f"{peak['fp32'] / 1e9:,.0f} GFLOP/s (float32 matmul precision "
+        f"`{machine['float32_matmul_precision']}`), bf16 {peak['bf16'] / 1e9:,.0f} GFLOP/s",
+        f"- product settings (params.yaml `train`, no tuned values): batch "
+        f"{settings['batch_size']}, learning rate {settings['learning_rate']:g}, warmup ratio "
+        f"{settings['warmup_ratio']:g}, precision `{settings['precision']}`, group_by_length "
+        f"{str(settings['group_by_length']).lower()}, max_tokens_per_batch "
+        f"`{settings['max_tokens_per_batch']}`; inference batch {first['eval_batch']}; "
+        f"`tokenize.max_length` pinned to {settings['max_length']} for all paths",
+    ]
+
+
+def render_throughput(result: dict) -> list[str]:
+    """The ``## throughput`` section of bench/RESULTS.md for one run."""
+    return [
+        *_throughput_header(result),
+        *_throughput_method(result),
+        "",
+        *throughput_body(result),
+        "",
+    ]
+
+
+def _quantize_table(result: dict) -> list[str]:
+    """fp32, int8 and bf16 autocast: wall and CPU-time speed, dev accuracy."""
+    per_cpu_s = result["texts_per_cpu_s"]
+    return [
+        "| model | texts/s (wall) | texts per CPU-second | dev accuracy |",
+        "|---|---|---|---|",
+        f"| fp32 | {result['fp32_texts_per_s']} | {per_cpu_s['fp32']:.1f} | "
+        f"{result['fp32_accuracy']:.4f} |",
+        f"| int8 dynamic (`--quantize`) | {result['int8_texts_per_s']} | "
+        f"{per_cpu_s['int8']:.1f} | {result['int8_accuracy']:.4f} |",
+        f"| fp32 weights, bf16 autocast | {result['bf16_autocast_texts_per_s']} | "
+        f"{per_cpu_s['bf16']:.1f} | {result['bf16_accuracy']:.4f} |",
+    ]
+
+
+def render_quantize(result: dict) -> list[str]:
+    """The ``## quantize`` section: int8 dynamic quantization vs fp32 CPU inference."""
+    started = datetime.datetime.fromisoformat(result["started"])
+    examples, batch, repeats = result["train_examples"], result["batch_size"], result["repeats"]
+    return [
+        f"## quantize: {started:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- machine: {result['machine']}, {result['platform']}; torch {result['torch']}, "
+        f"quantized engine `{result['engine']}`, {result['threads']} threads",
+        f"- command: `.venv/bin/python bench/quantize.py --examples {examples} "
+        f"--batch-size {batch} --repeats {repeats}`",
+        f"- model: `{result['model']}` fine-tuned 1 epoch on {examples} SST-2 train sentences "
+        f"({result['train_precision']}, {result['train_s']} s); scored on the "
+        f"{result['dev_examples']} SST-2 dev sentences (held out), batches of {batch} by "
+        f"length, fp32, int8 and bf16 autocast alternating {repeats} times (median)",
+        "",
+        *_quantize_table(result),
+        "",
+        f"int8 is **{result['speedup']}x** as fast in wall time, "
+        f"{result['speedup_cpu_time']}x in CPU time; accuracy "
+        f"{result['accuracy_delta_points']:+.2f} points; the two agree on "
+        f"{result['agreement']:.1%} of the sentences (fp32 vs int8). Seconds per pass: fp32 "
+        f"{result['fp32_seconds']}, int8 {result['int8_seconds']}, bf16 "
+        f"{result['bf16_seconds']}.",
+    ]
+
+
+RENDERERS: dict[str, Callable[[dict], list[str]]] = {
+    "throughput": render_throughput,
+    "quantize": render_quantize,
+}
+
+
+def render(result: dict) -> list[str]:
+    """The markdown section of one JSON result, by its ``bench`` kind."""
+    kind = result.get("bench")
+    if kind not in RENDERERS:
+        raise ValueError(f"no renderer for bench {kind!r} (known: {', '.join(RENDERERS)})")
+    return RENDERERS[kind](result)
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The results in ``path``: one JSON object (``.json``) or one per line (``.jsonl``)."""
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [json.loads(text)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+", type=Path, help="JSON results (.json or .jsonl)")
+    parser.add_argument("--append", type=Path, default=None, help="markdown file to append to")
+    args = parser.parse_args()
+    from results import append_section  # bench/results.py
+
+    for path in args.files:
+        for result in read_results(path):
+            section = render(result)
+            if args.append:
+                append_section(args.append, section)
+            else:
+                print("\n".join(section))
+
+
+if __name__ == "__main__":
+    main()
