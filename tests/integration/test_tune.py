@@ -369,11 +369,22 @@ def test_trials_free_their_models_and_memory_does_not_grow(tuned):
         assert later / rss[1] < 1.10, rss  # after trial k vs after trial 2
 
 
-def test_timeout_stops_the_running_trial(tuned):
+def test_timeout_stops_the_running_trial(tuned, monkeypatch):
+    """The budget runs out right after the first trial's first evaluation: an event, not a
+    race between a short timeout and the machine's speed."""
     params = tuned["params"]
     data = load_tuning_data(params, tuned["tokenized"], tuned["dir"] / "state")
     study = optuna.create_study(direction="maximize")
-    run_search(params, data, study, timeout=0.5)  # spent within the first trial
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    report = optuna.trial.Trial.report
+
+    def report_then_run_out(trial, value, step):
+        report(trial, value, step)
+        clock[0] = 3600.0  # the one-hour budget is spent from here on
+
+    monkeypatch.setattr(optuna.trial.Trial, "report", report_then_run_out)
+    run_search(params, data, study, timeout=3600 - 1)
     (trial,) = study.trials  # no further trial starts
     # A failed trial (never pruned, never a best), marked as stopped by the timeout.
     assert trial.state.name == "FAIL" and trial.user_attrs["stopped"] == "timeout"
