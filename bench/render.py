@@ -260,9 +260,56 @@ def render_quantize(result: dict) -> list[str]:
     ]
 
 
+def render_tune_transfer(result: dict) -> list[str]:
+    """The ``## tune_transfer`` section: untuned vs tuned test accuracy per seed."""
+    started = datetime.datetime.fromisoformat(result["started"])
+    tune = result["tune"]
+    header = (
+        "| seed | decided on | untuned acc | share-only acc | finalists acc | tune examples "
+        "| train examples (untuned / finalists) | tune s | choice |"
+    )
+    lines = [
+        f"## tune_transfer: {started:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- machine: {result['machine']}, {result['platform']}",
+        f"- command: `.venv/bin/python {result['command']}`",
+        f"- data: `{result['data']['source']}`, examples {result['data']['train_examples']}; "
+        f"tuning as `make run`: {tune['n_trials']} trials on {tune['train_fraction']:.0%} of "
+        f"train, pruner `{tune['pruner']}`, {tune['finalists']} finalist(s)",
+        "- untuned: params.yaml's train values; share-only: the choice made on the share "
+        "(`tune.finalists: 0`); finalists: the stage's choice. Compute in examples trained "
+        "(epochs x examples).",
+        "",
+        header,
+        rule(header),
+    ]
+    for seed in result["seeds"]:
+        runs = seed["policies"]
+        acc = " | ".join(f"{runs[p]['test_accuracy']:.4f}" for p in TUNE_POLICIES)
+        trains = " / ".join(f"{runs[p]['examples_trained']:,}" for p in ("untuned", "finalists"))
+        lines.append(
+            f"| {seed['seed']} | {seed['decided_on']} | {acc} | "
+            f"{seed['tune_examples_trained']:,} | {trains} | {seed['tune_s']:.0f} | "
+            f"{seed['source']}: {seed['reason']} |"
+        )
+    means, gains = result["mean_test_accuracy"], result["gain_points"]
+    cells = " | ".join(f"**{means[p]:.4f}**" for p in TUNE_POLICIES)
+    lines.append(f"| mean | | {cells} | | | | |")
+    ok = gains["finalists"] >= 0.5
+    lines += [
+        "",
+        f"Tuned (finalists) vs untuned: {gains['finalists']:+.2f} points on average; share-only "
+        f"{gains['share']:+.2f} (target: tuned >= untuned + 0.5): {verdict(ok)}.",
+    ]
+    return lines
+
+
+TUNE_POLICIES = ("untuned", "share", "finalists")
+
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "throughput": render_throughput,
     "quantize": render_quantize,
+    "tune_transfer": render_tune_transfer,
 }
 
 

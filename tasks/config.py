@@ -413,6 +413,10 @@ class TuneParams(Section):
     """Random trials before TPE models the space."""
     train_fraction: Annotated[float, Field(gt=0, le=1)] = 0.2
     """Trials train on this stratified share of train (for speed)."""
+    finalists: Annotated[int, Field(ge=0)] = 1
+    """When a searched trial beats the defaults on the train_fraction share, this many best
+    searched trials and the defaults are trained again on the whole train split and the
+    choice is made there (a ranking on a share does not transfer); 0: choose on the share."""
     evals_per_epoch: Annotated[int, Field(ge=1)] = 2
     """Validation (and pruning) points per epoch."""
     pruner: PrunerParams = PrunerParams()

@@ -31,6 +31,12 @@ evaluations, and is never pruned. ``best_params.json`` names a searched trial
 otherwise ``source: defaults`` and train keeps ``params.yaml``'s values. For token tasks no
 pruning decision is taken before a trial's entity F1 first rises above 0.
 
+Decided like with like (``tasks/tuning/finalists.py``): when a searched trial beats the
+defaults on the ``train_fraction`` share, the ``tune.finalists`` best searched trials and the
+defaults are trained again on the whole train split (a study ``{study}-full``) and the choice
+is made from those scores (``decided_on: whole train split``); a ranking on a share does not
+transfer to the whole split.
+
 One study per configuration: the study is named ``{tune.study_name}-{fingerprint}``
 (``tune.study_name`` is the prefix), where the fingerprint hashes what makes two trials
 comparable: the tokenized train and validation data, the model, labels, metric, the train
@@ -78,6 +84,7 @@ from tasks.errors import StageError
 from tasks.modeling import quiet_transformers
 from tasks.tokenize import TOKENIZED_DIR
 from tasks.training import build_model
+from tasks.tuning import finalists
 from tasks.tuning.data import TuningData, load_tuning_data
 from tasks.tuning.objective import Objective, free_memory
 from tasks.tuning.results import (
@@ -157,6 +164,35 @@ def work(params: Params, tokenized_dir: Path, state_dir: Path) -> int:
     return ran
 
 
+def decide_on_whole_train(
+    params: Params,
+    data: TuningData,
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    trials: list,
+    summary: dict[str, Any],
+    objective: Objective,
+) -> dict[str, Any]:
+    """The finalists round (``tasks.tuning.finalists``): the summary keys it decides. When the
+    defaults or a finalist could not be trained on the whole split (``tune.timeout``, a
+    failure), the decision on the share stands and ``decided_on`` says so."""
+    chosen = finalists.pick_finalists(trials, data.baseline, params.tune.finalists)
+    full_trials = finalists.run_finalists(params, storage, name, chosen, objective)
+    decision = finalists.choose_on_full_train(
+        params, full_trials, chosen, data.baseline, data.metric, summary["defaults_trial"]
+    )
+    if decision is None:
+        log.warning("finalists round incomplete: the choice made on the train share stands")
+        return {"decided_on": "train share (finalists round incomplete)"}
+    epochs = sum(t.user_attrs.get("epochs_run", 0.0) for t in full_trials)
+    return {
+        **decision,
+        "decided_on": "whole train split",
+        "finalist_epochs": round(epochs, 3),  # reports: epochs over the whole split
+        "examples_trained": summary["examples_trained"] + round(epochs * len(data.whole_train)),
+    }
+
+
 def tune(
     params: Params,
     tokenized_dir: Path = TOKENIZED_DIR,
@@ -204,6 +240,8 @@ def tune(
     spec = storage_spec(params, state_dir)
     name = study_name(params, data.fingerprint)
     started = time.perf_counter()
+    timeout = tune_params.timeout
+    deadline = time.monotonic() + timeout if timeout is not None else None
     with tracking.stage_run(params, "tune", state_dir) as run:
         storage = open_storage(spec, params)
         # params.yaml's own values are always a candidate: the first trial of a study (or
@@ -232,6 +270,12 @@ def tune(
                 f"no trial of study {name!r} completed ({count_states(trials)}); "
                 f"first failure: {next(iter(reasons), 'none')}"
             )
+        if finalists.needed(params, summary):
+            whole = Objective(
+                params, data.on_whole_train(), run.info.run_id, run.info.experiment_id,
+                deadline, finalists=True,
+            )  # fmt: skip
+            summary |= decide_on_whole_train(params, data, storage, name, trials, summary, whole)
         view = view_study(trials, name)
         write_reports(params, reports_dir, summary, trials, view)
         log_stage(summary, reports_dir, time.perf_counter() - started)

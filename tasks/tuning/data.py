@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,14 @@ class TuningData:
     train_examples: int  # of the whole train split
     fingerprint: str  # the configuration whose trials are comparable: names the study
     baseline: float = 0.0  # the metric of the trivial prediction on validation
+    whole_train: Any = None  # the whole train split, model columns (the finalists round)
+    whole_train_lengths: list[int] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def on_whole_train(self) -> TuningData:
+        """The same data with the whole train split in place of the share."""
+        lengths = {**self.lengths, "train": self.whole_train_lengths}
+        return replace(self, train=self.whole_train, lengths=lengths)
 
 
 def stratified_subset(keys: list[Any], fraction: float, seed: int) -> list[int]:
@@ -103,6 +110,8 @@ def load_tuning_data(params: Params, tokenized_dir: Path, state_dir: Path) -> Tu
         train_examples=len(full),
         fingerprint=_configuration(params, source, data_prints, labels, metric),
         baseline=trivial_baseline(task, list(validation["labels"]), labels, metric),
+        whole_train=full.select_columns(model_columns(full)),
+        whole_train_lengths=list(full["length"]),
     )
 
 

@@ -139,6 +139,8 @@ class Objective:
         experiment_id: the MLflow experiment of the parent run.
         deadline: ``time.monotonic()`` at which the search's time budget ends: a trial still
             training then stops (recorded as failed, ``stopped: timeout``).
+        finalists: the trials are the finalists round's (``tasks.tuning.finalists``): no
+            surplus rule (the stage alone runs them), runs named ``full-train-<trial>``.
     """
 
     def __init__(
@@ -148,10 +150,11 @@ class Objective:
         parent_run_id: str | None = None,
         experiment_id: str | None = None,
         deadline: float | None = None,
+        finalists: bool = False,
     ) -> None:
         self.params, self.data = params, data
         self.parent_run_id, self.experiment_id = parent_run_id, experiment_id
-        self.deadline = deadline
+        self.deadline, self.finalists = deadline, finalists
 
     def __call__(self, trial: optuna.Trial) -> float:
         import psutil
@@ -163,7 +166,7 @@ class Objective:
         if retry_of is not None:
             trial.set_user_attr("retry_of", retry_of)
         trial.set_user_attr("worker_pid", os.getpid())
-        if is_surplus(trial, self.params.tune.n_trials):
+        if not self.finalists and is_surplus(trial, self.params.tune.n_trials):
             trial.set_user_attr("stopped", SURPLUS)
             trial.set_user_attr("fail_reason", f"{SURPLUS}: the study had its trials")
             raise SurplusTrial(f"trial {trial.number}: the study has its trials, not run")
@@ -194,6 +197,7 @@ class Objective:
             free_memory()
             duration = time.perf_counter() - started
             rss_mb = psutil.Process().memory_info().rss / 2**20
+            trial.set_user_attr("train_examples", len(self.data.train))
             trial.set_user_attr("epochs_run", round(record.epochs, 4))
             trial.set_user_attr("duration_s", round(duration, 2))
             trial.set_user_attr("rss_mb", round(rss_mb, 1))
@@ -206,15 +210,18 @@ class Objective:
         import mlflow
 
         tags = {
-            "pipeline.stage": "tune-trial",
+            "pipeline.stage": "tune-finalist" if self.finalists else "tune-trial",
             "trial.number": str(trial.number),
             "optuna.study": trial.study.study_name,
             "trial.state": "RUNNING",
         }
         if retry_of is not None:
             tags["trial.retry_of"] = str(retry_of)
+        name = f"trial-{trial.number}"
+        if self.finalists:  # the search trial it re-trains, or the defaults
+            name = f"full-train-{trial.user_attrs.get('search_trial', DEFAULTS_ROLE)}"
         run = mlflow.start_run(
-            run_name=f"trial-{trial.number}",
+            run_name=name,
             parent_run_id=self.parent_run_id,
             nested=True,
             experiment_id=self.experiment_id,

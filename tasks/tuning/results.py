@@ -33,6 +33,7 @@ PLOTS = {
 BEST_PARAMS_KEYS = (
     "status", "source", "reason", "study_name", "fingerprint", "metric", "direction",
     "baseline", "defaults_trial", "defaults_value", "best_trial", "best_value", "params",
+    "decided_on", "defaults_full_value", "finalists",
 )  # fmt: skip
 
 
@@ -41,6 +42,7 @@ def summarize(
 ) -> dict[str, Any]:
     """The content of ``best_params.json`` (``BEST_PARAMS_KEYS``), then the facts for the
     reports only."""
+    epochs = sum(t.user_attrs.get("epochs_run", 0.0) for t in trials)
     return {
         "status": "tuned",
         **choose(trials, data.baseline, defaults_values(params), data.metric),
@@ -48,10 +50,14 @@ def summarize(
         "fingerprint": data.fingerprint,
         "metric": data.metric,
         "direction": DIRECTION,
+        "decided_on": "train share",  # or "whole train split": the finalists round
+        "defaults_full_value": None,  # the finalists round's scores (tasks/tuning/finalists.py)
+        "finalists": [],
         # Reports only: a path, and counts that a timeout or a killed worker can change.
         "storage": describe_storage(spec),
         "trials": count_states(trials),
-        "trial_epochs": round(sum(t.user_attrs.get("epochs_run", 0.0) for t in trials), 3),
+        "trial_epochs": round(epochs, 3),
+        "examples_trained": round(epochs * len(data.train)),  # + the finalists': compute
         "train_examples": len(data.train),
         "train_fraction": params.tune.train_fraction,
     }
@@ -235,6 +241,7 @@ def _write_markdown(
             tuned = summary["params"].get(name)
             cells = [_fmt(tuned), _fmt(value)] if summary["source"] == "tuned" else [_fmt(value)]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += _finalists_markdown(summary, tune.train_fraction)
         names = [k for k in (rows[0] if rows else {}) if k.startswith("params_")]
         lines += ["", "## Trials", ""]
         header = ["number", "state", "value", *names, "duration", "epochs_run"]
@@ -259,6 +266,31 @@ def _write_markdown(
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines).rstrip() + "\n")
     tmp.replace(path)
+
+
+def _finalists_markdown(summary: dict[str, Any], share: float) -> list[str]:
+    """The finalists round's table (``tasks.tuning.finalists``), or why the share decided."""
+    if not summary.get("finalists"):
+        if summary["decided_on"] != "train share":
+            return ["", f"Decided on the train share: {summary['decided_on']}."]
+        return []
+    lines = [
+        "",
+        "## Finalists (whole train split)",
+        "",
+        f"A searched trial beat the defaults on the {share:.0%} share, so the defaults and "
+        f"the {len(summary['finalists'])} best searched trial(s) were trained again on the "
+        f"whole train split ({summary['finalist_epochs']} epochs in all) and the choice was "
+        "made there.",
+        "",
+        "| trial | on the share | on the whole split |",
+        "|---|---|---|",
+        f"| defaults (trial {_fmt(summary['defaults_trial'])}) | "
+        f"{_fmt(summary['defaults_value'])} | {_fmt(summary['defaults_full_value'])} |",
+    ]
+    for row in summary["finalists"]:
+        lines.append(f"| {row['trial']} | {_fmt(row['share_value'])} | {_fmt(row['full_value'])} |")
+    return lines
 
 
 def _other_studies_markdown(prefix: str, studies: list[dict[str, Any]]) -> list[str]:
@@ -293,8 +325,9 @@ def log_stage(summary: dict[str, Any], reports_dir: Path, wall_time: float) -> N
 
     metrics = {f"trials_{k.lower()}": float(v) for k, v in summary["trials"].items()}
     metrics |= {"trial_epochs": summary["trial_epochs"], "baseline": summary["baseline"]}
-    for key in ("best_value", "defaults_value"):
-        if summary[key] is not None:
+    metrics["examples_trained"] = float(summary["examples_trained"])
+    for key in ("best_value", "defaults_value", "defaults_full_value", "finalist_epochs"):
+        if summary.get(key) is not None:
             metrics[key] = summary[key]
     metrics["wall_time_s"] = wall_time
     mlflow.log_metrics(metrics)
@@ -304,6 +337,7 @@ def log_stage(summary: dict[str, Any], reports_dir: Path, wall_time: float) -> N
             "tune.study": summary["study_name"],
             "tune.best_trial": str(summary["best_trial"]),
             "tune.source": summary["source"],
+            "tune.decided_on": summary["decided_on"],
             "tune.metric": summary["metric"],
         }
     )

@@ -65,6 +65,7 @@ def tune_section(**changes) -> dict:
         "n_trials": N_TRIALS,
         "timeout": None,
         "train_fraction": 1.0,
+        "finalists": 0,  # test_finalists_decide_on_the_whole_train_split sets it
         "startup_trials": 2,
         "pruner": {"type": "median", "startup_trials": 1},
         "heartbeat_interval": 1,
@@ -694,6 +695,52 @@ def test_best_params_are_identical_for_identical_runs(toy_inputs, tiny_model_dir
     rows = {run: read_csv(tmp_path / run / "reports" / TRIALS_CSV) for run in ("first", "second")}
     assert [r["value"] for r in rows["first"]] == [r["value"] for r in rows["second"]]
     assert all(float(r["duration"]) > 0 for r in rows["first"])
+
+
+def test_finalists_decide_on_the_whole_train_split(toy_inputs, tiny_model_dir, tmp_path):
+    """Defaults that cannot learn (lr 1e-6) lose on the share; the best searched trial and
+    the defaults are trained again on all of train in the study ``{name}-full`` and the choice
+    is made from those scores; a re-run trains nothing again and writes the same choice."""
+    params = fast_params(
+        tiny_model_dir, toy_inputs["uri"], epochs=3, n_trials=3, train_fraction=0.5,
+        finalists=1, train_changes={"learning_rate": 1e-6, "batch_size": 8},
+    )  # fmt: skip
+    tokenized = toy_inputs["tokenized"]["old"]  # 240 train examples: 120 in the share
+    reports, state = tmp_path / "reports", tmp_path / "state"
+    summary = tune(params, tokenized, reports, state)
+    search = load_study(tmp_path, summary["study_name"])
+    full = load_study(tmp_path, summary["study_name"] + "-full")
+    assert [t.user_attrs.get("train_examples") for t in search.trials] == [120] * 3
+    assert [t.state.name for t in full.trials] == ["COMPLETE", "COMPLETE"]
+    assert [t.user_attrs.get("train_examples") for t in full.trials] == [240, 240]
+    defaults, finalist = full.trials
+    assert defaults.user_attrs["role"] == "defaults"
+    leader = max(search.trials[1:], key=lambda t: (t.value, -t.number))
+    assert finalist.user_attrs["search_trial"] == leader.number
+    assert finalist.params == leader.params
+    # The decision is the whole split's: the finalist only if it beats the defaults there.
+    assert summary["decided_on"] == "whole train split"
+    assert summary["finalists"] == [
+        {"trial": leader.number, "share_value": leader.value, "full_value": finalist.value}
+    ]
+    assert summary["defaults_full_value"] == defaults.value
+    if finalist.value > defaults.value:
+        assert summary["source"] == "tuned" and summary["params"] == leader.params
+        assert summary["best_trial"] == leader.number
+    else:
+        assert summary["source"] == "defaults" and summary["params"] == {}
+    assert summary["best_value"] == max(finalist.value, defaults.value)
+    assert summary["examples_trained"] == round(
+        sum(t.user_attrs["epochs_run"] * 120 for t in search.trials)
+        + sum(t.user_attrs["epochs_run"] * 240 for t in full.trials)
+    )
+    assert "## Finalists (whole train split)" in (reports / REPORT_MD).read_text()
+    first = (reports / BEST_PARAMS).read_bytes()
+    assert json.loads(first) == best_params_of(summary)
+
+    tune(params, tokenized, reports, state)  # nothing left to train: same study, same choice
+    assert len(load_study(tmp_path, summary["study_name"] + "-full").trials) == 2
+    assert (reports / BEST_PARAMS).read_bytes() == first
 
 
 def test_an_unloadable_model_fails_before_any_trial(toy_inputs, tiny_model_dir, tmp_path):
