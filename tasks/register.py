@@ -235,6 +235,12 @@ def register(
             client.set_registered_model_alias(name, "challenger", version)
             if promote:
                 client.set_registered_model_alias(name, "champion", version)
+        # What the registry pages show: where the version came from and why it has its alias.
+        client.update_model_version(
+            name, version, description=version_description(params, run, version_tags)
+        )
+        if not client.get_registered_model(name).description:
+            client.update_registered_model(name, description=model_description(params))
         mlflow.log_metric(f"test_{key}", score)
         mlflow.set_tags(
             {
@@ -399,6 +405,35 @@ def _log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str
         name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
     )
     return _keep_first(client, name, str(version.version), tags[MODEL_MD5_TAG])
+
+
+def model_description(params: Params) -> str:
+    """The registered model's description (set once, when it has none)."""
+    return (
+        f"{params.task.replace('_', ' ')} models fine-tuned by finetune-flow "
+        f"(`finetune run`). Alias `champion`: the version `finetune predict` and `serve` "
+        "use; `challenger`: the latest version that did not beat it. Each version's "
+        "description links its pipeline run, its report and the decision."
+    )
+
+
+def version_description(params: Params, run: Any, tags: dict[str, str]) -> str:
+    """A version's description: score, gate decision, and links (MLflow UI routes) to the
+    pipeline execution's run (which holds ``report/report.html``) and the register run."""
+    experiment, run_id = run.info.experiment_id, run.info.run_id
+    parent = run.data.tags.get("mlflow.parentRunId")
+    lines = [
+        f"Test {tags['metric']} **{float(tags['test_score']):.4f}** on test data "
+        f"`{tags['test_data_hash']}`: {tags['decision']} ({tags['reason']}).",
+        "",
+    ]
+    if parent:
+        lines.append(
+            f"- Pipeline run (every stage, the report `report/report.html`): "
+            f"[{parent}](#/experiments/{experiment}/runs/{parent})"
+        )
+    lines.append(f"- Register run: [{run_id}](#/experiments/{experiment}/runs/{run_id})")
+    return "\n".join(lines)
 
 
 def _keep_first(client: Any, name: str, version: str, weights: str) -> str:

@@ -357,6 +357,16 @@ def test_version_run_has_lineage(token_model):
     assert params["train.learning_rate"] == "0.01"
     parent = client.get_run(tags["mlflow.parentRunId"])
     assert parent.data.tags["pipeline.stage"] == "pipeline"
+    # The registry pages link the version to its pipeline run (which holds the report) and
+    # its register run, with the score and the gate's decision.
+    experiment, parent_id = run.info.experiment_id, parent.info.run_id
+    assert f"(#/experiments/{experiment}/runs/{parent_id})" in version.description
+    assert f"(#/experiments/{experiment}/runs/{version.run_id})" in version.description
+    assert "report/report.html" in version.description
+    assert f"**{report['score']:.4f}**" in version.description
+    assert version.tags["decision"] in version.description
+    model = client.get_registered_model("toy-ner")
+    assert "Alias `champion`" in model.description
 
 
 def test_predict_cli_prints_labels_and_entity_spans(text_model, token_model):
