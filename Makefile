@@ -13,7 +13,7 @@ TORCH   := torch==2.13.0
 # the two sdists (antlr4-python3-runtime: setuptools; seqeval: setuptools-scm).
 BUILD   := pip setuptools setuptools-scm
 
-# Offline, quiet, and every tool's state inside the project (tasks/environment.py sets the
+# Offline, quiet, and every tool's state inside the project (tasks/core/environment.py sets the
 # same for processes started without make).
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
@@ -114,7 +114,7 @@ serve-model: setup  ## Serve models:/<register.model_name>@champion on http://12
 	finetune serve --port $(MODEL_PORT)
 
 # Past one machine: PostgreSQL (Debian's server binaries, run as the `postgres` user when we are
-# root) and an MLflow tracking server on it; tasks/servers.py does the work.
+# root) and an MLflow tracking server on it; tasks/commands/servers.py does the work.
 POSTGRES_PORT ?= 5433
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -137,7 +137,7 @@ tune-worker: setup  ## One more tuning worker on this machine: joins the study i
 PREFECT_PORT ?= 4200
 PREFECT_LOCAL_API := http://127.0.0.1:$(PREFECT_PORT)/api
 
-# Port, host and the UI's API URL set together (tasks/ui.py): the UI calls its own port.
+# Port, host and the UI's API URL set together (tasks/commands/ui.py): the UI calls its own port.
 prefect-server: setup  ## Start a local Prefect server + UI on 127.0.0.1:4200 (state in .state/prefect)
 	finetune ui prefect --port $(PREFECT_PORT)
 

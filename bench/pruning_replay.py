@@ -24,7 +24,7 @@ STORAGE = f"sqlite:///{ROOT / '.state' / 'bench' / 'tune_pruning.db'}"
 
 def pruners() -> dict[str, optuna.pruners.BasePruner]:
     """The pruners compared, built by the tune stage's ``make_pruner`` from params."""
-    from tasks.config import load_params
+    from tasks.core.config import load_params
     from tasks.tuning.study import make_pruner
 
     def product(**pruner: object) -> optuna.pruners.BasePruner:

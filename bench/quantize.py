@@ -2,9 +2,9 @@
 
 Fine-tunes the default encoder briefly on an SST-2 train sample with the product's tokenize and
 train code, then scores the SST-2 dev sentences (held out) with the fp32 model and with its
-int8 copy (tasks/quantize.py), side by side in one process: the same batches, the two models
-alternating ``--repeats`` times; the median speed of each. Prints its JSON result, writes it
-(``--json``; default ``bench/results/quantize-<UTC stamp>.json``) and appends its rendered
+int8 copy (tasks/commands/quantize.py), side by side in one process: the same batches, the
+two models alternating ``--repeats`` times; the median speed of each. Prints its JSON result,
+writes it (``--json``; default ``bench/results/quantize-<UTC stamp>.json``) and appends its rendered
 section (``bench/render.py``) to bench/RESULTS.md.
 
     .venv/bin/python bench/quantize.py --shared ../shared/datasets --examples 2000
@@ -38,8 +38,8 @@ def train_briefly(args: argparse.Namespace, work: Path):
     """The product's tokenize + train on an SST-2 sample; (model dir, dev frame, train metrics)."""
     from speed.data import read_corpus, sample, tokenize_splits  # bench/speed/
 
-    from tasks.config import load_params
-    from tasks.modeling import quiet_transformers
+    from tasks.core.config import load_params
+    from tasks.core.model import quiet_transformers
     from tasks.train import train
 
     quiet_transformers()
@@ -116,8 +116,8 @@ def main() -> int:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tasks.quantize import is_quantized, quantize_model
-    from tasks.tracking import device_name
+    from tasks.commands.quantize import is_quantized, quantize_model
+    from tasks.core.tracking import device_name
 
     SCRATCH.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="quantize-bench-", dir=SCRATCH))

@@ -64,7 +64,7 @@ from speed.runs import accuracy_guard, bench_dataset  # noqa: E402
 from speed.targets import TARGETS, accuracy_check, dataset_checks  # noqa: E402
 
 import tasks  # noqa: E402,F401 - offline, state and scratch inside the project
-from tasks.config import load_params  # noqa: E402
+from tasks.core.config import load_params  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
 SCRATCH = ROOT / ".state" / "tmp" / "bench-throughput"
@@ -165,7 +165,7 @@ def machine() -> dict:
     import torch
     import transformers
 
-    from tasks.tracking import device_name
+    from tasks.core.tracking import device_name
 
     return {
         "device": device_name(),
@@ -220,8 +220,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     warnings.filterwarnings("ignore", message=".*pin_memory.*")  # Trainer default on a CPU
 
-    from tasks.modeling import choose_precision, quiet_transformers
-    from tasks.tracking import device_name
+    from tasks.core.model import quiet_transformers
+    from tasks.core.precision import choose_precision
+    from tasks.core.tracking import device_name
 
     quiet_transformers()
     import torch

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from results import append_section  # noqa: E402 - bench/results.py
 
 import tasks  # noqa: E402,F401 - offline, state and scratch inside the project
-from tasks.config import load_params  # noqa: E402
+from tasks.core.config import load_params  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 STORAGE = ROOT / ".state" / "bench" / "tune_pruning.db"  # the studies, one per variant and run
@@ -89,9 +89,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
 
-    from tasks.environment import STATE_DIR
-    from tasks.modeling import choose_precision, quiet_transformers
-    from tasks.tracking import device_name
+    from tasks.core.environment import STATE_DIR
+    from tasks.core.model import quiet_transformers
+    from tasks.core.precision import choose_precision
+    from tasks.core.tracking import device_name
     from tasks.tuning.data import load_tuning_data
 
     quiet_transformers()

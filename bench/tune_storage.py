@@ -3,7 +3,7 @@
 (a) Storage overhead: the same study of ``--trials`` empty trials (one float suggested, its
     value returned) in the storages the stage opens (``tasks.tune.open_storage``: Optuna's
     RDB storage with heartbeats) on SQLite and on a PostgreSQL server started here
-    (``tasks.servers.Postgres``, 127.0.0.1); milliseconds per trial.
+    (``tasks.commands.servers.Postgres``, 127.0.0.1); milliseconds per trial.
 (b) Wall time of one search of ``--n-trials`` real trials (tiny random BERT, toy data, the
     tune stage's objective) with 1 and with 2 worker processes (``tasks.tune.work``, what
     ``python -m tasks.tune --worker`` runs) sharing one study in PostgreSQL.
@@ -56,7 +56,7 @@ def _worker(params_json: dict, tokenized: str, state: str) -> None:
 
     import torch
 
-    from tasks.config import Params
+    from tasks.core.config import Params
     from tasks.tune import work
 
     logging.basicConfig(level=logging.WARNING)
@@ -91,7 +91,7 @@ def main() -> None:
 
     from conftest import tiny_params, write_toy_prepared
 
-    from tasks.servers import Postgres
+    from tasks.commands.servers import Postgres
     from tasks.tokenize import tokenize
 
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

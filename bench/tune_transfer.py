@@ -57,7 +57,7 @@ def prepared_data(params, work: Path) -> Path:
 
 def train_and_test(params, values: dict, tokenized: Path, work: Path) -> dict:
     """Train ``values`` over params.yaml's train section (tuning off), score the test split."""
-    from tasks.config import overlay_train
+    from tasks.core.config import overlay_train
     from tasks.evaluate import evaluate
     from tasks.train import train
 
@@ -76,7 +76,7 @@ def train_and_test(params, values: dict, tokenized: Path, work: Path) -> dict:
 
 
 def one_seed(base, seed: int, tokenized: Path, work: Path) -> dict:
-    from tasks.config import load_params
+    from tasks.core.config import load_params
     from tasks.tune import tune
 
     params = load_params(
@@ -137,8 +137,8 @@ def main() -> None:
 
     import torch
 
-    from tasks.config import load_params
-    from tasks.modeling import quiet_transformers
+    from tasks.core.config import load_params
+    from tasks.core.model import quiet_transformers
 
     quiet_transformers()
     now = datetime.datetime.now(datetime.UTC)

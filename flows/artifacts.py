@@ -9,7 +9,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.tracking import flatten
+from tasks.core.tracking import flatten
 
 # The report each stage leaves behind, relative to the project root.
 STAGE_REPORTS = {

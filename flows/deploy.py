@@ -19,7 +19,7 @@ from typing import Any
 
 import typer
 
-from tasks.environment import PROJECT_ROOT
+from tasks.core.environment import PROJECT_ROOT
 
 DEPLOYMENT_NAME = "nightly-retrain"
 SCHEDULE_SLUG = "nightly-retrain"

@@ -5,7 +5,7 @@ Each task runs ``dvc repro --single-item <stage>``, so DVC decides what is up to
 ``dvc.lock`` exactly as ``dvc repro`` would, and both drivers skip unchanged stages.
 
 A run with ``overrides``, ``preset`` or ``task`` is an ad-hoc configuration: it runs as one
-Prefect task, a DVC experiment in a temporary copy of the workspace (tasks/experiments.py),
+Prefect task, a DVC experiment in a temporary copy of the workspace (tasks/commands/experiments.py),
 so ``params.yaml`` and ``dvc.lock`` stay as committed and the next scheduled run trains what
 it would have trained anyway. ``dvc exp show`` lists the experiment, ``dvc exp apply`` adopts it.
 """
@@ -26,8 +26,7 @@ from prefect.runtime import flow_run as prefect_flow_run
 from prefect.tasks import exponential_backoff
 
 from flows.artifacts import STAGE_REPORTS, publish_stage_artifact
-from tasks.config import ParamsError, load_params
-from tasks.experiments import (
+from tasks.commands.experiments import (
     Experiment,
     ExperimentError,
     baseline_commit,
@@ -35,15 +34,16 @@ from tasks.experiments import (
     run_experiment,
     set_param_args,
 )
-from tasks.presets import load_preset
-from tasks.tracking import describe_error, end_pipeline
+from tasks.commands.presets import load_preset
+from tasks.core.config import ParamsError, load_params
+from tasks.core.tracking import describe_error, end_pipeline
 
 # A stage that exits with this code rejected its input (bad data, failed gate): running it
 # again cannot help, so it is never retried. Anything else (a crash, a kill) may be transient.
 BAD_INPUT_EXIT = 1
 _EXIT_CODE = re.compile(r"exited with (\d+)")
 # The checkout this flow file belongs to: on a work-pool worker, the clone its pull step made
-# (tasks.environment.PROJECT_ROOT could name another checkout through an editable install).
+# (tasks.core.environment.PROJECT_ROOT could name another checkout through an editable install).
 FLOW_PROJECT = Path(__file__).resolve().parents[1]
 
 
@@ -335,7 +335,7 @@ def training_pipeline(
 def end_parent_run(project: Path, error: str | None = None) -> None:
     """End this flow run's MLflow parent run (the stages opened it): FINISHED, or FAILED with
     the error, so its status and duration are the whole flow run's."""
-    from tasks.environment import state_dir
+    from tasks.core.environment import state_dir
 
     execution = str(prefect_flow_run.id or "")
     if execution:

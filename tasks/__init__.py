@@ -4,6 +4,6 @@ Importing this package pins every tool's state inside the project and turns tele
 hub access off, so a stage started by DVC, Prefect, pytest or by hand behaves the same.
 """
 
-from tasks.environment import configure_environment
+from tasks.core.environment import configure_environment
 
 configure_environment()

@@ -19,7 +19,7 @@ Reads ``task``, ``train.precision`` (inference runs in the training precision) a
   cut at the test split's median), texts with and without a negation (text task), and each
   entity type (token task).
 - ``eval_report.md``: the tables and the plot.
-- ``behaviour.json``: behavioural checks of the model (``tasks/behaviour.py``), with their
+- ``behaviour.json``: behavioural checks of the model (``tasks/core/behaviour.py``), with their
   section of ``eval_report.md``; run by the stage after the scores (``evaluate.behaviour``).
 """
 
@@ -37,29 +37,28 @@ from typing import Any
 
 import typer
 
-from tasks.cli import stage_command
-from tasks.config import DEFAULT_PARAMS, Params, headline_metric, load_params
-from tasks.environment import PROJECT_ROOT, STATE_DIR
-from tasks.errors import StageError
-from tasks.metrics import entity_scores, text_scores
-from tasks.modeling import (
-    ModelSource,
+from tasks.core.batching import (
     check_budget,
-    choose_precision,
-    entity_type,
     inference_batches,
-    load_tokenizer,
     make_collator,
-    model_class,
     model_columns,
     position_cap,
-    quiet_transformers,
     token_budget,
-    vocab_hash,
-    write_atomic,
-    write_json,
 )
-from tasks.progress import Progress
+from tasks.core.cli import stage_command
+from tasks.core.config import DEFAULT_PARAMS, Params, headline_metric, load_params
+from tasks.core.environment import PROJECT_ROOT, STATE_DIR
+from tasks.core.errors import StageError
+from tasks.core.io import write_atomic, write_json
+from tasks.core.labels import entity_type, words_from_subtokens
+from tasks.core.metrics import entity_scores, text_scores
+from tasks.core.model import (
+    load_model,
+    quiet_transformers,
+    vocab_hash,
+)
+from tasks.core.precision import choose_precision
+from tasks.core.progress import Progress
 from tasks.tokenize import TOKENIZED_DIR, load_tokenized
 
 log = logging.getLogger(__name__)
@@ -75,23 +74,6 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 
 # --- inference --------------------------------------------------------------------------------
-
-
-def load_model(model_dir: Path, task: str) -> tuple[Any, Any]:
-    """The fine-tuned model (in eval mode) and its tokenizer.
-
-    Raises:
-        StageError: ``model_dir`` holds no model of the task's kind.
-    """
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise StageError(f"{model_dir}: no trained model found (run the train stage first)")
-    tokenizer = load_tokenizer(ModelSource(str(model_dir), model_dir, model_dir))
-    try:
-        model = model_class(task).from_pretrained(model_dir)
-    except (OSError, ValueError) as exc:
-        raise StageError(f"{model_dir}: cannot load a {task} model: {exc}") from None
-    return model.eval(), tokenizer
 
 
 def predict(
@@ -151,23 +133,6 @@ def predict(
         "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
     }
     return probabilities, timing
-
-
-def words_from_subtokens(
-    word_ids: list[int], token_tags: list[str], confidences: list[float], n_words: int
-) -> tuple[list[str], list[float | None]]:
-    """Word-level tags: each word takes the tag predicted on its first sub-token. Words
-    without a sub-token (truncated away, or nothing the tokenizer could represent) get
-    ``O`` (they count as missed entities) and confidence ``None``."""
-    tags: list[str] = ["O"] * n_words
-    confidence: list[float | None] = [None] * n_words
-    previous = -1
-    for position, word in enumerate(word_ids):
-        if word >= 0 and word != previous:
-            tags[word] = token_tags[position]
-            confidence[word] = confidences[position]
-        previous = word
-    return tags, confidence
 
 
 # --- the stage --------------------------------------------------------------------------------
@@ -572,7 +537,7 @@ def run_stage(
 ) -> dict[str, Any]:
     """The stage inside its MLflow run: scores, reports, then the behavioural checks (whose
     gate, ``evaluate.behaviour.min_pass_rate``, may fail the stage once all is logged)."""
-    from tasks import behaviour, tracking
+    from tasks.core import behaviour, tracking
 
     # The run is open (RUNNING) while the stage works; a failure ends it FAILED.
     with tracking.stage_run(params, "evaluate", state_dir, project):
@@ -591,7 +556,7 @@ def log_to_mlflow(metrics: dict[str, Any], reports_dir: Path) -> None:
     """Into the evaluate stage's active MLflow run: test metrics (``test_``) and reports."""
     import mlflow
 
-    from tasks import tracking
+    from tasks.core import tracking
 
     tracking.log_numbers(metrics, prefix="test_")
     tracking.log_to_parent(metrics, prefix="test_")  # the execution's headline metrics
@@ -612,7 +577,7 @@ def log_behaviour(reports_dir: Path) -> None:
     """Into the active MLflow run: the behavioural checks' pass rates and report."""
     import mlflow
 
-    from tasks import behaviour, tracking
+    from tasks.core import behaviour, tracking
 
     path = reports_dir / behaviour.REPORT_FILE
     if path.exists():

@@ -29,12 +29,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import typer
 
-from tasks.cli import stage_command
-from tasks.config import Params, SplitRatios, load_params, require_tracked_inputs
-from tasks.environment import PROJECT_ROOT
-from tasks.errors import StageError
-from tasks.rowkeys import CHUNK_ROWS, first_rows, row_keys
-from tasks.sources import BUILTINS, read_builtin, read_user_file, sha256_of
+from tasks.core.cli import stage_command
+from tasks.core.config import Params, SplitRatios, load_params, require_tracked_inputs
+from tasks.core.environment import PROJECT_ROOT
+from tasks.core.errors import StageError
+from tasks.core.rowkeys import CHUNK_ROWS, first_rows, row_keys
+from tasks.core.sources import BUILTINS, read_builtin, read_user_file, sha256_of
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")

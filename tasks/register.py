@@ -29,10 +29,10 @@ from typing import Any
 import typer
 from mlflow.pyfunc import PythonModel
 
-from tasks.cli import stage_command
-from tasks.config import DEFAULT_PARAMS, Params, headline_metric, load_params
-from tasks.environment import PROJECT_ROOT, STATE_DIR
-from tasks.errors import StageError
+from tasks.core.cli import stage_command
+from tasks.core.config import DEFAULT_PARAMS, Params, headline_metric, load_params
+from tasks.core.environment import PROJECT_ROOT, STATE_DIR
+from tasks.core.errors import StageError
 
 log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"
@@ -86,7 +86,7 @@ def trivial_baseline(params: Params, prepared_dir: Path, key: str) -> tuple[floa
     token classification."""
     import pandas as pd
 
-    from tasks.metrics import entity_scores, text_scores
+    from tasks.core.metrics import entity_scores, text_scores
 
     frame = pd.read_parquet(Path(prepared_dir) / "test.parquet")
     if params.task == "text_classification":
@@ -151,8 +151,8 @@ def register(
     """
     import mlflow
 
-    from tasks import tracking
-    from tasks.modeling import write_json
+    from tasks.core import tracking
+    from tasks.core.io import write_json
 
     metrics_path = Path(reports_dir) / "metrics.json"
     if not metrics_path.exists():
@@ -278,8 +278,8 @@ def rescore(
     params: Params, name: str, version: str, prepared_dir: Path, state_dir: Path
 ) -> dict[str, Any]:
     """Score a registered version on the current test split with the stages' own code."""
+    from tasks.core.model import load_tokenizer, model_class, resolve_model_source
     from tasks.evaluate import evaluate
-    from tasks.modeling import load_tokenizer, model_class, resolve_model_source
     from tasks.tokenize import tokenize
 
     source = resolve_model_source(f"models:/{name}/{version}", params.tracking.uri, state_dir)

@@ -28,9 +28,9 @@ from typing import Any
 
 import typer
 
-from tasks.cli import stage_command
-from tasks.config import DEFAULT_PARAMS, load_params
-from tasks.environment import PROJECT_ROOT
+from tasks.core.cli import stage_command
+from tasks.core.config import DEFAULT_PARAMS, load_params
+from tasks.core.environment import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -364,7 +364,7 @@ def errors_section(reports: Path) -> str:
 
 
 def lineage_section(reports: Path, project: Path, parent_run: str | None) -> str:
-    from tasks import tracking
+    from tasks.core import tracking
 
     git = tracking.git_state(project)
     rows = [["git commit", git.get("git.commit", "unknown")],
@@ -450,7 +450,7 @@ def main(
     """Write reports/report.html and log it to the pipeline's MLflow run."""
     import mlflow
 
-    from tasks import tracking
+    from tasks.core import tracking
 
     params = load_params(params_path)
     with tracking.stage_run(params, "report") as run:

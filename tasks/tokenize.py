@@ -29,23 +29,15 @@ from typing import Any
 
 import typer
 
-from tasks.cli import stage_command
-from tasks.config import DEFAULT_PARAMS, Params, load_params, require_tracked_inputs
-from tasks.environment import PROJECT_ROOT, STATE_DIR
-from tasks.errors import StageError
-from tasks.modeling import (
-    check_iob2,
-    entity_type,
-    iob2_tags,
-    load_tokenizer,
-    percentiles,
-    quiet_transformers,
-    replace_dir,
-    resolve_model_source,
-    vocab_hash,
-    write_json,
-)
-from tasks.progress import Progress
+from tasks.core.batching import percentiles
+from tasks.core.cli import stage_command
+from tasks.core.config import DEFAULT_PARAMS, Params, load_params, require_tracked_inputs
+from tasks.core.environment import PROJECT_ROOT, STATE_DIR
+from tasks.core.errors import StageError
+from tasks.core.io import replace_dir, write_json
+from tasks.core.labels import check_iob2, entity_type, iob2_tags
+from tasks.core.model import load_tokenizer, quiet_transformers, resolve_model_source, vocab_hash
+from tasks.core.progress import Progress
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -533,7 +525,7 @@ def main(
     state_dir: Path = typer.Option(STATE_DIR, help="cache for registered models"),
 ) -> None:
     """Tokenize data/prepared into data/tokenized (see the module docstring)."""
-    from tasks import tracking
+    from tasks.core import tracking
 
     params = load_params(params_path)
     # Before the model is read: a local start point must be in models/pretrained/.

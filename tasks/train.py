@@ -40,9 +40,10 @@ from typing import Any
 
 import typer
 
-from tasks import distributed, progress, tracking
-from tasks.cli import stage_command
-from tasks.config import (
+from tasks.core import distributed, progress, tracking
+from tasks.core.batching import make_collator, model_columns
+from tasks.core.cli import stage_command
+from tasks.core.config import (
     BEST_PARAMS_FILE,
     DEFAULT_PARAMS,
     Params,
@@ -51,22 +52,17 @@ from tasks.config import (
     load_params,
     require_tracked_inputs,
 )
-from tasks.environment import PROJECT_ROOT, STATE_DIR
-from tasks.errors import StageError
-from tasks.modeling import (
+from tasks.core.environment import PROJECT_ROOT, STATE_DIR
+from tasks.core.errors import StageError
+from tasks.core.io import replace_dir, write_json
+from tasks.core.model import (
     ModelSource,
-    Precision,
-    choose_precision,
     load_matching_tokenizer,
-    make_collator,
-    model_columns,
     quiet_transformers,
-    replace_dir,
     resolve_model_source,
-    write_json,
 )
-from tasks.tokenize import TOKENIZED_DIR, load_tokenized
-from tasks.training import (
+from tasks.core.precision import Precision, choose_precision
+from tasks.core.training import (
     apply_method,
     batch_plan,
     build_model,
@@ -76,6 +72,7 @@ from tasks.training import (
     trainer_classes,
     training_arguments,
 )
+from tasks.tokenize import TOKENIZED_DIR, load_tokenized
 
 log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"

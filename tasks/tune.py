@@ -13,7 +13,7 @@ three plots (``reports/tune_history.png``, ``tune_importance.png``, ``tune_inter
 
 This module reads params, calls the search's parts in ``tasks/tuning/`` (space, storage,
 study, data, objective, results) and writes the outputs. Each trial trains with the train
-stage's own pieces (``tasks/training.py``: ``build_model``, ``apply_method``, the
+stage's own pieces (``tasks/core/training.py``: ``build_model``, ``apply_method``, the
 ``TrainingArguments``, its ``Trainer`` subclass, collators and length-grouped sampler) on a
 stratified ``tune.train_fraction`` of train, evaluates ``tune.evals_per_epoch`` times per
 epoch, reports the validation metric to Optuna at every evaluation and stops when the pruner says
@@ -77,13 +77,13 @@ import typer
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
-from tasks.cli import stage_command
-from tasks.config import DEFAULT_PARAMS, Params, load_params, require_tracked_inputs
-from tasks.environment import PROJECT_ROOT, STATE_DIR
-from tasks.errors import StageError
-from tasks.modeling import quiet_transformers
+from tasks.core.cli import stage_command
+from tasks.core.config import DEFAULT_PARAMS, Params, load_params, require_tracked_inputs
+from tasks.core.environment import PROJECT_ROOT, STATE_DIR
+from tasks.core.errors import StageError
+from tasks.core.model import quiet_transformers
+from tasks.core.training import build_model
 from tasks.tokenize import TOKENIZED_DIR
-from tasks.training import build_model
 from tasks.tuning import finalists
 from tasks.tuning.data import TuningData, load_tuning_data
 from tasks.tuning.objective import Objective, free_memory
@@ -137,7 +137,7 @@ def work(params: Params, tokenized_dir: Path, state_dir: Path) -> int:
     """
     import mlflow
 
-    from tasks import tracking
+    from tasks.core import tracking
 
     if not params.tune.enabled:
         raise StageError("tune.enabled is false: there is no study to work on")
@@ -227,7 +227,7 @@ def tune(
         log.info("tuning disabled; wrote %s", reports_dir / BEST_PARAMS)
         return summary
 
-    from tasks import tracking
+    from tasks.core import tracking
 
     quiet_transformers()
     warnings.simplefilter("ignore", ExperimentalWarning)

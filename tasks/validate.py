@@ -28,10 +28,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import typer
 
-from tasks.cli import stage_command
-from tasks.config import Params, load_params
-from tasks.errors import StageError
-from tasks.rowkeys import first_rows, row_keys
+from tasks.core.cli import stage_command
+from tasks.core.config import Params, load_params
+from tasks.core.errors import StageError
+from tasks.core.rowkeys import first_rows, row_keys
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")

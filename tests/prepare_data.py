@@ -8,7 +8,7 @@ import pandas as pd
 import yaml
 from conftest import ROOT
 
-from tasks.config import load_params
+from tasks.core.config import load_params
 from tasks.prepare import prepare
 
 TEXT_COLUMNS = {"text_column": "review", "label_column": "sentiment"}

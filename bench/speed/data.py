@@ -47,7 +47,7 @@ def _user_data(name: str, shared: Path, params: Any) -> tuple[Any, Path, Path]:
 
 def read_corpus(name: str, shared: Path, params: Any) -> Corpus | None:
     """SST-2 or CoNLL-2003 from ``shared``, read with the prepare stage's own reader."""
-    from tasks.sources import read_user_file
+    from tasks.core.sources import read_user_file
 
     data, train, dev = _user_data(name, shared, params)
     if not train.is_file():
@@ -86,7 +86,7 @@ def shown(path: Path) -> str:
 
 def bench_params(args: Any, task: str) -> Any:
     """params.yaml for ``task``; every path sees the same sub-tokens (truncated at 128)."""
-    from tasks.config import load_params
+    from tasks.core.config import load_params
 
     overrides: dict[str, Any] = {
         "task": task,
@@ -129,7 +129,7 @@ def tokenize_splits(params: Any, splits: dict[str, Any], work: Path) -> tuple[An
 
 def time_tokenization(tokenizer: Any, corpus: Corpus, max_length: int, limit: int | None) -> dict:
     """Sentences/s of the tokenize stage's encode function on the train file (no imports)."""
-    from tasks.modeling import entity_type, iob2_tags
+    from tasks.core.labels import entity_type, iob2_tags
     from tasks.tokenize import encode_texts, encode_words
 
     frame = corpus.train if not limit else corpus.train.head(limit)

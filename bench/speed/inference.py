@@ -31,8 +31,8 @@ def infer_product(
     max_tokens: int | None,
 ) -> dict:
     """``tasks.evaluate.predict`` (after a warm-up call on its first two batches)."""
+    from tasks.core.batching import inference_batches, padded_length, position_cap
     from tasks.evaluate import predict
-    from tasks.modeling import inference_batches, padded_length, position_cap
 
     warm = dataset.select(range(min(len(dataset), 2 * batch)))
     predict(model, tokenizer, warm, task, batch, precision, max_tokens)
@@ -77,7 +77,8 @@ def infer_baseline(
     flags: sorted by length (as Trainer's group_by_length evaluation), mixed precision."""
     import torch
 
-    from tasks.modeling import choose_precision, model_columns, sorted_by_length
+    from tasks.core.batching import model_columns, sorted_by_length
+    from tasks.core.precision import choose_precision
 
     fixed, best = kind == "fixed-128", kind == BEST
     precision = choose_precision("auto")

@@ -92,7 +92,8 @@ def _inference(
     peaks: dict,
 ) -> list[dict]:
     """Every inference path over the whole sample, the same model."""
-    from tasks.modeling import choose_precision, token_budget
+    from tasks.core.batching import token_budget
+    from tasks.core.precision import choose_precision
 
     precision = choose_precision(params.train.precision)
     max_tokens = token_budget(params.evaluate.max_tokens_per_batch, precision.device, "inference")
@@ -112,7 +113,7 @@ def _inference(
 
 def bench_dataset(corpus: Corpus, args: Any, peaks: dict[str, float], work: Path) -> dict:
     """Tokenization, training and inference of every path on one dataset."""
-    from tasks.modeling import load_tokenizer, resolve_model_source
+    from tasks.core.model import load_tokenizer, resolve_model_source
 
     params = bench_params(args, corpus.task)
     tp = params.train
@@ -166,8 +167,8 @@ def _dev_accuracy(data: Any, task: str, batch: int) -> Any:
 
 def _product_accuracy(params: Any, work: Path, steps: int, accuracy: Any, task: str) -> tuple:
     """The product trained ``steps`` steps: its timing row, accuracy at its precision and fp32."""
-    from tasks.evaluate import load_model
-    from tasks.modeling import Precision, choose_precision
+    from tasks.core.model import load_model
+    from tasks.core.precision import Precision, choose_precision
 
     row = train_product(params, work / "data" / "tokenized", work / "product", steps, 0)
     model, tokenizer = load_model(work / "product" / "model", task)
@@ -183,7 +184,8 @@ def _default_accuracy(
     params: Any, data: Any, labels: list, work: Path, steps: int, accuracy: Any, precision: Any
 ) -> tuple[dict, float]:
     """Trainer defaults trained ``steps`` steps: its timing row and fp32 accuracy."""
-    from tasks.modeling import Precision, load_tokenizer, resolve_model_source
+    from tasks.core.model import load_tokenizer, resolve_model_source
+    from tasks.core.precision import Precision
 
     source = resolve_model_source(params.model.name_or_path, params.tracking.uri, work / "state")
     tokenizer = load_tokenizer(source)

@@ -29,7 +29,7 @@ def train_product(
 ) -> dict:
     """The product's own ``train()``, its Trainer wrapped to stop after the steps
     (``buckets=False``: padding to the longest in the batch, the ablation)."""
-    import tasks.modeling
+    import tasks.core.batching
     import tasks.train as product
 
     captured: list[Any] = []
@@ -39,7 +39,7 @@ def train_product(
         measured, epoch_end, early_stopping = original()
         return timed_trainer(measured, warmup + steps, warmup, captured), epoch_end, early_stopping
 
-    no_buckets = mock.patch.object(tasks.modeling, "padded_length", lambda n, cap=None: n)
+    no_buckets = mock.patch.object(tasks.core.batching, "padded_length", lambda n, cap=None: n)
     with (
         mock.patch.object(product, "trainer_classes", patched),
         contextlib.nullcontext() if buckets else no_buckets,
@@ -69,7 +69,7 @@ def fresh_model(params: Any, source: Any, labels: list[str]) -> Any:
     """The start model exactly as ``train()`` builds it (same seed, head, method)."""
     import transformers
 
-    from tasks.training import apply_method, build_model
+    from tasks.core.training import apply_method, build_model
 
     transformers.set_seed(params.train.seed)
     model, _ = build_model(params.task, source, labels, params.train.dropout)
@@ -91,7 +91,7 @@ def baseline_arguments(kind: str, params: Any, work: Path, max_steps: int) -> An
     best flags add mixed precision where the device has it and group_by_length."""
     from transformers import TrainingArguments
 
-    from tasks.modeling import choose_precision
+    from tasks.core.precision import choose_precision
 
     tp = params.train
     best = kind == BEST
@@ -125,7 +125,7 @@ def train_baseline(
     ``Trainer best flags``: mixed precision where the device has it, group_by_length)."""
     from transformers import PrinterCallback, Trainer
 
-    from tasks.modeling import model_columns
+    from tasks.core.batching import model_columns
 
     best = kind == BEST
     args = baseline_arguments(kind, params, work, warmup + steps)

@@ -11,15 +11,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Params
-from tasks.modeling import (
-    ModelSource,
-    load_matching_tokenizer,
-    model_columns,
-    resolve_model_source,
-)
+from tasks.core.batching import model_columns
+from tasks.core.config import Params
+from tasks.core.model import ModelSource, load_matching_tokenizer, resolve_model_source
+from tasks.core.training import metrics_function
 from tasks.tokenize import load_tokenized
-from tasks.training import metrics_function
 from tasks.tuning.study import FINGERPRINT_CHARS
 
 

@@ -21,8 +21,8 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
-from tasks.config import Params
-from tasks.progress import quiet_optuna
+from tasks.core.config import Params
+from tasks.core.progress import quiet_optuna
 from tasks.tuning.space import DEFAULTS_ROLE, defaults_values, enqueue_defaults, is_defaults
 from tasks.tuning.study import DIRECTION
 

@@ -1,5 +1,5 @@
 """One tune trial: train the trial's values with the train stage's own pieces
-(``tasks.training``) on the tuning data, evaluate ``tune.evals_per_epoch`` times per epoch,
+(``tasks.core.training``) on the tuning data, evaluate ``tune.evals_per_epoch`` times per epoch,
 report each score to Optuna (and the trial's nested MLflow run) and stop when the pruner or
 ``tune.timeout`` says so. The trial's value is its best evaluation, as train keeps its best
 epoch."""
@@ -20,10 +20,11 @@ from typing import Any
 
 import optuna
 
-from tasks.config import Params, TrainParams, overlay_train
-from tasks.errors import StageError
-from tasks.modeling import choose_precision, make_collator
-from tasks.training import (
+from tasks.core.batching import make_collator
+from tasks.core.config import Params, TrainParams, overlay_train
+from tasks.core.errors import StageError
+from tasks.core.precision import choose_precision
+from tasks.core.training import (
     apply_method,
     batch_plan,
     build_model,

@@ -13,8 +13,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tasks.config import BEST_PARAMS_FILE, Params
-from tasks.modeling import write_json
+from tasks.core.config import BEST_PARAMS_FILE, Params
+from tasks.core.io import write_json
 from tasks.tuning.data import TuningData
 from tasks.tuning.space import DEFAULTS_ROLE, defaults_values, is_defaults
 from tasks.tuning.storage import describe_storage

@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tasks.config import Params, SearchDimension
+from tasks.core.config import Params, SearchDimension
 
 DEFAULTS_ROLE = "defaults"  # user attr ``role`` of the trial that runs params.yaml's values
 

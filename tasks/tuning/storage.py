@@ -16,8 +16,8 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
-from tasks.config import Params
-from tasks.environment import STATE_DIR
+from tasks.core.config import Params
+from tasks.core.environment import STATE_DIR
 
 log = logging.getLogger("tasks.tune")
 

@@ -16,9 +16,9 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
-from tasks.config import Params
-from tasks.errors import StageError
-from tasks.progress import TrialProgress, quiet_optuna
+from tasks.core.config import Params
+from tasks.core.errors import StageError
+from tasks.core.progress import TrialProgress, quiet_optuna
 from tasks.tuning.space import DEFAULTS_ROLE, enqueue_defaults
 
 log = logging.getLogger("tasks.tune")

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from conftest import ROOT, commit, experiments, make_project, run, toy_text_frame
 
-from tasks.config import ParamsError, load_params
-from tasks.experiments import ExperimentError, run_experiment, set_param_args
-from tasks.presets import available_presets, load_preset
+from tasks.commands.experiments import ExperimentError, run_experiment, set_param_args
+from tasks.commands.presets import available_presets, load_preset
+from tasks.core.config import ParamsError, load_params
 
 SHARED = ROOT.parent / "shared" / "datasets"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent")
@@ -66,7 +66,7 @@ def run_preset(tmp_path: Path, name: str, **params) -> Path:
     shrink_preset(project, name, **{**FAST, **params})
     commit(project)
     before = (project / "params.yaml").read_bytes()
-    done = run([sys.executable, "-m", "tasks.presets", name], project)
+    done = run([sys.executable, "-m", "tasks.commands.presets", name], project)
     assert f"experiment '{name}' done" in done.stdout and f"dvc exp apply {name}" in done.stdout
     assert (project / "params.yaml").read_bytes() == before
     assert not (project / "dvc.lock").exists()
@@ -140,7 +140,7 @@ def test_overrides_replace_whole_mappings_as_the_typed_params_do():
 def test_a_bad_preset_changes_nothing(tmp_path):
     project = make_project(tmp_path / "project")
     before = (project / "params.yaml").read_bytes()
-    unknown = run([sys.executable, "-m", "tasks.presets", "nope"], project, check=False)
+    unknown = run([sys.executable, "-m", "tasks.commands.presets", "nope"], project, check=False)
     assert unknown.returncode == 1 and "unknown preset 'nope'" in unknown.stderr
     assert "conll2003" in unknown.stderr and "sst2" in unknown.stderr
     broken = {
@@ -153,7 +153,7 @@ def test_a_bad_preset_changes_nothing(tmp_path):
     expected = {"flat": "expected a 'params:' mapping", "bad-value": "train.learning_rate"}
     expected["outside"] = "'data/mine': the target must be data/external/NAME or models/"
     for name, message in expected.items():
-        done = run([sys.executable, "-m", "tasks.presets", name], project, check=False)
+        done = run([sys.executable, "-m", "tasks.commands.presets", name], project, check=False)
         assert done.returncode == 1 and message in done.stderr, done.stderr
     assert (project / "params.yaml").read_bytes() == before
     assert not list((project / "data" / "external").glob("*.dvc"))
@@ -181,7 +181,7 @@ def test_a_preset_runs_as_an_experiment_and_leaves_params_alone(tmp_path):
     )
     commit(project)
     before = (project / "params.yaml").read_bytes()
-    command = [sys.executable, "-m", "tasks.presets", "toy", "--stage", "validate"]
+    command = [sys.executable, "-m", "tasks.commands.presets", "toy", "--stage", "validate"]
     first = run(command, project)
     assert "importing ../shared/datasets/toy -> data/external/toy" in first.stdout
     assert "experiment 'toy' done" in first.stdout and "dvc exp apply toy" in first.stdout

@@ -31,7 +31,7 @@ from conftest import (
     toy_text_frame,
 )
 
-from tasks.servers import tracking_server_command
+from tasks.commands.servers import tracking_server_command
 
 TINY = "models/pretrained/tiny"
 MODEL = "reviews-text-classifier"  # register.model_name auto: the data file's stem + task

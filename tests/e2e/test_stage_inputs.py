@@ -40,7 +40,7 @@ def _imported_modules(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from tasks import tracking` imports the module tasks.tracking.
+            # `from tasks.core import tracking` imports the module tasks.core.tracking.
             names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
         else:
             continue
@@ -93,7 +93,7 @@ def test_import_walk_follows_lazy_imports():
 
 # --- params each stage reads ------------------------------------------------------------------
 
-# Installed into every Python process of the test project (PYTHONPATH). When tasks.config is
+# Installed into every Python process of the test project (PYTHONPATH). When tasks.core.config is
 # imported, Section.__getattribute__ records each leaf field read (as its params key) and
 # model_dump records every key it dumps. Reads while validating (load_params, overlays) and
 # the dump that only logs params to MLflow (tracking.log_params) are not reads of an input.
@@ -168,7 +168,7 @@ def _save():
 
 class _WhenConfigLoads(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != "tasks.config":
+        if name != "tasks.core.config":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
@@ -252,11 +252,11 @@ def test_changed_inputs_rerun_exactly_their_stages(recorded_reads):
     report after it, which shows its decision) every time: neither output is ever restored
     from the run cache behind MLflow's back."""
     _, project = recorded_reads
-    sources = project / "tasks/sources.py"
+    sources = project / "tasks/core/sources.py"
     original = sources.read_text()
     sources.write_text(original + "\n# an edit to a parser\n")
     status = run(["dvc", "status"], project).stdout
-    assert "prepare:" in status and "modified:           tasks/sources.py" in status
+    assert "prepare:" in status and "modified:           tasks/core/sources.py" in status
     sources.write_text(original)
     assert run(["dvc", "status"], project).stdout.strip() == "Data and pipelines are up to date."
 

@@ -2,7 +2,7 @@
 
 The MLflow UI runs on a store written by the project's tracking code (two pipeline
 executions, one failed, and a registered model with its champion); the Prefect server holds
-the nightly deployment. Both are started by tasks.ui (what ``make ui`` and ``make
+the nightly deployment. Both are started by tasks.commands.ui (what ``make ui`` and ``make
 prefect-server`` run) on free 127.0.0.1 ports. Assertions are on page text; screenshots go
 to ``.state/tmp/ui-screenshots`` as artifacts.
 """
@@ -24,8 +24,9 @@ import pytest
 from browser import Browser, find_chromium, new_profile
 from conftest import ROOT, project_env
 
-from tasks import tracking, ui
-from tasks.config import load_params
+from tasks.commands import ui
+from tasks.core import tracking
+from tasks.core.config import load_params
 
 SCREENSHOTS = ROOT / ".state" / "tmp" / "ui-screenshots"
 MODEL = "toy-sentiment"
@@ -111,7 +112,7 @@ def test_mlflow_ui_shows_the_training_runs_and_the_champion(browser, tmp_path, m
     command, env = ui.mlflow_server(port, state_dir=state)
     base = f"http://127.0.0.1:{port}"
     with server(command, env, f"{base}/health", tmp_path / "mlflow.log"):
-        # The URL `python -m tasks.ui mlflow` prints: the runs list, not the traces overview.
+        # The URL `finetune ui mlflow` prints: the runs list, not the traces overview.
         runs = browser.page(
             ui.experiment_url(base, experiment_id),
             ["rotten_tomatoes text_classification", "matching runs"],

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_params, write_toy_prepared
 
-from tasks.errors import StageError
-from tasks.modeling import (
+from tasks.core.batching import (
     LengthGroupedSampler,
     TokenBudgetBatches,
     buckets,
@@ -21,6 +20,7 @@ from tasks.modeling import (
     scaled_learning_rate,
     token_budget,
 )
+from tasks.core.errors import StageError
 
 torch = pytest.importorskip("torch")
 CUDA = torch.cuda.is_available()
@@ -62,8 +62,9 @@ def trainer_for(task: str, data, tokenizer, tiny_model_dir: Path, tmp_path: Path
     """The train stage's Trainer subclass, as train() builds it (no training run)."""
     from transformers import TrainingArguments
 
-    from tasks.modeling import model_class, model_columns
-    from tasks.training import trainer_classes
+    from tasks.core.batching import model_columns
+    from tasks.core.model import model_class
+    from tasks.core.training import trainer_classes
 
     trainer_cls, _, _ = trainer_classes()
     model = model_class(task).from_pretrained(tiny_model_dir, num_labels=5)
@@ -194,8 +195,9 @@ def test_train_with_a_token_budget_learns_and_scales_the_learning_rate(tmp_path,
 def test_predict_with_a_budget_matches_batch_size_predictions(tokenized, tiny_model_dir):
     import numpy as np
 
+    from tasks.core.model import model_class
+    from tasks.core.precision import Precision
     from tasks.evaluate import predict
-    from tasks.modeling import Precision, model_class
 
     datasets, tokenizer = tokenized
     for task, data in datasets.items():
@@ -218,7 +220,7 @@ def test_length_grouped_sampler_batches_use_few_bucket_shapes():
 def test_cuda_precision_turns_cudnn_attention_off_and_buckets_run():
     from transformers import BertConfig, BertForSequenceClassification
 
-    from tasks.modeling import choose_precision
+    from tasks.core.precision import choose_precision
 
     torch.backends.cuda.enable_cudnn_sdp(True)
     precision = choose_precision("auto")
@@ -236,8 +238,8 @@ def test_cuda_precision_turns_cudnn_attention_off_and_buckets_run():
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_cuda_auto_budget_is_tens_of_thousands_of_tokens():
-    from tasks.config import TrainParams
-    from tasks.modeling import choose_precision
+    from tasks.core.config import TrainParams
+    from tasks.core.precision import choose_precision
 
     device = choose_precision("auto").device
     assert token_budget(TrainParams().max_tokens_per_batch, device, "train") >= 10_000

@@ -11,11 +11,12 @@ import pytest
 import yaml
 from conftest import tiny_params, write_toy_prepared
 
-from tasks.behaviour import cases_file, check_model, gate, load_cases, run_checks
-from tasks.config import BehaviourParams
-from tasks.errors import StageError
-from tasks.evaluate import evaluate, load_model
-from tasks.modeling import choose_precision
+from tasks.core.behaviour import cases_file, check_model, gate, load_cases, run_checks
+from tasks.core.config import BehaviourParams
+from tasks.core.errors import StageError
+from tasks.core.model import load_model
+from tasks.core.precision import choose_precision
+from tasks.evaluate import evaluate
 from tasks.tokenize import tokenize
 from tasks.train import train
 
@@ -214,7 +215,7 @@ def test_real_encoder_passes_the_shipped_checks_well_above_chance(tmp_path):
     through the stage's own run (MLflow included)."""
     import mlflow
 
-    from tasks.config import Params
+    from tasks.core.config import Params
     from tasks.evaluate import run_stage
     from tasks.prepare import prepare
 
@@ -250,9 +251,9 @@ def test_real_encoder_passes_the_shipped_checks_well_above_chance(tmp_path):
 def test_the_sst2_preset_maps_its_0_1_labels_to_sentiments():
     from conftest import ROOT
 
-    from tasks.behaviour import sentiment_indices
-    from tasks.config import load_params
-    from tasks.presets import load_preset
+    from tasks.commands.presets import load_preset
+    from tasks.core.behaviour import sentiment_indices
+    from tasks.core.config import load_params
 
     sst2 = load_params(ROOT / "params.yaml", load_preset("sst2").params).evaluate.behaviour
     assert sentiment_indices({0: "0", 1: "1"}, sst2.sentiment_labels) == {

@@ -13,9 +13,9 @@ import yaml
 from conftest import free_port, run, start_server, stop_server
 from typer.testing import CliRunner
 
-from tasks.config import Params
-from tasks.environment import PROJECT_ROOT
-from tasks.main import app
+from tasks.commands.main import app
+from tasks.core.config import Params
+from tasks.core.environment import PROJECT_ROOT
 
 FINETUNE = Path(sys.executable).parent / "finetune"
 STAGES = ["prepare", "validate", "tokenize", "tune", "train", "evaluate", "register", "report"]
@@ -61,7 +61,7 @@ def test_finetune_help_lists_every_command_without_importing_the_stages() -> Non
     assert "Stage prepare: read the configured source" in listed  # its module's summary
     # Listing loads no stage: transformers, MLflow and Prefect are imported on use only.
     probe = (
-        "import sys\nfrom tasks.main import app\n"
+        "import sys\nfrom tasks.commands.main import app\n"
         "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('transformers', 'mlflow', 'prefect', 'tasks.train') "
         "if m in sys.modules))"
@@ -118,8 +118,8 @@ def test_predict_a_file_as_json_with_progress_and_serve_the_model(
     import mlflow
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from tasks.modeling import iob2_tags
-    from tasks.predict import CHUNK
+    from tasks.commands.predict import CHUNK
+    from tasks.core.labels import iob2_tags
     from tasks.register import EntityPipeline
 
     labels = iob2_tags(["PER"])
@@ -147,7 +147,7 @@ def test_predict_a_file_as_json_with_progress_and_serve_the_model(
     params.write_text(yaml.safe_dump(raw), encoding="utf-8")
 
     command = ["predict", "--file", str(file), "--json", "--model-uri", info.model_uri]
-    with caplog.at_level("INFO", logger="tasks.predict"):
+    with caplog.at_level("INFO", logger="tasks.commands.predict"):
         result = CliRunner().invoke(
             app, [*command, "--params", str(params)], env={"FINETUNE_PROGRESS": "lines"}
         )
@@ -155,7 +155,7 @@ def test_predict_a_file_as_json_with_progress_and_serve_the_model(
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [record["text"] for record in records] == texts
     assert all(isinstance(record["entities"], list) for record in records)
-    progress = [r.getMessage() for r in caplog.records if r.name == "tasks.predict"]
+    progress = [r.getMessage() for r in caplog.records if r.name == "tasks.commands.predict"]
     assert any(f"text {CHUNK}/{len(texts)}" in line for line in progress), progress
     assert f"text {len(texts)}/{len(texts)} (100%)" in progress[-1]
 

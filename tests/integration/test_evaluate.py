@@ -10,9 +10,10 @@ import shutil
 import pytest
 from conftest import ROOT, build_tiny_model, make_project, run, set_params, tiny_params
 
-from tasks.errors import StageError
-from tasks.evaluate import evaluate, words_from_subtokens
-from tasks.metrics import entity_scores, text_scores
+from tasks.core.errors import StageError
+from tasks.core.labels import words_from_subtokens
+from tasks.core.metrics import entity_scores, text_scores
+from tasks.evaluate import evaluate
 
 
 def test_entity_scores_match_hand_computed_values():

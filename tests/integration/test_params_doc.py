@@ -13,17 +13,17 @@ import yaml
 from conftest import run
 from pydantic import BaseModel
 
-import tasks.config
-from tasks.environment import PROJECT_ROOT
-from tasks.paramsdoc import SCHEMA_FILE, all_keys, check, schema
+import tasks.core.config
+from tasks.commands.paramsdoc import SCHEMA_FILE, all_keys, check, schema
+from tasks.core.environment import PROJECT_ROOT
 
 FINETUNE = Path(sys.executable).parent / "finetune"
 MODELS = [
     model
-    for model in vars(tasks.config).values()
+    for model in vars(tasks.core.config).values()
     if isinstance(model, type)
     and issubclass(model, BaseModel)
-    and model.__module__ == "tasks.config"
+    and model.__module__ == "tasks.core.config"
 ]
 
 
@@ -37,7 +37,7 @@ def test_committed_params_and_schema_agree_with_the_config() -> None:
     assert check() == []
     assert SCHEMA_FILE.read_text(encoding="utf-8") == schema(), "run `finetune params --schema`"
     done = run([str(FINETUNE), "params", "--check"], PROJECT_ROOT)
-    assert f"params.yaml agrees with tasks/config.py ({len(all_keys())} keys)" in done.stdout
+    assert f"params.yaml agrees with tasks/core/config.py ({len(all_keys())} keys)" in done.stdout
 
 
 def test_the_schema_accepts_params_yaml_and_rejects_a_wrong_value() -> None:

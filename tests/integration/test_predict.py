@@ -8,8 +8,8 @@ import mlflow
 import pytest
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-from tasks.modeling import iob2_tags
-from tasks.predict import predict, render
+from tasks.commands.predict import predict, render
+from tasks.core.labels import iob2_tags
 from tasks.register import EntityPipeline
 
 
@@ -78,7 +78,7 @@ def test_offsets_of_the_uncased_tokenizer_keep_case_accents_and_spacing(tiny_mod
 
 
 def test_served_model_returns_the_users_words(tiny_model_dir, tmp_path, sqlite_store):
-    """Log the pyfunc wrapper, load it back through tasks.predict: every entity's word is
+    """Log the pyfunc wrapper, load it back through tasks.commands.predict: every entity's word is
     the input's slice, in its original case. The head is crafted (zero weights, a bias
     towards B-PER) so that every word is an entity of its own."""
     import torch
@@ -126,7 +126,7 @@ def test_no_champion_says_why_and_what_to_do(sqlite_store):
     """A first model below register.min_score is only challenger: predict names the alias
     that exists, the gate's reason, and what to run; a missing model says to run the
     pipeline."""
-    from tasks.errors import StageError
+    from tasks.core.errors import StageError
 
     client = mlflow.MlflowClient()
     with mlflow.start_run() as run:
@@ -151,8 +151,8 @@ def test_no_champion_says_why_and_what_to_do(sqlite_store):
 
 
 def test_auto_model_name_follows_data_and_task():
-    from tasks.config import Params
-    from tasks.tracking import registered_model_name
+    from tasks.core.config import Params
+    from tasks.core.tracking import registered_model_name
 
     text = Params.model_validate({})
     assert text.register_.model_name == "auto"

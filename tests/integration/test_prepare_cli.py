@@ -12,13 +12,13 @@ import pytest
 from conftest import ROOT, make_project
 from prepare_data import reviews_csv, run_prepare, user_data, write_params
 
-from tasks import sources
-from tasks.sources import BUILTINS
+from tasks.core import sources
+from tasks.core.sources import BUILTINS
 
 
 def test_fetch_command_fills_the_shared_cache():
     done = subprocess.run(
-        [sys.executable, "-m", "tasks.sources", "fetch"],
+        [sys.executable, "-m", "tasks.core.sources", "fetch"],
         cwd=ROOT,
         env=os.environ,  # FINETUNE_DOWNLOAD_CACHE: the main checkout's cache (conftest)
         capture_output=True,

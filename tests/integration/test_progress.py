@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import ROOT, run
 
-from tasks.progress import Progress, install
+from tasks.core.progress import Progress, install
 
 
 def test_progress_logs_one_line_every_few_percent(caplog, monkeypatch):

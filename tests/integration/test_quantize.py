@@ -15,8 +15,8 @@ from test_register import _train
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from tasks.predict import predict
-from tasks.quantize import is_quantized, quantize_model
+from tasks.commands.predict import predict
+from tasks.commands.quantize import is_quantized, quantize_model
 
 MIN_AGREEMENT = 0.9
 
@@ -89,7 +89,7 @@ def test_predict_cli_quantize_flag(text_model):
     params_file = text_model.root / "params.yaml"
     params_file.write_text(yaml.safe_dump(text_model.params.model_dump(mode="json", by_alias=True)))
     done = run(
-        [sys.executable, "-m", "tasks.predict", "--params", str(params_file), "--json",
+        [sys.executable, "-m", "tasks.commands.predict", "--params", str(params_file), "--json",
          "--quantize", "a great film", "an awful plot"],
         ROOT,
     )  # fmt: skip

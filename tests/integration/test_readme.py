@@ -8,9 +8,9 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from tasks.environment import PROJECT_ROOT
-from tasks.main import app
-from tasks.paramsdoc import all_keys
+from tasks.commands.main import app
+from tasks.commands.paramsdoc import all_keys
+from tasks.core.environment import PROJECT_ROOT
 
 README = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
 SECTIONS = sorted({key.path.split(".")[0] for key in all_keys()})
@@ -146,7 +146,7 @@ def test_params_keys_named_in_the_readme_exist() -> None:
     named = named_params_keys(README)
     assert {"register.min_score", "tune.enabled"} <= named
     unknown = sorted(word for word in named if not known_key(word, paths, leaves))
-    assert not unknown, f"README names params keys tasks/config.py lacks: {unknown}"
+    assert not unknown, f"README names params keys tasks/core/config.py lacks: {unknown}"
 
 
 def test_files_named_in_the_readme_exist() -> None:
@@ -156,7 +156,7 @@ def test_files_named_in_the_readme_exist() -> None:
         ).stdout.split()
     )
     named = named_paths(README)
-    assert {"dvc.yaml", "tasks/config.py", "reports/metrics.json"} <= named
+    assert {"dvc.yaml", "tasks/core/config.py", "reports/metrics.json"} <= named
     missing = sorted(word for word in named if not exists(word, tracked, declared_outputs()))
     assert not missing, (
         f"README names files that are neither in git nor written by a stage: {missing}"

@@ -47,7 +47,7 @@ class Trained:
 
     @property
     def name(self) -> str:
-        from tasks.tracking import registered_model_name
+        from tasks.core.tracking import registered_model_name
 
         return registered_model_name(self.params)
 
@@ -380,7 +380,7 @@ def test_predict_cli_prints_labels_and_entity_spans(text_model, token_model):
         texts = trained.root / "texts.txt"
         texts.write_text("alice smith liked paris\n\nthe film was great\n")
         done = run(
-            [sys.executable, "-m", "tasks.predict", "--params", str(params_file), "--json",
+            [sys.executable, "-m", "tasks.commands.predict", "--params", str(params_file), "--json",
              "--file", str(texts), "a dull movie"],
             ROOT,
         )  # fmt: skip
@@ -393,7 +393,9 @@ def test_predict_cli_prints_labels_and_entity_spans(text_model, token_model):
         {k: e[k] for k in ("entity", "word")} for e in first["entities"]
     ]
     missing = run(
-        [sys.executable, "-m", "tasks.predict", "--params", str(params_file)], ROOT, check=False
+        [sys.executable, "-m", "tasks.commands.predict", "--params", str(params_file)],
+        ROOT,
+        check=False,
     )
     assert missing.returncode == 1
     assert "predict: error: no text given" in missing.stderr

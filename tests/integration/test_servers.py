@@ -1,5 +1,5 @@
 """Past one machine: the pipeline's MLflow stages against a real ``mlflow server`` on a real
-PostgreSQL, with artifacts proxied by the server (``tasks.servers``)."""
+PostgreSQL, with artifacts proxied by the server (``tasks.commands.servers``)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from conftest import (
 )
 from test_register import Trained
 
-from tasks.errors import StageError
+from tasks.commands.servers import Postgres, tracking_server_command
+from tasks.core.errors import StageError
 from tasks.evaluate import evaluate
-from tasks.servers import Postgres, tracking_server_command
 from tasks.tokenize import tokenize
 from tasks.train import train
 
@@ -130,7 +130,14 @@ def test_predict_loads_the_champion_through_the_server(served_model, tracking_se
     raw["tracking"]["uri"] = None
     params_file = served_model.root / "params-env.yaml"
     params_file.write_text(yaml.safe_dump(raw))
-    command = [sys.executable, "-m", "tasks.predict", "--params", str(params_file), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "tasks.commands.predict",
+        "--params",
+        str(params_file),
+        "--json",
+    ]
     done = run(
         [*command, "a great film", "a dull plot"],
         ROOT,
@@ -169,7 +176,7 @@ def test_make_targets_commands_in_a_project_copy(reachable_copy, tmp_path):
     stop command stops it; a second start on another port is refused by name."""
     project_copy = reachable_copy
     pg_port, port = free_port(), free_port()
-    servers = [sys.executable, "-m", "tasks.servers"]
+    servers = [sys.executable, "-m", "tasks.commands.servers"]
     state = project_copy / ".state"
     server = start_server(
         [*servers, "tracking", "--port", str(port), "--postgres-port", str(pg_port)],

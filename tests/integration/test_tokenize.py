@@ -12,8 +12,8 @@ import pytest
 import yaml
 from conftest import ROOT, project_env, tiny_params, write_toy_prepared
 
-from tasks.errors import StageError
-from tasks.modeling import vocab_hash
+from tasks.core.errors import StageError
+from tasks.core.model import vocab_hash
 from tasks.tokenize import align_labels, encode_words, load_tokenized, tokenize
 
 TAG2ID = {"O": 0, "B-LOC": 1, "I-LOC": 2, "B-PER": 3, "I-PER": 4}

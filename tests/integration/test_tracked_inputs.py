@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import make_project, run, set_params, write_toy_prepared
 
-from tasks.config import Params, untracked_inputs
+from tasks.core.config import Params, untracked_inputs
 
 SECRET = "NOT-USER-DATA-7f3a"  # a line of a file outside the project: never echoed
 FIX = "dvc import-url"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from tasks import tracking
-from tasks.config import load_params
+from tasks.core import tracking
+from tasks.core.config import load_params
 
 STAGES = ["tokenize", "tune", "train", "evaluate", "register", "report"]
 

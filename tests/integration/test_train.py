@@ -23,12 +23,13 @@ from conftest import (
 )
 from conftest import run as run_command
 
-from tasks.config import load_params
-from tasks.errors import StageError
-from tasks.modeling import LengthGroupedSampler, choose_precision, cpu_supports_bf16
+from tasks.core.batching import LengthGroupedSampler
+from tasks.core.config import load_params
+from tasks.core.errors import StageError
+from tasks.core.precision import choose_precision, cpu_supports_bf16
+from tasks.core.training import build_model, head_parameter_names
 from tasks.tokenize import tokenize
 from tasks.train import train
-from tasks.training import build_model, head_parameter_names
 
 
 def prepare_run(directory: Path, params, task: str = "text_classification", **sizes) -> Path:
@@ -61,7 +62,7 @@ def validation_loss(model_dir: Path, tokenized: Path) -> float:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tasks.modeling import make_collator, model_columns
+    from tasks.core.batching import make_collator, model_columns
     from tasks.tokenize import load_tokenized
 
     data, _ = load_tokenized(tokenized)
@@ -398,7 +399,7 @@ def test_a_head_for_the_same_labels_is_kept_and_reordered(tmp_path, tiny_model_d
     )  # fmt: skip
     source.save_pretrained(tmp_path / "source")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "source")
-    from tasks.modeling import resolve_model_source
+    from tasks.core.model import resolve_model_source
 
     start = resolve_model_source(str(tmp_path / "source"))
     model, head = build_model("text_classification", start, ["negative", "positive"], None)
@@ -530,9 +531,9 @@ def test_every_selectable_metric_is_scored_and_auto_means_the_same_everywhere(ta
     import numpy as np
     from transformers import EvalPrediction
 
-    from tasks.config import TASK_METRICS
+    from tasks.core.config import TASK_METRICS
+    from tasks.core.training import metrics_function
     from tasks.register import metric_key
-    from tasks.training import metrics_function
 
     labels = ["neg", "pos"] if task == "text_classification" else ["O", "B-PER", "I-PER"]
     if task == "text_classification":

@@ -18,7 +18,7 @@ import yaml
 from conftest import ROOT, make_project, project_env, start_point_in
 from test_tune import FAST_SPACE, make_tracking, tokenized_without_test, tune_section
 
-from tasks.config import load_params
+from tasks.core.config import load_params
 from tasks.tune import tune
 from tasks.tuning.results import BEST_PARAMS
 from tasks.tuning.space import DEFAULTS_ROLE

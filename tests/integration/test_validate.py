@@ -23,8 +23,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from tasks.config import load_params
-from tasks.errors import StageError
+from tasks.core.config import load_params
+from tasks.core.errors import StageError
 from tasks.validate import NOT_SPACE, ValidationReport, validate
 
 SOURCE = "data/external/reviews.csv"

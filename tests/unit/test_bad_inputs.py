@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.config import Params
-from tasks.errors import StageError
+from tasks.core.config import Params
+from tasks.core.errors import StageError
 from tasks.prepare import prepare
 
 

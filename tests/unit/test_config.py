@@ -4,7 +4,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from tasks.config import ParamsError, load_params
+from tasks.core.config import ParamsError, load_params
 
 PROJECT_PARAMS = ROOT / "params.yaml"
 

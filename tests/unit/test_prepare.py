@@ -20,11 +20,11 @@ from prepare_data import (
     write_params,
 )
 
-from tasks import sources
-from tasks.config import DataParams, load_params
-from tasks.errors import StageError
+from tasks.core import sources
+from tasks.core.config import DataParams, load_params
+from tasks.core.errors import StageError
+from tasks.core.sources import BUILTINS, BuiltinDataset, iob1_to_iob2, read_builtin, read_user_file
 from tasks.prepare import split_frame
-from tasks.sources import BUILTINS, BuiltinDataset, iob1_to_iob2, read_builtin, read_user_file
 
 # --- formats ---------------------------------------------------------------------------
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.config import Params
-from tasks.errors import StageError
+from tasks.core.config import Params
+from tasks.core.errors import StageError
+from tasks.core.sources import _parse_conll
 from tasks.prepare import prepare, split_frame
-from tasks.sources import _parse_conll
 
 SPLITS = ("train", "validation", "test")
 TEXT = {"text_column": "review", "label_column": "sentiment"}

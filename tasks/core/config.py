@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.environment import PROJECT_ROOT
+from tasks.core.environment import PROJECT_ROOT
 
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
 
@@ -466,9 +466,11 @@ SentimentName = Literal["positive", "negative"]
 
 
 class BehaviourParams(Section):
-    """Behavioural checks of the trained model in ``evaluate`` (tasks/behaviour.py)."""
+    """Behavioural checks of the trained model in ``evaluate`` (tasks/core/behaviour.py)."""
 
-    enabled: bool = Field(True, description="run the checks of tasks/behaviour_cases/<task>.yaml")
+    enabled: bool = Field(
+        True, description="run the checks of tasks/core/behaviour_cases/<task>.yaml"
+    )
     min_pass_rate: Share | None = Field(
         None,
         description="null: report only; a number: evaluate fails when a check passes less often",
@@ -743,7 +745,7 @@ def untracked_inputs(
 
     Args:
         params: validated parameters.
-        project_root: the project of the running stage (``tasks.environment.PROJECT_ROOT``).
+        project_root: the project of the running stage (``tasks.core.environment.PROJECT_ROOT``).
         keys: which inputs to check (a stage checks the ones it reads).
         base: the folder relative paths are read from (default: the current directory,
             the project root when DVC runs the stage).

@@ -26,10 +26,10 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from tasks.cli import reflow, stage_command
-from tasks.config import DEFAULT_PARAMS
-from tasks.environment import PROJECT_ROOT
-from tasks.paramsdoc import stage_help
+from tasks.commands.paramsdoc import stage_help
+from tasks.core.cli import reflow, stage_command
+from tasks.core.config import DEFAULT_PARAMS
+from tasks.core.environment import PROJECT_ROOT
 
 # name -> (module, its Typer app, help panel); each app is the module's own command line.
 DELEGATED = {
@@ -41,11 +41,11 @@ DELEGATED = {
     "evaluate": ("tasks.evaluate", "Stages"),
     "register": ("tasks.register", "Stages"),
     "report": ("tasks.report", "Stages"),
-    "predict": ("tasks.predict", "Models"),
-    "ui": ("tasks.ui", "Servers"),
+    "predict": ("tasks.commands.predict", "Models"),
+    "ui": ("tasks.commands.ui", "Servers"),
     "deploy": ("flows.deploy", "Pipeline"),
-    "servers": ("tasks.servers", "Servers"),
-    "sources": ("tasks.sources", "Pipeline"),
+    "servers": ("tasks.commands.servers", "Servers"),
+    "sources": ("tasks.core.sources", "Pipeline"),
 }
 # Listed in this order (panels too); a module whose docstring is not about its command line
 # gets its summary here.
@@ -63,7 +63,7 @@ def summary(module: str) -> str:
 
 def load(name: str) -> click.Command:
     """The click command of ``finetune NAME``: the module's own Typer app (a stage's help
-    lists the params it reads, from tasks/config.py's descriptions)."""
+    lists the params it reads, from tasks/core/config.py's descriptions)."""
     module = importlib.import_module(DELEGATED[name][0])
     command = typer.main.get_command(module.app)
     command.name = name
@@ -140,7 +140,7 @@ def run(
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call
         training_pipeline(preset=preset, stages=stage or None)
     elif preset:
-        from tasks.presets import main as run_preset
+        from tasks.commands.presets import main as run_preset
 
         run_preset(preset, stage=stage, experiment=None, project=PROJECT_ROOT)
     else:
@@ -162,10 +162,10 @@ def serve(
     MLflow's own model server (`mlflow models serve`, local environment), reading the
     registry at tracking.uri, else MLFLOW_TRACKING_URI, else the project's store.
     """
-    from tasks import tracking
-    from tasks.config import load_params
-    from tasks.errors import StageError
-    from tasks.predict import registry_hint
+    from tasks.commands.predict import registry_hint
+    from tasks.core import tracking
+    from tasks.core.config import load_params
+    from tasks.core.errors import StageError
 
     params = load_params(params_path)
     uri = tracking.use_store(params)
@@ -186,8 +186,8 @@ def params(
     ),
     params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to check"),
 ) -> None:
-    """Every params.yaml key with its default and meaning (from tasks/config.py)."""
-    from tasks import paramsdoc
+    """Every params.yaml key with its default and meaning (from tasks/core/config.py)."""
+    from tasks.commands import paramsdoc
 
     paramsdoc.main(as_schema=schema, as_check=check, params=params_path)
 

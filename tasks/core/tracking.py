@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from tasks.config import Params
-from tasks.environment import PROJECT_ROOT, STATE_DIR
-from tasks.errors import StageError
+from tasks.core.config import Params
+from tasks.core.environment import PROJECT_ROOT, STATE_DIR
+from tasks.core.errors import StageError
 
 PIPELINE_TAG = "pipeline.id"
 STAGE_TAG = "pipeline.stage"

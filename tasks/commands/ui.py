@@ -1,7 +1,7 @@
 """The two web UIs: MLflow (runs, trials, registry) and Prefect (flow runs, deployments).
 
-    python -m tasks.ui mlflow              # http://127.0.0.1:5000
-    python -m tasks.ui prefect --port 4255 # http://127.0.0.1:4255
+    python -m tasks.commands.ui mlflow              # http://127.0.0.1:5000
+    python -m tasks.commands.ui prefect --port 4255 # http://127.0.0.1:4255
 
 Both bind 127.0.0.1 and keep their state in the project (``.state/``). The Prefect UI is a
 browser app that calls the API at the address ``/ui-settings`` gives it; ``prefect server
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import typer
 
-from tasks.environment import STATE_DIR
+from tasks.core.environment import STATE_DIR
 
 HOST = "127.0.0.1"
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
@@ -29,7 +29,7 @@ def mlflow_server(
 ) -> tuple[list[str], dict[str, str]]:
     """Command and environment of ``mlflow server`` on ``store_uri`` (default: the project's
     SQLite store, artifacts served from beside it)."""
-    from tasks.tracking import default_tracking_uri
+    from tasks.core.tracking import default_tracking_uri
 
     uri = store_uri or default_tracking_uri(state_dir)
     if uri.startswith("sqlite:///"):
@@ -62,7 +62,7 @@ def experiment_url(base: str, experiment_id: str) -> str:
 
     MLflow 3.17's UI opens every experiment on its GenAI traces overview unless the URL (or
     the browser's last choice) selects the model-training workflow; the experiment's
-    ``mlflow.experimentKind`` tag (set by tasks.tracking) is what older 3.x UIs read.
+    ``mlflow.experimentKind`` tag (set by tasks.core.tracking) is what older 3.x UIs read.
     """
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
@@ -80,7 +80,7 @@ def mlflow_ui(
 
 def training_runs_url(base: str, store_uri: str) -> str:
     """:func:`experiment_url` of ``tracking.experiment`` when the store has it."""
-    from tasks.config import load_params
+    from tasks.core.config import load_params
 
     name = load_params().tracking.experiment
     if store_uri.startswith("sqlite:///") and Path(store_uri.removeprefix("sqlite:///")).exists():

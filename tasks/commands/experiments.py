@@ -8,7 +8,7 @@ saves the result as an experiment: a git ref plus DVC-cached outputs. ``dvc exp 
 it beside the workspace; ``dvc exp apply NAME`` brings its params, ``dvc.lock`` and outputs in.
 
 Inside the copy the stages keep using the project's ``.state/`` (MLflow runs and registry,
-Optuna studies, checkpoints, caches): see :func:`tasks.environment.state_dir`.
+Optuna studies, checkpoints, caches): see :func:`tasks.core.environment.state_dir`.
 
 Before any work the overrides are validated by the typed params (a bad key is named), and the
 exact ``-S`` arguments are checked to produce, through DVC's own override code, the same params.
@@ -31,8 +31,8 @@ from typing import Any
 
 import yaml
 
-from tasks.config import EXTERNAL_DATA_DIR, PRETRAINED_DIR, ParamsError, load_params
-from tasks.errors import StageError
+from tasks.core.config import EXTERNAL_DATA_DIR, PRETRAINED_DIR, ParamsError, load_params
+from tasks.core.errors import StageError
 
 # The input folders (dependencies in dvc.yaml): the only places data and start-point models
 # may come from, and where imports go.
@@ -83,7 +83,7 @@ def set_param_args(params_file: Path, overrides: Mapping[str, Any]) -> list[str]
     """``dvc exp run -S`` arguments that give ``params_file`` exactly ``overrides``.
 
     DVC parses ``-S`` with Hydra's grammar, which merges a mapping into an existing one;
-    ``overrides`` replace the value of each key (as :func:`tasks.config.load_params` does), so
+    ``overrides`` replace the value of each key (as :func:`tasks.core.config.load_params` does), so
     a mapping over a mapping is sent as delete (``~key``) then add (``++key=value``).
 
     Raises:

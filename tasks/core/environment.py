@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def state_dir(root: Path = PROJECT_ROOT) -> Path:

@@ -1,4 +1,4 @@
-"""The parameters, documented once: the field descriptions of tasks/config.py.
+"""The parameters, documented once: the field descriptions of tasks/core/config.py.
 
 From them come the table of ``finetune params`` (key, default, meaning), the JSON schema
 ``params.schema.json`` (editors complete and check ``params.yaml`` with it: see the
@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from tasks.config import DEFAULT_PARAMS, Params, ParamsError, load_params
-from tasks.environment import PROJECT_ROOT
+from tasks.core.config import DEFAULT_PARAMS, Params, ParamsError, load_params
+from tasks.core.environment import PROJECT_ROOT
 
 SCHEMA_FILE = PROJECT_ROOT / "params.schema.json"
 DVC_FILE = PROJECT_ROOT / "dvc.yaml"
@@ -132,7 +132,7 @@ def key_lines(text: str) -> dict[str, tuple[int, bool]]:
 
 
 def check(path: Path = DEFAULT_PARAMS, schema_file: Path = SCHEMA_FILE) -> list[str]:
-    """Where ``path`` disagrees with tasks/config.py, one line each (empty: it agrees).
+    """Where ``path`` disagrees with tasks/core/config.py, one line each (empty: it agrees).
 
     Every key must be present with the config's default and a comment (a key written in
     flow style, ``split: {train: 0.8, ...}``, is covered by its parent's comment); the
@@ -155,7 +155,7 @@ def check(path: Path = DEFAULT_PARAMS, schema_file: Path = SCHEMA_FILE) -> list[
         if not key.section and lookup(loaded, key.path) != key.default:
             problems.append(
                 f"{path}:{line}: {key.path}: {show(lookup(loaded, key.path))} here, but the "
-                f"default in tasks/config.py is {show(key.default)}"
+                f"default in tasks/core/config.py is {show(key.default)}"
             )
         if not commented:
             problems.append(f"{path}:{line}: {key.path}: no comment (say: {key.description})")
@@ -206,6 +206,6 @@ def main(as_schema: bool = False, as_check: bool = False, params: Path = DEFAULT
         problems = check(params)
         if problems:
             raise ParamsError("\n".join(problems))
-        print(f"{params.name} agrees with tasks/config.py ({len(all_keys())} keys)")
+        print(f"{params.name} agrees with tasks/core/config.py ({len(all_keys())} keys)")
     else:
         print(table())

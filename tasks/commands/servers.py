@@ -1,9 +1,9 @@
 """Local servers for working past one machine: PostgreSQL and an MLflow tracking server on it.
 
-    python -m tasks.servers postgres            # start PostgreSQL in the background, print its URL
-    python -m tasks.servers postgres --stop
-    python -m tasks.servers url mlflow          # the URL of a database (created when missing)
-    python -m tasks.servers tracking            # MLflow server on PostgreSQL, in the foreground
+    python -m tasks.commands.servers postgres        # start PostgreSQL in the background, print URL
+    python -m tasks.commands.servers postgres --stop
+    python -m tasks.commands.servers url mlflow      # the URL of a database (created when missing)
+    python -m tasks.commands.servers tracking        # MLflow server on PostgreSQL (foreground)
 
 PostgreSQL runs Debian's binaries (``initdb``/``pg_ctl``) on a data directory inside the
 project (``.state/postgres``), listening on 127.0.0.1 only (no Unix socket), with a role
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import typer
 
-from tasks.cli import stage_command
-from tasks.environment import STATE_DIR
-from tasks.errors import StageError
+from tasks.core.cli import stage_command
+from tasks.core.environment import STATE_DIR
+from tasks.core.errors import StageError
 
 ROLE = "finetune"
 SERVER_USER = "postgres"  # the OS user that runs PostgreSQL when we are root (Debian's own)
@@ -156,7 +156,7 @@ class Postgres:
             if int(lines[3]) != self.port:
                 raise StageError(
                     f"{self.data}: PostgreSQL is already running on port {lines[3]}, not "
-                    f"{self.port}; stop it first (python -m tasks.servers postgres --stop)"
+                    f"{self.port}; stop it first (python -m tasks.commands.servers postgres --stop)"
                 )
             return self
         options = f"-h 127.0.0.1 -p {self.port} -k ''"  # TCP on loopback only, no Unix socket

@@ -13,25 +13,23 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from tasks import distributed
-from tasks.config import TrainParams
-from tasks.errors import StageError
-from tasks.metrics import entity_scores, text_scores, word_level_tags
-from tasks.modeling import (
-    TASK_HEADS,
+from tasks.core import distributed
+from tasks.core.batching import (
     LengthGroupedSampler,
-    ModelSource,
-    Precision,
     TokenBudgetBatches,
     check_budget,
     inference_batches,
     mean_batch_examples,
-    model_class,
     position_cap,
     scaled_learning_rate,
     sorted_by_length,
     token_budget,
 )
+from tasks.core.config import TrainParams
+from tasks.core.errors import StageError
+from tasks.core.metrics import entity_scores, text_scores, word_level_tags
+from tasks.core.model import TASK_HEADS, ModelSource, model_class
+from tasks.core.precision import Precision
 
 # --- model ------------------------------------------------------------------------------------
 

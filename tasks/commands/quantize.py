@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.errors import StageError
+from tasks.core.errors import StageError
 
 
 def quantize_model(model: Any) -> Any:

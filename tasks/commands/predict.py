@@ -1,9 +1,9 @@
 """Predict with a registered model (the champion by default).
 
-    python -m tasks.predict "A moving, beautifully acted film."
-    python -m tasks.predict --file texts.txt --json      # progress on stderr
-    python -m tasks.predict --model-uri models:/rotten_tomatoes-text-classifier@challenger "..."
-    python -m tasks.predict --quantize --file texts.txt   # int8 dynamic quantization, CPU
+    python -m tasks.commands.predict "A moving, beautifully acted film."
+    python -m tasks.commands.predict --file texts.txt --json      # progress on stderr
+    finetune predict --model-uri models:/rotten_tomatoes-text-classifier@challenger "..."
+    python -m tasks.commands.predict --quantize --file texts.txt   # int8 dynamic quantization, CPU
 
 Text classification prints the label and its score per text; token classification prints
 each entity with its type, score, character span ``[start:end]`` and ``word``, which is
@@ -20,10 +20,10 @@ from typing import Any
 
 import typer
 
-from tasks.cli import stage_command
-from tasks.config import DEFAULT_PARAMS, load_params
-from tasks.errors import StageError
-from tasks.progress import Progress
+from tasks.core.cli import stage_command
+from tasks.core.config import DEFAULT_PARAMS, load_params
+from tasks.core.errors import StageError
+from tasks.core.progress import Progress
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -48,7 +48,7 @@ CHUNK = 256
 
 def predict(model_uri: str, texts: list[str], quantize: bool = False) -> list[dict[str, Any]]:
     """One record per text: ``{text, label, score}`` or ``{text, entities: [...]}``; with
-    ``quantize``, by the model's int8 dynamic-quantized copy (tasks/quantize.py)."""
+    ``quantize``, by the model's int8 dynamic-quantized copy (tasks/commands/quantize.py)."""
     return list(predict_chunks(model_uri, texts, quantize=quantize))
 
 
@@ -56,10 +56,10 @@ def predict_chunks(
     model_uri: str, texts: list[str], progress: bool = False, quantize: bool = False
 ) -> Iterator[dict[str, Any]]:
     """The records of :func:`predict`, :data:`CHUNK` texts per model call, reporting
-    texts done, rate and ETA (``tasks.progress``) when ``progress`` is set."""
+    texts done, rate and ETA (``tasks.core.progress``) when ``progress`` is set."""
     model = load_model(model_uri)
     if quantize:
-        from tasks.quantize import quantize_loaded
+        from tasks.commands.quantize import quantize_loaded
 
         quantize_loaded(model)
     reporter = Progress(len(texts), "predict", unit="text") if progress else None
@@ -158,7 +158,7 @@ def main(
     params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
 ) -> None:
     """Print predictions of the champion (or --model-uri) for the given texts."""
-    from tasks import tracking
+    from tasks.core import tracking
 
     params = load_params(params_path)
     tracking.use_store(params)

@@ -3,7 +3,7 @@ after CheckList: Ribeiro et al., 2020).
 
 Test scores say how often the model is right on data like its training data; these checks
 say whether it does obvious things right on text written to probe it. The cases are data,
-one file per task type in ``tasks/behaviour_cases/<task>.yaml``:
+one file per task type in ``tasks/core/behaviour_cases/<task>.yaml``:
 
 - ``mft`` (minimum functionality): obvious inputs get the expected label (sentiment) or the
   expected entities (NER).
@@ -27,10 +27,11 @@ from typing import Any
 
 import yaml
 
-from tasks.config import BehaviourParams
-from tasks.errors import StageError
-from tasks.evaluate import load_model, words_from_subtokens
-from tasks.modeling import entity_type, write_atomic, write_json
+from tasks.core.config import BehaviourParams
+from tasks.core.errors import StageError
+from tasks.core.io import write_atomic, write_json
+from tasks.core.labels import entity_type, words_from_subtokens
+from tasks.core.model import load_model
 
 CASES_DIR = Path(__file__).parent / "behaviour_cases"
 REPORT_FILE = "behaviour.json"
@@ -347,7 +348,7 @@ def gate(report: dict[str, Any], min_pass_rate: float | None) -> None:
 def check_model(params: Any, model_dir: Path, reports_dir: Path, path: Path | None = None):
     """The evaluate stage's checks: run, write ``behaviour.json`` and a section of
     ``eval_report.md``, then apply the gate. Returns the report (None when disabled)."""
-    from tasks.modeling import choose_precision
+    from tasks.core.precision import choose_precision
 
     settings = params.evaluate.behaviour
     target = Path(reports_dir) / REPORT_FILE
