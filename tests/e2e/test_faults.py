@@ -71,7 +71,7 @@ def registry(project: Path, uri: str | None = None) -> dict:
     """Versions of the project's model (number -> model md5) and its aliases."""
     script = (
         "import json, sys, mlflow; from tasks.core.config import load_params; "
-        "from tasks import tracking; params = load_params('params.yaml'); "
+        "from tasks.core import tracking; params = load_params('params.yaml'); "
         "tracking.use_store(params); client = mlflow.MlflowClient(); "
         "name = tracking.registered_model_name(params); "
         "versions = client.search_model_versions(f\"name = '{name}'\"); "

@@ -147,7 +147,7 @@ def test_predict_a_file_as_json_with_progress_and_serve_the_model(
     params.write_text(yaml.safe_dump(raw), encoding="utf-8")
 
     command = ["predict", "--file", str(file), "--json", "--model-uri", info.model_uri]
-    with caplog.at_level("INFO", logger="tasks.commands.predict"):
+    with caplog.at_level("INFO", logger="tasks.predict"):
         result = CliRunner().invoke(
             app, [*command, "--params", str(params)], env={"FINETUNE_PROGRESS": "lines"}
         )
@@ -155,7 +155,7 @@ def test_predict_a_file_as_json_with_progress_and_serve_the_model(
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [record["text"] for record in records] == texts
     assert all(isinstance(record["entities"], list) for record in records)
-    progress = [r.getMessage() for r in caplog.records if r.name == "tasks.commands.predict"]
+    progress = [r.getMessage() for r in caplog.records if r.name == "tasks.predict"]
     assert any(f"text {CHUNK}/{len(texts)}" in line for line in progress), progress
     assert f"text {len(texts)}/{len(texts)} (100%)" in progress[-1]
 

@@ -89,11 +89,12 @@ NOISE = (
 
 @pytest.mark.parametrize("stage", ["register", "evaluate", "tokenize", "predict"])
 def test_help_documents_the_stage_quietly(stage):
-    done = run([sys.executable, "-m", f"tasks.{stage}", "--help"], ROOT, COLUMNS="200")
+    name = "tasks.commands.predict" if stage == "predict" else f"tasks.{stage}"
+    done = run([sys.executable, "-m", name, "--help"], ROOT, COLUMNS="200")
     text = done.stdout + done.stderr
     assert not [noise for noise in NOISE if noise in text], text
     assert "see the module docstring" not in text
-    module = __import__(f"tasks.{stage}", fromlist=["_"])
+    module = __import__(name, fromlist=["_"])
     first_line = module.__doc__.strip().splitlines()[0].replace("[", "")
     assert first_line[:60] in text.replace("\\[", "").replace("[", ""), text
     assert str(ROOT) not in text, text  # defaults are shown relative to the project

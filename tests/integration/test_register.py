@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import signal
 import sys
@@ -359,9 +360,14 @@ def test_version_run_has_lineage(token_model):
     assert parent.data.tags["pipeline.stage"] == "pipeline"
     # The registry pages link the version to its pipeline run (which holds the report) and
     # its register run, with the score and the gate's decision.
-    experiment, parent_id = run.info.experiment_id, parent.info.run_id
-    assert f"(#/experiments/{experiment}/runs/{parent_id})" in version.description
-    assert f"(#/experiments/{experiment}/runs/{version.run_id})" in version.description
+    # (The latest register run: the module's fixture may have registered these weights again.)
+    links = re.findall(r"\(#/experiments/(\w+)/runs/(\w+)\)", version.description)
+    (pipeline_experiment, pipeline_id), (register_experiment, register_id) = links
+    assert pipeline_experiment == register_experiment == run.info.experiment_id
+    registered_by = client.get_run(register_id).data.tags
+    assert registered_by["pipeline.stage"] == "register"
+    assert registered_by["mlflow.parentRunId"] == pipeline_id
+    assert client.get_run(pipeline_id).data.tags["pipeline.stage"] == "pipeline"
     assert "report/report.html" in version.description
     assert f"**{report['score']:.4f}**" in version.description
     assert version.tags["decision"] in version.description
