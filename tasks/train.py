@@ -25,14 +25,10 @@ restore without forcing eval and save onto one schedule, and measurements of rea
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import logging
-import re
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,26 +38,27 @@ import typer
 
 from tasks.core import distributed, progress, tracking
 from tasks.core.batching import make_collator, model_columns
+from tasks.core.checkpoints import last_complete_checkpoint, restore_best, run_key
 from tasks.core.cli import stage_command
 from tasks.core.config import (
     BEST_PARAMS_FILE,
     DEFAULT_PARAMS,
     Params,
-    TrainParams,
     apply_tuned_params,
     load_params,
     require_tracked_inputs,
 )
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
-from tasks.core.io import replace_dir, write_json
+from tasks.core.io import write_json
 from tasks.core.model import (
-    ModelSource,
     load_matching_tokenizer,
     quiet_transformers,
     resolve_model_source,
+    save_model,
 )
 from tasks.core.precision import Precision, choose_precision
+from tasks.core.train_reports import histories, log_results, outcome, throughput, write_histories
 from tasks.core.training import (
     apply_method,
     batch_plan,
@@ -77,74 +74,8 @@ from tasks.tokenize import TOKENIZED_DIR, load_tokenized
 log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"
 REPORTS_DIR = PROJECT_ROOT / "reports"
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-HISTORY_FIELDS = ("step", "epoch", "loss", "learning_rate", "grad_norm")
 
 app = typer.Typer(add_completion=False, help=__doc__)
-
-
-# --- checkpoints ------------------------------------------------------------------------------
-
-
-def run_key(params: Params, source: ModelSource, precision: Precision, tokenized_dir: Path) -> str:
-    """Hash of everything that shapes the training run (not ``train.resume``).
-
-    Checkpoints live in ``.state/checkpoints/<key>``, outside every DVC out: DVC deletes a
-    stage's outs before it re-runs the stage, which would throw away the very checkpoints
-    a resume needs. Keying the directory by the inputs means a checkpoint is only ever
-    resumed into the same run; changed data or params start afresh.
-    """
-    digest = hashlib.sha256()
-    spec = {
-        "task": params.task,
-        "train": params.train.model_dump(mode="json", exclude={"resume"}),
-        "model": [source.spec, source.registry_version],
-        "precision": [precision.device, precision.dtype],
-    }
-    digest.update(json.dumps(spec, sort_keys=True).encode())
-    for path in sorted(Path(tokenized_dir).rglob("*")):
-        if path.is_file():
-            digest.update(str(path.relative_to(tokenized_dir)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def last_complete_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint that was completely written; half-written ones (the process
-    was killed while saving) are removed. ``trainer_state.json`` is written last."""
-    if not run_dir.is_dir():
-        return None
-    found = sorted(
-        (int(m.group(1)), p) for p in run_dir.iterdir() if (m := CHECKPOINT.match(p.name))
-    )
-    for _, path in reversed(found):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-            return path
-        except (OSError, ValueError):
-            log.warning("removing incomplete checkpoint %s", path)
-            shutil.rmtree(path, ignore_errors=True)
-    return None
-
-
-def _restore_best(model: Any, checkpoint: Path) -> None:
-    """Load the weights of the best epoch's checkpoint into ``model``."""
-    from safetensors.torch import load_file
-
-    if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
-
-        result = set_peft_model_state_dict(
-            model, load_file(checkpoint / "adapter_model.safetensors")
-        )
-        unexpected = result.unexpected_keys
-    else:
-        result = model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
-        unexpected = result.unexpected_keys
-        if result.missing_keys:
-            raise StageError(f"{checkpoint}: best checkpoint lacks {result.missing_keys[:5]}")
-    if unexpected:
-        raise StageError(f"{checkpoint}: best checkpoint has unexpected weights {unexpected[:5]}")
 
 
 def train(
@@ -179,20 +110,22 @@ def train(
     progress.install(trainer, "train")  # step/total, loss, tokens/s, ETA; no raw dicts
     counts = _fit(trainer, run.checkpoint, epoch_end)
     final = _best_model(trainer)
-    history, validation = _histories(trainer.state.log_history)
+    history, validation = histories(trainer.state.log_history)
     metrics = {
-        **_outcome(trainer.state, validation, run.metric, run.params.train),
+        **outcome(trainer.state, validation, run.metric, run.params.train),
         "resumed_from_step": counts.pop("resumed_from_step"),
         **_batches(run),
-        **_throughput(counts, epoch_end.eval_seconds),
+        **throughput(counts, epoch_end.eval_seconds),
         **_setup(run),
         "params_source": provenance["params_source"],  # tune | params.yaml
         "tuned_params": provenance["tuned_params"],
     }
     if not distributed.is_main_process():
         return metrics  # rank 0 writes the model and the reports
-    _save_model(final, run, provenance, Path(model_dir))
-    _write_histories(Path(reports_dir), history, validation, run.metric)
+    # The train values this model was trained with, and where they came from.
+    trained_with = {**provenance, "train": run.params.train.model_dump(mode="json")}
+    save_model(final, run.tokenizer, Path(model_dir), {"training_params.json": trained_with})
+    write_histories(Path(reports_dir), history, validation, run.metric)
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
     write_json(Path(reports_dir) / "train_metrics.json", metrics)
     shutil.rmtree(run.run_dir, ignore_errors=True)  # finished: the model is DVC's now
@@ -319,7 +252,7 @@ def _fit(trainer: Any, checkpoint: Path | None, epoch_end: Any) -> dict[str, Any
     train_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - train_started - epoch_end.eval_seconds
-    seen = _summed_over_processes(
+    seen = distributed.summed_over_processes(
         trainer, [trainer.samples_seen, trainer.tokens_seen, trainer.padded_tokens_seen]
     )
     return {"resumed_from_step": resumed_step, "seconds": seconds,
@@ -331,28 +264,11 @@ def _best_model(trainer: Any) -> Any:
     state = trainer.state
     best = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
     if best is not None and best.is_dir():
-        _restore_best(trainer.model, best)
+        restore_best(trainer.model, best)
     final = trainer.model
     if hasattr(final, "merge_and_unload"):
         final = final.merge_and_unload()  # LoRA weights folded in: a plain model again
     return final
-
-
-def _outcome(state: Any, validation: list[dict], metric: str, tp: TrainParams) -> dict[str, Any]:
-    """The best epoch's validation scores and how far training went."""
-    best_row = next((r for r in validation if r["step"] == state.best_global_step), None)
-    if best_row is None and validation:
-        best_row = max(validation, key=lambda r: r[metric])
-    return {
-        "metric": metric,
-        "best_validation_metric": best_row[metric] if best_row else None,
-        "best_validation": {k: v for k, v in (best_row or {}).items() if k not in ("step",)},
-        "best_epoch": best_row["epoch"] if best_row else None,
-        "epochs_run": round(float(state.epoch or 0), 4),
-        "epochs_planned": tp.epochs,
-        "stopped_early": bool(state.epoch is not None and state.epoch < tp.epochs - 1e-6),
-        "global_steps": state.global_step,
-    }
 
 
 def _batches(run: Run) -> dict[str, Any]:
@@ -361,19 +277,6 @@ def _batches(run: Run) -> dict[str, Any]:
         "max_tokens_per_batch": run.max_tokens,
         "mean_batch_examples": round(run.mean_batch, 2),
         "learning_rate": run.learning_rate,
-    }
-
-
-def _throughput(counts: dict[str, Any], eval_seconds: float) -> dict[str, Any]:
-    """Examples and real tokens per second of training, the padding share, the times."""
-    seconds, tokens, padded = counts["seconds"], counts["tokens"], counts["padded_tokens"]
-    return {
-        "train_samples_per_second": _rate(counts["samples"], seconds),
-        "train_tokens_per_second": _rate(tokens, seconds),
-        "padding_share": round(1 - tokens / padded, 4) if padded else None,
-        "train_time_s": round(seconds, 2),
-        "eval_time_s": round(eval_seconds, 2),
-        "wall_time_s": None,  # filled in at the end
     }
 
 
@@ -389,74 +292,6 @@ def _setup(run: Run) -> dict[str, Any]:
         "seed": tp.seed,
         "processes": distributed.world_size(),
     }
-
-
-def _save_model(final: Any, run: Run, provenance: dict[str, Any], model_dir: Path) -> None:
-    """The model, tokenizer and ``training_params.json``, swapped into ``model_dir`` whole."""
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
-    tmp.chmod(0o755)
-    try:
-        final.save_pretrained(tmp)
-        run.tokenizer.save_pretrained(tmp)
-        # The train values this model was trained with, and where they came from.
-        train_values = run.params.train.model_dump(mode="json")
-        write_json(tmp / "training_params.json", {**provenance, "train": train_values})
-        replace_dir(tmp, model_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_histories(
-    reports_dir: Path, history: list[dict], validation: list[dict], metric: str
-) -> None:
-    _write_csv(reports_dir / "train_history.csv", history, HISTORY_FIELDS)
-    # The selected metric goes last: DVC plots the last column when no y is given.
-    others = [
-        k for k in (validation[0] if validation else {}) if k not in ("epoch", "step", metric)
-    ]
-    fields = ("epoch", "step", *others, metric)
-    _write_csv(reports_dir / "validation_history.csv", validation, fields)
-
-
-def _summed_over_processes(trainer: Any, counts: list[int]) -> list[int]:
-    """``counts`` summed over the training processes (each saw its own share of batches)."""
-    if distributed.world_size() == 1:
-        return counts
-    import torch
-
-    summed = trainer.accelerator.reduce(torch.tensor(counts, device=trainer.args.device), "sum")
-    return [int(value) for value in summed.tolist()]
-
-
-def _rate(count: int, seconds: float) -> float | None:
-    return round(count / seconds, 2) if seconds > 0 and count else None
-
-
-def _histories(log_history: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
-    """Training rows (step, epoch, loss, learning_rate, grad_norm) and validation rows
-    (epoch, step, loss and the metrics, without the ``eval_`` prefix)."""
-    history, validation = [], []
-    for entry in log_history:
-        if "loss" in entry:
-            history.append({k: entry.get(k) for k in HISTORY_FIELDS})
-        elif "eval_loss" in entry:
-            row = {"epoch": round(float(entry["epoch"]), 4), "step": entry["step"]}
-            for key, value in entry.items():
-                if key.startswith("eval_") and not key.endswith(("runtime", "per_second")):
-                    row[key[5:]] = value
-            validation.append(row)
-    return history, validation
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(fields), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
 
 
 @app.command()
@@ -489,39 +324,6 @@ def main(
     with tracking.stage_run(params, "train", state_dir):
         metrics = train(params, tokenized_dir, model_dir, reports_dir, state_dir)
         log_results(metrics, Path(reports_dir))
-
-
-def log_results(metrics: dict[str, Any], reports_dir: Path) -> None:
-    """Into the active train run (the curves were streamed while training): the summary
-    numbers, device and precision, the history CSVs and a training-curve plot."""
-    import mlflow
-
-    tracking.log_numbers(metrics, prefix="summary.")
-    mlflow.set_tags({"device": metrics["device"], "precision": metrics["precision"]})
-    for name in ("train_history.csv", "validation_history.csv", "train_metrics.json"):
-        if (reports_dir / name).exists():
-            mlflow.log_artifact(str(reports_dir / name), artifact_path="reports")
-    mlflow.log_figure(_training_curves(reports_dir, metrics["metric"]), "training_curves.png")
-
-
-def _training_curves(reports_dir: Path, metric: str) -> Any:
-    """Loss per step and the validation metric per epoch, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    history = pd.read_csv(reports_dir / "train_history.csv")
-    validation = pd.read_csv(reports_dir / "validation_history.csv")
-    figure, (loss_axes, metric_axes) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_axes.plot(history["step"], history["loss"])
-    loss_axes.set(xlabel="step", ylabel="training loss", title="Training loss")
-    if metric in validation:
-        metric_axes.plot(validation["epoch"], validation[metric], marker="o")
-    metric_axes.set(xlabel="epoch", ylabel=metric, title=f"Validation {metric}")
-    figure.tight_layout()
-    return figure
 
 
 if __name__ == "__main__":

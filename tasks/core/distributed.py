@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -61,3 +62,13 @@ def relaunch(processes: int, module: str, arguments: list[str]) -> int:
     env = {"OMP_NUM_THREADS": str(cores), **os.environ}
     # torchrun stops its workers on SIGTERM; it gets one when this process dies.
     return subprocess.call(command, env=env, preexec_fn=lambda: _die_with_parent(signal.SIGTERM))
+
+
+def summed_over_processes(trainer: Any, counts: list[int]) -> list[int]:
+    """``counts`` summed over the training processes (each saw its own share of batches)."""
+    if world_size() == 1:
+        return counts
+    import torch
+
+    summed = trainer.accelerator.reduce(torch.tensor(counts, device=trainer.args.device), "sum")
+    return [int(value) for value in summed.tolist()]

@@ -249,3 +249,21 @@ def load_model(model_dir: Path, task: str) -> tuple[Any, Any]:
     except (OSError, ValueError) as exc:
         raise StageError(f"{model_dir}: cannot load a {task} model: {exc}") from None
     return model.eval(), tokenizer
+
+
+def save_model(model: Any, tokenizer: Any, model_dir: Path, extra: dict[str, Any]) -> None:
+    """``save_pretrained`` of the model and tokenizer plus the ``extra`` JSON files, written
+    to a temporary folder beside ``model_dir`` and swapped into place whole."""
+    from tasks.core.io import replace_dir, write_json
+
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
+    tmp.chmod(0o755)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name, payload in extra.items():
+            write_json(tmp / name, payload)
+        replace_dir(tmp, model_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
