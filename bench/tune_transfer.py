@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
+import logging
 import platform
 import shlex
 import statistics
@@ -75,13 +77,14 @@ def train_and_test(params, values: dict, tokenized: Path, work: Path) -> dict:
     }
 
 
-def one_seed(base, seed: int, tokenized: Path, work: Path) -> dict:
+def one_seed(seed: int, tokenized: Path, work: Path, overrides: dict) -> dict:
     from tasks.core.config import load_params
     from tasks.tune import tune
 
     params = load_params(
         ROOT / "params.yaml",
         overrides={
+            **overrides,
             "train.seed": seed,
             "tune.seed": seed,
             "tune.storage": f"sqlite:///{work / 'optuna.db'}",
@@ -131,22 +134,33 @@ def _trial_values(work: Path, summary: dict, number: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        help="params.yaml overrides (YAML values), e.g. tune.n_trials=2 (a smoke run)",
+    )  # fmt: skip
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     import torch
+    import yaml
 
     from tasks.core.config import load_params
     from tasks.core.model import quiet_transformers
 
     quiet_transformers()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     now = datetime.datetime.now(datetime.UTC)
     stamp = f"{now:%Y%m%dT%H%M%S}"
-    base = load_params(ROOT / "params.yaml")
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    base = load_params(ROOT / "params.yaml", overrides=overrides)
     work = WORK / stamp
-    tokenized = prepared_data(base, WORK / "data")
-    seeds = [one_seed(base, seed, tokenized, work / f"seed-{seed}") for seed in args.seeds]
+    data_keys = ("task", "data", "prepare", "tokenize", "model")
+    data_id = json.dumps(base.model_dump(mode="json", include=set(data_keys)), sort_keys=True)
+    tokenized = prepared_data(
+        base, WORK / f"data-{hashlib.sha256(data_id.encode()).hexdigest()[:8]}"
+    )
+    seeds = [one_seed(s, tokenized, work / f"seed-{s}", overrides) for s in args.seeds]
     means = {p: statistics.mean(s["policies"][p]["test_accuracy"] for s in seeds) for p in POLICIES}
     result = {
         "bench": "tune_transfer",
@@ -155,6 +169,7 @@ def main() -> None:
         f"torch threads",
         "platform": platform.platform(),
         "command": "bench/tune_transfer.py " + shlex.join(sys.argv[1:]),
+        "overrides": overrides,
         "data": {"source": str(base.data.source), "train_examples": _count(tokenized)},
         "tune": {
             "n_trials": base.tune.n_trials,
