@@ -84,8 +84,9 @@ def run_finalists(
     quiet_optuna()
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     for index, queued in enumerate(waiting, 1):  # optimize takes them in this order
-        what = queued.user_attrs.get("search_trial", "the defaults")
-        log.info("whole train split, run %d of %d: trial %s", index, len(waiting), what)
+        number = queued.user_attrs.get("search_trial")
+        what = "the defaults" if number is None else f"trial {number}"
+        log.info("whole train split, run %d of %d: %s", index, len(waiting), what)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
