@@ -273,12 +273,17 @@ def render_tune_transfer(result: dict) -> list[str]:
         "",
         f"- machine: {result['machine']}, {result['platform']}",
         f"- command: `.venv/bin/python {result['command']}`",
-        f"- data: `{result['data']['source']}`, examples {result['data']['train_examples']}; "
+        f"- data: `{result['data']['source']}`, "
+        + ", ".join(f"{split} {n:,}" for split, n in result["data"]["examples"].items())
+        + "; "
         f"tuning as `make run`: {tune['n_trials']} trials on {tune['train_fraction']:.0%} of "
         f"train, pruner `{tune['pruner']}`, {tune['finalists']} finalist(s)",
         "- untuned: params.yaml's train values; share-only: the choice made on the share "
         "(`tune.finalists: 0`); finalists: the stage's choice. Compute in examples trained "
         "(epochs x examples).",
+        f"- seeds complete: {len(result['seeds'])}"
+        + (f" of {len(result['seeds_asked'])} asked" if result.get("seeds_asked") else "")
+        + f" (folder `{result['work']}`)",
         "",
         header,
         rule(header),

@@ -30,7 +30,6 @@ import platform
 import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,31 +56,23 @@ def prepared_data(params, work: Path) -> Path:
     return tokenized
 
 
-def train_and_test(params, values: dict, tokenized: Path, work: Path) -> dict:
-    """Train ``values`` over params.yaml's train section (tuning off), score the test split."""
+def train_and_test(params, values: dict, tokenized: Path, work: Path) -> None:
+    """Train ``values`` over params.yaml's train section (tuning off), score the test split
+    (``work/reports``: train_metrics.json, metrics.json)."""
     from tasks.core.config import overlay_train
     from tasks.evaluate import evaluate
     from tasks.train import train
 
     untuned = params.model_copy(update={"tune": params.tune.model_copy(update={"enabled": False})})
     fixed = untuned.model_copy(update={"train": overlay_train(untuned.train, values)})
-    started = time.perf_counter()
-    metrics = train(fixed, tokenized, work / "model", work / "reports", work / "state")
-    scores = evaluate(fixed, tokenized, work / "model", work / "reports")
-    return {
-        "values": values,
-        "test_accuracy": scores["accuracy"],
-        "test_f1_macro": scores["f1_macro"],
-        "examples_trained": round(metrics["epochs_run"] * metrics["train_examples"]),
-        "train_s": round(time.perf_counter() - started, 1),
-    }
+    train(fixed, tokenized, work / "model", work / "reports", work / "state")
+    evaluate(fixed, tokenized, work / "model", work / "reports")
 
 
-def one_seed(seed: int, tokenized: Path, work: Path, overrides: dict) -> dict:
+def seed_params(seed: int, work: Path, overrides: dict):
     from tasks.core.config import load_params
-    from tasks.tune import tune
 
-    params = load_params(
+    return load_params(
         ROOT / "params.yaml",
         overrides={
             **overrides,
@@ -92,43 +83,81 @@ def one_seed(seed: int, tokenized: Path, work: Path, overrides: dict) -> dict:
             "train.resume": "never",
         },
     )
-    started = time.perf_counter()
-    summary = tune(params, tokenized, work / "tune", work / "state")
-    tune_s = time.perf_counter() - started
-    rows = summary.get("finalists") or []
-    # The share's choice: the leading searched trial when the finalists round ran (it ran
-    # because that trial beat the defaults there), else the stage's own choice.
-    share_values = _trial_values(work, summary, rows[0]["trial"]) if rows else summary["params"]
-    chosen = {"untuned": {}, "share": share_values, "finalists": summary["params"]}
-    trained: dict[str, dict] = {}
+
+
+def run_seed(seed: int, tokenized: Path, work: Path, overrides: dict) -> None:
+    """The tune stage, then train + test for each distinct configuration the policies pick
+    (in ``work/<first policy that picked it>``)."""
+    from tasks.tune import tune
+
+    params = seed_params(seed, work, overrides)
+    tune(params, tokenized, work / "tune", work / "state")
+    chosen = policy_values(work)
     for policy in POLICIES:
-        key = json.dumps(chosen[policy], sort_keys=True)
-        if key not in trained:
-            trained[key] = train_and_test(params, chosen[policy], tokenized, work / policy)
-    policies = {p: trained[json.dumps(chosen[p], sort_keys=True)] for p in POLICIES}
-    search_examples = summary["examples_trained"]
-    return {
-        "seed": seed,
-        "decided_on": summary["decided_on"],
-        "source": summary["source"],
-        "reason": summary["reason"],
-        "trials": summary["trials"],
-        "finalists": rows,
-        "defaults_value": summary["defaults_value"],
-        "defaults_full_value": summary["defaults_full_value"],
-        "tune_s": round(tune_s, 1),
-        "tune_examples_trained": search_examples,
-        "policies": policies,
-    }
+        if policy_dir(chosen, policy) == policy:
+            train_and_test(params, chosen[policy], tokenized, work / policy)
 
 
-def _trial_values(work: Path, summary: dict, number: int) -> dict:
+def policy_values(work: Path) -> dict[str, dict]:
+    """The train values each policy picks, from the tune stage's best_params.json: the
+    share's choice is the leading searched trial when the finalists round ran (it ran because
+    that trial beat the defaults there), else the stage's own choice."""
     import optuna
 
-    study = optuna.load_study(
-        study_name=summary["study_name"], storage=f"sqlite:///{work / 'optuna.db'}"
-    )
-    return dict(study.trials[number].params)
+    best = json.loads((work / "tune" / "best_params.json").read_text())
+    share = best["params"]
+    if best["finalists"]:
+        storage = f"sqlite:///{work / 'optuna.db'}"
+        study = optuna.load_study(study_name=best["study_name"], storage=storage)
+        share = dict(study.trials[best["finalists"][0]["trial"]].params)
+    return {"untuned": {}, "share": share, "finalists": best["params"]}
+
+
+def policy_dir(chosen: dict[str, dict], policy: str) -> str:
+    """The folder of the run a policy's values were trained in: the first policy's that
+    picked the same values (each configuration is trained once)."""
+    return next(p for p in POLICIES if chosen[p] == chosen[policy])
+
+
+def seed_result(seed: int, work: Path) -> dict | None:
+    """One seed's result, read back from its folder (``None`` until it is complete): the
+    stage's choice, the tune stage's compute (its MLflow run), each policy's test scores and
+    training compute."""
+    import mlflow
+
+    chosen = policy_values(work) if (work / "tune" / "best_params.json").exists() else None
+    if chosen is None:
+        return None
+    policies = {}
+    for policy in POLICIES:
+        reports = work / policy_dir(chosen, policy) / "reports"
+        if not (reports / "metrics.json").exists():
+            return None
+        scores = json.loads((reports / "metrics.json").read_text())
+        trained = json.loads((reports / "train_metrics.json").read_text())
+        policies[policy] = {
+            "values": chosen[policy],
+            "test_accuracy": scores["accuracy"],
+            "test_f1_macro": scores["f1_macro"],
+            "examples_trained": round(trained["epochs_run"] * trained["train_examples"]),
+            "train_s": trained["wall_time_s"],
+        }
+    best = json.loads((work / "tune" / "best_params.json").read_text())
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(experiments, "tags.`pipeline.stage` = 'tune'")
+    return {
+        "seed": seed,
+        "decided_on": best["decided_on"],
+        "source": best["source"],
+        "reason": best["reason"],
+        "finalists": best["finalists"],
+        "defaults_value": best["defaults_value"],
+        "defaults_full_value": best["defaults_full_value"],
+        "tune_s": round(run.data.metrics["wall_time_s"], 1),
+        "tune_examples_trained": round(run.data.metrics["examples_trained"]),
+        "policies": policies,
+    }
 
 
 def main() -> None:
@@ -137,6 +166,11 @@ def main() -> None:
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE",
         help="params.yaml overrides (YAML values), e.g. tune.n_trials=2 (a smoke run)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--collect", type=Path, default=None, metavar="DIR",
+        help="render the complete seeds of an earlier run's folder (.state/bench/tune_transfer/"
+        "<stamp>) instead of running",
     )  # fmt: skip
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--json", type=Path, default=None)
@@ -154,13 +188,20 @@ def main() -> None:
     stamp = f"{now:%Y%m%dT%H%M%S}"
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     base = load_params(ROOT / "params.yaml", overrides=overrides)
-    work = WORK / stamp
     data_keys = ("task", "data", "prepare", "tokenize", "model")
     data_id = json.dumps(base.model_dump(mode="json", include=set(data_keys)), sort_keys=True)
-    tokenized = prepared_data(
-        base, WORK / f"data-{hashlib.sha256(data_id.encode()).hexdigest()[:8]}"
-    )
-    seeds = [one_seed(s, tokenized, work / f"seed-{s}", overrides) for s in args.seeds]
+    data_dir = WORK / f"data-{hashlib.sha256(data_id.encode()).hexdigest()[:8]}"
+    tokenized = prepared_data(base, data_dir)
+    if args.collect is not None:  # an earlier (or interrupted) run: its complete seeds
+        work = args.collect
+    else:
+        work = WORK / stamp
+        for seed in args.seeds:
+            run_seed(seed, tokenized, work / f"seed-{seed}", overrides)
+    found = [(int(d.name.split("-")[1]), d) for d in sorted(work.glob("seed-*"))]
+    seeds = [r for seed, d in found if (r := seed_result(seed, d)) is not None]
+    if not seeds:
+        raise SystemExit(f"{work}: no complete seed")
     means = {p: statistics.mean(s["policies"][p]["test_accuracy"] for s in seeds) for p in POLICIES}
     result = {
         "bench": "tune_transfer",
@@ -170,13 +211,15 @@ def main() -> None:
         "platform": platform.platform(),
         "command": "bench/tune_transfer.py " + shlex.join(sys.argv[1:]),
         "overrides": overrides,
-        "data": {"source": str(base.data.source), "train_examples": _count(tokenized)},
+        "data": {"source": str(base.data.source), "examples": _count(tokenized)},
         "tune": {
             "n_trials": base.tune.n_trials,
             "train_fraction": base.tune.train_fraction,
             "finalists": base.tune.finalists,
             "pruner": base.tune.pruner.type,
         },
+        "work": str(work.relative_to(ROOT)) if work.is_relative_to(ROOT) else str(work),
+        "seeds_asked": args.seeds if args.collect is None else None,
         "seeds": seeds,
         "mean_test_accuracy": means,
         "gain_points": {p: round(100 * (means[p] - means["untuned"]), 2) for p in POLICIES},

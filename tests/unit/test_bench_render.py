@@ -327,3 +327,58 @@ def test_a_quantize_result_renders_as_its_results_md_section(bench):
         "two agree on 94.3% of the sentences (fp32 vs int8). Seconds per pass: fp32 [4.916, "
         "4.844], int8 [1.664, 1.916], bf16 [2.842, 2.532]."
     )
+
+
+def transfer_seed(seed: int, untuned: float, tuned: float, decided_on: str) -> dict:
+    """One seed of bench/tune_transfer.py as it stores it (the share's choice is the tuned)."""
+    run = {"values": {}, "test_f1_macro": 0.0, "train_s": 1.0}
+    return {
+        "seed": seed,
+        "decided_on": decided_on,
+        "source": "tuned",
+        "reason": "r",
+        "finalists": [],
+        "defaults_value": 0.8,
+        "defaults_full_value": 0.82,
+        "tune_s": 422.4,
+        "tune_examples_trained": 32187,
+        "policies": {
+            "untuned": {**run, "test_accuracy": untuned, "examples_trained": 30654},
+            "share": {**run, "test_accuracy": tuned, "examples_trained": 20436},
+            "finalists": {**run, "test_accuracy": tuned, "examples_trained": 20436},
+        },
+    }
+
+
+def test_a_tune_transfer_result_averages_the_seeds_against_the_target(bench):
+    render, _ = bench
+    seeds = [transfer_seed(0, 0.82, 0.83, "whole train split"), transfer_seed(1, 0.81, 0.81, "x")]
+    result = {
+        "bench": "tune_transfer",
+        "started": "2026-12-05T08:15:00+00:00",
+        "machine": "x86_64, 2 torch threads",
+        "platform": "Linux-6",
+        "command": "bench/tune_transfer.py --seeds 0 1 2",
+        "data": {"source": "rotten_tomatoes", "examples": {"train": 10218, "test": 1265}},
+        "tune": {"n_trials": 6, "train_fraction": 0.2, "finalists": 1, "pruner": "hyperband"},
+        "work": ".state/bench/tune_transfer/x",
+        "seeds_asked": [0, 1, 2],
+        "seeds": seeds,
+        "mean_test_accuracy": {"untuned": 0.815, "share": 0.82, "finalists": 0.82},
+        "gain_points": {"untuned": 0.0, "share": 0.5, "finalists": 0.5},
+    }
+    lines = render.render(result)
+    assert lines[0] == "## tune_transfer: 2026-12-05 08:15 UTC"
+    assert "- data: `rotten_tomatoes`, train 10,218, test 1,265; tuning as `make run`: 6 " in (
+        "\n".join(lines)
+    )
+    assert "- seeds complete: 2 of 3 asked (folder `.state/bench/tune_transfer/x`)" in lines
+    assert (
+        "| 0 | whole train split | 0.8200 | 0.8300 | 0.8300 | 32,187 | 30,654 / 20,436 | 422 "
+        "| tuned: r |"
+    ) in lines
+    assert "| mean | | **0.8150** | **0.8200** | **0.8200** | | | | |" in lines
+    assert lines[-1] == (
+        "Tuned (finalists) vs untuned: +0.50 points on average; share-only +0.50 (target: "
+        "tuned >= untuned + 0.5): met."
+    )
