@@ -220,6 +220,8 @@ def register(
             "champion_score": "none" if champion_score is None else f"{champion_score:.6f}",
             "champion_rescored": str(rescored).lower(),
         }
+        # Two checkouts registering into one server at once race on tag and alias rows.
+        retried = tracking.retry_insert_race
         if existing is None:
             # The version and its identity tags come into being in one call: a crash after
             # it leaves a version that the next run finds and reuses.
@@ -229,12 +231,12 @@ def register(
             version, source_run = existing.version, existing.run_id
             log.info("%s version %s holds these weights already: reusing it", name, version)
             for tag, value in version_tags.items():
-                client.set_model_version_tag(name, version, tag, value)
+                retried(client.set_model_version_tag, name, version, tag, value)
         if decision != "stays champion":
             # challenger first, champion last: a crash in between is repaired by a re-run.
-            client.set_registered_model_alias(name, "challenger", version)
+            retried(client.set_registered_model_alias, name, "challenger", version)
             if promote:
-                client.set_registered_model_alias(name, "champion", version)
+                retried(client.set_registered_model_alias, name, "champion", version)
         # What the registry pages show: where the version came from and why it has its alias.
         client.update_model_version(
             name, version, description=version_description(params, run, version_tags)
