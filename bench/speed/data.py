@@ -113,13 +113,19 @@ def sample(frame: Any, n: int, seed: int) -> Any:
 
 def tokenize_splits(params: Any, splits: dict[str, Any], work: Path) -> tuple[Any, dict, float]:
     """Run the product's tokenize stage on ``splits``; the datasets, manifest and its seconds."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from tasks.tokenize import load_tokenized, tokenize
 
     prepared = work / "prepared"
     prepared.mkdir(parents=True, exist_ok=True)
     keep = ["text", "label"] if params.task == "text_classification" else ["tokens", "tags"]
     for split, frame in splits.items():
-        frame[keep].to_parquet(prepared / f"{split}.parquet")
+        # Without pandas' metadata: it would name the Arrow list dtype of CoNLL columns
+        # (read_user_file's), which pandas cannot read back; the lists read as prepare's do.
+        table = pa.Table.from_pandas(frame[keep], preserve_index=False)
+        pq.write_table(table.replace_schema_metadata(None), prepared / f"{split}.parquet")
     started = time.perf_counter()
     tokenize(params, prepared, work / "tokenized", work / "tokenize.json", work / "state")
     seconds = time.perf_counter() - started
