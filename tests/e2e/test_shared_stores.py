@@ -185,8 +185,10 @@ def test_server_down_before_a_stage_fails_at_once_in_one_line(stores):
     assert line == done.stderr.strip().splitlines()[-1]
 
 
-def register_run_started(uri: str, after_ms: int, timeout: float = 600) -> bool:
-    """Wait until a ``register`` stage run started after ``after_ms`` is RUNNING on ``uri``."""
+def register_logging_a_model(uri: str, after_ms: int, timeout: float = 600) -> bool:
+    """Wait until a ``register`` stage run started after ``after_ms`` has begun logging its
+    model: MLflow creates the run's logged model (``source_run_id``) before uploading its
+    files and creating the version."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -194,9 +196,11 @@ def register_run_started(uri: str, after_ms: int, timeout: float = 600) -> bool:
     query = f"tags.`pipeline.stage` = 'register' and attributes.start_time > {after_ms}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if client.search_runs([experiment], query, max_results=1):
-            return True
-        time.sleep(0.2)
+        for stage_run in client.search_runs([experiment], query, max_results=1):
+            source = f"source_run_id = '{stage_run.info.run_id}'"
+            if client.search_logged_models([experiment], source, max_results=1):
+                return True
+        time.sleep(0.1)
     return False
 
 
@@ -210,8 +214,7 @@ def test_server_killed_during_register_then_repro_registers_one_version(stores):
     started = int(time.time() * 1000)
     process = start(["dvc", "repro"], clone)
     try:
-        assert register_run_started(server.uri, started), process.communicate()
-        time.sleep(0.5)  # into logging the model
+        assert register_logging_a_model(server.uri, started), process.communicate()
         server.kill()
         killed = time.monotonic()
         _, stderr = process.communicate(timeout=300)
