@@ -25,7 +25,9 @@ from conftest import ROOT
 
 from tasks.core.config import load_params
 from tasks.core.errors import StageError
-from tasks.validate import NOT_SPACE, ValidationReport, validate
+from tasks.core.validation.expectations import NOT_SPACE
+from tasks.core.validation.report import ValidationReport
+from tasks.validate import validate
 
 SOURCE = "data/external/reviews.csv"
 BASE_LINE = {"train": 2, "validation": 1002, "test": 2002}  # source line of each split's row 0
