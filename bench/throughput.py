@@ -18,7 +18,7 @@ Training (real = non-padding tokens, the attention mask's sum):
   batches, padded to the longest in the batch, torch's default attention backends);
 - fixed-128: the tutorial style, every example padded to ``max_length`` 128, fp32.
 
-Inference: ``tasks.evaluate.predict`` (sorted by length, buckets or token budget, autocast) vs
+Inference: ``tasks.core.inference.predict`` (sorted by length, buckets or token budget, autocast) vs
 the best flags (sorted by length, padded to the longest, autocast), vs random order padded to
 the longest, fp32, vs fixed 128, fp32. Tokenization: the tokenize stage's
 ``encode_texts`` / ``encode_words`` on the whole train file, and the ``tokenize()`` stage on the

@@ -25,117 +25,46 @@ Reads ``task``, ``train.precision`` (inference runs in the training precision) a
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import re
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from tasks.core.batching import (
-    check_budget,
-    inference_batches,
-    make_collator,
-    model_columns,
-    position_cap,
-    token_budget,
-)
+from tasks.core.batching import check_budget, position_cap, token_budget
 from tasks.core.cli import stage_command
 from tasks.core.config import DEFAULT_PARAMS, Params, headline_metric, load_params
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
+from tasks.core.eval_reports import (
+    SLICES_FILE,
+    SPEED_FILE,
+    markdown,
+    slices_markdown,
+    text_errors,
+    text_slices,
+    token_errors,
+    token_slices,
+    write_confusion,
+)
+from tasks.core.inference import predict
 from tasks.core.io import write_atomic, write_json
 from tasks.core.labels import entity_type, words_from_subtokens
-from tasks.core.metrics import entity_scores, text_scores
+from tasks.core.metrics import entity_scores, roc_auc, text_scores
 from tasks.core.model import (
     load_model,
     quiet_transformers,
     vocab_hash,
 )
 from tasks.core.precision import choose_precision
-from tasks.core.progress import Progress
 from tasks.tokenize import TOKENIZED_DIR, load_tokenized
 
 log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"
 REPORTS_DIR = PROJECT_ROOT / "reports"
-SPEED_FILE = "inference_speed.json"  # timings: kept out of metrics.json, which register reads
-SLICES_FILE = "slices.json"
-NEGATION = re.compile(
-    r"\b(not|no|never|nothing|nobody|none|neither|nor|without|hardly|cannot)\b|n't", re.I
-)
 
 app = typer.Typer(add_completion=False, help=__doc__)
-
-
-# --- inference --------------------------------------------------------------------------------
-
-
-def predict(
-    model: Any,
-    tokenizer: Any,
-    dataset: Any,
-    task: str,
-    batch_size: int,
-    precision: Any,
-    max_tokens: int | None = None,
-) -> tuple[list[Any], dict[str, float]]:
-    """Class probabilities per example (text) or per sub-token (tokens), in dataset order.
-
-    Batches are cut from the examples sorted by length (little padding): ``batch_size``
-    examples, or as many as fit in ``max_tokens`` padded tokens; each is padded to its
-    bucket (few shapes) and run under ``inference_mode`` with the training precision's
-    autocast.
-
-    Returns:
-        The probabilities (numpy arrays) and timing: ``seconds``, ``samples_per_second``,
-        ``tokens_per_second`` (real, non-padding tokens).
-    """
-    import torch
-
-    device = torch.device(precision.device)
-    model.to(device)
-    inputs = dataset.select_columns([c for c in model_columns(dataset) if c != "labels"])
-    collate = make_collator("text_classification", tokenizer)  # pads inputs only
-    lengths = list(dataset["length"])
-    batches = inference_batches(lengths, batch_size, max_tokens, position_cap(tokenizer))
-    probabilities: list[Any] = [None] * len(lengths)
-    tokens = 0
-    started = time.perf_counter()
-    # One read of the columns: indexing the dataset row by row costs ~10x more per row.
-    columns = inputs.to_dict()
-    progress = Progress(len(batches), "evaluate", unit="batch")
-    predicted = 0
-    with torch.inference_mode(), precision.autocast():
-        for indices in batches:
-            batch = collate([{c: values[i] for c, values in columns.items()} for i in indices])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(**batch).logits.float()
-            probs = torch.softmax(logits, dim=-1).cpu().numpy()
-            tokens += int(batch["attention_mask"].sum())
-            for row, i in enumerate(indices):
-                if task == "text_classification":
-                    probabilities[i] = probs[row]
-                else:  # keep the unpadded positions only
-                    probabilities[i] = probs[row, : lengths[i]]
-            predicted += len(indices)
-            progress.update(examples=predicted)
-    progress.close()
-    seconds = time.perf_counter() - started
-    timing = {
-        "inference_seconds": round(seconds, 4),
-        "samples_per_second": round(len(lengths) / seconds, 2) if seconds > 0 else None,
-        "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
-    }
-    return probabilities, timing
-
-
-# --- the stage --------------------------------------------------------------------------------
 
 
 def _label_ids(model: Any, needed: set[str], what: str) -> dict[str, int]:
@@ -202,10 +131,10 @@ def evaluate(
             **text_scores(gold, predicted, labels, True),
         }
         if len(labels) == 2:
-            metrics["roc_auc"] = _roc_auc(gold, [float(p[1]) for p in probabilities])
+            metrics["roc_auc"] = roc_auc(gold, [float(p[1]) for p in probabilities])
         pairs = [(labels[g], labels[p]) for g, p in zip(gold, predicted, strict=True)]
         slices = text_slices(list(test["text"]), gold, predicted, labels)
-        errors = _text_errors(test, gold, predicted, probabilities, labels)
+        errors = text_errors(test, gold, predicted, probabilities, labels)
         matrix_labels = labels
     else:
         gold_tags = [list(t) for t in test["tags"]]
@@ -232,7 +161,7 @@ def evaluate(
             for gs, ps in zip(gold_tags, predicted_tags, strict=True)
             for g, p in zip(gs, ps, strict=True)
         ]
-        errors = _token_errors(test, gold_tags, predicted_tags, confidences)
+        errors = token_errors(test, gold_tags, predicted_tags, confidences)
         slices = token_slices(gold_tags, predicted_tags, metrics["per_type"])
         matrix_labels = ["O", *sorted({entity_type(t) for t in labels} - {None})]
     speed = {
@@ -245,7 +174,7 @@ def evaluate(
     # Named in the report: with a {train, test} source the test split is e.g. SST-2's dev file.
     test_files = sorted(set(test["source_file"])) if "source_file" in test.column_names else []
 
-    _write_confusion(reports_dir, pairs, matrix_labels)
+    write_confusion(reports_dir, pairs, matrix_labels)
     errors.sort(key=lambda e: -e["confidence"])
     listed = errors[: params.evaluate.max_errors]
     write_atomic(
@@ -257,8 +186,8 @@ def evaluate(
     write_json(reports_dir / SLICES_FILE, slices)
     write_atomic(
         reports_dir / "eval_report.md",
-        _markdown(task, metrics, pairs, matrix_labels, errors, precision, model_dir, test_files)
-        + _slices_markdown(slices),
+        markdown(task, metrics, pairs, matrix_labels, errors, precision, model_dir, test_files)
+        + slices_markdown(slices),
     )
     headline = headline_metric(task)
     log.info(
@@ -267,252 +196,6 @@ def evaluate(
         precision.device, min(len(errors), params.evaluate.max_errors),
     )  # fmt: skip
     return metrics
-
-
-def _length_slices(lengths: list[int]) -> tuple[float, dict[str, list[int]]]:
-    cut = statistics.median(lengths)
-    return cut, {
-        "short": [i for i, n in enumerate(lengths) if n <= cut],
-        "long": [i for i, n in enumerate(lengths) if n > cut],
-    }
-
-
-def text_slices(
-    texts: list[str], gold: list[int], predicted: list[int], labels: list[str]
-) -> dict[str, Any]:
-    """Scores on slices of the test split: short/long (words, cut at the median) and with or
-    without a negation (``NEGATION``). Each: ``count``, ``accuracy``, ``f1_macro``."""
-    cut, groups = _length_slices([len(t.split()) for t in texts])
-    negated = [i for i, t in enumerate(texts) if NEGATION.search(t)]
-    groups["negation"] = negated
-    groups["no_negation"] = sorted(set(range(len(texts))) - set(negated))
-    found: dict[str, Any] = {}
-    for name, rows in groups.items():
-        found[name] = {"count": len(rows)}
-        if rows:
-            scores = text_scores([gold[i] for i in rows], [predicted[i] for i in rows], labels)
-            found[name] |= {"accuracy": scores["accuracy"], "f1_macro": scores["f1_macro"]}
-    return {"length_cut_words": cut, "slices": found}
-
-
-def token_slices(
-    gold: list[list[str]], predicted: list[list[str]], per_type: dict[str, Any]
-) -> dict[str, Any]:
-    """Scores on slices of the test split: short/long sentences (words, cut at the median),
-    with entity ``f1_micro`` and ``token_accuracy``, and each entity type's F1 and support."""
-    cut, groups = _length_slices([len(s) for s in gold])
-    found: dict[str, Any] = {}
-    for name, rows in groups.items():
-        found[name] = {"count": len(rows)}
-        if rows:
-            scores = entity_scores([gold[i] for i in rows], [predicted[i] for i in rows])
-            found[name] |= {k: scores[k] for k in ("f1_micro", "token_accuracy") if k in scores}
-    for kind, scores in per_type.items():
-        found[f"type_{kind}"] = {"count": scores["support"], "f1_micro": scores["f1"]}
-    return {"length_cut_words": cut, "slices": found}
-
-
-def _slices_markdown(slices: dict[str, Any]) -> str:
-    names = sorted({k for v in slices["slices"].values() for k in v} - {"count"})
-    lines = [
-        "",
-        f"## Slices (short: at most {slices['length_cut_words']} words, the test median)",
-        "",
-        "| slice | count | " + " | ".join(names) + " |",
-        "|---|---|" + "---|" * len(names),
-    ]
-    for name, values in slices["slices"].items():
-        cells = [f"{values[k]:.4f}" if k in values else "" for k in names]
-        lines.append(f"| {name} | {values['count']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _roc_auc(gold: list[int], scores: list[float]) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    if len(set(gold)) < 2:
-        return None  # undefined with one class in the test split
-    return float(roc_auc_score(gold, scores))
-
-
-def _source(row: dict[str, Any]) -> dict[str, Any]:
-    return {"source_file": row.get("source_file"), "source_line": row.get("source_line")}
-
-
-def _text_errors(
-    test: Any, gold: list[int], predicted: list[int], probabilities: list[Any], labels: list[str]
-):
-    rows = test.select_columns(
-        [c for c in ("text", "source_file", "source_line") if c in test.column_names]
-    )
-    errors = []
-    for i, (g, p) in enumerate(zip(gold, predicted, strict=True)):
-        if g != p:
-            row = rows[i]
-            errors.append(
-                {
-                    "text": row["text"],
-                    "gold": labels[g],
-                    "predicted": labels[p],
-                    "confidence": round(float(probabilities[i][p]), 6),
-                    "gold_probability": round(float(probabilities[i][g]), 6),
-                    **_source(row),
-                }
-            )
-    return errors
-
-
-def _token_errors(
-    test: Any, gold: list[list[str]], predicted: list[list[str]], confidences: list[list[Any]]
-):
-    rows = test.select_columns(
-        [c for c in ("tokens", "source_file", "source_line") if c in test.column_names]
-    )
-    errors = []
-    for i, (gs, ps) in enumerate(zip(gold, predicted, strict=True)):
-        wrong = [j for j, (g, p) in enumerate(zip(gs, ps, strict=True)) if g != p]
-        if not wrong:
-            continue
-        row = rows[i]
-        words = [
-            {
-                "index": j,
-                "word": row["tokens"][j],
-                "gold": gs[j],
-                "predicted": ps[j],
-                "confidence": None if confidences[i][j] is None else round(confidences[i][j], 6),
-            }
-            for j in wrong
-        ]
-        errors.append(
-            {
-                "text": " ".join(row["tokens"]),
-                "gold": gs,
-                "predicted": ps,
-                "confidence": max((w["confidence"] or 0.0) for w in words),
-                "wrong_words": words,
-                **_source(row),
-            }
-        )
-    return errors
-
-
-def _write_confusion(reports_dir: Path, pairs: list[tuple[str, str]], labels: list[str]) -> None:
-    """``confusion.csv`` (rows for DVC's confusion template) and ``confusion_matrix.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    rows = io.StringIO(newline="")
-    writer = csv.writer(rows)
-    writer.writerow(["actual", "predicted"])
-    writer.writerows(pairs)
-    write_atomic(reports_dir / "confusion.csv", rows.getvalue())
-    index = {label: i for i, label in enumerate(labels)}
-    matrix = np.zeros((len(labels), len(labels)), dtype=int)
-    for actual, predicted in pairs:
-        matrix[index[actual], index[predicted]] += 1
-    size = max(4.0, 0.6 * len(labels) + 2)
-    figure, axes = plt.subplots(figsize=(size, size * 0.85))
-    axes.imshow(matrix, cmap="Blues")
-    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    axes.set_yticks(range(len(labels)), labels)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("actual")
-    for (row, column), count in np.ndenumerate(matrix):
-        color = "white" if count > matrix.max() / 2 else "black"
-        axes.text(column, row, str(count), ha="center", va="center", color=color, fontsize=8)
-    axes.set_title("Test confusion matrix")
-    figure.tight_layout()
-    image = io.BytesIO()
-    figure.savefig(image, format="png", dpi=100)
-    write_atomic(reports_dir / "confusion_matrix.png", image.getvalue())
-    plt.close(figure)
-
-
-def _markdown(
-    task: str,
-    metrics: dict[str, Any],
-    pairs: list[tuple[str, str]],
-    labels: list[str],
-    errors: list[dict[str, Any]],
-    precision: Any,
-    model_dir: Path,
-    test_files: list[str],
-) -> str:
-    def fmt(value: Any) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-    lines = [
-        "# Test evaluation",
-        "",
-        f"Model `{Path(model_dir).name}` ({task}), {metrics['samples']} test examples, "
-        f"{precision.dtype} on {precision.device}. Inference speed is in {SPEED_FILE} (kept "
-        "out of this file so that two runs of the same inputs write the same report).",
-        "",
-        *(
-            [f"Test examples read from: {', '.join(f'`{f}`' for f in test_files)}.", ""]
-            if test_files
-            else []
-        ),
-        "## Scores",
-        "",
-        "| metric | value |",
-        "|---|---|",
-    ]
-    scalar = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-    lines += [f"| {k} | {fmt(v)} |" for k, v in scalar.items()]
-    if task == "token_classification":
-        lines += [
-            "",
-            "Entity scores are seqeval's, strict IOB2, on word-level tags (each word's first "
-            "sub-token); `token_accuracy` is the share of words with the right tag.",
-        ]
-    per = metrics.get("per_class") or metrics.get("per_type") or {}
-    lines += [
-        "",
-        "## Per class" if task == "text_classification" else "## Per entity type",
-        "",
-        "| label | precision | recall | f1 | support |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {k} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |"
-        for k, v in per.items()
-    ]
-    counts = {(a, p): 0 for a in labels for p in labels}
-    for pair in pairs:
-        counts[pair] += 1
-    lines += [
-        "",
-        "## Confusion matrix"
-        + (" (words, by entity type)" if task != "text_classification" else ""),
-        "",
-        "![confusion matrix](confusion_matrix.png)",
-        "",
-        "| actual \\ predicted | " + " | ".join(labels) + " |",
-        "|---|" + "---|" * len(labels),
-    ]
-    lines += [f"| {a} | " + " | ".join(str(counts[a, p]) for p in labels) + " |" for a in labels]
-    lines += [
-        "",
-        f"## Highest-confidence mistakes ({min(len(errors), 10)} of {len(errors)}; "
-        "the first evaluate.max_errors are in errors.jsonl)",
-        "",
-        "| confidence | gold | predicted | text |",
-        "|---|---|---|---|",
-    ]
-    for error in errors[:10]:
-        text = error["text"].replace("|", "\\|").replace("\n", " ")
-        if task == "text_classification":
-            gold, predicted = error["gold"], error["predicted"]
-        else:
-            gold = " ".join(f"{w['word']}/{w['gold']}" for w in error["wrong_words"])
-            predicted = " ".join(f"{w['word']}/{w['predicted']}" for w in error["wrong_words"])
-        lines.append(f"| {error['confidence']:.3f} | {gold} | {predicted} | {text[:200]} |")
-    return "\n".join(lines) + "\n"
 
 
 @app.command()

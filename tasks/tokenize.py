@@ -29,15 +29,16 @@ from typing import Any
 
 import typer
 
-from tasks.core.batching import percentiles
 from tasks.core.cli import stage_command
 from tasks.core.config import DEFAULT_PARAMS, Params, load_params, require_tracked_inputs
+from tasks.core.encoding import encode_texts, encode_words, model_inputs
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.io import replace_dir, write_json
-from tasks.core.labels import check_iob2, entity_type, iob2_tags
+from tasks.core.labels import build_labels
 from tasks.core.model import load_tokenizer, quiet_transformers, resolve_model_source, vocab_hash
 from tasks.core.progress import Progress
+from tasks.core.truncation import auto_max_length, check_unpredicted, encoder_limit
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -83,157 +84,6 @@ def read_prepared(prepared_dir: Path, task: str) -> dict[str, Any]:
                 frame[column] = None if column == "source_file" else -1
         frames[split] = frame.reset_index(drop=True)
     return frames
-
-
-def _where(row: Any, split: str) -> str:
-    if row.get("source_file") is not None and row.get("source_line", -1) != -1:
-        return f"{split} split ({row['source_file']}:{row['source_line']})"
-    return f"{split} split"
-
-
-def build_labels(task: str, frames: dict[str, Any]) -> list[str]:
-    """The label map, built from train: sorted labels, or the IOB2 tag list of the entity
-    types seen in train (``O``, then ``B-``/``I-`` per type).
-
-    Raises:
-        StageError: a validation/test label (or entity type) never occurs in train, or a
-            tag is not IOB2.
-    """
-    if task == "text_classification":
-        known = sorted({str(x) for x in frames["train"]["label"]})
-        for split in ("validation", "test"):
-            frame = frames[split]
-            unseen = sorted({str(x) for x in frame["label"]} - set(known))
-            if unseen:
-                row = frame[frame["label"].astype(str) == unseen[0]].iloc[0]
-                raise StageError(
-                    f"{_where(row, split)}: label {unseen[0]!r} does not occur in train, so the "
-                    f"model cannot learn it (train labels: {', '.join(known)}; unseen: "
-                    f"{', '.join(map(repr, unseen))})"
-                )
-        return known
-    types: dict[str, set[str]] = {}
-    for split in SPLITS:
-        seen: set[str] = set()
-        for row in frames[split].to_dict("records"):
-            for tag in row["tags"]:
-                check_iob2(str(tag), _where(row, split))
-                if (kind := entity_type(str(tag))) is not None:
-                    seen.add(kind)
-        types[split] = seen
-    for split in ("validation", "test"):
-        unseen = sorted(types[split] - types["train"])
-        if unseen:
-            raise StageError(
-                f"{split} split: entity type(s) {', '.join(map(repr, unseen))} do not occur in "
-                f"train (train types: {', '.join(sorted(types['train'])) or 'none'})"
-            )
-    return iob2_tags(types["train"])
-
-
-# --- encoding ---------------------------------------------------------------------------------
-
-
-def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
-    """Sub-token labels: a word's label on its first sub-token, -100 on the rest and on
-    special tokens (``word_ids`` is ``None`` there)."""
-    labels, previous = [], None
-    for word in word_ids:
-        if word is None or word == previous:
-            labels.append(-100)
-        else:
-            labels.append(word_labels[word])
-        previous = word
-    return labels
-
-
-def _encode_once(
-    tokenizer: Any, inputs: list, max_length: int, full: Any = None, **kwargs: Any
-) -> tuple[dict[str, list], tuple[list, list], list[int]]:
-    """Tokenize ``inputs`` once without truncation (the full lengths are statistics), then
-    re-encode with truncation only the rows longer than ``max_length``: usually none, so the
-    data is tokenized once instead of twice (the library's path for both would be two passes).
-    ``full``: that untruncated encoding when the caller has it already (``max_length: auto``).
-
-    Returns the model columns (truncated), the word ids per row before and after truncation,
-    and the full lengths."""
-    if full is None:
-        full = tokenizer(inputs, truncation=False, **kwargs)
-    columns = {key: list(values) for key, values in full.items()}
-    full_lengths = [len(ids) for ids in columns["input_ids"]]
-    full_word_ids = [full.word_ids(i) for i in range(len(inputs))]
-    kept_word_ids = list(full_word_ids)
-    long_rows = [i for i, n in enumerate(full_lengths) if n > max_length]
-    if long_rows:
-        cut = tokenizer(
-            [inputs[i] for i in long_rows], truncation=True, max_length=max_length, **kwargs
-        )
-        for j, i in enumerate(long_rows):
-            for key in columns:
-                columns[key][i] = cut[key][j]
-            kept_word_ids[i] = cut.word_ids(j)
-    return columns, (full_word_ids, kept_word_ids), full_lengths
-
-
-def model_inputs(task: str, frame: Any) -> tuple[list, dict[str, Any]]:
-    """What the tokenizer is given for a split: texts, or word lists (and its keywords)."""
-    if task == "text_classification":
-        return [str(t) for t in frame["text"]], {}
-    return [[str(w) for w in tokens] for tokens in frame["tokens"]], {"is_split_into_words": True}
-
-
-def encode_texts(
-    tokenizer: Any, frame: Any, label2id: dict[str, int], max_length: int, full: Any = None
-) -> tuple[dict[str, list], dict[str, Any]]:
-    """Columns of the text dataset and this split's statistics."""
-    texts, _ = model_inputs("text_classification", frame)
-    columns, _, full_lengths = _encode_once(tokenizer, texts, max_length, full)
-    columns["labels"] = [label2id[str(x)] for x in frame["label"]]
-    columns["length"] = [len(ids) for ids in columns["input_ids"]]
-    columns["text"] = texts
-    columns["label"] = [str(x) for x in frame["label"]]
-    stats = {
-        "examples": len(texts),
-        "truncated": sum(n > max_length for n in full_lengths),
-        "token_length": percentiles(full_lengths),
-    }
-    return columns, stats
-
-
-def encode_words(
-    tokenizer: Any, frame: Any, tag2id: dict[str, int], max_length: int, full: Any = None
-) -> tuple[dict[str, list], dict[str, Any]]:
-    """Columns of the token-classification dataset and this split's statistics.
-
-    ``word_ids`` keeps, per sub-token, the index of its word (-1 for special tokens), so
-    evaluate can map predictions back to words. ``words_past_max_length`` counts the words
-    truncation removed: the model never predicts them."""
-    words, kwargs = model_inputs("token_classification", frame)
-    tags = [[str(t) for t in ts] for ts in frame["tags"]]
-    columns, (full_word_ids, kept_word_ids), full_lengths = _encode_once(
-        tokenizer, words, max_length, full, **kwargs
-    )
-    columns["labels"], columns["word_ids"] = [], []
-    unaligned = cut = 0
-    for sentence_tags, full_ids, word_ids in zip(tags, full_word_ids, kept_word_ids, strict=True):
-        columns["labels"].append(align_labels(word_ids, [tag2id[t] for t in sentence_tags]))
-        columns["word_ids"].append([-1 if w is None else w for w in word_ids])
-        # Words that no sub-token represents (e.g. only control characters) get no label.
-        covered = {w for w in full_ids if w is not None}
-        unaligned += len(sentence_tags) - len(covered)
-        cut += len(covered - {w for w in word_ids if w is not None})
-    columns["length"] = [len(ids) for ids in columns["input_ids"]]
-    columns["tokens"] = words
-    columns["tags"] = tags
-    stats = {
-        "examples": len(words),
-        "truncated": sum(n > max_length for n in full_lengths),
-        "words": sum(len(t) for t in tags),
-        "words_without_subtokens": unaligned,
-        "words_past_max_length": cut,
-        "token_length": percentiles(full_lengths),
-    }
-    return columns, stats
 
 
 # --- the stage --------------------------------------------------------------------------------
@@ -339,106 +189,6 @@ def tokenize(
         output_dir,
     )
     return manifest
-
-
-# tokenize.max_length auto: this percentile of train's lengths. Token tasks take the longest
-# (100): a word past max_length is never predicted, and on CoNLL-2003 with the default
-# encoder the 99.9th percentile (72) would cut 0.44% of the test words (206 of 46,435) where
-# train's longest (164 -> 168) cuts none; with batches padded per batch and grouped by length
-# the longer limit costs only the few long sentences. Text tasks keep 99.9: a truncated text
-# is still classified, from its first max_length sub-tokens.
-AUTO_PERCENTILE = {"text_classification": 99.9, "token_classification": 100.0}
-NO_LIMIT = 1_000_000  # a tokenizer without a length limit reports int(1e30)
-
-
-def encoder_limit(tokenizer: Any, source: Any) -> dict[str, Any] | None:
-    """The most sub-tokens the encoder takes: the smaller of the tokenizer's
-    ``model_max_length`` and the model's ``max_position_embeddings`` (RoBERTa's 514 holds
-    2 padding offsets), with where it comes from; ``None`` when neither is known."""
-    from transformers import AutoConfig
-
-    limits = {}
-    if 0 < int(tokenizer.model_max_length) < NO_LIMIT:
-        limits["the tokenizer's model_max_length"] = int(tokenizer.model_max_length)
-    try:
-        config = AutoConfig.from_pretrained(str(source.model_dir))
-    except (OSError, ValueError):
-        config = None
-    positions = getattr(config, "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
-        limits["the model's max_position_embeddings"] = positions
-    if not limits:
-        return None
-    where = min(limits, key=lambda k: limits[k])
-    return {"value": limits[where], "source": where}
-
-
-def auto_max_length(
-    lengths: list[int], limit: dict[str, Any] | None, task: str = "text_classification"
-) -> tuple[int, dict]:
-    """``tokenize.max_length: auto``: the ``AUTO_PERCENTILE`` of train's sub-token lengths
-    (an observed length: 99.9th for text, the longest for token tasks), rounded up to a
-    multiple of 8 (tensor-core friendly), at least 8, at most the encoder's limit. Returns the
-    value and the record of why (for the manifest)."""
-    import numpy as np
-
-    q = AUTO_PERCENTILE[task]
-    percentile = int(np.percentile(np.asarray(lengths), q, method="higher"))
-    value = max(8, -(-percentile // 8) * 8)
-    record: dict[str, Any] = {
-        "setting": "auto",
-        "percentile": q,
-        "train_length_at_percentile": percentile,
-        "train_max": max(lengths),
-        "encoder_limit": limit,
-    }
-    what = f"the {q:g}th percentile of train's sub-token lengths ({percentile})"
-    if limit is not None and value > limit["value"]:
-        value = limit["value"]
-        record["reason"] = f"{what} is above the encoder's limit, {limit['value']} "
-        record["reason"] += f"({limit['source']})"
-    else:
-        record["reason"] = f"{what}, rounded up to a multiple of 8"
-    return value, record
-
-
-def check_unpredicted(
-    stats: dict[str, Any], max_length: int, limit: dict[str, Any] | None, max_share: float
-) -> None:
-    """Token task: words past ``max_length`` are never predicted (evaluate scores them as
-    ``O``). A warning names the counts and the key; a validation or test share above
-    ``tokenize.max_unpredicted_share`` fails the stage (the scores would describe a model
-    that never saw part of the data).
-
-    Raises:
-        StageError: naming the split, the counts, the keys to change and a value.
-    """
-    problems = []
-    for split in SPLITS:
-        cut, words = stats[split]["words_past_max_length"], stats[split]["words"]
-        if not cut:
-            continue
-        share = cut / words if words else 0.0
-        longest = int(stats[split]["token_length"].get("max", max_length))
-        covering = -(-longest // 8) * 8
-        if limit is not None:
-            covering = min(covering, limit["value"])
-        log.warning(
-            "%s: %d of %d words (%.2f%%) lie past tokenize.max_length=%d and are never "
-            "predicted%s; tokenize.max_length: %d would keep %s",
-            split, cut, words, 100 * share, max_length,
-            "" if split == "train" else " (scored as O)", covering,
-            "all of them" if covering >= longest else "as many as the encoder can",
-        )  # fmt: skip
-        if split != "train" and share > max_share:
-            problems.append(f"{split} split: {cut} of {words} words ({share:.1%})")
-    if problems:
-        raise StageError(
-            f"{'; '.join(problems)} lie past tokenize.max_length={max_length} and would never "
-            f"be predicted (scored as O), more than tokenize.max_unpredicted_share="
-            f"{max_share}. Raise tokenize.max_length (auto chooses from train's lengths, up to "
-            "the encoder's limit), or accept the loss by raising tokenize.max_unpredicted_share"
-        )
 
 
 def _report(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -135,8 +135,8 @@ def tokenize_splits(params: Any, splits: dict[str, Any], work: Path) -> tuple[An
 
 def time_tokenization(tokenizer: Any, corpus: Corpus, max_length: int, limit: int | None) -> dict:
     """Sentences/s of the tokenize stage's encode function on the train file (no imports)."""
+    from tasks.core.encoding import encode_texts, encode_words
     from tasks.core.labels import entity_type, iob2_tags
-    from tasks.tokenize import encode_texts, encode_words
 
     frame = corpus.train if not limit else corpus.train.head(limit)
     if corpus.task == "text_classification":

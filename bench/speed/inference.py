@@ -1,4 +1,4 @@
-"""Inference paths: ``tasks.evaluate.predict`` vs a plain DataLoader (sorted by length with
+"""Inference paths: ``tasks.core.inference.predict`` vs a plain DataLoader (sorted by length with
 autocast: the best flags; random order, fp32; padded to 128)."""
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ def infer_product(
     precision: Any,
     max_tokens: int | None,
 ) -> dict:
-    """``tasks.evaluate.predict`` (after a warm-up call on its first two batches)."""
+    """``tasks.core.inference.predict`` (after a warm-up call on its first two batches)."""
     from tasks.core.batching import inference_batches, padded_length, position_cap
-    from tasks.evaluate import predict
+    from tasks.core.inference import predict
 
     warm = dataset.select(range(min(len(dataset), 2 * batch)))
     predict(model, tokenizer, warm, task, batch, precision, max_tokens)

@@ -154,7 +154,7 @@ def _dev_accuracy(data: Any, task: str, batch: int) -> Any:
     """A function: dev accuracy of a model at a precision (the evaluate stage's predict)."""
     import numpy as np
 
-    from tasks.evaluate import predict
+    from tasks.core.inference import predict
 
     gold = np.asarray(data["validation"]["labels"])
 

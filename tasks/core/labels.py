@@ -1,9 +1,12 @@
-"""IOB2 entity tags: the entity type of a tag, the tag set of entity types, checks."""
+"""Labels: IOB2 entity tags (the entity type of a tag, the tag set of entity types, checks),
+the label map a dataset's train split defines, and word tags on sub-tokens (a word's
+tag on its first sub-token, and back)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from tasks.core.errors import StageError
 
@@ -26,6 +29,71 @@ def iob2_tags(entity_types: Sequence[str]) -> list[str]:
 def check_iob2(tag: str, where: str) -> None:
     if tag != "O" and not (len(tag) > 2 and tag[:2] in ("B-", "I-")):
         raise StageError(f"{where}: tag {tag!r} is not IOB2 (expected O, B-TYPE or I-TYPE)")
+
+
+# --- the label map ----------------------------------------------------------------------------
+
+
+def _where(row: Any, split: str) -> str:
+    if row.get("source_file") is not None and row.get("source_line", -1) != -1:
+        return f"{split} split ({row['source_file']}:{row['source_line']})"
+    return f"{split} split"
+
+
+def build_labels(task: str, frames: dict[str, Any]) -> list[str]:
+    """The label map, built from train: sorted labels, or the IOB2 tag list of the entity
+    types seen in train (``O``, then ``B-``/``I-`` per type).
+
+    Raises:
+        StageError: a validation/test label (or entity type) never occurs in train, or a
+            tag is not IOB2.
+    """
+    if task == "text_classification":
+        known = sorted({str(x) for x in frames["train"]["label"]})
+        for split in ("validation", "test"):
+            frame = frames[split]
+            unseen = sorted({str(x) for x in frame["label"]} - set(known))
+            if unseen:
+                row = frame[frame["label"].astype(str) == unseen[0]].iloc[0]
+                raise StageError(
+                    f"{_where(row, split)}: label {unseen[0]!r} does not occur in train, so the "
+                    f"model cannot learn it (train labels: {', '.join(known)}; unseen: "
+                    f"{', '.join(map(repr, unseen))})"
+                )
+        return known
+    types: dict[str, set[str]] = {}
+    for split, frame in frames.items():  # train, validation, test
+        seen: set[str] = set()
+        for row in frame.to_dict("records"):
+            for tag in row["tags"]:
+                check_iob2(str(tag), _where(row, split))
+                if (kind := entity_type(str(tag))) is not None:
+                    seen.add(kind)
+        types[split] = seen
+    for split in ("validation", "test"):
+        unseen = sorted(types[split] - types["train"])
+        if unseen:
+            raise StageError(
+                f"{split} split: entity type(s) {', '.join(map(repr, unseen))} do not occur in "
+                f"train (train types: {', '.join(sorted(types['train'])) or 'none'})"
+            )
+    return iob2_tags(types["train"])
+
+
+# --- sub-tokens -------------------------------------------------------------------------------
+
+
+def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
+    """Sub-token labels: a word's label on its first sub-token, -100 on the rest and on
+    special tokens (``word_ids`` is ``None`` there)."""
+    labels, previous = [], None
+    for word in word_ids:
+        if word is None or word == previous:
+            labels.append(-100)
+        else:
+            labels.append(word_labels[word])
+        previous = word
+    return labels
 
 
 # --- models -------------------------------------------------------------------------------------

@@ -113,3 +113,12 @@ def word_level_tags(
         gold.append(id2tag[int(g)])
         pred.append(id2tag[int(p)])
     return gold, pred
+
+
+def roc_auc(gold: list[int], scores: list[float]) -> float | None:
+    """ROC AUC of the positive class's scores; ``None`` when ``gold`` holds one class."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(set(gold)) < 2:
+        return None  # undefined with one class in the test split
+    return float(roc_auc_score(gold, scores))

@@ -195,9 +195,9 @@ def test_train_with_a_token_budget_learns_and_scales_the_learning_rate(tmp_path,
 def test_predict_with_a_budget_matches_batch_size_predictions(tokenized, tiny_model_dir):
     import numpy as np
 
+    from tasks.core.inference import predict
     from tasks.core.model import model_class
     from tasks.core.precision import Precision
-    from tasks.evaluate import predict
 
     datasets, tokenizer = tokenized
     for task, data in datasets.items():

@@ -12,9 +12,11 @@ import pytest
 import yaml
 from conftest import ROOT, project_env, tiny_params, write_toy_prepared
 
+from tasks.core.encoding import encode_words
 from tasks.core.errors import StageError
+from tasks.core.labels import align_labels
 from tasks.core.model import vocab_hash
-from tasks.tokenize import align_labels, encode_words, load_tokenized, tokenize
+from tasks.tokenize import load_tokenized, tokenize
 
 TAG2ID = {"O": 0, "B-LOC": 1, "I-LOC": 2, "B-PER": 3, "I-PER": 4}
 
@@ -231,7 +233,7 @@ def test_words_past_max_length_warn_and_fail_above_the_share(tmp_path, tiny_mode
         "token_classification", tiny_model_dir,
         tokenize={"max_length": 8, "max_unpredicted_share": 1.0},
     )  # fmt: skip
-    with caplog.at_level("WARNING", logger="tasks.tokenize"):
+    with caplog.at_level("WARNING", logger="tasks.core.truncation"):
         manifest, _, report = run_tokenize(tmp_path / "lenient", lenient, "token_classification")
     cut = manifest["splits"]["test"]["words_past_max_length"]
     assert 0 < cut < manifest["splits"]["test"]["words"]

@@ -1,0 +1,70 @@
+"""Batched inference: class probabilities per example (text) or per sub-token (tokens) for a
+tokenized dataset, in dataset order, with the time it took; batches cut by length (buckets,
+or a token budget) and run under the training precision's autocast."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tasks.core.batching import inference_batches, make_collator, model_columns, position_cap
+from tasks.core.progress import Progress
+
+
+def predict(
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    task: str,
+    batch_size: int,
+    precision: Any,
+    max_tokens: int | None = None,
+) -> tuple[list[Any], dict[str, float]]:
+    """Class probabilities per example (text) or per sub-token (tokens), in dataset order.
+
+    Batches are cut from the examples sorted by length (little padding): ``batch_size``
+    examples, or as many as fit in ``max_tokens`` padded tokens; each is padded to its
+    bucket (few shapes) and run under ``inference_mode`` with the training precision's
+    autocast.
+
+    Returns:
+        The probabilities (numpy arrays) and timing: ``seconds``, ``samples_per_second``,
+        ``tokens_per_second`` (real, non-padding tokens).
+    """
+    import torch
+
+    device = torch.device(precision.device)
+    model.to(device)
+    inputs = dataset.select_columns([c for c in model_columns(dataset) if c != "labels"])
+    collate = make_collator("text_classification", tokenizer)  # pads inputs only
+    lengths = list(dataset["length"])
+    batches = inference_batches(lengths, batch_size, max_tokens, position_cap(tokenizer))
+    probabilities: list[Any] = [None] * len(lengths)
+    tokens = 0
+    started = time.perf_counter()
+    # One read of the columns: indexing the dataset row by row costs ~10x more per row.
+    columns = inputs.to_dict()
+    progress = Progress(len(batches), "evaluate", unit="batch")
+    predicted = 0
+    with torch.inference_mode(), precision.autocast():
+        for indices in batches:
+            batch = collate([{c: values[i] for c, values in columns.items()} for i in indices])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(**batch).logits.float()
+            probs = torch.softmax(logits, dim=-1).cpu().numpy()
+            tokens += int(batch["attention_mask"].sum())
+            for row, i in enumerate(indices):
+                if task == "text_classification":
+                    probabilities[i] = probs[row]
+                else:  # keep the unpadded positions only
+                    probabilities[i] = probs[row, : lengths[i]]
+            predicted += len(indices)
+            progress.update(examples=predicted)
+    progress.close()
+    seconds = time.perf_counter() - started
+    timing = {
+        "inference_seconds": round(seconds, 4),
+        "samples_per_second": round(len(lengths) / seconds, 2) if seconds > 0 else None,
+        "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
+    }
+    return probabilities, timing
