@@ -8,7 +8,7 @@
 Text classification prints the label and its score per text; token classification prints
 each entity with its type, score, character span ``[start:end]`` and ``word``, which is
 ``text[start:end]``: the words as the text has them (case, accents, spacing), whatever the
-tokenizer did to them (see ``tasks.register.EntityPipeline``).
+tokenizer did to them (see ``tasks.core.entity_pipeline.EntityPipeline``).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ import pytest
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from tasks.commands.predict import predict, render
+from tasks.core.entity_pipeline import EntityPipeline
 from tasks.core.labels import iob2_tags
-from tasks.register import EntityPipeline
 
 
 def _token(index: int, tag: str, start: int, end: int, score: float = 0.9) -> dict:
@@ -50,6 +50,17 @@ def test_spans_are_slices_of_the_input_grouped_by_word():
     found = EntityPipeline.spans("ab cd ef gh", tokens, [None, 0, 1, 2, 3])
     words = [(e["entity"], e["word"]) for e in found]
     assert words == [("PER", "ab"), ("PER", "ef"), ("LOC", "gh")]
+
+
+def test_entity_models_pickled_before_the_move_still_load():
+    """A logged EntityPipeline is pickled by reference (module and class name): versions
+    registered while the class lived in tasks.register name it there."""
+    import pickle
+
+    import cloudpickle
+
+    assert pickle.loads(b"ctasks.register\nEntityPipeline\n.") is EntityPipeline
+    assert b"tasks.core.entity_pipeline" in cloudpickle.dumps(EntityPipeline())
 
 
 @pytest.mark.parametrize("form", ["NFC", "NFD"])

@@ -27,8 +27,10 @@ from conftest import (
     write_toy_prepared,
 )
 
+from tasks.core.fingerprints import model_md5
+from tasks.core.promotion import decide, trivial_baseline
 from tasks.evaluate import evaluate
-from tasks.register import decide, model_md5, register, trivial_baseline
+from tasks.register import register
 from tasks.tokenize import tokenize
 from tasks.train import train
 

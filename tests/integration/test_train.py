@@ -532,8 +532,8 @@ def test_every_selectable_metric_is_scored_and_auto_means_the_same_everywhere(ta
     from transformers import EvalPrediction
 
     from tasks.core.config import TASK_METRICS
+    from tasks.core.promotion import metric_key
     from tasks.core.training import metrics_function
-    from tasks.register import metric_key
 
     labels = ["neg", "pos"] if task == "text_classification" else ["O", "B-PER", "I-PER"]
     if task == "text_classification":

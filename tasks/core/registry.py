@@ -1,0 +1,191 @@
+"""Reads and writes of the MLflow model registry for the register stage: the champion and
+the aliases, the version that holds given weights, the lock that serialises two register
+runs on one store, logging and registering a model (signature, input example, explicit
+requirements) with its identity tags, and the descriptions the registry pages show.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from tasks.core.config import Params
+from tasks.core.entity_pipeline import EntityPipeline
+from tasks.core.errors import StageError
+
+log = logging.getLogger(__name__)
+MODEL_MD5_TAG = "model_md5"  # DVC's md5 of the model directory: the identity of the weights
+INPUT_EXAMPLES = {
+    "text_classification": ["A moving, beautifully acted film.", "Dull and far too long."],
+    "token_classification": ["Alice flew from Paris to Berlin with Lufthansa."],
+}
+
+
+def champion(client: Any, name: str, task: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+    if version.tags.get("task", task) != task:
+        raise StageError(
+            f"register.model_name: {name!r} holds a {version.tags['task']} champion but task is "
+            f"{task}; register this model under another name"
+        )
+    return version
+
+
+def registry_lock(uri: str, state_dir: Path, name: str) -> Any:
+    """A file lock held from looking up the weights to setting the aliases, so two register
+    runs at once (two checkouts, one store) cannot both create a version of one model. It
+    lies beside a local store's files (SQLite database, file store), which every checkout
+    using that store shares; for a server store, in this checkout's ``.state``."""
+    from filelock import FileLock
+
+    if uri.startswith("sqlite:///"):  # the database's folder
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+    elif uri.startswith("file:") or "://" not in uri:  # the file store's own folder
+        folder = Path(uri.removeprefix("file://").removeprefix("file:"))
+    else:
+        folder = state_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return FileLock(folder / f".register-{safe}.lock")
+
+
+def same(version: Any, other: Any) -> bool:
+    return int(version.version) == int(other.version)
+
+
+def version_with_weights(client: Any, name: str, weights: str) -> Any | None:
+    """The version of ``name`` whose ``model_md5`` tag is ``weights`` (the registry's own tag
+    filter, evaluated in SQL by a database store); the champion or challenger if several."""
+    found = client.search_model_versions(f"name = '{name}' AND tags.{MODEL_MD5_TAG} = '{weights}'")
+    if not found:
+        return None
+    current = aliases(client, name)
+    for alias in ("champion", "challenger"):
+        for version in found:
+            if int(version.version) == current.get(alias):
+                return version
+    return max(found, key=lambda version: int(version.version))
+
+
+def log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str, str]) -> str:
+    """Log the model into the active run with signature, input example and explicit
+    requirements, then create a version of ``name`` from it with ``tags`` (one call: the
+    version never exists without them). Returns the new version."""
+    import mlflow
+    import torch
+    import transformers
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import infer_signature
+    from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    example = INPUT_EXAMPLES[params.task]
+    # Explicit requirements: MLflow's inference of them looks for torchvision and fails.
+    requirements = [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"transformers=={transformers.__version__}",
+    ]
+    if params.task == "text_classification":
+        pipeline = transformers.pipeline("text-classification", model=str(model_dir), device="cpu")
+        info = mlflow.transformers.log_model(  # the signature is inferred from the example
+            transformers_model=pipeline,
+            name="model",
+            task="text-classification",
+            input_example=example,
+            pip_requirements=requirements,
+        )
+    else:
+        # MLflow's transformers pyfunc collapses token-classification output into a
+        # comma-joined string of entity types (no spans, no scores) and raises IndexError
+        # on a text without entities; this wrapper serves the same aggregated pipeline but
+        # returns every entity with its type, score and character span.
+        pipeline = transformers.pipeline(
+            "token-classification",
+            model=str(model_dir),
+            aggregation_strategy="simple",
+            device="cpu",
+        )
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=EntityPipeline(),
+            artifacts={"model": str(model_dir)},
+            signature=infer_signature(example, EntityPipeline.entities(pipeline, example)),
+            input_example=example,
+            pip_requirements=requirements,
+        )
+    client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in (
+            ErrorCode.Name(RESOURCE_ALREADY_EXISTS),
+            ErrorCode.Name(ALREADY_EXISTS),
+        ):
+            raise
+    run_id = mlflow.active_run().info.run_id
+    version = client.create_model_version(
+        name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
+    )
+    return _keep_first(client, name, str(version.version), tags[MODEL_MD5_TAG])
+
+
+def aliases(client: Any, name: str) -> dict[str, int]:
+    from mlflow.exceptions import MlflowException
+
+    found = {}
+    for alias in ("champion", "challenger"):
+        try:
+            found[alias] = int(client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            continue
+    return found
+
+
+def model_description(params: Params) -> str:
+    """The registered model's description (set once, when it has none)."""
+    return (
+        f"{params.task.replace('_', ' ')} models fine-tuned by finetune-flow "
+        f"(`finetune run`). Alias `champion`: the version `finetune predict` and `serve` "
+        "use; `challenger`: the latest version that did not beat it. Each version's "
+        "description links its pipeline run, its report and the decision."
+    )
+
+
+def version_description(params: Params, run: Any, tags: dict[str, str]) -> str:
+    """A version's description: score, gate decision, and links (MLflow UI routes) to the
+    pipeline execution's run (which holds ``report/report.html``) and the register run."""
+    experiment, run_id = run.info.experiment_id, run.info.run_id
+    parent = run.data.tags.get("mlflow.parentRunId")
+    lines = [
+        f"Test {tags['metric']} **{float(tags['test_score']):.4f}** on test data "
+        f"`{tags['test_data_hash']}`: {tags['decision']} ({tags['reason']}).",
+        "",
+    ]
+    if parent:
+        lines.append(
+            f"- Pipeline run (every stage, the report `report/report.html`): "
+            f"[{parent}](#/experiments/{experiment}/runs/{parent})"
+        )
+    lines.append(f"- Register run: [{run_id}](#/experiments/{experiment}/runs/{run_id})")
+    return "\n".join(lines)
+
+
+def _keep_first(client: Any, name: str, version: str, weights: str) -> str:
+    """The first version of ``name`` holding ``weights``; ``version`` (just created) is
+    deleted when an earlier one exists. The HTTP client retries a request whose answer was
+    lost (the server died or restarted after creating the version): the retry creates a
+    second version of the same weights. The registry lock does not reach another machine's
+    register on one server either; both then keep the same, first, version."""
+    same = client.search_model_versions(f"name = '{name}' AND tags.{MODEL_MD5_TAG} = '{weights}'")
+    first = min((int(v.version) for v in same), default=int(version))
+    if first < int(version):
+        log.warning("%s version %s duplicates version %s (same weights): deleted", name,
+                    version, first)  # fmt: skip
+        client.delete_model_version(name, version)
+    return str(min(first, int(version)))
