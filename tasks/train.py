@@ -30,7 +30,6 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ import typer
 
 from tasks.core import distributed, progress, tracking
 from tasks.core.batching import make_collator, model_columns
-from tasks.core.checkpoints import last_complete_checkpoint, restore_best, run_key
+from tasks.core.checkpoints import best_model
 from tasks.core.cli import stage_command
 from tasks.core.config import (
     BEST_PARAMS_FILE,
@@ -51,24 +50,10 @@ from tasks.core.config import (
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.io import write_json
-from tasks.core.model import (
-    load_matching_tokenizer,
-    quiet_transformers,
-    resolve_model_source,
-    save_model,
-)
-from tasks.core.precision import Precision, choose_precision
+from tasks.core.model import quiet_transformers, save_model
 from tasks.core.train_reports import histories, log_results, outcome, throughput, write_histories
-from tasks.core.training import (
-    apply_method,
-    batch_plan,
-    build_model,
-    count_parameters,
-    metrics_function,
-    predicted_ids,
-    trainer_classes,
-    training_arguments,
-)
+from tasks.core.train_setup import Run, set_up_run
+from tasks.core.training import metrics_function, predicted_ids, trainer_classes, training_arguments
 from tasks.tokenize import TOKENIZED_DIR, load_tokenized
 
 log = logging.getLogger(__name__)
@@ -105,11 +90,12 @@ def train(
     if provenance["params_source"] == "tune":
         log.info("train values from tuning (trial %s): %s", provenance["best_trial"],
                  provenance["tuned_params"])  # fmt: skip
-    run = _prepare(params, Path(tokenized_dir), Path(state_dir))
+    data, manifest = load_tokenized(Path(tokenized_dir), params.task, ("train", "validation"))
+    run = set_up_run(params, data, manifest, Path(tokenized_dir), Path(state_dir))
     trainer, epoch_end = _make_trainer(run)
     progress.install(trainer, "train")  # step/total, loss, tokens/s, ETA; no raw dicts
     counts = _fit(trainer, run.checkpoint, epoch_end)
-    final = _best_model(trainer)
+    final = best_model(trainer)
     history, validation = histories(trainer.state.log_history)
     metrics = {
         **outcome(trainer.state, validation, run.metric, run.params.train),
@@ -135,83 +121,6 @@ def train(
         metrics["train_samples_per_second"], metrics["train_tokens_per_second"], model_dir,
     )  # fmt: skip
     return metrics
-
-
-@dataclass
-class Run:
-    """One training run, as :func:`_prepare` set it up."""
-
-    params: Params  # tuned values over params.yaml's
-    data: Any  # the train and validation splits
-    tokenizer: Any
-    labels: list[str]
-    metric: str  # picks the best epoch
-    precision: Precision
-    run_dir: Path  # this run's checkpoints (run_key)
-    checkpoint: Path | None  # the one to resume from
-    model: Any
-    head: str  # kept | new
-    parameters: tuple[int, int]  # trainable, total
-    lengths: dict[str, list[int]]
-    max_tokens: int | None
-    learning_rate: float
-    mean_batch: float
-
-
-def _prepare(params: Params, tokenized_dir: Path, state_dir: Path) -> Run:
-    """Load the data and the start model, find the checkpoint to resume from and plan the
-    batches."""
-    import transformers
-
-    tp, task = params.train, params.task
-    data, manifest = load_tokenized(tokenized_dir, task, ("train", "validation"))
-    source = resolve_model_source(params.model.name_or_path, params.tracking.uri, state_dir)
-    tokenizer = load_matching_tokenizer(source, manifest, tokenized_dir)
-    precision = choose_precision(tp.precision)
-
-    run_dir = state_dir / "checkpoints" / run_key(params, source, precision, tokenized_dir)
-    checkpoint = last_complete_checkpoint(run_dir) if tp.resume == "auto" else None
-    if checkpoint is None and distributed.is_main_process():
-        shutil.rmtree(run_dir, ignore_errors=True)
-    else:
-        log.info("resuming from %s", checkpoint)
-
-    transformers.set_seed(tp.seed)  # the new head's initial weights depend on it
-    model, head = build_model(task, source, manifest["labels"], tp.dropout)
-    model = apply_method(model, task, tp)
-    trainable, total = count_parameters(model)
-    log.info(
-        "%s: %s fine-tuning, %s of %s parameters trainable, head %s, %s on %s",
-        source.spec, tp.method, f"{trainable:,}", f"{total:,}", head, precision.dtype,
-        precision.device,
-    )  # fmt: skip
-    lengths = {s: list(data[s]["length"]) for s in ("train", "validation")}
-    max_tokens, learning_rate, mean_batch = batch_plan(
-        tp, lengths["train"], precision.device, tokenizer
-    )
-    if max_tokens:
-        log.info(
-            "batches of at most %d padded tokens (%.1f examples on average): learning rate "
-            "%.3g (sqrt rule from %.3g at batch %d)",
-            max_tokens, mean_batch, learning_rate, tp.learning_rate, tp.batch_size,
-        )  # fmt: skip
-    return Run(
-        params=params,
-        data=data,
-        tokenizer=tokenizer,
-        labels=manifest["labels"],
-        metric=tp.resolved_metric(task),
-        precision=precision,
-        run_dir=run_dir,
-        checkpoint=checkpoint,
-        model=model,
-        head=head,
-        parameters=(trainable, total),
-        lengths=lengths,
-        max_tokens=max_tokens,
-        learning_rate=learning_rate,
-        mean_batch=mean_batch,
-    )
 
 
 def _make_trainer(run: Run) -> tuple[Any, Any]:
@@ -257,18 +166,6 @@ def _fit(trainer: Any, checkpoint: Path | None, epoch_end: Any) -> dict[str, Any
     )
     return {"resumed_from_step": resumed_step, "seconds": seconds,
             **dict(zip(("samples", "tokens", "padded_tokens"), seen, strict=True))}  # fmt: skip
-
-
-def _best_model(trainer: Any) -> Any:
-    """The trained model with the best epoch's weights, LoRA adapters merged."""
-    state = trainer.state
-    best = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
-    if best is not None and best.is_dir():
-        restore_best(trainer.model, best)
-    final = trainer.model
-    if hasattr(final, "merge_and_unload"):
-        final = final.merge_and_unload()  # LoRA weights folded in: a plain model again
-    return final
 
 
 def _batches(run: Run) -> dict[str, Any]:

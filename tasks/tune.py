@@ -164,35 +164,6 @@ def work(params: Params, tokenized_dir: Path, state_dir: Path) -> int:
     return ran
 
 
-def decide_on_whole_train(
-    params: Params,
-    data: TuningData,
-    storage: optuna.storages.BaseStorage,
-    name: str,
-    trials: list,
-    summary: dict[str, Any],
-    objective: Objective,
-) -> dict[str, Any]:
-    """The finalists round (``tasks.tuning.finalists``): the summary keys it decides. When the
-    defaults or a finalist could not be trained on the whole split (``tune.timeout``, a
-    failure), the decision on the share stands and ``decided_on`` says so."""
-    chosen = finalists.pick_finalists(trials, data.baseline, params.tune.finalists)
-    full_trials = finalists.run_finalists(params, storage, name, chosen, objective)
-    decision = finalists.choose_on_full_train(
-        params, full_trials, chosen, data.baseline, data.metric, summary["defaults_trial"]
-    )
-    if decision is None:
-        log.warning("finalists round incomplete: the choice made on the train share stands")
-        return {"decided_on": "train share (finalists round incomplete)"}
-    epochs = sum(t.user_attrs.get("epochs_run", 0.0) for t in full_trials)
-    return {
-        **decision,
-        "decided_on": "whole train split",
-        "finalist_epochs": round(epochs, 3),  # reports: epochs over the whole split
-        "examples_trained": summary["examples_trained"] + round(epochs * len(data.whole_train)),
-    }
-
-
 def tune(
     params: Params,
     tokenized_dir: Path = TOKENIZED_DIR,
@@ -275,7 +246,9 @@ def tune(
                 params, data.on_whole_train(), run.info.run_id, run.info.experiment_id,
                 deadline, finalists=True,
             )  # fmt: skip
-            summary |= decide_on_whole_train(params, data, storage, name, trials, summary, whole)
+            summary |= finalists.decide_on_whole_train(
+                params, data, storage, name, trials, summary, whole
+            )
         view = view_study(trials, name)
         write_reports(params, reports_dir, summary, trials, view)
         log_stage(summary, reports_dir, time.perf_counter() - started)

@@ -1,7 +1,7 @@
 """Training checkpoints: the run key that names a run's checkpoint folder (so a checkpoint
 is only resumed into the same run), the newest complete checkpoint, and restoring the best
 epoch's weights (without forcing evaluation and saving onto one schedule, which Trainer's
-``load_best_model_at_end`` needs)."""
+``load_best_model_at_end`` needs) into the model train saves, LoRA adapters merged."""
 
 from __future__ import annotations
 
@@ -81,3 +81,15 @@ def restore_best(model: Any, checkpoint: Path) -> None:
             raise StageError(f"{checkpoint}: best checkpoint lacks {result.missing_keys[:5]}")
     if unexpected:
         raise StageError(f"{checkpoint}: best checkpoint has unexpected weights {unexpected[:5]}")
+
+
+def best_model(trainer: Any) -> Any:
+    """The trained model with the best epoch's weights, LoRA adapters merged."""
+    state = trainer.state
+    best = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
+    if best is not None and best.is_dir():
+        restore_best(trainer.model, best)
+    final = trainer.model
+    if hasattr(final, "merge_and_unload"):
+        final = final.merge_and_unload()  # LoRA weights folded in: a plain model again
+    return final

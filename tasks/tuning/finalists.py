@@ -23,6 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tasks.core.config import Params
 from tasks.core.progress import quiet_optuna
+from tasks.tuning.data import TuningData
+from tasks.tuning.objective import Objective
 from tasks.tuning.space import DEFAULTS_ROLE, defaults_values, enqueue_defaults, is_defaults
 from tasks.tuning.study import DIRECTION
 
@@ -138,3 +140,32 @@ def choose_on_full_train(
     )
     return {"source": "defaults", "reason": reason, **chosen, "best_trial": defaults_trial,
             "best_value": own.value, "params": {}}  # fmt: skip
+
+
+def decide_on_whole_train(
+    params: Params,
+    data: TuningData,
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    trials: list,
+    summary: dict[str, Any],
+    objective: Objective,
+) -> dict[str, Any]:
+    """The finalists round: the summary keys it decides. When the defaults or a finalist
+    could not be trained on the whole split (``tune.timeout``, a failure), the decision on
+    the share stands and ``decided_on`` says so."""
+    chosen = pick_finalists(trials, data.baseline, params.tune.finalists)
+    full_trials = run_finalists(params, storage, name, chosen, objective)
+    decision = choose_on_full_train(
+        params, full_trials, chosen, data.baseline, data.metric, summary["defaults_trial"]
+    )
+    if decision is None:
+        log.warning("finalists round incomplete: the choice made on the train share stands")
+        return {"decided_on": "train share (finalists round incomplete)"}
+    epochs = sum(t.user_attrs.get("epochs_run", 0.0) for t in full_trials)
+    return {
+        **decision,
+        "decided_on": "whole train split",
+        "finalist_epochs": round(epochs, 3),  # reports: epochs over the whole split
+        "examples_trained": summary["examples_trained"] + round(epochs * len(data.whole_train)),
+    }

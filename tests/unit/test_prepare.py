@@ -24,7 +24,7 @@ from tasks.core import sources
 from tasks.core.config import DataParams, load_params
 from tasks.core.errors import StageError
 from tasks.core.sources import BUILTINS, BuiltinDataset, iob1_to_iob2, read_builtin, read_user_file
-from tasks.prepare import split_frame
+from tasks.core.splitting import split_frame
 
 # --- formats ---------------------------------------------------------------------------
 

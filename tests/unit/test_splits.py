@@ -12,7 +12,8 @@ import pytest
 from tasks.core.config import Params
 from tasks.core.errors import StageError
 from tasks.core.sources import _parse_conll
-from tasks.prepare import prepare, split_frame
+from tasks.core.splitting import split_frame
+from tasks.prepare import prepare
 
 SPLITS = ("train", "validation", "test")
 TEXT = {"text_column": "review", "label_column": "sentiment"}
@@ -137,7 +138,7 @@ def test_origins_for_every_layout(tmp_path):
 
 
 def test_builtin_origin_says_split_from_the_builtin():
-    from tasks.prepare import _lineage
+    from tasks.core.split_summary import _lineage
 
     frame = pd.DataFrame({"text": ["a"], "label": ["x"]})
     lineage = _lineage(params_for(), dict.fromkeys(SPLITS, frame), [], 0)
