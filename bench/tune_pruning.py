@@ -34,7 +34,7 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 STORAGE = ROOT / ".state" / "bench" / "tune_pruning.db"  # the studies, one per variant and run
 
 
-def run_variant(params, data, pruner: str, trials: int) -> dict:
+def run_variant(params, data, pruner: str) -> dict:
     """One search on an in-memory study; returns its compute and best score."""
     import optuna
 
@@ -58,7 +58,7 @@ def run_variant(params, data, pruner: str, trials: int) -> dict:
         study_name=f"{stamp}-{pruner}",
     )
     started = time.perf_counter()
-    run_search(variant, data, study, n_trials=trials, timeout=None)
+    run_search(variant, data, study, timeout=None)  # until the study holds tune.n_trials
     wall = time.perf_counter() - started
     done = study.get_trials(deepcopy=False)
     complete = [t for t in done if t.state.name == "COMPLETE"]
@@ -110,7 +110,7 @@ def main() -> None:
     )
     rows = []
     for pruner in (args.pruner, "none"):
-        rows.append(run_variant(params, data, pruner, args.trials))
+        rows.append(run_variant(params, data, pruner))
         row = rows[-1]
         print(
             f"  {pruner}: {row['trial_epochs']:.2f} trial-epochs, best {row['best']:.4f}, "
