@@ -6,7 +6,10 @@ IOB2 entities, 1% repeated sentences; run as token_classification), under ``.sta
 copies the project's code there, runs ``python -m tasks.prepare`` then
 ``python -m tasks.validate`` as child processes and reads each one's peak resident set size
 (``ru_maxrss`` of the waited child). The issue's bound: peak RSS under 3x the file size.
-Prints a table and appends it to ``bench/RESULTS.md`` (``--no-record``: print only).
+Prints its section, writes the run's JSON result (``--json``; default
+``bench/results/memory-<UTC stamp>.json``, or beside ``--results``) and appends the section
+(rendered by ``bench/render.py``) to ``--results`` (``bench/RESULTS.md``; ``--no-record``:
+print only).
 
     .venv/bin/python bench/memory.py --mb 200 --format csv
     .venv/bin/python bench/memory.py --mb 100 --format conll
@@ -28,10 +31,10 @@ import time
 from pathlib import Path
 
 import yaml
-from results import append_section  # bench/results.py
+from render import render  # bench/render.py
+from results import add_arguments, json_path, record  # bench/results.py
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "RESULTS.md"
 WORDS_TEXT = (
     "the a movie film plot actor story scene was is and it this that very quite with of in on "
     "to for at by from about some long short old new big small good great bad awful dull "
@@ -133,7 +136,8 @@ def main() -> None:
     parser.add_argument(
         "--code", type=Path, default=ROOT, help="a checkout whose code runs (e.g. an old one)"
     )
-    parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--no-record", action="store_true", help="print the section only")
+    add_arguments(parser, "memory")
     args = parser.parse_args()
     scratch = ROOT / ".state" / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -164,25 +168,27 @@ def main() -> None:
                 print(done.stdout[-3000:], done.stderr[-3000:])
                 raise SystemExit(f"{stage} failed ({done.returncode})")
             rss = int(done.stdout.strip().splitlines()[-1]) * 1024
-            measured.append((stage, rss, wall))
+            measured.append({"stage": stage, "peak_rss_bytes": rss, "wall_s": wall})
             print(f"{stage}: peak RSS {rss / 1e6:.0f} MB = {rss / size:.2f}x, {wall:.1f} s")
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        f"## memory: {now}{' (' + args.label + ')' if args.label else ''}",
-        "",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        f"- command: `.venv/bin/python bench/memory.py --mb {args.mb:g} --format {args.format}"
-        + (f" --code {args.code}`" if args.code != ROOT else "`"),
-        f"- input: {args.format.upper()} {size / 1e6:.1f} MB, {rows:,} rows",
-        "",
-        "| stage | peak RSS MB | peak RSS / file size | wall s |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {s} | {r / 1e6:.0f} | {r / size:.2f} | {w:.1f} |" for s, r, w in measured]
-    if args.no_record:
-        print("\n".join(lines))
-    else:
-        append_section(RESULTS, lines)
+    finished = datetime.datetime.now(datetime.UTC)
+    result = {
+        "bench": "memory",
+        "finished": finished.isoformat(timespec="seconds"),
+        "label": args.label,
+        "machine": {
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "mb": args.mb,
+        "code": str(args.code) if args.code != ROOT else None,
+        "input": {"format": args.format, "bytes": size, "rows": rows},
+        "stages": measured,
+    }
+    print("\n".join(render(result)))
+    if not args.no_record:
+        target = args.json or json_path("memory", f"{finished:%Y%m%dT%H%M%S}", args.results)
+        record(result, args.results, target)
 
 
 if __name__ == "__main__":

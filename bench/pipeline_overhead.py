@@ -12,8 +12,10 @@ timestamps every output line, and splits each stage's wall time into
 - the rest: library imports, setup, loading, writing outputs, MLflow logging and registry
   calls, DVC hashing.
 
-Then times a no-op ``dvc repro`` (three times). Prints a table and appends it to
-``bench/RESULTS.md``.
+Then times a no-op ``dvc repro`` (three times). Prints its section, writes the run's JSON
+result (``--json``; default ``bench/results/pipeline_overhead-<UTC stamp>.json``, or beside
+``--results``) and appends the section (rendered by ``bench/render.py``) to ``--results``
+(``bench/RESULTS.md``).
 
     .venv/bin/python bench/pipeline_overhead.py --project .state/fresh-run
 """
@@ -34,10 +36,10 @@ import sys
 import time
 from pathlib import Path
 
-from results import append_section  # bench/results.py
+from render import render  # bench/render.py
+from results import add_arguments, json_path, record  # bench/results.py
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "RESULTS.md"
 STAGE = re.compile(r"Running stage '([a-z_]+)'")
 
 
@@ -95,7 +97,7 @@ def import_seconds(project: Path, stage: str, python: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--project", type=Path, default=ROOT, help="where to run make run")
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    add_arguments(parser, "pipeline_overhead")
     args = parser.parse_args()
     project = args.project.resolve()
     python = str(project / ".venv" / "bin" / "python")
@@ -107,50 +109,42 @@ def main() -> None:
     code, lines = timed_lines(["make", "run"], project, log)
     if code != 0:
         sys.exit(f"make run failed ({code}); see {log}")
-    total = lines[-1][0]
     walls, compute = stage_walls(lines), reported_compute(project)
-    rows, overhead_sum = [], 0.0
-    for stage, wall in walls.items():
-        startup = import_seconds(project, stage, python)
-        work = compute.get(stage)
-        rest = wall - startup - (work or 0.0)
-        overhead_sum += wall - work if work is not None else 0.0
-        rows.append(
-            f"| {stage} | {wall:.1f} | {'—' if work is None else f'{work:.1f}'} | "
-            f"{startup:.1f} | {rest:.1f} |"
-        )
+    stages = [
+        {
+            "stage": stage,
+            "wall_s": wall,
+            "compute_s": compute.get(stage),
+            "import_s": import_seconds(project, stage, python),
+        }
+        for stage, wall in walls.items()
+    ]
     before_first = min((t for t, text in lines if STAGE.search(text)), default=0.0)
     noop = []
     for _ in range(3):
         started = time.perf_counter()
         subprocess.run(["dvc", "repro"], cwd=project, check=True, capture_output=True)
         noop.append(time.perf_counter() - started)
-    measured = sum(compute.values())
-    with_compute = sum(walls[s] for s in compute if s in walls)
-    section = [
-        f"## pipeline_overhead: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        "",
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{platform.platform()}",
-        f"- command: `{shlex.join([sys.executable, *sys.argv])}` (runs `make run` in "
-        f"`{project.name}`)",
-        "",
-        "| stage | wall s | compute s (reported) | module import s "
-        "| rest s (libraries, I/O, logging) |",
-        "|---|---|---|---|---|",
-        *rows,
-        "",
-        f"`make run` {total:.1f} s in all ({before_first:.1f} s before the first stage: make, "
-        f"setup check, DVC start). Stages that report compute: {measured:.1f} s of "
-        f"{with_compute:.1f} s wall, overhead {overhead_sum:.1f} s = "
-        f"{overhead_sum / with_compute:.1%}. Stages without reported compute (prepare, validate, "
-        f"tokenize, register) take {sum(w for s, w in walls.items() if s not in compute):.1f} s "
-        f"= {sum(w for s, w in walls.items() if s not in compute) / total:.1%} of the run.",
-        f"No-op `dvc repro`: {', '.join(f'{s:.2f}' for s in noop)} s (target <= 3 s).",
-        "",
-    ]
-    print("\n".join(section))
-    append_section(args.results, section)
+    finished = datetime.datetime.now(datetime.UTC)
+    result = {
+        "bench": "pipeline_overhead",
+        "finished": finished.isoformat(timespec="seconds"),
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "project": project.name,
+        "stages": stages,
+        "reported_compute": compute,
+        "total_s": lines[-1][0],
+        "before_first_s": before_first,
+        "noop_s": noop,
+    }
+    print("\n".join(render(result)))
+    stamp = f"{finished:%Y%m%dT%H%M%S}"
+    record(result, args.results, args.json or json_path("pipeline_overhead", stamp, args.results))
 
 
 if __name__ == "__main__":

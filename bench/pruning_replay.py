@@ -6,16 +6,25 @@ the no-pruning study show what any pruner would have decided on the same configu
 the same order: the trial-epochs it would have spent and the best score it would have kept.
 (Real searches differ in one way: TPE sees pruned trials and samples differently afterwards.)
 
+Prints its table, writes the run's JSON result (``--json``; default
+``bench/results/pruning_replay-<UTC stamp>.json``, or beside ``--results``) and appends the
+section (rendered by ``bench/render.py``) to ``--results`` (``bench/RESULTS.md``;
+``--no-record``: print the table only).
+
     .venv/bin/python bench/pruning_replay.py --study 20261123T171152-none
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import shlex
 import sys
 from pathlib import Path
 
 import optuna
+from render import pruning_replay_table  # bench/render.py
+from results import add_arguments, json_path, record  # bench/results.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -68,6 +77,8 @@ def main() -> None:
     parser.add_argument("--study", required=True, help="a no-pruning study in the bench db")
     parser.add_argument("--storage", default=STORAGE)
     parser.add_argument("--repeats", type=int, default=20, help="study names to average over")
+    parser.add_argument("--no-record", action="store_true", help="print the table only")
+    add_arguments(parser, "pruning_replay")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=args.study, storage=args.storage)
@@ -77,20 +88,39 @@ def main() -> None:
         if t.state == optuna.trial.TrialState.COMPLETE
     ]
     total, ceiling = sum(map(len, curves)), max(max(c) for c in curves)
-    print(f"{len(curves)} curves, {total} evaluations, best {ceiling:.4f} without pruning")
+    result = {
+        "bench": "pruning_replay",
+        "command": shlex.join([".venv/bin/python", "bench/pruning_replay.py", *sys.argv[1:]]),
+        "study": args.study,
+        "storage": args.storage,
+        "curves": len(curves),
+        "evaluations": total,
+        "ceiling": ceiling,
+        "repeats": args.repeats,
+        "pruners": [],
+    }
     # Hyperband puts trials into brackets by a hash of the study name: average over names.
-    print(f"mean over {args.repeats} study names (hyperband brackets depend on the name)")
-    print("| pruner | evaluations spent | saved | best kept | points lost (worst) |")
-    print("|---|---|---|---|---|")
+    print("\n".join(pruning_replay_table(result)))
     for label, pruner in pruners().items():
         runs = [replay(curves, pruner, f"replay-{i}") for i in range(args.repeats)]
         spent = sum(r[0] for r in runs) / len(runs)
         lost = [100 * (ceiling - r[1]) for r in runs]
-        print(
-            f"| {label} | {spent:.1f} | {1 - spent / total:.0%} | "
-            f"{sum(r[1] for r in runs) / len(runs):.4f} | {sum(lost) / len(lost):.2f} "
-            f"({max(lost):.2f}) |"
+        result["pruners"].append(
+            {
+                "pruner": label,
+                "spent": spent,
+                "saved": 1 - spent / total,
+                "best_kept": sum(r[1] for r in runs) / len(runs),
+                "lost_points": sum(lost) / len(lost),
+                "lost_points_worst": max(lost),
+            }
         )
+        print(pruning_replay_table(result)[-1], flush=True)
+    finished = datetime.datetime.now(datetime.UTC)
+    result["finished"] = finished.isoformat(timespec="seconds")
+    if not args.no_record:
+        target = args.json or json_path("pruning_replay", f"{finished:%Y%m%dT%H%M%S}", args.results)
+        record(result, args.results, target)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from results import RESULTS, json_path, record  # noqa: E402 - bench/results.py
+from results import add_arguments, json_path, record  # noqa: E402 - bench/results.py
 
 import tasks  # noqa: E402,F401 - offline, state inside the project
 
@@ -104,13 +104,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--results", default=str(RESULTS), help="markdown file to append to")
-    parser.add_argument(
-        "--json",
-        default=None,
-        help="the run's JSON result (default: bench/results/quantize-<stamp>.json, or beside "
-        "--results)",
-    )
+    add_arguments(parser, "quantize")
     args = parser.parse_args()
 
     import torch

@@ -311,10 +311,193 @@ def render_tune_transfer(result: dict) -> list[str]:
 
 TUNE_POLICIES = ("untuned", "share", "finalists")
 
+
+def _heading(bench: str, result: dict, key: str = "finished") -> str:
+    """``## BENCH: YYYY-MM-DD HH:MM UTC`` from the result's ISO time ``key``."""
+    return f"## {bench}: {datetime.datetime.fromisoformat(result[key]):%Y-%m-%d %H:%M} UTC"
+
+
+def _number(value: float | None, spec: str) -> str:
+    """``value`` formatted by ``spec``; None (a NaN in the JSON) as Python prints NaN."""
+    return "nan" if value is None else format(value, spec)
+
+
+def render_tune_pruning(result: dict) -> list[str]:
+    """The ``## tune_pruning`` section: one search with a pruner and one without."""
+    data, search, summary = result["data"], result["search"], result["summary"]
+    header = (
+        "| pruner | trials (complete/pruned/failed) | trial-epochs (planned) | wall s "
+        f"| best {data['metric']} |"
+    )
+    rows = [
+        f"| {row['pruner']} | {row['trials']} ({row['complete']}/{row['pruned']}/"
+        f"{row['failed']}) | {row['trial_epochs']:.2f} ({row['planned_epochs']}) "
+        f"| {row['wall_s']:.0f} | {_number(row['best'], '.4f')} |"
+        for row in result["variants"]
+    ]
+    verdict_text = "met" if summary["met"] else "NOT met"
+    return [
+        _heading("tune_pruning", result),
+        "",
+        f"- machine: {result['machine']}, {result['platform']}; torch threads {result['threads']}",
+        f"- command: `{result['command']}`",
+        f"- data: {data['train']} of {data['train_examples']} train examples (stratified "
+        f"{data['fraction']:g}), {data['validation']} validation; model "
+        f"`{result['model']}`, precision `{result['precision']}` ({result['dtype']})",
+        f"- search: TPE seed {search['seed']} ({search['startup_trials']} random startup "
+        f"trials), {search['trials']} trials each, {search['evals_per_epoch']} evaluations per "
+        f"epoch, pruner `{search['pruner']}` (startup {search['pruner_startup_trials']}, warmup "
+        f"{search['pruner_warmup_steps']}) vs none; space: {', '.join(search['space'])}",
+        "",
+        header,
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Pruning saved {summary['saved']:.0%} of trial-epochs ({summary['wall_saved']:.0%} of "
+        f"wall time); its best score is {_number(summary['gap_points'], '.2f')} points lower than "
+        "without pruning (negative: higher) (target: >= 40% saved, <= 0.5 points lower): "
+        f"**{verdict_text}**.",
+        f"Studies (every trial's curve): `{result['storage']}`, "
+        + ", ".join(f"`{row['study']}`" for row in result["variants"])
+        + ".",
+        "",
+    ]
+
+
+def pruning_replay_table(result: dict) -> list[str]:
+    """The replay's summary lines and its table (what the script prints)."""
+    lines = [
+        f"{result['curves']} curves, {result['evaluations']} evaluations, best "
+        f"{result['ceiling']:.4f} without pruning",
+        f"mean over {result['repeats']} study names (hyperband brackets depend on the name)",
+        "| pruner | evaluations spent | saved | best kept | points lost (worst) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result["pruners"]:
+        lines.append(
+            f"| {row['pruner']} | {row['spent']:.1f} | {row['saved']:.0%} | "
+            f"{row['best_kept']:.4f} | {row['lost_points']:.2f} ({row['lost_points_worst']:.2f}) |"
+        )
+    return lines
+
+
+def render_pruning_replay(result: dict) -> list[str]:
+    """The ``## pruning_replay`` section: a finished study's curves fed to each pruner."""
+    return [
+        _heading("pruning_replay", result),
+        "",
+        f"- command: `{result['command']}` (no training: the {result['curves']} curves of the "
+        f"no-pruning study `{result['study']}`, fed in order to the tune stage's own pruners)",
+        "",
+        *pruning_replay_table(result),
+    ]
+
+
+def render_pipeline_overhead(result: dict) -> list[str]:
+    """The ``## pipeline_overhead`` section: each stage's wall time of one ``make run``."""
+    machine, compute = result["machine"], result["reported_compute"]
+    walls = {row["stage"]: row["wall_s"] for row in result["stages"]}
+    rows, overhead = [], 0.0
+    for row in result["stages"]:
+        wall, work = row["wall_s"], row["compute_s"]
+        rest = wall - row["import_s"] - (work or 0.0)
+        overhead += wall - work if work is not None else 0.0
+        rows.append(
+            f"| {row['stage']} | {wall:.1f} | {'—' if work is None else f'{work:.1f}'} | "
+            f"{row['import_s']:.1f} | {rest:.1f} |"
+        )
+    total = result["total_s"]
+    measured = sum(compute.values())
+    with_compute = sum(walls[s] for s in compute if s in walls)
+    without = sum(w for s, w in walls.items() if s not in compute)
+    return [
+        _heading("pipeline_overhead", result),
+        "",
+        f"- machine: {machine['processor']}, {machine['cpus']} CPUs, {machine['platform']}",
+        f"- command: `{result['command']}` (runs `make run` in `{result['project']}`)",
+        "",
+        "| stage | wall s | compute s (reported) | module import s "
+        "| rest s (libraries, I/O, logging) |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"`make run` {total:.1f} s in all ({result['before_first_s']:.1f} s before the first "
+        f"stage: make, setup check, DVC start). Stages that report compute: {measured:.1f} s of "
+        f"{with_compute:.1f} s wall, overhead {overhead:.1f} s = {overhead / with_compute:.1%}. "
+        "Stages without reported compute (prepare, validate, tokenize, register) take "
+        f"{without:.1f} s = {without / total:.1%} of the run.",
+        f"No-op `dvc repro`: {', '.join(f'{s:.2f}' for s in result['noop_s'])} s (target <= 3 s).",
+        "",
+    ]
+
+
+def render_memory(result: dict) -> list[str]:
+    """The ``## memory`` section: peak RSS of prepare and validate on a generated file."""
+    machine, data = result["machine"], result["input"]
+    label = f" ({result['label']})" if result["label"] else ""
+    code = f" --code {result['code']}" if result["code"] else ""
+    size = data["bytes"]
+    return [
+        _heading("memory", result) + label,
+        "",
+        f"- machine: {machine['machine']}, {machine['cpus']} CPUs, {machine['platform']}",
+        f"- command: `.venv/bin/python bench/memory.py --mb {result['mb']:g} --format "
+        f"{data['format']}{code}`",
+        f"- input: {data['format'].upper()} {size / 1e6:.1f} MB, {data['rows']:,} rows",
+        "",
+        "| stage | peak RSS MB | peak RSS / file size | wall s |",
+        "|---|---|---|---|",
+        *(
+            f"| {row['stage']} | {row['peak_rss_bytes'] / 1e6:.0f} | "
+            f"{row['peak_rss_bytes'] / size:.2f} | {row['wall_s']:.1f} |"
+            for row in result["stages"]
+        ),
+    ]
+
+
+def render_tune_storage(result: dict) -> list[str]:
+    """The ``## tune_storage`` section: ms per empty trial per storage, and one search's
+    wall time with 1 and 2 workers."""
+    lines = [
+        _heading("tune_storage", result),
+        "",
+        f"`{result['command']}` on {result['host']} ({result['cpus']} CPUs), load at start: "
+        f"`{result['load']}`",
+        "",
+        f"(a) Storage overhead, {result['trials']} empty trials each (RDB storage with "
+        "heartbeats, as the stage opens it):",
+        "",
+        "| storage | ms per trial |",
+        "|---|---|",
+        *(f"| {name} | {ms:.1f} |" for name, ms in result["ms_per_trial"].items()),
+    ]
+    if result["search"] is not None:
+        walls = result["search"]
+        one = next(row["wall_s"] for row in walls if row["workers"] == 1)
+        lines += [
+            "",
+            f"(b) One search of {result['n_trials']} trials (tiny random BERT, 240 toy reviews, "
+            "half per trial, 2 epochs), PostgreSQL storage, workers with one thread each:",
+            "",
+            "| workers | wall s | speed-up |",
+            "|---|---|---|",
+            *(
+                f"| {row['workers']} | {row['wall_s']:.1f} | {one / row['wall_s']:.2f} |"
+                for row in walls
+            ),
+        ]
+    return lines
+
+
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "throughput": render_throughput,
     "quantize": render_quantize,
     "tune_transfer": render_tune_transfer,
+    "tune_pruning": render_tune_pruning,
+    "pruning_replay": render_pruning_replay,
+    "pipeline_overhead": render_pipeline_overhead,
+    "memory": render_memory,
+    "tune_storage": render_tune_storage,
 }
 
 

@@ -3,6 +3,7 @@ renderer's, ``bench/render.py``) to ``bench/RESULTS.md``."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,18 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "RESULTS.md"
 JSON_DIR = BENCH / "results"  # one JSON file per run: <bench>-<UTC stamp>.json
+
+
+def add_arguments(parser: argparse.ArgumentParser, bench: str) -> None:
+    """The options of every benchmark that records its result: ``--results`` (the markdown
+    file its section is appended to) and ``--json`` (where its JSON result goes)."""
+    parser.add_argument("--results", default=str(RESULTS), help="markdown file to append to")
+    parser.add_argument(
+        "--json",
+        default=None,
+        help="the run's JSON result: a .json file, or a .jsonl file to add a line to "
+        f"(default: bench/results/{bench}-<stamp>.json, or beside --results)",
+    )
 
 
 def append_section(results_file: Path | str, lines: list[str]) -> None:

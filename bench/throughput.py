@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from render import throughput_body  # noqa: E402 - bench/render.py
-from results import RESULTS, json_path, record  # noqa: E402 - bench/results.py
+from results import add_arguments, json_path, record  # noqa: E402 - bench/results.py
 from speed.clock import matmul_peak  # noqa: E402
 from speed.data import (  # noqa: E402 - bench/speed/
     FIXED_LENGTH,
@@ -119,13 +119,7 @@ def parser() -> argparse.ArgumentParser:
         help="train.max_tokens_per_batch for the product: auto, null or a number (default: params)",
     )
     add("--seed", type=int, default=42, help="sample and batch-order seed")
-    add("--results", default=str(RESULTS), help="markdown file to append to")
-    add(
-        "--json",
-        default=None,
-        help="the run's JSON result: a .json file, or a .jsonl file to add a line to "
-        "(default: bench/results/throughput-<stamp>.json, or beside --results)",
-    )
+    add_arguments(p, "throughput")
     return p
 
 

@@ -6,7 +6,9 @@ subset and the whole validation split. For each it reports the compute spent (tr
 training epochs summed over trials, and wall time) and the best validation score. Target:
 pruning spends at least 40% fewer trial-epochs at no more than 0.5 points lower best score.
 
-Prints a table and appends it to ``bench/RESULTS.md`` with the machine and the command.
+Prints its section, writes the run's JSON result (``--json``; default
+``bench/results/tune_pruning-<UTC stamp>.json``, or beside ``--results``) and appends the
+section (rendered by ``bench/render.py``) to ``--results`` (``bench/RESULTS.md``).
 
     .venv/bin/python bench/tune_pruning.py --trials 10 --fraction 0.1
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import math
 import platform
 import shlex
 import sys
@@ -25,16 +28,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from results import append_section  # noqa: E402 - bench/results.py
+from render import render  # noqa: E402 - bench/render.py
+from results import add_arguments, json_path, record  # noqa: E402 - bench/results.py
 
 import tasks  # noqa: E402,F401 - offline, state and scratch inside the project
 from tasks.core.config import load_params  # noqa: E402
 
-RESULTS = ROOT / "bench" / "RESULTS.md"
 STORAGE = ROOT / ".state" / "bench" / "tune_pruning.db"  # the studies, one per variant and run
 
 
-def run_variant(params, data, pruner: str, trials: int) -> dict:
+def run_variant(params, data, pruner: str) -> dict:
     """One search on an in-memory study; returns its compute and best score."""
     import optuna
 
@@ -58,7 +61,7 @@ def run_variant(params, data, pruner: str, trials: int) -> dict:
         study_name=f"{stamp}-{pruner}",
     )
     started = time.perf_counter()
-    run_search(variant, data, study, n_trials=trials, timeout=None)
+    run_search(variant, data, study, timeout=None)  # until the study holds tune.n_trials
     wall = time.perf_counter() - started
     done = study.get_trials(deepcopy=False)
     complete = [t for t in done if t.state.name == "COMPLETE"]
@@ -71,7 +74,7 @@ def run_variant(params, data, pruner: str, trials: int) -> dict:
         "trial_epochs": sum(t.user_attrs.get("epochs_run", 0.0) for t in done),
         "planned_epochs": sum(t.params.get("epochs", params.train.epochs) for t in done),
         "wall_s": wall,
-        "best": max((t.value for t in complete), default=float("nan")),
+        "best": max((t.value for t in complete), default=None),  # None: none complete
         "best_params": study.best_params if complete else {},
         "study": study.study_name,
     }
@@ -84,7 +87,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10, help="trials per search")
     parser.add_argument("--fraction", type=float, default=0.1, help="tune.train_fraction")
     parser.add_argument("--pruner", default="median", help="the pruner to compare with none")
-    parser.add_argument("--results", default=str(RESULTS), help="markdown file to append to")
+    add_arguments(parser, "tune_pruning")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -110,64 +113,63 @@ def main() -> None:
     )
     rows = []
     for pruner in (args.pruner, "none"):
-        rows.append(run_variant(params, data, pruner, args.trials))
+        rows.append(run_variant(params, data, pruner))
         row = rows[-1]
         print(
-            f"  {pruner}: {row['trial_epochs']:.2f} trial-epochs, best {row['best']:.4f}, "
-            f"{row['wall_s']:.0f} s",
+            f"  {pruner}: {row['trial_epochs']:.2f} trial-epochs, best "
+            f"{_or_nan(row['best']):.4f}, {row['wall_s']:.0f} s",
             flush=True,
         )
     pruned, full = rows
     saved = 1 - pruned["trial_epochs"] / full["trial_epochs"]
     wall_saved = 1 - pruned["wall_s"] / full["wall_s"]
-    gap = (full["best"] - pruned["best"]) * 100  # points
-    verdict = "met" if saved >= 0.40 and gap <= 0.5 else "NOT met"
-
-    header = (
-        "| pruner | trials (complete/pruned/failed) | trial-epochs (planned) | wall s "
-        f"| best {data.metric} |"
-    )
-    lines = [header, "|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(
-            f"| {row['pruner']} | {row['trials']} ({row['complete']}/{row['pruned']}/"
-            f"{row['failed']}) | {row['trial_epochs']:.2f} ({row['planned_epochs']}) "
-            f"| {row['wall_s']:.0f} | {row['best']:.4f} |"
-        )
-    summary = (
-        f"Pruning saved {saved:.0%} of trial-epochs ({wall_saved:.0%} of wall time); its best "
-        f"score is {gap:.2f} points lower than without pruning (negative: higher) "
-        f"(target: >= 40% saved, <= 0.5 points lower): **{verdict}**."
-    )
+    gap = (_or_nan(full["best"]) - _or_nan(pruned["best"])) * 100  # points
     script = Path(sys.argv[0]).resolve().relative_to(ROOT)
-    command = shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
-    print("\n".join(["", *lines, "", summary]))
-
     tune = params.tune
-    section = [
-        f"## tune_pruning: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        "",
-        f"- machine: {device_name()}, {platform.platform()}; torch threads "
-        f"{torch.get_num_threads()}",
-        f"- command: `{command}`",
-        f"- data: {len(data.train)} of {data.train_examples} train examples (stratified "
-        f"{args.fraction:g}), {len(data.validation)} validation; model "
-        f"`{params.model.name_or_path}`, precision `{params.train.precision}` "
-        f"({choose_precision(params.train.precision).dtype})",
-        f"- search: TPE seed {tune.seed} ({tune.startup_trials} random startup trials), "
-        f"{args.trials} trials each, {tune.evals_per_epoch} evaluations per epoch, pruner "
-        f"`{args.pruner}` (startup {tune.pruner.startup_trials}, warmup "
-        f"{tune.pruner.warmup_steps}) vs none; space: {', '.join(tune.space)}",
-        "",
-        *lines,
-        "",
-        summary,
-        f"Studies (every trial's curve): `{STORAGE.relative_to(ROOT)}`, "
-        + ", ".join(f"`{row['study']}`" for row in rows)
-        + ".",
-        "",
-    ]
-    append_section(args.results, section)
+    finished = datetime.datetime.now(datetime.UTC)
+    result = {
+        "bench": "tune_pruning",
+        "finished": finished.isoformat(timespec="seconds"),
+        "machine": device_name(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "command": shlex.join([".venv/bin/python", str(script), *sys.argv[1:]]),
+        "model": params.model.name_or_path,
+        "precision": params.train.precision,
+        "dtype": str(choose_precision(params.train.precision).dtype),
+        "data": {
+            "train": len(data.train),
+            "train_examples": data.train_examples,
+            "fraction": args.fraction,
+            "validation": len(data.validation),
+            "metric": data.metric,
+        },
+        "search": {
+            "seed": tune.seed,
+            "startup_trials": tune.startup_trials,
+            "trials": args.trials,
+            "evals_per_epoch": tune.evals_per_epoch,
+            "pruner": args.pruner,
+            "pruner_startup_trials": tune.pruner.startup_trials,
+            "pruner_warmup_steps": tune.pruner.warmup_steps,
+            "space": list(tune.space),
+        },
+        "variants": rows,
+        "summary": {
+            "saved": saved,
+            "wall_saved": wall_saved,
+            "gap_points": None if math.isnan(gap) else gap,
+            "met": saved >= 0.40 and gap <= 0.5,
+        },
+        "storage": str(STORAGE.relative_to(ROOT)),
+    }
+    print("\n".join(["", *render(result)]))
+    target = args.json or json_path("tune_pruning", f"{finished:%Y%m%dT%H%M%S}", args.results)
+    record(result, args.results, target)
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@
     tune stage's objective) with 1 and with 2 worker processes (``tasks.tune.work``, what
     ``python -m tasks.tune --worker`` runs) sharing one study in PostgreSQL.
 
-Prints the numbers and appends them, with the machine's load (``uptime``), to
-``bench/RESULTS.md``.
+Prints the numbers, writes the run's JSON result with the machine's load (``uptime``)
+(``--json``; default ``bench/results/tune_storage-<UTC stamp>.json``, or beside ``--results``)
+and appends its section (rendered by ``bench/render.py``) to ``--results``
+(``bench/RESULTS.md``).
 
     .venv/bin/python bench/tune_storage.py --trials 200 --n-trials 6
 """
@@ -33,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from results import append_section  # noqa: E402 - bench/results.py
+from results import add_arguments, json_path, record  # noqa: E402 - bench/results.py
 
 import tasks  # noqa: E402,F401 - offline, state and scratch inside the project
 
@@ -87,6 +89,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200, help="empty trials per storage")
     parser.add_argument("--n-trials", type=int, default=6, help="real trials per search")
     parser.add_argument("--skip-search", action="store_true", help="measure (a) only")
+    add_arguments(parser, "tune_storage")
     args = parser.parse_args()
 
     from conftest import tiny_params, write_toy_prepared
@@ -99,7 +102,7 @@ def main() -> None:
     pg_root = Path(tempfile.mkdtemp(prefix="bench-postgres-", dir=ROOT / ".state"))
     pg_root.chmod(0o755)  # as root the server runs as the postgres user: it must get in
     server = Postgres(pg_root, port=_free_port()).start()
-    lines = []
+    search = None
     try:
         params = tiny_params("text_classification", "unused")
         sqlite = f"sqlite:///{scratch / 'optuna.db'}"
@@ -109,16 +112,8 @@ def main() -> None:
         }
         for name, ms in overhead.items():
             print(f"{name}: {ms:.1f} ms per empty trial")
-        lines += [
-            f"(a) Storage overhead, {args.trials} empty trials each (RDB storage with "
-            "heartbeats, as the stage opens it):",
-            "",
-            "| storage | ms per trial |",
-            "|---|---|",
-            *(f"| {name} | {ms:.1f} |" for name, ms in overhead.items()),
-        ]
         if not args.skip_search:
-            walls = {}
+            search = []
             model = _tiny_model(scratch / "model")
             for workers in (1, 2):
                 storage = server.create_database(f"bench_b{workers}")
@@ -135,26 +130,28 @@ def main() -> None:
                 if not tokenized.exists():
                     prepared = write_toy_prepared(scratch / "prepared")
                     tokenize(params, prepared, tokenized, scratch / "tok.json", scratch / "st")
-                walls[workers] = search_wall(params, tokenized, scratch / "state", workers)
-                print(f"{workers} worker(s): {walls[workers]:.1f} s")
-            lines += [
-                "",
-                f"(b) One search of {args.n_trials} trials (tiny random BERT, 240 toy reviews, "
-                "half per trial, 2 epochs), PostgreSQL storage, workers with one thread each:",
-                "",
-                "| workers | wall s | speed-up |",
-                "|---|---|---|",
-                *(f"| {n} | {s:.1f} | {walls[1] / s:.2f} |" for n, s in walls.items()),
-            ]
+                wall = search_wall(params, tokenized, scratch / "state", workers)
+                search.append({"workers": workers, "wall_s": wall})
+                print(f"{workers} worker(s): {wall:.1f} s")
     finally:
         server.stop()
         shutil.rmtree(pg_root, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = shlex.join([".venv/bin/python", "bench/tune_storage.py", *sys.argv[1:]])
-    head = [f"## tune_storage: {when}", "", f"`{command}` on {platform.node()} "
-            f"({os.cpu_count()} CPUs), load at start: `{load}`", ""]  # fmt: skip
-    append_section(ROOT / "bench" / "RESULTS.md", head + lines)
+    finished = datetime.datetime.now(datetime.UTC)
+    result = {
+        "bench": "tune_storage",
+        "finished": finished.isoformat(timespec="seconds"),
+        "command": shlex.join([".venv/bin/python", "bench/tune_storage.py", *sys.argv[1:]]),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "load": load,
+        "trials": args.trials,
+        "ms_per_trial": overhead,
+        "n_trials": args.n_trials,
+        "search": search,  # None with --skip-search
+    }
+    stamp = f"{finished:%Y%m%dT%H%M%S}"
+    record(result, args.results, args.json or json_path("tune_storage", stamp, args.results))
 
 
 def _free_port() -> int:

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from results import RESULTS, json_path, record  # noqa: E402 - bench/results.py
+from results import add_arguments, json_path, record  # noqa: E402 - bench/results.py
 
 import tasks  # noqa: E402,F401 - offline, state inside the project
 
@@ -172,8 +172,7 @@ def main() -> None:
         help="render the complete seeds of an earlier run's folder (.state/bench/tune_transfer/"
         "<stamp>) instead of running",
     )  # fmt: skip
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--json", type=Path, default=None)
+    add_arguments(parser, "tune_transfer")
     args = parser.parse_args()
 
     import torch

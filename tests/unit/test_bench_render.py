@@ -267,8 +267,8 @@ def test_results_are_stored_and_read_back_one_file_or_one_line_per_run(bench, tm
 
 def test_an_unknown_bench_is_refused_by_name(bench):
     render, _ = bench
-    with pytest.raises(ValueError, match="no renderer for bench 'memory'"):
-        render.render({"bench": "memory"})
+    with pytest.raises(ValueError, match="no renderer for bench 'no_such_bench'"):
+        render.render({"bench": "no_such_bench"})
 
 
 QUANTIZE = {
@@ -381,4 +381,325 @@ def test_a_tune_transfer_result_averages_the_seeds_against_the_target(bench):
     assert lines[-1] == (
         "Tuned (finalists) vs untuned: +0.50 points on average; share-only +0.50 (target: "
         "tuned >= untuned + 0.5): met."
+    )
+
+
+def through_json(result: dict) -> dict:
+    """``result`` as its JSON file holds it (strict JSON: no NaN)."""
+    return json.loads(json.dumps(result, allow_nan=False))
+
+
+def pruning_variant(pruner: str, complete: int, epochs: float, wall: float, best) -> dict:
+    """One search of bench/tune_pruning.py as ``run_variant`` returns it."""
+    return {
+        "pruner": pruner,
+        "trials": 8,
+        "complete": complete,
+        "pruned": 8 - complete,
+        "failed": 0,
+        "trial_epochs": epochs,
+        "planned_epochs": 18,
+        "wall_s": wall,
+        "best": best,
+        "best_params": {"learning_rate": 5e-5},
+        "study": f"20261123T170638-{pruner}",
+    }
+
+
+TUNE_PRUNING = {
+    "bench": "tune_pruning",
+    "finished": "2026-11-23T17:20:31+00:00",
+    "machine": "cpu: AMD EPYC (2 threads)",
+    "platform": "Linux-6",
+    "threads": 2,
+    "command": ".venv/bin/python bench/tune_pruning.py --trials 8 --fraction 0.2",
+    "model": "default",
+    "precision": "auto",
+    "dtype": "bf16",
+    "data": {
+        "train": 2049,
+        "train_examples": 10248,
+        "fraction": 0.2,
+        "validation": 1267,
+        "metric": "f1_macro",
+    },
+    "search": {
+        "seed": 42,
+        "startup_trials": 3,
+        "trials": 8,
+        "evals_per_epoch": 2,
+        "pruner": "median",
+        "pruner_startup_trials": 2,
+        "pruner_warmup_steps": 1,
+        "space": ["learning_rate", "batch_size"],
+    },
+    "variants": [
+        pruning_variant("median", 2, 10.0, 313.2, 0.80041),
+        pruning_variant("none", 8, 18.0, 546.4, 0.81994),
+    ],
+    "summary": {"saved": 0.4444, "wall_saved": 0.4268, "gap_points": 1.953, "met": False},
+    "storage": ".state/bench/tune_pruning.db",
+}
+
+
+def test_a_tune_pruning_result_renders_as_its_results_md_section(bench):
+    render, _ = bench
+    assert render.render(through_json(TUNE_PRUNING)) == [
+        "## tune_pruning: 2026-11-23 17:20 UTC",
+        "",
+        "- machine: cpu: AMD EPYC (2 threads), Linux-6; torch threads 2",
+        "- command: `.venv/bin/python bench/tune_pruning.py --trials 8 --fraction 0.2`",
+        "- data: 2049 of 10248 train examples (stratified 0.2), 1267 validation; model "
+        "`default`, precision `auto` (bf16)",
+        "- search: TPE seed 42 (3 random startup trials), 8 trials each, 2 evaluations per "
+        "epoch, pruner `median` (startup 2, warmup 1) vs none; space: learning_rate, batch_size",
+        "",
+        "| pruner | trials (complete/pruned/failed) | trial-epochs (planned) | wall s "
+        "| best f1_macro |",
+        "|---|---|---|---|---|",
+        "| median | 8 (2/6/0) | 10.00 (18) | 313 | 0.8004 |",
+        "| none | 8 (8/0/0) | 18.00 (18) | 546 | 0.8199 |",
+        "",
+        "Pruning saved 44% of trial-epochs (43% of wall time); its best score is 1.95 points "
+        "lower than without pruning (negative: higher) (target: >= 40% saved, <= 0.5 points "
+        "lower): **NOT met**.",
+        "Studies (every trial's curve): `.state/bench/tune_pruning.db`, "
+        "`20261123T170638-median`, `20261123T170638-none`.",
+        "",
+    ]
+
+
+def test_a_pruned_search_without_a_complete_trial_renders_nan_as_before(bench):
+    render, _ = bench
+    run = json.loads(json.dumps(TUNE_PRUNING))
+    run["variants"][0].update(complete=0, pruned=8, best=None)
+    run["summary"].update(gap_points=None, met=False)
+    lines = render.render(through_json(run))
+    assert "| median | 8 (0/8/0) | 10.00 (18) | 313 | nan |" in lines
+    assert "its best score is nan points lower" in "\n".join(lines)
+
+
+PRUNING_REPLAY = {
+    "bench": "pruning_replay",
+    "finished": "2026-11-23T17:51:02+00:00",
+    "command": ".venv/bin/python bench/pruning_replay.py --study 20261123T171152-none",
+    "study": "20261123T171152-none",
+    "storage": "sqlite:///.state/bench/tune_pruning.db",
+    "curves": 8,
+    "evaluations": 36,
+    "ceiling": 0.81994,
+    "repeats": 20,
+    "pruners": [
+        {
+            "pruner": "median, warmup 1",
+            "spent": 20.0,
+            "saved": 0.4444,
+            "best_kept": 0.80041,
+            "lost_points": 1.953,
+            "lost_points_worst": 1.953,
+        },
+        {
+            "pruner": "hyperband (min 1, factor 3): the new default",
+            "spent": 24.2,
+            "saved": 0.329,
+            "best_kept": 0.81853,
+            "lost_points": 0.1411,
+            "lost_points_worst": 1.9551,
+        },
+    ],
+}
+
+
+def test_a_pruning_replay_result_renders_its_table(bench):
+    render, _ = bench
+    assert render.render(through_json(PRUNING_REPLAY)) == [
+        "## pruning_replay: 2026-11-23 17:51 UTC",
+        "",
+        "- command: `.venv/bin/python bench/pruning_replay.py --study 20261123T171152-none` "
+        "(no training: the 8 curves of the no-pruning study `20261123T171152-none`, fed in "
+        "order to the tune stage's own pruners)",
+        "",
+        "8 curves, 36 evaluations, best 0.8199 without pruning",
+        "mean over 20 study names (hyperband brackets depend on the name)",
+        "| pruner | evaluations spent | saved | best kept | points lost (worst) |",
+        "|---|---|---|---|---|",
+        "| median, warmup 1 | 20.0 | 44% | 0.8004 | 1.95 (1.95) |",
+        "| hyperband (min 1, factor 3): the new default | 24.2 | 33% | 0.8185 | 0.14 (1.96) |",
+    ]
+
+
+def overhead_stage(stage: str, wall: float, imports: float, compute=None) -> dict:
+    return {"stage": stage, "wall_s": wall, "compute_s": compute, "import_s": imports}
+
+
+PIPELINE_OVERHEAD = {
+    "bench": "pipeline_overhead",
+    "finished": "2026-11-23T19:00:12+00:00",
+    "machine": {"processor": "x86_64", "cpus": 2, "platform": "Linux-6"},
+    "command": "/work/main/.venv/bin/python bench/pipeline_overhead.py --project .state/fresh-run",
+    "project": "fresh-run",
+    "stages": [
+        overhead_stage("prepare", 1.7, 0.5),
+        overhead_stage("validate", 6.24, 0.56),
+        overhead_stage("tokenize", 6.4, 0.2),
+        overhead_stage("tune", 203.4, 0.6, 188.84),
+        overhead_stage("train", 337.9, 0.2, 324.04),
+        overhead_stage("evaluate", 13.8, 0.2, 3.24),
+        overhead_stage("register", 9.26, 1.74),
+    ],
+    "reported_compute": {"tune": 188.84, "train": 324.04, "evaluate": 3.24},
+    "total_s": 579.7,
+    "before_first_s": 1.0,
+    "noop_s": [1.2, 0.81, 0.79],
+}
+
+
+def test_a_pipeline_overhead_result_renders_as_its_results_md_section(bench):
+    """The numbers of the 2026-11-23 19:00 section of bench/RESULTS.md, rendered the same."""
+    render, _ = bench
+    assert render.render(through_json(PIPELINE_OVERHEAD)) == [
+        "## pipeline_overhead: 2026-11-23 19:00 UTC",
+        "",
+        "- machine: x86_64, 2 CPUs, Linux-6",
+        "- command: `/work/main/.venv/bin/python bench/pipeline_overhead.py --project "
+        ".state/fresh-run` (runs `make run` in `fresh-run`)",
+        "",
+        "| stage | wall s | compute s (reported) | module import s "
+        "| rest s (libraries, I/O, logging) |",
+        "|---|---|---|---|---|",
+        "| prepare | 1.7 | — | 0.5 | 1.2 |",
+        "| validate | 6.2 | — | 0.6 | 5.7 |",
+        "| tokenize | 6.4 | — | 0.2 | 6.2 |",
+        "| tune | 203.4 | 188.8 | 0.6 | 14.0 |",
+        "| train | 337.9 | 324.0 | 0.2 | 13.7 |",
+        "| evaluate | 13.8 | 3.2 | 0.2 | 10.4 |",
+        "| register | 9.3 | — | 1.7 | 7.5 |",
+        "",
+        "`make run` 579.7 s in all (1.0 s before the first stage: make, setup check, DVC "
+        "start). Stages that report compute: 516.1 s of 555.1 s wall, overhead 39.0 s = 7.0%. "
+        "Stages without reported compute (prepare, validate, tokenize, register) take 23.6 s "
+        "= 4.1% of the run.",
+        "No-op `dvc repro`: 1.20, 0.81, 0.79 s (target <= 3 s).",
+        "",
+    ]
+
+
+MEMORY = {
+    "bench": "memory",
+    "finished": "2026-12-04T19:54:40+00:00",
+    "label": "issue 16m: CoNLL as Arrow lists",
+    "machine": {"machine": "x86_64", "cpus": 2, "platform": "Linux-6"},
+    "mb": 100.0,
+    "code": None,
+    "input": {"format": "conll", "bytes": 100_000_317, "rows": 342896},
+    "stages": [
+        {"stage": "prepare", "peak_rss_bytes": 362_213_376, "wall_s": 11.46},
+        {"stage": "validate", "peak_rss_bytes": 538_112_000, "wall_s": 8.01},
+    ],
+}
+
+
+def test_a_memory_result_renders_as_its_results_md_section(bench):
+    render, _ = bench
+    assert render.render(through_json(MEMORY)) == [
+        "## memory: 2026-12-04 19:54 UTC (issue 16m: CoNLL as Arrow lists)",
+        "",
+        "- machine: x86_64, 2 CPUs, Linux-6",
+        "- command: `.venv/bin/python bench/memory.py --mb 100 --format conll`",
+        "- input: CONLL 100.0 MB, 342,896 rows",
+        "",
+        "| stage | peak RSS MB | peak RSS / file size | wall s |",
+        "|---|---|---|---|",
+        "| prepare | 362 | 3.62 | 11.5 |",
+        "| validate | 538 | 5.38 | 8.0 |",
+    ]
+    older = {**MEMORY, "label": "", "code": "/tmp/16m/before", "mb": 0.5}
+    lines = render.render(through_json(older))
+    assert lines[0] == "## memory: 2026-12-04 19:54 UTC"
+    assert lines[3] == (
+        "- command: `.venv/bin/python bench/memory.py --mb 0.5 --format conll "
+        "--code /tmp/16m/before`"
+    )
+
+
+TUNE_STORAGE = {
+    "bench": "tune_storage",
+    "finished": "2026-12-04T13:41:09+00:00",
+    "command": ".venv/bin/python bench/tune_storage.py --trials 200 --n-trials 6",
+    "host": "vm",
+    "cpus": 2,
+    "load": "13:39:47 up  2:25,  0 user,  load average: 0.71, 0.50, 1.04",
+    "trials": 200,
+    "ms_per_trial": {"SQLite": 56.83, "PostgreSQL": 63.91},
+    "n_trials": 6,
+    "search": [{"workers": 1, "wall_s": 23.41}, {"workers": 2, "wall_s": 17.93}],
+}
+
+
+def test_a_tune_storage_result_renders_as_its_results_md_section(bench):
+    render, _ = bench
+    assert render.render(through_json(TUNE_STORAGE)) == [
+        "## tune_storage: 2026-12-04 13:41 UTC",
+        "",
+        "`.venv/bin/python bench/tune_storage.py --trials 200 --n-trials 6` on vm (2 CPUs), "
+        "load at start: `13:39:47 up  2:25,  0 user,  load average: 0.71, 0.50, 1.04`",
+        "",
+        "(a) Storage overhead, 200 empty trials each (RDB storage with heartbeats, as the stage "
+        "opens it):",
+        "",
+        "| storage | ms per trial |",
+        "|---|---|",
+        "| SQLite | 56.8 |",
+        "| PostgreSQL | 63.9 |",
+        "",
+        "(b) One search of 6 trials (tiny random BERT, 240 toy reviews, half per trial, 2 "
+        "epochs), PostgreSQL storage, workers with one thread each:",
+        "",
+        "| workers | wall s | speed-up |",
+        "|---|---|---|",
+        "| 1 | 23.4 | 1.00 |",
+        "| 2 | 17.9 | 1.31 |",
+    ]
+    skipped = render.render(through_json({**TUNE_STORAGE, "search": None}))
+    assert skipped[-1] == "| PostgreSQL | 63.9 |"
+
+
+SECTIONS = {
+    "quantize": QUANTIZE,
+    "tune_pruning": TUNE_PRUNING,
+    "pruning_replay": PRUNING_REPLAY,
+    "pipeline_overhead": PIPELINE_OVERHEAD,
+    "memory": MEMORY,
+    "tune_storage": TUNE_STORAGE,
+}
+
+
+def test_every_bench_that_records_a_result_has_a_renderer(bench):
+    render, _ = bench
+    recording = {
+        path.stem
+        for path in BENCH.glob("*.py")
+        if "record(result, args.results" in path.read_text()
+    }
+    assert recording == {"throughput", "tune_transfer", *SECTIONS}
+    assert recording <= set(render.RENDERERS)
+
+
+def test_the_command_line_re_renders_stored_results(bench, tmp_path, monkeypatch, capsys):
+    """``bench/render.py FILE ...``: each stored result's section, printed or appended."""
+    render, _ = bench
+    files = []
+    for name, run in SECTIONS.items():
+        files.append(tmp_path / f"{name}-1.json")
+        files[-1].write_text(json.dumps(run))
+    monkeypatch.setattr(sys, "argv", ["render.py", *map(str, files)])
+    render.main()
+    printed = capsys.readouterr().out
+    for run in SECTIONS.values():
+        assert "\n".join(render.render(run)) in printed
+    md = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(sys, "argv", ["render.py", str(files[1]), "--append", str(md)])
+    render.main()
+    assert md.read_text() == (
+        "# Benchmark results\n\n" + "\n".join(render.render(TUNE_PRUNING)).rstrip() + "\n"
     )
