@@ -58,7 +58,7 @@ from tasks.core.model import (
     vocab_hash,
 )
 from tasks.core.precision import choose_precision
-from tasks.tokenize import TOKENIZED_DIR, load_tokenized
+from tasks.core.tokenized import TOKENIZED_DIR, load_tokenized
 
 log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"

@@ -29,13 +29,12 @@ import pyarrow.parquet as pq
 import typer
 
 from tasks.core.cli import stage_command
-from tasks.core.config import Params, load_params, require_tracked_inputs
+from tasks.core.config import SPLITS, Params, load_params, require_tracked_inputs
 from tasks.core.environment import PROJECT_ROOT
 from tasks.core.errors import StageError
 from tasks.core.sources import BUILTINS, read_builtin, read_user_file, sha256_of
 from tasks.core.split_summary import given_file, origins, split_summary, summary_head
 from tasks.core.splitting import (
-    SPLITS,
     empty_split_error,
     grouped_by,
     hold_out_validation,

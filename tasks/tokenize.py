@@ -30,7 +30,13 @@ from typing import Any
 import typer
 
 from tasks.core.cli import stage_command
-from tasks.core.config import DEFAULT_PARAMS, Params, load_params, require_tracked_inputs
+from tasks.core.config import (
+    DEFAULT_PARAMS,
+    SPLITS,
+    Params,
+    load_params,
+    require_tracked_inputs,
+)
 from tasks.core.encoding import encode_texts, encode_words, model_inputs
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
@@ -38,14 +44,12 @@ from tasks.core.io import replace_dir, write_json
 from tasks.core.labels import build_labels
 from tasks.core.model import load_tokenizer, quiet_transformers, resolve_model_source, vocab_hash
 from tasks.core.progress import Progress
+from tasks.core.tokenized import MANIFEST, TOKENIZED_DIR
 from tasks.core.truncation import auto_max_length, check_unpredicted, encoder_limit
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "validation", "test")
 PREPARED_DIR = PROJECT_ROOT / "data" / "prepared"
-TOKENIZED_DIR = PROJECT_ROOT / "data" / "tokenized"
 REPORT_PATH = PROJECT_ROOT / "reports" / "tokenize.json"
-MANIFEST = "manifest.json"
 COLUMNS = {
     "text_classification": ("text", "label"),
     "token_classification": ("tokens", "tags"),
@@ -220,49 +224,6 @@ def _stable_fingerprints(directory: Path) -> None:
         state = json.loads(state_file.read_text())
         state["_fingerprint"] = digest.hexdigest()[:16]
         state_file.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-
-
-def read_manifest(tokenized_dir: Path, task: str | None = None) -> dict[str, Any]:
-    """The manifest of the tokenized data; with ``task``, checked to describe that task's data
-    (the one "this data holds task X" check of tune, train and evaluate).
-
-    Raises:
-        StageError: no manifest (tokenize has not run), or data of another task.
-    """
-    manifest_path = Path(tokenized_dir) / MANIFEST
-    if not manifest_path.is_file():
-        raise StageError(f"{manifest_path}: not found (run the tokenize stage first)")
-    manifest = json.loads(manifest_path.read_text())
-    if task is not None and manifest["task"] != task:
-        raise StageError(
-            f"{tokenized_dir} holds {manifest['task']} data but task is {task} (re-run tokenize)"
-        )
-    return manifest
-
-
-def load_tokenized(
-    tokenized_dir: Path, task: str | None = None, splits: tuple[str, ...] = SPLITS
-) -> tuple[Any, dict[str, Any]]:
-    """The tokenized splits (a ``DatasetDict`` of ``splits`` only: tune never opens test) and
-    the manifest (checked against ``task`` when given: ``read_manifest``).
-
-    Raises:
-        StageError: the manifest or a split is missing, a split is empty, or the data is of
-            another task.
-    """
-    import datasets
-
-    tokenized_dir = Path(tokenized_dir)
-    manifest = read_manifest(tokenized_dir, task)
-    data = datasets.DatasetDict()
-    for split in splits:
-        try:
-            data[split] = datasets.load_from_disk(str(tokenized_dir / split))
-        except FileNotFoundError as exc:
-            raise StageError(f"{tokenized_dir / split}: {exc} (re-run tokenize)") from None
-        if len(data[split]) == 0:
-            raise StageError(f"{tokenized_dir}: the {split} split is empty")
-    return data, manifest
 
 
 @app.command()

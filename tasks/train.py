@@ -51,10 +51,10 @@ from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.io import write_json
 from tasks.core.model import quiet_transformers, save_model
+from tasks.core.tokenized import TOKENIZED_DIR, load_tokenized
 from tasks.core.train_reports import histories, log_results, outcome, throughput, write_histories
 from tasks.core.train_setup import Run, set_up_run
 from tasks.core.training import metrics_function, predicted_ids, trainer_classes, training_arguments
-from tasks.tokenize import TOKENIZED_DIR, load_tokenized
 
 log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"

@@ -82,8 +82,8 @@ from tasks.core.config import DEFAULT_PARAMS, Params, load_params, require_track
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.model import quiet_transformers
+from tasks.core.tokenized import TOKENIZED_DIR
 from tasks.core.training import build_model
-from tasks.tokenize import TOKENIZED_DIR
 from tasks.tuning import finalists
 from tasks.tuning.data import TuningData, load_tuning_data
 from tasks.tuning.objective import Objective, free_memory

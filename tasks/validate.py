@@ -20,7 +20,7 @@ import pyarrow as pa
 import typer
 
 from tasks.core.cli import stage_command
-from tasks.core.config import Params, load_params
+from tasks.core.config import SPLITS, Params, load_params
 from tasks.core.errors import StageError
 from tasks.core.io import write_atomic
 from tasks.core.validation.expectations import suites
@@ -30,7 +30,6 @@ from tasks.core.validation.remedies import remedy
 from tasks.core.validation.report import ValidationReport, markdown
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "validation", "test")
 
 
 def validate(params: Params, prepared_dir: Path, reports_dir: Path) -> ValidationReport:

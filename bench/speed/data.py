@@ -116,7 +116,8 @@ def tokenize_splits(params: Any, splits: dict[str, Any], work: Path) -> tuple[An
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks.tokenize import load_tokenized, tokenize
+    from tasks.core.tokenized import load_tokenized
+    from tasks.tokenize import tokenize
 
     prepared = work / "prepared"
     prepared.mkdir(parents=True, exist_ok=True)

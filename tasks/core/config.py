@@ -148,6 +148,9 @@ class DataParams(Section):
         return self.source if isinstance(self.source, str) else None
 
 
+SPLITS = ("train", "validation", "test")  # the three splits every stage reads and writes
+
+
 class SplitRatios(Section):
     train: Share = 0.8
     """Share of the examples in train."""

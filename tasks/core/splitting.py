@@ -10,11 +10,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.core.config import Params, SplitRatios
+from tasks.core.config import SPLITS, Params, SplitRatios
 from tasks.core.errors import StageError
 from tasks.core.rowkeys import CHUNK_ROWS, first_rows, row_keys
-
-SPLITS = ("train", "validation", "test")
 
 
 def split_frame(

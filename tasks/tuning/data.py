@@ -14,8 +14,8 @@ from typing import Any
 from tasks.core.batching import model_columns
 from tasks.core.config import Params
 from tasks.core.model import ModelSource, load_matching_tokenizer, resolve_model_source
+from tasks.core.tokenized import load_tokenized
 from tasks.core.training import metrics_function
-from tasks.tokenize import load_tokenized
 from tasks.tuning.study import FINGERPRINT_CHARS
 
 

@@ -45,7 +45,8 @@ def tokenized(tmp_path_factory, tiny_model_dir):
     """Toy text and token data tokenized by the stage (max_length 32), and the tokenizer."""
     from transformers import AutoTokenizer
 
-    from tasks.tokenize import load_tokenized, tokenize
+    from tasks.core.tokenized import load_tokenized
+    from tasks.tokenize import tokenize
 
     out = {}
     directory = tmp_path_factory.mktemp("batching")

@@ -122,7 +122,7 @@ def test_token_report_counts_truncated_words(tmp_path, tiny_model_dir):
         tokenize={"max_length": 10, "max_unpredicted_share": 1.0},  # cut words on purpose
     )  # fmt: skip
     metrics = evaluate(params, tokenized, model_dir, tmp_path / "reports")
-    from tasks.tokenize import load_tokenized
+    from tasks.core.tokenized import load_tokenized
 
     data, manifest = load_tokenized(tokenized)
     test = data["test"]

@@ -16,7 +16,8 @@ from tasks.core.encoding import encode_words
 from tasks.core.errors import StageError
 from tasks.core.labels import align_labels
 from tasks.core.model import vocab_hash
-from tasks.tokenize import load_tokenized, tokenize
+from tasks.core.tokenized import load_tokenized
+from tasks.tokenize import tokenize
 
 TAG2ID = {"O": 0, "B-LOC": 1, "I-LOC": 2, "B-PER": 3, "I-PER": 4}
 

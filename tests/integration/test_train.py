@@ -63,7 +63,7 @@ def validation_loss(model_dir: Path, tokenized: Path) -> float:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from tasks.core.batching import make_collator, model_columns
-    from tasks.tokenize import load_tokenized
+    from tasks.core.tokenized import load_tokenized
 
     data, _ = load_tokenized(tokenized)
     split = data["validation"].select_columns(model_columns(data["validation"]))
@@ -498,8 +498,8 @@ def test_tokenized_data_of_another_task_is_refused_by_every_stage_that_reads_it(
     the same message, before any model is loaded; tune and train never open the test split."""
     import shutil
 
+    from tasks.core.tokenized import load_tokenized
     from tasks.evaluate import evaluate
-    from tasks.tokenize import load_tokenized
     from tasks.tuning.data import load_tuning_data
 
     text = tiny_params("text_classification", tiny_model_dir)
