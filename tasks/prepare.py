@@ -32,6 +32,7 @@ from tasks.core.cli import stage_command
 from tasks.core.config import SPLITS, Params, load_params, require_tracked_inputs
 from tasks.core.environment import PROJECT_ROOT
 from tasks.core.errors import StageError
+from tasks.core.io import write_atomic
 from tasks.core.sources import BUILTINS, read_builtin, read_user_file, sha256_of
 from tasks.core.split_summary import given_file, origins, split_summary, summary_head
 from tasks.core.splitting import (
@@ -132,9 +133,8 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
         summary.update(lineage)
         if cut:
             summary["max_examples"] = {"limit": params.prepare.max_examples, "rows_cut": cut}
-        (staged / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    (raw_dir / "sources.json").write_text(json.dumps(inputs, indent=2) + "\n")
+        write_atomic(staged / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(raw_dir / "sources.json", json.dumps(inputs, indent=2) + "\n")
     counts = ", ".join(f"{n} {s['examples']}" for n, s in summary["splits"].items())
     log.info("prepared %s (%s) into %s", summary["source"], counts, out_dir)
     return summary

@@ -24,6 +24,7 @@ from tasks.core.cli import stage_command
 from tasks.core.config import DEFAULT_PARAMS, load_params
 from tasks.core.environment import PROJECT_ROOT
 from tasks.core.html_blocks import CSS, esc
+from tasks.core.io import write_atomic
 from tasks.core.report_sections import (
     data_section,
     errors_section,
@@ -78,10 +79,7 @@ def build_report(project: Path, parent_run: str | None = None) -> str:
 
 def write_report(project: Path, output: Path, parent_run: str | None = None) -> Path:
     """Build the page and swap it in whole (a failure keeps the previous report)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(build_report(project, parent_run), encoding="utf-8")
-    tmp.replace(output)
+    write_atomic(output, build_report(project, parent_run))
     return output
 
 

@@ -15,9 +15,11 @@ log = logging.getLogger(__name__)
 # Padded lengths come from a small fixed set (the buckets): multiples of 8 up to 64 sub-tokens,
 # then multiples of 32, so tokenize.max_length 128 gives 10 shapes (256: 14, 512: 22). A GPU
 # then sees a few shapes, each built once (kernels, cuDNN graphs, allocator blocks), where
-# padding to the longest in the batch gave a new length almost every step. On the CPU the
-# extra padding costs little (bench/RESULTS.md); one rule on every device keeps a CPU run and
-# a GPU run of the same data on the same batches.
+# padding to the longest in the batch gave a new length almost every step. On a CPU the
+# extra padding is paid in full: idle 2-core run (bench/RESULTS.md, throughput 2026-12-05),
+# buckets trained at 0.92x (SST-2) / 0.88x (CoNLL) the speed of padding to the longest, and
+# inferred at ~0.85x. Kept on every device for now, so a CPU run and a GPU run of the same
+# data get the same batches; padding to the longest on CPUs is the measured next step.
 FINE_STEP, FINE_UP_TO, COARSE_STEP = 8, 64, 32
 
 

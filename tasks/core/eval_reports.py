@@ -4,14 +4,12 @@ and PNG) and the Markdown report (``eval_report.md``)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 import statistics
 from pathlib import Path
 from typing import Any
 
-from tasks.core.io import write_atomic
+from tasks.core.io import write_csv, write_figure
 from tasks.core.metrics import entity_scores, text_scores
 
 SPEED_FILE = "inference_speed.json"  # timings: kept out of metrics.json, which register reads
@@ -158,11 +156,11 @@ def write_confusion(reports_dir: Path, pairs: list[tuple[str, str]], labels: lis
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = io.StringIO(newline="")
-    writer = csv.writer(rows)
-    writer.writerow(["actual", "predicted"])
-    writer.writerows(pairs)
-    write_atomic(reports_dir / "confusion.csv", rows.getvalue())
+    write_csv(
+        reports_dir / "confusion.csv",
+        [{"actual": actual, "predicted": predicted} for actual, predicted in pairs],
+        ("actual", "predicted"),
+    )
     index = {label: i for i, label in enumerate(labels)}
     matrix = np.zeros((len(labels), len(labels)), dtype=int)
     for actual, predicted in pairs:
@@ -179,9 +177,7 @@ def write_confusion(reports_dir: Path, pairs: list[tuple[str, str]], labels: lis
         axes.text(column, row, str(count), ha="center", va="center", color=color, fontsize=8)
     axes.set_title("Test confusion matrix")
     figure.tight_layout()
-    image = io.BytesIO()
-    figure.savefig(image, format="png", dpi=100)
-    write_atomic(reports_dir / "confusion_matrix.png", image.getvalue())
+    write_figure(reports_dir / "confusion_matrix.png", figure, dpi=100)
     plt.close(figure)
 
 

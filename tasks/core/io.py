@@ -3,6 +3,8 @@ leaves half a file)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -30,6 +32,22 @@ def write_atomic(path: Path, content: str | bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # a failed write leaves no temporary file behind
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str] | tuple[str, ...]) -> None:
+    """Write ``rows`` as a CSV with the header ``fields`` (other keys ignored), atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
+
+
+def write_figure(path: Path, figure: Any, **savefig: Any) -> None:
+    """Save a matplotlib ``figure`` as PNG to ``path``, atomically."""
+    image = io.BytesIO()
+    figure.savefig(image, format="png", **savefig)
+    write_atomic(path, image.getvalue())
 
 
 def replace_dir(tmp: Path, target: Path) -> None:

@@ -4,12 +4,12 @@ figure on the train stage's MLflow run."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 from tasks.core import tracking
 from tasks.core.config import TrainParams
+from tasks.core.io import write_csv
 
 HISTORY_FIELDS = ("step", "epoch", "loss", "learning_rate", "grad_norm")
 
@@ -67,23 +67,13 @@ def histories(log_history: list[dict[str, Any]]) -> tuple[list[dict], list[dict]
 def write_histories(
     reports_dir: Path, history: list[dict], validation: list[dict], metric: str
 ) -> None:
-    _write_csv(reports_dir / "train_history.csv", history, HISTORY_FIELDS)
+    write_csv(reports_dir / "train_history.csv", history, HISTORY_FIELDS)
     # The selected metric goes last: DVC plots the last column when no y is given.
     others = [
         k for k in (validation[0] if validation else {}) if k not in ("epoch", "step", metric)
     ]
     fields = ("epoch", "step", *others, metric)
-    _write_csv(reports_dir / "validation_history.csv", validation, fields)
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(fields), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    write_csv(reports_dir / "validation_history.csv", validation, fields)
 
 
 def log_results(metrics: dict[str, Any], reports_dir: Path) -> None:

@@ -4,7 +4,6 @@ three plots, and the summary on the stage's MLflow run."""
 
 from __future__ import annotations
 
-import csv
 import functools
 import warnings
 from pathlib import Path
@@ -14,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tasks.core.config import BEST_PARAMS_FILE, Params
-from tasks.core.io import write_json
+from tasks.core.io import write_atomic, write_csv, write_figure, write_json
 from tasks.tuning.data import TuningData
 from tasks.tuning.space import DEFAULTS_ROLE, defaults_values, is_defaults
 from tasks.tuning.storage import describe_storage
@@ -138,12 +137,7 @@ def write_reports(
     ]
     fields = ["number", "state", "value", *(f"params_{n}" for n in names)]
     fields += ["duration", "epochs_run", "retry_of", "role", "stopped"]
-    tmp = reports_dir / f".{TRIALS_CSV}.tmp"
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(reports_dir / TRIALS_CSV)
+    write_csv(reports_dir / TRIALS_CSV, rows, fields)
     notes = _write_plots(reports_dir, view, summary, names)
     _write_markdown(params, reports_dir / REPORT_MD, summary, rows, notes)
     best = {key: summary[key] for key in BEST_PARAMS_KEYS if key in summary}
@@ -170,7 +164,6 @@ def _write_plots(
     notes: dict[str, str] = {}
     for key, make in makers.items():
         path = reports_dir / PLOTS[key]
-        tmp = path.with_name(f".{path.name}.tmp.png")
         figure = None
         try:
             if view is None:
@@ -185,9 +178,8 @@ def _write_plots(
             figure, axes = plt.subplots(figsize=(8, 2))
             axes.axis("off")
             axes.text(0.5, 0.5, f"not available: {notes[key]}", ha="center", wrap=True)
-        figure.savefig(tmp, dpi=100, bbox_inches="tight")
+        write_figure(path, figure, dpi=100, bbox_inches="tight")
         plt.close(figure)
-        tmp.replace(path)
     return notes
 
 
@@ -263,9 +255,7 @@ def _write_markdown(
     for key, name in PLOTS.items():
         note = f" (not available: {notes[key]})" if key in notes else ""
         lines += [f"![{titles[key]}]({name}){note}", ""]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines).rstrip() + "\n")
-    tmp.replace(path)
+    write_atomic(path, "\n".join(lines).rstrip() + "\n")
 
 
 def _finalists_markdown(summary: dict[str, Any], share: float) -> list[str]:

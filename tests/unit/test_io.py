@@ -57,3 +57,25 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, 
         io.write_atomic(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_write_csv_keeps_the_header_order_and_ignores_other_keys(tmp_path):
+    path = tmp_path / "history.csv"
+    io.write_csv(path, [{"b": 2, "a": "x,y", "extra": 9}, {"a": 1}], ("a", "b"))
+    # csv's own dialect (CRLF rows, quoting), as a csv.DictWriter over a file writes it.
+    assert path.read_bytes() == b'a,b\r\n"x,y",2\r\n1,\r\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["history.csv"]
+
+
+def test_write_figure_writes_a_png(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(1, 1))
+    axes.plot([0, 1], [1, 0])
+    io.write_figure(tmp_path / "plot.png", figure, dpi=20)
+    plt.close(figure)
+    assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
