@@ -95,7 +95,6 @@ def train(
     trainer, epoch_end = _make_trainer(run)
     progress.install(trainer, "train")  # step/total, loss, tokens/s, ETA; no raw dicts
     counts = _fit(trainer, run.checkpoint, epoch_end)
-    final = best_model(trainer)
     history, validation = histories(trainer.state.log_history)
     metrics = {
         **outcome(trainer.state, validation, run.metric, run.params.train),
@@ -107,7 +106,10 @@ def train(
         "tuned_params": provenance["tuned_params"],
     }
     if not distributed.is_main_process():
-        return metrics  # rank 0 writes the model and the reports
+        # Rank 0 alone restores the best epoch and writes: another rank reading that
+        # checkpoint could find it gone (rank 0 deletes the run's checkpoints when done).
+        return metrics
+    final = best_model(trainer)
     # The train values this model was trained with, and where they came from.
     trained_with = {**provenance, "train": run.params.train.model_dump(mode="json")}
     save_model(final, run.tokenizer, Path(model_dir), {"training_params.json": trained_with})
