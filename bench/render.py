@@ -312,6 +312,49 @@ def render_tune_transfer(result: dict) -> list[str]:
 TUNE_POLICIES = ("untuned", "share", "finalists")
 
 
+def render_document_context(result: dict) -> list[str]:
+    """The ``## document_context`` section: CoNLL-2003 test entity F1 per context size."""
+    train = result["train"]
+    header = (
+        "| context sub-tokens a side | mean length (train) | test entity F1 | P | R "
+        "| per type | validation F1 (epoch) | train s | real tokens/s |"
+    )
+    lines = [
+        _heading("document_context", result, "started"),
+        "",
+        f"- machine: {result['machine']}, {result['platform']}",
+        f"- command: `.venv/bin/python {result['command']}`",
+        "- data: CoNLL-2003 train/dev/test (the conll2003 preset, tuning off); train: "
+        f"learning rate {train['learning_rate']:g}, batch {train['batch_size']}, "
+        f"{train['epochs']} epochs (folder `{result['work']}`)",
+        "",
+        header,
+        rule(header),
+    ]
+    for run in result["runs"]:
+        types = ", ".join(f"{k} {v:.3f}" for k, v in sorted(run["per_type_f1"].items()))
+        lines.append(
+            f"| {run['context_tokens']} | {run['mean_length']['train']:.1f} "
+            f"| **{run['test_entity_f1']:.4f}** | {run['test_precision']:.4f} "
+            f"| {run['test_recall']:.4f} | {types} | {run['validation_entity_f1']:.4f} "
+            f"({run['best_epoch']:g}) | {run['train_s']:.0f} "
+            f"| {_number(run['train_tokens_per_second'], ',.0f')} |"
+        )
+    base = next((r for r in result["runs"] if r["context_tokens"] == 0), None)
+    if base is not None:
+        for run in result["runs"]:
+            if run is not base:
+                gain = 100 * (run["test_entity_f1"] - base["test_entity_f1"])
+                cost = run["train_s"] / base["train_s"]
+                lines.append("")
+                lines.append(
+                    f"Context {run['context_tokens']}: {gain:+.2f} points of test entity F1 "
+                    f"for {cost:.1f}x the training time (target 0.90: "
+                    f"{verdict(run['test_entity_f1'] >= 0.90)})."
+                )
+    return lines
+
+
 def _heading(bench: str, result: dict, key: str = "finished") -> str:
     """``## BENCH: YYYY-MM-DD HH:MM UTC`` from the result's ISO time ``key``."""
     return f"## {bench}: {datetime.datetime.fromisoformat(result[key]):%Y-%m-%d %H:%M} UTC"
@@ -493,6 +536,7 @@ RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "throughput": render_throughput,
     "quantize": render_quantize,
     "tune_transfer": render_tune_transfer,
+    "document_context": render_document_context,
     "tune_pruning": render_tune_pruning,
     "pruning_replay": render_pruning_replay,
     "pipeline_overhead": render_pipeline_overhead,

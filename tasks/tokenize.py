@@ -14,11 +14,14 @@ counted per split, and above ``tokenize.max_unpredicted_share`` of validation or
 stage fails. ``max_length: auto`` (the default) is the 99.9th percentile of train's
 sub-token lengths (text) or the longest (token tasks: a cut word is never predicted),
 rounded up to a multiple of 8, capped at the encoder's limit; the choice and its reason are
-in the manifest (``max_length_choice``).
+in the manifest (``max_length_choice``). ``tokenize.context_tokens`` (token task): each
+sentence is encoded with its document's neighbouring sentences as unlabelled context
+(``tasks.core.context``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -131,7 +134,9 @@ def tokenize(
     else:
         max_length = params.tokenize.max_length
         choice = {"setting": max_length, "reason": "set by tokenize.max_length"}
-    encode = encode_texts if params.task == "text_classification" else encode_words
+    encode = encode_texts
+    if params.task == "token_classification":
+        encode = functools.partial(encode_words, context_tokens=params.tokenize.context_tokens)
 
     splits, stats = {}, {}
     progress = Progress(sum(len(frames[split]) for split in SPLITS), "tokenize", "example")
@@ -154,10 +159,17 @@ def tokenize(
 
     if params.task == "token_classification":
         check_unpredicted(stats, max_length, limit, params.tokenize.max_unpredicted_share)
+        if params.tokenize.context_tokens and not stats["train"]["context"]["documents"]:
+            log.warning(
+                "tokenize.context_tokens=%d: train has no documents (no -DOCSTART- lines), so "
+                "sentences are encoded without context",
+                params.tokenize.context_tokens,
+            )
     manifest = {
         "task": params.task,
         "max_length": max_length,
         "max_length_choice": choice,  # the setting, and for auto the statistic and the cap
+        "context_tokens": params.tokenize.context_tokens,
         "tokenizer": {
             "name_or_path": source.spec,
             "registry_version": source.registry_version,

@@ -224,6 +224,11 @@ class TokenizeParams(Section):
     max_unpredicted_share: Share = 0.01
     """Token task: the largest share of validation or test words past max_length (never predicted,
     scored as O); above it tokenize fails naming tokenize.max_length."""
+    context_tokens: Annotated[int, Field(ge=0, le=1024)] = 0
+    """Token task: document context. Each sentence is encoded with up to this many sub-tokens of
+    the sentences before it and as many of those after it in its document (CoNLL -DOCSTART-),
+    within max_length; context words are neither labelled nor predicted. 0: none. predict and
+    serve get one text, without context."""
 
 
 class LoraParams(Section):
@@ -575,6 +580,15 @@ class Params(Section):
             raise ValueError(
                 f"data.source: {builtin!r} is a {BUILTIN_SOURCES[builtin]} dataset, but task "
                 f"is {self.task!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _context_fits_task(self) -> Params:
+        if self.tokenize.context_tokens and self.task != "token_classification":
+            raise ValueError(
+                f"tokenize.context_tokens: {self.tokenize.context_tokens} is for "
+                f"token_classification (document context), but task is {self.task!r}; set 0"
             )
         return self
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.core.batching import percentiles
+from tasks.core.context import centre_word_ids, with_context
 from tasks.core.labels import align_labels
 
 
@@ -64,18 +65,30 @@ def encode_texts(
 
 
 def encode_words(
-    tokenizer: Any, frame: Any, tag2id: dict[str, int], max_length: int, full: Any = None
+    tokenizer: Any,
+    frame: Any,
+    tag2id: dict[str, int],
+    max_length: int,
+    full: Any = None,
+    context_tokens: int = 0,
 ) -> tuple[dict[str, list], dict[str, Any]]:
     """Columns of the token-classification dataset and this split's statistics.
 
-    ``word_ids`` keeps, per sub-token, the index of its word (-1 for special tokens), so
-    evaluate can map predictions back to words. ``words_past_max_length`` counts the words
-    truncation removed: the model never predicts them."""
+    ``word_ids`` keeps, per sub-token, the index of its word (-1 for special tokens and
+    document context), so evaluate can map predictions back to words.
+    ``words_past_max_length`` counts the words truncation removed: the model never predicts
+    them. ``context_tokens``: document context on each side (``tasks.core.context``)."""
     words, kwargs = model_inputs("token_classification", frame)
     tags = [[str(t) for t in ts] for ts in frame["tags"]]
+    inputs, offsets, context = with_context(tokenizer, frame, words, context_tokens, max_length)
     columns, (full_word_ids, kept_word_ids), full_lengths = _encode_once(
-        tokenizer, words, max_length, full, **kwargs
+        tokenizer, inputs, max_length, full if inputs is words else None, **kwargs
     )
+    if inputs is not words:  # back to the sentence's own word numbers; context: None
+        full_word_ids, kept_word_ids = (
+            [centre_word_ids(ids, offsets[i], len(words[i])) for i, ids in enumerate(rows)]
+            for rows in (full_word_ids, kept_word_ids)
+        )
     columns["labels"], columns["word_ids"] = [], []
     unaligned = cut = 0
     for sentence_tags, full_ids, word_ids in zip(tags, full_word_ids, kept_word_ids, strict=True):
@@ -96,4 +109,6 @@ def encode_words(
         "words_past_max_length": cut,
         "token_length": percentiles(full_lengths),
     }
+    if context_tokens:
+        stats["context"] = context
     return columns, stats

@@ -8,7 +8,15 @@ import json
 import shutil
 
 import pytest
-from conftest import ROOT, build_tiny_model, make_project, run, set_params, tiny_params
+from conftest import (
+    ROOT,
+    build_tiny_model,
+    make_project,
+    run,
+    set_params,
+    tiny_params,
+    write_toy_prepared,
+)
 
 from tasks.core.errors import StageError
 from tasks.core.labels import words_from_subtokens
@@ -140,6 +148,42 @@ def test_token_report_counts_truncated_words(tmp_path, tiny_model_dir):
         assert sum(1 for _ in handle) == metrics["words"] + 1
     report = (tmp_path / "reports/eval_report.md").read_text()
     assert "strict IOB2" in report and "| token_accuracy |" in report
+
+
+def test_token_model_with_document_context_is_scored_on_each_sentence_alone(
+    tmp_path, tiny_model_dir
+):
+    """tokenize.context_tokens: a sentence is encoded between its document's neighbours;
+    evaluate predicts and scores exactly the sentence's own words, none of the context."""
+    import pandas as pd
+
+    from tasks.core.tokenized import load_tokenized
+    from tasks.tokenize import tokenize
+    from tasks.train import train
+
+    params = tiny_params(
+        "token_classification", tiny_model_dir, train={"epochs": 3},
+        tokenize={"max_length": 48, "context_tokens": 12},
+    )  # fmt: skip
+    prepared = write_toy_prepared(tmp_path / "prepared", "token_classification")
+    for path in prepared.glob("*.parquet"):  # documents of 4 sentences, as prepare marks them
+        frame = pd.read_parquet(path)
+        frame["group"] = [str(i // 4) for i in range(len(frame))]
+        frame.to_parquet(path)
+    tokenized = tmp_path / "tokenized"
+    manifest = tokenize(params, prepared, tokenized, tmp_path / "tokenize.json", tmp_path)
+    assert manifest["context_tokens"] == 12
+    assert manifest["splits"]["test"]["context"]["with_context"] == 60
+    data, _ = load_tokenized(tokenized)
+    test = data["test"]
+    assert sum(test["length"]) > sum(len(t) for t in test["tags"]) + 2 * 60 + 60 * 10
+    train(params, tokenized, tmp_path / "model", tmp_path / "train", tmp_path)
+    metrics = evaluate(params, tokenized, tmp_path / "model", tmp_path / "reports")
+    assert metrics["words"] == sum(len(t) for t in test["tags"])
+    assert metrics["words_not_predicted"] == 0
+    assert metrics["f1_micro"] >= 0.9  # the toy entities are easy; context words are not scored
+    with (tmp_path / "reports/confusion.csv").open() as handle:
+        assert sum(1 for _ in handle) == metrics["words"] + 1
 
 
 def test_bad_inputs_are_clear_errors(tmp_path, tiny_model_dir, text_model):

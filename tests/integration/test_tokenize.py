@@ -249,3 +249,79 @@ def test_words_past_max_length_warn_and_fail_above_the_share(tmp_path, tiny_mode
         "token_classification",
     )  # fmt: skip
     assert all(manifest["splits"][s]["words_past_max_length"] == 0 for s in manifest["splits"])
+
+
+# --- document context (tokenize.context_tokens) -----------------------------------------------
+
+
+def _documents_frame() -> pd.DataFrame:
+    """Two documents of three sentences, stored out of reading order (as a split may be)."""
+    rows = [  # (document, first line, words, tags)
+        ("1", 30, ["bob", "is"], ["B-PER", "O"]),
+        ("0", 1, ["alice", "was", "old"], ["B-PER", "O", "O"]),
+        ("0", 9, ["paris", "is", "big"], ["B-LOC", "O", "O"]),
+        ("1", 20, ["rome", "was"], ["B-LOC", "O"]),
+        ("0", 5, ["it", "is", "bob"], ["O", "O", "B-PER"]),
+        ("1", 40, ["alice", "was"], ["B-PER", "O"]),
+    ]
+    return pd.DataFrame(
+        {
+            "tokens": [r[2] for r in rows],
+            "tags": [r[3] for r in rows],
+            "group": [r[0] for r in rows],
+            "source_file": "train.txt",
+            "source_line": [r[1] for r in rows],
+        }
+    )
+
+
+def test_document_context_surrounds_the_sentence_with_its_own_document(tokenizer):
+    frame = _documents_frame()
+    alone, _ = encode_words(tokenizer, frame, TAG2ID, max_length=64)
+    columns, stats = encode_words(tokenizer, frame, TAG2ID, max_length=64, context_tokens=4)
+    pieces = tokenizer.convert_ids_to_tokens(columns["input_ids"][4])  # "it is bob", doc 0
+    # Up to 4 sub-tokens a side, whole words, nearest first: doc 0 reads alice was old /
+    # it is bob / paris is big; document 1's sentences never appear.
+    assert pieces == ["[CLS]", "alice", "was", "old", "it", "is", "bob", "paris", "is", "big",
+                      "[SEP]"]  # fmt: skip
+    assert columns["word_ids"][4] == [-1, -1, -1, -1, 0, 1, 2, -1, -1, -1, -1]
+    assert columns["labels"][4] == [-100] * 4 + [0, 0, 3] + [-100] * 4
+    # The first sentence of document 1 has only what follows it (4 sub-tokens), in order.
+    assert tokenizer.convert_ids_to_tokens(columns["input_ids"][3]) == [
+        "[CLS]", "rome", "was", "bob", "is", "alice", "was", "[SEP]"
+    ]  # fmt: skip
+    # Every sentence keeps its own labels on its own words: the context only adds -100.
+    for with_context, own in zip(columns["labels"], alone["labels"], strict=True):
+        assert [x for x in with_context if x != -100] == [x for x in own if x != -100]
+    assert stats["context"] == {"documents": 2, "with_context": 6, "mean_context_subtokens": 4.3}
+
+
+def test_document_context_stays_within_max_length(tokenizer):
+    frame = _documents_frame()
+    columns, stats = encode_words(tokenizer, frame, TAG2ID, max_length=8, context_tokens=64)
+    assert max(columns["length"]) <= 8
+    assert stats["truncated"] == 0
+    # "it is bob" (3 + 2 special) leaves 3 sub-tokens: 1 before (half, rounded down) and
+    # the rest after.
+    assert tokenizer.convert_ids_to_tokens(columns["input_ids"][4]) == [
+        "[CLS]", "old", "it", "is", "bob", "paris", "is", "[SEP]"
+    ]  # fmt: skip
+    # The last sentence of a document has nothing after it: the room goes to what precedes.
+    assert tokenizer.convert_ids_to_tokens(columns["input_ids"][2]) == [
+        "[CLS]", "it", "is", "bob", "paris", "is", "big", "[SEP]"
+    ]  # fmt: skip
+
+
+def test_document_context_without_documents_changes_nothing(tokenizer):
+    frame = _documents_frame().drop(columns="group")
+    alone, _ = encode_words(tokenizer, frame, TAG2ID, max_length=64)
+    columns, stats = encode_words(tokenizer, frame, TAG2ID, max_length=64, context_tokens=16)
+    assert columns == alone
+    assert stats["context"]["reason"] == "no documents"
+
+
+def test_document_context_is_refused_for_text_classification(tiny_model_dir):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"tokenize\.context_tokens: 8 is for"):
+        tiny_params("text_classification", tiny_model_dir, tokenize={"context_tokens": 8})

@@ -674,6 +674,48 @@ SECTIONS = {
 }
 
 
+def _context_run(context: int, f1: float, train_s: float) -> dict:
+    return {
+        "context_tokens": context,
+        "max_length": 256,
+        "mean_length": {"train": 21.4 if not context else 118.25, "test": 18.8},
+        "context": {},
+        "test_entity_f1": f1,
+        "test_precision": 0.87,
+        "test_recall": 0.875,
+        "per_type_f1": {"PER": 0.93, "LOC": 0.9051},
+        "validation_entity_f1": 0.912,
+        "best_epoch": 3.0,
+        "train_s": train_s,
+        "train_tokens_per_second": 2312.6,
+    }
+
+
+def test_a_document_context_result_compares_each_size_with_none(bench):
+    render, _ = bench
+    result = {
+        "bench": "document_context",
+        "started": "2026-12-05T15:16:19+00:00",
+        "machine": "x86_64, 2 torch threads",
+        "platform": "Linux",
+        "command": "bench/document_context.py --context 0 64",
+        "train": {"learning_rate": 1.2e-4, "batch_size": 16, "epochs": 3},
+        "work": ".state/bench/document_context/x",
+        "runs": [_context_run(0, 0.8712, 400.0), _context_run(64, 0.8843, 2200.0)],
+    }
+    lines = render.render(result)
+    assert lines[0] == "## document_context: 2026-12-05 15:16 UTC"
+    assert "learning rate 0.00012, batch 16, 3 epochs" in lines[4]
+    assert (
+        "| 64 | 118.2 | **0.8843** | 0.8700 | 0.8750 | LOC 0.905, PER 0.930 | 0.9120 (3) "
+        "| 2200 | 2,313 |"
+    ) in lines
+    assert lines[-1] == (
+        "Context 64: +1.31 points of test entity F1 for 5.5x the training time "
+        "(target 0.90: **NOT met**)."
+    )
+
+
 def test_every_bench_that_records_a_result_has_a_renderer(bench):
     render, _ = bench
     recording = {
@@ -681,7 +723,7 @@ def test_every_bench_that_records_a_result_has_a_renderer(bench):
         for path in BENCH.glob("*.py")
         if "record(result, args.results" in path.read_text()
     }
-    assert recording == {"throughput", "tune_transfer", *SECTIONS}
+    assert recording == {"throughput", "tune_transfer", "document_context", *SECTIONS}
     assert recording <= set(render.RENDERERS)
 
 
