@@ -159,11 +159,14 @@ def tokenize(
 
     if params.task == "token_classification":
         check_unpredicted(stats, max_length, limit, params.tokenize.max_unpredicted_share)
-        if params.tokenize.context_tokens and not stats["train"]["context"]["documents"]:
+        alone = [s for s in SPLITS if params.tokenize.context_tokens and not
+                 stats[s]["context"]["documents"]]  # fmt: skip
+        if alone:
             log.warning(
-                "tokenize.context_tokens=%d: train has no documents (no -DOCSTART- lines), so "
-                "sentences are encoded without context",
+                "tokenize.context_tokens=%d: %s without documents (no -DOCSTART- lines): "
+                "its sentences are encoded without context",
                 params.tokenize.context_tokens,
+                ", ".join(alone),
             )
     manifest = {
         "task": params.task,

@@ -325,3 +325,11 @@ def test_document_context_is_refused_for_text_classification(tiny_model_dir):
 
     with pytest.raises(ValidationError, match=r"tokenize\.context_tokens: 8 is for"):
         tiny_params("text_classification", tiny_model_dir, tokenize={"context_tokens": 8})
+
+
+def test_document_context_on_data_without_documents_is_said(tmp_path, tiny_model_dir, caplog):
+    params = tiny_params("token_classification", tiny_model_dir, tokenize={"context_tokens": 8})
+    with caplog.at_level("WARNING", logger="tasks.tokenize"):
+        manifest, _, _ = run_tokenize(tmp_path, params, "token_classification")
+    assert "train, validation, test without documents" in caplog.text
+    assert manifest["splits"]["train"]["context"]["reason"] == "no documents"
