@@ -94,8 +94,12 @@ def test_conll2003_preset_runs_end_to_end(tmp_path):
     assert {"PER", "LOC", "ORG", "MISC"} <= set(metrics["per_type"])
     registry = json.loads((project / "reports/registry.json").read_text())
     assert registry["model_name"] == "conll2003-ner"
+    # As shipped: fixed train values (no tuning) and document context around each sentence.
     best = json.loads((project / "reports/best_params.json").read_text())
-    assert best["status"] == "tuned"
+    assert best["status"] == "disabled"
+    manifest = json.loads((project / "data/tokenized/manifest.json").read_text())
+    assert manifest["context_tokens"] == 64
+    assert manifest["splits"]["train"]["context"]["documents"] == 1
 
 
 @needs_shared
@@ -103,8 +107,7 @@ def test_sst2_preset_holds_validation_out_of_train_and_tests_on_dev(tmp_path):
     shared = tmp_path / "shared" / "datasets" / "sst2"
     tsv_head(SHARED / "sst2" / "train.tsv", shared / "train.tsv", 600)
     tsv_head(SHARED / "sst2" / "dev.tsv", shared / "dev.tsv", 100)
-    # Tuning is the conll2003 test's: here the splits and the test file are what is checked.
-    project = run_preset(tmp_path, "sst2", **{"tune.enabled": False})
+    project = run_preset(tmp_path, "sst2")
     summary = json.loads((project / "data/prepared/summary.json").read_text())
     train, validation = (summary["splits"][s]["examples"] for s in ("train", "validation"))
     assert train + validation <= 600 and 0.03 < validation / (train + validation) < 0.08
@@ -116,6 +119,8 @@ def test_sst2_preset_holds_validation_out_of_train_and_tests_on_dev(tmp_path):
     assert "data/external/sst2/dev.tsv" in report
     registry = json.loads((project / "reports/registry.json").read_text())
     assert registry["model_name"] == "sst2-sentiment"
+    best = json.loads((project / "reports/best_params.json").read_text())
+    assert best["status"] == "tuned"  # the shipped tuning, shrunk to one trial
 
 
 def test_shipped_presets_are_valid_and_read_their_data_from_data_external():
