@@ -124,8 +124,12 @@ CHECKS: dict[str, Callable[[dict], str]] = {
         f"inference {c['vs_best']:.2f}x best flags, {c['value']:.2f}x "
         "defaults (target: never slower than the defaults)"
     ),
-    "buckets": lambda c: (
+    "buckets": lambda c: (  # results before 2026-12-06 (buckets on every device)
         f"buckets vs padding to the longest (same product otherwise): training {c['value']:.2f}x"
+    ),
+    "padding": lambda c: (
+        f"padding for the device ({c['batching'].rsplit(', ', 1)[-1]}) vs the other padding "
+        f"(same product otherwise): training {c['value']:.2f}x"
     ),
     "mfu": lambda c: (
         f"training MFU {c['value']:.1%} of the bf16 peak (target >= {c['target']:.0%})"
@@ -167,7 +171,8 @@ def _throughput_method(result: dict) -> list[str]:
         f"{method['seed']}); {method['warmup_steps']} untimed warm-up steps then "
         f"{method['steps']} timed steps per path; "
         "real tokens = attention-mask sum. product = `tasks.train.train()` (its Trainer "
-        "subclass, stopped by `max_steps`; `pad to longest`: the same with buckets off); "
+        "subclass, stopped by `max_steps`; `other padding`: the same with buckets where the "
+        "device pads to the longest, or the reverse); "
         "Trainer best flags = `transformers.Trainer` with bf16/fp16 where the device has it "
         "natively, `train_sampling_strategy='group_by_length'`, cuDNN attention off on CUDA; "
         "Trainer default = `transformers.Trainer`, default "

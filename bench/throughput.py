@@ -8,9 +8,9 @@ optimizer steps for every path; the first ``--warmup-steps`` steps of each are n
 Training (real = non-padding tokens, the attention mask's sum):
 
 - product: ``tasks.train.train()`` itself (its Trainer subclass, length-grouped sampler or
-  token-budget batches, padding to buckets, the precision ``choose_precision`` picks, cuDNN
-  attention off on CUDA), stopped after the steps;
-- product (pad to longest): the same with the buckets switched off (the padding ablation);
+  token-budget batches, padding for the device: buckets on CUDA, the longest on a CPU, the
+  precision ``choose_precision`` picks, cuDNN attention off on CUDA), stopped after the steps;
+- product (other padding): the same with the device's padding reversed (the ablation);
 - Trainer best flags: ``transformers.Trainer`` as a careful user sets it: bf16 autocast where
   the device has it (CUDA; a CPU with native bf16), ``train_sampling_strategy=
   "group_by_length"``, and on CUDA cuDNN attention off (it rebuilds a graph per new length);
@@ -18,7 +18,7 @@ Training (real = non-padding tokens, the attention mask's sum):
   batches, padded to the longest in the batch, torch's default attention backends);
 - fixed-128: the tutorial style, every example padded to ``max_length`` 128, fp32.
 
-Inference: ``tasks.core.inference.predict`` (sorted by length, buckets or token budget, autocast) vs
+Inference: ``tasks.core.inference.predict`` (sorted by length, padded for the device, autocast) vs
 the best flags (sorted by length, padded to the longest, autocast), vs random order padded to
 the longest, fp32, vs fixed 128, fp32. Tokenization: the tokenize stage's
 ``encode_texts`` / ``encode_words`` on the whole train file, and the ``tokenize()`` stage on the

@@ -142,7 +142,7 @@ def _make_trainer(run: Run) -> tuple[Any, Any]:
         args=args,
         train_dataset=run.data["train"].select_columns(model_columns(run.data["train"])),
         eval_dataset=run.data["validation"].select_columns(model_columns(run.data["validation"])),
-        data_collator=make_collator(task, run.tokenizer),
+        data_collator=make_collator(task, run.tokenizer, run.precision.device),
         processing_class=run.tokenizer,
         compute_metrics=metrics_function(task, run.labels),
         preprocess_logits_for_metrics=predicted_ids,

@@ -66,7 +66,7 @@ def _training(
     steps, warmup = args.steps, args.warmup_steps
     tokenized = work / "data" / "tokenized"
     rows = [train_product(params, tokenized, work / "product", steps, warmup)]
-    rows.append(train_product(params, tokenized, work / "product-b", steps, warmup, False))
+    rows.append(train_product(params, tokenized, work / "product-b", steps, warmup, True))
     for kind in BASELINES:
         model = fresh_model(params, source, labels)
         row, _ = train_baseline(kind, params, data, tokenizer, model, work, steps, warmup)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .training import BEST
+from .training import BEST, OTHER_PADDING
 
 TARGETS = {
     "cuda": {"train_vs_best": 2.0, "train_vs_default": 3.0, "infer_vs_fixed": 3.0, "mfu": 0.25},
@@ -41,7 +41,7 @@ def dataset_checks(dataset: dict, device: str) -> list[dict]:
         _check(
             "infer_vs_default", name, infer["vs"]["Trainer default"], 1.0, vs_best=infer["vs"][BEST]
         ),
-        _check("buckets", name, train["vs"]["product (pad to longest)"], None),
+        _check("padding", name, train["vs"][OTHER_PADDING], None, batching=train["batching"]),
         _mfu_check(name, train, targets["mfu"]),
     ]
 

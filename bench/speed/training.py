@@ -1,4 +1,4 @@
-"""Training paths: the product's ``train()`` (with and without buckets) and
+"""Training paths: the product's ``train()`` (its padding for the device, and the other) and
 ``transformers.Trainer`` as a careful user (best flags), by default, and padded to 128."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from .clock import cudnn_attention, free_memory, timed_trainer, window
 from .data import FIXED_LENGTH
 
 BEST = "Trainer best flags"
+OTHER_PADDING = "product (other padding)"
 BASELINES = (BEST, "Trainer default", "fixed-128")
 
 
@@ -25,12 +26,14 @@ def _product_batching(metrics: dict, params: Any, buckets: bool) -> str:
 
 
 def train_product(
-    params: Any, tokenized: Path, work: Path, steps: int, warmup: int, buckets: bool = True
+    params: Any, tokenized: Path, work: Path, steps: int, warmup: int, other_padding: bool = False
 ) -> dict:
     """The product's own ``train()``, its Trainer wrapped to stop after the steps
-    (``buckets=False``: padding to the longest in the batch, the ablation)."""
-    import tasks.core.batching
+    (``other_padding``: buckets where the device pads to the longest and vice versa, the
+    ablation of ``pads_to_buckets``)."""
+    import tasks.core.batching as batching
     import tasks.train as product
+    from tasks.core.precision import choose_precision
 
     captured: list[Any] = []
     original = product.trainer_classes
@@ -39,10 +42,12 @@ def train_product(
         measured, epoch_end, early_stopping = original()
         return timed_trainer(measured, warmup + steps, warmup, captured), epoch_end, early_stopping
 
-    no_buckets = mock.patch.object(tasks.core.batching, "padded_length", lambda n, cap=None: n)
+    own = batching.pads_to_buckets
+    buckets = own(choose_precision(params.train.precision).device) != other_padding
+    flipped = mock.patch.object(batching, "pads_to_buckets", lambda device: not own(device))
     with (
         mock.patch.object(product, "trainer_classes", patched),
-        contextlib.nullcontext() if buckets else no_buckets,
+        flipped if other_padding else contextlib.nullcontext(),
     ):
         metrics = product.train(
             params,
@@ -54,7 +59,7 @@ def train_product(
     trainer = captured[0]
     row = window(trainer, warmup, steps)
     row.update(
-        path="product" if buckets else "product (pad to longest)",
+        path=OTHER_PADDING if other_padding else "product",
         precision=metrics["precision"],
         batching=_product_batching(metrics, params, buckets),
         optimizer=str(trainer.args.optim.value),

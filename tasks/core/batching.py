@@ -15,11 +15,12 @@ log = logging.getLogger(__name__)
 # Padded lengths come from a small fixed set (the buckets): multiples of 8 up to 64 sub-tokens,
 # then multiples of 32, so tokenize.max_length 128 gives 10 shapes (256: 14, 512: 22). A GPU
 # then sees a few shapes, each built once (kernels, cuDNN graphs, allocator blocks), where
-# padding to the longest in the batch gave a new length almost every step. On a CPU the
-# extra padding is paid in full: idle 2-core run (bench/RESULTS.md, throughput 2026-12-05),
-# buckets trained at 0.92x (SST-2) / 0.88x (CoNLL) the speed of padding to the longest, and
-# inferred at ~0.85x. Kept on every device for now, so a CPU run and a GPU run of the same
-# data get the same batches; padding to the longest on CPUs is the measured next step.
+# padding to the longest in the batch gave a new length almost every step. A CPU has no
+# per-shape cost and pays the extra padding in full: on the idle 2-core machine
+# (bench/RESULTS.md, throughput 2026-12-05) buckets trained at 0.92x (SST-2) / 0.88x (CoNLL)
+# the speed of padding to the longest and inferred at ~0.85x, so a CPU pads to the longest
+# (:func:`pads_to_buckets`). The batches (which examples, in which order) are the same on
+# every device; only the padding differs, and padding is masked.
 FINE_STEP, FINE_UP_TO, COARSE_STEP = 8, 64, 32
 
 
@@ -35,6 +36,12 @@ def padded_length(length: int, cap: int | None = None) -> int:
     return max(length, min(bucket, cap)) if cap else bucket
 
 
+def pads_to_buckets(device: str) -> bool:
+    """Whether batches on ``device`` are padded to buckets (CUDA and other accelerators) or
+    to their longest example (a CPU); see the note on the buckets above."""
+    return device != "cpu"
+
+
 def buckets(max_length: int, cap: int | None = None) -> list[int]:
     """Every padded length a sequence of at most ``max_length`` sub-tokens can get."""
     return sorted({padded_length(n, cap) for n in range(1, max_length + 1)})
@@ -48,15 +55,18 @@ def position_cap(tokenizer: Any) -> int | None:
 
 class BucketCollator:
     """transformers' padding collators, padding each batch to its bucket (:func:`padded_length`
-    of its longest example) instead of the longest itself; labels padded with -100."""
+    of its longest example), or with ``buckets=False`` to the longest itself; labels padded
+    with -100."""
 
-    def __init__(self, task: str, tokenizer: Any):
-        self.task, self.tokenizer = task, tokenizer
+    def __init__(self, task: str, tokenizer: Any, buckets: bool = True):
+        self.task, self.tokenizer, self.buckets = task, tokenizer, buckets
         self.cap = position_cap(tokenizer)
         self.collators: dict[int, Any] = {}
 
     def __call__(self, features: list[dict[str, Any]]) -> Any:
-        size = padded_length(max(len(f["input_ids"]) for f in features), self.cap)
+        size = max(len(f["input_ids"]) for f in features)
+        if self.buckets:
+            size = padded_length(size, self.cap)
         if size not in self.collators:
             self.collators[size] = _padding_collator(self.task, self.tokenizer, size)
         return self.collators[size](features)
@@ -71,9 +81,10 @@ def _padding_collator(task: str, tokenizer: Any, size: int) -> Any:
     return DataCollatorWithPadding(tokenizer, **pad)
 
 
-def make_collator(task: str, tokenizer: Any) -> Any:
-    """Pads each batch to its bucket (:class:`BucketCollator`); labels with -100."""
-    return BucketCollator(task, tokenizer)
+def make_collator(task: str, tokenizer: Any, device: str) -> Any:
+    """Pads each batch for ``device`` (:func:`pads_to_buckets`, :class:`BucketCollator`);
+    labels with -100."""
+    return BucketCollator(task, tokenizer, buckets=pads_to_buckets(device))
 
 
 MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels")

@@ -505,7 +505,7 @@ class EvaluateParams(Section):
     """Stage ``evaluate``: scores on the test split."""
 
     batch_size: Annotated[int, Field(gt=0)] = 64
-    """Inference batch (sorted by length, padded to the batch's bucket)."""
+    """Inference batch (sorted by length, padded for the device: buckets on CUDA)."""
     max_tokens_per_batch: Literal["auto"] | Annotated[int, Field(gt=0)] | None = "auto"
     """Padded tokens per inference batch instead of batch_size; auto: 65536 on CUDA, null on a
     CPU."""

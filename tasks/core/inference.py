@@ -1,5 +1,5 @@
 """Batched inference: class probabilities per example (text) or per sub-token (tokens) for a
-tokenized dataset, in dataset order, with the time it took; batches cut by length (buckets,
+tokenized dataset, in dataset order, with the time it took; batches cut by length (a batch size
 or a token budget) and run under the training precision's autocast."""
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ def predict(
     """Class probabilities per example (text) or per sub-token (tokens), in dataset order.
 
     Batches are cut from the examples sorted by length (little padding): ``batch_size``
-    examples, or as many as fit in ``max_tokens`` padded tokens; each is padded to its
-    bucket (few shapes) and run under ``inference_mode`` with the training precision's
-    autocast.
+    examples, or as many as fit in ``max_tokens`` padded tokens; each is padded for the
+    device (:func:`~tasks.core.batching.pads_to_buckets`) and run under ``inference_mode``
+    with the training precision's autocast.
 
     Returns:
         The probabilities (numpy arrays) and timing: ``seconds``, ``samples_per_second``,
@@ -36,7 +36,7 @@ def predict(
     device = torch.device(precision.device)
     model.to(device)
     inputs = dataset.select_columns([c for c in model_columns(dataset) if c != "labels"])
-    collate = make_collator("text_classification", tokenizer)  # pads inputs only
+    collate = make_collator("text_classification", tokenizer, device.type)  # pads inputs only
     lengths = list(dataset["length"])
     batches = inference_batches(lengths, batch_size, max_tokens, position_cap(tokenizer))
     probabilities: list[Any] = [None] * len(lengths)

@@ -277,7 +277,7 @@ class Objective:
                 args=args,
                 train_dataset=data.train,
                 eval_dataset=data.validation,
-                data_collator=make_collator(data.task, data.tokenizer),
+                data_collator=make_collator(data.task, data.tokenizer, precision.device),
                 processing_class=data.tokenizer,
                 compute_metrics=metrics_function(data.task, data.labels),
                 preprocess_logits_for_metrics=predicted_ids,

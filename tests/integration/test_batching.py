@@ -59,8 +59,11 @@ def tokenized(tmp_path_factory, tiny_model_dir):
     return out, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def trainer_for(task: str, data, tokenizer, tiny_model_dir: Path, tmp_path: Path, **kw):
-    """The train stage's Trainer subclass, as train() builds it (no training run)."""
+def trainer_for(
+    task: str, data, tokenizer, tiny_model_dir: Path, tmp_path: Path, device: str = "cuda", **kw
+):
+    """The train stage's Trainer subclass, as train() builds it for ``device``'s padding
+    (the model stays on the CPU; no training run)."""
     from transformers import TrainingArguments
 
     from tasks.core.batching import model_columns
@@ -83,7 +86,7 @@ def trainer_for(task: str, data, tokenizer, tiny_model_dir: Path, tmp_path: Path
         args=args,
         train_dataset=data["train"].select_columns(model_columns(data["train"])),
         eval_dataset=data["validation"].select_columns(model_columns(data["validation"])),
-        data_collator=make_collator(task, tokenizer),
+        data_collator=make_collator(task, tokenizer, device),
         processing_class=tokenizer,
         lengths={s: list(data[s]["length"]) for s in ("train", "validation")},
         group=True,
@@ -122,6 +125,23 @@ def test_training_and_evaluation_shapes_are_bounded_by_the_buckets(
     # The dynamic-padding baseline sees many more widths on the same data.
     lengths = list(data["train"]["length"])
     assert len(set(lengths)) > len({padded_length(n) for n in lengths})
+
+
+@pytest.mark.parametrize("task", ["text_classification", "token_classification"])
+def test_a_cpu_pads_each_batch_to_its_longest_example(task, tokenized, tiny_model_dir, tmp_path):
+    datasets, tokenizer = tokenized
+    data = datasets[task]
+    trainer = trainer_for(task, data, tokenizer, tiny_model_dir, tmp_path, device="cpu")
+    for loader in (trainer.get_train_dataloader(), trainer.get_eval_dataloader()):
+        widths = []
+        for batch in loader:
+            width = batch["input_ids"].shape[1]
+            assert batch["attention_mask"].sum(dim=1).max() == width  # no all-padding column
+            if "labels" in batch and batch["labels"].dim() == 2:
+                assert batch["labels"].shape[1] == width
+            widths.append(width)
+        # More distinct widths than buckets would give: the padding follows the data.
+        assert len(set(widths)) > len({padded_length(w) for w in widths})
 
 
 def test_token_budget_batches_never_exceed_the_budget_and_cover_each_example_once():

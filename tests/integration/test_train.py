@@ -68,7 +68,7 @@ def validation_loss(model_dir: Path, tokenized: Path) -> float:
     data, _ = load_tokenized(tokenized)
     split = data["validation"].select_columns(model_columns(data["validation"]))
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    collate = make_collator("text_classification", AutoTokenizer.from_pretrained(model_dir))
+    collate = make_collator("text_classification", AutoTokenizer.from_pretrained(model_dir), "cpu")
     total = 0.0
     with torch.inference_mode():
         for start in range(0, len(split), 32):
