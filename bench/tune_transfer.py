@@ -44,6 +44,13 @@ WORK = ROOT / ".state" / "bench" / "tune_transfer"
 POLICIES = ("untuned", "share", "finalists")
 
 
+def data_folder(params) -> Path:
+    """The folder of the prepared data: one per value of the keys that define it."""
+    keys = {"task", "data", "prepare", "tokenize", "model"}
+    data_id = json.dumps(params.model_dump(mode="json", include=keys), sort_keys=True)
+    return WORK / f"data-{hashlib.sha256(data_id.encode()).hexdigest()[:8]}"
+
+
 def prepared_data(params, work: Path) -> Path:
     """The default source prepared and tokenized once (the pipeline's own stages)."""
     from tasks.prepare import prepare
@@ -187,10 +194,7 @@ def main() -> None:
     stamp = f"{now:%Y%m%dT%H%M%S}"
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     base = load_params(ROOT / "params.yaml", overrides=overrides)
-    data_keys = ("task", "data", "prepare", "tokenize", "model")
-    data_id = json.dumps(base.model_dump(mode="json", include=set(data_keys)), sort_keys=True)
-    data_dir = WORK / f"data-{hashlib.sha256(data_id.encode()).hexdigest()[:8]}"
-    tokenized = prepared_data(base, data_dir)
+    tokenized = prepared_data(base, data_folder(base))
     if args.collect is not None:  # an earlier (or interrupted) run: its complete seeds
         work = args.collect
     else:

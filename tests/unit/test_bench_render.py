@@ -387,6 +387,46 @@ def test_a_tune_transfer_result_averages_the_seeds_against_the_target(bench):
     )
 
 
+def test_a_tune_headroom_result_compares_each_configuration_with_the_defaults(bench):
+    render, _ = bench
+
+    def runs(*accuracies: float) -> list[dict]:
+        return [
+            {"seed": i, "test_accuracy": a, "validation": 0.82, "best_epoch": 2.0, "train_s": 180}
+            for i, a in enumerate(accuracies)
+        ]
+
+    result = {
+        "bench": "tune_headroom",
+        "started": "2026-12-06T04:40:00+00:00",
+        "machine": "x86_64, 2 torch threads",
+        "command": "bench/tune_headroom.py --seeds 0 1",
+        "data": "rotten_tomatoes",
+        "work": ".state/bench/grid",
+        "seeds": [0, 1],
+        "configs": [
+            {"values": {}, "runs": runs(0.84, 0.83), "mean_test_accuracy": 0.835, "gain_points": 0},
+            {
+                "values": {"learning_rate": 1e-4, "epochs": 5},
+                "runs": runs(0.85, 0.83),
+                "mean_test_accuracy": 0.84,
+                "gain_points": 0.5,
+            },
+        ],
+    }
+    lines = render.render(through_json(result))
+    assert lines[0] == "## tune_headroom: 2026-12-06 04:40 UTC"
+    assert (
+        "| train values over params.yaml | test acc seed 0 | test acc seed 1 | mean | vs defaults "
+        "| validation (mean) | best epochs | train s (mean) |"
+    ) in lines
+    assert "| defaults | 0.8400 | 0.8300 | **0.8350** | +0.00 | 0.8200 | 2, 2 | 180 |" in lines
+    assert lines[-1] == (
+        "Best fixed configuration (learning_rate=0.0001, epochs=5): +0.50 points over the "
+        "defaults on average (the issue asks tuning for >= +0.5)."
+    )
+
+
 def through_json(result: dict) -> dict:
     """``result`` as its JSON file holds it (strict JSON: no NaN)."""
     return json.loads(json.dumps(result, allow_nan=False))
@@ -726,7 +766,13 @@ def test_every_bench_that_records_a_result_has_a_renderer(bench):
         for path in BENCH.glob("*.py")
         if "record(result, args.results" in path.read_text()
     }
-    assert recording == {"throughput", "tune_transfer", "document_context", *SECTIONS}
+    assert recording == {
+        "throughput",
+        "tune_transfer",
+        "tune_headroom",
+        "document_context",
+        *SECTIONS,
+    }
     assert recording <= set(render.RENDERERS)
 
 
