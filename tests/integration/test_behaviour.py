@@ -63,9 +63,12 @@ TEXT_CASES = {
     },
     "dir": {
         "cases": [
-            {"text": "a great movie", "changed": "a great awful awful movie", "direction": "down"},
-            {"text": "a bad movie", "changed": "a bad good good movie", "direction": "up"},
-            {"text": "a bad movie", "changed": "a bad awful boring movie", "direction": "up"},
+            # The cue swapped (the toy model's one signal): the first two must pass, the third
+            # asks for the wrong direction and must fail. (Added cue words beside the first
+            # are not a signal this model is bound to use: it may ignore them.)
+            {"text": "a great movie", "changed": "a awful movie", "direction": "down"},
+            {"text": "a bad movie", "changed": "a good movie", "direction": "up"},
+            {"text": "a dull movie", "changed": "a superb movie", "direction": "down"},
         ],
     },
 }
@@ -87,8 +90,8 @@ def test_text_checks_count_passes_and_list_failures(tmp_path, text_model):
     assert inv["failures"][0]["the awful movie"] == "negative"
     assert (direction["count"], direction["passed"]) == (3, 2)
     failed = direction["failures"][0]
-    assert failed["changed"] == "a bad awful boring movie"
-    assert failed["positive_after"] <= failed["positive_before"]
+    assert failed["changed"] == "a superb movie"
+    assert failed["positive_after"] > failed["positive_before"]
     assert report["pass_rate"] == pytest.approx(6 / 9, abs=1e-6)
     assert report["skipped"] == {}
 
