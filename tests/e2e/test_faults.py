@@ -269,3 +269,49 @@ def test_a_configuration_run_before_is_restored_from_the_run_cache(trained):
         assert "Stage 'train' is cached - skipping run" in done.stdout, done.stdout
     assert stage_runs(trained, "train") == trains
     assert len(registry(trained)["versions"]) == len(versions["versions"]) + 1
+
+
+def test_a_queued_sweep_runs_every_value_and_the_experiments_compare(trained):
+    """Two learning rates queued (``dvc exp run --queue -S``), run by ``dvc queue start``:
+    each trains (its own MLflow train run and model version), ``dvc exp show`` lists both
+    with their params and metrics and ``dvc plots diff`` compares their curves."""
+    if not (trained / ".gitignore").exists():
+        (trained / ".gitignore").write_text(".state/\n")
+    commit(trained)
+    versions, trains = registry(trained)["versions"], stage_runs(trained, "train")
+    original = yaml.safe_load((trained / "params.yaml").read_text())["train"]["learning_rate"]
+    rates = {"sweep-a": original * 3, "sweep-b": original / 2}
+    for name, rate in rates.items():
+        run(
+            ["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.learning_rate={rate}"],
+            trained,
+        )
+    run(["dvc", "queue", "start"], trained)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], trained).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2, (
+        status + run(["dvc", "queue", "logs", "sweep-a"], trained, check=False).stdout
+    )
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], trained).stdout)
+    found = {
+        rev["name"]: rev["data"]
+        for baseline in shown
+        for experiment in baseline.get("experiments") or []
+        for rev in experiment["revs"]
+        if rev.get("name") in rates
+    }
+    assert set(found) == set(rates)
+    for name, rate in rates.items():
+        params = found[name]["params"]["params.yaml"]["data"]
+        assert params["train"]["learning_rate"] == pytest.approx(rate)
+        metrics = found[name]["metrics"]["reports/metrics.json"]["data"]
+        assert 0 <= metrics["accuracy"] <= 1
+    assert stage_runs(trained, "train") == trains + 2
+    assert len(registry(trained)["versions"]) == len(versions) + 2
+    plots = json.loads(run(["dvc", "plots", "diff", *rates, "--json"], trained).stdout)
+    curves = plots["reports/train_history.csv"]
+    assert {datum["rev"] for curve in curves for datum in curve["data"]["data"]} == set(rates)
