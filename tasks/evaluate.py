@@ -59,6 +59,7 @@ from tasks.core.model import (
 )
 from tasks.core.precision import choose_precision
 from tasks.core.tokenized import TOKENIZED_DIR, load_tokenized
+from tasks.core.windows import windowed_words
 
 log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"
@@ -76,6 +77,29 @@ def _label_ids(model: Any, needed: set[str], what: str) -> dict[str, int]:
             f"({', '.join(label2id)}); re-run train on data with these labels"
         )
     return label2id
+
+
+def _predict_cut_sentences(
+    model: Any,
+    tokenizer: Any,
+    test: Any,
+    max_length: int,
+    id2label: dict[int, str],
+    tags: list[list[str]],
+    confidences: list[list[float | None]],
+) -> int:
+    """Predict again, in overlapping windows, every sentence that truncation cut (its encoding
+    fills ``max_length`` and words lack a prediction), replacing its tags and confidences in
+    place: every word is scored on a prediction at any length. Returns their number."""
+    cut = [
+        i
+        for i, (length, sentence) in enumerate(zip(test["length"], confidences, strict=True))
+        if length >= max_length and None in sentence
+    ]
+    for i in cut:
+        words = [str(w) for w in test[i]["tokens"]]
+        tags[i], confidences[i] = windowed_words(model, tokenizer, words, max_length, id2label)
+    return len(cut)
 
 
 def evaluate(
@@ -148,12 +172,16 @@ def evaluate(
             )
             predicted_tags.append(tags)
             confidences.append(confidence)
+        windowed = _predict_cut_sentences(
+            model, tokenizer, test, manifest["max_length"], id2label, predicted_tags, confidences
+        )
         missing = sum(c is None for sentence in confidences for c in sentence)
         metrics = {
             "samples": len(test),
             "words": sum(len(s) for s in gold_tags),
-            "words_not_predicted": missing,  # truncated or without sub-tokens: scored as O
+            "words_not_predicted": missing,  # words without sub-tokens: scored as O
             "truncated_sentences": int(manifest["truncated"]["test"]),
+            "windowed_sentences": windowed,  # those predicted in overlapping windows
             **entity_scores(gold_tags, predicted_tags, detailed=True),
         }
         pairs = [

@@ -223,8 +223,9 @@ class TokenizeParams(Section):
     tasks: the longest, as a cut word is never predicted), rounded up to a multiple of 8, capped at
     the encoder's limit."""
     max_unpredicted_share: Share = 0.01
-    """Token task: the largest share of validation or test words past max_length (never predicted,
-    scored as O); above it tokenize fails naming tokenize.max_length."""
+    """Token task: the largest share of validation words past max_length (unseen by the epoch
+    choice and tuning; evaluate and predict cover every word in overlapping windows); above it
+    tokenize fails naming tokenize.max_length."""
     context_tokens: Annotated[int, Field(ge=0, le=1024)] = 0
     """Token task: document context. Each sentence is encoded with up to this many sub-tokens of
     the sentences before it and as many of those after it in its document (CoNLL -DOCSTART-),

@@ -12,6 +12,13 @@ from typing import Any
 
 from mlflow.pyfunc import PythonModel
 
+from tasks.core.windows import (
+    best_word_positions,
+    encode_windows,
+    subtoken_counts,
+    window_probabilities,
+)
+
 
 class EntityPipeline(PythonModel):
     """Named entities with type, score and character span, from the fine-tuned token
@@ -43,20 +50,43 @@ class EntityPipeline(PythonModel):
 
     @staticmethod
     def entities(pipeline: Any, texts: list[str]) -> list[list[dict[str, Any]]]:
-        """One list per text of ``{entity, score, word, start, end}``.
+        """One list per text of ``{entity, score, word, start, end}``, every word predicted at
+        any length: a text longer than the model's window is encoded in overlapping windows
+        (:mod:`tasks.core.windows`).
 
         The pipeline's own aggregation is not used: ``simple`` groups sub-tokens by their
         tags (untrained on all but a word's first sub-token, so one word can come out as two
-        entities or half of one), and ``first`` guesses word boundaries from token lengths
-        (wrong for decomposed accents). Sub-token predictions (``none``) and the tokenizer's
-        ``word_ids()`` of the same encoding give the words exactly.
+        entities or half of one), ``first`` guesses word boundaries from token lengths
+        (wrong for decomposed accents), and its ``stride`` refuses the ``none`` aggregation.
+        Each word takes its first sub-token's prediction (``word_ids()``), as evaluate scores.
         """
-        tokens = pipeline(texts, aggregation_strategy="none", ignore_labels=[])
-        encode = pipeline.tokenizer
-        return [
-            EntityPipeline.spans(text, found, encode(text, truncation=True).word_ids())
-            for text, found in zip(texts, tokens, strict=True)
-        ]
+        model, tokenizer = pipeline.model, pipeline.tokenizer
+        cap = getattr(model.config, "max_position_embeddings", 512)
+        length = min(tokenizer.model_max_length, cap, 512)
+        return [EntityPipeline._text_entities(model, tokenizer, t, length) for t in texts]
+
+    @staticmethod
+    def _text_entities(model: Any, tokenizer: Any, text: str, length: int) -> list[dict]:
+        """The entities of one text, from windows of ``length`` sub-tokens."""
+        encoding = encode_windows(tokenizer, text, length, return_offsets_mapping=True)
+        probabilities = window_probabilities(model, encoding)
+        chosen = best_word_positions(encoding, subtoken_counts(tokenizer, text))
+        tokens = []  # one record per word, as spans() reads sub-tokens
+        for word in sorted(chosen):
+            window, position = chosen[word]
+            ids, offsets = encoding.word_ids(window), encoding["offset_mapping"][window]
+            last = max(p for p, w in enumerate(ids) if w == word)
+            scores = probabilities[window, position]
+            tokens.append(
+                {
+                    "index": len(tokens),
+                    "entity": model.config.id2label[int(scores.argmax())],
+                    "score": float(scores.max()),
+                    "start": int(offsets[position][0]),
+                    "end": int(offsets[last][1]),
+                }
+            )
+        return EntityPipeline.spans(text, tokens, sorted(chosen))
 
     @staticmethod
     def spans(
