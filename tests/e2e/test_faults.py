@@ -313,5 +313,6 @@ def test_a_queued_sweep_runs_every_value_and_the_experiments_compare(trained):
     assert stage_runs(trained, "train") == trains + 2
     assert len(registry(trained)["versions"]) == len(versions) + 2
     plots = json.loads(run(["dvc", "plots", "diff", *rates, "--json"], trained).stdout)
-    curves = plots["reports/train_history.csv"]
-    assert {datum["rev"] for curve in curves for datum in curve["data"]["data"]} == set(rates)
+    [curves] = plots["data"]["reports/validation_history.csv"]  # one chart, both experiments
+    assert curves["revisions"] == list(rates)
+    assert {row["rev"] for row in curves["content"]["data"]["values"]} == set(rates)
