@@ -542,6 +542,10 @@ class TrackingParams(Section):
     """MLflow store; null: SQLite and artifacts under .state/mlflow; or a server URL."""
     experiment: str = "finetune"
     """MLflow experiment of the runs."""
+    system_metrics_interval: Annotated[float, Field(ge=0)] = 10.0
+    """Seconds between MLflow system metrics samples (CPU, memory, disk, network; GPU
+    utilisation and memory when a GPU is present) on the train and tune runs and each trial;
+    0: none."""
 
 
 class Params(Section):

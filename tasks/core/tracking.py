@@ -106,6 +106,9 @@ def configure(params: Params, state_dir: Path = STATE_DIR) -> str:
     import mlflow
 
     uri = use_store(params, state_dir)
+    if params.tracking.system_metrics_interval:
+        mlflow.set_system_metrics_sampling_interval(params.tracking.system_metrics_interval)
+        mlflow.set_system_metrics_samples_before_logging(1)
     name = params.tracking.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
@@ -272,6 +275,15 @@ def end_pipeline(
     return parent
 
 
+# The stages whose runs (and tuning trials) sample system metrics: where the compute is.
+SYSTEM_METRICS_STAGES = ("train", "tune")
+
+
+def system_metrics(params: Params, stage: str) -> bool:
+    """Whether ``stage``'s runs log MLflow system metrics (``tracking.system_metrics_interval``)."""
+    return stage in SYSTEM_METRICS_STAGES and params.tracking.system_metrics_interval > 0
+
+
 @contextlib.contextmanager
 def stage_run(
     params: Params, stage: str, state_dir: Path = STATE_DIR, project: Path = PROJECT_ROOT
@@ -302,6 +314,7 @@ def stage_run(
             nested=True,
             tags=tags,
             experiment_id=experiment_id,
+            log_system_metrics=system_metrics(params, stage),
         )
     except MlflowException as exc:  # e.g. a full disk under the SQLite store: one line, no work
         message = " ".join(str(exc).split())
