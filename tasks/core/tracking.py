@@ -511,6 +511,35 @@ def log_datasets(project: Path, splits: tuple[str, ...], run_id: str | None = No
         _log_inputs(mlflow.MlflowClient(), run_id, inputs)
 
 
+def log_model_metrics(
+    client: Any, name: str, version: str, metrics: dict[str, Any], prepared: Path, digest: str
+) -> None:
+    """The test scores (``metrics.json``'s numbers) as MLflow 3 model metrics of version
+    ``version``'s logged model, linked to the test split by name and digest (DVC's hash), in
+    the active run: what the Models view and the version's page show."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    registered = client.get_model_version(name, version)
+    # The SQL registry does not keep model_id; a version's source is models:/<model_id>.
+    model_id = registered.model_id or registered.source.removeprefix("models:/")
+    if not model_id.startswith("m-"):  # a version registered before MLflow 3 logged models
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow warns about guessing the source type
+        source = resolve_dataset_source(str((prepared / "test.parquet").resolve()))
+    scores = {
+        f"test_{k}": float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "samples"
+    }
+    dataset = MetaDataset(source, name="test", digest=digest)
+    mlflow.log_metrics(scores, model_id=model_id, dataset=dataset)
+
+
 def _log_inputs(client: Any, run_id: str, inputs: list[Any]) -> None:
     """``log_inputs``; two pipelines logging one dataset at once race on its row."""
     retry_insert_race(client.log_inputs, run_id, datasets=inputs)

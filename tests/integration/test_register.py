@@ -454,3 +454,21 @@ def test_server_lists_aliases_and_served_model_answers(text_model, tmp_path):
         assert {p["label"] for p in predictions} <= {"positive", "negative"}
     finally:
         stop_server(served)
+
+
+def test_test_scores_are_metrics_of_the_logged_model_on_the_test_split(text_model):
+    """MLflow 3 links metrics to the logged model and the dataset they were measured on: the
+    Models view and the version's page show them."""
+    import mlflow
+
+    report = text_model.register()
+    client = text_model.client()
+    version = client.get_model_version("toy-sentiment", str(report["version"]))
+    logged = mlflow.get_logged_model(version.source.removeprefix("models:/"))
+    by_key = {m.key: m for m in logged.metrics}
+    scored = json.loads((text_model.root / "reports/metrics.json").read_text())
+    assert by_key["test_f1_macro"].value == pytest.approx(scored["f1_macro"])
+    assert {"test_accuracy", "test_f1_macro"} <= set(by_key) and "test_samples" not in by_key
+    for metric in by_key.values():
+        assert metric.dataset_name == "test"
+        assert metric.dataset_digest == report["test_data_hash"]
