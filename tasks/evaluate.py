@@ -35,6 +35,7 @@ import typer
 from tasks.core.batching import check_budget, position_cap, token_budget
 from tasks.core.cli import stage_command
 from tasks.core.config import DEFAULT_PARAMS, Params, headline_metric, load_params
+from tasks.core.entity_pipeline import windowed_words
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.eval_reports import (
@@ -59,7 +60,6 @@ from tasks.core.model import (
 )
 from tasks.core.precision import choose_precision
 from tasks.core.tokenized import TOKENIZED_DIR, load_tokenized
-from tasks.core.windows import windowed_words
 
 log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"

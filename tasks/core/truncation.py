@@ -77,7 +77,7 @@ def check_unpredicted(
     stats: dict[str, Any], max_length: int, limit: dict[str, Any] | None, max_share: float
 ) -> None:
     """Token task: words past ``max_length`` are not in the encoded examples. Evaluate and
-    predict encode such sentences again in overlapping windows (:mod:`tasks.core.windows`), so
+    predict encode such sentences again in overlapping windows (``entity_pipeline``), so
     test words are always predicted; training's validation scores (epoch choice, tuning) see
     only the encoded words. A warning names the counts and the key; a validation share above
     ``tokenize.max_unpredicted_share`` fails the stage.
