@@ -94,3 +94,5 @@ def quiet_libraries() -> None:
             logger.addFilter(_DropMessages(fragments))
     logging.getLogger("alembic").setLevel(logging.WARNING)  # MLflow's schema migrations
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "generated new fontManager"
+    for name in ("httpx", "httpx2"):  # one line per HTTP request (hub downloads, Prefect API)
+        logging.getLogger(name).setLevel(logging.WARNING)

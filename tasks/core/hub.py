@@ -102,6 +102,7 @@ def snapshot(repo_id: str, revision: str, cache_dir: Path) -> Path:
 
 def _download(repo_id: str, revision: str, cache_dir: Path, where: str) -> Path:
     """Download the start-point files of ``repo_id`` at ``revision`` (the only network use)."""
+    import httpx2  # huggingface_hub's HTTP client: its connection errors are not OSErrors
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import (
         HfHubHTTPError,
@@ -113,8 +114,11 @@ def _download(repo_id: str, revision: str, cache_dir: Path, where: str) -> Path:
     endpoint = hub_endpoint()
     log.info("downloading %s at %s from %s into %s", repo_id, revision, endpoint, cache_dir)
     try:
-        files = HfApi(endpoint=endpoint).list_repo_files(repo_id, revision=revision)
-        safe = any(name.endswith(".safetensors") for name in files)
+        # One request first (no retries): an unreachable hub fails in a moment, and the
+        # file list decides between safetensors and PyTorch weights.
+        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision)
+        names = [sibling.rfilename for sibling in info.siblings or []]
+        safe = any(name.endswith(".safetensors") for name in names)
         patterns = SAFE_PATTERNS if safe else CONFIG_FILES + TOKENIZER_FILES + BIN_WEIGHTS
         folder = snapshot_download(
             repo_id,
@@ -132,7 +136,7 @@ def _download(repo_id: str, revision: str, cache_dir: Path, where: str) -> Path:
             f"{where}: {endpoint} has no such model (or it is private: log in with `hf auth "
             "login` or set HF_TOKEN)"
         ) from None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, httpx2.HTTPError) as exc:
         reason = " ".join(str(exc).split())[:200]
         raise StageError(
             f"{where}: not in the Hugging Face cache ({cache_dir}) and {endpoint} cannot be "
@@ -180,6 +184,7 @@ def resolve_revision(repo_id: str, revision: str | None = None) -> str:
     Raises:
         StageError: the hub cannot be reached, or has no such model or revision.
     """
+    import httpx2  # huggingface_hub's HTTP client: its connection errors are not OSErrors
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         HfHubHTTPError,
@@ -195,7 +200,7 @@ def resolve_revision(repo_id: str, revision: str | None = None) -> str:
         raise StageError(f"{name}: {endpoint} has no such branch, tag or commit") from None
     except RepositoryNotFoundError:
         raise StageError(f"{name}: {endpoint} has no such model (or it is private)") from None
-    except (HfHubHTTPError, OSError) as exc:
+    except (HfHubHTTPError, OSError, httpx2.HTTPError) as exc:
         reason = " ".join(str(exc).split())[:200]
         raise StageError(
             f"{name}: cannot reach {endpoint} ({type(exc).__name__}: {reason}); set "
