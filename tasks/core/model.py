@@ -1,5 +1,6 @@
-"""Where a model comes from (``model.name_or_path``: the default encoder, a local
-directory, or a registered MLflow model), its tokenizer's identity, the head per task."""
+"""Where a model comes from (``model.name_or_path``: a built-in encoder, a local directory, a
+registered MLflow model, or a Hugging Face Hub model pinned by ``model.revision``), its
+tokenizer's identity, the head per task."""
 
 from __future__ import annotations
 
