@@ -1,8 +1,9 @@
 """Stage ``tokenize``: turn the prepared splits into model inputs with the model's tokenizer.
 
 Reads ``task``, ``model.name_or_path`` and ``model.revision``, ``tracking.uri`` and ``tokenize``
-from ``params.yaml`` and ``data/prepared/{train,validation,test}.parquet``. Writes ``data/tokenized/`` (one
-Hugging Face dataset per split, unpadded: batches are padded when they are made) with
+from ``params.yaml`` and ``data/prepared/{train,validation,test}.parquet``. Writes
+``data/tokenized/`` (one Hugging Face dataset per split, unpadded: batches are padded when
+they are made) with
 ``manifest.json`` (tokenizer identity, label map, counts, truncation, token lengths), and
 ``reports/tokenize.json`` (the counts, as DVC metrics).
 
