@@ -198,3 +198,46 @@ def test_a_repository_with_its_own_code_is_never_run(local_hub, commits, tmp_pat
     assert type(model).__name__ == "BertForSequenceClassification"
     assert not marker.exists()
     assert yaml.safe_load((source.model_dir / "config.json").read_text())["auto_map"]
+
+
+class _RunsCode:
+    """A pickle that would run ``touch MARKER`` when unpickled by an unsafe loader."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_safetensors_are_preferred_and_pickles_load_only_as_weights(local_hub, commits, tmp_path):
+    import io
+
+    import torch
+    from safetensors.torch import load_file
+
+    source_a = resolve_model_source(REPO, state_dir=tmp_path, revision=local_hub.sha_a)
+    tensors = load_file(str(source_a.model_dir / "model.safetensors"))
+    pickled = io.BytesIO()
+    torch.save(tensors, pickled)
+    with_both = {**commits["a"], "pytorch_model.bin": pickled.getvalue()}
+    both = local_hub.add_commit("acme/both", with_both)
+    source = resolve_model_source("acme/both", state_dir=tmp_path, revision=both)
+    assert not (source.model_dir / "pytorch_model.bin").exists()  # never downloaded
+
+    only_pickle = {k: v for k, v in with_both.items() if k != "model.safetensors"}
+    sha = local_hub.add_commit("acme/pickled", only_pickle)
+    source = resolve_model_source("acme/pickled", state_dir=tmp_path, revision=sha)
+    model, _ = build_model("text_classification", source, ["negative", "positive"], None)
+    assert type(model).__name__ == "BertForSequenceClassification"
+
+    marker = tmp_path / "pickle-ran"
+    evil = io.BytesIO()
+    torch.save({"embeddings": _RunsCode(marker)}, evil)
+    sha = local_hub.add_commit("acme/evil", {**only_pickle, "pytorch_model.bin": evil.getvalue()})
+    source = resolve_model_source("acme/evil", state_dir=tmp_path, revision=sha)
+    with pytest.raises(StageError, match=r"cannot load a model from .*: Weights only load failed"):
+        build_model("text_classification", source, ["negative", "positive"], None)
+    assert not marker.exists()
