@@ -813,9 +813,9 @@ def untracked_inputs(
             key = "data.source." + ("path" if split == "all" else split)
             problem = _outside(key, str(path), base / path, root, EXTERNAL_DATA_DIR)
             problems += [problem] if problem else []
-    spec = params.model.name_or_path if "model.name_or_path" in keys else "default"
-    if params.model.revision is not None and "model.name_or_path" in keys:
-        return problems  # a hub model pinned by commit: the params are the whole input
+    if "model.name_or_path" not in keys or params.model.revision is not None:
+        return problems  # (a hub model pinned by commit: the params are the whole input)
+    spec = params.model.name_or_path
     if spec not in BUILTIN_ENCODERS and not _URI.match(spec):
         path = Path(spec).expanduser()
         if is_hub_id(spec) and not (base / path).exists():
