@@ -80,8 +80,8 @@ lock: setup  ## Upgrade: re-resolve pyproject.toml into requirements.lock (hashe
 	cmp -s $(TMPDIR)/$(LOCK) $(LOCK) || mv $(TMPDIR)/$(LOCK) $(LOCK)
 	$(MAKE) setup
 
-run: setup  ## Run the whole pipeline (dvc repro); PRESET=conll2003|sst2: as a DVC experiment
-	finetune run $(if $(PRESET),--preset $(PRESET))
+run: setup  ## Run the whole pipeline (dvc repro); PRESET=conll2003|sst2 DATA=folder: a DVC experiment
+	finetune run $(if $(PRESET),--preset $(PRESET)) $(if $(DATA),--data "$(abspath $(DATA))")
 
 # Two pytest-xdist workers, one test file each at a time (module fixtures such as the Prefect
 # server start once); each worker's torch gets its share of the cores (tests/conftest.py).

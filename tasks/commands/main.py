@@ -129,6 +129,9 @@ def run(
     preset: str = typer.Option(
         None, help="Run presets/NAME.yaml as a DVC experiment (params.yaml stays as it is)."
     ),
+    data: Path = typer.Option(
+        None, help="With --preset: your copy of its dataset (a folder), imported once."
+    ),
     stage: list[str] = typer.Option(
         [], "--stage", "-s", help="Run only up to this stage (repeatable); default all."
     ),
@@ -137,6 +140,8 @@ def run(
     ),
 ) -> None:
     """Run the pipeline: every DVC stage in order, unchanged ones skipped (`dvc repro`)."""
+    if data is not None and (flow or not preset):
+        raise typer.BadParameter("--data goes with --preset (and without --flow)")
     if flow:
         from flows.pipeline import training_pipeline
 
@@ -145,7 +150,7 @@ def run(
     elif preset:
         from tasks.commands.presets import main as run_preset
 
-        run_preset(preset, stage=stage, experiment=None, project=PROJECT_ROOT)
+        run_preset(preset, data=data, stage=stage, experiment=None, project=PROJECT_ROOT)
     else:
         dvc = Path(sys.executable).parent / "dvc"
         command = [str(dvc), "repro", *stage]

@@ -193,8 +193,9 @@ class ValidateParams(Section):
     """Allowed labels; null: the labels seen in train."""
     min_text_length: Annotated[int, Field(ge=1)] = 1
     """Shortest allowed text: characters (text task) or tokens (token task)."""
-    max_text_length: Annotated[int, Field(ge=1)] = 5000
-    """Longest allowed text: characters (text task) or tokens (token task)."""
+    max_text_length: Annotated[int, Field(ge=1)] | None = None
+    """Longest allowed text: characters (text task) or tokens (token task); null: no limit
+    (tokenize truncates at tokenize.max_length and counts what it cut in reports/tokenize.json)."""
     max_duplicate_share: Share = 0.05
     """Largest share of identical texts within one split."""
     max_leakage_share: Share = 0.01
@@ -206,7 +207,7 @@ class ValidateParams(Section):
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> ValidateParams:
-        if self.min_text_length > self.max_text_length:
+        if self.max_text_length is not None and self.min_text_length > self.max_text_length:
             raise ValueError(
                 f"min_text_length ({self.min_text_length}) must be <= max_text_length "
                 f"({self.max_text_length})"

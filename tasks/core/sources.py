@@ -406,6 +406,11 @@ def _select_text_columns(frame: pd.DataFrame, data: DataParams, origin: str) -> 
                 f"{origin}: no {role} column {column!r} (columns: {available}); "
                 f"set data.{role}_column"
             )
+        if (count := list(frame.columns).count(column)) > 1:  # CSV/TSV headers may repeat
+            raise StageError(
+                f"{origin}:1: the header names the {role} column {column!r} {count} times "
+                f"(data.{role}_column); give each column its own name"
+            )
     other_text = frame.attrs.get("other_text")  # only JSONL has them: CSV/TSV fields are text
     if other_text is not None:
         line, value = other_text
