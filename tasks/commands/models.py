@@ -14,12 +14,12 @@ import typer
 import yaml
 
 from tasks.commands.paramsdoc import key_lines
-from tasks.core.cli import reflow, stage_command
+from tasks.core.cli import stage_command
 from tasks.core.config import BUILTIN_ENCODERS, DEFAULT_PARAMS, ParamsError, is_hub_id, load_params
 from tasks.core.encoders import encoder_dir
 from tasks.core.hub import hub_endpoint, resolve_revision
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=reflow(__doc__))
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
 def _scalar(value: str) -> str:
