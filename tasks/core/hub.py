@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from tasks.core.config import COMMIT_SHA, PIN_COMMAND
-from tasks.core.errors import StageError
+from tasks.core.errors import HubError, StageError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def snapshot(repo_id: str, revision: str, cache_dir: Path) -> Path:
     that commit (no network), else downloaded once into ``cache_dir``.
 
     Raises:
-        StageError: one line naming the model, the revision and the fix (no network and no
+        HubError: one line naming the model, the revision and the fix (no network and no
             cached copy, unknown repository or revision, a model that needs its own code).
     """
     from huggingface_hub import snapshot_download
@@ -91,7 +91,7 @@ def snapshot(repo_id: str, revision: str, cache_dir: Path) -> Path:
     except LocalEntryNotFoundError:
         pass  # not cached (or an interrupted download): fetch it
     if _offline():
-        raise StageError(
+        raise HubError(
             f"{where}: not in the Hugging Face cache ({cache_dir}) and HF_HUB_OFFLINE is set: "
             "unset it for one run to download the model"
         )
@@ -128,17 +128,17 @@ def _download(repo_id: str, revision: str, cache_dir: Path, where: str) -> Path:
             endpoint=endpoint,
         )
     except RevisionNotFoundError:
-        raise StageError(
+        raise HubError(
             f"{where}: {endpoint} has no such revision: run `{PIN_COMMAND} {repo_id}`"
         ) from None
     except RepositoryNotFoundError:
-        raise StageError(
+        raise HubError(
             f"{where}: {endpoint} has no such model (or it is private: log in with `hf auth "
             "login` or set HF_TOKEN)"
         ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, httpx2.HTTPError) as exc:
         reason = " ".join(str(exc).split())[:200]
-        raise StageError(
+        raise HubError(
             f"{where}: not in the Hugging Face cache ({cache_dir}) and {endpoint} cannot be "
             f"reached ({type(exc).__name__}: {reason}): connect once to download it, set "
             "HF_ENDPOINT to a reachable mirror, or copy the model into models/pretrained/ and "
@@ -146,7 +146,7 @@ def _download(repo_id: str, revision: str, cache_dir: Path, where: str) -> Path:
         ) from None
     folder = Path(folder)
     if not _has_weights(folder):
-        raise StageError(
+        raise HubError(
             f"{where}: the revision holds no config.json with safetensors or PyTorch weights"
         )
     return folder
@@ -182,7 +182,7 @@ def resolve_revision(repo_id: str, revision: str | None = None) -> str:
     points at now, asked of the hub (``HfApi.model_info``).
 
     Raises:
-        StageError: the hub cannot be reached, or has no such model or revision.
+        HubError: the hub cannot be reached, or has no such model or revision.
     """
     import httpx2  # huggingface_hub's HTTP client: its connection errors are not OSErrors
     from huggingface_hub import HfApi
@@ -197,15 +197,15 @@ def resolve_revision(repo_id: str, revision: str | None = None) -> str:
     try:
         info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision)
     except RevisionNotFoundError:
-        raise StageError(f"{name}: {endpoint} has no such branch, tag or commit") from None
+        raise HubError(f"{name}: {endpoint} has no such branch, tag or commit") from None
     except RepositoryNotFoundError:
-        raise StageError(f"{name}: {endpoint} has no such model (or it is private)") from None
+        raise HubError(f"{name}: {endpoint} has no such model (or it is private)") from None
     except (HfHubHTTPError, OSError, httpx2.HTTPError) as exc:
         reason = " ".join(str(exc).split())[:200]
-        raise StageError(
+        raise HubError(
             f"{name}: cannot reach {endpoint} ({type(exc).__name__}: {reason}); set "
             "HF_ENDPOINT to a reachable mirror, or unset HF_HUB_OFFLINE"
         ) from None
     if not info.sha or not COMMIT_SHA.match(info.sha):
-        raise StageError(f"{name}: {endpoint} returned no commit sha ({info.sha!r})")
+        raise HubError(f"{name}: {endpoint} returned no commit sha ({info.sha!r})")
     return info.sha

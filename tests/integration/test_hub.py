@@ -241,3 +241,29 @@ def test_safetensors_are_preferred_and_pickles_load_only_as_weights(local_hub, c
     with pytest.raises(StageError, match=r"cannot load a model from .*: Weights only load failed"):
         build_model("text_classification", source, ["negative", "positive"], None)
     assert not marker.exists()
+
+
+def test_the_stage_command_refuses_in_one_line(hub_env, tmp_path, monkeypatch):
+    """`tokenize` (as DVC runs it): an unpinned hub id names `finetune model pin`; a pinned
+    one that is neither cached nor reachable names the model, the commit and the fix."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    prepared = write_toy_prepared(tmp_path / "prepared", n_train=40, n_eval=10)
+    for revision, expected in [
+        (None, f"tokenize: error: model.name_or_path: {REPO!r} is not a local directory"),
+        (sha, f"tokenize: error: model.name_or_path: {REPO!r} at model.revision {sha}: not in"),
+    ]:
+        raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+        raw["model"] = {"name_or_path": REPO, "revision": revision}
+        params = tmp_path / "params.yaml"
+        params.write_text(yaml.safe_dump(raw))
+        done = subprocess.run(
+            [sys.executable, "-m", "tasks.tokenize", "--params", str(params),
+             "--prepared-dir", str(prepared), "--output-dir", str(tmp_path / "out"),
+             "--report", str(tmp_path / "tokenize.json"), "--state-dir", str(tmp_path / "state")],
+            cwd=ROOT, env=project_env(), capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 1
+        [error] = [line for line in done.stderr.splitlines() if " error: " in line]
+        assert error.startswith(expected), done.stderr
+        assert done.stderr.endswith(error + "\n") and "Traceback" not in done.stderr

@@ -86,3 +86,19 @@ def test_pin_adds_a_missing_revision_line_and_quotes_a_sha_of_digits():
     assert yaml.safe_load(edited)["model"] == {"name_or_path": "acme/bert", "revision": digits}
     with pytest.raises(ParamsError, match="no `model:` section"):
         set_model_lines("task: text_classification\n", "acme/bert", SHA)
+
+
+def test_a_hub_that_refuses_is_not_reported_as_a_lost_tracking_server():
+    from tasks.core.errors import HubError
+    from tasks.core.tracking import server_lost
+
+    refused = ConnectionRefusedError("[Errno 111] Connection refused")
+    try:
+        try:
+            raise refused
+        except ConnectionRefusedError:
+            raise HubError("model.name_or_path: ... cannot be reached (Connection refused)")  # noqa: B904
+    except HubError as hub_error:
+        assert hub_error.__context__ is refused
+        assert server_lost(hub_error) is None
+    assert server_lost(StageError("Connection refused")) is not None  # as before for others
