@@ -5,6 +5,7 @@
     finetune train --help               # a stage alone, with the params it reads
     finetune predict "A moving film."   # the champion's label
     finetune params                     # every params.yaml key: default and meaning
+    finetune model pin ORG/NAME         # a Hugging Face Hub model, pinned to its commit
 
 Each stage command is the stage's own module (``python -m tasks.train`` is the same command,
 and what DVC runs), loaded when it is called, so ``finetune --help`` starts fast.
@@ -42,6 +43,7 @@ DELEGATED = {
     "register": ("tasks.register", "Stages"),
     "report": ("tasks.report", "Stages"),
     "predict": ("tasks.commands.predict", "Models"),
+    "model": ("tasks.commands.models", "Models"),
     "ui": ("tasks.commands.ui", "Servers"),
     "deploy": ("flows.deploy", "Pipeline"),
     "servers": ("tasks.commands.servers", "Servers"),
@@ -49,7 +51,8 @@ DELEGATED = {
 }
 # Listed in this order (panels too); a module whose docstring is not about its command line
 # gets its summary here.
-ORDER = [*list(DELEGATED)[:8], "run", "deploy", "sources", "predict", "serve", "ui", "servers"]
+ORDER = [*list(DELEGATED)[:8], "run", "deploy", "sources", "model", "predict", "serve", "ui"]
+ORDER += ["servers"]
 SUMMARIES = {"sources": "The built-in datasets' download cache: fetch them once per checkout."}
 
 

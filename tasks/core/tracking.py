@@ -24,7 +24,7 @@ import yaml
 
 from tasks.core.config import Params
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
-from tasks.core.errors import StageError
+from tasks.core.errors import HubError, StageError
 
 PIPELINE_TAG = "pipeline.id"
 STAGE_TAG = "pipeline.stage"
@@ -358,6 +358,8 @@ def server_lost(exc: BaseException) -> BaseException | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if isinstance(exc, HubError):  # the model hub's connection, not the tracking server's
+            return None
         if isinstance(exc, requests.exceptions.ConnectionError):
             return exc
         # Failures of parallel artifact uploads come back as text only, the chain cut.

@@ -158,7 +158,7 @@ def test_unknown_model_directory_is_an_error(tmp_path, tiny_model_dir):
     for spec, message in [
         (str(tmp_path / "nowhere"), "is not a directory"),
         (str(tmp_path), "no model found"),
-        ("bert-base-uncased", "is not a directory"),
+        ("bert-base-uncased", "needs model.revision, a commit sha: run `finetune model pin"),
         ("hf://bert-base-uncased", "is not supported"),
     ]:
         params = tiny_params("text_classification", spec)
