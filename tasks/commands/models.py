@@ -3,6 +3,8 @@
 finetune model pin ORG/NAME                   # the commit main points at, into params.yaml
 finetune model pin ORG/NAME --revision v1.0   # a branch or tag, resolved to its commit
 finetune model fetch mpnet-base               # a built-in encoder into the download cache
+finetune model rollback                       # the champion alias back to the one before
+finetune model rollback --to 3                # or to version 3
 """
 
 from __future__ import annotations
@@ -14,9 +16,18 @@ import typer
 import yaml
 
 from tasks.commands.paramsdoc import key_lines
+from tasks.core import registry, tracking
 from tasks.core.cli import stage_command
-from tasks.core.config import BUILTIN_ENCODERS, DEFAULT_PARAMS, ParamsError, is_hub_id, load_params
+from tasks.core.config import (
+    BUILTIN_ENCODERS,
+    DEFAULT_PARAMS,
+    Params,
+    ParamsError,
+    is_hub_id,
+    load_params,
+)
 from tasks.core.encoders import encoder_dir
+from tasks.core.errors import StageError
 from tasks.core.hub import hub_endpoint, resolve_revision
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -105,6 +116,49 @@ def fetch(
     if name not in BUILTIN_ENCODERS:
         raise ParamsError(f"{name!r} is not a built-in encoder ({', '.join(BUILTIN_ENCODERS)})")
     print(f"{name}: {encoder_dir(name)}")
+
+
+def roll_back(params: Params, to: int | None = None) -> tuple[str, str]:
+    """Move the ``champion`` alias of the project's registered model to version ``to``, or
+    to the version that was champion when the current one was registered (its
+    ``champion_before`` tag); tag the new champion ``rolled_back_from``. Returns (from, to).
+
+    Raises:
+        StageError: no champion, no earlier champion and no ``to``, or no such version.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    tracking.use_store(params)
+    client, name = mlflow.MlflowClient(), tracking.registered_model_name(params)
+    current = registry.champion(client, name, params.task)
+    if current is None:
+        raise StageError(f"{name}: no champion to roll back (register a model first)")
+    target = str(to) if to is not None else current.tags.get("champion_before", "none")
+    if target == "none":
+        raise StageError(
+            f"{name}: v{current.version} was the first champion; name a version with --to"
+        )
+    try:
+        client.get_model_version(name, target)
+    except MlflowException:
+        raise StageError(f"{name}: no version {target} (finetune model rollback --to N)") from None
+    client.set_registered_model_alias(name, "champion", target)
+    client.set_model_version_tag(name, target, "rolled_back_from", current.version)
+    return str(current.version), target
+
+
+@app.command()
+@stage_command("model rollback")
+def rollback(
+    to: int = typer.Option(None, help="Version to make champion (default: the one before)."),
+    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
+) -> None:
+    """Move the champion alias back: to the champion before the current one, or to --to N."""
+    params = load_params(params_path)
+    before, after = roll_back(params, to)
+    name = tracking.registered_model_name(params)
+    print(f"{name}: champion v{before} -> v{after} (predict and serve use it from now on)")
 
 
 if __name__ == "__main__":

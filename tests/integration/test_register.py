@@ -527,3 +527,24 @@ def test_champions_load_and_serve_where_this_project_is_not(text_model, token_mo
         assert ("PER", "alice smith") in {(e["entity"], e["word"]) for e in entities}
     finally:
         stop_server(served)
+
+
+def test_rollback_moves_the_champion_back(text_model):
+    from tasks.commands.models import roll_back
+    from tasks.core.errors import StageError
+
+    own = text_model.named("toy-rollback")
+    first = own.register()
+    own.set_score(first["score"] + 0.1)
+    second = own.variant("rollback-better").register()
+    assert second["aliases"]["champion"] == second["version"] == first["version"] + 1
+    assert roll_back(own.params) == (str(second["version"]), str(first["version"]))
+    client = own.client()
+    champion = client.get_model_version_by_alias("toy-rollback", "champion")
+    assert str(champion.version) == str(first["version"])
+    assert champion.tags["rolled_back_from"] == str(second["version"])
+    with pytest.raises(StageError, match="was the first champion; name a version with --to"):
+        roll_back(own.params)
+    with pytest.raises(StageError, match="no version 99"):
+        roll_back(own.params, 99)
+    assert roll_back(own.params, second["version"])[1] == str(second["version"])
