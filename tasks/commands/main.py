@@ -104,7 +104,7 @@ class LazyGroup(TyperGroup):
 
 app = typer.Typer(
     cls=LazyGroup,
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     help=reflow(__doc__).replace("[", "\\["),
     context_settings={"help_option_names": ["-h", "--help"]},

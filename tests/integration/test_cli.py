@@ -179,3 +179,19 @@ def test_predict_a_file_as_json_with_progress_and_serve_the_model(
     finally:
         stop_server(server)
     assert served == [record["entities"] for record in records[:2]]
+
+
+def test_shell_completion_installs_and_completes(tmp_path):
+    """`finetune --install-completion` (Typer's) writes the shell's completion script, and
+    the script's protocol completes command names, lazily loaded ones included."""
+    finetune = str(Path(sys.executable).parent / "finetune")
+    home = tmp_path / "home"
+    home.mkdir()
+    installed = run([finetune, "--install-completion", "bash"], tmp_path, HOME=str(home))
+    assert "completion installed" in installed.stdout.lower(), installed.stdout
+    assert "finetune" in (home / ".bashrc").read_text()
+    asked = {"_FINETUNE_COMPLETE": "complete_bash", "COMP_WORDS": "finetune tr", "COMP_CWORD": "1"}
+    assert run([finetune], tmp_path, **asked).stdout.split() == ["train"]
+    asked["COMP_WORDS"] = "finetune model ro"
+    asked["COMP_CWORD"] = "2"
+    assert run([finetune], tmp_path, **asked).stdout.split() == ["rollback"]
