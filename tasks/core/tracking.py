@@ -42,11 +42,13 @@ def default_tracking_uri(state_dir: Path = STATE_DIR) -> str:
 
 def tracking_uri(params: Params, state_dir: Path = STATE_DIR) -> str:
     """``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else the project's SQLite store."""
-    return (
-        params.tracking.uri
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or default_tracking_uri(state_dir)
-    )
+    return store_uri(params.tracking.uri, state_dir)
+
+
+def store_uri(configured: str | None, state_dir: Path = STATE_DIR) -> str:
+    """``configured`` (``tracking.uri``), else ``MLFLOW_TRACKING_URI``, else the project's
+    SQLite store: the one rule every stage and ``models:/`` resolution follow."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(state_dir)
 
 
 def use_store(params: Params, state_dir: Path = STATE_DIR) -> str:
