@@ -219,14 +219,26 @@ def test_make_targets_commands_in_a_project_copy(reachable_copy, tmp_path):
     pg_port, port = free_port(), free_port()
     servers = [sys.executable, "-m", "tasks.commands.servers"]
     state = project_copy / ".state"
+    pgpass = {"PGPASSFILE": str(state / "pgpass")}  # the copy's own (not this session's)
     server = start_server(
         [*servers, "tracking", "--port", str(port), "--postgres-port", str(pg_port)],
         f"http://127.0.0.1:{port}/health",
         tmp_path / "tracking.log",
         cwd=project_copy,
+        **pgpass,
     )
     try:
         assert (state / "postgres" / "data" / "PG_VERSION").is_file()
+        assert state.stat().st_mode & 0o077 in (0, 0o001)  # 0700 (0711 as root: enter only)
+        assert "mlflow_user" in (state / "pgpass").read_text()
+        shown = run([*servers, "postgres", "--port", str(pg_port)], project_copy, **pgpass)
+        url = run([*servers, "url", "optuna", "--port", str(pg_port)], project_copy, **pgpass)
+        assert url.stdout.strip() == f"postgresql://optuna_user@127.0.0.1:{pg_port}/optuna"
+        secrets = [(state / "postgres" / "password").read_text().strip()]
+        secrets += [line.rsplit(":", 1)[1] for line in (state / "pgpass").read_text().split()]
+        printed = shown.stdout + shown.stderr + url.stdout + url.stderr
+        printed += (tmp_path / "tracking.log").read_text()
+        assert len(secrets) == 3 and not [s for s in secrets if s in printed]
         client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
         run_id = client.create_run(client.create_experiment("cli")).info.run_id
         client.log_text(run_id, "kept", "note.txt")
