@@ -18,6 +18,7 @@ from typing import Any
 
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
+from tasks.core.io import fsync_tree
 from tasks.core.tracking import store_uri
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ def _download_registered(
             mlflow.artifacts.download_artifacts(
                 artifact_uri=location, dst_path=str(tmp), tracking_uri=uri
             )
+            fsync_tree(tmp)  # a power loss never leaves a cache entry of empty files
             tmp.rename(target)
         except MlflowException as exc:
             raise StageError(f"model.name_or_path: {spec!r}: download failed: {exc}") from None
