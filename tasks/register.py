@@ -121,7 +121,7 @@ def register(
                 None if gate == "auto" else gate,
                 trivial_baseline(params, Path(prepared_dir), key) if gate == "auto" else None,
             )
-            decision = "promoted to champion" if promote else "kept as challenger"
+            decision = registry.PROMOTED if promote else "kept as challenger"
         version_tags = {
             "task": params.task,
             registry.MODEL_MD5_TAG: weights,
@@ -152,6 +152,15 @@ def register(
             retried(client.set_registered_model_alias, name, "challenger", version)
             if promote:
                 retried(client.set_registered_model_alias, name, "champion", version)
+                # Another register may have promoted its version against the same champion.
+                since = int(champion.version) if champion else 0
+                settled = registry.settle_champion(client, name, params.task, since, key, data_hash)
+                if settled != int(version):
+                    promote, decision = False, "kept as challenger"
+                    reason += f"; v{settled}, promoted at the same time, scores higher"
+                    retried(client.set_model_version_tag, name, version, "decision", decision)
+                    retried(client.set_model_version_tag, name, version, "reason", reason)
+                    version_tags |= {"decision": decision, "reason": reason}
         # What the registry pages show: where the version came from and why it has its alias.
         client.update_model_version(
             name, version, description=registry.version_description(params, run, version_tags)

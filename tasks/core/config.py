@@ -43,7 +43,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 
 
 # A URL's password: ``scheme://user:PASSWORD@host``.
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)[^@/\s]*@")
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)[^@\s]*@")
 
 
 def hide_password(text: str) -> str:

@@ -13,6 +13,8 @@ from typing import ClassVar
 import pytest
 
 from tasks.commands.servers import read_pgpass
+from tasks.core.config import ParamsError, hide_password, load_params
+from tasks.core.environment import private_state_dir
 from tasks.core.errors import StageError
 from tasks.core.model import registry_cache_dir, resolve_model_source
 
@@ -116,8 +118,6 @@ def test_each_database_has_its_own_role_without_superuser_rights(postgres):
 
 
 def test_params_refuse_a_url_with_a_password_without_echoing_it(tmp_path):
-    from tasks.core.config import ParamsError, load_params
-
     path = tmp_path / "params.yaml"
     path.write_text("tracking: {uri: 'http://me:s3cret@h:5000'}\ntune: {storage: "
                     "'postgresql://u:s3cret@127.0.0.1:5433/optuna'}\n")  # fmt: skip
@@ -127,11 +127,14 @@ def test_params_refuse_a_url_with_a_password_without_echoing_it(tmp_path):
     assert "tune: storage: 'postgresql://u:***@127.0.0.1:5433/optuna' holds a password" in message
     assert "tracking.uri: 'http://me:***@h:5000' holds a password" in message
     assert "s3cret" not in message
+    # What MLflow params and reports show:
+    assert hide_password("postgresql://u:a/b@h:5433/db") == "postgresql://u:***@h:5433/db"
+    assert hide_password("postgresql://u@h:5433/db, http://h:5000") == (
+        "postgresql://u@h:5433/db, http://h:5000"
+    )
 
 
 def test_state_folder_is_private(tmp_path):
-    from tasks.core.environment import private_state_dir
-
     assert private_state_dir(tmp_path / "new").stat().st_mode & 0o777 == 0o700
     (tmp_path / "old" / ".state").mkdir(parents=True, mode=0o755)
     (tmp_path / "old" / ".state").chmod(0o755)

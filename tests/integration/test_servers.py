@@ -153,6 +153,43 @@ def test_predict_loads_the_champion_through_the_server(served_model, tracking_se
     assert champion.source.startswith(("models:/", "mlflow-artifacts:/"))
 
 
+@pytest.mark.parametrize("better_first", [True, False], ids=["better-first", "worse-first"])
+def test_two_registers_deciding_at_once_leave_the_better_champion(
+    served_model, monkeypatch, better_first
+):
+    """Issue 31 item 5 on the PostgreSQL-backed server: champion v1 0.80; A registers 0.90 and
+    B 0.85 "at the same time": the second to register decided against v1 too (its champion
+    read is v1, as if it happened before the first set the alias) and sets the alias last.
+    The compare-and-set after the alias (tasks.core.registry.settle_champion) leaves the
+    better model champion in both orders."""
+    from tasks.core import registry
+
+    trained = served_model.named(f"race-{'better' if better_first else 'worse'}-first")
+    trained.set_score(0.80)
+    first = trained.variant("race-v1").register()
+    assert first["promoted"] and first["version"] == 1
+    v1 = trained.client().get_model_version(trained.name, "1")
+    scores = [("race-a", 0.90), ("race-b", 0.85)]
+    if not better_first:
+        scores.reverse()
+    (earlier, earlier_score), (later, later_score) = scores
+    trained.set_score(earlier_score)
+    reports = {earlier: trained.variant(earlier).register()}
+    # The later one read the champion before the earlier one set the alias: v1.
+    real, stale = registry.champion, [v1]
+    monkeypatch.setattr(registry, "champion", lambda *a: stale.pop() if stale else real(*a))
+    trained.set_score(later_score)
+    reports[later] = trained.variant(later).register()
+    monkeypatch.undo()
+    assert {r["champion_before"]["version"] for r in reports.values()} == {1}  # both vs v1
+    champion = trained.client().get_model_version_by_alias(trained.name, "champion")
+    assert champion.version == str(reports["race-a"]["version"])  # 0.90, in either order
+    assert reports["race-a"]["aliases"]["champion"] == reports["race-a"]["version"]
+    loser = trained.client().get_model_version(trained.name, str(reports["race-b"]["version"]))
+    assert loser.tags["decision"] == "kept as challenger"
+    assert "promoted at the same time, scores higher" in loser.tags["reason"]
+
+
 def test_clients_setting_one_alias_at_once_all_succeed(tracking_server):
     """Two checkouts registering into one server set the same alias at the same moment. The
     server's SQL store reads, then inserts the alias row, so without retrying about half of
