@@ -13,10 +13,10 @@ TORCH   := torch==2.13.0
 # the two sdists (antlr4-python3-runtime: setuptools; seqeval: setuptools-scm).
 BUILD   := pip setuptools setuptools-scm
 
-# Offline, quiet, and every tool's state inside the project (tasks/core/environment.py sets the
-# same for processes started without make).
+# Quiet, and every tool's state inside the project (tasks/core/environment.py sets the same for
+# processes started without make). The hub is not forced offline: a pinned hub model is
+# downloaded once into .state/hf (tests run offline: tests/conftest.py).
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-export HF_HUB_OFFLINE := 1
 export HF_HOME := $(CURDIR)/.state/hf
 export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
@@ -80,8 +80,8 @@ lock: setup  ## Upgrade: re-resolve pyproject.toml into requirements.lock (hashe
 	cmp -s $(TMPDIR)/$(LOCK) $(LOCK) || mv $(TMPDIR)/$(LOCK) $(LOCK)
 	$(MAKE) setup
 
-run: setup  ## Run the whole pipeline (dvc repro); PRESET=conll2003|sst2: as a DVC experiment
-	finetune run $(if $(PRESET),--preset $(PRESET))
+run: setup  ## Run the whole pipeline (dvc repro); PRESET=conll2003|sst2 DATA=folder: a DVC experiment
+	finetune run $(if $(PRESET),--preset $(PRESET)) $(if $(DATA),--data "$(abspath $(DATA))")
 
 # Two pytest-xdist workers, one test file each at a time (module fixtures such as the Prefect
 # server start once); each worker's torch gets its share of the cores (tests/conftest.py).

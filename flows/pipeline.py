@@ -300,7 +300,8 @@ def training_pipeline(
     try:
         if preset is not None:
             chosen = load_preset(preset, project / "presets")
-            overrides, imports = {**chosen.params, **overrides}, chosen.imports
+            overrides = {**chosen.params, **overrides}
+            imports = chosen.data_imports(project)  # imported before: never a path from a run
         if as_experiment:
             set_param_args(project / "params.yaml", overrides)  # validates: names a bad key
             check_name(name)

@@ -37,6 +37,7 @@ import typer
 from tasks.core.batching import check_budget, position_cap, token_budget
 from tasks.core.cli import stage_command
 from tasks.core.config import DEFAULT_PARAMS, Params, headline_metric, load_params
+from tasks.core.entity_pipeline import windowed_words
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.eval_reports import (
@@ -79,6 +80,29 @@ def _label_ids(model: Any, needed: set[str], what: str) -> dict[str, int]:
             f"({', '.join(label2id)}); re-run train on data with these labels"
         )
     return label2id
+
+
+def _predict_cut_sentences(
+    model: Any,
+    tokenizer: Any,
+    test: Any,
+    max_length: int,
+    id2label: dict[int, str],
+    tags: list[list[str]],
+    confidences: list[list[float | None]],
+) -> int:
+    """Predict again, in overlapping windows, every sentence that truncation cut (its encoding
+    fills ``max_length`` and words lack a prediction), replacing its tags and confidences in
+    place: every word is scored on a prediction at any length. Returns their number."""
+    cut = [
+        i
+        for i, (length, sentence) in enumerate(zip(test["length"], confidences, strict=True))
+        if length >= max_length and None in sentence
+    ]
+    for i in cut:
+        words = [str(w) for w in test[i]["tokens"]]
+        tags[i], confidences[i] = windowed_words(model, tokenizer, words, max_length, id2label)
+    return len(cut)
 
 
 def evaluate(
@@ -151,12 +175,16 @@ def evaluate(
             )
             predicted_tags.append(tags)
             confidences.append(confidence)
+        windowed = _predict_cut_sentences(
+            model, tokenizer, test, manifest["max_length"], id2label, predicted_tags, confidences
+        )
         missing = sum(c is None for sentence in confidences for c in sentence)
         metrics = {
             "samples": len(test),
             "words": sum(len(s) for s in gold_tags),
-            "words_not_predicted": missing,  # truncated or without sub-tokens: scored as O
+            "words_not_predicted": missing,  # words without sub-tokens: scored as O
             "truncated_sentences": int(manifest["truncated"]["test"]),
+            "windowed_sentences": windowed,  # those predicted in overlapping windows
             **entity_scores(gold_tags, predicted_tags, detailed=True),
         }
         pairs = [

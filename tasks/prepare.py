@@ -92,18 +92,18 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
     if params.prepare.deduplicate:
         kept = np.flatnonzero(~repeats(whole))
     removed = rows_read - len(kept)
-    if divided == "all":
-        stratify = "label" if params.task == "text_classification" else None
-        rows = split_rows(whole, params.prepare.split, params.prepare.seed, stratify, kept)
-    elif "validation" not in frames:
-        rows = hold_out_validation(whole, params, kept)
-    else:
-        rows = {"train": kept}
+    rows = split_positions(whole, frames, params, kept)
+    by_sentence = None
+    if _empty_splits(rows, frames) and _documents_only(whole, params):
+        # One -DOCSTART- and then every sentence (a common layout), or a few documents: too
+        # few to keep each document in one split, so sentences are the units instead.
+        rows = split_positions(whole, frames, params, kept, by_group=False)
+        documents = int(whole["group"].nunique())
+        by_sentence = f"sentence ({documents} documents: too few to keep each in one split)"
+    for name in _empty_splits(rows, frames):
+        divided_rows = whole.iloc[kept].reset_index(drop=True)
+        raise empty_split_error(name, divided_rows, params, rows_read, removed)
     sizes = {name: len(rows[name]) if name in rows else len(frames[name]) for name in SPLITS}
-    for name, size in sizes.items():
-        if size == 0:
-            divided_rows = whole.iloc[kept].reset_index(drop=True)
-            raise empty_split_error(name, divided_rows, params, rows_read, removed)
     cut = {}
     if params.prepare.max_examples:  # an explicit request: it cuts given files too
         limit = params.prepare.max_examples
@@ -115,7 +115,7 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
 
     summary = summary_head(params, inputs)
     if grouped:
-        summary["grouped_by"] = grouped_by(params)
+        summary["grouped_by"] = by_sentence or grouped_by(params)
     lineage = origins(params, given, removed)
     with _staged(out_dir) as staged:
         train_keys = None
@@ -138,6 +138,35 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
     counts = ", ".join(f"{n} {s['examples']}" for n, s in summary["splits"].items())
     log.info("prepared %s (%s) into %s", summary["source"], counts, out_dir)
     return summary
+
+
+def split_positions(
+    whole: pd.DataFrame,
+    frames: dict[str, pd.DataFrame],
+    params: Params,
+    kept: np.ndarray,
+    by_group: bool = True,
+) -> dict[str, np.ndarray]:
+    """The positions in ``whole`` of the splits it gives: all three (a single file: no other
+    ``frames``), train and validation (no validation file), else train alone."""
+    if not frames:
+        stratify = "label" if params.task == "text_classification" else None
+        split, seed = params.prepare.split, params.prepare.seed
+        return split_rows(whole, split, seed, stratify, kept, by_group)
+    if "validation" not in frames:
+        return hold_out_validation(whole, params, kept, by_group)
+    return {"train": kept}
+
+
+def _empty_splits(rows: dict[str, np.ndarray], frames: dict[str, pd.DataFrame]) -> list[str]:
+    """The splits with no rows, in SPLITS order."""
+    sizes = {name: len(rows[name]) if name in rows else len(frames[name]) for name in SPLITS}
+    return [name for name, size in sizes.items() if size == 0]
+
+
+def _documents_only(whole: pd.DataFrame, params: Params) -> bool:
+    """Whether ``whole``'s groups are CoNLL documents (not a group column the user named)."""
+    return params.task == "token_classification" and "group" in whole.columns
 
 
 # Rows written at a time (one parquet row group): the writer then buffers this many rows,

@@ -168,6 +168,7 @@ def register(
         if not client.get_registered_model(name).description:
             client.update_registered_model(name, description=registry.model_description(params))
         mlflow.log_metric(f"test_{key}", score)
+        tracking.log_model_metrics(client, name, version, metrics, Path(prepared_dir), data_hash)
         mlflow.set_tags(
             {
                 "registry.decision": decision,

@@ -1,8 +1,9 @@
 """Stage ``tokenize``: turn the prepared splits into model inputs with the model's tokenizer.
 
-Reads ``task``, ``model.name_or_path``, ``tracking.uri`` and ``tokenize`` from ``params.yaml``
-and ``data/prepared/{train,validation,test}.parquet``. Writes ``data/tokenized/`` (one
-Hugging Face dataset per split, unpadded: batches are padded when they are made) with
+Reads ``task``, ``model.name_or_path`` and ``model.revision``, ``tracking.uri`` and ``tokenize``
+from ``params.yaml`` and ``data/prepared/{train,validation,test}.parquet``. Writes
+``data/tokenized/`` (one Hugging Face dataset per split, unpadded: batches are padded when
+they are made) with
 ``manifest.json`` (tokenizer identity, label map, counts, truncation, token lengths), and
 ``reports/tokenize.json`` (the counts, as DVC metrics).
 
@@ -122,7 +123,9 @@ def tokenize(
     frames = read_prepared(Path(prepared_dir), params.task)
     labels = build_labels(params.task, frames)
     label2id = {label: i for i, label in enumerate(labels)}
-    source = resolve_model_source(params.model.name_or_path, params.tracking.uri, state_dir)
+    source = resolve_model_source(
+        params.model.name_or_path, params.tracking.uri, state_dir, params.model.revision
+    )
     tokenizer = load_tokenizer(source)
     limit = encoder_limit(tokenizer, source)
     full_train = None
@@ -176,6 +179,7 @@ def tokenize(
         "tokenizer": {
             "name_or_path": source.spec,
             "registry_version": source.registry_version,
+            "revision": source.revision,
             "class": type(tokenizer).__name__,
             "vocab_size": len(tokenizer.get_vocab()),
             "vocab_sha256": vocab_hash(tokenizer),

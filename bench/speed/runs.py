@@ -117,7 +117,9 @@ def bench_dataset(corpus: Corpus, args: Any, peaks: dict[str, float], work: Path
 
     params = bench_params(args, corpus.task)
     tp = params.train
-    source = resolve_model_source(params.model.name_or_path, params.tracking.uri, work / "state")
+    source = resolve_model_source(
+        params.model.name_or_path, params.tracking.uri, work / "state", params.model.revision
+    )
     tokenizer = load_tokenizer(source)
     print(f"\n== {corpus.name} ({corpus.task}), {len(corpus.train)} train examples", flush=True)
     data, manifest, tokenization = _tokenization(corpus, args, params, tokenizer, work)
@@ -187,7 +189,9 @@ def _default_accuracy(
     from tasks.core.model import load_tokenizer, resolve_model_source
     from tasks.core.precision import Precision
 
-    source = resolve_model_source(params.model.name_or_path, params.tracking.uri, work / "state")
+    source = resolve_model_source(
+        params.model.name_or_path, params.tracking.uri, work / "state", params.model.revision
+    )
     tokenizer = load_tokenizer(source)
     model = fresh_model(params, source, labels)
     row, trained = train_baseline("Trainer default", params, data, tokenizer, model, work, steps, 0)

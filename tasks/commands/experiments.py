@@ -239,35 +239,47 @@ def check_imports(imports: Mapping[str, str], where: str) -> None:
 def import_data(
     project: Path, imports: Mapping[str, str], on_line: Callable[[str], None] = print
 ) -> list[str]:
-    """Bring each missing target in with ``dvc import-url SOURCE TARGET`` (once: an existing
-    target is kept); return the targets imported. ``SOURCE`` is relative to the project.
+    """Bring each target in from its source folder with ``dvc import-url`` (absolute path),
+    unless the target was already imported from that source; return the targets imported.
+
+    DVC git-ignores the data; its ``.dvc`` record (which ``dvc update`` reads) stays
+    untracked, never staged (``core.autostage`` is off): it names a folder outside the
+    project, so committing it would break every other checkout.
 
     Raises:
         ExperimentError: a source that does not exist, or a failed import.
     """
     imported = []
     for target, source in imports.items():
-        destination = project / target
-        if destination.exists():
-            continue
-        origin = (project / source).resolve()
+        origin = Path(project, source).resolve()
         if not origin.exists():
             raise ExperimentError(f"cannot import {target}: its source {origin} does not exist")
-        # Relative to the .dvc file, so the record stays valid in any checkout beside the data.
-        url = os.path.relpath(origin, destination.parent)
-        command = [sys.executable, "-m", "dvc", "import-url", "--force", url, target]
-        on_line(f"importing {source} -> {target} (dvc import-url)")
+        if (project / target).exists() and imported_from(project, target) == str(origin):
+            continue
+        command = [sys.executable, "-m", "dvc", "import-url", "--force", str(origin), target]
+        on_line(f"importing {origin} -> {target} (dvc import-url)")
         done = subprocess.run(command, cwd=project, env=_env(), capture_output=True, text=True)
         if done.returncode != 0:
-            raise ExperimentError(f"dvc import-url {url} {target} failed:\n{done.stderr.strip()}")
+            raise ExperimentError(
+                f"dvc import-url {origin} {target} failed:\n{done.stderr.strip()}"
+            )
         imported.append(target)
     return imported
 
 
+def imported_from(project: Path, target: str) -> str | None:
+    """The source recorded in ``target``'s ``.dvc`` file, or None without one."""
+    record = project / f"{target}.dvc"
+    if not record.is_file():
+        return None
+    deps = (yaml.safe_load(record.read_text(encoding="utf-8")) or {}).get("deps") or [{}]
+    return deps[0].get("path")
+
+
 def uncommitted_inputs(project: Path) -> list[str]:
     """Files in the input folders that git neither tracks nor ignores (new data or models,
-    the ``.dvc`` files of fresh imports): ``--copy-paths`` of the experiment, whose copy of
-    the workspace otherwise holds only what git tracks (and what DVC checks out)."""
+    the ``.dvc`` records of imports): ``--copy-paths`` of the experiment, whose copy of the
+    workspace otherwise holds only what git tracks (and what DVC checks out)."""
     done = _git(project, "ls-files", "--others", "--exclude-standard", "--", *INPUT_DIRS)
     return [line for line in done.stdout.splitlines() if line]
 

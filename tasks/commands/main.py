@@ -5,6 +5,7 @@
     finetune train --help               # a stage alone, with the params it reads
     finetune predict "A moving film."   # the champion's label
     finetune params                     # every params.yaml key: default and meaning
+    finetune model pin ORG/NAME         # a Hugging Face Hub model, pinned to its commit
 
 Each stage command is the stage's own module (``python -m tasks.train`` is the same command,
 and what DVC runs), loaded when it is called, so ``finetune --help`` starts fast.
@@ -43,6 +44,7 @@ DELEGATED = {
     "register": ("tasks.register", "Stages"),
     "report": ("tasks.report", "Stages"),
     "predict": ("tasks.commands.predict", "Models"),
+    "model": ("tasks.commands.models", "Models"),
     "ui": ("tasks.commands.ui", "Servers"),
     "deploy": ("flows.deploy", "Pipeline"),
     "servers": ("tasks.commands.servers", "Servers"),
@@ -50,7 +52,8 @@ DELEGATED = {
 }
 # Listed in this order (panels too); a module whose docstring is not about its command line
 # gets its summary here.
-ORDER = [*list(DELEGATED)[:8], "run", "deploy", "sources", "predict", "serve", "ui", "servers"]
+ORDER = [*list(DELEGATED)[:8], "run", "deploy", "sources", "model", "predict", "serve", "ui"]
+ORDER += ["servers"]
 SUMMARIES = {"sources": "The built-in datasets' download cache: fetch them once per checkout."}
 
 
@@ -127,6 +130,9 @@ def run(
     preset: str = typer.Option(
         None, help="Run presets/NAME.yaml as a DVC experiment (params.yaml stays as it is)."
     ),
+    data: Path = typer.Option(
+        None, help="With --preset: your copy of its dataset (a folder), imported once."
+    ),
     stage: list[str] = typer.Option(
         [], "--stage", "-s", help="Run only up to this stage (repeatable); default all."
     ),
@@ -135,6 +141,8 @@ def run(
     ),
 ) -> None:
     """Run the pipeline: every DVC stage in order, unchanged ones skipped (`dvc repro`)."""
+    if data is not None and (flow or not preset):
+        raise typer.BadParameter("--data goes with --preset (and without --flow)")
     if flow:
         from flows.pipeline import training_pipeline
 
@@ -143,7 +151,7 @@ def run(
     elif preset:
         from tasks.commands.presets import main as run_preset
 
-        run_preset(preset, stage=stage, experiment=None, project=PROJECT_ROOT)
+        run_preset(preset, data=data, stage=stage, experiment=None, project=PROJECT_ROOT)
     else:
         dvc = Path(sys.executable).parent / "dvc"
         command = [str(dvc), "repro", *stage]

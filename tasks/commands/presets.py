@@ -1,44 +1,78 @@
-"""Ready-made configurations (``presets/NAME.yaml``), each run as a DVC experiment.
+"""Ready-made configurations (``presets/NAME.yaml``), each run as a DVC experiment on your copy
+of its dataset.
 
 A preset file holds ``params:``, dotted params keys whose values replace those keys (as
-``dvc exp run -S key=value``), and optionally ``imports:``, data (or models) brought into
-``data/external/NAME`` (``models/pretrained/NAME``) once, when missing
-(``dvc import-url SOURCE TARGET``, SOURCE relative to the project).
+``dvc exp run -S key=value``), and ``data:``, the files your copy of the dataset must hold
+(``files:``) and their format (``format:``). ``--data PATH`` imports the folder PATH into
+``data/external/NAME`` with ``dvc import-url`` (its origin recorded in ``NAME.dvc``, which
+stays uncommitted: nothing committed points outside the project); later runs reuse it.
 
 Running a preset never writes ``params.yaml``: the pipeline runs as experiment NAME (NAME-2,
 ... when taken) in a temporary copy of the workspace (see tasks/commands/experiments.py); ``dvc exp
 show`` lists it and ``dvc exp apply NAME`` brings its results into the workspace.
 
-    python -m tasks.commands.presets conll2003          # make run PRESET=conll2003 runs this
+    finetune run --preset conll2003 --data /path/to/conll2003    # make run PRESET=... DATA=...
     python -m tasks.commands.presets conll2003 --stage validate   # only up to validate
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
 import yaml
 
-from tasks.commands.experiments import check_imports, run_experiment
+from tasks.commands.experiments import run_experiment
 from tasks.core.cli import stage_command
-from tasks.core.config import ParamsError
+from tasks.core.config import EXTERNAL_DATA_DIR, ParamsError
 from tasks.core.environment import PROJECT_ROOT
 
 PRESETS_DIR = PROJECT_ROOT / "presets"
-SECTIONS = ("params", "imports")
+SECTIONS = ("params", "data")
+# A preset name becomes a file name and a data folder: nothing that can leave presets/.
+PRESET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
 @dataclass
 class Preset:
-    """A preset file: its dotted params overrides and the data folders it imports."""
+    """A preset file: its dotted params overrides and the data files it needs."""
 
     name: str
     params: dict[str, Any]
-    imports: dict[str, str] = field(default_factory=dict)
+    files: list[str]
+    format: str
+
+    @property
+    def target(self) -> str:
+        """Where the preset's data is imported, relative to the project."""
+        return f"{EXTERNAL_DATA_DIR.as_posix()}/{self.name}"
+
+    def needs(self) -> str:
+        """One line: the files the preset needs and how to give them."""
+        return (
+            f"preset {self.name} needs a folder with {', '.join(self.files)} ({self.format}): "
+            f"finetune run --preset {self.name} --data PATH "
+            f"(make run PRESET={self.name} DATA=PATH)"
+        )
+
+    def data_imports(self, project: Path, data: Path | None = None) -> dict[str, str]:
+        """``{target: source}`` for :func:`run_experiment`: ``data`` (checked to hold every
+        file), or nothing when ``data`` is None and an earlier import holds every file.
+
+        Raises:
+            ParamsError: no data given and none imported, or files missing (one line each).
+        """
+        folder = Path(data).expanduser().resolve() if data is not None else project / self.target
+        if data is None and not folder.is_dir():
+            raise ParamsError(self.needs())
+        missing = [name for name in self.files if not (folder / name).is_file()]
+        if missing:
+            raise ParamsError(f"{folder} lacks {', '.join(missing)}; {self.needs()}")
+        return {self.target: str(folder)} if data is not None else {}
 
 
 def available_presets(presets_dir: Path = PRESETS_DIR) -> list[str]:
@@ -50,34 +84,40 @@ def load_preset(name: str, presets_dir: Path = PRESETS_DIR) -> Preset:
     """Read preset ``name`` (its params are validated when it runs, against params.yaml).
 
     Raises:
-        ParamsError: unknown preset, or a file without a ``params:`` mapping of dotted keys.
+        ParamsError: a bad or unknown name, or a file without a ``params:`` mapping of dotted
+            keys and a ``data:`` mapping of ``files`` and ``format``.
     """
+    known = ", ".join(available_presets(presets_dir)) or "none"
+    if not PRESET_NAME.match(name):
+        raise ParamsError(f"preset {name!r}: a name is letters, digits, - and _ (known: {known})")
     path = presets_dir / f"{name}.yaml"
     if not path.is_file():
-        known = ", ".join(available_presets(presets_dir)) or "none"
         raise ParamsError(f"unknown preset {name!r} (presets in {presets_dir}: {known})")
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(document, dict) or set(document) - set(SECTIONS) or "params" not in document:
+    if not isinstance(document, dict) or set(document) != set(SECTIONS):
         raise ParamsError(
-            f"{path}: expected a 'params:' mapping of dotted params keys to values "
-            "and optionally 'imports:' (data/external/NAME: SOURCE)"
+            f"{path}: expected a 'params:' mapping of dotted params keys to values and a "
+            "'data:' mapping with 'files:' (the file names your copy holds) and 'format:'"
         )
-    params, imports = document["params"] or {}, document.get("imports") or {}
+    params, data = document["params"] or {}, document["data"] or {}
     if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
         raise ParamsError(f"{path}: params: expected a mapping of dotted params keys to values")
-    if not isinstance(imports, dict):
-        raise ParamsError(f"{path}: imports: expected a mapping of TARGET: SOURCE")
-    check_imports(imports, str(path))
-    return Preset(name, params, {str(k): v for k, v in imports.items()})
+    files = data.get("files") if isinstance(data, dict) else None
+    if not files or not all(isinstance(f, str) and Path(f).name == f != ".." for f in files):
+        raise ParamsError(f"{path}: data: files: expected a list of file names, got {files!r}")
+    return Preset(name, params, list(files), " ".join(str(data.get("format", "")).split()))
 
 
 @app.command()
 @stage_command("preset")
 def main(
     name: str = typer.Argument(..., help="preset name: a file presets/NAME.yaml"),
+    data: Path = typer.Option(
+        None, help="your copy of the preset's dataset (a folder), imported once with DVC"
+    ),
     stage: list[str] = typer.Option(
         [], "--stage", "-s", help="run only up to this stage (repeatable); default all"
     ),
@@ -86,8 +126,9 @@ def main(
 ) -> None:
     """Run preset NAME as a DVC experiment; params.yaml and dvc.lock stay as they are."""
     preset = load_preset(name, project / "presets")
+    imports = preset.data_imports(project, data)
     done = run_experiment(
-        project, preset.params, experiment or name, targets=stage, imports=preset.imports
+        project, preset.params, experiment or name, targets=stage, imports=imports
     )
     print(
         f"\npreset {name}: experiment '{done.name}' done in {done.seconds:.0f} s "

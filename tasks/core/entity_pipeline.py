@@ -1,15 +1,26 @@
 """The MLflow pyfunc model the register stage logs for token classification:
 ``EntityPipeline`` serves the fine-tuned token classifier and returns each entity with its
 type, score and character span (``word`` is always the user's own ``text[start:end]``).
-A logged model is pickled (cloudpickle) by reference to this class: loading it imports
-this module. Versions logged before the class moved here name ``tasks.register``, which
-therefore keeps the name bound.
+
+The model is logged from this file's code (MLflow's models-from-code: the file travels with
+the model and ends with ``set_model``), so it imports nothing of this project: the champion
+loads in any environment with the model's requirements. Versions logged before were pickled
+by reference to ``tasks.core.entity_pipeline`` or ``tasks.register``, which keep the name.
+
+Token classification at any length lives here too (evaluate uses it): a sentence longer than
+the model's window is encoded in overlapping windows (the tokenizer's
+``return_overflowing_tokens`` with a ``stride``) and every word takes the prediction of the
+window where its first sub-token lies farthest from an edge. Gap closed: the transformers
+pipeline's own ``stride`` refuses ``aggregation_strategy="none"``, the word-exact grouping
+used here (first sub-token per word).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import mlflow
+import numpy as np
 from mlflow.pyfunc import PythonModel
 
 
@@ -43,20 +54,43 @@ class EntityPipeline(PythonModel):
 
     @staticmethod
     def entities(pipeline: Any, texts: list[str]) -> list[list[dict[str, Any]]]:
-        """One list per text of ``{entity, score, word, start, end}``.
+        """One list per text of ``{entity, score, word, start, end}``, every word predicted at
+        any length: a text longer than the model's window is encoded in overlapping windows
+        (:func:`encode_windows`).
 
         The pipeline's own aggregation is not used: ``simple`` groups sub-tokens by their
         tags (untrained on all but a word's first sub-token, so one word can come out as two
-        entities or half of one), and ``first`` guesses word boundaries from token lengths
-        (wrong for decomposed accents). Sub-token predictions (``none``) and the tokenizer's
-        ``word_ids()`` of the same encoding give the words exactly.
+        entities or half of one), ``first`` guesses word boundaries from token lengths
+        (wrong for decomposed accents), and its ``stride`` refuses the ``none`` aggregation.
+        Each word takes its first sub-token's prediction (``word_ids()``), as evaluate scores.
         """
-        tokens = pipeline(texts, aggregation_strategy="none", ignore_labels=[])
-        encode = pipeline.tokenizer
-        return [
-            EntityPipeline.spans(text, found, encode(text, truncation=True).word_ids())
-            for text, found in zip(texts, tokens, strict=True)
-        ]
+        model, tokenizer = pipeline.model, pipeline.tokenizer
+        cap = getattr(model.config, "max_position_embeddings", 512)
+        length = min(tokenizer.model_max_length, cap, 512)
+        return [EntityPipeline._text_entities(model, tokenizer, t, length) for t in texts]
+
+    @staticmethod
+    def _text_entities(model: Any, tokenizer: Any, text: str, length: int) -> list[dict]:
+        """The entities of one text, from windows of ``length`` sub-tokens."""
+        encoding = encode_windows(tokenizer, text, length, return_offsets_mapping=True)
+        probabilities = window_probabilities(model, encoding)
+        chosen = best_word_positions(encoding, subtoken_counts(tokenizer, text))
+        tokens = []  # one record per word, as spans() reads sub-tokens
+        for word in sorted(chosen):
+            window, position = chosen[word]
+            ids, offsets = encoding.word_ids(window), encoding["offset_mapping"][window]
+            last = max(p for p, w in enumerate(ids) if w == word)
+            scores = probabilities[window, position]
+            tokens.append(
+                {
+                    "index": len(tokens),
+                    "entity": model.config.id2label[int(scores.argmax())],
+                    "score": float(scores.max()),
+                    "start": int(offsets[position][0]),
+                    "end": int(offsets[last][1]),
+                }
+            )
+        return EntityPipeline.spans(text, tokens, sorted(chosen))
 
     @staticmethod
     def spans(
@@ -105,3 +139,90 @@ class EntityPipeline(PythonModel):
             }
             for e in found
         ]
+
+
+# --- token classification at any length ------------------------------------------------------
+
+
+def encode_windows(tokenizer: Any, inputs: Any, max_length: int, **kwargs: Any) -> Any:
+    """``inputs`` (one text, or one list of words with ``is_split_into_words=True``) as
+    windows of at most ``max_length`` sub-tokens overlapping by half a window, padded into
+    one batch of tensors."""
+    stride = max(max_length // 2 - 2, 0)  # special tokens are outside the overlap
+    return tokenizer(
+        inputs,
+        truncation=True,
+        max_length=max_length,
+        stride=stride,
+        return_overflowing_tokens=True,
+        padding=True,
+        return_tensors="pt",
+        **kwargs,
+    )
+
+
+def window_probabilities(model: Any, encoding: Any) -> np.ndarray:
+    """Class probabilities per window and sub-token: (windows, positions, classes)."""
+    import torch
+
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    device = next(model.parameters()).device
+    batch = {k: encoding[k].to(device) for k in names if k in encoding}
+    with torch.inference_mode():
+        logits = model(**batch).logits.float()
+    return torch.softmax(logits, dim=-1).cpu().numpy()
+
+
+def best_word_positions(encoding: Any, subtokens: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """For every word, the (window, position) of its first sub-token that lies farthest from
+    its window's edges. ``subtokens``: each word's sub-token count in the whole encoding, which
+    tells a window that cut a word's start (it holds fewer of them, from its first position)."""
+    chosen: dict[int, tuple[int, int, int]] = {}
+    for window in range(len(encoding["input_ids"])):
+        word_ids = encoding.word_ids(window)
+        inside = [p for p, w in enumerate(word_ids) if w is not None]
+        if not inside:
+            continue
+        first, last = inside[0], inside[-1]
+        cut = (
+            word_ids[first]
+            if word_ids.count(word_ids[first]) < subtokens[word_ids[first]]
+            else None
+        )
+        for position in inside:
+            word = word_ids[position]
+            if word_ids[position - 1] == word or (position == first and word == cut):
+                continue  # not its first sub-token, or its start lies in the window before
+            margin = min(position - first, last - position)
+            if word not in chosen or margin > chosen[word][2]:
+                chosen[word] = (window, position, margin)
+    return {word: (window, position) for word, (window, position, _) in chosen.items()}
+
+
+def subtoken_counts(tokenizer: Any, inputs: Any, **kwargs: Any) -> dict[int, int]:
+    """Sub-tokens per word of ``inputs`` encoded whole (no truncation)."""
+    counts: dict[int, int] = {}
+    for word in tokenizer(inputs, truncation=False, **kwargs).word_ids():
+        if word is not None:
+            counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def windowed_words(
+    model: Any, tokenizer: Any, words: list[str], max_length: int, id2label: dict[int, str]
+) -> tuple[list[str], list[float | None]]:
+    """Tag and confidence of every word of one sentence (a list of words), however long:
+    ``O`` and None only for a word with no sub-token at all."""
+    encoding = encode_windows(tokenizer, words, max_length, is_split_into_words=True)
+    probabilities = window_probabilities(model, encoding)
+    counts = subtoken_counts(tokenizer, words, is_split_into_words=True)
+    tags: list[str] = ["O"] * len(words)
+    confidence: list[float | None] = [None] * len(words)
+    for word, (window, position) in best_word_positions(encoding, counts).items():
+        scores = probabilities[window, position]
+        tags[word] = id2label[int(scores.argmax())]
+        confidence[word] = float(scores.max())
+    return tags, confidence
+
+
+mlflow.models.set_model(EntityPipeline())

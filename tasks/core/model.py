@@ -1,9 +1,11 @@
-"""Where a model comes from (``model.name_or_path``: the default encoder, a local
-directory, or a registered MLflow model), its tokenizer's identity, the head per task."""
+"""Where a model comes from (``model.name_or_path``: a built-in encoder, a local directory, a
+registered MLflow model, or a Hugging Face Hub model pinned by ``model.revision``), its
+tokenizer's identity, the head per task."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -16,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.core import hub
+from tasks.core.config import BUILTIN_ENCODERS, is_hub_id, unpinned_message
+from tasks.core.encoders import encoder_dir
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.io import fsync_tree
@@ -53,12 +58,14 @@ class ModelSource:
     model_dir: Path
     tokenizer_dir: Path
     registry_version: str | None = None  # the MLflow model version an alias pointed to
+    revision: str | None = None  # a hub model's commit sha (model.revision)
 
     def identity(self) -> dict[str, Any]:
         return {
             "name_or_path": self.spec,
             "model_dir": str(self.model_dir),
             "registry_version": self.registry_version,
+            "revision": self.revision,
         }
 
 
@@ -70,24 +77,31 @@ def default_model_path() -> Path:
 
 
 def resolve_model_source(
-    spec: str, tracking_uri: str | None = None, state_dir: Path = STATE_DIR
+    spec: str,
+    tracking_uri: str | None = None,
+    state_dir: Path = STATE_DIR,
+    revision: str | None = None,
 ) -> ModelSource:
-    """Turn ``model.name_or_path`` into local directories; nothing is fetched from a hub.
+    """Turn ``model.name_or_path`` (and ``model.revision``) into local directories.
 
     Args:
-        spec: ``default``, a local model directory, or ``models:/NAME@alias`` /
-            ``models:/NAME/VERSION`` (a registered MLflow model).
+        spec: a built-in encoder (``default``, ``mpnet-base``), a local model directory,
+            ``models:/NAME@alias`` / ``models:/NAME/VERSION`` (a registered MLflow model), or
+            a Hugging Face Hub id (``ORG/NAME``) with ``revision``.
         tracking_uri: MLflow tracking/registry URI (``None``: ``MLFLOW_TRACKING_URI``, else
             the project's SQLite store, as every stage resolves it).
         state_dir: registered models are downloaded once per store, name and version into
             ``state_dir/registry`` (never outside it).
+        revision: the hub model's commit sha (``model.revision``); hub models are downloaded
+            once into the Hugging Face cache (tasks/core/hub.py), read from it afterwards.
 
     Raises:
         StageError: the directory does not exist or holds no model, the registered model
-            cannot be found, or the registry answers a version that is not a number.
+            cannot be found, the registry answers a version that is not a number, or a hub
+            model is unpinned, unreachable and not cached.
     """
-    if spec == DEFAULT_MODEL:
-        path = default_model_path()
+    if spec in BUILTIN_ENCODERS and revision is None:
+        path = encoder_dir(spec)
         return ModelSource(spec, path, path)
     match = MODEL_URI.match(spec)
     if match:
@@ -95,13 +109,18 @@ def resolve_model_source(
     if spec.startswith(("models:", "runs:", "hf://", "http://", "https://")):
         raise StageError(
             f"model.name_or_path: {spec!r} is not supported; use 'default', a local model "
-            "directory, or models:/NAME@alias (models:/NAME/VERSION)"
+            "directory, a hub id (ORG/NAME) or models:/NAME@alias (models:/NAME/VERSION)"
         )
     path = Path(spec).expanduser()
+    if revision is not None:
+        folder = hub.snapshot(spec, revision, hub.hub_cache_dir(state_dir))
+        return dataclasses.replace(_locate_model(folder, spec), revision=revision)
     if not path.is_dir():
+        if is_hub_id(spec):
+            raise StageError(unpinned_message(spec))
         raise StageError(
-            f"model.name_or_path: {spec!r} is not a directory (models are never downloaded "
-            "from a hub; give 'default', a local directory or models:/NAME@alias)"
+            f"model.name_or_path: {spec!r} is not a directory (give a built-in encoder, a "
+            "local directory, a hub id pinned by model.revision, or models:/NAME@alias)"
         )
     return _locate_model(path, spec)
 
@@ -204,7 +223,7 @@ def load_tokenizer(source: ModelSource) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.tokenizer_dir)
+        tokenizer = AutoTokenizer.from_pretrained(source.tokenizer_dir, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise StageError(f"cannot load a tokenizer from {source.tokenizer_dir}: {exc}") from None
     if not tokenizer.is_fast:

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from tasks.core import entity_pipeline
 from tasks.core.config import Params
 from tasks.core.entity_pipeline import EntityPipeline
 from tasks.core.errors import StageError
@@ -142,9 +143,9 @@ def log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str,
             aggregation_strategy="simple",
             device="cpu",
         )
-        info = mlflow.pyfunc.log_model(
+        info = mlflow.pyfunc.log_model(  # from code: the file travels with the model
             name="model",
-            python_model=EntityPipeline(),
+            python_model=entity_pipeline.__file__,
             artifacts={"model": str(model_dir)},
             signature=infer_signature(example, EntityPipeline.entities(pipeline, example)),
             input_example=example,

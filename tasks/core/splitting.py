@@ -29,13 +29,14 @@ def split_rows(
     seed: int,
     stratify_by: str | None = None,
     kept: np.ndarray | None = None,
+    by_group: bool = True,
 ) -> dict[str, np.ndarray]:
     """The positions in ``frame`` of each split's rows (of the rows ``kept``, default all).
 
     Rows are split in units that never straddle two splits: a ``group`` value when the
-    frame has that column (every review of one movie, every sentence of one CoNLL document;
-    a row without a value is its own unit), otherwise one text (identical texts or sentences
-    stay together, so duplicates cannot leak from train into test).
+    frame has that column and ``by_group`` (every review of one movie, every sentence of one
+    CoNLL document; a row without a value is its own unit), otherwise one text (identical
+    texts or sentences stay together, so duplicates cannot leak from train into test).
     Without groups, units are split within each value of ``stratify_by`` (the label), so
     every split keeps the class balance. Rows inside each split are shuffled. Positions, not
     frames: prepare copies each split's rows once, from the file's frame.
@@ -43,8 +44,8 @@ def split_rows(
     rng = np.random.default_rng(seed)
     bounds = np.cumsum([ratios.train, ratios.validation, ratios.test])
     kept = np.arange(len(frame)) if kept is None else kept
-    units = split_units(frame).to_numpy()[kept]
-    if stratify_by and "group" not in frame.columns:
+    units = split_units(frame, by_group).to_numpy()[kept]
+    if stratify_by and not (by_group and "group" in frame.columns):
         strata = frame[stratify_by].astype("string").fillna("<null>").to_numpy()[kept]
     else:
         strata = np.full(len(kept), "all", dtype=object)
@@ -68,7 +69,7 @@ def split_rows(
 
 
 def hold_out_validation(
-    train: pd.DataFrame, params: Params, kept: np.ndarray | None = None
+    train: pd.DataFrame, params: Params, kept: np.ndarray | None = None, by_group: bool = True
 ) -> dict[str, np.ndarray]:
     """Split a train file into train and validation (``prepare.split.validation`` of it),
     with the same grouping and stratification as a single-file split: the rows' positions."""
@@ -80,7 +81,7 @@ def hold_out_validation(
         )
     ratios = SplitRatios(train=1 - share, validation=share, test=0.0)
     stratify = "label" if params.task == "text_classification" else None
-    split = split_rows(train, ratios, params.prepare.seed, stratify, kept)
+    split = split_rows(train, ratios, params.prepare.seed, stratify, kept, by_group)
     return {"train": split["train"], "validation": split["validation"]}
 
 
@@ -121,10 +122,10 @@ def _joined(lists: pd.Series) -> pd.Series:
     return pd.Series(pd.array(pc.binary_join(pa.array(lists), " "), dtype="str"))
 
 
-def split_units(frame: pd.DataFrame) -> pd.Series:
-    """The unit that keeps rows together, as an integer: one per group, else per text (or
-    joined tokens); a row without a group (text) is a unit of its own."""
-    if "group" in frame.columns:
+def split_units(frame: pd.DataFrame, by_group: bool = True) -> pd.Series:
+    """The unit that keeps rows together, as an integer: one per group (with ``by_group``),
+    else per text (or joined tokens); a row without a group (text) is a unit of its own."""
+    if by_group and "group" in frame.columns:
         keys, present = row_keys(frame["group"]), frame["group"].notna().to_numpy()
     else:
         keys, present = text_keys(frame)
@@ -169,10 +170,7 @@ def empty_split_error(
         advice.append("keep repeats with prepare.deduplicate: false")
     if params.data.group_column and not params.data.builtin:
         advice.append("split row by row with data.group_column: null")
-    if grouping and params.task == "token_classification":
-        advice.append("or bring more documents (CoNLL documents are never divided)")
-    else:
-        advice.append("or bring more data")
+    advice.append("or bring more data")
     return StageError(
         f"split {name!r} is empty: {source} had {rows_read} rows, {removed} removed as "
         f"duplicates (prepare.deduplicate), leaving {len(divided)} rows in {unit_text}, "

@@ -24,7 +24,7 @@ import yaml
 
 from tasks.core.config import Params, hide_password
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
-from tasks.core.errors import StageError
+from tasks.core.errors import HubError, StageError
 
 PIPELINE_TAG = "pipeline.id"
 STAGE_TAG = "pipeline.stage"
@@ -108,6 +108,9 @@ def configure(params: Params, state_dir: Path = STATE_DIR) -> str:
     import mlflow
 
     uri = use_store(params, state_dir)
+    if params.tracking.system_metrics_interval:
+        mlflow.set_system_metrics_sampling_interval(params.tracking.system_metrics_interval)
+        mlflow.set_system_metrics_samples_before_logging(1)
     name = params.tracking.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
@@ -274,6 +277,15 @@ def end_pipeline(
     return parent
 
 
+# The stages whose runs (and tuning trials) sample system metrics: where the compute is.
+SYSTEM_METRICS_STAGES = ("train", "tune")
+
+
+def system_metrics(params: Params, stage: str) -> bool:
+    """Whether ``stage``'s runs log MLflow system metrics (``tracking.system_metrics_interval``)."""
+    return stage in SYSTEM_METRICS_STAGES and params.tracking.system_metrics_interval > 0
+
+
 @contextlib.contextmanager
 def stage_run(
     params: Params, stage: str, state_dir: Path = STATE_DIR, project: Path = PROJECT_ROOT
@@ -304,6 +316,7 @@ def stage_run(
             nested=True,
             tags=tags,
             experiment_id=experiment_id,
+            log_system_metrics=system_metrics(params, stage),
         )
     except MlflowException as exc:  # e.g. a full disk under the SQLite store: one line, no work
         message = " ".join(str(exc).split())
@@ -347,6 +360,8 @@ def server_lost(exc: BaseException) -> BaseException | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if isinstance(exc, HubError):  # the model hub's connection, not the tracking server's
+            return None
         if isinstance(exc, requests.exceptions.ConnectionError):
             return exc
         # Failures of parallel artifact uploads come back as text only, the chain cut.
@@ -499,6 +514,35 @@ def log_datasets(project: Path, splits: tuple[str, ...], run_id: str | None = No
     if inputs:
         run_id = run_id or mlflow.active_run().info.run_id
         _log_inputs(mlflow.MlflowClient(), run_id, inputs)
+
+
+def log_model_metrics(
+    client: Any, name: str, version: str, metrics: dict[str, Any], prepared: Path, digest: str
+) -> None:
+    """The test scores (``metrics.json``'s numbers) as MLflow 3 model metrics of version
+    ``version``'s logged model, linked to the test split by name and digest (DVC's hash), in
+    the active run: what the Models view and the version's page show."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    registered = client.get_model_version(name, version)
+    # The SQL registry does not keep model_id; a version's source is models:/<model_id>.
+    model_id = registered.model_id or registered.source.removeprefix("models:/")
+    if not model_id.startswith("m-"):  # a version registered before MLflow 3 logged models
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow warns about guessing the source type
+        source = resolve_dataset_source(str((prepared / "test.parquet").resolve()))
+    scores = {
+        f"test_{k}": float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "samples"
+    }
+    dataset = MetaDataset(source, name="test", digest=digest)
+    mlflow.log_metrics(scores, model_id=model_id, dataset=dataset)
 
 
 def _log_inputs(client: Any, run_id: str, inputs: list[Any]) -> None:

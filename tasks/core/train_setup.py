@@ -51,7 +51,9 @@ def set_up_run(
     import transformers
 
     tp, task = params.train, params.task
-    source = resolve_model_source(params.model.name_or_path, params.tracking.uri, state_dir)
+    source = resolve_model_source(
+        params.model.name_or_path, params.tracking.uri, state_dir, params.model.revision
+    )
     tokenizer = load_matching_tokenizer(source, manifest, tokenized_dir)
     precision = choose_precision(tp.precision)
 

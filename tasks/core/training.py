@@ -78,21 +78,28 @@ def build_model(
     from transformers import AutoConfig
 
     auto = model_class(task)
-    config = AutoConfig.from_pretrained(source.model_dir)
+    # Never trust_remote_code: a model's own Python code is not run (tasks/core/hub.py).
+    config = AutoConfig.from_pretrained(source.model_dir, trust_remote_code=False)
     previous = head_labels(config, task)
     id2label = dict(enumerate(labels))
     label2id = {label: i for i, label in enumerate(labels)}
     keep = previous is not None and len(previous) == len(labels) and set(previous) == set(labels)
     if not keep:
         config = AutoConfig.from_pretrained(
-            source.model_dir, num_labels=len(labels), id2label=id2label, label2id=label2id
+            source.model_dir,
+            num_labels=len(labels),
+            id2label=id2label,
+            label2id=label2id,
+            trust_remote_code=False,
         )
     if dropout is not None:
         for key, value in config.to_dict().items():
             if "dropout" in key and (value is None or isinstance(value, float)):
                 setattr(config, key, dropout)
     try:
-        model = auto.from_pretrained(source.model_dir, config=config, ignore_mismatched_sizes=True)
+        model = auto.from_pretrained(
+            source.model_dir, config=config, ignore_mismatched_sizes=True, trust_remote_code=False
+        )
     except (OSError, ValueError, pickle.UnpicklingError) as exc:
         # UnpicklingError: torch's weights_only loader refused a pickle that runs code.
         raise StageError(f"cannot load a model from {source.model_dir}: {exc}") from None

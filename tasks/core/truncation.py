@@ -76,10 +76,11 @@ def auto_max_length(
 def check_unpredicted(
     stats: dict[str, Any], max_length: int, limit: dict[str, Any] | None, max_share: float
 ) -> None:
-    """Token task: words past ``max_length`` are never predicted (evaluate scores them as
-    ``O``). A warning names the counts and the key; a validation or test share above
-    ``tokenize.max_unpredicted_share`` fails the stage (the scores would describe a model
-    that never saw part of the data).
+    """Token task: words past ``max_length`` are not in the encoded examples. Evaluate and
+    predict encode such sentences again in overlapping windows (``entity_pipeline``), so
+    test words are always predicted; training's validation scores (epoch choice, tuning) see
+    only the encoded words. A warning names the counts and the key; a validation share above
+    ``tokenize.max_unpredicted_share`` fails the stage.
 
     Raises:
         StageError: naming the split, the counts, the keys to change and a value.
@@ -98,15 +99,17 @@ def check_unpredicted(
             "%s: %d of %d words (%.2f%%) lie past tokenize.max_length=%d and are never "
             "predicted%s; tokenize.max_length: %d would keep %s",
             split, cut, words, 100 * share, max_length,
-            "" if split == "train" else " (scored as O)", covering,
+            {"train": "", "validation": " by training's validation scores"}.get(
+                split, " in the examples (evaluate predicts them in overlapping windows)"
+            ), covering,
             "all of them" if covering >= longest else "as many as the encoder can",
         )  # fmt: skip
-        if split != "train" and share > max_share:
+        if split == "validation" and share > max_share:
             problems.append(f"{split} split: {cut} of {words} words ({share:.1%})")
     if problems:
         raise StageError(
             f"{'; '.join(problems)} lie past tokenize.max_length={max_length} and would never "
-            f"be predicted (scored as O), more than tokenize.max_unpredicted_share="
+            f"be scored while training, more than tokenize.max_unpredicted_share="
             f"{max_share}. Raise tokenize.max_length (auto chooses from train's lengths, up to "
             "the encoder's limit), or accept the loss by raising tokenize.max_unpredicted_share"
         )

@@ -84,7 +84,9 @@ def load_tuning_data(params: Params, tokenized_dir: Path, state_dir: Path) -> Tu
     """
     task, tokenized_dir = params.task, Path(tokenized_dir)
     splits, manifest = load_tokenized(tokenized_dir, task, ("train", "validation"))
-    source = resolve_model_source(params.model.name_or_path, params.tracking.uri, state_dir)
+    source = resolve_model_source(
+        params.model.name_or_path, params.tracking.uri, state_dir, params.model.revision
+    )
     tokenizer = load_matching_tokenizer(source, manifest, tokenized_dir)
     labels: list[str] = manifest["labels"]
     full = splits["train"]
@@ -120,7 +122,7 @@ def _configuration(
     tune = params.tune
     identity = {
         "task": params.task,
-        "model": [source.spec, source.registry_version],
+        "model": [source.spec, source.registry_version, *filter(None, [source.revision])],
         "data": data,
         "labels": labels,
         "metric": metric,

@@ -24,6 +24,7 @@ from tasks.core.batching import make_collator
 from tasks.core.config import Params, TrainParams, overlay_train
 from tasks.core.errors import StageError
 from tasks.core.precision import choose_precision
+from tasks.core.tracking import system_metrics
 from tasks.core.training import (
     apply_method,
     batch_plan,
@@ -227,6 +228,7 @@ class Objective:
             nested=True,
             experiment_id=self.experiment_id,
             tags=tags,
+            log_system_metrics=system_metrics(self.params, "tune"),
         )
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         mlflow.log_params({k: str(v) for k, v in values.items()})

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import make_project, project_env, run, set_params, toy_text_frame
+from conftest import commit, make_project, project_env, run, set_params, toy_text_frame
 
 TINY = "models/pretrained/tiny"
 PARAMS = {
@@ -225,3 +225,94 @@ def test_tracking_server_down_fails_in_one_line_naming_the_key_and_records_nothi
     assert "does not answer" in last and "Traceback" not in done.stderr
     assert registry(trained) == versions
     assert (trained / "reports/registry.json").read_bytes() == report
+
+
+def stage_runs(project: Path, stage: str) -> int:
+    """MLflow runs of ``stage`` in the project's store (each one a process that ran it)."""
+    script = (
+        "import mlflow; from tasks.core.config import load_params; from tasks.core import "
+        "tracking; params = load_params('params.yaml'); tracking.use_store(params); "
+        f"print(len(mlflow.search_runs(search_all_experiments=True, "
+        f"filter_string=\"attributes.run_name = '{stage}'\")))"
+    )
+    return int(run([sys.executable, "-c", script], project).stdout.strip().splitlines()[-1])
+
+
+def test_a_configuration_run_before_is_restored_from_the_run_cache(trained):
+    """DVC's run cache, as DVC users expect it: a learning rate trained before (in the
+    workspace or in an experiment) is restored, not trained again. A restored stage starts no
+    process, so MLflow gets no new run for it; register runs (its out persists on purpose)
+    and finds the weights already registered: no new version, registry.json agrees."""
+    before, versions = outputs(trained), registry(trained)
+    original = yaml.safe_load((trained / "params.yaml").read_text())["train"]["learning_rate"]
+    set_params(trained, **{"train.learning_rate": original * 2})
+    changed = run(["dvc", "repro"], trained)
+    assert "Running stage 'train'" in changed.stdout
+    assert len(registry(trained)["versions"]) == len(versions["versions"]) + 1
+    trains = stage_runs(trained, "train")
+
+    set_params(trained, **{"train.learning_rate": original})
+    back = run(["dvc", "repro"], trained)
+    for stage in ("train", "evaluate"):
+        assert f"Stage '{stage}' is cached - skipping run" in back.stdout, back.stdout
+    assert "Running stage 'train'" not in back.stdout
+    assert outputs(trained) == before and stage_runs(trained, "train") == trains
+    after = registry(trained)
+    assert len(after["versions"]) == len(versions["versions"]) + 1  # nothing new
+    recorded = json.loads((trained / "reports/registry.json").read_text())
+    assert after["versions"][str(recorded["version"])] == recorded["model_md5"]
+
+    (trained / ".gitignore").write_text(".state/\n")  # tool state stays out of git
+    commit(trained)  # an experiment starts from a commit
+    for value in (original * 2, original):
+        done = run(["dvc", "exp", "run", "-S", f"train.learning_rate={value}"], trained)
+        assert "Stage 'train' is cached - skipping run" in done.stdout, done.stdout
+    assert stage_runs(trained, "train") == trains
+    assert len(registry(trained)["versions"]) == len(versions["versions"]) + 1
+
+
+def test_a_queued_sweep_runs_every_value_and_the_experiments_compare(trained):
+    """Two learning rates queued (``dvc exp run --queue -S``), run by ``dvc queue start``:
+    each trains (its own MLflow train run and model version), ``dvc exp show`` lists both
+    with their params and metrics and ``dvc plots diff`` compares their curves."""
+    if not (trained / ".gitignore").exists():
+        (trained / ".gitignore").write_text(".state/\n")
+    commit(trained)
+    versions, trains = registry(trained)["versions"], stage_runs(trained, "train")
+    original = yaml.safe_load((trained / "params.yaml").read_text())["train"]["learning_rate"]
+    rates = {"sweep-a": original * 3, "sweep-b": original / 2}
+    for name, rate in rates.items():
+        run(
+            ["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.learning_rate={rate}"],
+            trained,
+        )
+    run(["dvc", "queue", "start"], trained)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], trained).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2, (
+        status + run(["dvc", "queue", "logs", "sweep-a"], trained, check=False).stdout
+    )
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], trained).stdout)
+    found = {
+        rev["name"]: rev["data"]
+        for baseline in shown
+        for experiment in baseline.get("experiments") or []
+        for rev in experiment["revs"]
+        if rev.get("name") in rates
+    }
+    assert set(found) == set(rates)
+    for name, rate in rates.items():
+        params = found[name]["params"]["params.yaml"]["data"]
+        assert params["train"]["learning_rate"] == pytest.approx(rate)
+        metrics = found[name]["metrics"]["reports/metrics.json"]["data"]
+        assert 0 <= metrics["accuracy"] <= 1
+    assert stage_runs(trained, "train") == trains + 2
+    assert len(registry(trained)["versions"]) == len(versions) + 2
+    plots = json.loads(run(["dvc", "plots", "diff", *rates, "--json"], trained).stdout)
+    [curves] = plots["data"]["reports/validation_history.csv"]  # one chart, both experiments
+    assert curves["revisions"] == list(rates)
+    assert {row["rev"] for row in curves["content"]["data"]["values"]} == set(rates)

@@ -1,10 +1,10 @@
 """Presets (presets/*.yaml) run as DVC experiments and never change params.yaml.
 
-The benchmark tests run end to end on slices of ../shared/datasets (skipped only when it is
-absent): each copies the project, writes the first sentences of each benchmark file into
-``<tmp>/shared/datasets`` (so the presets' ``imports:`` sources ``../shared/...`` resolve
-there), shrinks the preset's budget (tiny tune, one epoch), commits, runs the preset with its
-CLI (every stage, registry included) and applies the experiment to check its outputs.
+The benchmark tests run end to end on slices of ../shared/datasets (its only use; skipped
+when it is absent): each copies the project, writes the first sentences of each benchmark file
+into a folder of its own (the user's copy, given with ``--data``), shrinks the preset's budget
+(tiny tune, one epoch), commits, runs the preset with its CLI (every stage, registry
+included) and applies the experiment to check its outputs.
 """
 
 from __future__ import annotations
@@ -59,14 +59,18 @@ def shrink_preset(project: Path, name: str, **params) -> None:
     path.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
-def run_preset(tmp_path: Path, name: str, **params) -> Path:
-    """Run preset ``name`` (shrunk by FAST and ``params``) in a committed project copy; check
-    that it left params.yaml alone, then apply the experiment so its outputs can be read."""
+def run_preset(tmp_path: Path, name: str, data: Path, **params) -> Path:
+    """Run preset ``name`` (shrunk by FAST and ``params``) on ``data`` in a committed project
+    copy; check that it left params.yaml and git alone, then apply the experiment so its
+    outputs can be read."""
     project = make_project(tmp_path / "project")
     shrink_preset(project, name, **{**FAST, **params})
     commit(project)
     before = (project / "params.yaml").read_bytes()
-    done = run([sys.executable, "-m", "tasks.commands.presets", name], project)
+    command = [sys.executable, "-m", "tasks.commands.presets", name, "--data", str(data)]
+    done = run(command, project)
+    # The import's record names a folder outside the project: untracked, never staged.
+    assert run(["git", "diff", "--cached", "--name-only"], project).stdout == ""
     assert f"experiment '{name}' done" in done.stdout and f"dvc exp apply {name}" in done.stdout
     assert (project / "params.yaml").read_bytes() == before
     assert not (project / "dvc.lock").exists()
@@ -77,10 +81,10 @@ def run_preset(tmp_path: Path, name: str, **params) -> Path:
 
 @needs_shared
 def test_conll2003_preset_runs_end_to_end(tmp_path):
-    shared = tmp_path / "shared" / "datasets" / "conll2003"
+    mine = tmp_path / "my-data" / "conll"
     for split, count in (("train", 300), ("dev", 80), ("test", 80)):
-        conll_head(SHARED / "conll2003" / f"{split}.txt", shared / f"{split}.txt", count)
-    project = run_preset(tmp_path, "conll2003")
+        conll_head(SHARED / "conll2003" / f"{split}.txt", mine / f"{split}.txt", count)
+    project = run_preset(tmp_path, "conll2003", mine)
     params = yaml.safe_load((project / "params.yaml").read_text())  # the experiment's
     assert params["task"] == "token_classification" and params["data"]["format"] == "conll"
     summary = json.loads((project / "data/prepared/summary.json").read_text())
@@ -105,10 +109,10 @@ def test_conll2003_preset_runs_end_to_end(tmp_path):
 
 @needs_shared
 def test_sst2_preset_holds_validation_out_of_train_and_tests_on_dev(tmp_path):
-    shared = tmp_path / "shared" / "datasets" / "sst2"
-    tsv_head(SHARED / "sst2" / "train.tsv", shared / "train.tsv", 600)
-    tsv_head(SHARED / "sst2" / "dev.tsv", shared / "dev.tsv", 100)
-    project = run_preset(tmp_path, "sst2")
+    mine = tmp_path / "my-data" / "glue-sst2"
+    tsv_head(SHARED / "sst2" / "train.tsv", mine / "train.tsv", 600)
+    tsv_head(SHARED / "sst2" / "dev.tsv", mine / "dev.tsv", 100)
+    project = run_preset(tmp_path, "sst2", mine)
     summary = json.loads((project / "data/prepared/summary.json").read_text())
     train, validation = (summary["splits"][s]["examples"] for s in ("train", "validation"))
     assert train + validation <= 600 and 0.03 < validation / (train + validation) < 0.08
@@ -129,7 +133,7 @@ def test_shipped_presets_are_valid_and_read_their_data_from_data_external():
     for name in available_presets():
         preset = load_preset(name)
         set_param_args(ROOT / "params.yaml", preset.params)  # validated, exact as -S
-        assert list(preset.imports) == [f"data/external/{name}"]
+        assert preset.target == f"data/external/{name}" and preset.files and preset.format
         source = load_params(ROOT / "params.yaml", preset.params).data.source
         paths = [p for p in source.model_dump(mode="json").values() if p]
         assert paths and all(p.startswith(f"data/external/{name}/") for p in paths)
@@ -146,23 +150,46 @@ def test_overrides_replace_whole_mappings_as_the_typed_params_do():
 def test_a_bad_preset_changes_nothing(tmp_path):
     project = make_project(tmp_path / "project")
     before = (project / "params.yaml").read_bytes()
-    unknown = run([sys.executable, "-m", "tasks.commands.presets", "nope"], project, check=False)
+    presets = [sys.executable, "-m", "tasks.commands.presets"]
+    unknown = run([*presets, "nope"], project, check=False)
     assert unknown.returncode == 1 and "unknown preset 'nope'" in unknown.stderr
     assert "conll2003" in unknown.stderr and "sst2" in unknown.stderr
+    (tmp_path / "x.yaml").write_text("params: {}\ndata: {files: [a.txt]}\n")
+    escape = run([*presets, "../../x"], project, check=False)  # a name never becomes a path
+    assert escape.returncode == 1 and "a name is letters, digits, - and _" in escape.stderr
     broken = {
         "flat": "train.learning_rate: 0.1\n",  # the keys belong under params:
-        "bad-value": "params:\n  train.learning_rate: -1\n",
-        "outside": "imports:\n  data/mine: ../elsewhere\nparams: {}\n",
+        "bad-value": "params:\n  train.learning_rate: -1\ndata: {files: [a.csv]}\n",
+        "outside": "params: {}\ndata: {files: [../elsewhere.csv]}\n",
     }
     for name, text in broken.items():
         (project / "presets" / f"{name}.yaml").write_text(text)
     expected = {"flat": "expected a 'params:' mapping", "bad-value": "train.learning_rate"}
-    expected["outside"] = "'data/mine': the target must be data/external/NAME or models/"
+    expected["outside"] = "data: files: expected a list of file names"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.csv").write_text("text,label\nok,positive\n")
     for name, message in expected.items():
-        done = run([sys.executable, "-m", "tasks.commands.presets", name], project, check=False)
+        done = run([*presets, name, "--data", str(mine)], project, check=False)
         assert done.returncode == 1 and message in done.stderr, done.stderr
     assert (project / "params.yaml").read_bytes() == before
     assert not list((project / "data" / "external").glob("*.dvc"))
+
+
+def test_a_preset_without_its_data_names_the_files_it_needs(tmp_path):
+    project = commit(make_project(tmp_path / "project"))
+    presets = [sys.executable, "-m", "tasks.commands.presets"]
+    none = run([*presets, "conll2003"], project, check=False)
+    assert none.returncode == 1 and len(none.stderr.strip().splitlines()) == 1, none.stderr
+    for words in ("train.txt, dev.txt, test.txt", "CoNLL-2003 column files", "--data PATH"):
+        assert words in none.stderr
+    partial = tmp_path / "sst2"
+    partial.mkdir()
+    (partial / "train.tsv").write_text("sentence\tlabel\nfine\t1\n")
+    done = run([*presets, "sst2", "--data", str(partial)], project, check=False)
+    assert done.returncode == 1 and f"{partial} lacks dev.tsv" in done.stderr, done.stderr
+    assert "header sentence<TAB>label" in done.stderr
+    assert not (project / "data/external/sst2").exists()
 
 
 def test_an_experiment_needs_a_commit_and_checks_overrides_first(tmp_path):
@@ -174,25 +201,29 @@ def test_an_experiment_needs_a_commit_and_checks_overrides_first(tmp_path):
 
 
 def test_a_preset_runs_as_an_experiment_and_leaves_params_alone(tmp_path):
-    """A preset that imports its data: the first run brings it in, each run is a new
-    experiment (toy, toy-2), and the workspace's params.yaml and dvc.lock stay as they were."""
-    shared = tmp_path / "shared" / "datasets" / "toy"
-    shared.mkdir(parents=True)
-    toy_text_frame(150, seed=1)[["text", "label"]].to_csv(shared / "reviews.csv", index=False)
+    """A preset on the user's folder: the first run imports it (git-ignored, origin recorded),
+    each run is a new experiment (toy, toy-2) and the workspace's params.yaml, dvc.lock and
+    git status stay as they were."""
+    mine = tmp_path / "elsewhere" / "reviews"
+    mine.mkdir(parents=True)
+    toy_text_frame(150, seed=1)[["text", "label"]].to_csv(mine / "reviews.csv", index=False)
     project = make_project(tmp_path / "project")
     (project / "presets" / "toy.yaml").write_text(
-        "imports:\n  data/external/toy: ../shared/datasets/toy\n"
+        "data: {files: [reviews.csv], format: 'CSV: text,label'}\n"
         "params:\n  data.source: {path: data/external/toy/reviews.csv}\n"
         "  prepare.max_examples: 100\n"
     )
     commit(project)
     before = (project / "params.yaml").read_bytes()
     command = [sys.executable, "-m", "tasks.commands.presets", "toy", "--stage", "validate"]
-    first = run(command, project)
-    assert "importing ../shared/datasets/toy -> data/external/toy" in first.stdout
+    first = run([*command, "--data", str(mine)], project)
+    assert f"importing {mine} -> data/external/toy" in first.stdout
     assert "experiment 'toy' done" in first.stdout and "dvc exp apply toy" in first.stdout
-    second = run(command, project)  # stages restored from DVC's run cache
+    record = yaml.safe_load((project / "data/external/toy.dvc").read_text())
+    assert record["deps"][0]["path"] == str(mine)  # the origin, for dvc update
+    second = run(command, project)  # the earlier import; stages restored from the run cache
     assert "importing" not in second.stdout and "experiment 'toy-2' done" in second.stdout
+    assert "Stage 'prepare' is cached" in second.stdout
 
     assert (project / "params.yaml").read_bytes() == before
     assert not (project / "dvc.lock").exists()

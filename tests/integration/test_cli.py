@@ -21,6 +21,7 @@ from tasks.core.environment import PROJECT_ROOT
 FINETUNE = Path(sys.executable).parent / "finetune"
 STAGES = ["prepare", "validate", "tokenize", "tune", "train", "evaluate", "register", "report"]
 COMMANDS = [*STAGES, "run", "predict", "serve", "ui", "deploy", "servers", "sources", "params"]
+COMMANDS += ["model"]
 WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}  # no wrapped paths in the help text
 # Each command's help and what it must show: its project-relative defaults, its params.
 HELP = {
@@ -44,6 +45,8 @@ HELP = {
     "servers tracking": ["--postgres-port"],
     "servers url": ["--port"],
     "sources fetch": ["--cache-dir"],
+    "model pin": ["--revision", "params.yaml", "HF_ENDPOINT"],
+    "model fetch": ["mpnet-base", "download cache"],
 }
 
 

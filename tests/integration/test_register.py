@@ -493,3 +493,76 @@ def test_register_refuses_scores_of_other_weights_or_a_failed_gate(text_model, t
     with pytest.raises(StageError, match="evaluate did not finish"):
         register(params, model_dir, prepared, work, state)
     assert len(text_model.versions()) == before
+
+
+def test_test_scores_are_metrics_of_the_logged_model_on_the_test_split(text_model):
+    """MLflow 3 links metrics to the logged model and the dataset they were measured on: the
+    Models view and the version's page show them."""
+    import mlflow
+
+    report = text_model.register()
+    client = text_model.client()
+    version = client.get_model_version("toy-sentiment", str(report["version"]))
+    logged = mlflow.get_logged_model(version.source.removeprefix("models:/"))
+    by_key = {m.key: m for m in logged.metrics}
+    scored = json.loads((text_model.root / "reports/metrics.json").read_text())
+    assert by_key["test_f1_macro"].value == pytest.approx(scored["f1_macro"])
+    assert {"test_accuracy", "test_f1_macro"} <= set(by_key) and "test_samples" not in by_key
+    for metric in by_key.values():
+        assert metric.dataset_name == "test"
+        assert metric.dataset_digest == report["test_data_hash"]
+
+
+# Loaded first by every Python process started with it on PYTHONPATH: this project's package
+# cannot be imported there, whatever the venv's editable install says.
+WITHOUT_THIS_PROJECT = "import sys\n\nsys.modules['tasks'] = None\n"
+LOAD_AND_PREDICT = (
+    "import json, sys, mlflow\n"
+    "assert sys.modules['tasks'] is None\n"
+    "out = mlflow.pyfunc.load_model(sys.argv[1]).predict(sys.argv[2:])\n"
+    "print(json.dumps(out.to_dict('records') if hasattr(out, 'to_dict') else out))\n"
+)
+
+
+def test_champions_load_and_serve_where_this_project_is_not(text_model, token_model, tmp_path):
+    """The registered models carry what they need: loaded (and the entity model served over
+    REST) by processes whose working directory and sys.path hold no part of this project."""
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(WITHOUT_THIS_PROJECT)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for trained, uri, text in (
+        (token_model, "models:/toy-ner@champion", "alice smith went to paris"),
+        (text_model, "models:/toy-sentiment@champion", "a great film"),
+    ):
+        trained.ensure_champion()
+        command = [sys.executable, "-c", LOAD_AND_PREDICT, uri, text]
+        env = {"PYTHONPATH": str(block), "MLFLOW_TRACKING_URI": trained.uri}
+        env["MLFLOW_REGISTRY_URI"] = trained.uri
+        done = run(command, elsewhere, **env)
+        [answer] = json.loads(done.stdout.strip().splitlines()[-1])
+        if trained is token_model:
+            assert ("PER", "alice smith") in {(e["entity"], e["word"]) for e in answer}
+        else:
+            assert answer["label"] in {"positive", "negative"}
+
+    port = free_port()
+    served = start_server(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/toy-ner@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", cwd=elsewhere,
+        PYTHONPATH=str(block), MLFLOW_TRACKING_URI=token_model.uri,
+        MLFLOW_REGISTRY_URI=token_model.uri,
+    )  # fmt: skip
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": ["alice smith went to paris"]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            [entities] = json.loads(response.read())["predictions"]
+        assert ("PER", "alice smith") in {(e["entity"], e["word"]) for e in entities}
+    finally:
+        stop_server(served)

@@ -158,7 +158,7 @@ def test_unknown_model_directory_is_an_error(tmp_path, tiny_model_dir):
     for spec, message in [
         (str(tmp_path / "nowhere"), "is not a directory"),
         (str(tmp_path), "no model found"),
-        ("bert-base-uncased", "is not a directory"),
+        ("bert-base-uncased", "needs model.revision, a commit sha: run `finetune model pin"),
         ("hf://bert-base-uncased", "is not supported"),
     ]:
         params = tiny_params("text_classification", spec)
@@ -226,7 +226,8 @@ def test_words_past_max_length_warn_and_fail_above_the_share(tmp_path, tiny_mode
     with pytest.raises(StageError) as caught:
         run_tokenize(tmp_path / "strict", params, "token_classification")
     message = str(caught.value)
-    assert re.search(r"test split: \d+ of \d+ words \(\d+\.\d%\)", message), message
+    assert re.search(r"validation split: \d+ of \d+ words \(\d+\.\d%\)", message), message
+    assert "test split" not in message  # evaluate predicts test in overlapping windows
     assert "tokenize.max_length=8" in message and "tokenize.max_unpredicted_share" in message
     assert not (tmp_path / "strict" / "tokenized").exists()  # nothing written
 

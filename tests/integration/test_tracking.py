@@ -123,3 +123,31 @@ def test_user_label_names_become_valid_metric_names_without_losing_one(tmp_path,
     assert metrics["labels._pos_"] == 4.0 and metrics["labels.neg"] == 6.0
     assert metrics["labels.B-ORG_"] == 5.0
     assert tracking.mlflow_names({"a<b": 1}) == {"a_b": 1}
+
+
+def test_train_and_tune_runs_sample_system_metrics(tmp_path, monkeypatch):
+    """MLflow system metrics (CPU, memory; GPU when present) every
+    tracking.system_metrics_interval seconds on the runs where the compute is, none on the
+    others."""
+    import time
+
+    import mlflow
+    import yaml
+
+    project, state = tracked_project(tmp_path)
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["tracking"]["system_metrics_interval"] = 0.5
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("PIPELINE_RUN_ID", "exec-system")
+    params = load_params(project / "params.yaml")
+    for stage in ("tokenize", "train"):
+        with tracking.stage_run(params, stage, state, project):
+            time.sleep(2.5)  # the sampler's thread logs a sample every 0.5 s
+    runs = runs_of("exec-system")
+    client = mlflow.MlflowClient()
+    samples = client.get_metric_history(
+        runs["train"].info.run_id, "system/cpu_utilization_percentage"
+    )
+    assert len(samples) >= 2 and all(0 <= s.value <= 100 * 64 for s in samples)
+    assert "system/system_memory_usage_megabytes" in runs["train"].data.metrics
+    assert not [m for m in runs["tokenize"].data.metrics if m.startswith("system/")]

@@ -256,6 +256,15 @@ def test_label_not_in_params_labels(tmp_path):
     assert rows_of(result) == [(10, SOURCE, 12, "mixed"), (11, SOURCE, 13, "mixed")]
 
 
+def test_a_long_review_passes_by_default(tmp_path):
+    """Ordinary review corpora hold reviews of 13,000 characters (IMDB): tokenize truncates
+    them, so the gate has no upper bound unless validate.max_text_length sets one."""
+    frames = text_splits()
+    frames["train"].loc[3, "text"] = "a long and winding review " * 500  # 13,000 characters
+    report = run_case(tmp_path, frames)
+    assert report.success, report.failure_message()
+
+
 def test_text_too_long(tmp_path):
     frames = text_splits()
     frames["validation"].loc[4, "text"] = "x" * 300

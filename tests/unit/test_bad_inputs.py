@@ -56,6 +56,14 @@ REFUSED = [
     ),
     ("too few fields", "a.csv", "text,label\nonly\n", {}, None, ["a.csv:2: expected 2 fields"]),
     (
+        "a header naming the text column twice",
+        "a.csv",
+        "text,text,label\nx,y,a\n",
+        {},
+        None,
+        ["a.csv:1: the header names the text column 'text' 2 times", "data.text_column"],
+    ),
+    (
         "malformed quoting",
         "a.csv",
         'text,label\n"a "b" c,x\n',

@@ -256,15 +256,40 @@ def test_empty_split_after_deduplication_explains_the_counts(tmp_path):
     assert not (tmp_path / "prepared").exists()
 
 
-def test_empty_split_from_documents_counts_them(tmp_path):
+@pytest.mark.parametrize("documents,sentences", [(6, 5), (1, 40)])
+def test_too_few_documents_are_split_by_sentence_and_said(tmp_path, documents, sentences):
+    """0.8/0.1/0.1 of 6 equal documents leaves a split empty, and one -DOCSTART- line then
+    every sentence (the common layout) is one document: sentences become the units."""
     source = tmp_path / "ner.conll"
-    source.write_text(conll_documents(6, 5))
+    source.write_text(conll_documents(documents, sentences))
     params = params_for("token_classification", {"source": {"path": str(source)}})
-    with pytest.raises(StageError) as raised:  # 0.8/0.1/0.1 of 6 equal documents: none for one
+    summary = run(tmp_path, params)
+    total = documents * sentences
+    assert sum(s["examples"] for s in summary["splits"].values()) == total
+    assert all(s["examples"] > 0 for s in summary["splits"].values())
+    expected = f"sentence ({documents} documents: too few to keep each in one split)"
+    assert summary["grouped_by"] == expected
+
+
+def test_enough_documents_stay_whole(tmp_path):
+    source = tmp_path / "ner.conll"
+    source.write_text(conll_documents(30, 3))
+    params = params_for("token_classification", {"source": {"path": str(source)}})
+    summary = run(tmp_path, params)
+    assert summary["grouped_by"].startswith("document")
+    splits = [documents_of(written(tmp_path, split)) for split in ("train", "validation", "test")]
+    assert not (splits[0] & splits[1]) and not (splits[0] & splits[2])
+
+
+def test_empty_split_from_too_few_sentences_counts_them(tmp_path):
+    source = tmp_path / "ner.conll"
+    source.write_text(conll_documents(1, 2))
+    params = params_for("token_classification", {"source": {"path": str(source)}})
+    with pytest.raises(StageError) as raised:  # 2 sentences cannot fill three splits
         run(tmp_path, params)
     message = str(raised.value)
-    assert f"is empty: the single source {source} had 30 rows, 0 removed as dup" in message
-    assert "30 rows in 6 documents" in message and "prepare.split.*" in message
+    assert f"is empty: the single source {source} had 2 rows, 0 removed as dup" in message
+    assert "prepare.split.*" in message
 
 
 def test_empty_split_from_groups_names_group_column(tmp_path):

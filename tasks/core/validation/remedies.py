@@ -28,7 +28,8 @@ def remedy(check: str, params: Params, frame: pd.DataFrame | None) -> str:
             else frame["text"].map(lambda v: len(v) if isinstance(v, str) else None)
         )
         lengths = pd.to_numeric(lengths, errors="coerce")
-        too_long = int((lengths > cfg.max_text_length).sum())
+        limit = cfg.max_text_length
+        too_long = 0 if limit is None else int((lengths > limit).sum())
         too_short = int((lengths < cfg.min_text_length).sum())
         parts = []
         if too_long:

@@ -1,0 +1,111 @@
+"""Start-point models: pin a Hugging Face Hub model to a commit, fetch a built-in encoder.
+
+finetune model pin ORG/NAME                   # the commit main points at, into params.yaml
+finetune model pin ORG/NAME --revision v1.0   # a branch or tag, resolved to its commit
+finetune model fetch mpnet-base               # a built-in encoder into the download cache
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import typer
+import yaml
+
+from tasks.commands.paramsdoc import key_lines
+from tasks.core.cli import stage_command
+from tasks.core.config import BUILTIN_ENCODERS, DEFAULT_PARAMS, ParamsError, is_hub_id, load_params
+from tasks.core.encoders import encoder_dir
+from tasks.core.hub import hub_endpoint, resolve_revision
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def _scalar(value: str) -> str:
+    """``value`` as a YAML scalar that reads back as the same string (a sha of digits only
+    would otherwise read as a number)."""
+    text = yaml.safe_dump(value, default_style=None).splitlines()[0]
+    return text if yaml.safe_load(text) == value and not text[0].isdigit() else f'"{value}"'
+
+
+def set_model_lines(text: str, name: str, revision: str) -> str:
+    """``text`` (a params.yaml) with ``model.name_or_path`` and ``model.revision`` set, every
+    other line and every comment kept: the values are replaced on their own lines (a missing
+    ``revision`` line is added under ``name_or_path``), nothing is re-dumped.
+
+    Raises:
+        ParamsError: the file has no block-style ``model.name_or_path`` line.
+    """
+    lines = text.splitlines(keepends=True)
+    found = key_lines(text)
+    if "model.name_or_path" not in found:
+        raise ParamsError("params.yaml: no `model:` section with a `name_or_path:` line")
+    line_of_name = found["model.name_or_path"][0] - 1
+    indent = re.match(r" *", lines[line_of_name])[0]
+    if "model.revision" in found:
+        _replace_value(lines, found["model.revision"][0] - 1, _scalar(revision))
+    else:
+        comment = "  # the hub model's commit (finetune model pin writes it)\n"
+        lines.insert(line_of_name + 1, f"{indent}revision: {_scalar(revision)}{comment}")
+    _replace_value(lines, line_of_name, _scalar(name))
+    return "".join(lines)
+
+
+def _replace_value(lines: list[str], index: int, value: str) -> None:
+    """Put ``value`` after the key of ``lines[index]``, keeping a trailing ``# comment`` at
+    its column where the value fits."""
+    match = re.match(
+        r"^(?P<key> *[\w-]+:)(?P<old>[^#\n]*?)(?P<gap> *)(?P<comment>#.*)?$",
+        lines[index].rstrip("\n"),
+    )
+    head = f"{match['key']} {value}"
+    comment = match["comment"]
+    if comment:
+        column = len(match["key"]) + len(match["old"]) + len(match["gap"])
+        head = head.ljust(column) if len(head) < column else head + "  "
+        head += comment
+    lines[index] = head + "\n"
+
+
+@app.command()
+@stage_command("model pin")
+def pin(
+    name: str = typer.Argument(..., help="The hub model id, NAME or ORG/NAME."),
+    revision: str = typer.Option(
+        None, help="A branch, tag or commit of it (default: main), resolved to its commit."
+    ),
+    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to edit"),
+) -> None:
+    """Pin a Hugging Face Hub model: write NAME and the commit sha its revision points at now
+    into params.yaml (model.name_or_path, model.revision), comments kept.
+
+    Asks the hub at HF_ENDPOINT (default https://huggingface.co); the first stage that needs
+    the model downloads that commit once into .state/hf, later runs read it from there.
+    """
+    if name in BUILTIN_ENCODERS or not is_hub_id(name):
+        raise ParamsError(f"{name!r} is not a hub model id (NAME or ORG/NAME): nothing to pin")
+    sha = resolve_revision(name, revision)
+    text = params_path.read_text(encoding="utf-8")
+    params_path.write_text(set_model_lines(text, name, sha), encoding="utf-8")
+    load_params(params_path)  # the edited file must still be valid
+    print(
+        f"{params_path.name}: model.name_or_path: {name}, model.revision: {sha} "
+        f"({revision or 'main'} at {hub_endpoint()})"
+    )
+
+
+@app.command()
+@stage_command("model fetch")
+def fetch(
+    name: str = typer.Argument(..., help=f"A built-in encoder: {', '.join(BUILTIN_ENCODERS)}."),
+) -> None:
+    """Fetch a built-in encoder into the download cache ahead of time (sha256-checked, once
+    per machine); the stages would otherwise fetch it on first use."""
+    if name not in BUILTIN_ENCODERS:
+        raise ParamsError(f"{name!r} is not a built-in encoder ({', '.join(BUILTIN_ENCODERS)})")
+    print(f"{name}: {encoder_dir(name)}")
+
+
+if __name__ == "__main__":
+    app()
