@@ -122,7 +122,7 @@ postgres-binaries:  ## Install PostgreSQL's server binaries (Debian package) whe
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
 
-postgres: setup postgres-binaries  ## PostgreSQL on 127.0.0.1:5433 in the background (.state/postgres); prints its URL
+postgres: setup postgres-binaries  ## PostgreSQL on 127.0.0.1:5433 in the background (.state/postgres); database URLs: finetune servers url NAME
 	finetune servers postgres --port $(POSTGRES_PORT)
 
 postgres-stop: setup  ## Stop the project's PostgreSQL

@@ -21,6 +21,8 @@ Reads ``task``, ``train.precision`` (inference runs in the training precision) a
 - ``eval_report.md``: the tables and the plot.
 - ``behaviour.json``: behavioural checks of the model (``tasks/core/behaviour.py``), with their
   section of ``eval_report.md``; run by the stage after the scores (``evaluate.behaviour``).
+- ``evaluated.json``: the md5 of the weights the scores were measured on and the behaviour
+  gate's outcome (also written when the gate fails); register registers nothing else.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from tasks.core.eval_reports import (
     token_slices,
     write_confusion,
 )
+from tasks.core.fingerprints import EVALUATED_FILE, record_evaluation
 from tasks.core.inference import predict
 from tasks.core.io import write_atomic, write_json
 from tasks.core.labels import entity_type, words_from_subtokens
@@ -247,17 +250,24 @@ def run_stage(
     project: Path = PROJECT_ROOT,
 ) -> dict[str, Any]:
     """The stage inside its MLflow run: scores, reports, then the behavioural checks (whose
-    gate, ``evaluate.behaviour.min_pass_rate``, may fail the stage once all is logged)."""
+    gate, ``evaluate.behaviour.min_pass_rate``, may fail the stage once all is logged), and
+    last ``evaluated.json`` (weights and gate outcome, see :mod:`tasks.core.fingerprints`)."""
     from tasks.core import behaviour, tracking
 
+    # Never a record of an earlier model: register reads it to know what it may register.
+    (Path(reports_dir) / EVALUATED_FILE).unlink(missing_ok=True)
     # The run is open (RUNNING) while the stage works; a failure ends it FAILED.
     with tracking.stage_run(params, "evaluate", state_dir, project):
         metrics = evaluate(params, tokenized_dir, model_dir, reports_dir)
         log_to_mlflow(metrics, Path(reports_dir))
         try:
             checked = behaviour.check_model(params, model_dir, reports_dir)
+        except StageError as exc:  # the gate (or its cases) failed: recorded, then raised
+            record_evaluation(reports_dir, model_dir, "failed", str(exc))
+            raise
         finally:  # a failed gate still leaves its report in the run
             log_behaviour(Path(reports_dir))
+        record_evaluation(reports_dir, model_dir, "disabled" if checked is None else "passed")
         if checked is not None:
             log.info("behavioural checks: %s", behaviour.summary(checked))
     return metrics

@@ -32,7 +32,7 @@ from tasks.core.cli import stage_command
 from tasks.core.config import SPLITS, Params, load_params, require_tracked_inputs
 from tasks.core.environment import PROJECT_ROOT
 from tasks.core.errors import StageError
-from tasks.core.io import write_atomic
+from tasks.core.io import fsync_dir, fsync_tree, write_atomic
 from tasks.core.sources import BUILTINS, read_builtin, read_user_file, sha256_of
 from tasks.core.split_summary import given_file, origins, split_summary, summary_head
 from tasks.core.splitting import (
@@ -209,8 +209,10 @@ def _staged(out_dir: Path) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-") as tmp:
         staged = Path(tmp)
         yield staged
+        fsync_tree(staged)  # the files on disk before they replace the old ones
         for path in staged.iterdir():
             os.replace(path, out_dir / path.name)
+        fsync_dir(out_dir)
 
 
 @app.command()

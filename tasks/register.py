@@ -15,6 +15,9 @@ promoted if it reaches ``register.min_score``, or with ``auto`` (the default) if
 trivial baseline on the same test split (the most frequent label, or no entities). A reused
 version that is the champion stays champion (its aliases are left as they are). Versions
 are never deleted or overwritten. Writes ``reports/registry.json`` atomically, last.
+
+Nothing is registered unless ``reports/evaluated.json`` shows that ``metrics.json`` was
+measured on exactly the weights in ``models/model`` and that they passed the behaviour gate.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from tasks.core.config import DEFAULT_PARAMS, Params, load_params
 from tasks.core.entity_pipeline import EntityPipeline  # noqa: F401
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
-from tasks.core.fingerprints import model_md5, test_data_hash
+from tasks.core.fingerprints import require_evaluation, test_data_hash
 from tasks.core.promotion import decide, metric_key, trivial_baseline
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,10 @@ def register(
     metrics_path = Path(reports_dir) / "metrics.json"
     if not metrics_path.exists():
         raise StageError(f"{metrics_path}: not found; run the evaluate stage first")
+    if not (Path(model_dir) / "config.json").exists():
+        raise StageError(f"{model_dir}: no trained model found; run the train stage first")
+    # The scores belong to these very weights and they passed the behaviour gate.
+    weights = require_evaluation(Path(reports_dir), Path(model_dir))
     metrics = json.loads(metrics_path.read_text())
     key = metric_key(params)
     if key not in metrics:
@@ -75,10 +82,7 @@ def register(
             f"register.metric: {key!r} is not in {metrics_path} ({', '.join(metrics)})"
         )
     score = float(metrics[key])
-    if not (Path(model_dir) / "config.json").exists():
-        raise StageError(f"{model_dir}: no trained model found; run the train stage first")
     data_hash = test_data_hash(Path(prepared_dir))
-    weights = model_md5(Path(model_dir))
     name = tracking.registered_model_name(params)  # register.model_name, or auto
 
     lock = registry.registry_lock(tracking.tracking_uri(params, state_dir), Path(state_dir), name)
@@ -117,7 +121,7 @@ def register(
                 None if gate == "auto" else gate,
                 trivial_baseline(params, Path(prepared_dir), key) if gate == "auto" else None,
             )
-            decision = "promoted to champion" if promote else "kept as challenger"
+            decision = registry.PROMOTED if promote else "kept as challenger"
         version_tags = {
             "task": params.task,
             registry.MODEL_MD5_TAG: weights,
@@ -148,6 +152,15 @@ def register(
             retried(client.set_registered_model_alias, name, "challenger", version)
             if promote:
                 retried(client.set_registered_model_alias, name, "champion", version)
+                # Another register may have promoted its version against the same champion.
+                since = int(champion.version) if champion else 0
+                settled = registry.settle_champion(client, name, params.task, since, key, data_hash)
+                if settled != int(version):
+                    promote, decision = False, "kept as challenger"
+                    reason += f"; v{settled}, promoted at the same time, scores higher"
+                    retried(client.set_model_version_tag, name, version, "decision", decision)
+                    retried(client.set_model_version_tag, name, version, "reason", reason)
+                    version_tags |= {"decision": decision, "reason": reason}
         # What the registry pages show: where the version came from and why it has its alias.
         client.update_model_version(
             name, version, description=registry.version_description(params, run, version_tags)

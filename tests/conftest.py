@@ -164,18 +164,27 @@ def postgres() -> Iterator:
     """A real PostgreSQL server (``tasks.commands.servers.Postgres``) on 127.0.0.1 and a free port,
     one per test process (each pytest-xdist worker starts its own), stopped and deleted at
     the end. Tests create their own databases: ``postgres.create_database("name")`` returns
-    its URL."""
+    its URL (no password: the role's password is in this server's own ``PGPASSFILE``, set
+    for the session and the processes it starts)."""
     from tasks.commands.servers import Postgres
 
     # Not under tmp_path_factory: its folders are private to this user (0700), and as root
     # the server runs as another user, who must reach its data directory.
     root = Path(tempfile.mkdtemp(prefix="postgres-"))
+    clients = Path(tempfile.mkdtemp(prefix="pgpass-"))
+    before = os.environ.get("PGPASSFILE")
+    os.environ["PGPASSFILE"] = str(clients / "pgpass")
     server = Postgres(root, port=free_port()).start()
     try:
         yield server
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(clients, ignore_errors=True)
+        if before is None:
+            os.environ.pop("PGPASSFILE", None)
+        else:
+            os.environ["PGPASSFILE"] = before
 
 
 _MLFLOW_ENV_AT_START = {

@@ -27,6 +27,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from tasks.commands import serving
 from tasks.commands.paramsdoc import stage_help
 from tasks.core.cli import reflow, stage_command
 from tasks.core.config import DEFAULT_PARAMS
@@ -164,11 +165,18 @@ def serve(
         None, help="Model to serve (default: models:/<register.model_name>@champion)."
     ),
     params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
+    max_request_bytes: int = typer.Option(
+        serving.MAX_BYTES, min=1, help="Larger POST bodies are refused (413)."
+    ),
+    max_batch: int = typer.Option(
+        serving.MAX_BATCH, min=1, help="Requests with more inputs are refused (413)."
+    ),
 ) -> None:
     """Serve the champion (or --model-uri) over REST: POST /invocations {"inputs": [...]}.
 
-    MLflow's own model server (`mlflow models serve`, local environment), reading the
-    registry at tracking.uri, else MLFLOW_TRACKING_URI, else the project's store.
+    MLflow's own scoring server (as `mlflow models serve`, local environment) behind
+    request limits (tasks/commands/serving.py), reading the registry at tracking.uri, else
+    MLFLOW_TRACKING_URI, else the project's store.
     """
     from tasks.commands.predict import registry_hint
     from tasks.core import tracking
@@ -181,9 +189,8 @@ def serve(
     hint = registry_hint(model)  # no such model or alias: why, and what to run
     if hint:
         raise StageError(hint)
-    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model]
-    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
-    os.execve(command[0], command, {**os.environ, "MLFLOW_TRACKING_URI": uri})
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    serving.serve(model, port, max_request_bytes, max_batch)
 
 
 @command("Parameters")

@@ -6,10 +6,15 @@
     python -m tasks.commands.servers tracking        # MLflow server on PostgreSQL (foreground)
 
 PostgreSQL runs Debian's binaries (``initdb``/``pg_ctl``) on a data directory inside the
-project (``.state/postgres``), listening on 127.0.0.1 only (no Unix socket), with a role
-``finetune`` whose random password sits in ``.state/postgres/password``. PostgreSQL refuses
-to run as root: as root, its files belong to the ``postgres`` user (created when missing) and
-its commands run through ``runuser``. The tracking server keeps runs and the registry in the
+project (``.state/postgres``), listening on 127.0.0.1 only (no Unix socket). Its superuser
+``finetune`` (random password in ``.state/postgres/password``, 0600) only creates databases:
+each database gets its own login role ``<name>_user``, without superuser, database or role
+rights, owning its database, which no other role may connect to. Its random password goes to
+the PostgreSQL password file (``PGPASSFILE``, default ``.state/pgpass``, 0600) that libpq
+reads, so the printed URLs hold none. PostgreSQL refuses to run as root: as root, its files
+belong to the ``postgres`` user (created when missing), its commands run through ``runuser``,
+and ``.state`` keeps only the execute bit for others (0711: no listing) so that user reaches
+its folder. The tracking server keeps runs and the registry in the
 ``mlflow`` database and proxies artifacts into ``.state/mlflow-server/artifacts``: clients
 need only ``http://127.0.0.1:PORT`` (``tracking.uri`` or ``MLFLOW_TRACKING_URI``), never a
 path or a bucket of their own.
@@ -17,15 +22,18 @@ path or a bucket of their own.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import pwd
+import re
 import secrets
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -86,10 +94,22 @@ class Postgres:
     def password_file(self) -> Path:
         return self.root / "password"
 
-    def url(self, database: str = "postgres") -> str:
-        """SQLAlchemy/libpq URL of ``database`` (the password included)."""
+    def url(self, database: str) -> str:
+        """SQLAlchemy/libpq URL of ``database`` for its own role, without the password
+        (libpq takes it from ``PGPASSFILE``, see :meth:`create_database`)."""
+        return f"postgresql://{database_role(database)}@127.0.0.1:{self.port}/{database}"
+
+    def _admin(self) -> Any:
+        """A connection as the superuser (password from its file, never in a URL)."""
+        import psycopg2
+
         password = self.password_file.read_text().strip()
-        return f"postgresql://{ROLE}:{password}@127.0.0.1:{self.port}/{database}"
+        connection = psycopg2.connect(
+            host="127.0.0.1", port=self.port, user=ROLE, password=password, dbname="postgres",
+            connect_timeout=10,
+        )  # fmt: skip
+        connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        return connection
 
     def _run(self, *command: str) -> subprocess.CompletedProcess:
         """Run a PostgreSQL program as the server user; fail with its output."""
@@ -107,10 +127,14 @@ class Postgres:
         return done
 
     def _check_reachable(self) -> None:
-        """As root, the server user must be able to enter every folder above ``root``."""
+        """As root, the server user must be able to enter every folder above ``root``; the
+        project's own ``.state`` (0700) gets the execute bit for others (enter, not list)."""
         user = _server_user()
         if user is None:
             return
+        state = STATE_DIR.resolve()
+        if self.root.resolve().is_relative_to(state) and state.is_dir():
+            state.chmod(state.stat().st_mode & 0o777 | 0o001)
         for folder in reversed(self.root.resolve().parents):
             if not folder.exists():  # created by us below, enterable by all (umask 022)
                 break
@@ -151,6 +175,8 @@ class Postgres:
         """Start the server (creating the cluster first if needed); already running: keep it."""
         if not (self.data / "PG_VERSION").exists():
             self._init()
+        else:
+            self._check_reachable()
         if self.running():
             lines = (self.data / "postmaster.pid").read_text().splitlines()
             if int(lines[3]) != self.port:
@@ -171,20 +197,95 @@ class Postgres:
             self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data.resolve()))
 
     def create_database(self, name: str) -> str:
-        """Create ``name`` unless it exists; return its URL."""
-        import psycopg2
+        """Create ``name`` and its login role ``<name>_user`` (no superuser, no CREATEDB, no
+        CREATEROLE; owner of ``name``; other roles cannot connect) unless they exist; give
+        the role a new random password when ``PGPASSFILE`` has none for it; return the URL
+        (without the password).
+
+        Raises:
+            StageError: ``name`` is not a plain identifier.
+        """
         from psycopg2 import sql
 
-        connection = psycopg2.connect(self.url())
-        connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,57}", name):
+            raise StageError(
+                f"database {name!r}: use lowercase letters, digits and _ (a letter first)"
+            )
+        role = database_role(name)
+        password = read_pgpass(self.port, name, role)
+        connection = self._admin()
         try:
             with connection.cursor() as cursor:
+                cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+                if cursor.fetchone() is None:
+                    cursor.execute(
+                        sql.SQL(
+                            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                            "NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 64"
+                        ).format(sql.Identifier(role))
+                    )
+                    password = None
+                if password is None:
+                    password = secrets.token_urlsafe(24)
+                    cursor.execute(
+                        sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(role)),
+                        (password,),
+                    )
+                    write_pgpass(self.port, name, role, password)
                 cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
                 if cursor.fetchone() is None:
-                    cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                    cursor.execute(
+                        sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                            sql.Identifier(name), sql.Identifier(role)
+                        )
+                    )
+                cursor.execute(
+                    sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
+                )
         finally:
             connection.close()
         return self.url(name)
+
+
+def database_role(database: str) -> str:
+    """The login role of ``database``."""
+    return f"{database}_user"
+
+
+def pgpass_file() -> Path:
+    """libpq's password file: ``PGPASSFILE`` (the project sets ``.state/pgpass``)."""
+    return Path(os.environ.get("PGPASSFILE") or STATE_DIR / "pgpass")
+
+
+def _pgpass_key(port: int, database: str, role: str) -> str:
+    return f"127.0.0.1:{port}:{database}:{role}:"
+
+
+def read_pgpass(port: int, database: str, role: str) -> str | None:
+    """The password ``PGPASSFILE`` holds for ``role`` on ``database`` here, if any."""
+    path = pgpass_file()
+    key = _pgpass_key(port, database, role)
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return next((line.removeprefix(key) for line in lines if line.startswith(key)), None)
+
+
+def write_pgpass(port: int, database: str, role: str, password: str) -> None:
+    """Set the entry of ``role`` on ``database`` in ``PGPASSFILE`` (created 0600, which libpq
+    requires; replaced whole under a lock, so two writers keep both entries)."""
+    path = pgpass_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = _pgpass_key(port, database, role)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lines = path.read_text().splitlines() if path.is_file() else []
+        lines = [line for line in lines if not line.startswith(key)] + [key + password]
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
 
 
 def tracking_server_command(
@@ -221,7 +322,7 @@ def postgres(
         return
     server.start()
     typer.echo(f"PostgreSQL on 127.0.0.1:{port} (data {server.data}, log {server.log})")
-    typer.echo(server.url())
+    typer.echo("a database and its own role: finetune servers url NAME (password: .state/pgpass)")
 
 
 @app.command()
@@ -230,7 +331,9 @@ def url(
     database: str = typer.Argument(..., help="Database name (created when missing)."),
     port: int = typer.Option(DEFAULT_PORT, help="Port of the running server."),
 ) -> None:
-    """Print the URL of a database of the running server, e.g. for ``tune.storage``."""
+    """Print the URL of a database of the running server, e.g. for ``tune.storage``; the
+    database and its own login role are created when missing, the role's password written
+    to .state/pgpass (PGPASSFILE), never printed."""
     typer.echo(Postgres(port=port).create_database(database))
 
 

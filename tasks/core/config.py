@@ -43,6 +43,29 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
+# A URL's password: ``scheme://user:PASSWORD@host``.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)[^@\s]*@")
+
+
+def hide_password(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***`` (for reports, logs
+    and MLflow params; params themselves refuse passwords, see :func:`refuse_password`)."""
+    return _URL_PASSWORD.sub(r"\g<head>***@", text)
+
+
+def refuse_password(url: str | None, key: str) -> None:
+    """Raise ValueError when ``url`` (a database or server URL from params) carries a
+    password: params are committed and logged, so the password comes from the environment
+    (``PGPASSWORD``) or the PostgreSQL password file (``PGPASSFILE``, default .state/pgpass)."""
+    if url is not None and hide_password(url) != url:
+        where = f"{key}: " if key else ""
+        raise ValueError(
+            f"{where}{hide_password(url)!r} holds a password, and params are committed and "
+            "logged: remove it from the URL; the password goes in .state/pgpass (written by "
+            "`finetune servers url NAME`), PGPASSFILE or PGPASSWORD"
+        )
+
+
 def headline_metric(task: str) -> str:
     """The metric ``auto`` stands for: macro F1 (text), entity F1 (token)."""
     return TASK_METRICS[task][0]
@@ -411,8 +434,9 @@ class TuneParams(Section):
     """Prefix of the Optuna study: each configuration has its own study,
     <study_name>-<fingerprint>."""
     storage: str | None = None
-    """null: SQLite in .state/optuna/ (one machine); or a database URL, postgresql://... for
-    parallel workers (python -m tasks.tune --worker) on one or several machines."""
+    """null: SQLite in .state/optuna/ (one machine); or a database URL without a password,
+    postgresql://USER@HOST:PORT/DB, for parallel workers (python -m tasks.tune --worker) on one
+    or several machines; the password comes from .state/pgpass, PGPASSFILE or PGPASSWORD."""
     n_trials: Annotated[int, Field(gt=0)] | None = 6
     """Finished (complete + pruned) trials the study should reach; a re-run tops it up."""
     timeout: Annotated[float, Field(gt=0)] | None = None
@@ -466,8 +490,9 @@ class TuneParams(Section):
         if storage is not None and "://" not in storage:
             raise ValueError(
                 f"storage: {storage!r} is not a database URL (sqlite:///..., "
-                "postgresql://user:password@host:port/db); journal files are no longer supported"
+                "postgresql://user@host:port/db); journal files are no longer supported"
             )
+        refuse_password(storage, "storage")
         if self.enabled and not self.space:
             raise ValueError("space is empty: list at least one hyperparameter to search")
         return self
@@ -573,13 +598,20 @@ class ModelParams(Section):
 
 class TrackingParams(Section):
     uri: str | None = None
-    """MLflow store; null: SQLite and artifacts under .state/mlflow; or a server URL."""
+    """MLflow store; null: SQLite and artifacts under .state/mlflow; or a server URL (without
+    a password)."""
     experiment: str = "finetune"
     """MLflow experiment of the runs."""
     system_metrics_interval: Annotated[float, Field(ge=0)] = 10.0
     """Seconds between MLflow system metrics samples (CPU, memory, disk, network; GPU
     utilisation and memory when a GPU is present) on the train and tune runs and each trial;
     0: none."""
+
+    @field_validator("uri")
+    @classmethod
+    def _no_password(cls, uri: str | None) -> str | None:
+        refuse_password(uri, "")
+        return uri
 
 
 class Params(Section):

@@ -55,7 +55,22 @@ def state_variables(root: Path = PROJECT_ROOT) -> dict[str, str]:
         "TRANSFORMERS_VERBOSITY": "error",
         # Scratch files of every library (and pytest's tmp_path) stay in the project too.
         "TMPDIR": str(state / "tmp"),
+        # PostgreSQL passwords: libpq reads them here when a URL has none (params never hold
+        # one); `finetune servers url NAME` writes the entries.
+        "PGPASSFILE": str(state / "pgpass"),
     }
+
+
+def private_state_dir(root: Path = PROJECT_ROOT) -> Path:
+    """Create the state directory mode 0700 (passwords, databases and models of one user
+    live there); an existing one loses group and other read/write bits (listing, writing),
+    keeping only their execute bit (PostgreSQL run as its own user by root needs it)."""
+    state = state_dir(root)
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = state.stat().st_mode & 0o777
+    if mode & 0o066 and state.stat().st_uid == os.geteuid():
+        state.chmod(mode & ~0o066)
+    return state
 
 
 def configure_environment(root: Path = PROJECT_ROOT) -> None:
@@ -63,6 +78,7 @@ def configure_environment(root: Path = PROJECT_ROOT) -> None:
     and silence library messages that do not concern the user (:func:`quiet_libraries`)."""
     for name, value in state_variables(root).items():
         os.environ.setdefault(name, value)
+    private_state_dir(root)
     Path(os.environ["TMPDIR"]).mkdir(parents=True, exist_ok=True)
     quiet_libraries()
 

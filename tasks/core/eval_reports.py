@@ -147,6 +147,15 @@ def token_errors(
 
 # --- confusion matrix and report --------------------------------------------------------------
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
+
+
+def md_cell(value: Any) -> str:
+    """``value`` as plain text inside a Markdown table cell: user labels and texts can hold
+    no link, image, HTML tag, emphasis, code span or cell break (``&`` starts no entity)."""
+    text = str(value).replace("&", "&amp;").replace("\r", " ").replace("\n", " ")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
 
 def write_confusion(reports_dir: Path, pairs: list[tuple[str, str]], labels: list[str]) -> None:
     """``confusion.csv`` (rows for DVC's confusion template) and ``confusion_matrix.png``."""
@@ -228,7 +237,8 @@ def markdown(
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {k} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |"
+        f"| {md_cell(k)} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
+        f"{v['support']} |"
         for k, v in per.items()
     ]
     counts = {(a, p): 0 for a in labels for p in labels}
@@ -241,10 +251,12 @@ def markdown(
         "",
         "![confusion matrix](confusion_matrix.png)",
         "",
-        "| actual \\ predicted | " + " | ".join(labels) + " |",
+        "| actual \\ predicted | " + " | ".join(map(md_cell, labels)) + " |",
         "|---|" + "---|" * len(labels),
     ]
-    lines += [f"| {a} | " + " | ".join(str(counts[a, p]) for p in labels) + " |" for a in labels]
+    lines += [
+        f"| {md_cell(a)} | " + " | ".join(str(counts[a, p]) for p in labels) + " |" for a in labels
+    ]
     lines += [
         "",
         f"## Highest-confidence mistakes ({min(len(errors), 10)} of {len(errors)}; "
@@ -254,11 +266,13 @@ def markdown(
         "|---|---|---|---|",
     ]
     for error in errors[:10]:
-        text = error["text"].replace("|", "\\|").replace("\n", " ")
+        text = md_cell(error["text"][:200])
         if task == "text_classification":
             gold, predicted = error["gold"], error["predicted"]
         else:
             gold = " ".join(f"{w['word']}/{w['gold']}" for w in error["wrong_words"])
             predicted = " ".join(f"{w['word']}/{w['predicted']}" for w in error["wrong_words"])
-        lines.append(f"| {error['confidence']:.3f} | {gold} | {predicted} | {text[:200]} |")
+        lines.append(
+            f"| {error['confidence']:.3f} | {md_cell(gold)} | {md_cell(predicted)} | {text} |"
+        )
     return "\n".join(lines) + "\n"

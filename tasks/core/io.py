@@ -28,19 +28,65 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     # mkstemp) so the file gets the usual umask permissions, not 0600.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+        with tmp.open("wb") as handle:
+            handle.write(content.encode("utf-8") if isinstance(content, str) else content)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename: never an empty file
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself survives a power loss
     finally:
         tmp.unlink(missing_ok=True)  # a failed write leaves no temporary file behind
 
 
+def fsync_dir(directory: Path) -> None:
+    """Flush ``directory``'s entries (a rename into it) to disk."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` and every folder's entries to disk (before ``root``
+    is renamed into place: a power loss never leaves a folder whose files are empty)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            descriptor = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        fsync_dir(Path(folder))
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str] | tuple[str, ...]) -> None:
-    """Write ``rows`` as a CSV with the header ``fields`` (other keys ignored), atomically."""
+    """Write ``rows`` as a CSV with the header ``fields`` (other keys ignored), atomically;
+    text cells pass through :func:`spreadsheet_safe`."""
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=list(fields), extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(
+        {k: spreadsheet_safe(v) if isinstance(v, str) else v for k, v in row.items()}
+        for row in rows
+    )
     write_atomic(path, text.getvalue())
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: str) -> str:
+    """``value`` with a leading ``'`` when a spreadsheet would read it as a formula (it
+    starts with ``= + - @``, a tab or a carriage return; OWASP's CSV injection advice), unless
+    it is a plain number such as ``-1``."""
+    if not value.startswith(_FORMULA_START):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
 
 
 def write_figure(path: Path, figure: Any, **savefig: Any) -> None:
@@ -51,7 +97,9 @@ def write_figure(path: Path, figure: Any, **savefig: Any) -> None:
 
 
 def replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished ``tmp`` directory to ``target``, replacing the old one."""
+    """Move the finished ``tmp`` directory to ``target``, replacing the old one; its files
+    are flushed to disk first and the rename after (:func:`fsync_tree`)."""
+    fsync_tree(tmp)
     if target.exists():
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -61,3 +109,4 @@ def replace_dir(tmp: Path, target: Path) -> None:
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(target)
+    fsync_dir(target.parent)

@@ -23,7 +23,8 @@ from tasks.core.config import BUILTIN_ENCODERS, is_hub_id, unpinned_message
 from tasks.core.encoders import encoder_dir
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
-from tasks.core.tracking import default_tracking_uri
+from tasks.core.io import fsync_tree
+from tasks.core.tracking import store_uri
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,17 @@ def resolve_model_source(
         spec: a built-in encoder (``default``, ``mpnet-base``), a local model directory,
             ``models:/NAME@alias`` / ``models:/NAME/VERSION`` (a registered MLflow model), or
             a Hugging Face Hub id (``ORG/NAME``) with ``revision``.
-        tracking_uri: MLflow tracking/registry URI (``None``: the project's SQLite store).
-        state_dir: registered models are downloaded once into ``state_dir/registry``.
+        tracking_uri: MLflow tracking/registry URI (``None``: ``MLFLOW_TRACKING_URI``, else
+            the project's SQLite store, as every stage resolves it).
+        state_dir: registered models are downloaded once per store, name and version into
+            ``state_dir/registry`` (never outside it).
         revision: the hub model's commit sha (``model.revision``); hub models are downloaded
             once into the Hugging Face cache (tasks/core/hub.py), read from it afterwards.
 
     Raises:
         StageError: the directory does not exist or holds no model, the registered model
-            cannot be found, or a hub model is unpinned, unreachable and not cached.
+            cannot be found, the registry answers a version that is not a number, or a hub
+            model is unpinned, unreachable and not cached.
     """
     if spec in BUILTIN_ENCODERS and revision is None:
         path = encoder_dir(spec)
@@ -150,7 +154,7 @@ def _download_registered(
     from mlflow.exceptions import MlflowException
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet stage logs
-    uri = tracking_uri or default_tracking_uri(state_dir)
+    uri = store_uri(tracking_uri, state_dir)
     name, alias, version = match["name"], match["alias"], match["version"]
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
@@ -162,9 +166,9 @@ def _download_registered(
         raise StageError(
             f"model.name_or_path: {spec!r} not found in the registry at {uri}: {exc}"
         ) from None
-    # Cached per version: a moved alias downloads the new version; a download that dies
-    # half-way leaves only a temporary directory, never a broken cache entry.
-    target = state_dir / "registry" / _safe_name(name) / f"v{version}"
+    # Cached per store and version: a moved alias downloads the new version; a download that
+    # dies half-way leaves only a temporary directory, never a broken cache entry.
+    target = registry_cache_dir(state_dir, uri, name, str(version), spec)
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
@@ -175,6 +179,7 @@ def _download_registered(
             mlflow.artifacts.download_artifacts(
                 artifact_uri=location, dst_path=str(tmp), tracking_uri=uri
             )
+            fsync_tree(tmp)  # a power loss never leaves a cache entry of empty files
             tmp.rename(target)
         except MlflowException as exc:
             raise StageError(f"model.name_or_path: {spec!r}: download failed: {exc}") from None
@@ -186,6 +191,28 @@ def _download_registered(
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def registry_cache_dir(state_dir: Path, uri: str, name: str, version: str, spec: str) -> Path:
+    """``state_dir/registry/<store>/<name>/v<version>``: the cache folder of one registered
+    version, ``<store>`` a hash of the tracking URI (two stores' "v1" are two models).
+
+    Raises:
+        StageError: ``version`` (as the registry answered it) is not a number, or the folder
+            would lie outside ``state_dir/registry`` (a hostile or intercepted server).
+    """
+    if not re.fullmatch(r"[0-9]{1,18}", version):
+        raise StageError(
+            f"model.name_or_path: {spec!r}: the registry at {uri} answered version "
+            f"{version!r}, not a number; refused"
+        )
+    root = (state_dir / "registry").resolve()
+    store = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    name_part = _safe_name(name)
+    target = (root / store / name_part / f"v{version}").resolve()
+    if name_part in {".", ".."} or not target.is_relative_to(root):
+        raise StageError(f"model.name_or_path: {spec!r}: {target} is outside {root}; refused")
+    return target
 
 
 # --- tokenizer --------------------------------------------------------------------------------

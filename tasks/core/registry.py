@@ -38,6 +38,37 @@ def champion(client: Any, name: str, task: str) -> Any | None:
     return version
 
 
+PROMOTED = "promoted to champion"
+
+
+def settle_champion(client: Any, name: str, task: str, since: int, metric: str, data: str) -> int:
+    """Compare-and-set of ``champion`` after a promotion, for two register runs that decided
+    against the same champion (version ``since``) at the same time and set the alias in
+    either order: re-read the champion and the versions newer than ``since`` promoted on the
+    same ``metric`` and test ``data``, and set ``champion`` to the best score among them
+    (re-decide; re-read and retry up to 3 times). Whichever run settles last sees both
+    versions, so the better ends as champion. Hand-written: MLflow's alias API has no
+    compare-and-set and a server store no lock. Returns the champion's version."""
+    query = f"name = '{name}' AND tags.decision = '{PROMOTED}'"
+    for _ in range(3):
+        current = champion(client, name, task)
+        found = [
+            v
+            for v in [*client.search_model_versions(query), *([current] if current else [])]
+            if int(v.version) > since
+            and v.tags.get("metric") == metric
+            and v.tags.get("test_data_hash") == data
+        ]
+        if not found:
+            return int(current.version) if current else since
+        best = max(found, key=lambda v: (float(v.tags["test_score"]), -int(v.version)))
+        if current is not None and int(current.version) == int(best.version):
+            return int(best.version)
+        log.info("%s: v%s scores higher than the champion set at the same time", name, best.version)
+        client.set_registered_model_alias(name, "champion", best.version)
+    return int(best.version)
+
+
 def registry_lock(uri: str, state_dir: Path, name: str) -> Any:
     """A file lock held from looking up the weights to setting the aliases, so two register
     runs at once (two checkouts, one store) cannot both create a version of one model. It

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import unicodedata
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,7 +190,8 @@ def read_user_file(path: Path, data: DataParams, task: str) -> pd.DataFrame:
         raise StageError(f"{path}: a CoNLL file needs task: token_classification")
     with _open_text(path, codec) as stream:
         if fmt == "jsonl":
-            frame = _read_jsonl(stream, origin, data.text_column)
+            keep = [c for c in (data.label_column, data.group_column) if c]
+            frame = _read_jsonl(stream, origin, data.text_column, keep)
         else:
             frame = _read_delimited(stream, origin, delimiter="\t" if fmt == "tsv" else ",")
     return _select_text_columns(frame, data, origin)
@@ -340,16 +341,24 @@ def _read_delimited(stream: Iterable[str] | str, origin: str, delimiter: str) ->
     return frame
 
 
-def _read_jsonl(stream: Iterable[str] | str, origin: str, text_column: str) -> pd.DataFrame:
+NAMES_SHOWN = 50  # JSONL field names kept for the "no such column" message
+
+
+def _read_jsonl(
+    stream: Iterable[str] | str, origin: str, text_column: str, keep: Sequence[str]
+) -> pd.DataFrame:
     """Parse JSON Lines. A string ``text_column`` is packed into Arrow strings as it is read;
-    every other field keeps its JSON value (checked by :func:`_select_text_columns`)."""
+    of the other fields only those named in ``keep`` (the label and group columns) are
+    kept, with their JSON values (checked by :func:`_select_text_columns`), so memory stays
+    linear in the file whatever keys its records carry. The names of the first
+    ``NAMES_SHOWN`` other fields go to ``attrs["other_columns"]`` for error messages."""
     if isinstance(stream, str):
         stream = io.StringIO(stream, newline="")
     texts = _ArrowColumns([text_column])
-    fields: dict[str, list[Any]] = {}
+    fields: dict[str, list[Any]] = {key: [] for key in dict.fromkeys(keep)}
+    seen: dict[str, None] = {}  # the fields present, in first-seen order (capped)
     lines = array.array("q")
     other_text: tuple[int, Any] | None = None  # the first text that is not a JSON string
-    text_seen = False
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
@@ -361,34 +370,45 @@ def _read_jsonl(stream: Iterable[str] | str, origin: str, text_column: str) -> p
             raise StageError(
                 f"{origin}:{number}: expected a JSON object, got {line.strip()[:80]!r}"
             )
-        text_seen = text_seen or text_column in record
-        text = record.pop(text_column, MISSING)
+        if len(seen) < NAMES_SHOWN:
+            seen.update((key, None) for key in list(record)[: NAMES_SHOWN - len(seen)])
+        text = record.get(text_column, MISSING)
+        if text is not MISSING:
+            seen.setdefault(text_column, None)
         if not isinstance(text, str) and other_text is None:
             other_text = (number, text)
-        try:
-            texts.add([text if isinstance(text, str) else None])
-        except UnicodeEncodeError as exc:
-            raise StageError(
-                f"{origin}:{number}: field {text_column!r} (data.text_column) holds a lone "
-                f"surrogate escape ({exc.object[exc.start : exc.end]!a}), which is not text: "
-                "remove it from the file"
-            ) from None
-        for key in [k for k in record if k not in fields]:  # first seen here: missing before
-            fields[key] = [MISSING] * len(lines)
+        _add_text(texts, text, f"{origin}:{number}", text_column)
         for key, values in fields.items():
-            values.append(record.get(key, MISSING))
+            value = record.get(key, MISSING)
+            values.append(value)
+            if value is not MISSING:
+                seen.setdefault(key, None)
         lines.append(number)
     # The JSON values as they are (no pandas type inference: null stays None, 1 stays an int
     # beside a null); a field a record lacks is MISSING. _select_text_columns checks them.
     frame = pd.DataFrame(index=pd.RangeIndex(len(lines)))
-    if text_seen:
+    if text_column in seen:
         frame[text_column] = texts.series(0)
     for key, values in fields.items():
-        frame[key] = pd.Series(values, dtype=object)
+        if key in seen:  # a field no record has stays absent (named as missing)
+            frame[key] = pd.Series(values, dtype=object)
     frame.attrs["other_text"] = other_text
+    frame.attrs["other_columns"] = [key for key in seen if key not in frame.columns]
     frame["source_file"] = origin
     frame["source_line"] = np.frombuffer(lines, dtype=np.int64)
     return frame
+
+
+def _add_text(texts: _ArrowColumns, text: Any, where: str, text_column: str) -> None:
+    """Append one JSONL text (``None`` for a value that is not a string)."""
+    try:
+        texts.add([text if isinstance(text, str) else None])
+    except UnicodeEncodeError as exc:
+        raise StageError(
+            f"{where}: field {text_column!r} (data.text_column) holds a lone "
+            f"surrogate escape ({exc.object[exc.start : exc.end]!a}), which is not text: "
+            "remove it from the file"
+        ) from None
 
 
 def _select_text_columns(frame: pd.DataFrame, data: DataParams, origin: str) -> pd.DataFrame:
@@ -397,10 +417,10 @@ def _select_text_columns(frame: pd.DataFrame, data: DataParams, origin: str) -> 
         wanted["group"] = data.group_column
     for role, column in wanted.items():
         if column not in frame.columns:
+            names = [c for c in frame.columns if not c.startswith("source_")]
             available = ", ".join(
                 c if c.isprintable() else repr(c)  # a BOM or control character, escaped
-                for c in frame.columns
-                if not c.startswith("source_")
+                for c in names + frame.attrs.get("other_columns", [])
             )
             raise StageError(
                 f"{origin}: no {role} column {column!r} (columns: {available}); "

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tasks.core.config import Params
+from tasks.core.config import Params, hide_password
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import HubError, StageError
 
@@ -42,11 +42,13 @@ def default_tracking_uri(state_dir: Path = STATE_DIR) -> str:
 
 def tracking_uri(params: Params, state_dir: Path = STATE_DIR) -> str:
     """``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else the project's SQLite store."""
-    return (
-        params.tracking.uri
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or default_tracking_uri(state_dir)
-    )
+    return store_uri(params.tracking.uri, state_dir)
+
+
+def store_uri(configured: str | None, state_dir: Path = STATE_DIR) -> str:
+    """``configured`` (``tracking.uri``), else ``MLFLOW_TRACKING_URI``, else the project's
+    SQLite store: the one rule every stage and ``models:/`` resolution follow."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(state_dir)
 
 
 def use_store(params: Params, state_dir: Path = STATE_DIR) -> str:
@@ -382,11 +384,12 @@ def server_lost_message(uri: str, stage: str, cause: BaseException) -> str:
 
 
 def log_params(client: Any, run_id: str, params: Params) -> None:
-    """The resolved params as flat keys (``train.learning_rate``)."""
+    """The resolved params as flat keys (``train.learning_rate``), any URL's password
+    masked (params refuse passwords; a mask still keeps one out of every run)."""
     from mlflow.entities import Param
 
     flat = mlflow_names(flatten(params.model_dump(by_alias=True, mode="json")))
-    entries = [Param(key, str(value)[:6000]) for key, value in flat.items()]
+    entries = [Param(key, hide_password(str(value))[:6000]) for key, value in flat.items()]
     for start in range(0, len(entries), 100):
         client.log_batch(run_id, params=entries[start : start + 100])
 

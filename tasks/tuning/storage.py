@@ -16,7 +16,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
-from tasks.core.config import Params
+from tasks.core.config import Params, hide_password
 from tasks.core.environment import STATE_DIR
 
 log = logging.getLogger("tasks.tune")
@@ -31,11 +31,7 @@ def storage_spec(params: Params, state_dir: Path = STATE_DIR) -> str:
 
 def describe_storage(spec: str) -> str:
     """The storage for reports and logs, without a password."""
-    from sqlalchemy.engine import make_url
-
-    with contextlib.suppress(Exception):
-        return make_url(spec).render_as_string(hide_password=True)
-    return spec.split("@")[-1]
+    return hide_password(spec)
 
 
 class RetryStaleTrial:

@@ -12,6 +12,7 @@ completes.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -93,9 +94,10 @@ def stores(postgres, tmp_path_factory, tiny_model_dir):
         set_params(clone, **{"train.seed": seed})
         clones.append(clone)
     pipelines = [start(["dvc", "repro"], clone) for clone in clones]
-    for process in pipelines:
+    for clone, process in zip(clones, pipelines, strict=True):
         stdout, stderr = process.communicate(timeout=900)
         assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+        (root / f"{clone.name}.output").write_text(stdout + stderr)  # for the password grep
     yield server, clones, optuna_url
     server.kill()
 
@@ -165,6 +167,32 @@ def test_two_pipelines_at_once_are_each_recorded_once(stores):
     for number, registered in mine.items():
         assert versions[number]["model_md5"] == registered["model_md5"]
     assert set(aliases.values()) <= set(versions)
+
+
+def test_no_password_in_anything_the_runs_wrote_or_logged(stores, postgres):
+    """Issue 31 item 2: the database passwords (the superuser's, and each database role's in
+    PGPASSFILE) appear in no file of either clone (reports, params, dvc.lock, .state, git),
+    in no output of the pipelines, in no MLflow param or tag of any run, and in nothing the
+    server wrote (artifacts, log); the stores' URLs hold no password at all."""
+    import mlflow
+
+    server, clones, optuna_url = stores
+    assert ":" not in optuna_url.split("//")[1].split("@")[0]  # postgresql://ROLE@host
+    pgpass = Path(os.environ["PGPASSFILE"]).read_text().split()
+    secrets = [line.rsplit(":", 1)[1] for line in pgpass]
+    secrets.append(postgres.password_file.read_text().strip())
+    assert len(secrets) >= 3 and all(len(secret) >= 20 for secret in secrets)
+    root = clones[0].parent
+    files = [p for clone in clones for p in clone.rglob("*") if p.is_file()]
+    files += [p for p in root.glob("*.output")] + [server.log]
+    files += [p for p in (root / "artifacts").rglob("*") if p.is_file()]
+    client = mlflow.MlflowClient(tracking_uri=server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("finetune").experiment_id])
+    logged = [(r.info.run_id, str(r.data.params), str(r.data.tags)) for r in runs]
+    assert len(files) > 100 and len(runs) >= 2 * len(STAGE_RUNS)
+    for secret in secrets:
+        assert not [p for p in files if secret.encode() in p.read_bytes()], secret[:3]
+        assert not [r for r in logged if secret in r[1] + r[2]], secret[:3]
 
 
 def error_lines(stage: str, stderr: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -176,9 +177,25 @@ def test_predict_a_file_as_json_with_progress_and_serve_the_model(
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             served = json.loads(response.read())["predictions"]
+        refused = {}  # the limits (tasks/commands/serving.py): refused before the model runs
+        for name, body in (
+            ("batch", {"inputs": ["a"] * 257}),
+            ("bytes", {"inputs": ["a" * 2_000_000]}),
+        ):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(request, timeout=60)
+            refused[name] = (caught.value.code, json.loads(caught.value.read())["message"])
     finally:
         stop_server(server)
     assert served == [record["entities"] for record in records[:2]]
+    assert refused == {
+        "batch": (413, "257 inputs, more than 256 per request"),
+        "bytes": (413, "request body over 1000000 bytes"),
+    }
 
 
 def test_shell_completion_installs_and_completes(tmp_path):

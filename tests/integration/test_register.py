@@ -27,9 +27,11 @@ from conftest import (
     write_toy_prepared,
 )
 
-from tasks.core.fingerprints import model_md5
+from tasks.core.config import BehaviourParams
+from tasks.core.errors import StageError
+from tasks.core.fingerprints import EVALUATED_FILE, model_md5, record_evaluation
 from tasks.core.promotion import decide, trivial_baseline
-from tasks.evaluate import evaluate
+from tasks.evaluate import evaluate, run_stage
 from tasks.register import register
 from tasks.tokenize import tokenize
 from tasks.train import train
@@ -71,6 +73,10 @@ class Trained:
         path.write_text(json.dumps(metrics))
 
     def register(self):
+        """Register as after an evaluate stage that scored (set_score) these very weights and
+        passed its gate: evaluated.json says so (test_register_refuses_... checks without)."""
+        model_dir, _, reports_dir, _ = self.dirs()
+        record_evaluation(reports_dir, model_dir, "passed")
         return register(self.params, *self.dirs())
 
     def client(self):
@@ -300,6 +306,7 @@ def test_a_kill_after_version_creation_is_repaired_by_the_next_run(text_model, t
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(trained.params.model_dump(mode="json", by_alias=True)))
     model_dir, prepared_dir, reports_dir, _ = trained.dirs()
+    record_evaluation(reports_dir, model_dir, "passed")  # as evaluate leaves it
     script = f"""
 import os, signal
 from pathlib import Path
@@ -454,6 +461,39 @@ def test_server_lists_aliases_and_served_model_answers(text_model, tmp_path):
         assert {p["label"] for p in predictions} <= {"positive", "negative"}
     finally:
         stop_server(served)
+
+
+def test_register_refuses_scores_of_other_weights_or_a_failed_gate(text_model, tmp_path):
+    """Issue 31 item 7: evaluate records the weights it scored and its behaviour gate's
+    outcome beside metrics.json (also when the gate fails); register refuses a failed gate,
+    scores of other weights (e.g. after `finetune train` alone) and a missing record, before
+    touching the registry."""
+    params = text_model.params
+    model_dir, prepared, reports, state = text_model.dirs()
+    work = tmp_path / "reports"
+    shutil.copytree(reports, work)
+    (work / EVALUATED_FILE).unlink(missing_ok=True)
+    behaviour = {"min_pass_rate": 1.0, "sentiment_labels": {"positive": "negative",
+                                                            "negative": "positive"}}  # fmt: skip
+    section = params.evaluate.model_copy(update={"behaviour": BehaviourParams(**behaviour)})
+    strict = params.model_copy(update={"evaluate": section})
+    with pytest.raises(StageError, match=r"evaluate\.behaviour\.min_pass_rate"):
+        run_stage(strict, text_model.root / "tokenized", model_dir, work, state)
+    record = json.loads((work / EVALUATED_FILE).read_text())
+    assert record["behaviour_gate"] == "failed" and record["model_md5"] == model_md5(model_dir)
+    assert (work / "metrics.json").is_file()  # the scores exist: register must still refuse
+    before = len(text_model.versions())
+    with pytest.raises(StageError, match=r"failed the behaviour gate .*min_pass_rate"):
+        register(params, model_dir, prepared, work, state)
+
+    record_evaluation(work, model_dir, "passed")
+    retrained = text_model.variant("retrained-not-evaluated").model_dir
+    with pytest.raises(StageError, match="measured on other weights"):
+        register(params, retrained, prepared, work, state)
+    (work / EVALUATED_FILE).unlink()
+    with pytest.raises(StageError, match="evaluate did not finish"):
+        register(params, model_dir, prepared, work, state)
+    assert len(text_model.versions()) == before
 
 
 def test_test_scores_are_metrics_of_the_logged_model_on_the_test_split(text_model):

@@ -153,6 +153,47 @@ def test_predict_loads_the_champion_through_the_server(served_model, tracking_se
     assert champion.source.startswith(("models:/", "mlflow-artifacts:/"))
 
 
+@pytest.mark.parametrize("better_first", [True, False], ids=["better-first", "worse-first"])
+def test_two_registers_deciding_at_once_leave_the_better_champion(
+    served_model, monkeypatch, better_first
+):
+    """Issue 31 item 5 on the PostgreSQL-backed server: champion v1 0.80; A registers 0.90 and
+    B 0.85 "at the same time": the second to register decided against v1 too (its champion
+    read is v1, as if it happened before the first set the alias) and sets the alias last.
+    The compare-and-set after the alias (tasks.core.registry.settle_champion) leaves the
+    better model champion in both orders."""
+    from tasks.core import registry
+
+    trained = served_model.named(f"race-{'better' if better_first else 'worse'}-first")
+    trained.set_score(0.80)
+    first = trained.variant("race-v1").register()
+    assert first["promoted"] and first["version"] == 1
+    v1 = trained.client().get_model_version(trained.name, "1")
+    scores = [("race-a", 0.90), ("race-b", 0.85)]
+    if not better_first:
+        scores.reverse()
+    (earlier, earlier_score), (later, later_score) = scores
+    trained.set_score(earlier_score)
+    reports = {earlier: trained.variant(earlier).register()}
+    # The later one read the champion before the earlier one set the alias: v1.
+    real, stale = registry.champion, [v1]
+    monkeypatch.setattr(registry, "champion", lambda *a: stale.pop() if stale else real(*a))
+    trained.set_score(later_score)
+    reports[later] = trained.variant(later).register()
+    monkeypatch.undo()
+    assert {r["champion_before"]["version"] for r in reports.values()} == {1}  # both vs v1
+    champion = trained.client().get_model_version_by_alias(trained.name, "champion")
+    assert champion.version == str(reports["race-a"]["version"])  # 0.90, in either order
+    assert reports["race-a"]["aliases"]["champion"] == reports["race-a"]["version"]
+    loser = trained.client().get_model_version(trained.name, str(reports["race-b"]["version"]))
+    if better_first:  # it set the alias last and gave it back: its tags and report say so
+        assert loser.tags["decision"] == reports["race-b"]["decision"] == "kept as challenger"
+        assert "promoted at the same time, scores higher" in loser.tags["reason"]
+        assert not reports["race-b"]["promoted"]
+    else:  # it was champion until the better one replaced it
+        assert loser.tags["decision"] == "promoted to champion"
+
+
 def test_clients_setting_one_alias_at_once_all_succeed(tracking_server):
     """Two checkouts registering into one server set the same alias at the same moment. The
     server's SQL store reads, then inserts the alias row, so without retrying about half of
@@ -219,14 +260,26 @@ def test_make_targets_commands_in_a_project_copy(reachable_copy, tmp_path):
     pg_port, port = free_port(), free_port()
     servers = [sys.executable, "-m", "tasks.commands.servers"]
     state = project_copy / ".state"
+    pgpass = {"PGPASSFILE": str(state / "pgpass")}  # the copy's own (not this session's)
     server = start_server(
         [*servers, "tracking", "--port", str(port), "--postgres-port", str(pg_port)],
         f"http://127.0.0.1:{port}/health",
         tmp_path / "tracking.log",
         cwd=project_copy,
+        **pgpass,
     )
     try:
         assert (state / "postgres" / "data" / "PG_VERSION").is_file()
+        assert state.stat().st_mode & 0o077 in (0, 0o001)  # 0700 (0711 as root: enter only)
+        assert "mlflow_user" in (state / "pgpass").read_text()
+        shown = run([*servers, "postgres", "--port", str(pg_port)], project_copy, **pgpass)
+        url = run([*servers, "url", "optuna", "--port", str(pg_port)], project_copy, **pgpass)
+        assert url.stdout.strip() == f"postgresql://optuna_user@127.0.0.1:{pg_port}/optuna"
+        secrets = [(state / "postgres" / "password").read_text().strip()]
+        secrets += [line.rsplit(":", 1)[1] for line in (state / "pgpass").read_text().split()]
+        printed = shown.stdout + shown.stderr + url.stdout + url.stderr
+        printed += (tmp_path / "tracking.log").read_text()
+        assert len(secrets) == 3 and not [s for s in secrets if s in printed]
         client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
         run_id = client.create_run(client.create_experiment("cli")).info.run_id
         client.log_text(run_id, "kept", "note.txt")

@@ -442,7 +442,8 @@ def test_registered_model_is_a_start_point(tmp_path, tiny_model_dir, text_run):
     metrics = train(params, tokenized, tmp_path / "model", tmp_path / "reports", tmp_path)
     assert metrics["head"] == "kept"  # same label set: continue with the trained head
     assert metrics["best_validation"]["accuracy"] >= 0.9
-    assert (tmp_path / "registry" / "sentiment" / "v1").is_dir()  # downloaded once, cached
+    cached = list((tmp_path / "registry").glob("*/sentiment/v1"))  # one folder per store
+    assert len(cached) == 1 and cached[0].is_dir()  # downloaded once, cached
 
     missing = tiny_params("text_classification", "models:/sentiment@nobody", tracking={"uri": uri})
     with pytest.raises(StageError, match="not found in the registry"):

@@ -121,7 +121,7 @@ def test_three_workers_one_killed_share_one_study(tmp_path, tiny_model_dir, post
     # The stage joins the complete study, runs nothing and writes the outputs.
     summary = tune(params, tokenized, tmp_path / "reports", state)
     assert summary["study_name"] == study.study_name
-    assert summary["storage"].startswith("postgresql://finetune:***@127.0.0.1:")
+    assert summary["storage"].startswith("postgresql://tune_workers_user@127.0.0.1:")
     assert len(study.get_trials(deepcopy=False)) == len(trials)
     assert summary["trials"]["COMPLETE"] == N_TRIALS
     assert summary["trials"]["FAIL"] == 1 + len(others)

@@ -79,3 +79,84 @@ def test_write_figure_writes_a_png(tmp_path):
     plt.close(figure)
     assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_files_are_flushed_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """Issue 31: a power loss must not leave an empty report or a folder of empty files. The
+    order of os.fsync and the renames is recorded (the real calls still run)."""
+    events = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, Path.rename
+
+    def fsync(descriptor):
+        target = os.readlink(f"/proc/self/fd/{descriptor}")
+        events.append(("fsync", Path(target).name))
+        return real_fsync(descriptor)
+
+    def replace(source, target):
+        events.append(("rename", Path(target).name))
+        return real_replace(source, target)
+
+    def rename(self, target):
+        events.append(("rename", Path(target).name))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(Path, "rename", rename)
+    io.write_atomic(tmp_path / "best_params.json", "{}")
+    assert events == [
+        ("fsync", f".best_params.json.{os.getpid()}.tmp"),
+        ("rename", "best_params.json"),
+        ("fsync", tmp_path.name),
+    ]
+    events.clear()
+    staged = tmp_path / "staged"
+    (staged / "checkpoint").mkdir(parents=True)
+    (staged / "checkpoint" / "model.safetensors").write_bytes(b"weights")
+    io.replace_dir(staged, tmp_path / "model")
+    assert events.index(("fsync", "model.safetensors")) < events.index(("rename", "model"))
+    assert events[-1] == ("fsync", tmp_path.name)
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ('=HYPERLINK("http://x","y")', '\'=HYPERLINK("http://x","y")'),
+        ("+cmd", "'+cmd"),
+        ("-x|calc", "'-x|calc"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("-1", "-1"),  # a number label stays a number
+        ("positive", "positive"),
+    ],
+)
+def test_csv_cells_that_a_spreadsheet_would_run_are_escaped(tmp_path, value, written):
+    import csv
+
+    io.write_csv(tmp_path / "confusion.csv", [{"actual": value, "predicted": "b"}], ("actual",
+                 "predicted"))  # fmt: skip
+    with (tmp_path / "confusion.csv").open(newline="") as handle:
+        assert next(iter(csv.DictReader(handle)))["actual"] == written
+
+
+def test_eval_report_shows_user_labels_and_texts_as_plain_text():
+    """A label or text can open no link, image, HTML tag, code span or new table cell."""
+    from types import SimpleNamespace
+
+    from tasks.core.eval_reports import markdown
+
+    bad = "<img src=x onerror=alert(1)>|[click](http://x)"
+    labels = [bad, "ok"]
+    metrics = {"samples": 2, "accuracy": 0.5, "per_class": {
+        bad: {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1},
+        "ok": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}}}  # fmt: skip
+    errors = [{"text": "`code` *bold*\n| new row", "gold": bad, "predicted": "ok",
+               "confidence": 0.9}]  # fmt: skip
+    precision = SimpleNamespace(dtype="fp32", device="cpu")
+    report = markdown("text_classification", metrics, [(bad, "ok"), ("ok", "ok")], labels,
+                      errors, precision, Path("model"), [])  # fmt: skip
+    escaped = r"\<img src=x onerror=alert(1)\>\|\[click\](http://x)"
+    assert bad not in report and report.count(escaped) == 4  # per class, matrix x2, mistakes
+    assert r"| \`code\` \*bold\* \| new row |" in report
+    for line in report.splitlines():
+        if line.startswith("| ") and escaped in line:  # no cell break: the columns hold
+            assert line.replace(r"\|", "").count("|") in (4, 5, 6)

@@ -467,3 +467,41 @@ def test_jsonl_values_of_one_type_keep_their_json_spelling(tmp_path):
     assert values(frame["label"]) == ["1", None, "0"]  # a null does not turn 1 into 1.0
     assert values(frame["group"]) == ["7", "7", None]
     assert read_text_file(path, label_column="flag")["label"].tolist() == ["true", "false", "true"]
+
+
+def _reviews_jsonl(path: Path, rows: int, own_key: bool) -> int:
+    """``rows`` labelled reviews; with ``own_key`` each record carries a field of its own."""
+    with path.open("w") as out:
+        for i in range(rows):
+            record = {"text": f"review {i} was fine", "label": "ab"[i % 2]}
+            record[f"extra_{i}" if own_key else "extra"] = i
+            out.write(json.dumps(record) + "\n")
+    return path.stat().st_size
+
+
+def test_jsonl_memory_does_not_grow_with_distinct_keys(tmp_path):
+    """Issue 31 item 8: a record per key kept a column per key for every row (rows x keys:
+    806 MB for a 560 KB file). Only the columns the params name are held: the peak of
+    Python allocations while reading stays near that of the same file with one shared key."""
+    import tracemalloc
+
+    peaks = {}
+    for own_key in (False, True):
+        path = tmp_path / f"own_{own_key}.jsonl"
+        size = _reviews_jsonl(path, 4000, own_key)
+        tracemalloc.start()
+        frame = read_text_file(path)
+        peaks[own_key] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert len(frame) == 4000
+        assert list(frame.columns) == ["text", "label", "source_file", "source_line"]
+    assert peaks[True] < 1.5 * peaks[False], peaks  # before the fix: 260x (and 2.5 min)
+    assert peaks[True] < 20 * size, (peaks, size)
+
+
+def test_jsonl_missing_column_names_the_fields_it_saw(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"sentence": "good", "stars": 5, "label": "pos"}\n')
+    assert refusal(path) == (
+        f"{path}: no text column 'text' (columns: label, sentence, stars); set data.text_column"
+    )
