@@ -571,3 +571,45 @@ def test_every_selectable_metric_is_scored_and_auto_means_the_same_everywhere(ta
     other = next(m for ms in TASK_METRICS.values() for m in ms if m not in own)
     with pytest.raises(ValueError, match=f"train.metric: '{other}' is not a {task} metric"):
         tiny_params(task, "unused", train={"metric": other})
+
+
+def test_a_second_run_of_one_configuration_waits_for_the_first(tmp_path, tiny_model_dir, caplog):
+    """Two trainings of one run key at once (queued experiments differing in later stages'
+    params): the second waits for the first's lock instead of clearing its checkpoints."""
+    import threading
+
+    from tasks.core.checkpoints import run_key, run_lock
+    from tasks.core.model import resolve_model_source
+
+    params = tiny_params("text_classification", tiny_model_dir, train={"epochs": 1})
+    tokenized = prepare_run(tmp_path, params)
+    state = tmp_path / "run" / "state"
+    source = resolve_model_source(params.model.name_or_path, params.tracking.uri, state)
+    run_dir = state / "checkpoints" / run_key(params, source, choose_precision("fp32"), tokenized)
+    result: dict = {}
+    with run_lock(run_dir):  # the first run, training
+        (run_dir / "checkpoint-7").mkdir(parents=True)
+        second = threading.Thread(
+            target=lambda: result.update(run_train(tmp_path, params, tokenized))
+        )
+        second.start()
+        deadline = time.monotonic() + 120
+        while "another run is training this configuration" not in caplog.text:
+            assert time.monotonic() < deadline and second.is_alive(), caplog.text
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert (run_dir / "checkpoint-7").is_dir() and second.is_alive()
+    second.join(300)
+    assert result["global_steps"] > 0 and not run_dir.exists()
+
+
+def test_a_missing_best_checkpoint_is_an_error(tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import TrainerState
+
+    from tasks.core.checkpoints import final_model
+
+    state = TrainerState(best_model_checkpoint=str(tmp_path / "checkpoint-30"))
+    with pytest.raises(StageError, match=r"best checkpoint .*checkpoint-30 is missing"):
+        final_model(SimpleNamespace(state=state, model=object()))
