@@ -45,7 +45,7 @@ def infer_product(
     cap = position_cap(tokenizer)
     batches = inference_batches(lengths, batch, max_tokens, cap)
     size = f"<= {max_tokens} tokens" if max_tokens else f"{batch}"
-    eights = precision.device == "cuda"  # tasks.core.training.padding_collator
+    eights = precision.device == "cuda"  # tasks.core.batching.padding_collator
     width = (lambda n: -(-n // 8) * 8) if eights else (lambda n: n)
     return {
         "path": "product",

@@ -1,4 +1,4 @@
-"""Batches cut by tokens: padded-length buckets, token-budget training batches (opt-in,
+"""Batches: the padding collators, length-grouped and token-budget training batches (opt-in,
 ``train.max_tokens_per_batch``) and their learning-rate rule, length-sorted inference batches
 (the evaluate stage), the model's columns."""
 
@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
 from tasks.core.errors import StageError
 
@@ -39,6 +41,17 @@ MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 def model_columns(dataset: Any) -> list[str]:
     """The columns a model takes; the rest (text, word_ids, length, ...) stay for reports."""
     return [c for c in MODEL_COLUMNS if c in dataset.column_names]
+
+
+def padding_collator(task: str, tokenizer: Any, device: str) -> Any:
+    """transformers' padding collator for ``task`` (labels padded with -100): to the longest
+    example of the batch, rounded up to a multiple of 8 on CUDA (tensor-core shapes). A CPU
+    pads to the longest itself: rounding up cost it measurably (bench/RESULTS.md, throughput
+    2026-12-06: padding to buckets trained at 0.92x / 0.88x)."""
+    multiple = 8 if device == "cuda" else None
+    if task == "token_classification":
+        return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=multiple)
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
 
 
 def token_budget(value: int | str | None, device: str, kind: str = "inference") -> int | None:

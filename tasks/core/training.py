@@ -18,8 +18,6 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import (
     AutoConfig,
-    DataCollatorForTokenClassification,
-    DataCollatorWithPadding,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -31,6 +29,7 @@ from tasks.core.batching import (
     TokenBudgetBatches,
     check_budget,
     model_columns,
+    padding_collator,
     position_cap,
     scaled_learning_rate,
 )
@@ -238,17 +237,6 @@ def training_arguments(
         **schedule,
         **(logging if log_steps else {"logging_strategy": "no"}),
     )
-
-
-def padding_collator(task: str, tokenizer: Any, device: str) -> Any:
-    """transformers' padding collator for ``task`` (labels padded with -100): to the longest
-    example of the batch, rounded up to a multiple of 8 on CUDA (tensor-core shapes). A CPU
-    pads to the longest itself: rounding up cost it measurably (bench/RESULTS.md, throughput
-    2026-12-06: padding to buckets trained at 0.92x / 0.88x)."""
-    multiple = 8 if device == "cuda" else None
-    if task == "token_classification":
-        return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=multiple)
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
 
 
 class CountingCollator:

@@ -117,7 +117,7 @@ def test_evaluation_batches_pad_to_their_longest_and_are_not_counted(
 
 
 def test_cuda_pads_to_multiples_of_8(tokenized):
-    from tasks.core.training import padding_collator
+    from tasks.core.batching import padding_collator
 
     datasets, tokenizer = tokenized
     for task, data in datasets.items():

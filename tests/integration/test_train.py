@@ -61,9 +61,8 @@ def validation_loss(model_dir: Path, tokenized: Path) -> float:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tasks.core.batching import model_columns
+    from tasks.core.batching import model_columns, padding_collator
     from tasks.core.tokenized import load_tokenized
-    from tasks.core.training import padding_collator
 
     data, _ = load_tokenized(tokenized)
     split = data["validation"].select_columns(model_columns(data["validation"]))
