@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("--dev", type=int, default=0, help="dev examples (0: all)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-tokens", default="null", help="auto, null or a number")
+    parser.add_argument("--max-tokens", default="null", help="null or a number")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=None, help="also write the JSON here")

@@ -33,8 +33,9 @@ def main() -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers import AutoModelForSequenceClassification
 
-    from tasks.core.batching import buckets
+    from tasks.core.batching import padded_length
 
+    widths = sorted({padded_length(n) for n in range(1, 129)})  # the token-budget groups
     model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2).cuda()
     backends = {
         "cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -54,7 +55,7 @@ def main() -> None:
         first = steady = 0.0
         tokens = 0
         try:
-            for width in buckets(128):
+            for width in widths:
                 rows = max(1, args.tokens // width)
                 ids = torch.randint(1000, 20000, (rows, width), device="cuda")
                 labels = torch.zeros(rows, dtype=torch.long, device="cuda")
@@ -70,7 +71,7 @@ def main() -> None:
                         else:
                             steady += spent / 5
                             tokens += rows * width / 5
-            per_step = steady / len(buckets(128)) * 1000
+            per_step = steady / len(widths) * 1000
             lines.append(f"| {name} | {first:.2f} | {per_step:.1f} | {tokens / steady:,.0f} |")
         except RuntimeError as exc:  # a backend that does not support the shape/dtype
             lines.append(f"| {name} | failed: {str(exc).splitlines()[0][:80]} | | |")

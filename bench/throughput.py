@@ -7,9 +7,10 @@ optimizer steps for every path; the first ``--warmup-steps`` steps of each are n
 
 Training (real = non-padding tokens, the attention mask's sum):
 
-- product: ``tasks.train.train()`` itself (its Trainer subclass, length-grouped sampler or
-  token-budget batches, padding for the device: buckets on CUDA, the longest on a CPU, the
-  precision ``choose_precision`` picks, cuDNN attention off on CUDA), stopped after the steps;
+- product: ``tasks.train.train()`` itself (the stock Trainer with shuffled length-grouped
+  batches or opt-in token budgets, padding for the device: multiples of 8 on CUDA, the longest
+  on a CPU, the precision ``choose_precision`` picks, cuDNN attention off on CUDA), stopped
+  after the steps;
 - product (other padding): the same with the device's padding reversed (the ablation);
 - Trainer best flags: ``transformers.Trainer`` as a careful user sets it: bf16 autocast where
   the device has it (CUDA; a CPU with native bf16), ``train_sampling_strategy=
@@ -116,7 +117,7 @@ def parser() -> argparse.ArgumentParser:
     add(
         "--max-tokens",
         default=None,
-        help="train.max_tokens_per_batch for the product: auto, null or a number (default: params)",
+        help="train.max_tokens_per_batch for the product: null or a number (default: params)",
     )
     add("--seed", type=int, default=42, help="sample and batch-order seed")
     add_arguments(p, "throughput")

@@ -15,16 +15,15 @@ Start point: the default encoder, a local model directory, or a registered model
 same label set keeps its head (rows reordered if needed); otherwise a new head is made.
 
 Methods: ``full`` (all weights), ``head`` (encoder frozen), ``lora`` (peft adapters, merged
-into the saved model). transformers' ``Trainer`` runs the loop (mixed precision, gradient
-accumulation, clipping, schedules, checkpoint/resume with RNG and optimizer state are all
-solved there); this module adds the parts it lacks: a resume-exact length-grouped sampler,
-token-budget batches (``train.max_tokens_per_batch``), per-epoch checkpoints, best-epoch
-restore without forcing eval and save onto one schedule, and measurements of real
-(non-padding) throughput.
+into the saved model). The stock transformers ``Trainer`` runs the loop (mixed precision,
+length-grouped batches, gradient accumulation, clipping, schedules, the best epoch, early
+stopping, checkpoint/resume with RNG and optimizer state); ``tasks.core.training`` configures
+it. Checkpoints live in ``.state/checkpoints/<run key>``, one run at a time per key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -34,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from transformers import EarlyStoppingCallback
 
 from tasks.core import distributed, progress, tracking
-from tasks.core.batching import make_collator, model_columns
-from tasks.core.checkpoints import best_model
+from tasks.core.checkpoints import final_model, run_lock
 from tasks.core.cli import stage_command
 from tasks.core.config import (
     BEST_PARAMS_FILE,
@@ -53,8 +52,8 @@ from tasks.core.io import write_json
 from tasks.core.model import quiet_transformers, save_model
 from tasks.core.tokenized import TOKENIZED_DIR, load_tokenized
 from tasks.core.train_reports import histories, log_results, outcome, throughput, write_histories
-from tasks.core.train_setup import Run, set_up_run
-from tasks.core.training import metrics_function, predicted_ids, trainer_classes, training_arguments
+from tasks.core.train_setup import Run, resume_point, set_up_run
+from tasks.core.training import SaveEvery, make_trainer, training_arguments
 
 log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"
@@ -92,31 +91,24 @@ def train(
                  provenance["tuned_params"])  # fmt: skip
     data, manifest = load_tokenized(Path(tokenized_dir), params.task, ("train", "validation"))
     run = set_up_run(params, data, manifest, Path(tokenized_dir), Path(state_dir))
-    trainer, epoch_end = _make_trainer(run)
-    progress.install(trainer, "train")  # step/total, loss, tokens/s, ETA; no raw dicts
-    counts = _fit(trainer, run.checkpoint, epoch_end)
-    history, validation = histories(trainer.state.log_history)
-    metrics = {
-        **outcome(trainer.state, validation, run.metric, run.params.train),
-        "resumed_from_step": counts.pop("resumed_from_step"),
-        **_batches(run),
-        **throughput(counts, epoch_end.eval_seconds),
-        **_setup(run),
-        "params_source": provenance["params_source"],  # tune | params.yaml
-        "tuned_params": provenance["tuned_params"],
-    }
-    if not distributed.is_main_process():
-        # Rank 0 alone restores the best epoch and writes: another rank reading that
-        # checkpoint could find it gone (rank 0 deletes the run's checkpoints when done).
-        return metrics
-    final = best_model(trainer)
-    # The train values this model was trained with, and where they came from.
-    trained_with = {**provenance, "train": run.params.train.model_dump(mode="json")}
-    save_model(final, run.tokenizer, Path(model_dir), {"training_params.json": trained_with})
-    write_histories(Path(reports_dir), history, validation, run.metric)
-    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
-    write_json(Path(reports_dir) / "train_metrics.json", metrics)
-    shutil.rmtree(run.run_dir, ignore_errors=True)  # finished: the model is DVC's now
+    main = distributed.is_main_process()  # rank 0 holds the lock for all ranks
+    with run_lock(run.run_dir) if main else contextlib.nullcontext():
+        checkpoint = resume_point(run)
+        trainer = _make_trainer(run)
+        progress.install(trainer, "train")  # step/total, loss, tokens/s, ETA; no raw dicts
+        counts = _fit(trainer, checkpoint)
+        metrics = _metrics(run, trainer, counts, provenance)
+        if not main:
+            return metrics
+        final = final_model(trainer)  # the best epoch's weights, LoRA merged
+        # The train values this model was trained with, and where they came from.
+        trained_with = {**provenance, "train": run.params.train.model_dump(mode="json")}
+        save_model(final, run.tokenizer, Path(model_dir), {"training_params.json": trained_with})
+        history, validation = histories(trainer.state.log_history)
+        write_histories(Path(reports_dir), history, validation, run.metric)
+        metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+        write_json(Path(reports_dir) / "train_metrics.json", metrics)
+        shutil.rmtree(run.run_dir, ignore_errors=True)  # finished: the model is DVC's now
     log.info(
         "best %s %.4f at epoch %s; %s samples/s, %s real tokens/s; saved %s",
         run.metric, metrics["best_validation_metric"] or float("nan"), metrics["best_epoch"],
@@ -125,36 +117,24 @@ def train(
     return metrics
 
 
-def _make_trainer(run: Run) -> tuple[Any, Any]:
-    """The Trainer of the run (checkpoints every ``save_steps`` and every epoch, evaluation
-    every epoch, early stopping) and its epoch-end callback."""
-    tp, task = run.params.train, run.params.task
+def _make_trainer(run: Run) -> Any:
+    """The stock Trainer of the run: evaluation and a checkpoint every epoch (plus every
+    ``save_steps``), the best epoch loaded at the end, early stopping."""
+    tp = run.params.train
     args = training_arguments(
-        tp, run.precision, run.run_dir, run.learning_rate, best_metric=run.metric, log_steps=True
-    )
-    trainer_cls, epoch_end_cls, early_stopping_cls = trainer_classes()
-    epoch_end = epoch_end_cls()
-    callbacks = [epoch_end, tracking.live_training_metrics()]
+        tp, run.precision, run.run_dir, best_metric=run.metric, log_steps=True,
+        mean_batch=run.mean_batch,
+    )  # fmt: skip
+    callbacks = [SaveEvery(tp.save_steps), tracking.live_training_metrics()]
     if tp.early_stopping_patience > 0:
-        callbacks.append(early_stopping_cls(early_stopping_patience=tp.early_stopping_patience))
-    trainer = trainer_cls(
-        model=run.model,
-        args=args,
-        train_dataset=run.data["train"].select_columns(model_columns(run.data["train"])),
-        eval_dataset=run.data["validation"].select_columns(model_columns(run.data["validation"])),
-        data_collator=make_collator(task, run.tokenizer, run.precision.device),
-        processing_class=run.tokenizer,
-        compute_metrics=metrics_function(task, run.labels),
-        preprocess_logits_for_metrics=predicted_ids,
-        callbacks=callbacks,
-        lengths=run.lengths,
-        group=tp.group_by_length,
-        max_tokens=run.max_tokens,
-    )
-    return trainer, epoch_end
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=tp.early_stopping_patience))
+    return make_trainer(
+        run.params.task, run.model, args, run.data, run.tokenizer, run.labels, callbacks,
+        max_tokens=tp.max_tokens_per_batch,
+    )  # fmt: skip
 
 
-def _fit(trainer: Any, checkpoint: Path | None, epoch_end: Any) -> dict[str, Any]:
+def _fit(trainer: Any, checkpoint: Path | None) -> dict[str, Any]:
     """Train (resuming from ``checkpoint``); the step resumed from, the training seconds
     (evaluation excluded) and the examples, real and padded tokens seen by all processes."""
     resumed_step = None
@@ -162,26 +142,34 @@ def _fit(trainer: Any, checkpoint: Path | None, epoch_end: Any) -> dict[str, Any
         resumed_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
     train_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    seconds = time.perf_counter() - train_started - epoch_end.eval_seconds
-    seen = distributed.summed_over_processes(
-        trainer, [trainer.samples_seen, trainer.tokens_seen, trainer.padded_tokens_seen]
+    evaluated = sum(
+        entry.get("eval_runtime", 0.0)
+        for entry in trainer.state.log_history
+        if entry.get("step", 0) > (resumed_step or 0)
     )
-    return {"resumed_from_step": resumed_step, "seconds": seconds,
+    seconds = time.perf_counter() - train_started - evaluated
+    collator = trainer.data_collator
+    seen = distributed.summed_over_processes(
+        trainer, [collator.samples, collator.tokens, collator.padded]
+    )
+    return {"resumed_from_step": resumed_step, "seconds": seconds, "eval_seconds": evaluated,
             **dict(zip(("samples", "tokens", "padded_tokens"), seen, strict=True))}  # fmt: skip
 
 
-def _batches(run: Run) -> dict[str, Any]:
-    return {
-        "train_examples": len(run.data["train"]),
-        "max_tokens_per_batch": run.max_tokens,
-        "mean_batch_examples": round(run.mean_batch, 2),
-        "learning_rate": run.learning_rate,
-    }
-
-
-def _setup(run: Run) -> dict[str, Any]:
+def _metrics(run: Run, trainer: Any, counts: dict[str, Any], provenance: dict) -> dict[str, Any]:
+    """The content of ``train_metrics.json`` (``wall_time_s`` filled in at the end)."""
     tp = run.params.train
+    _, validation = histories(trainer.state.log_history)
     return {
+        **outcome(trainer.state, validation, run.metric, tp),
+        "resumed_from_step": counts["resumed_from_step"],
+        "train_examples": len(run.data["train"]),
+        "max_tokens_per_batch": tp.max_tokens_per_batch,
+        "mean_batch_examples": round(
+            run.mean_batch or min(tp.batch_size, len(run.data["train"])), 2
+        ),
+        "learning_rate": trainer.args.learning_rate,
+        **throughput(counts, counts["eval_seconds"]),
         "device": run.precision.device,
         "precision": run.precision.dtype,
         "method": tp.method,
@@ -190,6 +178,8 @@ def _setup(run: Run) -> dict[str, Any]:
         "total_parameters": run.parameters[1],
         "seed": tp.seed,
         "processes": distributed.world_size(),
+        "params_source": provenance["params_source"],  # tune | params.yaml
+        "tuned_params": provenance["tuned_params"],
     }
 
 

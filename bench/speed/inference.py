@@ -31,7 +31,7 @@ def infer_product(
     max_tokens: int | None,
 ) -> dict:
     """``tasks.core.inference.predict`` (after a warm-up call on its first two batches)."""
-    from tasks.core.batching import inference_batches, padded_length, pads_to_buckets, position_cap
+    from tasks.core.batching import inference_batches, position_cap
     from tasks.core.inference import predict
 
     warm = dataset.select(range(min(len(dataset), 2 * batch)))
@@ -45,13 +45,13 @@ def infer_product(
     cap = position_cap(tokenizer)
     batches = inference_batches(lengths, batch, max_tokens, cap)
     size = f"<= {max_tokens} tokens" if max_tokens else f"{batch}"
-    buckets = pads_to_buckets(precision.device)
-    width = (lambda n: padded_length(n, cap)) if buckets else (lambda n: n)
+    eights = precision.device == "cuda"  # tasks.core.batching.padding_collator
+    width = (lambda n: -(-n // 8) * 8) if eights else (lambda n: n)
     return {
         "path": "product",
         "precision": precision.dtype,
         "seconds": seconds,
-        "batching": f"sorted by length, {size}, padded to {'buckets' if buckets else 'longest'}",
+        "batching": f"sorted by length, {size}, padded to {'8s' if eights else 'longest'}",
         "padded": sum(len(b) * width(max(lengths[i] for i in b)) for b in batches),
     }
 

@@ -16,38 +16,38 @@ OTHER_PADDING = "product (other padding)"
 BASELINES = (BEST, "Trainer default", "fixed-128")
 
 
-def _product_batching(metrics: dict, params: Any, buckets: bool) -> str:
+def _product_batching(metrics: dict, params: Any, multiple_of_8: bool) -> str:
     """How the product cut its batches, for the table."""
     if metrics["max_tokens_per_batch"]:
         batches = f"<= {metrics['max_tokens_per_batch']} tokens"
     else:
         batches = "length-grouped" if params.train.group_by_length else "random"
-    return f"{batches}, padded to {'buckets' if buckets else 'longest'}"
+    return f"{batches}, padded to {'multiples of 8' if multiple_of_8 else 'longest'}"
 
 
 def train_product(
     params: Any, tokenized: Path, work: Path, steps: int, warmup: int, other_padding: bool = False
 ) -> dict:
     """The product's own ``train()``, its Trainer wrapped to stop after the steps
-    (``other_padding``: buckets where the device pads to the longest and vice versa, the
-    ablation of ``pads_to_buckets``)."""
-    import tasks.core.batching as batching
+    (``other_padding``: multiples of 8 where the device pads to the longest and vice versa,
+    the ablation of ``padding_collator``)."""
+    import tasks.core.training as training
     import tasks.train as product
     from tasks.core.precision import choose_precision
 
     captured: list[Any] = []
-    original = product.trainer_classes
+    timed = timed_trainer(training.BatchedTrainer, warmup + steps, warmup, captured)
+    own = training.padding_collator
+    cuda = choose_precision(params.train.precision).device == "cuda"
 
-    def patched() -> tuple[type, type, type]:
-        measured, epoch_end, early_stopping = original()
-        return timed_trainer(measured, warmup + steps, warmup, captured), epoch_end, early_stopping
+    def flipped(task: str, tokenizer: Any, device: str) -> Any:
+        return own(task, tokenizer, "cpu" if device == "cuda" else "cuda")
 
-    own = batching.pads_to_buckets
-    buckets = own(choose_precision(params.train.precision).device) != other_padding
-    flipped = mock.patch.object(batching, "pads_to_buckets", lambda device: not own(device))
     with (
-        mock.patch.object(product, "trainer_classes", patched),
-        flipped if other_padding else contextlib.nullcontext(),
+        mock.patch.object(training, "BatchedTrainer", timed),
+        mock.patch.object(training, "padding_collator", flipped)
+        if other_padding
+        else contextlib.nullcontext(),
     ):
         metrics = product.train(
             params,
@@ -61,7 +61,7 @@ def train_product(
     row.update(
         path=OTHER_PADDING if other_padding else "product",
         precision=metrics["precision"],
-        batching=_product_batching(metrics, params, buckets),
+        batching=_product_batching(metrics, params, cuda != other_padding),
         optimizer=str(trainer.args.optim.value),
     )
     captured.clear()

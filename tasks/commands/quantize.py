@@ -8,13 +8,18 @@ measured speed-up and accuracy change are in bench/RESULTS.md (``bench/quantize.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from tasks.core.errors import StageError
 
 
 def quantize_model(model: Any) -> Any:
-    """An int8 dynamic-quantized copy of the torch ``model`` (fp32, eval mode) for CPU."""
+    """An int8 dynamic-quantized copy of the torch ``model`` (fp32, eval mode) for CPU.
+
+    Raises:
+        StageError: this torch build has no int8 CPU engine.
+    """
     import torch
     from torch.ao.quantization import quantize_dynamic
 
@@ -22,7 +27,14 @@ def quantize_model(model: Any) -> Any:
     if not any(engine in engines for engine in ("x86", "fbgemm", "qnnpack")):
         raise StageError(f"--quantize: this torch build has no int8 CPU engine ({engines})")
     model = model.to("cpu", dtype=torch.float32).eval()
-    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    # torch 2.13 deprecates quantize_dynamic for torchao's ``quantize_``
+    # (Int8DynamicActivationInt8WeightConfig); torchao is not in requirements.lock, so the
+    # deprecated API stays, its warning silenced here only.
+    # test_quantize.py::test_the_deprecated_api_is_still_the_one_available fails when torch
+    # removes it or torchao becomes installed: migrate then.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def is_quantized(model: Any) -> bool:

@@ -1,15 +1,17 @@
 """Training checkpoints: the run key that names a run's checkpoint folder (so a checkpoint
-is only resumed into the same run), the newest complete checkpoint, and restoring the best
-epoch's weights (without forcing evaluation and saving onto one schedule, which Trainer's
-``load_best_model_at_end`` needs) into the model train saves, LoRA adapters merged."""
+is only resumed into the same run), its lock, the newest complete checkpoint, and the model
+train saves (the best epoch's, LoRA adapters merged)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,32 +65,48 @@ def last_complete_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def restore_best(model: Any, checkpoint: Path) -> None:
-    """Load the weights of the best epoch's checkpoint into ``model``."""
-    from safetensors.torch import load_file
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the lock of the checkpoint folder ``run_dir`` (one run key) while its run trains.
 
-    if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
+    Every DVC experiment of a checkout shares ``.state/checkpoints``: two queued runs that
+    differ only in later stages' params have one key and would resume from, rotate and
+    delete each other's checkpoints. The second waits here until the first is done (its
+    checkpoints are gone then; it trains afresh). The lock is ``flock`` on
+    ``<state>/locks/checkpoints-<key>``, released by the kernel if the holder dies; the small
+    file stays (removing it would let a waiter lock a deleted file).
+    """
+    locks = run_dir.parent.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"checkpoints-{run_dir.name}", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning(
+                "another run is training this configuration (%s); waiting for it to finish",
+                run_dir,
+            )
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
-        result = set_peft_model_state_dict(
-            model, load_file(checkpoint / "adapter_model.safetensors")
+
+def final_model(trainer: Any) -> Any:
+    """The trained model, which Trainer's ``load_best_model_at_end`` set to the best epoch's
+    weights, LoRA adapters merged.
+
+    Raises:
+        StageError: the best checkpoint is missing (Trainer then keeps the last epoch's
+            weights with a warning only).
+    """
+    best = trainer.state.best_model_checkpoint
+    if best is None or not Path(best).is_dir():
+        raise StageError(
+            f"the best checkpoint {best} is missing: the best epoch cannot be restored "
+            "(was the checkpoint folder deleted while training?)"
         )
-        unexpected = result.unexpected_keys
-    else:
-        result = model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
-        unexpected = result.unexpected_keys
-        if result.missing_keys:
-            raise StageError(f"{checkpoint}: best checkpoint lacks {result.missing_keys[:5]}")
-    if unexpected:
-        raise StageError(f"{checkpoint}: best checkpoint has unexpected weights {unexpected[:5]}")
-
-
-def best_model(trainer: Any) -> Any:
-    """The trained model with the best epoch's weights, LoRA adapters merged."""
-    state = trainer.state
-    best = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
-    if best is not None and best.is_dir():
-        restore_best(trainer.model, best)
     final = trainer.model
     if hasattr(final, "merge_and_unload"):
         final = final.merge_and_unload()  # LoRA weights folded in: a plain model again

@@ -287,10 +287,10 @@ class TrainParams(Section):
     epochs: Annotated[int, Field(gt=0)] = 3
     """Passes over train (early stopping may end sooner)."""
     batch_size: Annotated[int, Field(gt=0)] = 32
-    """Examples per batch (per process)."""
-    max_tokens_per_batch: Literal["auto"] | Annotated[int, Field(gt=0)] | None = "auto"
-    """Padded tokens per batch instead of batch_size examples; auto: 16384 on CUDA, null on a CPU.
-    The learning rate is scaled by sqrt(mean examples per batch / batch_size)."""
+    """Examples per batch (per process), on every device."""
+    max_tokens_per_batch: Annotated[int, Field(gt=0)] | None = None
+    """Opt-in: padded tokens per batch instead of batch_size examples; the learning rate is then
+    scaled by sqrt(mean examples per batch / batch_size)."""
     gradient_accumulation_steps: Annotated[int, Field(gt=0)] = 1
     """Batches per optimizer step."""
     max_grad_norm: Annotated[float, Field(ge=0)] = 1.0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tasks.core.batching import inference_batches, make_collator, model_columns, position_cap
+from tasks.core.batching import inference_batches, model_columns, padding_collator, position_cap
 from tasks.core.progress import Progress
 
 
@@ -24,7 +24,7 @@ def predict(
 
     Batches are cut from the examples sorted by length (little padding): ``batch_size``
     examples, or as many as fit in ``max_tokens`` padded tokens; each is padded for the
-    device (:func:`~tasks.core.batching.pads_to_buckets`) and run under ``inference_mode``
+    device (:func:`~tasks.core.batching.padding_collator`) and run under ``inference_mode``
     with the training precision's autocast.
 
     Returns:
@@ -36,7 +36,7 @@ def predict(
     device = torch.device(precision.device)
     model.to(device)
     inputs = dataset.select_columns([c for c in model_columns(dataset) if c != "labels"])
-    collate = make_collator("text_classification", tokenizer, device.type)  # pads inputs only
+    collate = padding_collator("text_classification", tokenizer, device.type)  # pads inputs only
     lengths = list(dataset["length"])
     batches = inference_batches(lengths, batch_size, max_tokens, position_cap(tokenizer))
     probabilities: list[Any] = [None] * len(lengths)

@@ -74,6 +74,3 @@ def choose_precision(requested: str = "auto") -> Precision:
     if requested == "fp16":
         raise StageError("train.precision: fp16 needs a CUDA GPU (on CPU use bf16 or fp32)")
     return Precision("cpu", requested)
-
-
-# --- batching ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Setting up a train-stage run before its Trainer is built: the tokenizer matching the
-tokenized data, the start model with its head and training method, the checkpoint folder of
-the run and the checkpoint to resume from (an unfinished run's folder is cleared otherwise),
-the precision and the batch plan, held together in one :class:`Run`.
+tokenized data, the start model with its head and training method, the precision, the
+checkpoint folder of the run and the checkpoint to resume from (an unfinished run's folder is
+cleared otherwise), held together in one :class:`Run`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import transformers
+
 from tasks.core import distributed
 from tasks.core.checkpoints import last_complete_checkpoint, run_key
 from tasks.core.config import Params
 from tasks.core.model import load_matching_tokenizer, resolve_model_source
 from tasks.core.precision import Precision, choose_precision
-from tasks.core.training import apply_method, batch_plan, build_model, count_parameters
+from tasks.core.training import apply_method, budget_mean_batch, build_model, count_parameters
 
 log = logging.getLogger("tasks.train")
 
@@ -33,37 +35,29 @@ class Run:
     metric: str  # picks the best epoch
     precision: Precision
     run_dir: Path  # this run's checkpoints (run_key)
-    checkpoint: Path | None  # the one to resume from
     model: Any
     head: str  # kept | new
     parameters: tuple[int, int]  # trainable, total
-    lengths: dict[str, list[int]]
-    max_tokens: int | None
-    learning_rate: float
-    mean_batch: float
+    mean_batch: float | None  # examples per batch under train.max_tokens_per_batch
 
 
 def set_up_run(
     params: Params, data: Any, manifest: dict[str, Any], tokenized_dir: Path, state_dir: Path
 ) -> Run:
-    """Load the start model for the tokenized ``data`` (its ``manifest``), find the checkpoint
-    to resume from and plan the batches."""
-    import transformers
+    """Load the start model for the tokenized ``data`` (its ``manifest``) and name the run's
+    checkpoint folder.
 
+    Raises:
+        StageError: the start point cannot be loaded, or a token budget is too small.
+    """
     tp, task = params.train, params.task
     source = resolve_model_source(
         params.model.name_or_path, params.tracking.uri, state_dir, params.model.revision
     )
     tokenizer = load_matching_tokenizer(source, manifest, tokenized_dir)
     precision = choose_precision(tp.precision)
-
     run_dir = state_dir / "checkpoints" / run_key(params, source, precision, tokenized_dir)
-    checkpoint = last_complete_checkpoint(run_dir) if tp.resume == "auto" else None
-    if checkpoint is None and distributed.is_main_process():
-        shutil.rmtree(run_dir, ignore_errors=True)
-    else:
-        log.info("resuming from %s", checkpoint)
-
+    mean_batch = budget_mean_batch(tp, list(data["train"]["length"]), tokenizer)
     transformers.set_seed(tp.seed)  # the new head's initial weights depend on it
     model, head = build_model(task, source, manifest["labels"], tp.dropout)
     model = apply_method(model, task, tp)
@@ -73,16 +67,6 @@ def set_up_run(
         source.spec, tp.method, f"{trainable:,}", f"{total:,}", head, precision.dtype,
         precision.device,
     )  # fmt: skip
-    lengths = {s: list(data[s]["length"]) for s in ("train", "validation")}
-    max_tokens, learning_rate, mean_batch = batch_plan(
-        tp, lengths["train"], precision.device, tokenizer
-    )
-    if max_tokens:
-        log.info(
-            "batches of at most %d padded tokens (%.1f examples on average): learning rate "
-            "%.3g (sqrt rule from %.3g at batch %d)",
-            max_tokens, mean_batch, learning_rate, tp.learning_rate, tp.batch_size,
-        )  # fmt: skip
     return Run(
         params=params,
         data=data,
@@ -91,12 +75,21 @@ def set_up_run(
         metric=tp.resolved_metric(task),
         precision=precision,
         run_dir=run_dir,
-        checkpoint=checkpoint,
         model=model,
         head=head,
         parameters=(trainable, total),
-        lengths=lengths,
-        max_tokens=max_tokens,
-        learning_rate=learning_rate,
         mean_batch=mean_batch,
     )
+
+
+def resume_point(run: Run) -> Path | None:
+    """The checkpoint to resume from (``train.resume: auto``); without one, the run's folder
+    is cleared (rank 0). Call it holding the run's lock."""
+    checkpoint = None
+    if run.params.train.resume == "auto":
+        checkpoint = last_complete_checkpoint(run.run_dir)
+    if checkpoint is None and distributed.is_main_process():
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+    elif checkpoint is not None:
+        log.info("resuming from %s", checkpoint)
+    return checkpoint

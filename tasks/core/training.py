@@ -1,6 +1,7 @@
 """What the train stage and every tune trial share: the start model with a head for the
-labels and the training method, the batch plan, the ``TrainingArguments``, the ``Trainer``
-subclass with its callbacks, and the evaluation metrics Trainer computes.
+labels and the training method, and the stock ``transformers.Trainer`` configured as a careful
+user would (bf16 where the device has it, ``group_by_length``, the stock padding collators,
+the best epoch by the task's metric, early stopping), with the metrics it computes.
 
 One implementation for both, so a tune trial trains exactly as the train stage would
 (``tasks/train.py`` adds checkpoints, resume and the reports; ``tasks/tuning/objective.py`` the
@@ -13,17 +14,24 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.utils.data import DataLoader
+from transformers import (
+    AutoConfig,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
 from tasks.core import distributed
 from tasks.core.batching import (
-    LengthGroupedSampler,
+    LengthGroupedBatches,
     TokenBudgetBatches,
     check_budget,
-    inference_batches,
-    mean_batch_examples,
+    model_columns,
+    padding_collator,
     position_cap,
     scaled_learning_rate,
-    sorted_by_length,
-    token_budget,
 )
 from tasks.core.config import TrainParams
 from tasks.core.errors import StageError
@@ -51,8 +59,6 @@ def head_parameter_names(model: Any) -> list[str]:
 
 def _head_output(model: Any, num_labels: int) -> Any:
     """The head's last linear layer (one output row per label)."""
-    import torch
-
     base = getattr(model, model.base_model_prefix)
     inside = {id(m) for m in base.modules()}
     layers = [
@@ -74,9 +80,6 @@ def build_model(
         The model and ``"kept"`` (the start point's head predicts the same label set) or
         ``"new"`` (freshly initialised head; the caller seeds the RNG first).
     """
-    import torch
-    from transformers import AutoConfig
-
     auto = model_class(task)
     # Never trust_remote_code: a model's own Python code is not run (tasks/core/hub.py).
     config = AutoConfig.from_pretrained(source.model_dir, trust_remote_code=False)
@@ -162,20 +165,17 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def batch_plan(
-    tp: TrainParams, lengths: list[int], device: str, tokenizer: Any
-) -> tuple[int | None, float, float]:
-    """(token budget or ``None``, learning rate, mean examples per batch) for training.
+def budget_mean_batch(tp: TrainParams, lengths: list[int], tokenizer: Any) -> float | None:
+    """Mean examples per batch under ``train.max_tokens_per_batch``; ``None`` without one.
 
     Raises:
         StageError: the budget cannot hold the longest example.
     """
-    max_tokens = token_budget(tp.max_tokens_per_batch, device, "train")
-    check_budget(max_tokens, lengths, position_cap(tokenizer), "train.max_tokens_per_batch")
-    mean = mean_batch_examples(lengths, tp.batch_size, max_tokens)
-    if max_tokens is None:
-        return None, tp.learning_rate, mean
-    return max_tokens, scaled_learning_rate(tp.learning_rate, tp.batch_size, mean), mean
+    if tp.max_tokens_per_batch is None:
+        return None
+    cap, budget = position_cap(tokenizer), tp.max_tokens_per_batch
+    check_budget(budget, lengths, cap, "train.max_tokens_per_batch")
+    return len(lengths) / len(TokenBudgetBatches(lengths, budget, seed=0, cap=cap))
 
 
 # --- the training loop ------------------------------------------------------------------------
@@ -185,47 +185,40 @@ def training_arguments(
     tp: TrainParams,
     precision: Precision,
     output_dir: Path,
-    learning_rate: float,
     *,
     best_metric: str | None,
     log_steps: bool,
-) -> Any:
+    mean_batch: float | None = None,
+) -> TrainingArguments:
     """The ``TrainingArguments`` of the train stage and of every tune trial: batches,
-    optimizer, schedule, seeds and precision from ``tp`` (``learning_rate`` as ``batch_plan``
-    scaled it); Trainer never reports to MLflow itself and drops no columns (the callers
-    select them).
+    optimizer, schedule, seeds and precision from ``tp``; Trainer never reports to MLflow
+    itself and drops no columns (the callers select them).
 
     Args:
-        best_metric: the train stage's schedule: evaluate every epoch, checkpoint every
-            ``tp.save_steps`` and track the best epoch by this metric (restored by the
-            caller, so eval and save keep their own schedules). ``None``, a tune trial: no
-            evaluation schedule (its reporter asks for evaluations at its own points) and
-            no checkpoints.
-        log_steps: log loss and learning rate every ``tp.logging_steps`` steps and count the
-            real (non-padding) tokens seen, for the progress lines; else no logging.
+        best_metric: the train stage's schedule: evaluate and checkpoint every epoch (plus
+            every ``tp.save_steps`` steps, :class:`SaveEvery`), load the best epoch by this
+            metric at the end. ``None``, a tune trial: no evaluation schedule (its reporter
+            asks for evaluations at its own points) and no checkpoints.
+        log_steps: log loss and learning rate every ``tp.logging_steps`` steps; else none.
+        mean_batch: examples per batch under a token budget (:func:`budget_mean_batch`): the
+            learning rate follows the square-root rule (``scaled_learning_rate``).
     """
-    from transformers import TrainingArguments
-
     schedule: dict[str, Any] = {"eval_strategy": "no", "save_strategy": "no"}
     if best_metric is not None:
         schedule = {
             "eval_strategy": "epoch",
-            "save_strategy": "steps",  # plus one after every epoch (EpochEnd)
-            "save_steps": tp.save_steps,
+            "save_strategy": "epoch",
             "save_total_limit": 2,  # the best checkpoint is always kept besides these
             "metric_for_best_model": best_metric,
             "greater_is_better": True,
-            "load_best_model_at_end": False,  # would force save and eval onto one schedule
+            "load_best_model_at_end": True,
             "restore_callback_states_from_checkpoint": True,  # early-stopping counter
         }
-    logging: dict[str, Any] = {"logging_strategy": "no"}
-    if log_steps:
-        logging = {
-            "logging_strategy": "steps",
-            "logging_steps": tp.logging_steps,
-            "include_num_input_tokens_seen": "non_padding",  # real tokens/s in progress lines
-        }
+    logging = {"logging_strategy": "steps", "logging_steps": tp.logging_steps}
     several = precision.device == "cpu" and distributed.world_size() > 1
+    learning_rate = tp.learning_rate
+    if mean_batch is not None:
+        learning_rate = scaled_learning_rate(tp.learning_rate, tp.batch_size, mean_batch)
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=tp.batch_size,
@@ -242,115 +235,106 @@ def training_arguments(
         bf16=precision.dtype == "bf16",
         fp16=precision.dtype == "fp16",
         use_cpu=precision.device == "cpu",
+        train_sampling_strategy="group_by_length" if tp.group_by_length else "random",
         report_to="none",  # MLflow logging is explicit, never Trainer's own callback
         disable_tqdm=True,
         dataloader_num_workers=0,
-        remove_unused_columns=False,
+        remove_unused_columns=False,  # keeps "length": the sampler and the counts read it
         ddp_backend="gloo" if several else None,  # CPU processes under torchrun (train only)
         **schedule,
-        **logging,
+        **(logging if log_steps else {"logging_strategy": "no"}),
     )
 
 
-def trainer_classes() -> tuple[type, type, type]:
-    """Trainer subclass and callbacks, defined lazily (importing transformers is slow)."""
-    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
+class CountingCollator:
+    """:func:`padding_collator` that counts the training examples, real and padded tokens
+    as it pads, on the CPU (Trainer's own ``include_num_input_tokens_seen`` syncs the GPU
+    every step and has no padded count). Training rows carry the ``length`` column (the
+    sampler's), evaluation rows do not: only training batches are counted."""
 
-    class MeasuredTrainer(Trainer):
-        """Trainer with a resume-exact length-grouped sampler (or token-budget batches),
-        length-sorted evaluation batches, and counters of real (non-padding) tokens.
+    def __init__(self, task: str, tokenizer: Any, device: str):
+        self.pad = padding_collator(task, tokenizer, device)
+        self.samples = self.tokens = self.padded = 0
 
-        Earns its place against ``Trainer`` with ``group_by_length``: exact resume, token
-        budgets (transformers has none) and the real-token counters the reports need; its
-        speed is benchmarked against that path in bench/throughput.py ("Trainer best flags").
-        """
+    def __call__(self, features: list[dict[str, Any]]) -> Any:
+        lengths = [f.pop("length") for f in features if "length" in f]
+        batch = self.pad(features)
+        if lengths:
+            self.samples += len(lengths)
+            self.tokens += sum(lengths)
+            self.padded += batch["input_ids"].numel()
+        return batch
 
-        def __init__(
-            self,
-            *args: Any,
-            lengths: dict[str, list[int]],
-            group: bool,
-            max_tokens: int | None = None,
-            **kw: Any,
-        ):
-            super().__init__(*args, **kw)
-            self.lengths, self.group, self.max_tokens = lengths, group, max_tokens
-            self.samples_seen = self.tokens_seen = self.padded_tokens_seen = 0
 
-        def _budget_loader(self, dataset: Any, batch_sampler: Any) -> Any:
-            from torch.utils.data import DataLoader
+class SaveEvery(TrainerCallback):
+    """A checkpoint every ``steps`` optimizer steps besides the one after every epoch:
+    ``load_best_model_at_end`` ties saving to the evaluation schedule (each epoch), and a
+    long epoch would lose all its steps to a crash."""
 
-            loader = DataLoader(
-                dataset,
-                batch_sampler=batch_sampler,
-                collate_fn=self.data_collator,
-                num_workers=self.args.dataloader_num_workers,
-                pin_memory=self.args.dataloader_pin_memory,
-            )
-            return self.accelerator.prepare(loader)
+    def __init__(self, steps: int):
+        self.steps = steps
 
-        def get_train_dataloader(self) -> Any:
-            if not self.max_tokens:
-                return super().get_train_dataloader()
-            cap = position_cap(self.processing_class)
-            batches = TokenBudgetBatches(
-                self.lengths["train"], self.max_tokens, seed=self.args.seed, cap=cap
-            )
-            return self._budget_loader(self.train_dataset, batches)
-
-        def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
-            if not self.max_tokens or eval_dataset is not None:
-                return super().get_eval_dataloader(eval_dataset)
-            batches = inference_batches(
-                self.lengths["validation"],
-                self.args.eval_batch_size,
-                2 * self.max_tokens,  # no gradients: twice the training budget fits
-                position_cap(self.processing_class),
-            )
-            return self._budget_loader(self.eval_dataset, batches)
-
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            return LengthGroupedSampler(
-                self.lengths["train"],
-                self.args.per_device_train_batch_size,
-                seed=self.args.seed,
-                group=self.group,
-            )
-
-        def _get_eval_sampler(self, eval_dataset: Any) -> Any:
-            return sorted_by_length(self.lengths["validation"])
-
-        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
-            self.samples_seen += int(inputs["input_ids"].shape[0])
-            self.padded_tokens_seen += int(inputs["input_ids"].numel())
-            self.tokens_seen += int(inputs["attention_mask"].sum())
-            return super().training_step(model, inputs, num_items_in_batch)
-
-    class EpochEnd(TrainerCallback):
-        """Checkpoint after every epoch's evaluation as well (besides every ``save_steps``),
-        so the best epoch is on disk and a resume never repeats an evaluated epoch; sums
-        the time spent evaluating (excluded from training throughput)."""
-
-        def __init__(self) -> None:
-            self.eval_seconds = 0.0
-
-        def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+        if state.global_step % self.steps == 0:
             control.should_save = True
-            return control
+        return control
 
-        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any):
-            # The validation line itself is the progress module's (one line per epoch).
-            self.eval_seconds += float((metrics or {}).get("eval_runtime", 0.0))
 
-    class EarlyStopping(EarlyStoppingCallback):
-        """transformers' early stopping (its counter is saved in checkpoints); the best
-        checkpoint is restored by :func:`train`, so its load_best_model_at_end warning is
-        moot."""
+class BatchedTrainer(Trainer):
+    """``Trainer`` whose training batches come from a batch sampler: token budgets
+    (``train.max_tokens_per_batch``, opt-in; transformers has none) or, with
+    ``train.group_by_length``, :class:`~tasks.core.batching.LengthGroupedBatches` (why not
+    Trainer's own sampler: see there). Only the public ``get_train_dataloader`` is replaced."""
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            return None
+    def __init__(self, *args: Any, max_tokens: int | None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.max_tokens = max_tokens
 
-    return MeasuredTrainer, EpochEnd, EarlyStopping
+    def get_train_dataloader(self) -> Any:
+        lengths, seed = list(self.train_dataset["length"]), self.args.seed
+        if self.max_tokens:
+            cap = position_cap(self.processing_class)
+            batches = TokenBudgetBatches(lengths, self.max_tokens, seed=seed, cap=cap)
+        elif self.args.train_sampling_strategy == "group_by_length":
+            batches = LengthGroupedBatches(lengths, self.args.per_device_train_batch_size, seed)
+        else:
+            return super().get_train_dataloader()
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=batches,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
+
+
+def make_trainer(
+    task: str,
+    model: Any,
+    args: TrainingArguments,
+    data: Any,
+    tokenizer: Any,
+    labels: list[str],
+    callbacks: list[Any],
+    max_tokens: int | None = None,
+) -> BatchedTrainer:
+    """The :class:`BatchedTrainer` of a run: ``data["train"]`` (with its ``length`` column)
+    and ``data["validation"]``, the :class:`CountingCollator` (``trainer.data_collator``), the
+    task's metrics."""
+    device = args.device.type
+    return BatchedTrainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"].select_columns([*model_columns(data["train"]), "length"]),
+        eval_dataset=data["validation"].select_columns(model_columns(data["validation"])),
+        data_collator=CountingCollator(task, tokenizer, device),
+        processing_class=tokenizer,
+        compute_metrics=metrics_function(task, labels),
+        preprocess_logits_for_metrics=predicted_ids,
+        callbacks=callbacks,
+        max_tokens=max_tokens,
+    )
 
 
 def metrics_function(task: str, labels: list[str]) -> Any:

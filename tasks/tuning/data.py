@@ -28,20 +28,17 @@ class TuningData:
     metric: str
     source: ModelSource
     tokenizer: Any
-    train: Any  # the stratified subset, model columns only
+    train: Any  # the stratified subset, model columns and length
     validation: Any
-    lengths: dict[str, list[int]]
     train_examples: int  # of the whole train split
     fingerprint: str  # the configuration whose trials are comparable: names the study
     baseline: float = 0.0  # the metric of the trivial prediction on validation
-    whole_train: Any = None  # the whole train split, model columns (the finalists round)
-    whole_train_lengths: list[int] = field(default_factory=list)
+    whole_train: Any = None  # the whole train split, as train (the finalists round)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def on_whole_train(self) -> TuningData:
         """The same data with the whole train split in place of the share."""
-        lengths = {**self.lengths, "train": self.whole_train_lengths}
-        return replace(self, train=self.whole_train, lengths=lengths)
+        return replace(self, train=self.whole_train)
 
 
 def stratified_subset(keys: list[Any], fraction: float, seed: int) -> list[int]:
@@ -102,14 +99,12 @@ def load_tuning_data(params: Params, tokenized_dir: Path, state_dir: Path) -> Tu
         metric=metric,
         source=source,
         tokenizer=tokenizer,
-        train=subset.select_columns(model_columns(subset)),
-        validation=validation.select_columns(model_columns(validation)),
-        lengths={"train": list(subset["length"]), "validation": list(validation["length"])},
+        train=subset.select_columns([*model_columns(subset), "length"]),
+        validation=validation,
         train_examples=len(full),
         fingerprint=_configuration(params, source, data_prints, labels, metric),
         baseline=trivial_baseline(task, list(validation["labels"]), labels, metric),
-        whole_train=full.select_columns(model_columns(full)),
-        whole_train_lengths=list(full["length"]),
+        whole_train=full.select_columns([*model_columns(full), "length"]),
     )
 
 

@@ -19,19 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import transformers
+from transformers import PrinterCallback, TrainerCallback
 
-from tasks.core.batching import make_collator
 from tasks.core.config import Params, TrainParams, overlay_train
 from tasks.core.errors import StageError
 from tasks.core.precision import choose_precision
 from tasks.core.tracking import system_metrics
 from tasks.core.training import (
     apply_method,
-    batch_plan,
+    budget_mean_batch,
     build_model,
-    metrics_function,
-    predicted_ids,
-    trainer_classes,
+    make_trainer,
     training_arguments,
 )
 from tasks.tuning.data import TuningData
@@ -41,79 +40,75 @@ from tasks.tuning.study import SURPLUS, TIMEOUT, is_surplus
 log = logging.getLogger("tasks.tune")
 
 
-def reporter_class() -> type:
-    """The TrainerCallback that evaluates ``evals_per_epoch`` times per epoch, reports each
-    score to the trial (and its MLflow run) and stops training when the trial is pruned or
-    the search's time budget (``deadline``, monotonic seconds) is spent."""
-    from transformers import TrainerCallback
+class ReportToTrial(TrainerCallback):
+    """Optuna pruning: evaluate ``per_epoch`` times per epoch, report each score to the trial
+    (and its MLflow run) and stop training when the trial is pruned or the search's time
+    budget (``deadline``, monotonic seconds) is spent."""
 
-    class ReportToTrial(TrainerCallback):
-        def __init__(
-            self,
-            trial: optuna.Trial,
-            metric: str,
-            per_epoch: int,
-            mlflow_on: bool,
-            deadline: float | None = None,
-            prunable: bool = True,
-            wait_for_signal: bool = False,
-        ):
-            self.trial, self.metric, self.per_epoch = trial, metric, per_epoch
-            self.mlflow_on, self.deadline = mlflow_on, deadline
-            self.prunable, self.wait_for_signal = prunable, wait_for_signal
-            self.points: list[int] = []
-            self.values: list[float] = []
-            self.pruned = self.out_of_time = False
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        metric: str,
+        per_epoch: int,
+        mlflow_on: bool,
+        deadline: float | None = None,
+        prunable: bool = True,
+        wait_for_signal: bool = False,
+    ):
+        self.trial, self.metric, self.per_epoch = trial, metric, per_epoch
+        self.mlflow_on, self.deadline = mlflow_on, deadline
+        self.prunable, self.wait_for_signal = prunable, wait_for_signal
+        self.points: list[int] = []
+        self.values: list[float] = []
+        self.pruned = self.out_of_time = False
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            count = max(1, math.ceil(args.num_train_epochs * self.per_epoch))
-            self.points = sorted(
-                {max(1, round(i * state.max_steps / count)) for i in range(1, count + 1)}
-            )
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        count = max(1, math.ceil(args.num_train_epochs * self.per_epoch))
+        self.points = sorted(
+            {max(1, round(i * state.max_steps / count)) for i in range(1, count + 1)}
+        )
 
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
-            if state.global_step in self.points:
-                control.should_evaluate = True
-            if self.deadline is not None and time.monotonic() > self.deadline:
-                self.out_of_time = True
-                control.should_training_stop = True
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+        if state.global_step in self.points:
+            control.should_evaluate = True
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.out_of_time = True
+            control.should_training_stop = True
+        return control
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw):
+        metrics = metrics or {}
+        step = len(self.values) + 1
+        value = float(metrics[f"eval_{self.metric}"])
+        self.values.append(value)
+        if self.mlflow_on:
+            import mlflow
+
+            scores = {
+                k[5:]: float(v)
+                for k, v in metrics.items()
+                if k.startswith("eval_")
+                and isinstance(v, int | float)
+                and not k.endswith(("runtime", "per_second"))
+            }
+            scores["epoch"] = round(float(state.epoch or 0), 4)
+            mlflow.log_metrics(scores, step=step)
+        self.trial.report(value, step)
+        # Token tasks: entity F1 stays 0 for the first evaluations of most trials (no
+        # whole entity found yet), so early rungs would rank ties at random and prune
+        # trials that have not started to learn. No pruning decision is asked for (and no
+        # rung recorded) until this trial's score is first above 0; the trial then
+        # enters every rung it passed with that score. (Validation loss would be
+        # measurable from the start but ranks trials by a quantity they are not chosen
+        # by, and would need a second, minimised objective.)
+        if self.wait_for_signal and max(self.values) <= 0:
             return control
-
-        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw):
-            metrics = metrics or {}
-            step = len(self.values) + 1
-            value = float(metrics[f"eval_{self.metric}"])
-            self.values.append(value)
-            if self.mlflow_on:
-                import mlflow
-
-                scores = {
-                    k[5:]: float(v)
-                    for k, v in metrics.items()
-                    if k.startswith("eval_")
-                    and isinstance(v, int | float)
-                    and not k.endswith(("runtime", "per_second"))
-                }
-                scores["epoch"] = round(float(state.epoch or 0), 4)
-                mlflow.log_metrics(scores, step=step)
-            self.trial.report(value, step)
-            # Token tasks: entity F1 stays 0 for the first evaluations of most trials (no
-            # whole entity found yet), so early rungs would rank ties at random and prune
-            # trials that have not started to learn. No pruning decision is asked for (and no
-            # rung recorded) until this trial's score is first above 0; the trial then
-            # enters every rung it passed with that score. (Validation loss would be
-            # measurable from the start but ranks trials by a quantity they are not chosen
-            # by, and would need a second, minimised objective.)
-            if self.wait_for_signal and max(self.values) <= 0:
-                return control
-            # The defaults trial is asked too (its scores are the pruner's reference) but
-            # always runs to its end: the final choice compares it whole.
-            if self.trial.should_prune() and self.prunable:
-                self.pruned = True
-                control.should_training_stop = True
-            return control
-
-    return ReportToTrial
+        # The defaults trial is asked too (its scores are the pruner's reference) but
+        # always runs to its end: the final choice compares it whole.
+        if self.trial.should_prune() and self.prunable:
+            self.pruned = True
+            control.should_training_stop = True
+        return control
 
 
 class TrialTimedOut(Exception):
@@ -250,11 +245,7 @@ class Objective:
         log_mlflow: bool,
         prunable: bool = True,
     ) -> float:
-        import transformers
-        from transformers import PrinterCallback
-
         data, tune = self.data, self.params.tune
-        trainer_cls, _, _ = trainer_classes()
         precision = choose_precision(tp.precision)
         scratch = Path(tempfile.mkdtemp(prefix=f"tune-trial-{trial.number}-"))
         model = trainer = None
@@ -263,31 +254,20 @@ class Objective:
             model, _ = build_model(data.task, data.source, data.labels, tp.dropout)
             model = apply_method(model, data.task, tp)
             # The train stage's batches (token budget, scaled learning rate) in every trial.
-            max_tokens, learning_rate, _ = batch_plan(
-                tp, data.lengths["train"], precision.device, data.tokenizer
-            )
+            mean_batch = budget_mean_batch(tp, list(data.train["length"]), data.tokenizer)
             # No evaluation schedule (the reporter asks at its own points), no checkpoints.
             args = training_arguments(
-                tp, precision, scratch, learning_rate, best_metric=None, log_steps=False
+                tp, precision, scratch, best_metric=None, log_steps=False, mean_batch=mean_batch
             )
-            reporter = reporter_class()(
+            reporter = ReportToTrial(
                 trial, data.metric, tune.evals_per_epoch, log_mlflow, self.deadline,
                 prunable=prunable, wait_for_signal=data.task == "token_classification",
             )  # fmt: skip
-            trainer = trainer_cls(
-                model=model,
-                args=args,
-                train_dataset=data.train,
-                eval_dataset=data.validation,
-                data_collator=make_collator(data.task, data.tokenizer, precision.device),
-                processing_class=data.tokenizer,
-                compute_metrics=metrics_function(data.task, data.labels),
-                preprocess_logits_for_metrics=predicted_ids,
-                callbacks=[reporter],
-                lengths=data.lengths,
-                group=tp.group_by_length,
-                max_tokens=max_tokens,
-            )
+            splits = {"train": data.train, "validation": data.validation}
+            trainer = make_trainer(
+                data.task, model, args, splits, data.tokenizer, data.labels, [reporter],
+                max_tokens=tp.max_tokens_per_batch,
+            )  # fmt: skip
             trainer.remove_callback(PrinterCallback)  # no metrics dicts on stdout
             trainer.train()
             record.epochs = float(trainer.state.epoch or 0)

@@ -1,4 +1,5 @@
-"""Shapes a GPU likes: bucketed padding, token-budget batches, the CUDA attention choice."""
+"""Batches: length-grouped and token-budget training batches, inference batches, the padding
+collators, the CUDA attention choice."""
 
 from __future__ import annotations
 
@@ -9,18 +10,16 @@ import pytest
 from conftest import tiny_params, write_toy_prepared
 
 from tasks.core.batching import (
-    LengthGroupedSampler,
+    LengthGroupedBatches,
     TokenBudgetBatches,
-    buckets,
     check_budget,
     inference_batches,
-    make_collator,
-    mean_batch_examples,
     padded_length,
     scaled_learning_rate,
     token_budget,
 )
 from tasks.core.errors import StageError
+from tasks.core.training import budget_mean_batch
 
 torch = pytest.importorskip("torch")
 CUDA = torch.cuda.is_available()
@@ -29,6 +28,10 @@ CUDA = torch.cuda.is_available()
 def random_lengths(n: int, seed: int = 0, low: int = 3, high: int = 128) -> list[int]:
     rng = random.Random(seed)
     return [rng.randint(low, high) for _ in range(n)]
+
+
+def buckets(max_length: int) -> list[int]:
+    return sorted({padded_length(n) for n in range(1, max_length + 1)})
 
 
 def test_buckets_are_few_and_cover_every_length():
@@ -59,89 +62,69 @@ def tokenized(tmp_path_factory, tiny_model_dir):
     return out, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def trainer_for(
-    task: str, data, tokenizer, tiny_model_dir: Path, tmp_path: Path, device: str = "cuda", **kw
-):
-    """The train stage's Trainer subclass, as train() builds it for ``device``'s padding
-    (the model stays on the CPU; no training run)."""
-    from transformers import TrainingArguments
-
-    from tasks.core.batching import model_columns
+def trainer_for(task: str, data, tokenizer, tiny_model_dir: Path, tmp_path: Path, **train):
+    """The train stage's Trainer (``make_trainer``) on the CPU, no training run."""
+    from tasks.core.config import TrainParams
     from tasks.core.model import model_class
-    from tasks.core.training import trainer_classes
+    from tasks.core.precision import Precision
+    from tasks.core.training import make_trainer, training_arguments
 
-    trainer_cls, _, _ = trainer_classes()
+    tp = TrainParams(batch_size=16, seed=3, **train)
     model = model_class(task).from_pretrained(tiny_model_dir, num_labels=5)
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=16,
-        per_device_eval_batch_size=32,
-        use_cpu=True,
-        report_to="none",
-        remove_unused_columns=False,
-        seed=3,
+    args = training_arguments(
+        tp, Precision("cpu", "fp32"), tmp_path, best_metric=None, log_steps=False
     )
-    return trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=data["train"].select_columns(model_columns(data["train"])),
-        eval_dataset=data["validation"].select_columns(model_columns(data["validation"])),
-        data_collator=make_collator(task, tokenizer, device),
-        processing_class=tokenizer,
-        lengths={s: list(data[s]["length"]) for s in ("train", "validation")},
-        group=True,
-        **kw,
+    labels = [str(i) for i in range(5)]
+    return make_trainer(
+        task, model, args, data, tokenizer, labels, [], max_tokens=tp.max_tokens_per_batch
     )
 
 
 @pytest.mark.parametrize("task", ["text_classification", "token_classification"])
 @pytest.mark.parametrize("max_tokens", [None, 160])
-def test_training_and_evaluation_shapes_are_bounded_by_the_buckets(
+def test_training_batches_hold_the_budget_or_batch_size_and_pad_to_the_longest(
     task, max_tokens, tokenized, tiny_model_dir, tmp_path
 ):
     datasets, tokenizer = tokenized
     data = datasets[task]
-    trainer = trainer_for(task, data, tokenizer, tiny_model_dir, tmp_path, max_tokens=max_tokens)
-    allowed = set(buckets(32))
-    # Evaluation batches get twice the training budget (no gradients).
-    for loader, budget in ((trainer.get_train_dataloader(), max_tokens),
-                           (trainer.get_eval_dataloader(), 2 * (max_tokens or 0))):  # fmt: skip
-        shapes, seen = set(), 0
-        for batch in loader:
-            rows, width = batch["input_ids"].shape
-            assert width in allowed
-            assert batch["attention_mask"].sum(dim=1).max() > width - 8  # the smallest bucket
-            if "labels" in batch and batch["labels"].dim() == 2:
-                assert batch["labels"].shape == (rows, width)
-            if max_tokens:
-                assert rows * width <= budget
-            shapes.add((rows, width))
-            seen += rows
-        assert seen == len(loader.dataset)
-        # batch_size: one full shape per bucket plus the last batch; budget: per bucket one
-        # full and one short batch (training), or one per bucket plus the last (inference).
-        assert len({w for _, w in shapes}) <= len(allowed)
-        assert len(shapes) <= 2 * len(allowed)
-    # The dynamic-padding baseline sees many more widths on the same data.
-    lengths = list(data["train"]["length"])
-    assert len(set(lengths)) > len({padded_length(n) for n in lengths})
+    trainer = trainer_for(
+        task, data, tokenizer, tiny_model_dir, tmp_path, max_tokens_per_batch=max_tokens
+    )
+    seen = 0
+    for batch in trainer.get_train_dataloader():
+        rows, width = batch["input_ids"].shape
+        assert batch["attention_mask"].sum(dim=1).max() == width  # padded to the longest
+        if "labels" in batch and batch["labels"].dim() == 2:
+            assert batch["labels"].shape == (rows, width)
+        assert rows * width <= max_tokens if max_tokens else rows <= 16
+        seen += rows
+    assert seen == len(data["train"]) == trainer.data_collator.samples
 
 
 @pytest.mark.parametrize("task", ["text_classification", "token_classification"])
-def test_a_cpu_pads_each_batch_to_its_longest_example(task, tokenized, tiny_model_dir, tmp_path):
+def test_evaluation_batches_pad_to_their_longest_and_are_not_counted(
+    task, tokenized, tiny_model_dir, tmp_path
+):
     datasets, tokenizer = tokenized
-    data = datasets[task]
-    trainer = trainer_for(task, data, tokenizer, tiny_model_dir, tmp_path, device="cpu")
-    for loader in (trainer.get_train_dataloader(), trainer.get_eval_dataloader()):
-        widths = []
-        for batch in loader:
-            width = batch["input_ids"].shape[1]
-            assert batch["attention_mask"].sum(dim=1).max() == width  # no all-padding column
-            if "labels" in batch and batch["labels"].dim() == 2:
-                assert batch["labels"].shape[1] == width
-            widths.append(width)
-        # More distinct widths than buckets would give: the padding follows the data.
-        assert len(set(widths)) > len({padded_length(w) for w in widths})
+    trainer = trainer_for(task, datasets[task], tokenizer, tiny_model_dir, tmp_path)
+    seen = 0
+    for batch in trainer.get_eval_dataloader():
+        width = batch["input_ids"].shape[1]
+        assert batch["attention_mask"].sum(dim=1).max() == width  # no all-padding column
+        seen += batch["input_ids"].shape[0]
+    assert seen == len(datasets[task]["validation"])
+    assert trainer.data_collator.samples == 0
+
+
+def test_cuda_pads_to_multiples_of_8(tokenized):
+    from tasks.core.batching import padding_collator
+
+    datasets, tokenizer = tokenized
+    for task, data in datasets.items():
+        rows = [{k: data["train"][i][k] for k in ("input_ids", "attention_mask", "labels")}
+                for i in range(5)]  # fmt: skip
+        batch = padding_collator(task, tokenizer, "cuda")(rows)
+        assert batch["input_ids"].shape[1] % 8 == 0
 
 
 def test_token_budget_batches_never_exceed_the_budget_and_cover_each_example_once():
@@ -180,14 +163,17 @@ def test_inference_batches_respect_budget_or_batch_size():
 
 
 def test_budget_resolution_learning_rate_rule_and_too_small_budget():
-    assert token_budget("auto", "cpu", "train") is None
-    assert token_budget("auto", "cuda", "train") == 16384
-    assert token_budget("auto", "cuda", "inference") == 65536
-    assert token_budget(512, "cpu", "train") == 512
-    assert token_budget(None, "cuda", "train") is None
+    from tasks.core.config import TrainParams
+
+    assert token_budget("auto", "cpu") is None
+    assert token_budget("auto", "cuda") == 65536
+    assert token_budget(512, "cpu") == 512
+    assert token_budget(None, "cuda") is None
+    assert TrainParams().max_tokens_per_batch is None  # batch_size examples on every device
     lengths = [10] * 1000  # bucket 16: 64 per batch of 1024 tokens
-    assert mean_batch_examples(lengths, 32, None) == 32
-    assert mean_batch_examples(lengths, 32, 1024) == pytest.approx(1000 / 16)
+    assert budget_mean_batch(TrainParams(batch_size=32), lengths, None) is None
+    budget = TrainParams(batch_size=32, max_tokens_per_batch=1024)
+    assert budget_mean_batch(budget, lengths, None) == pytest.approx(1000 / 16)
     assert scaled_learning_rate(1e-4, 32, 128) == pytest.approx(2e-4)
     check_budget(128, [100, 128], None, "train.max_tokens_per_batch")
     with pytest.raises(StageError, match=r"train.max_tokens_per_batch: 100 is below .* 128"):
@@ -230,15 +216,29 @@ def test_predict_with_a_budget_matches_batch_size_predictions(tokenized, tiny_mo
             np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_length_grouped_sampler_batches_use_few_bucket_shapes():
-    lengths = random_lengths(2000, seed=2)
-    order = list(LengthGroupedSampler(lengths, 32, seed=1))
-    widths = {padded_length(max(lengths[i] for i in order[j : j + 32])) for j in range(0, 2000, 32)}
-    assert widths <= set(buckets(128))
+def test_length_grouped_batches_are_reproducible_shuffled_and_pad_little():
+    lengths = random_lengths(1000, seed=0, high=60)
+    batches = LengthGroupedBatches(lengths, 16, seed=7)
+    first = list(batches)
+    assert sorted(i for b in first for i in b) == list(range(1000))
+    assert list(batches) == first == list(LengthGroupedBatches(lengths, 16, seed=7))
+    batches.set_epoch(1)
+    assert list(batches) != first  # reshuffled per epoch, from (seed, epoch) alone
+    assert [len(b) for b in first[:-1]] == [16] * (len(first) - 1)  # only the last is short
+    # Batch order is shuffled, not longest first (Trainer's group_by_length order).
+    longest = [max(lengths[i] for i in b) for b in first]
+    assert longest != sorted(longest, reverse=True)
+
+    def padding(chosen):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in chosen)
+
+    order = list(range(1000))
+    random_batches = [order[i : i + 16] for i in range(0, 1000, 16)]
+    assert padding(first) < padding(random_batches) / 5
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-def test_cuda_precision_turns_cudnn_attention_off_and_buckets_run():
+def test_cuda_precision_turns_cudnn_attention_off_and_every_length_runs():
     from transformers import BertConfig, BertForSequenceClassification
 
     from tasks.core.precision import choose_precision
@@ -250,17 +250,8 @@ def test_cuda_precision_turns_cudnn_attention_off_and_buckets_run():
     config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2)
     model = BertForSequenceClassification(config).cuda()
     with precision.autocast():
-        for width in buckets(128):
+        for width in range(1, 129):
             ids = torch.randint(0, 1000, (8, width), device="cuda")
             loss = model(input_ids=ids, labels=torch.zeros(8, dtype=torch.long).cuda()).loss
             loss.backward()
     assert torch.isfinite(loss)
-
-
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-def test_cuda_auto_budget_is_tens_of_thousands_of_tokens():
-    from tasks.core.config import TrainParams
-    from tasks.core.precision import choose_precision
-
-    device = choose_precision("auto").device
-    assert token_budget(TrainParams().max_tokens_per_batch, device, "train") >= 10_000

@@ -96,3 +96,22 @@ def test_predict_cli_quantize_flag(text_model):
     records = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["text"] for r in records] == ["a great film", "an awful plot"]
     assert all(r["label"] in ("positive", "negative") and 0 <= r["score"] <= 1 for r in records)
+
+
+def test_the_deprecated_api_is_still_the_one_available():
+    """quantize_model keeps torch's deprecated ``quantize_dynamic`` (silenced there) because
+    its maintained successor, torchao's ``quantize_``, is not installed. This fails when
+    torch removes the old API or torchao arrives: migrate ``quantize_model`` then."""
+    import importlib.util
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    assert importlib.util.find_spec("torchao") is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(4, 4)), {torch.nn.Linear})
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert is_quantized(quantize_model(torch.nn.Sequential(torch.nn.Linear(4, 4))))

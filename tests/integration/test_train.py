@@ -23,11 +23,10 @@ from conftest import (
 )
 from conftest import run as run_command
 
-from tasks.core.batching import LengthGroupedSampler
 from tasks.core.config import load_params
 from tasks.core.errors import StageError
 from tasks.core.precision import choose_precision, cpu_supports_bf16
-from tasks.core.training import build_model, head_parameter_names
+from tasks.core.training import build_model, head_parameter_names, make_trainer, training_arguments
 from tasks.tokenize import tokenize
 from tasks.train import train
 
@@ -62,13 +61,15 @@ def validation_loss(model_dir: Path, tokenized: Path) -> float:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tasks.core.batching import make_collator, model_columns
+    from tasks.core.batching import model_columns, padding_collator
     from tasks.core.tokenized import load_tokenized
 
     data, _ = load_tokenized(tokenized)
     split = data["validation"].select_columns(model_columns(data["validation"]))
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    collate = make_collator("text_classification", AutoTokenizer.from_pretrained(model_dir), "cpu")
+    collate = padding_collator(
+        "text_classification", AutoTokenizer.from_pretrained(model_dir), "cpu"
+    )
     total = 0.0
     with torch.inference_mode():
         for start in range(0, len(split), 32):
@@ -466,30 +467,46 @@ def test_precision_choice_on_cpu():
         choose_precision("fp16")
 
 
-def test_length_grouped_sampler_is_reproducible_and_groups_lengths():
-    import random
+def test_group_by_length_pads_less_and_every_example_is_counted_once(tmp_path, tiny_model_dir):
+    """train.group_by_length (Trainer's own sampler) cuts the padding of random batches; the
+    collator counts every training example and its real tokens once, evaluation none."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    rng = random.Random(0)
-    lengths = [rng.randint(3, 60) for _ in range(1000)]
-    sampler = LengthGroupedSampler(lengths, batch_size=16, seed=7)
-    first = list(sampler)
-    assert sorted(first) == list(range(1000))
-    assert list(sampler) == first  # no hidden RNG state
-    sampler.set_epoch(1)
-    assert list(sampler) != first
-    assert list(LengthGroupedSampler(lengths, 16, seed=7)) == first
+    from tasks.core.tokenized import load_tokenized
 
-    def padding(order):
-        batches = [order[i : i + 16] for i in range(0, len(order), 16)]
-        return sum(
-            max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches
+    padded = {}
+    for group in (True, False):
+        params = tiny_params(
+            "text_classification", tiny_model_dir, train={"group_by_length": group}
         )
-
-    shuffled = list(LengthGroupedSampler(lengths, 16, seed=7, group=False))
-    assert padding(first) < padding(shuffled) / 5
-    # Only the last batch may be short, so batch boundaries stay aligned.
-    sizes = [len(first[i : i + 16]) for i in range(0, 1000, 16)]
-    assert all(size == 16 for size in sizes[:-1])
+        tokenized = prepare_run(tmp_path / str(group), params, n_train=400)
+        data, manifest = load_tokenized(tokenized)
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+        args = training_arguments(
+            params.train,
+            choose_precision("fp32"),
+            tmp_path / "out",
+            best_metric=None,
+            log_steps=False,
+        )
+        trainer = make_trainer(
+            "text_classification",
+            model,
+            args,
+            data,
+            AutoTokenizer.from_pretrained(tiny_model_dir),
+            manifest["labels"],
+            [],
+        )
+        for _ in trainer.get_train_dataloader():
+            pass
+        for _ in trainer.get_eval_dataloader():
+            pass
+        counts = trainer.data_collator
+        assert counts.samples == len(data["train"])
+        assert counts.tokens == sum(data["train"]["length"])
+        padded[group] = counts.padded - counts.tokens
+    assert padded[True] < padded[False] / 3
 
 
 def test_tokenized_data_of_another_task_is_refused_by_every_stage_that_reads_it(
@@ -554,3 +571,45 @@ def test_every_selectable_metric_is_scored_and_auto_means_the_same_everywhere(ta
     other = next(m for ms in TASK_METRICS.values() for m in ms if m not in own)
     with pytest.raises(ValueError, match=f"train.metric: '{other}' is not a {task} metric"):
         tiny_params(task, "unused", train={"metric": other})
+
+
+def test_a_second_run_of_one_configuration_waits_for_the_first(tmp_path, tiny_model_dir, caplog):
+    """Two trainings of one run key at once (queued experiments differing in later stages'
+    params): the second waits for the first's lock instead of clearing its checkpoints."""
+    import threading
+
+    from tasks.core.checkpoints import run_key, run_lock
+    from tasks.core.model import resolve_model_source
+
+    params = tiny_params("text_classification", tiny_model_dir, train={"epochs": 1})
+    tokenized = prepare_run(tmp_path, params)
+    state = tmp_path / "run" / "state"
+    source = resolve_model_source(params.model.name_or_path, params.tracking.uri, state)
+    run_dir = state / "checkpoints" / run_key(params, source, choose_precision("fp32"), tokenized)
+    result: dict = {}
+    with run_lock(run_dir):  # the first run, training
+        (run_dir / "checkpoint-7").mkdir(parents=True)
+        second = threading.Thread(
+            target=lambda: result.update(run_train(tmp_path, params, tokenized))
+        )
+        second.start()
+        deadline = time.monotonic() + 120
+        while "another run is training this configuration" not in caplog.text:
+            assert time.monotonic() < deadline and second.is_alive(), caplog.text
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert (run_dir / "checkpoint-7").is_dir() and second.is_alive()
+    second.join(300)
+    assert result["global_steps"] > 0 and not run_dir.exists()
+
+
+def test_a_missing_best_checkpoint_is_an_error(tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import TrainerState
+
+    from tasks.core.checkpoints import final_model
+
+    state = TrainerState(best_model_checkpoint=str(tmp_path / "checkpoint-30"))
+    with pytest.raises(StageError, match=r"best checkpoint .*checkpoint-30 is missing"):
+        final_model(SimpleNamespace(state=state, model=object()))

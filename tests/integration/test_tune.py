@@ -39,7 +39,7 @@ from tasks.tokenize import tokenize
 from tasks.train import train
 from tasks.tune import run_search, tune
 from tasks.tuning.data import load_tuning_data, stratified_subset, trivial_baseline
-from tasks.tuning.objective import reporter_class
+from tasks.tuning.objective import ReportToTrial
 from tasks.tuning.results import (
     BEST_PARAMS,
     BEST_PARAMS_KEYS,
@@ -267,14 +267,13 @@ def test_ner_trials_are_not_pruned_before_their_entity_f1_is_measurable():
     study.add_trial(
         optuna.trial.create_trial(value=0.5, intermediate_values={1: 0.5, 2: 0.5, 3: 0.5})
     )
-    report_to_trial = reporter_class()
-    ner = report_to_trial(study.ask(), "f1_micro", 1, False, wait_for_signal=True)
+    ner = ReportToTrial(study.ask(), "f1_micro", 1, False, wait_for_signal=True)
     assert evaluate(ner, 0.0) == (False, False)  # at 0: not judged
     assert evaluate(ner, 0.0) == (False, False)
     assert evaluate(ner, 0.1) == (True, True)  # measurable, and below the median: pruned
-    text = report_to_trial(study.ask(), "f1_micro", 1, False)
+    text = ReportToTrial(study.ask(), "f1_micro", 1, False)
     assert evaluate(text, 0.0) == (True, True)  # no waiting for other tasks
-    defaults = report_to_trial(study.ask(), "f1_micro", 1, False, prunable=False)
+    defaults = ReportToTrial(study.ask(), "f1_micro", 1, False, prunable=False)
     assert evaluate(defaults, 0.1) == (False, False)  # asked (a reference), never stopped
 
 

@@ -178,8 +178,9 @@ def test_a_throughput_result_renders_as_its_results_md_section(bench):
         "inference batch 64; `tokenize.max_length` pinned to 128 for all paths",
         "- method: sample of 96 train examples per dataset (seed 42); 1 untimed warm-up steps "
         "then 2 timed steps per path; real tokens = attention-mask sum. product = "
-        "`tasks.train.train()` (its Trainer subclass, stopped by `max_steps`; `other padding`: "
-        "the same with buckets where the device pads to the longest, or the reverse); Trainer "
+        "`tasks.train.train()` (stock `Trainer` with shuffled length-grouped batches, stopped "
+        "by `max_steps`; `other padding`: the same padded to multiples of 8 where the device "
+        "pads to the longest, or the reverse); Trainer "
         "best flags = `transformers.Trainer` with bf16/fp16 "
         "where the device has it natively, `train_sampling_strategy='group_by_length'`, cuDNN "
         "attention off on CUDA; Trainer default = `transformers.Trainer`, default "
