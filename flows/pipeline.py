@@ -12,8 +12,10 @@ it would have trained anyway. ``dvc exp show`` lists the experiment, ``dvc exp a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,10 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.runtime import deployment as prefect_deployment
 from prefect.runtime import flow_run as prefect_flow_run
 from prefect.tasks import exponential_backoff
 
 from flows.artifacts import STAGE_REPORTS, publish_stage_artifact
+from flows.notify import notify_failure
+from flows.settings import DeploymentSettings, project_of
+from flows.settings import current as current_settings
 from tasks.commands.experiments import (
     Experiment,
     ExperimentError,
@@ -92,6 +98,8 @@ def _not_bad_input(task, task_run, state) -> bool:
         state.result()
     except StageFailed as failure:
         return failure.retryable
+    except TimeoutError:  # a stage past its timeout would hang again
+        return False
     except Exception:
         return True
     return True
@@ -114,15 +122,35 @@ def _stream_dvc(arguments: list[str], project: Path) -> tuple[int, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group: a timeout stops the stage with it
     )
     lines = []
     assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line)
-        if line.strip():
-            logger.info(line.rstrip())
-    process.wait()
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.strip():
+                logger.info(line.rstrip())
+        process.wait()
+    finally:  # a task timeout (or a cancelled flow run) interrupts the loop: stop dvc too
+        _stop_group(process)
     return process.returncode, "".join(lines)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Terminate ``process``'s group (dvc and the stage command it started) if it still runs;
+    kill it after 10 s. Hand-written: a Prefect task timeout raises in the flow's thread but
+    leaves the subprocesses it started running."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @task(
@@ -253,13 +281,12 @@ def publish_experiment_artifact(
     )
 
 
-@flow(name="training-pipeline", log_prints=True)
+@flow(name="training-pipeline", log_prints=True, on_failure=[notify_failure])
 def training_pipeline(
     overrides: dict[str, Any] | None = None,
     task: str | None = None,
     preset: str | None = None,
     retries: dict[str, int] | None = None,
-    project_dir: str | None = None,
     stages: list[str] | None = None,
     experiment: str | None = None,
     sync_remote_data: bool = False,
@@ -271,15 +298,18 @@ def training_pipeline(
     them the run is a DVC experiment instead (one Prefect task): ``params.yaml`` and
     ``dvc.lock`` stay as they are; ``dvc exp show`` lists it, ``dvc exp apply NAME`` adopts it.
 
+    The project directory, the keys a run may override and the stage timeouts are the
+    deployment's, fixed when it was made (flows/settings.py), never run parameters.
+
     Args:
         overrides: dotted params for this run, e.g. ``{"prepare.seed": 7}``; validated by
-            the typed params before any work (``dvc exp run -S``).
+            the typed params before any work (``dvc exp run -S``); only keys the deployment
+            allows.
         task: shortcut for ``overrides["task"]``.
         preset: a ready-made configuration (``presets/NAME.yaml``, e.g. ``conll2003``);
-            ``overrides`` and ``task`` apply on top of it.
+            ``overrides`` and ``task`` apply on top of it (if the deployment allows presets).
         retries: retries per stage name, ``experiment`` for an experiment (default 1; bad
-            input is never retried).
-        project_dir: the project to run in (default: this checkout).
+            input and timeouts are never retried).
         stages: run only these stages and the ones they depend on (default: all).
         experiment: the experiment's name (default: the preset's, else the flow run's);
             ``-2``, ``-3``... is added when it is taken.
@@ -288,40 +318,34 @@ def training_pipeline(
 
     Returns:
         One record per stage (name, whether it ran, seconds), or one for the experiment.
+
+    Raises:
+        ValueError: (before any stage runs) a key or preset the deployment does not allow, a
+            bad key or value, an unknown stage, a bad experiment name.
     """
-    project = Path(project_dir) if project_dir else FLOW_PROJECT
-    overrides = dict(overrides or {})
-    if task is not None:
-        overrides["task"] = task
-    imports: dict[str, str] = {}
-    as_experiment = preset is not None or bool(overrides)
-    name = experiment or preset or prefect_flow_run.name or "flow-run"
-    order = stage_order(project, stages)  # raises ValueError for an unknown stage
-    try:
-        if preset is not None:
-            chosen = load_preset(preset, project / "presets")
-            overrides, imports = {**chosen.params, **overrides}, chosen.imports
-        if as_experiment:
-            set_param_args(project / "params.yaml", overrides)  # validates: names a bad key
+    settings, project, overrides, imports = _checked_run(overrides, task, preset, stages)
+    retries = retries or {}
+    if preset is not None or overrides:
+        name = experiment or preset or prefect_flow_run.name or "flow-run"
+        try:
             check_name(name)
             baseline_commit(project)  # experiments start from a commit
-        else:
-            load_params(project / "params.yaml")
-    except (ParamsError, ExperimentError) as exc:
-        raise ValueError(str(exc)) from None
-    if as_experiment:
-        runner = run_as_experiment
-        if retries and "experiment" in retries:
-            runner = run_as_experiment.with_options(retries=retries["experiment"])
+        except ExperimentError as exc:
+            raise ValueError(str(exc)) from None
+        runner = run_as_experiment.with_options(
+            timeout_seconds=settings.timeout("experiment"),
+            retries=retries.get("experiment", run_as_experiment.retries),
+        )
         return [runner(name, project, overrides, stages, imports)]
     results = []
     try:
         if sync_remote_data:
             sync_remote("pull", project)
-        for stage in order:
-            runner = run_stage
-            if retries and stage in retries:
-                runner = run_stage.with_options(retries=retries[stage])
+        for stage in stage_order(project, stages):
+            runner = run_stage.with_options(
+                timeout_seconds=settings.timeout(stage),
+                retries=retries.get(stage, run_stage.retries),
+            )
             results.append(runner(stage, project))
         if sync_remote_data:
             sync_remote("push", project)
@@ -330,6 +354,39 @@ def training_pipeline(
         raise
     end_parent_run(project)
     return results
+
+
+def _checked_run(
+    overrides: dict[str, Any] | None,
+    task: str | None,
+    preset: str | None,
+    stages: list[str] | None,
+) -> tuple[DeploymentSettings, Path, dict[str, Any], dict[str, str]]:
+    """The deployment's settings and project, and the run's overrides (preset first) and
+    imports, checked before any work.
+
+    Raises:
+        ValueError: what :func:`training_pipeline` lists.
+    """
+    settings, who = current_settings(prefect_deployment.name)
+    project = project_of(settings, FLOW_PROJECT)
+    overrides = dict(overrides or {})
+    if task is not None:
+        overrides["task"] = task
+    settings.check_run(overrides, preset, who)  # first: nothing of the run is used before
+    stage_order(project, stages)  # raises ValueError for an unknown stage
+    imports: dict[str, str] = {}
+    try:
+        if preset is not None:
+            chosen = load_preset(preset, project / "presets")
+            overrides, imports = {**chosen.params, **overrides}, chosen.imports
+        if preset is not None or overrides:
+            set_param_args(project / "params.yaml", overrides)  # validates: names a bad key
+        else:
+            load_params(project / "params.yaml")
+    except (ParamsError, ExperimentError) as exc:
+        raise ValueError(str(exc)) from None
+    return settings, project, overrides, imports
 
 
 def end_parent_run(project: Path, error: str | None = None) -> None:
