@@ -113,6 +113,7 @@ ALLOW_HELP = (
 )
 TIMEOUT_HELP = "STAGE=SECONDS (repeatable; `experiment` for ad-hoc runs). Default: tune and "
 TIMEOUT_HELP += f"train {DEFAULT_TIMEOUTS['train']} s, other stages {DEFAULT_TIMEOUT} s."
+UPDATE_HELP = "First `dvc update` the imports data.source reads (parameter update_imports)."
 COLLISION_HELP = "A run started while --concurrency runs run: waits (enqueue) or is cancelled."
 
 
@@ -128,6 +129,7 @@ def serve(
     concurrency: int = typer.Option(1, min=1, help="Runs of the deployment at the same time."),
     collision: Collision = typer.Option(Collision.enqueue, help=COLLISION_HELP),
     name: str = typer.Option(DEPLOYMENT_NAME, help="Deployment name."),
+    update_imports: bool = typer.Option(True, help=UPDATE_HELP),
 ) -> None:
     """Register the deployment and run its scheduled (and triggered) flow runs here."""
     from prefect import serve as prefect_serve
@@ -139,7 +141,11 @@ def serve(
     )
     os.environ.update(settings_env({name: settings}))  # inherited by the flow-run processes
     deployment = nightly_deployment(
-        cron, name=name, concurrency=concurrency, collision=collision.value
+        cron,
+        {"update_imports": update_imports},
+        name=name,
+        concurrency=concurrency,
+        collision=collision.value,
     )
     prefect_serve(deployment, limit=limit)
 
@@ -164,6 +170,7 @@ def pool(
     timeout: list[str] = typer.Option([], help=TIMEOUT_HELP),
     concurrency: int = typer.Option(1, min=1, help="Runs of the deployment at the same time."),
     collision: Collision = typer.Option(Collision.enqueue, help=COLLISION_HELP),
+    update_imports: bool = typer.Option(True, help=UPDATE_HELP),
 ) -> None:
     """Register the deployment on a work pool; `prefect worker start --pool NAME` runs it,
     from a fresh clone of REPO with the data and outputs of the DVC remote.
@@ -184,7 +191,7 @@ def pool(
     source = flow.from_source(GitRepository(url=repo, branch=branch), entrypoint=ENTRYPOINT)
     options = deployment_options(
         cron,
-        {"sync_remote_data": True},
+        {"sync_remote_data": True, "update_imports": update_imports},
         name=name,
         concurrency=concurrency,
         collision=collision.value,

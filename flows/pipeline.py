@@ -12,12 +12,7 @@ it would have trained anyway. ``dvc exp show`` lists the experiment, ``dvc exp a
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +23,9 @@ from prefect.runtime import deployment as prefect_deployment
 from prefect.runtime import flow_run as prefect_flow_run
 from prefect.tasks import exponential_backoff
 
+from flows import nightly
 from flows.artifacts import STAGE_REPORTS, publish_stage_artifact
+from flows.dvc_run import stream_dvc
 from flows.notify import notify_failure
 from flows.settings import DeploymentSettings, project_of
 from flows.settings import current as current_settings
@@ -105,54 +102,6 @@ def _not_bad_input(task, task_run, state) -> bool:
     return True
 
 
-def _stream_dvc(arguments: list[str], project: Path) -> tuple[int, str]:
-    """Run ``dvc ARGUMENTS`` in ``project``, each output line logged as it comes; return
-    its exit code and output."""
-    logger = get_run_logger()
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        # Stages tag their MLflow runs with it: lineage from a model back to this flow run.
-        "PIPELINE_FLOW_RUN_ID": str(prefect_flow_run.id or ""),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dvc", *arguments],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: a timeout stops the stage with it
-    )
-    lines = []
-    assert process.stdout is not None
-    try:
-        for line in process.stdout:
-            lines.append(line)
-            if line.strip():
-                logger.info(line.rstrip())
-        process.wait()
-    finally:  # a task timeout (or a cancelled flow run) interrupts the loop: stop dvc too
-        _stop_group(process)
-    return process.returncode, "".join(lines)
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    """Terminate ``process``'s group (dvc and the stage command it started) if it still runs;
-    kill it after 10 s. Hand-written: a Prefect task timeout raises in the flow's thread but
-    leaves the subprocesses it started running."""
-    if process.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @task(
     task_run_name="{stage}",
     retries=1,
@@ -162,7 +111,7 @@ def _stop_group(process: subprocess.Popen) -> None:
 def run_stage(stage: str, project: Path) -> dict[str, Any]:
     """Reproduce one DVC stage (skipped by DVC when up to date), streaming its log lines."""
     started = time.perf_counter()
-    returncode, output = _stream_dvc(["repro", "--single-item", stage], project)
+    returncode, output = stream_dvc(["repro", "--single-item", stage], project)
     if returncode != 0:
         found = _EXIT_CODE.findall(output)
         failure = StageFailed(stage, int(found[-1]) if found else None, output)
@@ -182,7 +131,7 @@ def sync_remote(action: str, project: Path) -> None:
     of every up-to-date stage instead of re-running it, or ``dvc push`` after them, so the
     next machine finds this run's data and models. Uses the checkout's default DVC remote."""
     arguments = ["pull", "--allow-missing"] if action == "pull" else ["push"]
-    returncode, output = _stream_dvc(arguments, project)
+    returncode, output = stream_dvc(arguments, project)
     if returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-10:])
         raise RuntimeError(f"dvc {action} failed in {project} (exit code {returncode}):\n{tail}")
@@ -290,6 +239,7 @@ def training_pipeline(
     stages: list[str] | None = None,
     experiment: str | None = None,
     sync_remote_data: bool = False,
+    update_imports: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every DVC stage in order; unchanged stages are skipped.
 
@@ -315,6 +265,10 @@ def training_pipeline(
             ``-2``, ``-3``... is added when it is taken.
         sync_remote_data: ``dvc pull`` before the stages and ``dvc push`` after them (the
             work-pool deployment sets it: its worker starts from a fresh clone).
+        update_imports: ``dvc update`` the imports under ``data/external/`` that
+            ``data.source`` reads before the stages, and publish the ``nightly-summary``
+            artifact after them (flows/nightly.py; the nightly deployments set it). Not for
+            experiments.
 
     Returns:
         One record per stage (name, whether it ran, seconds), or one for the experiment.
@@ -337,10 +291,25 @@ def training_pipeline(
             retries=retries.get("experiment", run_as_experiment.retries),
         )
         return [runner(name, project, overrides, stages, imports)]
+    return _run_stages(project, settings, stages, retries, sync_remote_data, update_imports)
+
+
+def _run_stages(
+    project: Path,
+    settings: DeploymentSettings,
+    stages: list[str] | None,
+    retries: dict[str, int],
+    sync_remote_data: bool,
+    update_imports: bool,
+) -> list[dict[str, Any]]:
+    """The plain run of :func:`training_pipeline`: one task per stage in the workspace."""
     results = []
     try:
         if sync_remote_data:
             sync_remote("pull", project)
+        if update_imports:
+            before = nightly.snapshot(project)
+            imports = nightly.refresh_imports(project)
         for stage in stage_order(project, stages):
             runner = run_stage.with_options(
                 timeout_seconds=settings.timeout(stage),
@@ -353,6 +322,8 @@ def training_pipeline(
         end_parent_run(project, describe_error(exc))
         raise
     end_parent_run(project)
+    if update_imports:
+        nightly.publish_summary(project, before, imports, [r["stage"] for r in results if r["ran"]])
     return results
 
 

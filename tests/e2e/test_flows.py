@@ -43,6 +43,7 @@ from prefect.client.schemas.filters import (
 from prefect.deployments import run_deployment
 from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prepare_data import TEXT_COLUMNS
 
 from flows.deploy import DEPLOYMENT_NAME, SCHEDULE_SLUG
 from flows.notify import WEBHOOK_ENV
@@ -208,7 +209,8 @@ def _locked_params(project: Path, stage: str) -> dict:
 
 def test_deployment_is_scheduled_nightly_with_a_stable_slug(served):
     deployment = asyncio.run(_deployment())
-    assert deployment.parameters == {}  # nightly runs train what params.yaml says
+    # Nightly runs refresh the data imports, then train what params.yaml says.
+    assert deployment.parameters == {"update_imports": True}
     assert deployment.global_concurrency_limit.limit == 1
     assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
     (schedule,) = deployment.schedules
@@ -365,7 +367,7 @@ def test_work_pool_worker_runs_from_a_clone_and_the_dvc_remote(
     status = run(["dvc", "status", "tokenize", "--with-deps"], clone).stdout.strip()
     assert status == "Data and pipelines are up to date."
     # Restored stages were skipped: only tokenize published a stage artifact.
-    assert set(asyncio.run(_artifacts(flow_run.id))) == {"tokenize-report"}
+    assert set(asyncio.run(_artifacts(flow_run.id))) == {"tokenize-report", "nightly-summary"}
     # Its outputs went to the remote; the origin's workspace is as committed.
     assert {path for path in remote.rglob("*") if path.is_file()} > pushed
     assert not run(["git", "status", "--porcelain"], origin).stdout.strip()
@@ -576,3 +578,62 @@ def test_a_stage_past_its_timeout_is_stopped_and_the_failure_posted(
     assert body["flow_run_url"].endswith(f"/runs/flow-run/{flow_run_id}")
     assert body["flow_run_url"] in body["text"]
     assert body["flow_run_url"].startswith(prefect_api.removesuffix("/api"))
+
+
+def _reviews(path: Path, n: int) -> None:
+    """``n`` reviews, both labels in every movie (ten reviews each), as an upstream CSV."""
+    rows = ["review,sentiment,movie"]
+    for i in range(n):
+        word, label = ("great", "pos") if i % 2 else ("dull", "neg")
+        rows.append(f'"review {i}: a {word} film",{label},movie{i // 10}')
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_the_nightly_retrains_only_when_the_imported_data_changed(
+    prefect_api, tmp_path, project_with, small, monkeypatch
+):
+    """User data imported with `dvc import-url` from a folder upstream: a nightly run with
+    nothing new skips every stage and says so; after rows are added upstream, the next one
+    updates the import, retrains, registers one new version, and its summary artifact gives
+    the examples per split before and after, the gate's decision and the files to commit."""
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    _reviews(upstream / "reviews.csv", 150)
+    project = project_with(tmp_path / "project")
+    data = {**TEXT_COLUMNS, "source": {"path": "data/external/reviews.csv"}}
+    data["group_column"] = "movie"
+    set_params(project, **{k: v for k, v in small.items() if k != "prepare.max_examples"})
+    set_params(project, **{f"data.{key}": value for key, value in data.items()})
+    set_params(project, **{"register.min_score": 0.0})  # version 1 becomes the champion
+    run(["dvc", "import-url", str(upstream / "reviews.csv"), "data/external/reviews.csv"], project)
+    run(["dvc", "repro", "register"], project)  # all but the HTML report, for speed
+    commit(project)
+    pipeline = training_pipeline_in(project, monkeypatch)
+
+    state = pipeline(update_imports=True, stages=["register"], return_state=True)
+    assert not any(record["ran"] for record in state.result())
+    summary = asyncio.run(_artifacts(state.state_details.flow_run_id))["nightly-summary"]
+    assert summary.data.startswith("## Nightly: no new data")
+    assert "every stage was up to date" in summary.data and "Nothing to commit" in summary.data
+
+    before = json.loads((project / "data/prepared/summary.json").read_text())["splits"]
+    _reviews(upstream / "reviews.csv", 190)  # the same 150 rows and 40 new ones
+    state = pipeline(update_imports=True, stages=["register"], return_state=True)
+    assert all(record["ran"] for record in state.result())
+    summary = asyncio.run(_artifacts(state.state_details.flow_run_id))["nightly-summary"].data
+    assert summary.startswith("## Nightly: new data")
+    after = json.loads((project / "data/prepared/summary.json").read_text())["splits"]
+    assert (
+        sum(s["examples"] for s in after.values()) - 150
+        == 40
+        == sum(s["examples"] - before[name]["examples"] for name, s in after.items())
+    )
+    for name, split in after.items():
+        old, new = before[name]["examples"], split["examples"]
+        assert f"| {name} | {old} | {new} | {new - old:+d} |" in summary
+    registry = json.loads((project / "reports/registry.json").read_text())
+    assert len(_registry(project)) == 2 and registry["version"] == 2
+    assert f"version 2 scored {registry['score']:.4f}" in summary
+    assert f"champion version 1 {registry['champion_before']['score']:.4f}" in summary
+    assert f"**{registry['decision']}**" in summary
+    assert "git add data/external/reviews.csv.dvc dvc.lock && git commit" in summary
