@@ -86,7 +86,9 @@ def stage_order(project: Path, targets: list[str] | None = None) -> list[str]:
             wanted = set()
             for target in targets:
                 wanted |= {by_name[target], *nx.descendants(graph, by_name[target])}
-        return [stage.name for stage in order if stage in wanted and stage.name in by_name]
+        # `.dvc` stages (imports) among the targets' dependencies have no name: left out.
+        pipeline = [stage for stage in order if isinstance(stage, PipelineStage)]
+        return [stage.name for stage in pipeline if stage in wanted]
 
 
 def _not_bad_input(task, task_run, state) -> bool:
