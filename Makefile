@@ -141,8 +141,9 @@ PREFECT_LOCAL_API := http://127.0.0.1:$(PREFECT_PORT)/api
 prefect-server: setup  ## Start a local Prefect server + UI on 127.0.0.1:4200 (state in .state/prefect)
 	finetune ui prefect --port $(PREFECT_PORT)
 
+# ALLOW="prepare.seed train.*": the params keys its runs may override (fixed here; default none).
 serve-flows: setup  ## Register the nightly deployment and execute its runs here (needs prefect-server)
-	PREFECT_API_URL=$(PREFECT_LOCAL_API) finetune deploy serve
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) finetune deploy serve $(foreach key,$(ALLOW),--allow '$(key)')
 
 POOL ?= training
 REPO ?=

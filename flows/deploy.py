@@ -14,11 +14,15 @@ instead of creating a second schedule.
 
 from __future__ import annotations
 
+import enum
+import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import typer
 
+from flows.settings import DEFAULT_TIMEOUT, DEFAULT_TIMEOUTS, DeploymentSettings, settings_env
 from tasks.core.environment import PROJECT_ROOT
 
 DEPLOYMENT_NAME = "nightly-retrain"
@@ -27,6 +31,13 @@ DEFAULT_CRON = "0 2 * * *"  # 02:00 UTC every night
 ENTRYPOINT = "flows/pipeline.py:training_pipeline"
 
 app = typer.Typer(add_completion=False, help=__doc__)
+
+
+class Collision(enum.StrEnum):
+    """What happens to a run started while the deployment's concurrency limit is reached."""
+
+    enqueue = "enqueue"
+    cancel = "cancel"
 
 
 def schedule(cron: str = DEFAULT_CRON, timezone: str = "UTC"):
@@ -41,7 +52,15 @@ def deployment_options(
     parameters: dict[str, Any] | None = None,
     paused: bool = False,
     name: str = DEPLOYMENT_NAME,
+    concurrency: int = 1,
+    collision: str = "enqueue",
 ) -> dict[str, Any]:
+    """``to_deployment``/``deploy`` options: the nightly schedule, and at most ``concurrency``
+    runs at once (``enqueue``: a run started meanwhile waits for a slot; ``cancel``: it is
+    cancelled), so a manual run never interleaves its stages with the nightly's."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    strategy = {"enqueue": "ENQUEUE", "cancel": "CANCEL_NEW"}[collision]
     return {
         "name": name,
         "schedules": [schedule(cron)],
@@ -49,27 +68,86 @@ def deployment_options(
         "paused": paused,
         "tags": ["training"],
         "description": "Nightly retrain: every DVC stage in order, unchanged ones skipped.",
+        "concurrency_limit": ConcurrencyLimitConfig(
+            limit=concurrency, collision_strategy=ConcurrencyLimitStrategy(strategy)
+        ),
     }
 
 
 def nightly_deployment(
-    cron: str = DEFAULT_CRON, parameters: dict[str, Any] | None = None, paused: bool = False
+    cron: str = DEFAULT_CRON,
+    parameters: dict[str, Any] | None = None,
+    paused: bool = False,
+    **options: Any,
 ):
-    """A runner deployment of ``training_pipeline`` for :func:`prefect.serve`."""
+    """A runner deployment of ``training_pipeline`` for :func:`prefect.serve` (``options``:
+    those of :func:`deployment_options`)."""
     from flows.pipeline import training_pipeline
 
-    return training_pipeline.to_deployment(**deployment_options(cron, parameters, paused))
+    return training_pipeline.to_deployment(
+        **deployment_options(cron, parameters, paused, **options)
+    )
+
+
+def parse_timeouts(values: list[str]) -> dict[str, float]:
+    """``["train=7200", ...]`` -> ``{"train": 7200.0}``.
+
+    Raises:
+        typer.BadParameter: a value that is not STAGE=SECONDS with positive seconds.
+    """
+    timeouts = {}
+    for value in values:
+        stage, _, seconds = value.partition("=")
+        try:
+            timeouts[stage] = float(seconds)
+        except ValueError:
+            timeouts[stage] = -1.0
+        if not stage or timeouts[stage] <= 0:
+            raise typer.BadParameter(f"{value!r}: expected STAGE=SECONDS", param_hint="--timeout")
+    return timeouts
+
+
+ALLOW_HELP = (
+    "A params key (or pattern: train.*) a run's overrides may set; `preset` allows presets. "
+    "Repeatable; default none. tracking.*, tune.storage and model.name_or_path only by full name."
+)
+TIMEOUT_HELP = "STAGE=SECONDS (repeatable; `experiment` for ad-hoc runs). Default: tune and "
+TIMEOUT_HELP += f"train {DEFAULT_TIMEOUTS['train']} s, other stages {DEFAULT_TIMEOUT} s."
+UPDATE_HELP = "First `dvc update` the imports data.source reads (parameter update_imports)."
+COLLISION_HELP = "A run started while --concurrency runs run: waits (enqueue) or is cancelled."
 
 
 @app.command()
 def serve(
     cron: str = typer.Option(DEFAULT_CRON, help="Cron schedule (UTC)."),
-    limit: int = typer.Option(1, help="Flow runs executed at the same time."),
+    limit: int = typer.Option(1, help="Flow runs this process executes at the same time."),
+    project: Path = typer.Option(
+        PROJECT_ROOT, help="The project every run of the deployment uses (fixed here)."
+    ),
+    allow: list[str] = typer.Option([], help=ALLOW_HELP),
+    timeout: list[str] = typer.Option([], help=TIMEOUT_HELP),
+    concurrency: int = typer.Option(1, min=1, help="Runs of the deployment at the same time."),
+    collision: Collision = typer.Option(Collision.enqueue, help=COLLISION_HELP),
+    name: str = typer.Option(DEPLOYMENT_NAME, help="Deployment name."),
+    update_imports: bool = typer.Option(True, help=UPDATE_HELP),
 ) -> None:
     """Register the deployment and run its scheduled (and triggered) flow runs here."""
     from prefect import serve as prefect_serve
 
-    prefect_serve(nightly_deployment(cron), limit=limit)
+    if not (project / "dvc.yaml").is_file():
+        raise typer.BadParameter(f"{project} holds no dvc.yaml", param_hint="--project")
+    settings = DeploymentSettings(
+        project=str(project.resolve()), allow=tuple(allow), timeouts=parse_timeouts(timeout)
+    )
+    os.environ.update(settings_env({name: settings}))  # inherited by the flow-run processes
+    deployment = nightly_deployment(
+        cron,
+        {"update_imports": update_imports},
+        name=name,
+        concurrency=concurrency,
+        collision=collision.value,
+    )
+    prefect_serve(deployment, limit=limit)
 
 
 def _git(*arguments: str) -> str:
@@ -88,9 +166,17 @@ def pool(
         "", help="Git URL the workers clone (default: this checkout's `origin` remote)."
     ),
     branch: str = typer.Option("", help="Branch the workers run (default: the current one)."),
+    allow: list[str] = typer.Option([], help=ALLOW_HELP),
+    timeout: list[str] = typer.Option([], help=TIMEOUT_HELP),
+    concurrency: int = typer.Option(1, min=1, help="Runs of the deployment at the same time."),
+    collision: Collision = typer.Option(Collision.enqueue, help=COLLISION_HELP),
+    update_imports: bool = typer.Option(True, help=UPDATE_HELP),
 ) -> None:
     """Register the deployment on a work pool; `prefect worker start --pool NAME` runs it,
-    from a fresh clone of REPO with the data and outputs of the DVC remote."""
+    from a fresh clone of REPO with the data and outputs of the DVC remote.
+
+    The settings (--allow, --timeout) travel in the deployment's `env` job variable: lock
+    `env` and `command` in the pool's base job template, or a run can replace them."""
     from prefect import flow
     from prefect.runner.storage import GitRepository
 
@@ -103,8 +189,16 @@ def pool(
         )
     branch = branch or _git("branch", "--show-current") or None
     source = flow.from_source(GitRepository(url=repo, branch=branch), entrypoint=ENTRYPOINT)
-    options = deployment_options(cron, {"sync_remote_data": True}, name=name)
-    source.deploy(work_pool_name=pool_name, **options)
+    options = deployment_options(
+        cron,
+        {"sync_remote_data": True, "update_imports": update_imports},
+        name=name,
+        concurrency=concurrency,
+        collision=collision.value,
+    )
+    settings = DeploymentSettings(allow=tuple(allow), timeouts=parse_timeouts(timeout))
+    env = settings_env({name: settings})
+    source.deploy(work_pool_name=pool_name, job_variables={"env": env}, **options)
     typer.echo(f"{name}: workers of pool {pool_name!r} run {repo} at {branch or 'HEAD'}")
 
 

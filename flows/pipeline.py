@@ -12,20 +12,23 @@ it would have trained anyway. ``dvc exp show`` lists the experiment, ``dvc exp a
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.runtime import deployment as prefect_deployment
 from prefect.runtime import flow_run as prefect_flow_run
 from prefect.tasks import exponential_backoff
 
+from flows import nightly
 from flows.artifacts import STAGE_REPORTS, publish_stage_artifact
+from flows.dvc_run import stream_dvc
+from flows.notify import notify_failure
+from flows.settings import DeploymentSettings, project_of
+from flows.settings import current as current_settings
 from tasks.commands.experiments import (
     Experiment,
     ExperimentError,
@@ -83,7 +86,9 @@ def stage_order(project: Path, targets: list[str] | None = None) -> list[str]:
             wanted = set()
             for target in targets:
                 wanted |= {by_name[target], *nx.descendants(graph, by_name[target])}
-        return [stage.name for stage in order if stage in wanted and stage.name in by_name]
+        # `.dvc` stages (imports) among the targets' dependencies have no name: left out.
+        pipeline = [stage for stage in order if isinstance(stage, PipelineStage)]
+        return [stage.name for stage in pipeline if stage in wanted]
 
 
 def _not_bad_input(task, task_run, state) -> bool:
@@ -92,37 +97,11 @@ def _not_bad_input(task, task_run, state) -> bool:
         state.result()
     except StageFailed as failure:
         return failure.retryable
+    except TimeoutError:  # a stage past its timeout would hang again
+        return False
     except Exception:
         return True
     return True
-
-
-def _stream_dvc(arguments: list[str], project: Path) -> tuple[int, str]:
-    """Run ``dvc ARGUMENTS`` in ``project``, each output line logged as it comes; return
-    its exit code and output."""
-    logger = get_run_logger()
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        # Stages tag their MLflow runs with it: lineage from a model back to this flow run.
-        "PIPELINE_FLOW_RUN_ID": str(prefect_flow_run.id or ""),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dvc", *arguments],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines = []
-    assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line)
-        if line.strip():
-            logger.info(line.rstrip())
-    process.wait()
-    return process.returncode, "".join(lines)
 
 
 @task(
@@ -134,7 +113,7 @@ def _stream_dvc(arguments: list[str], project: Path) -> tuple[int, str]:
 def run_stage(stage: str, project: Path) -> dict[str, Any]:
     """Reproduce one DVC stage (skipped by DVC when up to date), streaming its log lines."""
     started = time.perf_counter()
-    returncode, output = _stream_dvc(["repro", "--single-item", stage], project)
+    returncode, output = stream_dvc(["repro", "--single-item", stage], project)
     if returncode != 0:
         found = _EXIT_CODE.findall(output)
         failure = StageFailed(stage, int(found[-1]) if found else None, output)
@@ -154,7 +133,7 @@ def sync_remote(action: str, project: Path) -> None:
     of every up-to-date stage instead of re-running it, or ``dvc push`` after them, so the
     next machine finds this run's data and models. Uses the checkout's default DVC remote."""
     arguments = ["pull", "--allow-missing"] if action == "pull" else ["push"]
-    returncode, output = _stream_dvc(arguments, project)
+    returncode, output = stream_dvc(arguments, project)
     if returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-10:])
         raise RuntimeError(f"dvc {action} failed in {project} (exit code {returncode}):\n{tail}")
@@ -253,16 +232,16 @@ def publish_experiment_artifact(
     )
 
 
-@flow(name="training-pipeline", log_prints=True)
+@flow(name="training-pipeline", log_prints=True, on_failure=[notify_failure])
 def training_pipeline(
     overrides: dict[str, Any] | None = None,
     task: str | None = None,
     preset: str | None = None,
     retries: dict[str, int] | None = None,
-    project_dir: str | None = None,
     stages: list[str] | None = None,
     experiment: str | None = None,
     sync_remote_data: bool = False,
+    update_imports: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every DVC stage in order; unchanged stages are skipped.
 
@@ -271,58 +250,73 @@ def training_pipeline(
     them the run is a DVC experiment instead (one Prefect task): ``params.yaml`` and
     ``dvc.lock`` stay as they are; ``dvc exp show`` lists it, ``dvc exp apply NAME`` adopts it.
 
+    The project directory, the keys a run may override and the stage timeouts are the
+    deployment's, fixed when it was made (flows/settings.py), never run parameters.
+
     Args:
         overrides: dotted params for this run, e.g. ``{"prepare.seed": 7}``; validated by
-            the typed params before any work (``dvc exp run -S``).
+            the typed params before any work (``dvc exp run -S``); only keys the deployment
+            allows.
         task: shortcut for ``overrides["task"]``.
         preset: a ready-made configuration (``presets/NAME.yaml``, e.g. ``conll2003``);
-            ``overrides`` and ``task`` apply on top of it.
+            ``overrides`` and ``task`` apply on top of it (if the deployment allows presets).
         retries: retries per stage name, ``experiment`` for an experiment (default 1; bad
-            input is never retried).
-        project_dir: the project to run in (default: this checkout).
+            input and timeouts are never retried).
         stages: run only these stages and the ones they depend on (default: all).
         experiment: the experiment's name (default: the preset's, else the flow run's);
             ``-2``, ``-3``... is added when it is taken.
         sync_remote_data: ``dvc pull`` before the stages and ``dvc push`` after them (the
             work-pool deployment sets it: its worker starts from a fresh clone).
+        update_imports: ``dvc update`` the imports under ``data/external/`` that
+            ``data.source`` reads before the stages, and publish the ``nightly-summary``
+            artifact after them (flows/nightly.py; the nightly deployments set it). Not for
+            experiments.
 
     Returns:
         One record per stage (name, whether it ran, seconds), or one for the experiment.
+
+    Raises:
+        ValueError: (before any stage runs) a key or preset the deployment does not allow, a
+            bad key or value, an unknown stage, a bad experiment name.
     """
-    project = Path(project_dir) if project_dir else FLOW_PROJECT
-    overrides = dict(overrides or {})
-    if task is not None:
-        overrides["task"] = task
-    imports: dict[str, str] = {}
-    as_experiment = preset is not None or bool(overrides)
-    name = experiment or preset or prefect_flow_run.name or "flow-run"
-    order = stage_order(project, stages)  # raises ValueError for an unknown stage
-    try:
-        if preset is not None:
-            chosen = load_preset(preset, project / "presets")
-            overrides = {**chosen.params, **overrides}
-            imports = chosen.data_imports(project)  # imported before: never a path from a run
-        if as_experiment:
-            set_param_args(project / "params.yaml", overrides)  # validates: names a bad key
+    settings, project, overrides, imports = _checked_run(overrides, task, preset, stages)
+    retries = retries or {}
+    if preset is not None or overrides:
+        name = experiment or preset or prefect_flow_run.name or "flow-run"
+        try:
             check_name(name)
             baseline_commit(project)  # experiments start from a commit
-        else:
-            load_params(project / "params.yaml")
-    except (ParamsError, ExperimentError) as exc:
-        raise ValueError(str(exc)) from None
-    if as_experiment:
-        runner = run_as_experiment
-        if retries and "experiment" in retries:
-            runner = run_as_experiment.with_options(retries=retries["experiment"])
+        except ExperimentError as exc:
+            raise ValueError(str(exc)) from None
+        runner = run_as_experiment.with_options(
+            timeout_seconds=settings.timeout("experiment"),
+            retries=retries.get("experiment", run_as_experiment.retries),
+        )
         return [runner(name, project, overrides, stages, imports)]
+    return _run_stages(project, settings, stages, retries, sync_remote_data, update_imports)
+
+
+def _run_stages(
+    project: Path,
+    settings: DeploymentSettings,
+    stages: list[str] | None,
+    retries: dict[str, int],
+    sync_remote_data: bool,
+    update_imports: bool,
+) -> list[dict[str, Any]]:
+    """The plain run of :func:`training_pipeline`: one task per stage in the workspace."""
     results = []
     try:
         if sync_remote_data:
             sync_remote("pull", project)
-        for stage in order:
-            runner = run_stage
-            if retries and stage in retries:
-                runner = run_stage.with_options(retries=retries[stage])
+        if update_imports:
+            before = nightly.snapshot(project)
+            imports = nightly.refresh_imports(project)
+        for stage in stage_order(project, stages):
+            runner = run_stage.with_options(
+                timeout_seconds=settings.timeout(stage),
+                retries=retries.get(stage, run_stage.retries),
+            )
             results.append(runner(stage, project))
         if sync_remote_data:
             sync_remote("push", project)
@@ -330,7 +324,43 @@ def training_pipeline(
         end_parent_run(project, describe_error(exc))
         raise
     end_parent_run(project)
+    if update_imports:
+        nightly.publish_summary(project, before, imports, [r["stage"] for r in results if r["ran"]])
     return results
+
+
+def _checked_run(
+    overrides: dict[str, Any] | None,
+    task: str | None,
+    preset: str | None,
+    stages: list[str] | None,
+) -> tuple[DeploymentSettings, Path, dict[str, Any], dict[str, str]]:
+    """The deployment's settings and project, and the run's overrides (preset first) and
+    imports, checked before any work.
+
+    Raises:
+        ValueError: what :func:`training_pipeline` lists.
+    """
+    settings, who = current_settings(prefect_deployment.name)
+    project = project_of(settings, FLOW_PROJECT)
+    overrides = dict(overrides or {})
+    if task is not None:
+        overrides["task"] = task
+    settings.check_run(overrides, preset, who)  # first: nothing of the run is used before
+    stage_order(project, stages)  # raises ValueError for an unknown stage
+    imports: dict[str, str] = {}
+    try:
+        if preset is not None:
+            chosen = load_preset(preset, project / "presets")
+            overrides = {**chosen.params, **overrides}
+            imports = chosen.data_imports(project)  # imported before: never a path from a run
+        if preset is not None or overrides:
+            set_param_args(project / "params.yaml", overrides)  # validates: names a bad key
+        else:
+            load_params(project / "params.yaml")
+    except (ParamsError, ExperimentError) as exc:
+        raise ValueError(str(exc)) from None
+    return settings, project, overrides, imports
 
 
 def end_parent_run(project: Path, error: str | None = None) -> None:

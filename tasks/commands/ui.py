@@ -41,17 +41,36 @@ def mlflow_server(
 
 
 def prefect_server(port: int) -> tuple[list[str], dict[str, str]]:
-    """Command and environment of ``prefect server start`` whose UI calls its own API."""
-    api = f"http://{HOST}:{port}/api"
+    """Command and environment of ``prefect server start`` whose UI calls its own API.
+
+    Anyone who reaches the API can create flow runs, so the server refuses state-changing
+    requests without a CSRF token (Prefect's client and UI fetch one), answers cross-origin
+    requests only from its own origin (a web page elsewhere cannot call it), and requires
+    basic auth when ``PREFECT_SERVER_API_AUTH_STRING`` (or else ``PREFECT_API_AUTH_STRING``,
+    what the clients send) is set to ``user:password``.
+    """
+    origin = f"http://{HOST}:{port}"
     env = {
         **os.environ,
         "PREFECT_SERVER_API_HOST": HOST,
         "PREFECT_SERVER_API_PORT": str(port),
         # What /ui-settings hands the browser; it follows PREFECT_API_URL when that is set,
         # which may name another server: set it explicitly.
-        "PREFECT_UI_API_URL": api,
-        "PREFECT_UI_URL": f"http://{HOST}:{port}",
+        "PREFECT_UI_API_URL": f"{origin}/api",
+        "PREFECT_UI_URL": origin,
+        "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
+        "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": origin,
     }
+    auth = os.environ.get("PREFECT_SERVER_API_AUTH_STRING") or os.environ.get(
+        "PREFECT_API_AUTH_STRING"
+    )
+    if auth:
+        if ":" not in auth:
+            raise typer.BadParameter(
+                "PREFECT_SERVER_API_AUTH_STRING / PREFECT_API_AUTH_STRING: expected "
+                "user:password (the value is not shown)"
+            )
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     bin_dir = Path(sys.executable).parent
     command = [str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port", str(port)]
     return command, env
@@ -94,8 +113,13 @@ def training_runs_url(base: str, store_uri: str) -> str:
 
 @app.command("prefect")
 def prefect_ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
-    """Start the Prefect server and UI: flow runs, stage task runs, deployments."""
+    """Start the Prefect server and UI: flow runs, stage task runs, deployments.
+
+    CSRF protection on, CORS limited to its own origin; basic auth when
+    PREFECT_SERVER_API_AUTH_STRING or PREFECT_API_AUTH_STRING is set (user:password)."""
     command, env = prefect_server(port)
+    auth = "on" if "PREFECT_SERVER_API_AUTH_STRING" in env else "off (set PREFECT_API_AUTH_STRING)"
+    typer.echo(f"Prefect UI: {env['PREFECT_UI_URL']} (CSRF protection on, basic auth {auth})")
     os.execve(command[0], command, env)
 
 

@@ -7,16 +7,20 @@ runs with overrides are DVC experiments that leave params.yaml and dvc.lock as c
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import mlflow
+import psutil
 import pytest
 import yaml
 from conftest import (
@@ -39,9 +43,12 @@ from prefect.client.schemas.filters import (
 from prefect.deployments import run_deployment
 from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prepare_data import TEXT_COLUMNS
 
 from flows.deploy import DEPLOYMENT_NAME, SCHEDULE_SLUG
+from flows.notify import WEBHOOK_ENV
 from flows.pipeline import stage_order, training_pipeline
+from flows.settings import DIRECT, SETTINGS_ENV, DeploymentSettings, settings_env
 
 DEPLOYMENT = f"training-pipeline/{DEPLOYMENT_NAME}"
 
@@ -122,14 +129,23 @@ def prefect_api(tmp_path_factory):
         stop_server(server)
 
 
+# What the served deployment lets a run override (chosen at deploy time): the keys of SMALL,
+# the failing validation threshold, and model.name_or_path by its full name.
+ALLOWED = ["prepare.*", "validate.*", "tokenize.*", "train.*", "tune.*", "model.name_or_path"]
+
+
 @pytest.fixture(scope="module")
-def served(prefect_api, tmp_path_factory):
-    """``python -m flows.deploy serve`` running against the test server."""
+def served(prefect_api, served_project, tmp_path_factory):
+    """``python -m flows.deploy serve`` running against the test server, its deployment fixed
+    on ``served_project`` with the :data:`ALLOWED` overrides; a run started while one runs is
+    cancelled (two runs may execute here at once, so the server's limit decides)."""
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**project_env(), "PREFECT_API_URL": prefect_api}
+    options = ["--project", str(served_project), "--limit", "2", "--collision", "cancel"]
+    options += [item for key in ALLOWED for item in ("--allow", key)]
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "flows.deploy", "serve"],
+            [sys.executable, "-m", "flows.deploy", "serve", *options],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -179,13 +195,24 @@ async def _task_runs(flow_run_id) -> dict:
         return {t.name: t for t in found}
 
 
+def training_pipeline_in(project: Path, monkeypatch, **settings):
+    """``training_pipeline`` for direct calls in this process, on ``project`` (what ``deploy
+    serve --project`` fixes for a deployment); ``settings``: other DeploymentSettings."""
+    fixed = DeploymentSettings(project=str(project), **{"allow": None, **settings})
+    monkeypatch.setenv(SETTINGS_ENV, settings_env({DIRECT: fixed})[SETTINGS_ENV])
+    return training_pipeline
+
+
 def _locked_params(project: Path, stage: str) -> dict:
     return yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]["params"]
 
 
 def test_deployment_is_scheduled_nightly_with_a_stable_slug(served):
     deployment = asyncio.run(_deployment())
-    assert deployment.parameters == {}  # nightly runs train what params.yaml says
+    # Nightly runs refresh the data imports, then train what params.yaml says.
+    assert deployment.parameters == {"update_imports": True}
+    assert deployment.global_concurrency_limit.limit == 1
+    assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
     (schedule,) = deployment.schedules
     assert schedule.slug == SCHEDULE_SLUG
     assert schedule.schedule.cron == "0 2 * * *"
@@ -230,7 +257,7 @@ def test_triggered_run_with_overrides_is_an_experiment_with_artifacts_and_an_mlf
     before = (served_project / "params.yaml").read_bytes()
     flow_run = run_deployment(
         DEPLOYMENT,
-        parameters={"project_dir": str(served_project), "overrides": small},
+        parameters={"overrides": small},
         timeout=600,
     )
     assert flow_run.state_name == "Completed", served.read_text()[-3000:]
@@ -262,7 +289,7 @@ def test_validation_failure_fails_the_run_and_keeps_the_registry(served, served_
     if not _registry(served_project):  # run alone: give it a registry to protect first
         run_deployment(
             DEPLOYMENT,
-            parameters={"project_dir": str(served_project), "overrides": small},
+            parameters={"overrides": small},
             timeout=600,
         )
     registry_before = _registry(served_project)
@@ -270,7 +297,7 @@ def test_validation_failure_fails_the_run_and_keeps_the_registry(served, served_
     # As an experiment: one task, not retried (bad data), nothing saved.
     flow_run = run_deployment(
         DEPLOYMENT,
-        parameters={"project_dir": str(served_project), "overrides": bad},
+        parameters={"overrides": bad},
         timeout=600,
     )
     assert flow_run.state_name == "Failed"
@@ -283,9 +310,7 @@ def test_validation_failure_fails_the_run_and_keeps_the_registry(served, served_
     committed = (served_project / "params.yaml").read_bytes()
     set_params(served_project, **bad)
     try:
-        flow_run = run_deployment(
-            DEPLOYMENT, parameters={"project_dir": str(served_project)}, timeout=600
-        )
+        flow_run = run_deployment(DEPLOYMENT, timeout=600)
     finally:
         (served_project / "params.yaml").write_bytes(committed)
     assert flow_run.state_name == "Failed"
@@ -342,7 +367,7 @@ def test_work_pool_worker_runs_from_a_clone_and_the_dvc_remote(
     status = run(["dvc", "status", "tokenize", "--with-deps"], clone).stdout.strip()
     assert status == "Data and pipelines are up to date."
     # Restored stages were skipped: only tokenize published a stage artifact.
-    assert set(asyncio.run(_artifacts(flow_run.id))) == {"tokenize-report"}
+    assert set(asyncio.run(_artifacts(flow_run.id))) == {"tokenize-report", "nightly-summary"}
     # Its outputs went to the remote; the origin's workspace is as committed.
     assert {path for path in remote.rglob("*") if path.is_file()} > pushed
     assert not run(["git", "status", "--porcelain"], origin).stdout.strip()
@@ -361,19 +386,21 @@ def start_worker(directory: Path, api: dict, log_path: Path) -> subprocess.Popen
         )
 
 
-def test_flow_and_dvc_repro_leave_identical_locks(prefect_api, tmp_path, small, project_with):
+def test_flow_and_dvc_repro_leave_identical_locks(
+    prefect_api, tmp_path, small, project_with, monkeypatch
+):
     by_dvc = project_with(tmp_path / "by-dvc")
     by_flow = project_with(tmp_path / "by-flow")
     for project in (by_dvc, by_flow):
         set_params(project, **small)
     run(["dvc", "repro"], by_dvc)
-    results = training_pipeline(project_dir=str(by_flow))
+    results = training_pipeline_in(by_flow, monkeypatch)()
     assert [r["stage"] for r in results] == stage_order(by_flow)
     assert all(r["ran"] for r in results)
     assert _lock_without_timings(by_flow) == _lock_without_timings(by_dvc)
     assert run(["dvc", "status"], by_flow).stdout.strip() == "Data and pipelines are up to date."
     # After `dvc repro`, the flow has nothing to do.
-    again = training_pipeline(project_dir=str(by_dvc))
+    again = training_pipeline_in(by_dvc, monkeypatch)()
     assert not any(r["ran"] for r in again)
 
 
@@ -403,15 +430,15 @@ def _lock_without_timings(project) -> dict:
     return lock
 
 
-def test_overrides_never_change_what_the_next_plain_run_trains(prefect_api, tmp_path):
+def test_overrides_never_change_what_the_next_plain_run_trains(prefect_api, tmp_path, monkeypatch):
     """An ad-hoc run (prepare.seed 7) is a DVC experiment; the plain run after it (what the
     nightly deployment does) reproduces the committed params. Up to validate, for speed."""
     project = make_project(tmp_path / "project")
     set_params(project, **{"prepare.max_examples": 200})
     commit(project)
     before = (project / "params.yaml").read_bytes()
-    state = training_pipeline(
-        project_dir=str(project),
+    pipeline = training_pipeline_in(project, monkeypatch)
+    state = pipeline(
         overrides={"prepare.seed": 7},
         stages=["validate"],
         experiment="seed-7",
@@ -425,7 +452,7 @@ def test_overrides_never_change_what_the_next_plain_run_trains(prefect_api, tmp_
     assert {"experiment", "prepare-report", "validate-report"} <= set(artifacts)
     assert "(seed 7)" in artifacts["prepare-report"].description
 
-    results = training_pipeline(project_dir=str(project), stages=["validate"])
+    results = pipeline(stages=["validate"])
     assert [(r["stage"], r["ran"]) for r in results] == [("prepare", True), ("validate", True)]
     assert (project / "params.yaml").read_bytes() == before
     committed = yaml.safe_load(before)
@@ -433,15 +460,180 @@ def test_overrides_never_change_what_the_next_plain_run_trains(prefect_api, tmp_
     assert experiments(project)["seed-7"]["prepare"]["seed"] == 7
 
 
-def test_a_bad_override_fails_before_any_work(prefect_api, tmp_path):
+def test_a_bad_override_fails_before_any_work(prefect_api, tmp_path, monkeypatch):
     project = commit(make_project(tmp_path / "project"))
     before = (project / "params.yaml").read_bytes()
+    pipeline = training_pipeline_in(project, monkeypatch)
     with pytest.raises(ValueError, match=r"prepare\.sed: unknown key \(did you mean 'seed'"):
-        training_pipeline(project_dir=str(project), overrides={"prepare.sed": 7})
+        pipeline(overrides={"prepare.sed": 7})
     with pytest.raises(ValueError, match=r"unknown stage\(s\) trian"):
-        training_pipeline(project_dir=str(project), stages=["trian"])
+        pipeline(stages=["trian"])
     with pytest.raises(ValueError, match="'a b' cannot name an experiment"):
-        training_pipeline(project_dir=str(project), overrides={"prepare.seed": 7}, experiment="a b")
+        pipeline(overrides={"prepare.seed": 7}, experiment="a b")
     assert (project / "params.yaml").read_bytes() == before
     assert not (project / "dvc.lock").exists() and not experiments(project)
     assert not (project / "data" / "prepared" / "train.parquet").exists()
+
+
+async def _flow_run(flow_run_id):
+    async with get_client() as client:
+        return await client.read_flow_run(flow_run_id)
+
+
+def test_runs_choose_neither_the_project_nor_keys_the_deployment_does_not_allow(
+    served, served_project
+):
+    """Anyone who reaches the API can create runs: the project and the allowed keys were
+    fixed at deploy time, so these runs are refused before any stage runs."""
+    flow_run = run_deployment(
+        DEPLOYMENT, parameters={"project_dir": "/somewhere/else"}, timeout=120
+    )
+    # Prefect's engine refuses parameters the flow does not take (the run crashes unstarted).
+    assert flow_run.state_name == "Crashed"
+    assert "provided with parameters ['project_dir']" in served.read_text()
+    assert asyncio.run(_task_runs(flow_run.id)) == {}
+    sensitive = {
+        "tracking.uri": "http://127.0.0.1:9/",  # no pattern covers tracking.*
+        "tune.storage": "sqlite:///elsewhere.db",  # `tune.*` is allowed, tune.storage is not
+        "train.epochs": 1,  # allowed
+    }
+    for parameters, named in [
+        ({"overrides": sensitive}, "tracking.uri, tune.storage (allowed:"),
+        ({"preset": "conll2003"}, "preset=conll2003 (allowed:"),
+    ]:
+        flow_run = run_deployment(DEPLOYMENT, parameters=parameters, timeout=120)
+        assert flow_run.state_name == "Failed", served.read_text()[-3000:]
+        assert f"deployment '{DEPLOYMENT_NAME}' does not allow {named}" in flow_run.state.message
+        assert asyncio.run(_task_runs(flow_run.id)) == {}  # no stage ran
+    assert "train.epochs" not in flow_run.state.message
+    assert not experiments(served_project)
+
+
+def test_a_second_run_is_cancelled_while_one_runs(served, small):
+    """The deployment's concurrency limit (1, collision strategy cancel): a manual run
+    started while another runs never interleaves its stages with it."""
+    first = run_deployment(
+        DEPLOYMENT, parameters={"overrides": small, "stages": ["prepare"]}, timeout=0
+    )
+    _wait_for(
+        lambda: asyncio.run(_flow_run(first.id)).state_type.value == "RUNNING", 90, "first run"
+    )
+    second = run_deployment(DEPLOYMENT, parameters={"stages": ["prepare"]}, timeout=90)
+    assert second.state_name == "Cancelled", second.state
+    assert asyncio.run(_task_runs(second.id)) == {}
+    _wait_for(lambda: asyncio.run(_flow_run(first.id)).state.is_final(), 300, "first run end")
+    assert asyncio.run(_flow_run(first.id)).state_name == "Completed", served.read_text()[-3000:]
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """A webhook on 127.0.0.1 that keeps every JSON body it is sent."""
+
+    received: ClassVar[list[dict]] = []
+
+    def do_POST(self):
+        length = int(self.headers["Content-Length"])
+        self.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook():
+    """(URL, bodies received) of a webhook receiver on a free 127.0.0.1 port."""
+    receiver = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
+    _Receiver.received = []
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{receiver.server_port}/hook", _Receiver.received
+    finally:
+        receiver.shutdown()
+
+
+def test_a_stage_past_its_timeout_is_stopped_and_the_failure_posted(
+    prefect_api, tmp_path, monkeypatch, webhook
+):
+    """prepare gets 1 s (it needs several): the task times out, is not retried, its dvc
+    process is stopped (no stage output appears later), and the webhook is told which stage
+    failed, with a link to the flow run."""
+    url, received = webhook
+    project = make_project(tmp_path / "project")
+    set_params(project, **{"prepare.max_examples": 200})
+    monkeypatch.setenv(WEBHOOK_ENV, url)
+    pipeline = training_pipeline_in(project, monkeypatch, timeouts={"prepare": 1})
+    state = pipeline(stages=["prepare"], return_state=True)
+    assert state.is_failed()
+    flow_run_id = state.state_details.flow_run_id
+    prepare = asyncio.run(_task_runs(flow_run_id))["prepare"]
+    assert (prepare.state_name, prepare.run_count) == ("TimedOut", 1)
+    time.sleep(5)  # what the stage would have written by now, had it gone on
+    assert not (project / "data" / "prepared").exists()
+    assert not [p for p in psutil.process_iter(["cwd"]) if p.info["cwd"] == str(project)]
+    (body,) = received
+    assert body["failed_stages"] == ["prepare"]
+    assert "failed at stage 'prepare'" in body["text"]
+    assert body["flow_run_url"].endswith(f"/runs/flow-run/{flow_run_id}")
+    assert body["flow_run_url"] in body["text"]
+    assert body["flow_run_url"].startswith(prefect_api.removesuffix("/api"))
+
+
+def _reviews(path: Path, n: int) -> None:
+    """``n`` reviews, both labels in every movie (ten reviews each), as an upstream CSV."""
+    rows = ["review,sentiment,movie"]
+    for i in range(n):
+        word, label = ("great", "pos") if i % 2 else ("dull", "neg")
+        rows.append(f'"review {i}: a {word} film",{label},movie{i // 10}')
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_the_nightly_retrains_only_when_the_imported_data_changed(
+    prefect_api, tmp_path, project_with, small, monkeypatch
+):
+    """User data imported with `dvc import-url` from a folder upstream: a nightly run with
+    nothing new skips every stage and says so; after rows are added upstream, the next one
+    updates the import, retrains, registers one new version, and its summary artifact gives
+    the examples per split before and after, the gate's decision and the files to commit."""
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    _reviews(upstream / "reviews.csv", 150)
+    project = project_with(tmp_path / "project")
+    data = {**TEXT_COLUMNS, "source": {"path": "data/external/reviews.csv"}}
+    data["group_column"] = "movie"
+    set_params(project, **{k: v for k, v in small.items() if k != "prepare.max_examples"})
+    set_params(project, **{f"data.{key}": value for key, value in data.items()})
+    set_params(project, **{"register.min_score": 0.0})  # version 1 becomes the champion
+    run(["dvc", "import-url", str(upstream / "reviews.csv"), "data/external/reviews.csv"], project)
+    run(["dvc", "repro", "register"], project)  # all but the HTML report, for speed
+    commit(project)
+    pipeline = training_pipeline_in(project, monkeypatch)
+
+    state = pipeline(update_imports=True, stages=["register"], return_state=True)
+    assert not any(record["ran"] for record in state.result())
+    summary = asyncio.run(_artifacts(state.state_details.flow_run_id))["nightly-summary"]
+    assert summary.data.startswith("## Nightly: no new data")
+    assert "every stage was up to date" in summary.data and "Nothing to commit" in summary.data
+
+    before = json.loads((project / "data/prepared/summary.json").read_text())["splits"]
+    _reviews(upstream / "reviews.csv", 190)  # the same 150 rows and 40 new ones
+    state = pipeline(update_imports=True, stages=["register"], return_state=True)
+    assert all(record["ran"] for record in state.result())
+    summary = asyncio.run(_artifacts(state.state_details.flow_run_id))["nightly-summary"].data
+    assert summary.startswith("## Nightly: new data")
+    after = json.loads((project / "data/prepared/summary.json").read_text())["splits"]
+    assert (
+        sum(s["examples"] for s in after.values()) - 150
+        == 40
+        == sum(s["examples"] - before[name]["examples"] for name, s in after.items())
+    )
+    for name, split in after.items():
+        old, new = before[name]["examples"], split["examples"]
+        assert f"| {name} | {old} | {new} | {new - old:+d} |" in summary
+    registry = json.loads((project / "reports/registry.json").read_text())
+    assert len(_registry(project)) == 2 and registry["version"] == 2
+    assert f"version 2 scored {registry['score']:.4f}" in summary
+    assert f"champion version 1 {registry['champion_before']['score']:.4f}" in summary
+    assert f"**{registry['decision']}**" in summary
+    assert "git add data/external/reviews.csv.dvc dvc.lock && git commit" in summary
