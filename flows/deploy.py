@@ -122,7 +122,9 @@ def serve(
     cron: str = typer.Option(DEFAULT_CRON, help="Cron schedule (UTC)."),
     limit: int = typer.Option(1, help="Flow runs this process executes at the same time."),
     project: Path = typer.Option(
-        PROJECT_ROOT, help="The project every run of the deployment uses (fixed here)."
+        PROJECT_ROOT,
+        help="The project every run of the deployment uses (fixed here).",
+        show_default="this checkout",
     ),
     allow: list[str] = typer.Option([], help=ALLOW_HELP),
     timeout: list[str] = typer.Option([], help=TIMEOUT_HELP),

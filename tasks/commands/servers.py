@@ -221,7 +221,7 @@ class Postgres:
                     cursor.execute(
                         sql.SQL(
                             "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-                            "NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 64"
+                            "NOREPLICATION NOBYPASSRLS"
                         ).format(sql.Identifier(role))
                     )
                     password = None

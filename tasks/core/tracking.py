@@ -334,10 +334,16 @@ def stage_run(
             raise StageError(server_lost_message(uri, stage, lost)) from None
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         error = describe_error(exc)
-        client.set_tag(run.info.run_id, ERROR_TAG, error)
-        client.set_tag(parent, ERROR_TAG, f"{stage}: {error}"[:4000])
-        mlflow.end_run(status)
-        client.set_terminated(parent, status)
+        try:
+            client.set_tag(run.info.run_id, ERROR_TAG, error)
+            client.set_tag(parent, ERROR_TAG, f"{stage}: {error}"[:4000])
+            mlflow.end_run(status)
+            client.set_terminated(parent, status)
+        except Exception as marking:  # the server went away while the failure was recorded
+            if server_lost(marking) is None:
+                raise
+            uri = tracking_uri(params, state_dir)
+            raise StageError(server_lost_message(uri, stage, marking)) from None
         raise
     mlflow.end_run("FINISHED")
     if stage == last_stage(project):
@@ -346,7 +352,7 @@ def stage_run(
 
 _CONNECTION_LOST = re.compile(
     r"Max retries exceeded|Failed to establish a new connection|Connection refused|"
-    r"Connection aborted|RemoteDisconnected"
+    r"Connection aborted|RemoteDisconnected|Connection broken|IncompleteRead"
 )
 
 _REASON = re.compile(r"\[Errno -?\d+\] [^')\]]+|Connection refused|Connection reset[^')]*")
@@ -362,7 +368,9 @@ def server_lost(exc: BaseException) -> BaseException | None:
         seen.add(id(exc))
         if isinstance(exc, HubError):  # the model hub's connection, not the tracking server's
             return None
-        if isinstance(exc, requests.exceptions.ConnectionError):
+        if isinstance(
+            exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError
+        ):
             return exc
         # Failures of parallel artifact uploads come back as text only, the chain cut.
         if isinstance(exc, Exception) and _CONNECTION_LOST.search(str(exc)):

@@ -279,7 +279,8 @@ def test_a_queued_sweep_runs_every_value_and_the_experiments_compare(trained):
         (trained / ".gitignore").write_text(".state/\n")
     commit(trained)
     versions, trains = registry(trained)["versions"], stage_runs(trained, "train")
-    original = yaml.safe_load((trained / "params.yaml").read_text())["train"]["learning_rate"]
+    learning_rate = yaml.safe_load((trained / "params.yaml").read_text())["train"]["learning_rate"]
+    original = float(learning_rate)  # dvc exp run may have written it back as a string
     rates = {"sweep-a": original * 3, "sweep-b": original / 2}
     for name, rate in rates.items():
         run(
