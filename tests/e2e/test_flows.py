@@ -485,6 +485,7 @@ def test_runs_choose_neither_the_project_nor_keys_the_deployment_does_not_allow(
 ):
     """Anyone who reaches the API can create runs: the project and the allowed keys were
     fixed at deploy time, so these runs are refused before any stage runs."""
+    experiments_before = experiments(served_project)  # other tests share the served project
     flow_run = run_deployment(
         DEPLOYMENT, parameters={"project_dir": "/somewhere/else"}, timeout=120
     )
@@ -507,7 +508,7 @@ def test_runs_choose_neither_the_project_nor_keys_the_deployment_does_not_allow(
         assert f"deployment '{DEPLOYMENT_NAME}' does not allow {named}" in flow_run.state.message
         assert asyncio.run(_task_runs(flow_run.id)) == {}  # no stage ran
     assert "train.epochs" not in flow_run.state.message
-    assert not experiments(served_project)
+    assert experiments(served_project) == experiments_before  # no refused run left one
 
 
 def test_a_second_run_is_cancelled_while_one_runs(served, small):
