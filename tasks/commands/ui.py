@@ -1,9 +1,11 @@
-"""The two web UIs: MLflow (runs, trials, registry) and Prefect (flow runs, deployments).
+"""The web UIs: MLflow (runs, trials, registry), Prefect (flow runs, deployments) and the Optuna
+dashboard (studies, trials, importances).
 
     python -m tasks.commands.ui mlflow              # http://127.0.0.1:5000
     python -m tasks.commands.ui prefect --port 4255 # http://127.0.0.1:4255
+    python -m tasks.commands.ui optuna              # http://127.0.0.1:8080
 
-Both bind 127.0.0.1 and keep their state in the project (``.state/``). The Prefect UI is a
+All bind 127.0.0.1 and keep their state in the project (``.state/``). The Prefect UI is a
 browser app that calls the API at the address ``/ui-settings`` gives it; ``prefect server
 start --port`` alone leaves that at the default port 4200 (so the page says "Something went
 wrong" on any other port): :func:`prefect_server` sets the port, the host and the UI's API
@@ -18,7 +20,11 @@ from pathlib import Path
 
 import typer
 
+from tasks.core.cli import stage_command
+from tasks.core.config import DEFAULT_PARAMS, load_params
 from tasks.core.environment import STATE_DIR
+from tasks.core.errors import StageError
+from tasks.tuning.storage import describe_storage, storage_spec
 
 HOST = "127.0.0.1"
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
@@ -76,6 +82,26 @@ def prefect_server(port: int) -> tuple[list[str], dict[str, str]]:
     return command, env
 
 
+def optuna_dashboard(
+    port: int, params_path: Path = DEFAULT_PARAMS, state_dir: Path = STATE_DIR
+) -> tuple[list[str], dict[str, str]]:
+    """Command and environment of ``optuna-dashboard`` on the study storage the tune stage
+    uses (``tune.storage``, or the project's SQLite default). A PostgreSQL URL carries no
+    password: libpq reads it from ``PGPASSFILE`` (.state/pgpass) or ``PGPASSWORD``."""
+    storage = storage_spec(load_params(params_path), state_dir)
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+        raise StageError(
+            f"{storage}: no study yet: run the tune stage first (`finetune run`, `dvc repro tune`)"
+        )
+    # gunicorn (the dashboard's server) puts its control socket in XDG_RUNTIME_DIR, else in
+    # ~/.gunicorn: keep it in the project.
+    runtime = Path(state_dir) / "run"
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    bin_dir = Path(sys.executable).parent
+    command = [str(bin_dir / "optuna-dashboard"), storage, "--host", HOST, "--port", str(port)]
+    return command, {**os.environ, "XDG_RUNTIME_DIR": str(runtime.resolve())}
+
+
 def experiment_url(base: str, experiment_id: str) -> str:
     """The page of an experiment's training runs.
 
@@ -99,8 +125,6 @@ def mlflow_ui(
 
 def training_runs_url(base: str, store_uri: str) -> str:
     """:func:`experiment_url` of ``tracking.experiment`` when the store has it."""
-    from tasks.core.config import load_params
-
     name = load_params().tracking.experiment
     if store_uri.startswith("sqlite:///") and Path(store_uri.removeprefix("sqlite:///")).exists():
         import mlflow
@@ -120,6 +144,18 @@ def prefect_ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> Non
     command, env = prefect_server(port)
     auth = "on" if "PREFECT_SERVER_API_AUTH_STRING" in env else "off (set PREFECT_API_AUTH_STRING)"
     typer.echo(f"Prefect UI: {env['PREFECT_UI_URL']} (CSRF protection on, basic auth {auth})")
+    os.execve(command[0], command, env)
+
+
+@app.command("optuna")
+@stage_command("ui")
+def optuna_ui(
+    port: int = typer.Option(8080, help="Port on 127.0.0.1."),
+    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
+) -> None:
+    """Start the Optuna dashboard on the tuning studies: trials, history, importances."""
+    command, env = optuna_dashboard(port, params_path)
+    typer.echo(f"Optuna dashboard: http://{HOST}:{port}/dashboard ({describe_storage(command[1])})")
     os.execve(command[0], command, env)
 
 

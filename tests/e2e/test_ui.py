@@ -27,6 +27,7 @@ from conftest import ROOT, project_env
 from tasks.commands import ui
 from tasks.core import tracking
 from tasks.core.config import load_params
+from tasks.core.errors import StageError
 
 SCREENSHOTS = ROOT / ".state" / "tmp" / "ui-screenshots"
 MODEL = "toy-sentiment"
@@ -159,3 +160,41 @@ def test_prefect_ui_calls_its_own_port_and_shows_the_deployment(browser, tmp_pat
         )
     assert "nightly-retrain" in text and "training-pipeline" in text, text
     assert "Something went wrong" not in text and "Can't connect" not in text, text
+
+
+def test_optuna_dashboard_lists_the_tuning_study_and_its_trials(browser, tmp_path):
+    """A study in the storage the tune stage uses (the project's SQLite default), opened by
+    `finetune ui optuna` as a user would."""
+    import optuna
+
+    from tasks.tuning.storage import storage_spec
+
+    state = tmp_path / "state"
+    with pytest.raises(StageError, match="no study yet"):
+        ui.optuna_dashboard(free_port(), ROOT / "params.yaml", state)
+    storage = storage_spec(load_params(ROOT / "params.yaml"), state)
+    (state / "optuna").mkdir(parents=True)
+    study = optuna.create_study(
+        study_name="finetune-0123abcd", storage=storage, direction="maximize"
+    )
+    study.optimize(lambda trial: trial.suggest_float("learning_rate", 1e-5, 1e-3), n_trials=3)
+    port = free_port()
+    command, env = ui.optuna_dashboard(port, ROOT / "params.yaml", state)
+    assert command[1:] == [storage, "--host", "127.0.0.1", "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    with server(command, env, f"{base}/api/studies", tmp_path / "optuna.log"):
+        studies = browser.page(
+            f"{base}/dashboard", ["finetune-0123abcd"], PAGE_TIMEOUT, SCREENSHOTS / "optuna.png"
+        )
+        trials = browser.page(
+            f"{base}/dashboard/studies/1/trials",
+            ["Trial 2"],
+            PAGE_TIMEOUT,
+            SCREENSHOTS / "optuna-trials.png",
+        )
+    assert "finetune-0123abcd" in studies, studies
+    assert all(f"Trial {n}" in trials for n in range(3)), trials
+    assert "learning_rate" in trials, trials
+    # gunicorn's control socket (removed on exit) was in the project's state, not in ~.
+    log = (tmp_path / "optuna.log").read_text()
+    assert f"Control socket listening at {(state / 'run').resolve()}/" in log, log
