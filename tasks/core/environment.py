@@ -58,6 +58,9 @@ def state_variables(root: Path = PROJECT_ROOT) -> dict[str, str]:
         # PostgreSQL passwords: libpq reads them here when a URL has none (params never hold
         # one); `finetune servers url NAME` writes the entries.
         "PGPASSFILE": str(state / "pgpass"),
+        # A PostgreSQL server that does not answer (Optuna, MLflow, psycopg2 all use libpq):
+        # fail after 10 s instead of hanging a stage or the nightly run.
+        "PGCONNECT_TIMEOUT": "10",
     }
 
 
