@@ -284,8 +284,10 @@ class TrainParams(Section):
     """Share of all optimizer steps with a linear warm-up."""
     scheduler: Literal["linear", "cosine"] = "linear"
     """Learning-rate decay after warm-up: linear or cosine."""
-    epochs: Annotated[int, Field(gt=0)] = 3
-    """Passes over train (early stopping may end sooner)."""
+    epochs: Annotated[int, Field(gt=0)] | Literal["auto"] = 3
+    """Passes over train (early stopping may end sooner); auto: as many as make about 1,500
+    optimizer steps, at least 2 and at most 20 (small data trains longer, large data shorter),
+    with early stopping deciding within them."""
     batch_size: Annotated[int, Field(gt=0)] = 32
     """Examples per batch (per process), on every device."""
     max_tokens_per_batch: Annotated[int, Field(gt=0)] | None = None
@@ -323,10 +325,26 @@ class TrainParams(Section):
     lora: LoraParams = LoraParams()
     """LoRA adapters (used by method: lora); merged into the saved model."""
 
+    def with_epochs_for(self, train_examples: int, processes: int = 1) -> TrainParams:
+        """These params with ``epochs: auto`` resolved for ``train_examples`` training
+        examples (:data:`AUTO_EPOCHS_STEPS`, :data:`AUTO_EPOCHS_RANGE`); a number is kept."""
+        if self.epochs != "auto":
+            return self
+        per_step = self.batch_size * self.gradient_accumulation_steps * processes
+        steps_per_epoch = max(1, math.ceil(train_examples / per_step))
+        low, high = AUTO_EPOCHS_RANGE
+        epochs = min(high, max(low, math.ceil(AUTO_EPOCHS_STEPS / steps_per_epoch)))
+        return self.model_copy(update={"epochs": epochs})
+
     def resolved_metric(self, task: str) -> str:
         """The validation metric for ``task``, ``auto`` resolved."""
         return headline_metric(task) if self.metric == "auto" else self.metric
 
+
+# `train.epochs: auto`: enough passes for about this many optimizer steps, within this range.
+# Early stopping (train.early_stopping_patience) ends a run whose validation score stalls.
+AUTO_EPOCHS_STEPS = 1500
+AUTO_EPOCHS_RANGE = (2, 20)
 
 # Hyperparameters of ``train`` that ``tune.space`` may search (dotted: inside ``train.lora``).
 TUNABLE_TRAIN_KEYS = (
@@ -671,6 +689,15 @@ class Params(Section):
             raise ValueError(
                 f"train.metric: {self.train.metric!r} is not a {self.task} metric "
                 f"(choose auto or one of {', '.join(metrics)})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _auto_epochs_not_searched(self) -> Params:
+        if self.train.epochs == "auto" and self.tune.enabled and "epochs" in self.tune.space:
+            raise ValueError(
+                "train.epochs: 'auto' while tune.space searches epochs: remove epochs from "
+                "tune.space (trials then use auto too) or set a number"
             )
         return self
 

@@ -50,7 +50,11 @@ def set_up_run(
     Raises:
         StageError: the start point cannot be loaded, or a token budget is too small.
     """
-    tp, task = params.train, params.task
+    examples = len(data["train"])
+    tp = params.train.with_epochs_for(examples, distributed.world_size())
+    if tp.epochs != params.train.epochs:
+        log.info("train.epochs auto: %d for %s training examples", tp.epochs, f"{examples:,}")
+    params, task = params.model_copy(update={"train": tp}), params.task
     source = resolve_model_source(
         params.model.name_or_path, params.tracking.uri, state_dir, params.model.revision
     )

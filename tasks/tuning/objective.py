@@ -246,6 +246,7 @@ class Objective:
         prunable: bool = True,
     ) -> float:
         data, tune = self.data, self.params.tune
+        tp = tp.with_epochs_for(len(data.train))  # auto: for the trial's share of train
         precision = choose_precision(tp.precision)
         scratch = Path(tempfile.mkdtemp(prefix=f"tune-trial-{trial.number}-"))
         model = trainer = None

@@ -16,7 +16,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
-from tasks.core.config import Params
+from tasks.core.config import AUTO_EPOCHS_RANGE, Params
 from tasks.core.errors import StageError
 from tasks.core.progress import TrialProgress, quiet_optuna
 from tasks.tuning.space import DEFAULTS_ROLE, enqueue_defaults
@@ -52,6 +52,7 @@ def make_pruner(params: Params) -> optuna.pruners.BasePruner:
     if pruner.type == "hyperband":
         epochs = tune.space.get("epochs")
         most = max(epochs.bounds()) if epochs is not None else params.train.epochs
+        most = AUTO_EPOCHS_RANGE[1] if most == "auto" else most  # at most, by trial size
         return optuna.pruners.HyperbandPruner(
             min_resource=pruner.min_resource,
             max_resource=max(int(most) * tune.evals_per_epoch, pruner.min_resource + 1),

@@ -613,3 +613,22 @@ def test_a_missing_best_checkpoint_is_an_error(tmp_path):
     state = TrainerState(best_model_checkpoint=str(tmp_path / "checkpoint-30"))
     with pytest.raises(StageError, match=r"best checkpoint .*checkpoint-30 is missing"):
         final_model(SimpleNamespace(state=state, model=object()))
+
+
+def test_auto_epochs_train_small_data_longer_and_early_stopping_ends_the_run(
+    tmp_path, tiny_model_dir, caplog
+):
+    """240 examples in batches of 120: 2 steps an epoch, so auto plans the most epochs
+    (AUTO_EPOCHS_RANGE) and early stopping (patience 1) decides within them."""
+    from tasks.core.config import AUTO_EPOCHS_RANGE
+
+    train_params = {"epochs": "auto", "batch_size": 120, "early_stopping_patience": 1}
+    params = tiny_params(
+        "text_classification", tiny_model_dir, train=train_params, tune={"enabled": False}
+    )
+    with caplog.at_level("INFO", logger="tasks.train"):
+        metrics = run_train(tmp_path, params, prepare_run(tmp_path, params))
+    assert metrics["epochs_planned"] == AUTO_EPOCHS_RANGE[1]
+    assert metrics["global_steps"] == 2 * metrics["epochs_run"]
+    assert metrics["stopped_early"] and metrics["epochs_run"] < AUTO_EPOCHS_RANGE[1]
+    assert f"train.epochs auto: {AUTO_EPOCHS_RANGE[1]} for 240 training examples" in caplog.text

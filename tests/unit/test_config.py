@@ -72,3 +72,25 @@ def test_missing_and_malformed_files(tmp_path):
     broken.write_text("task: [unclosed\n")
     with pytest.raises(ParamsError, match=r"broken\.yaml: not valid YAML"):
         load_params(broken)
+
+
+def test_auto_epochs_follow_the_training_set_size():
+    """`train.epochs: auto`: about AUTO_EPOCHS_STEPS optimizer steps, within AUTO_EPOCHS_RANGE."""
+    from tasks.core.config import AUTO_EPOCHS_RANGE, AUTO_EPOCHS_STEPS
+
+    train = load_params(ROOT / "params.yaml", {"train.epochs": "auto", "tune.enabled": False}).train
+    assert train.epochs == "auto"
+    steps_per_epoch = 1_300 // train.batch_size + 1  # a small NER file: 41 steps an epoch
+    assert train.with_epochs_for(1_300).epochs == min(
+        AUTO_EPOCHS_RANGE[1], -(-AUTO_EPOCHS_STEPS // steps_per_epoch)
+    )
+    assert train.with_epochs_for(6_800).epochs == 8  # rotten tomatoes: 213 steps an epoch
+    assert train.with_epochs_for(63_633).epochs == AUTO_EPOCHS_RANGE[0]  # SST-2: 1,989
+    assert train.with_epochs_for(63_633, processes=4).epochs == 4  # 498 steps an epoch
+    fixed = load_params(ROOT / "params.yaml").train
+    assert fixed.with_epochs_for(10).epochs == fixed.epochs  # a number is kept
+
+
+def test_auto_epochs_are_refused_while_tuning_searches_epochs():
+    with pytest.raises(ParamsError, match="remove epochs from tune.space"):
+        load_params(ROOT / "params.yaml", {"train.epochs": "auto", "tune.enabled": True})
