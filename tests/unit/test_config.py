@@ -92,5 +92,5 @@ def test_auto_epochs_follow_the_training_set_size():
 
 
 def test_auto_epochs_are_refused_while_tuning_searches_epochs():
-    with pytest.raises(ParamsError, match="remove epochs from tune.space"):
+    with pytest.raises(ParamsError, match=r"remove epochs from tune\.space"):
         load_params(ROOT / "params.yaml", {"train.epochs": "auto", "tune.enabled": True})
