@@ -36,7 +36,7 @@ import typer
 from transformers import EarlyStoppingCallback
 
 from tasks.core import distributed, progress, tracking
-from tasks.core.checkpoints import final_model, run_lock
+from tasks.core.checkpoints import final_model, run_lock, sweep_stale_checkpoints
 from tasks.core.cli import stage_command
 from tasks.core.config import (
     BEST_PARAMS_FILE,
@@ -92,6 +92,8 @@ def train(
     data, manifest = load_tokenized(Path(tokenized_dir), params.task, ("train", "validation"))
     run = set_up_run(params, data, manifest, Path(tokenized_dir), Path(state_dir))
     main = distributed.is_main_process()  # rank 0 holds the lock for all ranks
+    if main:
+        sweep_stale_checkpoints(run.run_dir)
     with run_lock(run.run_dir) if main else contextlib.nullcontext():
         checkpoint = resume_point(run)
         trainer = _make_trainer(run)

@@ -17,6 +17,7 @@ from typing import Any
 
 from tasks.core.config import Params
 from tasks.core.errors import StageError
+from tasks.core.io import sweep_stale
 from tasks.core.model import ModelSource
 from tasks.core.precision import Precision
 
@@ -91,6 +92,34 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# A killed run's checkpoints wait this long for `train.resume: auto` to continue them.
+STALE_CHECKPOINTS_S = 7 * 24 * 3600
+
+
+def sweep_stale_checkpoints(run_dir: Path) -> list[Path]:
+    """Remove the checkpoint folders of other run keys beside ``run_dir`` untouched for
+    :data:`STALE_CHECKPOINTS_S` (runs killed long ago); one whose lock a run holds is kept,
+    and the lock is held while a folder is removed (:func:`run_lock`'s file)."""
+    removed: list[Path] = []
+    if not run_dir.parent.is_dir():
+        return removed
+    locks = run_dir.parent.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    for other in sorted(run_dir.parent.iterdir()):
+        if other.name == run_dir.name:
+            continue
+        with open(locks / f"checkpoints-{other.name}", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # training now
+            try:
+                removed += sweep_stale([other], STALE_CHECKPOINTS_S)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    return removed
 
 
 def final_model(trainer: Any) -> Any:

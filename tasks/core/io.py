@@ -9,10 +9,16 @@ import json
 import logging
 import os
 import shutil
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# A temporary folder untouched this long belongs to a killed process (a live stage writes
+# into its folders at least every few minutes); the sweeps below remove it.
+STALE_AFTER_S = 24 * 3600
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -110,3 +116,24 @@ def replace_dir(tmp: Path, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(target)
     fsync_dir(target.parent)
+    sweep_stale(target.parent.glob(f".{target.name}-*"))  # staged by killed runs
+
+
+def sweep_stale(candidates: Iterable[Path], older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the folders among ``candidates`` whose newest file (or the folder itself) was
+    modified more than ``older_than_s`` ago; return them. A folder that vanishes meanwhile
+    (another sweep) is skipped."""
+    now, removed = time.time(), []
+    for path in candidates:
+        try:
+            newest = max(
+                (entry.stat().st_mtime for entry in path.rglob("*")), default=path.stat().st_mtime
+            )
+        except FileNotFoundError:
+            continue
+        if path.is_dir() and now - newest > older_than_s:
+            shutil.rmtree(path, ignore_errors=True)
+            hours = (now - newest) / 3600
+            log.info("removed %s, left by a run that stopped %.0f h ago", path, hours)
+            removed.append(path)
+    return removed

@@ -24,6 +24,7 @@ from transformers import PrinterCallback, TrainerCallback
 
 from tasks.core.config import Params, TrainParams, overlay_train
 from tasks.core.errors import StageError
+from tasks.core.io import sweep_stale
 from tasks.core.precision import choose_precision
 from tasks.core.tracking import system_metrics
 from tasks.core.training import (
@@ -248,6 +249,7 @@ class Objective:
         data, tune = self.data, self.params.tune
         tp = tp.with_epochs_for(len(data.train))  # auto: for the trial's share of train
         precision = choose_precision(tp.precision)
+        sweep_stale(Path(tempfile.gettempdir()).glob("tune-trial-*"))  # of killed trials
         scratch = Path(tempfile.mkdtemp(prefix=f"tune-trial-{trial.number}-"))
         model = trainer = None
         try:

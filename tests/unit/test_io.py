@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,45 @@ def test_eval_report_shows_user_labels_and_texts_as_plain_text():
     for line in report.splitlines():
         if line.startswith("| ") and escaped in line:  # no cell break: the columns hold
             assert line.replace(r"\|", "").count("|") in (4, 5, 6)
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Set the modification time of ``path`` and everything under it ``seconds`` back."""
+    when = time.time() - seconds
+    for entry in [path, *path.rglob("*")]:
+        os.utime(entry, (when, when))
+
+
+def test_replacing_an_output_sweeps_what_killed_runs_staged_beside_it(tmp_path):
+    """A run killed between staging and the rename leaves `.model-XXXX` beside the output;
+    the next replace removes those older than a day and leaves a live one alone."""
+    stale, live = tmp_path / ".model-abc123", tmp_path / ".model-def456"
+    for staged in (stale, live):
+        (staged / "weights").mkdir(parents=True)
+        (staged / "weights" / "model.safetensors").write_bytes(b"half")
+    _age(stale, io.STALE_AFTER_S + 60)
+    _age(live, io.STALE_AFTER_S - 600)
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "config.json").write_text("{}")
+    io.replace_dir(new, tmp_path / "model")
+    assert (tmp_path / "model" / "config.json").is_file()
+    assert not stale.exists() and live.exists()
+
+
+def test_checkpoints_of_runs_killed_long_ago_are_swept_unless_locked(tmp_path):
+    from tasks.core.checkpoints import STALE_CHECKPOINTS_S, sweep_stale_checkpoints
+
+    checkpoints = tmp_path / "checkpoints"
+    old, held, recent, mine = (checkpoints / key for key in ("old", "held", "recent", "mine"))
+    for run_dir in (old, held, recent, mine):
+        (run_dir / "checkpoint-10").mkdir(parents=True)
+        (run_dir / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    for run_dir in (old, held, mine):
+        _age(run_dir, STALE_CHECKPOINTS_S + 60)
+    _age(recent, STALE_CHECKPOINTS_S - 3600)
+    (tmp_path / "locks").mkdir()
+    with open(tmp_path / "locks" / "checkpoints-held", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a run training that configuration right now
+        assert sweep_stale_checkpoints(mine) == [old]
+    assert not old.exists() and held.exists() and recent.exists() and mine.exists()
