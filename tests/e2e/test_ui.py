@@ -198,3 +198,43 @@ def test_optuna_dashboard_lists_the_tuning_study_and_its_trials(browser, tmp_pat
     # gunicorn's control socket (removed on exit) was in the project's state, not in ~.
     log = (tmp_path / "optuna.log").read_text()
     assert f"Control socket listening at {(state / 'run').resolve()}/" in log, log
+
+
+def test_mlflow_ui_shows_the_test_scores_on_the_logged_model(browser, tmp_path):
+    """Issue 33 item 2: register's model metrics (tracking.log_model_metrics) are what the
+    logged model's page lists, each linked to the test split by name and digest."""
+    import mlflow
+
+    state = tmp_path / "state"
+    store = tracking.default_tracking_uri(state)
+    (state / "mlflow").mkdir(parents=True)
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "test.parquet").write_bytes(b"test split")
+    mlflow.set_tracking_uri(store)  # the stores tracking.use_store sets (reset after tests)
+    mlflow.set_registry_uri(store)
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("finetune")
+    run = client.create_run(experiment)
+    with mlflow.start_run(run_id=run.info.run_id):  # register logs into its active run
+        model = mlflow.initialize_logged_model(name="model")
+        mlflow.finalize_logged_model(model.model_id, "READY")
+        client.create_registered_model(MODEL)
+        version = client.create_model_version(
+            MODEL, f"models:/{model.model_id}", run_id=run.info.run_id, model_id=model.model_id
+        )
+        scores = {"accuracy": 0.8765, "f1_macro": 0.8642, "samples": 1066}
+        tracking.log_model_metrics(client, MODEL, version.version, scores, prepared, "d1g35t")
+    port = free_port()
+    command, env = ui.mlflow_server(port, store)
+    base = f"http://127.0.0.1:{port}"
+    with server(command, env, f"{base}/health", tmp_path / "mlflow.log"):
+        text = browser.page(
+            f"{base}/#/experiments/{experiment}/models/{model.model_id}",
+            ["test_accuracy", "0.8765"],
+            PAGE_TIMEOUT,
+            SCREENSHOTS / "mlflow-model-metrics.png",
+        )
+    assert "Metrics (2)" in text, text  # the scores, not the sample count
+    for name, value in (("test_accuracy", "0.8765"), ("test_f1_macro", "0.8642")):
+        assert f"{name}\ntest (#d1g35t)" in text and value in text, text
