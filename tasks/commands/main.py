@@ -190,7 +190,7 @@ def serve(
     if hint:
         raise StageError(hint)
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    serving.serve(model, port, max_request_bytes, max_batch)
+    serving.serve(model, port, max_request_bytes, max_batch, uri)
 
 
 @command("Parameters")

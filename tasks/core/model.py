@@ -166,6 +166,23 @@ def _download_registered(
         raise StageError(
             f"model.name_or_path: {spec!r} not found in the registry at {uri}: {exc}"
         ) from None
+    target = download_version(client, uri, name, str(version), spec, state_dir)
+    log.info("%s is version %s, in %s", spec, version, target)
+    return _locate_model(target, spec, str(version))
+
+
+def download_version(
+    client: Any, uri: str, name: str, version: str, spec: str, state_dir: Path
+) -> Path:
+    """The files of ``name`` version ``version`` in the store at ``uri``, downloaded once into
+    :func:`registry_cache_dir` (a later call reads the cache).
+
+    Raises:
+        StageError: the version is not a number, or the download failed.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     # Cached per store and version: a moved alias downloads the new version; a download that
     # dies half-way leaves only a temporary directory, never a broken cache entry.
     target = registry_cache_dir(state_dir, uri, name, str(version), spec)
@@ -185,8 +202,7 @@ def _download_registered(
             raise StageError(f"model.name_or_path: {spec!r}: download failed: {exc}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("%s is version %s, in %s", spec, version, target)
-    return _locate_model(target, spec, str(version))
+    return target
 
 
 def _safe_name(name: str) -> str:

@@ -14,6 +14,7 @@ from tasks.core import entity_pipeline
 from tasks.core.config import Params
 from tasks.core.entity_pipeline import EntityPipeline
 from tasks.core.errors import StageError
+from tasks.core.verified import DIGEST_TAG, stored_digest
 
 log = logging.getLogger(__name__)
 MODEL_MD5_TAG = "model_md5"  # DVC's md5 of the model directory: the identity of the weights
@@ -91,10 +92,19 @@ def same(version: Any, other: Any) -> bool:
     return int(version.version) == int(other.version)
 
 
-def version_with_weights(client: Any, name: str, weights: str) -> Any | None:
-    """The version of ``name`` whose ``model_md5`` tag is ``weights`` (the registry's own tag
-    filter, evaluated in SQL by a database store); the champion or challenger if several."""
+def verified_versions(client: Any, name: str, weights: str) -> list[Any]:
+    """The versions of ``name`` whose ``model_md5`` tag is ``weights`` (the registry's own tag
+    filter, evaluated in SQL by a database store) and that carry a ``weights_sha256`` tag:
+    one registered before predict and serve verified models is not reused (registering
+    its weights again makes a verified version)."""
     found = client.search_model_versions(f"name = '{name}' AND tags.{MODEL_MD5_TAG} = '{weights}'")
+    return [version for version in found if version.tags.get(DIGEST_TAG)]
+
+
+def version_with_weights(client: Any, name: str, weights: str) -> Any | None:
+    """The verified version of ``name`` holding ``weights`` (:func:`verified_versions`); the
+    champion or challenger if several."""
+    found = verified_versions(client, name, weights)
     if not found:
         return None
     current = aliases(client, name)
@@ -107,7 +117,8 @@ def version_with_weights(client: Any, name: str, weights: str) -> Any | None:
 
 def log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str, str]) -> str:
     """Log the model into the active run with signature, input example and explicit
-    requirements, then create a version of ``name`` from it with ``tags`` (one call: the
+    requirements, then create a version of ``name`` from it with ``tags`` and the
+    ``weights_sha256`` of the files the store holds (``tasks.core.verified``; one call: the
     version never exists without them). Returns the new version."""
     import mlflow
     import torch
@@ -161,6 +172,7 @@ def log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str,
         ):
             raise
     run_id = mlflow.active_run().info.run_id
+    tags = {**tags, DIGEST_TAG: stored_digest(info.model_id)}
     version = client.create_model_version(
         name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
     )
@@ -214,7 +226,7 @@ def _keep_first(client: Any, name: str, version: str, weights: str) -> str:
     lost (the server died or restarted after creating the version): the retry creates a
     second version of the same weights. The registry lock does not reach another machine's
     register on one server either; both then keep the same, first, version."""
-    same = client.search_model_versions(f"name = '{name}' AND tags.{MODEL_MD5_TAG} = '{weights}'")
+    same = verified_versions(client, name, weights)
     first = min((int(v.version) for v in same), default=int(version))
     if first < int(version):
         log.warning("%s version %s duplicates version %s (same weights): deleted", name,
