@@ -2,9 +2,12 @@
 
 Registration is idempotent. Every version carries, as tags set in the same call that creates
 it, DVC's md5 of the model directory (``model_md5``, the ``.dir`` hash ``dvc.lock`` records
-for ``models/model``) and the md5 of the test split it was scored on (``test_data_hash``).
-When a version with the current weights exists already, it is reused: nothing is logged or
-registered again, the gate is re-applied to it, and its decision tags are updated.
+for ``models/model``), the md5 of the test split it was scored on (``test_data_hash``) and
+the sha256 of the files the store holds (``weights_sha256``: what predict and serve verify,
+tasks/core/verified.py). When a version with the current weights exists already, it is
+reused: nothing is logged or registered again, the gate is re-applied to it, and its decision
+tags are updated. A version without ``weights_sha256`` (registered before it existed) is not
+reused: its weights are registered again, and the new version replaces it as champion.
 
 The registered version of the current weights gets the alias ``challenger``. It becomes
 ``champion`` only if its test score beats the current champion's by at least
