@@ -8,7 +8,10 @@ holding ``MLmodel``, as the version's download URI gives it). The manifest has o
 separators, lines sorted by path. Every file counts: the weights (``model.safetensors``),
 ``config.json``, the tokenizer files, ``MLmodel``, the environment files and examples, and the
 entity model's code file: a file added, removed, renamed or changed changes the digest; a
-link or other non-regular file is refused. (``model_md5`` stays DVC's md5 of the local
+link or other non-regular file is refused. One file is left out: ``registered_model_meta``
+beside ``MLmodel`` (the registered name and version, as YAML), which MLflow's own ``models:/``
+download writes after registration, into the store's folder itself for a local store
+(``ModelsArtifactRepository``); nothing here reads it. (``model_md5`` stays DVC's md5 of the local
 ``models/model``, another layout: the gate finds a version by its weights with it.)
 
 After the check, only data is read: the weights with ``use_safetensors=True`` (a pickled
@@ -36,6 +39,7 @@ from tasks.core.model import MODEL_URI, download_version
 
 log = logging.getLogger(__name__)
 DIGEST_TAG = "weights_sha256"
+REGISTERED_META = "registered_model_meta"  # written by MLflow after registration: not hashed
 ENTITY_CODE = "entity_pipeline.py"  # the code file the entity model carries (not executed)
 REREGISTER = (
     "register it again to get a verified version of the same weights: `finetune register` "
@@ -64,7 +68,7 @@ def manifest_digest(folder: Path) -> str:
     """
     lines = []
     for path in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix()):
-        if path.is_dir() and not path.is_symlink():
+        if (path.is_dir() and not path.is_symlink()) or path == folder / REGISTERED_META:
             continue
         if path.is_symlink() or not path.is_file():
             raise StageError(f"{path}: not a regular file; refused")

@@ -66,6 +66,9 @@ def test_good_versions_predict_and_serve_the_same(tiny_model_dir, tmp_path, sqli
         model_dir = _save(tiny_model_dir, tmp_path / task, task)
         uri = register_tiny(model_dir, f"good-{task[:4]}", task)
         assert mlflow.MlflowClient().get_model_version(*uri[8:].split("/")).tags[DIGEST_TAG]
+        # MLflow's own models:/ download of a local store writes a file into the store's folder.
+        mlflow.artifacts.download_artifacts(artifact_uri=uri)
+        assert (_stored(uri) / "registered_model_meta").is_file()
         records = predict(uri, TEXTS)
         served = served_model(uri, sqlite_store).predict(TEXTS)
         if task == "text_classification":
