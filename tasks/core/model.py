@@ -172,10 +172,16 @@ def _download_registered(
 
 
 def download_version(
-    client: Any, uri: str, name: str, version: str, spec: str, state_dir: Path
+    client: Any,
+    uri: str,
+    name: str,
+    version: str,
+    spec: str,
+    state_dir: Path,
+    key: str = "model.name_or_path",
 ) -> Path:
     """The files of ``name`` version ``version`` in the store at ``uri``, downloaded once into
-    :func:`registry_cache_dir` (a later call reads the cache).
+    :func:`registry_cache_dir` (a later call reads the cache); errors name ``key: spec``.
 
     Raises:
         StageError: the version is not a number, or the download failed.
@@ -185,7 +191,7 @@ def download_version(
 
     # Cached per store and version: a moved alias downloads the new version; a download that
     # dies half-way leaves only a temporary directory, never a broken cache entry.
-    target = registry_cache_dir(state_dir, uri, name, str(version), spec)
+    target = registry_cache_dir(state_dir, uri, name, str(version), spec, key)
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
@@ -199,7 +205,7 @@ def download_version(
             fsync_tree(tmp)  # a power loss never leaves a cache entry of empty files
             tmp.rename(target)
         except MlflowException as exc:
-            raise StageError(f"model.name_or_path: {spec!r}: download failed: {exc}") from None
+            raise StageError(f"{key}: {spec!r}: download failed: {exc}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -209,7 +215,9 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def registry_cache_dir(state_dir: Path, uri: str, name: str, version: str, spec: str) -> Path:
+def registry_cache_dir(
+    state_dir: Path, uri: str, name: str, version: str, spec: str, key: str = "model.name_or_path"
+) -> Path:
     """``state_dir/registry/<store>/<name>/v<version>``: the cache folder of one registered
     version, ``<store>`` a hash of the tracking URI (two stores' "v1" are two models).
 
@@ -219,7 +227,7 @@ def registry_cache_dir(state_dir: Path, uri: str, name: str, version: str, spec:
     """
     if not re.fullmatch(r"[0-9]{1,18}", version):
         raise StageError(
-            f"model.name_or_path: {spec!r}: the registry at {uri} answered version "
+            f"{key}: {spec!r}: the registry at {uri} answered version "
             f"{version!r}, not a number; refused"
         )
     root = (state_dir / "registry").resolve()
@@ -227,7 +235,7 @@ def registry_cache_dir(state_dir: Path, uri: str, name: str, version: str, spec:
     name_part = _safe_name(name)
     target = (root / store / name_part / f"v{version}").resolve()
     if name_part in {".", ".."} or not target.is_relative_to(root):
-        raise StageError(f"model.name_or_path: {spec!r}: {target} is outside {root}; refused")
+        raise StageError(f"{key}: {spec!r}: {target} is outside {root}; refused")
     return target
 
 

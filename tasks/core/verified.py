@@ -125,8 +125,8 @@ def verified_model(model_uri: str, tracking_uri: str, state_dir: Path = STATE_DI
             f"{model_uri}: {label} has no {DIGEST_TAG} tag (registered before predict and serve "
             f"verified models, or not by this project): refused; {REREGISTER}"
         )
-    download = download_version(client, tracking_uri, name, str(version.version), model_uri,
-                                state_dir)  # fmt: skip
+    number = str(version.version)
+    download = download_version(client, tracking_uri, name, number, model_uri, state_dir, "model")
     folder = model_folder(download)
     found = manifest_digest(folder)
     if found != expected:
