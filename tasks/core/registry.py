@@ -123,9 +123,7 @@ def log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str,
     import mlflow
     import torch
     import transformers
-    from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
-    from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
 
     example = INPUT_EXAMPLES[params.task]
     # Explicit requirements: MLflow's inference of them looks for torchvision and fails.
@@ -163,6 +161,21 @@ def log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str,
             pip_requirements=requirements,
         )
     client = mlflow.MlflowClient()
+    _ensure_registered(client, name)
+    run_id = mlflow.active_run().info.run_id
+    tags = {**tags, DIGEST_TAG: stored_digest(info.model_id)}
+    version = client.create_model_version(
+        name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
+    )
+    return _keep_first(client, name, str(version.version), tags[MODEL_MD5_TAG])
+
+
+def _ensure_registered(client: Any, name: str) -> None:
+    """Create the registered model ``name`` unless it exists (another register may create
+    it at the same moment)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
+
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
@@ -171,12 +184,6 @@ def log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str,
             ErrorCode.Name(ALREADY_EXISTS),
         ):
             raise
-    run_id = mlflow.active_run().info.run_id
-    tags = {**tags, DIGEST_TAG: stored_digest(info.model_id)}
-    version = client.create_model_version(
-        name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
-    )
-    return _keep_first(client, name, str(version.version), tags[MODEL_MD5_TAG])
 
 
 def aliases(client: Any, name: str) -> dict[str, int]:

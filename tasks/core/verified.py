@@ -132,8 +132,8 @@ def verified_model(model_uri: str, tracking_uri: str, state_dir: Path = STATE_DI
     if found != expected:
         raise StageError(
             f"{model_uri}: {label}: its files do not match the {DIGEST_TAG} recorded at "
-            f"registration (recorded {expected[:12]}..., stored {found[:12]}...; a file was "
-            f"changed, added or removed in {folder}): refused"
+            f"registration (recorded {expected[:12]}..., found {found[:12]}...: a file was "
+            f"changed, added or removed after registration; the copy checked: {folder}): refused"
         )
     task, weights, tokenizer = layout(folder, label)
     log.info("%s verified (%s %s...)", label, DIGEST_TAG, found[:12])
