@@ -2,9 +2,12 @@
 
 Registration is idempotent. Every version carries, as tags set in the same call that creates
 it, DVC's md5 of the model directory (``model_md5``, the ``.dir`` hash ``dvc.lock`` records
-for ``models/model``) and the md5 of the test split it was scored on (``test_data_hash``).
-When a version with the current weights exists already, it is reused: nothing is logged or
-registered again, the gate is re-applied to it, and its decision tags are updated.
+for ``models/model``), the md5 of the test split it was scored on (``test_data_hash``) and
+the sha256 of the files the store holds (``weights_sha256``: what predict and serve verify,
+tasks/core/verified.py). When a version with the current weights exists already, it is
+reused: nothing is logged or registered again, the gate is re-applied to it, and its decision
+tags are updated. A version without ``weights_sha256`` (registered before it existed) is not
+reused: its weights are registered again, and the new version replaces it as champion.
 
 The registered version of the current weights gets the alias ``challenger``. It becomes
 ``champion`` only if its test score beats the current champion's by at least
@@ -25,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +44,9 @@ from tasks.core.entity_pipeline import EntityPipeline  # noqa: F401
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.fingerprints import require_evaluation, test_data_hash
+from tasks.core.io import write_json
 from tasks.core.promotion import decide, metric_key, trivial_baseline
+from tasks.core.verified import DIGEST_TAG
 
 log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"
@@ -48,6 +54,28 @@ PREPARED_DIR = PROJECT_ROOT / "data" / "prepared"
 REPORTS_DIR = PROJECT_ROOT / "reports"
 
 app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@dataclass
+class Scores:
+    """What register reads before touching the registry: the weights' identity and score."""
+
+    weights: str  # model_md5 of model_dir
+    metrics: dict[str, Any]
+    key: str  # the gate's metric
+    score: float
+    data_hash: str  # md5 of the test split
+
+
+@dataclass
+class Decision:
+    """The gate's outcome for the version of the current weights."""
+
+    promote: bool
+    decision: str
+    reason: str
+    champion_score: float | None = None
+    rescored: bool = False
 
 
 def register(
@@ -66,139 +94,232 @@ def register(
     import mlflow
 
     from tasks.core import tracking
-    from tasks.core.io import write_json
 
-    metrics_path = Path(reports_dir) / "metrics.json"
+    scores = read_scores(params, Path(model_dir), Path(prepared_dir), Path(reports_dir))
+    name = tracking.registered_model_name(params)  # register.model_name, or auto
+    lock = registry.registry_lock(tracking.tracking_uri(params, state_dir), Path(state_dir), name)
+    with tracking.stage_run(params, "register", state_dir) as run, lock:
+        client = mlflow.MlflowClient()
+        existing = registry.version_with_weights(client, name, scores.weights)
+        champion = registry.champion(client, name, params.task)
+        gate = decide_gate(params, client, name, existing, champion, scores, prepared_dir,
+                           state_dir)  # fmt: skip
+        tags = version_tags(params, scores, gate, champion, run.info.run_id)
+        if existing is None:
+            # The version and its identity tags come into being in one call: a crash after
+            # it leaves a version that the next run finds and reuses.
+            version = registry.log_and_register(params, Path(model_dir), name, tags)
+            source_run = run.info.run_id
+        else:
+            version, source_run = existing.version, existing.run_id
+            log.info("%s version %s holds these weights already: reusing it", name, version)
+            for tag, value in tags.items():
+                tracking.retry_insert_race(client.set_model_version_tag, name, version, tag, value)
+        set_aliases(params, client, name, version, champion, scores, gate, tags)
+        reused = existing is not None
+        describe(params, client, run, name, version, scores, gate, reused, tags, Path(prepared_dir))
+        report = write_report(
+            Path(reports_dir), name, version, existing, source_run, run, scores, champion, gate
+        )
+        report["aliases"] = registry.aliases(client, name)
+        write_json(Path(reports_dir) / "registry.json", report)
+        mlflow.log_artifact(str(Path(reports_dir) / "registry.json"), artifact_path="reports")
+    log.info("%s version %s %s: %s", name, version, gate.decision, gate.reason)
+    return report
+
+
+def read_scores(params: Params, model_dir: Path, prepared_dir: Path, reports_dir: Path) -> Scores:
+    """The weights' identity and test score, refusing scores of other weights or of a failed
+    behaviour gate (``reports/evaluated.json``)."""
+    metrics_path = reports_dir / "metrics.json"
     if not metrics_path.exists():
         raise StageError(f"{metrics_path}: not found; run the evaluate stage first")
-    if not (Path(model_dir) / "config.json").exists():
+    if not (model_dir / "config.json").exists():
         raise StageError(f"{model_dir}: no trained model found; run the train stage first")
     # The scores belong to these very weights and they passed the behaviour gate.
-    weights = require_evaluation(Path(reports_dir), Path(model_dir))
+    weights = require_evaluation(reports_dir, model_dir)
     metrics = json.loads(metrics_path.read_text())
     key = metric_key(params)
     if key not in metrics:
         raise StageError(
             f"register.metric: {key!r} is not in {metrics_path} ({', '.join(metrics)})"
         )
-    score = float(metrics[key])
-    data_hash = test_data_hash(Path(prepared_dir))
-    name = tracking.registered_model_name(params)  # register.model_name, or auto
+    return Scores(weights, metrics, key, float(metrics[key]), test_data_hash(prepared_dir))
 
-    lock = registry.registry_lock(tracking.tracking_uri(params, state_dir), Path(state_dir), name)
-    with tracking.stage_run(params, "register", state_dir) as run, lock:
-        client = mlflow.MlflowClient()
-        existing = registry.version_with_weights(client, name, weights)
-        champion = registry.champion(client, name, params.task)
-        champion_score, rescored = None, False
-        if existing is not None and champion is not None and registry.same(existing, champion):
-            # The champion's own weights: nothing to decide, and metrics.json is its score.
-            champion_score, promote = score, False
-            decision = "stays champion"
-            reason = (
-                f"same weights as the champion (model md5 {weights}); "
-                f"{score:.4f} on the current test data"
-            )
-        else:
-            if champion is not None:
-                tags = champion.tags
-                same_data = tags.get("test_data_hash") == data_hash and tags.get("metric") == key
-                if same_data:
-                    champion_score = float(tags["test_score"])
-                else:
-                    log.info(
-                        "champion v%s was scored on other test data: re-scoring", champion.version
-                    )
-                    champion_score = rescore(
-                        params, name, champion.version, prepared_dir, state_dir
-                    )[key]
-                    rescored = True
-            gate = params.register_.min_score
-            promote, reason = decide(
-                score,
-                champion_score,
-                params.register_.min_improvement,
-                None if gate == "auto" else gate,
-                trivial_baseline(params, Path(prepared_dir), key) if gate == "auto" else None,
-            )
-            decision = registry.PROMOTED if promote else "kept as challenger"
-        version_tags = {
-            "task": params.task,
-            registry.MODEL_MD5_TAG: weights,
-            "test_data_hash": data_hash,
-            "metric": key,
-            "test_score": f"{score:.6f}",
-            "decision": decision,
-            "reason": reason,
-            "decision_run_id": run.info.run_id,
-            "champion_before": champion.version if champion else "none",
-            "champion_score": "none" if champion_score is None else f"{champion_score:.6f}",
-            "champion_rescored": str(rescored).lower(),
-        }
-        # Two checkouts registering into one server at once race on tag and alias rows.
-        retried = tracking.retry_insert_race
-        if existing is None:
-            # The version and its identity tags come into being in one call: a crash after
-            # it leaves a version that the next run finds and reuses.
-            version = registry.log_and_register(params, Path(model_dir), name, version_tags)
-            source_run = run.info.run_id
-        else:
-            version, source_run = existing.version, existing.run_id
-            log.info("%s version %s holds these weights already: reusing it", name, version)
-            for tag, value in version_tags.items():
-                retried(client.set_model_version_tag, name, version, tag, value)
-        if decision != "stays champion":
-            # challenger first, champion last: a crash in between is repaired by a re-run.
-            retried(client.set_registered_model_alias, name, "challenger", version)
-            if promote:
-                retried(client.set_registered_model_alias, name, "champion", version)
-                # Another register may have promoted its version against the same champion.
-                since = int(champion.version) if champion else 0
-                settled = registry.settle_champion(client, name, params.task, since, key, data_hash)
-                if settled != int(version):
-                    promote, decision = False, "kept as challenger"
-                    reason += f"; v{settled}, promoted at the same time, scores higher"
-                    retried(client.set_model_version_tag, name, version, "decision", decision)
-                    retried(client.set_model_version_tag, name, version, "reason", reason)
-                    version_tags |= {"decision": decision, "reason": reason}
-        # What the registry pages show: where the version came from and why it has its alias.
-        client.update_model_version(
-            name, version, description=registry.version_description(params, run, version_tags)
+
+def decide_gate(
+    params: Params,
+    client: Any,
+    name: str,
+    existing: Any | None,
+    champion: Any | None,
+    scores: Scores,
+    prepared_dir: Path,
+    state_dir: Path,
+) -> Decision:
+    """The champion/challenger decision for the version of the current weights (see the
+    module docstring), re-scoring a champion scored on other test data."""
+    score, key = scores.score, scores.key
+    if existing is not None and champion is not None and registry.same(existing, champion):
+        # The champion's own weights: nothing to decide, and metrics.json is its score.
+        reason = (
+            f"same weights as the champion (model md5 {scores.weights}); "
+            f"{score:.4f} on the current test data"
         )
-        if not client.get_registered_model(name).description:
-            client.update_registered_model(name, description=registry.model_description(params))
-        mlflow.log_metric(f"test_{key}", score)
-        tracking.log_model_metrics(client, name, version, metrics, Path(prepared_dir), data_hash)
-        mlflow.set_tags(
-            {
-                "registry.decision": decision,
-                "registry.version": version,
-                "registry.reused": str(existing is not None).lower(),
-            }
+        return Decision(False, "stays champion", reason, score)
+    if champion is not None and champion.tags.get(registry.MODEL_MD5_TAG) == scores.weights:
+        # Its own weights, registered before versions carried weights_sha256: this verified
+        # version of them takes its place (predict and serve refuse the unverified one).
+        reason = (
+            f"same weights as champion v{champion.version}, which has no "
+            f"{DIGEST_TAG} (registered before verification): replaces it"
         )
-        report = {
-            "model_name": name,
-            "version": int(version),
-            "model_uri": f"models:/{name}/{version}",
-            "reused": existing is not None,
-            "model_md5": weights,
-            "run_id": run.info.run_id,
-            "version_run_id": source_run,
-            "metric": key,
-            "score": score,
-            "test_data_hash": data_hash,
-            "champion_before": None
-            if champion is None
-            else {"version": int(champion.version), "score": champion_score, "rescored": rescored},
-            "promoted": promote,
-            "decision": decision,
-            "reason": reason,
-            "aliases": registry.aliases(client, name),
+        return Decision(True, registry.PROMOTED, reason, score)
+    champion_score, rescored = None, False
+    if champion is not None:
+        tags = champion.tags
+        if tags.get("test_data_hash") == scores.data_hash and tags.get("metric") == key:
+            champion_score = float(tags["test_score"])
+        else:
+            log.info("champion v%s was scored on other test data: re-scoring", champion.version)
+            champion_score = rescore(params, name, champion.version, prepared_dir, state_dir)[key]
+            rescored = True
+    gate = params.register_.min_score
+    promote, reason = decide(
+        score,
+        champion_score,
+        params.register_.min_improvement,
+        None if gate == "auto" else gate,
+        trivial_baseline(params, Path(prepared_dir), key) if gate == "auto" else None,
+    )
+    decision = registry.PROMOTED if promote else "kept as challenger"
+    return Decision(promote, decision, reason, champion_score, rescored)
+
+
+def version_tags(
+    params: Params, scores: Scores, gate: Decision, champion: Any | None, run_id: str
+) -> dict[str, str]:
+    """The tags every version carries: identity, score, and the gate's decision."""
+    return {
+        "task": params.task,
+        registry.MODEL_MD5_TAG: scores.weights,
+        "test_data_hash": scores.data_hash,
+        "metric": scores.key,
+        "test_score": f"{scores.score:.6f}",
+        "decision": gate.decision,
+        "reason": gate.reason,
+        "decision_run_id": run_id,
+        "champion_before": champion.version if champion else "none",
+        "champion_score": "none" if gate.champion_score is None else f"{gate.champion_score:.6f}",
+        "champion_rescored": str(gate.rescored).lower(),
+    }
+
+
+def set_aliases(
+    params: Params,
+    client: Any,
+    name: str,
+    version: str,
+    champion: Any | None,
+    scores: Scores,
+    gate: Decision,
+    tags: dict[str, str],
+) -> None:
+    """``challenger`` first, ``champion`` last (a crash in between is repaired by a re-run);
+    after a promotion, settle the champion against a register promoting at the same time
+    (``gate`` and ``tags`` are updated when the other version wins)."""
+    from tasks.core import tracking
+
+    if gate.decision == "stays champion":
+        return
+    # Two checkouts registering into one server at once race on tag and alias rows.
+    retried = tracking.retry_insert_race
+    retried(client.set_registered_model_alias, name, "challenger", version)
+    if not gate.promote:
+        return
+    retried(client.set_registered_model_alias, name, "champion", version)
+    # Another register may have promoted its version against the same champion.
+    since = int(champion.version) if champion else 0
+    settled = registry.settle_champion(client, name, params.task, since, scores.key,
+                                       scores.data_hash)  # fmt: skip
+    if settled != int(version):
+        gate.promote, gate.decision = False, "kept as challenger"
+        gate.reason += f"; v{settled}, promoted at the same time, scores higher"
+        retried(client.set_model_version_tag, name, version, "decision", gate.decision)
+        retried(client.set_model_version_tag, name, version, "reason", gate.reason)
+        tags |= {"decision": gate.decision, "reason": gate.reason}
+
+
+def describe(
+    params: Params,
+    client: Any,
+    run: Any,
+    name: str,
+    version: str,
+    scores: Scores,
+    gate: Decision,
+    reused: bool,
+    tags: dict[str, str],
+    prepared_dir: Path,
+) -> None:
+    """What the registry pages show (where the version came from and why it has its alias),
+    the test scores as metrics of the logged model, and the register run's tags."""
+    import mlflow
+
+    from tasks.core import tracking
+
+    client.update_model_version(
+        name, version, description=registry.version_description(params, run, tags)
+    )
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=registry.model_description(params))
+    mlflow.log_metric(f"test_{scores.key}", scores.score)
+    tracking.log_model_metrics(client, name, version, scores.metrics, prepared_dir,
+                               scores.data_hash)  # fmt: skip
+    mlflow.set_tags(
+        {
+            "registry.decision": gate.decision,
+            "registry.version": version,
+            "registry.reused": str(reused).lower(),
         }
-        write_json(Path(reports_dir) / "registry.json", report)
-        mlflow.log_artifact(str(Path(reports_dir) / "registry.json"), artifact_path="reports")
-    log.info("%s version %s %s: %s", name, version, decision, reason)
-    return report
+    )
+
+
+def write_report(
+    reports_dir: Path,
+    name: str,
+    version: str,
+    existing: Any | None,
+    source_run: str,
+    run: Any,
+    scores: Scores,
+    champion: Any | None,
+    gate: Decision,
+) -> dict[str, Any]:
+    """The content of ``reports/registry.json`` (the aliases are added by the caller)."""
+    before = None
+    if champion is not None:
+        before = {
+            "version": int(champion.version),
+            "score": gate.champion_score,
+            "rescored": gate.rescored,
+        }
+    return {
+        "model_name": name,
+        "version": int(version),
+        "model_uri": f"models:/{name}/{version}",
+        "reused": existing is not None,
+        "model_md5": scores.weights,
+        "run_id": run.info.run_id,
+        "version_run_id": source_run,
+        "metric": scores.key,
+        "score": scores.score,
+        "test_data_hash": scores.data_hash,
+        "champion_before": before,
+        "promoted": gate.promote,
+        "decision": gate.decision,
+        "reason": gate.reason,
+    }
 
 
 def rescore(

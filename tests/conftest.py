@@ -313,6 +313,23 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+def register_tiny(model_dir: Path, name: str, task: str) -> str:
+    """Register ``model_dir`` (weights and tokenizer) in the active MLflow store as the register
+    stage logs a model (``registry.log_and_register``: flavour, digest tag); returns
+    ``models:/NAME/VERSION``."""
+    import mlflow
+
+    from tasks.core import registry
+    from tasks.core.config import Params
+
+    source = "wnut16" if task == "token_classification" else "rotten_tomatoes"
+    params = Params.model_validate({"task": task, "data": {"source": source}})
+    with mlflow.start_run():
+        tags = {registry.MODEL_MD5_TAG: f"{name}-{model_dir.name}"}
+        version = registry.log_and_register(params, Path(model_dir), name, tags)
+    return f"models:/{name}/{version}"
+
+
 def toy_text_frame(n: int, seed: int, source: str = "toy.csv"):
     """Reviews whose label is decided by one sentiment word among filler words."""
     import random

@@ -174,9 +174,10 @@ def serve(
 ) -> None:
     """Serve the champion (or --model-uri) over REST: POST /invocations {"inputs": [...]}.
 
-    MLflow's own scoring server (as `mlflow models serve`, local environment) behind
+    MLflow's own scoring server (the routes and formats of `mlflow models serve`) behind
     request limits (tasks/commands/serving.py), reading the registry at tracking.uri, else
-    MLFLOW_TRACKING_URI, else the project's store.
+    MLFLOW_TRACKING_URI, else the project's store. Only a verified version is served, run
+    by this checkout's code (tasks/core/verified.py): nothing from the registry executes.
     """
     from tasks.commands.predict import registry_hint
     from tasks.core import tracking
@@ -190,7 +191,7 @@ def serve(
     if hint:
         raise StageError(hint)
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    serving.serve(model, port, max_request_bytes, max_batch)
+    serving.serve(model, port, max_request_bytes, max_batch, uri)
 
 
 @command("Parameters")

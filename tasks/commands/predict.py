@@ -5,10 +5,12 @@
     finetune predict --model-uri models:/rotten_tomatoes-text-classifier@challenger "..."
     python -m tasks.commands.predict --quantize --file texts.txt   # int8 dynamic quantization, CPU
 
-Text classification prints the label and its score per text; token classification prints
-each entity with its type, score, character span ``[start:end]`` and ``word``, which is
-``text[start:end]``: the words as the text has them (case, accents, spacing), whatever the
-tokenizer did to them (see ``tasks.core.entity_pipeline.EntityPipeline``).
+The version is verified before use and run by this project's code, never by code from the
+registry (tasks/core/verified.py). Text classification prints the label and its score per
+text; token classification prints each entity with its type, score, character span
+``[start:end]`` and ``word``, which is ``text[start:end]``: the words as the text has them
+(case, accents, spacing), whatever the tokenizer did to them (see
+``tasks.core.entity_pipeline.EntityPipeline``).
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from typing import Any
 
 import typer
 
+from tasks.commands.quantize import quantize_model
 from tasks.core.cli import stage_command
 from tasks.core.config import DEFAULT_PARAMS, load_params
+from tasks.core.entity_pipeline import EntityPipeline
 from tasks.core.errors import StageError
-from tasks.core.progress import Progress
+from tasks.core.reporter import Progress
+from tasks.core.verified import VerifiedModel, load_verified, verified_model
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -46,51 +51,95 @@ def load_texts(texts: list[str], file: Path | None) -> list[str]:
 CHUNK = 256
 
 
-def predict(model_uri: str, texts: list[str], quantize: bool = False) -> list[dict[str, Any]]:
+def predict(
+    model_uri: str, texts: list[str], quantize: bool = False, tracking_uri: str | None = None
+) -> list[dict[str, Any]]:
     """One record per text: ``{text, label, score}`` or ``{text, entities: [...]}``; with
     ``quantize``, by the model's int8 dynamic-quantized copy (tasks/commands/quantize.py)."""
-    return list(predict_chunks(model_uri, texts, quantize=quantize))
+    return list(predict_chunks(model_uri, texts, quantize=quantize, tracking_uri=tracking_uri))
 
 
 def predict_chunks(
-    model_uri: str, texts: list[str], progress: bool = False, quantize: bool = False
+    model_uri: str,
+    texts: list[str],
+    progress: bool = False,
+    quantize: bool = False,
+    tracking_uri: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The records of :func:`predict`, :data:`CHUNK` texts per model call, reporting
     texts done, rate and ETA (``tasks.core.progress``) when ``progress`` is set."""
-    model = load_model(model_uri)
-    if quantize:
-        from tasks.commands.quantize import quantize_loaded
-
-        quantize_loaded(model)
+    predictor = Predictor(load_model(model_uri, tracking_uri), quantize=quantize)
     reporter = Progress(len(texts), "predict", unit="text") if progress else None
     for start in range(0, len(texts), CHUNK):
         chunk = texts[start : start + CHUNK]
-        yield from records(chunk, model.predict(chunk))
+        yield from records(chunk, predictor(chunk))
         if reporter is not None:
             reporter.update(advance=len(chunk))
     if reporter is not None:
         reporter.close()
 
 
-def load_model(model_uri: str) -> Any:
-    """The pyfunc model at ``model_uri``; a missing model or alias says why and what to run."""
+def load_model(model_uri: str, tracking_uri: str | None = None) -> VerifiedModel:
+    """The version at ``model_uri``, downloaded and verified (tasks/core/verified.py;
+    ``tracking_uri`` None: MLflow's current registry URI); a missing model or alias says why
+    and what to run."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     try:
-        return mlflow.pyfunc.load_model(model_uri)
-    except MlflowException as exc:
+        return verified_model(model_uri, tracking_uri or mlflow.get_registry_uri())
+    except StageError:
         hint = registry_hint(model_uri)
-        raise StageError(hint or f"{model_uri}: cannot load the model: {exc.message}") from None
+        if hint:
+            raise StageError(hint) from None
+        raise
 
 
-def records(texts: list[str], output: Any) -> list[dict[str, Any]]:
-    """The model's ``output`` for ``texts`` as one record per text."""
-    if hasattr(output, "to_dict"):  # text classification: a frame of label and score
-        rows = output.to_dict("records")
+class Predictor:
+    """A verified model run by this project's code: weights and tokenizer loaded by
+    transformers (:func:`~tasks.core.verified.load_verified`), int8 dynamic-quantized with
+    ``quantize``; calling it on texts gives ``{label, score}`` per text (text classification)
+    or a list of entities per text (``EntityPipeline``'s, token classification)."""
+
+    def __init__(self, verified: VerifiedModel, quantize: bool = False):
+        self.task = verified.task
+        self.model, self.tokenizer = load_verified(verified)
+        if quantize:
+            self.model = quantize_model(self.model)
+
+    def __call__(self, texts: list[str]) -> list[Any]:
+        if self.task == "token_classification":
+            return EntityPipeline.entities_of(self.model, self.tokenizer, texts)
+        return classify(self.model, self.tokenizer, texts)
+
+
+def classify(model: Any, tokenizer: Any, texts: list[str], batch: int = 32) -> list[dict]:
+    """``{label, score}`` per text: the most probable label (``config.id2label``) and its
+    softmax probability, as the transformers text-classification pipeline gives them; texts
+    sorted by length into batches of ``batch`` (little padding), truncated to the model's
+    window."""
+    import torch
+
+    window = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings",
+                                                     512), 512)  # fmt: skip
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    found: list[dict[str, Any]] = [{} for _ in texts]
+    for start in range(0, len(order), batch):
+        rows = order[start : start + batch]
+        encoding = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                             max_length=window, return_tensors="pt")  # fmt: skip
+        with torch.inference_mode():
+            scores, labels = torch.softmax(model(**encoding).logits.float(), dim=-1).max(dim=-1)
+        for row, score, label in zip(rows, scores.tolist(), labels.tolist(), strict=True):
+            found[row] = {"label": model.config.id2label[label], "score": score}
+    return found
+
+
+def records(texts: list[str], output: list[Any]) -> list[dict[str, Any]]:
+    """The model's ``output`` for ``texts`` (a :class:`Predictor`'s) as one record per text."""
+    if output and isinstance(output[0], dict):  # text classification: label and score
         return [
             {"text": t, "label": r["label"], "score": float(r["score"])}
-            for t, r in zip(texts, rows, strict=True)
+            for t, r in zip(texts, output, strict=True)
         ]
     return [{"text": t, "entities": list(found)} for t, found in zip(texts, output, strict=True)]
 
@@ -161,11 +210,11 @@ def main(
     from tasks.core import tracking
 
     params = load_params(params_path)
-    tracking.use_store(params)
+    store = tracking.use_store(params)
     uri = model_uri or f"models:/{tracking.registered_model_name(params)}@champion"
-    for record in predict_chunks(
-        uri, load_texts(texts or [], file), progress=file is not None, quantize=quantize
-    ):
+    texts = load_texts(texts or [], file)
+    chunks = predict_chunks(uri, texts, file is not None, quantize, tracking_uri=store)
+    for record in chunks:
         typer.echo(json.dumps(record, ensure_ascii=False) if as_json else render(record))
 
 

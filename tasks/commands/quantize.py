@@ -45,28 +45,3 @@ def is_quantized(model: Any) -> bool:
     modules = list(model.modules())
     floats = [m for m in modules if type(m) is torch.nn.Linear]
     return not floats and any(isinstance(m, DynamicLinear) for m in modules)
-
-
-def quantize_loaded(loaded: Any) -> Any:
-    """Quantize the transformers pipeline inside an MLflow pyfunc model loaded from the
-    registry (the text classifier's transformers flavor, or the entity ``EntityPipeline``),
-    in place; return ``loaded``."""
-    pipeline = getattr(_inner_model(loaded), "pipeline", None)
-    if pipeline is None or not hasattr(pipeline, "model"):
-        raise StageError(
-            "--quantize: the model holds no transformers pipeline to quantize (only models "
-            "registered by this project are supported)"
-        )
-    pipeline.model = quantize_model(pipeline.model)
-    return loaded
-
-
-def _inner_model(loaded: Any) -> Any:
-    """The object behind a pyfunc model: the ``PythonModel``, or, for the transformers
-    flavor, its wrapper (``_model_impl``: MLflow has no public accessor for that one)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return loaded.unwrap_python_model()
-    except MlflowException:
-        return loaded._model_impl

@@ -1,5 +1,6 @@
 """``finetune serve``: MLflow's scoring server (``mlflow.pyfunc.scoring_server``: the same
-routes, formats and request timeout as ``mlflow models serve``) behind request limits.
+routes, formats and request timeout as ``mlflow models serve``) behind request limits, serving
+only a verified version, run by this project's code (:func:`served_model`).
 
 MLflow's server reads any body whole and predicts any number of inputs at once: one request
 can take the machine's memory. :class:`RequestLimits` (hand-written: neither MLflow nor
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tasks.commands.predict import Predictor
 
 MAX_BYTES = 1_000_000  # a POST body: ~2,000 reviews of 500 characters
 MAX_BATCH = 256  # inputs per request
@@ -86,12 +90,43 @@ async def _refuse(send: Send, reason: str) -> None:
     await send({"type": "http.response.body", "body": content})
 
 
-def serve(model_uri: str, port: int, max_bytes: int, max_batch: int) -> None:
-    """Load ``model_uri`` (tracking URI already set) and serve it on 127.0.0.1:``port``."""
-    import mlflow
+class ServedModel:
+    """The pyfunc implementation ``finetune serve`` runs: a :class:`Predictor` (verified
+    weights, this project's code) answering MLflow's scoring-server inputs, as the registered
+    flavours answer them (text: a frame of label and score; tokens: entity lists)."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        import pandas as pd
+
+        texts = data.iloc[:, 0] if hasattr(data, "iloc") else data
+        output = self.predictor([str(text) for text in texts])
+        return pd.DataFrame(output) if self.predictor.task == "text_classification" else output
+
+
+def served_model(model_uri: str, tracking_uri: str) -> Any:
+    """The verified version at ``model_uri`` as a pyfunc model built here: its ``MLmodel``
+    (signature; read as YAML data) and :class:`ServedModel`; nothing from the registry is
+    unpickled or executed (tasks/core/verified.py)."""
+    from mlflow.models import Model
+    from mlflow.pyfunc import PyFuncModel
+
+    # Here, not at the top: every `finetune` command imports this module for its limits,
+    # and predict's imports (mlflow, torch) take seconds.
+    from tasks.commands.predict import Predictor, load_model
+
+    verified = load_model(model_uri, tracking_uri)
+    return PyFuncModel(Model.load(str(verified.folder)), ServedModel(Predictor(verified)))
+
+
+def serve(model_uri: str, port: int, max_bytes: int, max_batch: int, tracking_uri: str) -> None:
+    """Verify ``model_uri`` in the store at ``tracking_uri`` and serve it on
+    127.0.0.1:``port``."""
     import uvicorn
     from mlflow.pyfunc import scoring_server
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = served_model(model_uri, tracking_uri)
     app = RequestLimits(scoring_server.init(model), max_bytes, max_batch)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=5)

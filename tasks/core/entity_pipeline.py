@@ -4,7 +4,9 @@ type, score and character span (``word`` is always the user's own ``text[start:e
 
 The model is logged from this file's code (MLflow's models-from-code: the file travels with
 the model and ends with ``set_model``), so it imports nothing of this project: the champion
-loads in any environment with the model's requirements. Versions logged before were pickled
+loads in any environment with the model's requirements. This project's ``predict`` and
+``serve`` never run the copy a version carries: they load its verified weights and run this
+module (tasks/core/verified.py). Versions logged before were pickled
 by reference to ``tasks.core.entity_pipeline`` or ``tasks.register``, which keep the name.
 
 Token classification at any length lives here too (evaluate uses it): a sentence longer than
@@ -64,7 +66,12 @@ class EntityPipeline(PythonModel):
         (wrong for decomposed accents), and its ``stride`` refuses the ``none`` aggregation.
         Each word takes its first sub-token's prediction (``word_ids()``), as evaluate scores.
         """
-        model, tokenizer = pipeline.model, pipeline.tokenizer
+        return EntityPipeline.entities_of(pipeline.model, pipeline.tokenizer, texts)
+
+    @staticmethod
+    def entities_of(model: Any, tokenizer: Any, texts: list[str]) -> list[list[dict[str, Any]]]:
+        """:meth:`entities` of a token classifier and its fast tokenizer (``predict`` and
+        ``serve`` load them from verified weights: tasks/core/verified.py)."""
         cap = getattr(model.config, "max_position_embeddings", 512)
         length = min(tokenizer.model_max_length, cap, 512)
         return [EntityPipeline._text_entities(model, tokenizer, t, length) for t in texts]

@@ -166,9 +166,32 @@ def _download_registered(
         raise StageError(
             f"model.name_or_path: {spec!r} not found in the registry at {uri}: {exc}"
         ) from None
+    target = download_version(client, uri, name, str(version), spec, state_dir)
+    log.info("%s is version %s, in %s", spec, version, target)
+    return _locate_model(target, spec, str(version))
+
+
+def download_version(
+    client: Any,
+    uri: str,
+    name: str,
+    version: str,
+    spec: str,
+    state_dir: Path,
+    key: str = "model.name_or_path",
+) -> Path:
+    """The files of ``name`` version ``version`` in the store at ``uri``, downloaded once into
+    :func:`registry_cache_dir` (a later call reads the cache); errors name ``key: spec``.
+
+    Raises:
+        StageError: the version is not a number, or the download failed.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     # Cached per store and version: a moved alias downloads the new version; a download that
     # dies half-way leaves only a temporary directory, never a broken cache entry.
-    target = registry_cache_dir(state_dir, uri, name, str(version), spec)
+    target = registry_cache_dir(state_dir, uri, name, str(version), spec, key)
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
@@ -182,18 +205,19 @@ def _download_registered(
             fsync_tree(tmp)  # a power loss never leaves a cache entry of empty files
             tmp.rename(target)
         except MlflowException as exc:
-            raise StageError(f"model.name_or_path: {spec!r}: download failed: {exc}") from None
+            raise StageError(f"{key}: {spec!r}: download failed: {exc}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("%s is version %s, in %s", spec, version, target)
-    return _locate_model(target, spec, str(version))
+    return target
 
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def registry_cache_dir(state_dir: Path, uri: str, name: str, version: str, spec: str) -> Path:
+def registry_cache_dir(
+    state_dir: Path, uri: str, name: str, version: str, spec: str, key: str = "model.name_or_path"
+) -> Path:
     """``state_dir/registry/<store>/<name>/v<version>``: the cache folder of one registered
     version, ``<store>`` a hash of the tracking URI (two stores' "v1" are two models).
 
@@ -203,7 +227,7 @@ def registry_cache_dir(state_dir: Path, uri: str, name: str, version: str, spec:
     """
     if not re.fullmatch(r"[0-9]{1,18}", version):
         raise StageError(
-            f"model.name_or_path: {spec!r}: the registry at {uri} answered version "
+            f"{key}: {spec!r}: the registry at {uri} answered version "
             f"{version!r}, not a number; refused"
         )
     root = (state_dir / "registry").resolve()
@@ -211,7 +235,7 @@ def registry_cache_dir(state_dir: Path, uri: str, name: str, version: str, spec:
     name_part = _safe_name(name)
     target = (root / store / name_part / f"v{version}").resolve()
     if name_part in {".", ".."} or not target.is_relative_to(root):
-        raise StageError(f"model.name_or_path: {spec!r}: {target} is outside {root}; refused")
+        raise StageError(f"{key}: {spec!r}: {target} is outside {root}; refused")
     return target
 
 

@@ -14,6 +14,7 @@ from tasks.core import entity_pipeline
 from tasks.core.config import Params
 from tasks.core.entity_pipeline import EntityPipeline
 from tasks.core.errors import StageError
+from tasks.core.verified import DIGEST_TAG, stored_digest
 
 log = logging.getLogger(__name__)
 MODEL_MD5_TAG = "model_md5"  # DVC's md5 of the model directory: the identity of the weights
@@ -91,10 +92,19 @@ def same(version: Any, other: Any) -> bool:
     return int(version.version) == int(other.version)
 
 
-def version_with_weights(client: Any, name: str, weights: str) -> Any | None:
-    """The version of ``name`` whose ``model_md5`` tag is ``weights`` (the registry's own tag
-    filter, evaluated in SQL by a database store); the champion or challenger if several."""
+def verified_versions(client: Any, name: str, weights: str) -> list[Any]:
+    """The versions of ``name`` whose ``model_md5`` tag is ``weights`` (the registry's own tag
+    filter, evaluated in SQL by a database store) and that carry a ``weights_sha256`` tag:
+    one registered before predict and serve verified models is not reused (registering
+    its weights again makes a verified version)."""
     found = client.search_model_versions(f"name = '{name}' AND tags.{MODEL_MD5_TAG} = '{weights}'")
+    return [version for version in found if version.tags.get(DIGEST_TAG)]
+
+
+def version_with_weights(client: Any, name: str, weights: str) -> Any | None:
+    """The verified version of ``name`` holding ``weights`` (:func:`verified_versions`); the
+    champion or challenger if several."""
+    found = verified_versions(client, name, weights)
     if not found:
         return None
     current = aliases(client, name)
@@ -107,14 +117,13 @@ def version_with_weights(client: Any, name: str, weights: str) -> Any | None:
 
 def log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str, str]) -> str:
     """Log the model into the active run with signature, input example and explicit
-    requirements, then create a version of ``name`` from it with ``tags`` (one call: the
+    requirements, then create a version of ``name`` from it with ``tags`` and the
+    ``weights_sha256`` of the files the store holds (``tasks.core.verified``; one call: the
     version never exists without them). Returns the new version."""
     import mlflow
     import torch
     import transformers
-    from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
-    from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
 
     example = INPUT_EXAMPLES[params.task]
     # Explicit requirements: MLflow's inference of them looks for torchvision and fails.
@@ -152,6 +161,21 @@ def log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str,
             pip_requirements=requirements,
         )
     client = mlflow.MlflowClient()
+    _ensure_registered(client, name)
+    run_id = mlflow.active_run().info.run_id
+    tags = {**tags, DIGEST_TAG: stored_digest(info.model_id)}
+    version = client.create_model_version(
+        name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
+    )
+    return _keep_first(client, name, str(version.version), tags[MODEL_MD5_TAG])
+
+
+def _ensure_registered(client: Any, name: str) -> None:
+    """Create the registered model ``name`` unless it exists (another register may create
+    it at the same moment)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
+
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
@@ -160,11 +184,6 @@ def log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str,
             ErrorCode.Name(ALREADY_EXISTS),
         ):
             raise
-    run_id = mlflow.active_run().info.run_id
-    version = client.create_model_version(
-        name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
-    )
-    return _keep_first(client, name, str(version.version), tags[MODEL_MD5_TAG])
 
 
 def aliases(client: Any, name: str) -> dict[str, int]:
@@ -214,7 +233,7 @@ def _keep_first(client: Any, name: str, version: str, weights: str) -> str:
     lost (the server died or restarted after creating the version): the retry creates a
     second version of the same weights. The registry lock does not reach another machine's
     register on one server either; both then keep the same, first, version."""
-    same = client.search_model_versions(f"name = '{name}' AND tags.{MODEL_MD5_TAG} = '{weights}'")
+    same = verified_versions(client, name, weights)
     first = min((int(v.version) for v in same), default=int(version))
     if first < int(version):
         log.warning("%s version %s duplicates version %s (same weights): deleted", name,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port, run, start_server, stop_server
+from conftest import free_port, register_tiny, run, start_server, stop_server
 from typer.testing import CliRunner
 
 from tasks.commands.main import app
@@ -119,11 +119,9 @@ def test_predict_a_file_as_json_with_progress_and_serve_the_model(
     answers the same over REST."""
     import json
 
-    import mlflow
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     from tasks.commands.predict import CHUNK
-    from tasks.core.entity_pipeline import EntityPipeline
     from tasks.core.labels import iob2_tags
 
     labels = iob2_tags(["PER"])
@@ -135,13 +133,7 @@ def test_predict_a_file_as_json_with_progress_and_serve_the_model(
     )
     model.save_pretrained(tmp_path / "model")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "model")
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=EntityPipeline(),
-            artifacts={"model": str(tmp_path / "model")},
-            pip_requirements=[f"mlflow=={mlflow.__version__}"],
-        )
+    uri = register_tiny(tmp_path / "model", "toy-cli-ner", "token_classification")
     texts = [f"alice went to paris {i}" for i in range(CHUNK + 10)]
     file = tmp_path / "texts.txt"
     file.write_text("\n".join([*texts[:5], "", *texts[5:]]) + "\n", encoding="utf-8")
@@ -150,7 +142,7 @@ def test_predict_a_file_as_json_with_progress_and_serve_the_model(
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw), encoding="utf-8")
 
-    command = ["predict", "--file", str(file), "--json", "--model-uri", info.model_uri]
+    command = ["predict", "--file", str(file), "--json", "--model-uri", uri]
     with caplog.at_level("INFO", logger="tasks.predict"):
         result = CliRunner().invoke(
             app, [*command, "--params", str(params)], env={"FINETUNE_PROGRESS": "lines"}
@@ -165,7 +157,7 @@ def test_predict_a_file_as_json_with_progress_and_serve_the_model(
 
     # finetune serve: MLflow's model server on the same model, over REST.
     port = free_port()
-    serve = [str(FINETUNE), "serve", "--model-uri", info.model_uri, "--port", str(port)]
+    serve = [str(FINETUNE), "serve", "--model-uri", uri, "--port", str(port)]
     server = start_server(
         [*serve, "--params", str(params)], f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log"
     )

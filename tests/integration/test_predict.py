@@ -6,6 +6,7 @@ import unicodedata
 
 import mlflow
 import pytest
+from conftest import register_tiny
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from tasks.commands.predict import predict, render
@@ -89,7 +90,7 @@ def test_offsets_of_the_uncased_tokenizer_keep_case_accents_and_spacing(tiny_mod
 
 
 def test_served_model_returns_the_users_words(tiny_model_dir, tmp_path, sqlite_store):
-    """Log the pyfunc wrapper, load it back through tasks.commands.predict: every entity's word is
+    """Register the entity model, predict through tasks.commands.predict: every entity's word is
     the input's slice, in its original case. The head is crafted (zero weights, a bias
     towards B-PER) so that every word is an entity of its own."""
     import torch
@@ -107,16 +108,10 @@ def test_served_model_returns_the_users_words(tiny_model_dir, tmp_path, sqlite_s
     model.save_pretrained(tmp_path / "model")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "model")
 
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=EntityPipeline(),
-            artifacts={"model": str(tmp_path / "model")},
-            pip_requirements=[f"mlflow=={mlflow.__version__}"],
-        )
+    uri = register_tiny(tmp_path / "model", "toy-words", "token_classification")
     long_text = " ".join(["Lufthansa", "flew"] * 150)  # 1,200 sub-tokens, windows of 128
     texts = ["Alice went to PARIS", "Lufthansa  flew", "...", long_text]
-    records = predict(info.model_uri, texts)
+    records = predict(uri, texts)
     assert [r["text"] for r in records] == texts
     for record in records:
         for entity in record["entities"]:

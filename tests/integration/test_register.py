@@ -569,6 +569,27 @@ def test_champions_load_and_serve_where_this_project_is_not(text_model, token_mo
         stop_server(served)
 
 
+def test_a_champion_without_the_digest_is_replaced_by_a_verified_version(text_model):
+    """Issue 31 item 3: a version registered before versions carried ``weights_sha256`` is
+    refused by predict; registering its weights again makes a verified version, which takes
+    its place as champion (the unverified one is not reused)."""
+    from tasks.commands.predict import predict
+    from tasks.core.verified import DIGEST_TAG
+
+    own = text_model.named("toy-reverify")
+    first = own.register()
+    assert first["aliases"]["champion"] == first["version"]
+    own.client().delete_model_version_tag("toy-reverify", str(first["version"]), DIGEST_TAG)
+    with pytest.raises(StageError, match=f"has no {DIGEST_TAG} tag.*`finetune register`"):
+        predict("models:/toy-reverify@champion", ["a great film"], tracking_uri=own.uri)
+    again = own.register()
+    assert (again["version"], again["reused"]) == (first["version"] + 1, False)
+    assert again["aliases"]["champion"] == again["version"]
+    assert "registered before verification" in again["reason"]
+    [record] = predict("models:/toy-reverify@champion", ["a great film"], tracking_uri=own.uri)
+    assert record["label"] in ("positive", "negative")
+
+
 def test_rollback_moves_the_champion_back(text_model):
     from tasks.commands.models import roll_back
     from tasks.core.errors import StageError
