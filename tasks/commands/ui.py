@@ -18,10 +18,11 @@ from pathlib import Path
 
 import typer
 
+from tasks.core.cli import user_help
 from tasks.core.environment import STATE_DIR
 
 HOST = "127.0.0.1"
-app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
+app = typer.Typer(add_completion=False, help=user_help(__doc__), no_args_is_help=True)
 
 
 def mlflow_server(
