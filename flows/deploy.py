@@ -23,6 +23,7 @@ from typing import Any
 import typer
 
 from flows.settings import DEFAULT_TIMEOUT, DEFAULT_TIMEOUTS, DeploymentSettings, settings_env
+from tasks.core.cli import user_help
 from tasks.core.environment import PROJECT_ROOT
 
 DEPLOYMENT_NAME = "nightly-retrain"
@@ -30,7 +31,7 @@ SCHEDULE_SLUG = "nightly-retrain"
 DEFAULT_CRON = "0 2 * * *"  # 02:00 UTC every night
 ENTRYPOINT = "flows/pipeline.py:training_pipeline"
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
 
 class Collision(enum.StrEnum):

@@ -35,7 +35,7 @@ from typing import Any
 import typer
 
 from tasks.core.batching import check_budget, position_cap, token_budget
-from tasks.core.cli import stage_command
+from tasks.core.cli import stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, Params, headline_metric, load_params
 from tasks.core.entity_pipeline import windowed_words
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"
 REPORTS_DIR = PROJECT_ROOT / "reports"
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
 
 def _label_ids(model: Any, needed: set[str], what: str) -> dict[str, int]:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 
-from tasks.core.cli import stage_command
+from tasks.core.cli import stage_command, user_help
 from tasks.core.config import SPLITS, Params, load_params, require_tracked_inputs
 from tasks.core.environment import PROJECT_ROOT
 from tasks.core.errors import StageError
@@ -45,7 +45,7 @@ from tasks.core.splitting import (
 )
 
 log = logging.getLogger(__name__)
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
 
 def load_source(params: Params, raw_dir: Path) -> tuple[dict[str, pd.DataFrame], list[dict]]:

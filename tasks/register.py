@@ -35,7 +35,7 @@ from typing import Any
 import typer
 
 from tasks.core import registry
-from tasks.core.cli import stage_command
+from tasks.core.cli import stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, Params, load_params
 
 # Entity models registered before EntityPipeline moved to tasks.core.entity_pipeline were
@@ -53,7 +53,7 @@ MODEL_DIR = PROJECT_ROOT / "models" / "model"
 PREPARED_DIR = PROJECT_ROOT / "data" / "prepared"
 REPORTS_DIR = PROJECT_ROOT / "reports"
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from tasks.core.cli import stage_command
+from tasks.core.cli import stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, load_params
 from tasks.core.environment import PROJECT_ROOT
 from tasks.core.html_blocks import CSS, esc
@@ -36,7 +36,7 @@ from tasks.core.report_sections import (
 )
 
 log = logging.getLogger(__name__)
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
 REPORT_NAME = "report.html"
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import typer
 
-from tasks.core.cli import stage_command
+from tasks.core.cli import stage_command, user_help
 from tasks.core.config import (
     DEFAULT_PARAMS,
     SPLITS,
@@ -59,7 +59,7 @@ COLUMNS = {
     "token_classification": ("tokens", "tags"),
 }
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
 
 # --- input ------------------------------------------------------------------------------------

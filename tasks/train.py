@@ -37,7 +37,7 @@ from transformers import EarlyStoppingCallback
 
 from tasks.core import distributed, progress, tracking
 from tasks.core.checkpoints import final_model, run_lock, sweep_stale_checkpoints
-from tasks.core.cli import stage_command
+from tasks.core.cli import stage_command, user_help
 from tasks.core.config import (
     BEST_PARAMS_FILE,
     DEFAULT_PARAMS,
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 MODEL_DIR = PROJECT_ROOT / "models" / "model"
 REPORTS_DIR = PROJECT_ROOT / "reports"
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
 
 def train(

@@ -77,7 +77,7 @@ import typer
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
-from tasks.core.cli import stage_command
+from tasks.core.cli import stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, Params, load_params, require_tracked_inputs
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
@@ -108,7 +108,7 @@ from tasks.tuning.study import (
 log = logging.getLogger(__name__)
 REPORTS_DIR = PROJECT_ROOT / "reports"
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
 
 def run_search(

@@ -202,8 +202,8 @@ UNIT_TIER = Path(__file__).resolve().parent / "unit"
 
 @pytest.fixture(autouse=True)
 def _unit_tests_start_no_process_or_server(request: pytest.FixtureRequest, monkeypatch):
-    """The tiers (README, Tests): ``tests/unit`` runs in seconds for the edit loop, so a test
-    there that starts a process or a server fails, naming the tier it belongs in."""
+    """The tiers (docs/user-guide.md, Tests): ``tests/unit`` runs in seconds for the edit
+    loop, so a test there that starts a process or a server fails, naming its tier."""
     if not request.node.path.is_relative_to(UNIT_TIER):
         return
 

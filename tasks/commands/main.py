@@ -29,7 +29,7 @@ from typer.core import TyperGroup
 
 from tasks.commands import serving
 from tasks.commands.paramsdoc import stage_help
-from tasks.core.cli import reflow, stage_command
+from tasks.core.cli import plain, reflow, stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS
 from tasks.core.environment import PROJECT_ROOT
 
@@ -62,7 +62,7 @@ def summary(module: str) -> str:
     spec = importlib.util.find_spec(module)
     source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
     doc = ast.get_docstring(ast.parse(source)) or ""
-    return " ".join(doc.split("\n\n")[0].split()).replace("``", "")
+    return plain(" ".join(doc.split("\n\n")[0].split()))
 
 
 def load(name: str) -> click.Command:
@@ -107,7 +107,7 @@ app = typer.Typer(
     cls=LazyGroup,
     add_completion=True,
     no_args_is_help=True,
-    help=reflow(__doc__).replace("[", "\\["),
+    help=user_help(__doc__),
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -117,7 +117,7 @@ def command(panel: str):
     help (not this module's, which is the group's)."""
 
     def decorate(func):
-        doc = reflow(inspect.cleandoc(func.__doc__ or ""))
+        doc = plain(reflow(inspect.cleandoc(func.__doc__ or "")))
         wrapped = stage_command(func.__name__)(func)
         wrapped.__doc__ = doc
         return app.command(rich_help_panel=panel)(wrapped)

@@ -17,7 +17,7 @@ import yaml
 
 from tasks.commands.paramsdoc import key_lines
 from tasks.core import registry, tracking
-from tasks.core.cli import stage_command
+from tasks.core.cli import stage_command, user_help
 from tasks.core.config import (
     BUILTIN_ENCODERS,
     DEFAULT_PARAMS,
@@ -30,7 +30,7 @@ from tasks.core.encoders import encoder_dir
 from tasks.core.errors import StageError
 from tasks.core.hub import hub_endpoint, resolve_revision
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=user_help(__doc__))
 
 
 def _scalar(value: str) -> str:

@@ -23,14 +23,14 @@ from typing import Any
 import typer
 
 from tasks.commands.quantize import quantize_model
-from tasks.core.cli import stage_command
+from tasks.core.cli import stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, load_params
 from tasks.core.entity_pipeline import EntityPipeline
 from tasks.core.errors import StageError
 from tasks.core.reporter import Progress
 from tasks.core.verified import VerifiedModel, load_verified, verified_model
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
 
 def load_texts(texts: list[str], file: Path | None) -> list[str]:
@@ -202,7 +202,7 @@ def main(
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     quantize: bool = typer.Option(
-        False, help="Run the model int8 dynamic-quantized on the CPU (faster, see README)."
+        False, help="Run int8 dynamic-quantized on the CPU (faster; see docs/user-guide.md)."
     ),
     params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
 ) -> None:

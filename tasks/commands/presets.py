@@ -26,7 +26,7 @@ import typer
 import yaml
 
 from tasks.commands.experiments import run_experiment
-from tasks.core.cli import stage_command
+from tasks.core.cli import stage_command, user_help
 from tasks.core.config import EXTERNAL_DATA_DIR, ParamsError
 from tasks.core.environment import PROJECT_ROOT
 
@@ -34,7 +34,7 @@ PRESETS_DIR = PROJECT_ROOT / "presets"
 SECTIONS = ("params", "data")
 # A preset name becomes a file name and a data folder: nothing that can leave presets/.
 PRESET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
 
 @dataclass

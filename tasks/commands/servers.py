@@ -37,7 +37,7 @@ from typing import Any
 
 import typer
 
-from tasks.core.cli import stage_command
+from tasks.core.cli import stage_command, user_help
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
 
@@ -305,7 +305,7 @@ def tracking_server_command(
     return command, env
 
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
 
 @app.command()

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import typer
 
-from tasks.core.cli import stage_command
+from tasks.core.cli import stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, load_params
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
 from tasks.tuning.storage import describe_storage, storage_spec
 
 HOST = "127.0.0.1"
-app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
+app = typer.Typer(add_completion=False, help=user_help(__doc__), no_args_is_help=True)
 
 
 def mlflow_server(

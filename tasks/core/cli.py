@@ -20,11 +20,28 @@ SEE_MODULE = " (see the module docstring)"
 
 
 def help_text(func: Callable[..., Any]) -> str:
-    """The command's help: its docstring's summary, then its module's docstring."""
-    summary = inspect.cleandoc(func.__doc__ or "").replace(SEE_MODULE, "")
-    module = inspect.cleandoc(sys.modules[func.__module__].__doc__ or "")
-    text = "\n\n".join(reflow(part) for part in (summary, module) if part)
-    return text.replace("[", "\\[")  # `text[start:end]` is text, not rich markup
+    """The command's ``--help``: its docstring, then its module's summary and command
+    examples (:func:`user_help`); the rest of the module docstring is for engineers."""
+    summary = plain(reflow(inspect.cleandoc(func.__doc__ or "").replace(SEE_MODULE, "")))
+    summary = summary.replace("[", "\\[")  # `text[start:end]` is text, not rich markup
+    module = user_help(sys.modules[func.__module__].__doc__ or "")
+    return "\n\n".join(part for part in (summary, module) if part)
+
+
+def user_help(doc: str) -> str:
+    """A module docstring as ``--help`` text: its first paragraph and its indented command
+    examples, without reST markup, ``[`` escaped (``text[start:end]`` is text, not rich
+    markup). Other paragraphs are implementation notes and are left out."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    indented = [p for p in paragraphs[1:] if all(ln.startswith("    ") for ln in p.splitlines())]
+    text = reflow("\n\n".join([paragraphs[0], *indented]))
+    return plain(text).replace("[", "\\[")
+
+
+def plain(text: str) -> str:
+    """``text`` without reST markup: ``:func:`name``` and ````code```` become ``name`` and
+    ``code``."""
+    return re.sub(r":[a-z]+:`([^`]*)`", r"\1", text).replace("``", "")
 
 
 def reflow(text: str) -> str:

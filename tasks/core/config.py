@@ -491,7 +491,7 @@ class TuneParams(Section):
             raise ValueError(
                 "n_jobs was removed: the stage no longer spawns workers; run "
                 "`python -m tasks.tune --worker` once per extra worker (any machine) against "
-                "a shared tune.storage (postgresql://...), see README 'Parallel tuning'"
+                "a shared tune.storage (postgresql://...), see docs/servers.md 'Parallel tuning'"
             )
         return data
 

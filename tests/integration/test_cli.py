@@ -10,11 +10,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import typer
 import yaml
 from conftest import free_port, register_tiny, run, start_server, stop_server
 from typer.testing import CliRunner
 
-from tasks.commands.main import app
+from tasks.commands.main import DELEGATED, app, load
 from tasks.core.config import Params
 from tasks.core.environment import PROJECT_ROOT
 
@@ -82,6 +83,33 @@ def test_each_command_has_help_with_project_relative_defaults(command: str) -> N
     assert str(PROJECT_ROOT) not in result.output  # paths shown relative to the project
     for expected in HELP[command]:
         assert expected in result.output, f"{command} --help lacks {expected!r}"
+
+
+# reST roles and literals: notes for engineers in docstrings, never in a user's --help.
+MARKUP = (":func:", ":class:", ":data:", ":mod:", "``")
+
+
+def command_paths(command, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """``finetune`` and every command and subcommand under it (the stages loaded)."""
+    paths = [path]
+    for name in command.list_commands(None) if hasattr(command, "list_commands") else []:
+        sub = load(name) if not path and name in DELEGATED else command.get_command(None, name)
+        paths += command_paths(sub, (*path, name))
+    return paths
+
+
+def test_help_is_for_users_without_docstring_markup() -> None:
+    """Every --help (the group's, each command's, each subcommand's) is free of reST roles
+    and literals; the check fails on the markup it looks for."""
+    assert [m for m in MARKUP if m in "see :func:`prefect_server` and ``x``"] == [":func:", "``"]
+    paths = command_paths(typer.main.get_command(app))
+    assert ("ui", "mlflow") in paths and ("train",) in paths
+    runner = CliRunner()
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"], env=WIDE, prog_name="finetune")
+        assert result.exit_code == 0, result.output
+        found = [m for m in MARKUP if m in result.output]
+        assert not found, f"finetune {' '.join(path)} --help shows {found}"
 
 
 def test_stage_help_describes_its_params_from_the_config() -> None:

@@ -95,7 +95,7 @@ def test_help_documents_the_stage_quietly(stage):
     assert not [noise for noise in NOISE if noise in text], text
     assert "see the module docstring" not in text
     module = __import__(name, fromlist=["_"])
-    first_line = module.__doc__.strip().splitlines()[0].replace("[", "")
+    first_line = module.__doc__.strip().splitlines()[0].replace("[", "").replace("``", "")
     assert first_line[:60] in text.replace("\\[", "").replace("[", ""), text
     assert str(ROOT) not in text, text  # defaults are shown relative to the project
     assert "(params.yaml)" in text

@@ -1,4 +1,5 @@
-"""The README names only things that exist: make targets, params keys, files, commands."""
+"""The README and docs/ pages name only things that exist: make targets, params keys, files,
+commands."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from tasks.commands.main import app
 from tasks.commands.paramsdoc import all_keys
 from tasks.core.environment import PROJECT_ROOT
 
-README = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+# The front page and the pages it sends readers to, read as one text.
+PAGES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+README = "\n".join(page.read_text(encoding="utf-8") for page in PAGES)
 SECTIONS = sorted({key.path.split(".")[0] for key in all_keys()})
 EXTENSIONS = "py|json|jsonl|csv|tsv|md|yaml|yml|png|parquet|txt|lock|log|db|sh|toml|cfg"
 # Words that start like a params key but are file names or code (`train.py`, `tasks.train`).

@@ -1,7 +1,7 @@
 """Hostile and malformed input files: each is refused by prepare with a message that names
 the file, the line (where there is one), the field or column and the value, or is accepted
-as the README's table says. One case per row of that table (prepare's part; validate's
-gates are in test_validate.py)."""
+as the table in docs/your-data.md says. One case per row of that table (prepare's part;
+validate's gates are in test_validate.py)."""
 
 from __future__ import annotations
 
