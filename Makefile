@@ -85,6 +85,8 @@ run: setup  ## Run the whole pipeline (dvc repro); PRESET=conll2003|sst2 DATA=fo
 
 # Two pytest-xdist workers, one test file each at a time (module fixtures such as the Prefect
 # server start once); each worker's torch gets its share of the cores (tests/conftest.py).
+# A file never spans workers, so the slowest file bounds the wall time: split a file whose
+# tests take minutes (the flow tests: test_flows.py and test_flows_direct.py).
 TEST_WORKERS ?= 2
 
 test: setup postgres-binaries  ## Run every tier: unit, integration, e2e (TEST_WORKERS=2 processes; 0: one)

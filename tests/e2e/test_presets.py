@@ -4,7 +4,10 @@ The benchmark tests run end to end on slices of ../shared/datasets (its only use
 when it is absent): each copies the project, writes the first sentences of each benchmark file
 into a folder of its own (the user's copy, given with ``--data``), shrinks the preset's budget
 (tiny tune, one epoch), commits, runs the preset with its CLI (every stage, registry
-included) and applies the experiment to check its outputs.
+included) and applies the experiment to check its outputs. What they check (the preset's data
+handling, splits, reports, registry) does not depend on the encoder: they train a tiny random
+BERT whose vocabulary holds the slice's words (minutes less than the packaged encoder; the
+real encoder's accuracy is checked in tests/integration/test_behaviour.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, commit, experiments, make_project, run, toy_text_frame
+from conftest import ROOT, commit, experiments, make_project, run, tiny_vocab, toy_text_frame
 
 from tasks.commands.experiments import ExperimentError, run_experiment, set_param_args
 from tasks.commands.presets import available_presets, load_preset
@@ -33,7 +36,35 @@ FAST = {
     },
     "train.epochs": 1,
     "register.min_score": 0.0,  # a one-epoch model on a slice still becomes the champion
+    "model.name_or_path": "models/pretrained/tiny",  # tiny_encoder
 }
+
+
+def tiny_encoder(target: Path, words: set[str]) -> None:
+    """A random 2-layer BERT (hidden 32, 512 positions: the shipped max_length and context
+    fit) whose WordPiece vocabulary holds ``words`` (lower-cased) whole, saved in ``target``:
+    the slice's sentences keep their lengths in sub-tokens, as with a real encoder."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = list(dict.fromkeys([*tiny_vocab(), *sorted(w.lower() for w in words)]))
+    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def words_in(folder: Path) -> set[str]:
+    """Every whitespace-separated word in the files of ``folder`` (a vocabulary superset)."""
+    return {w for f in folder.iterdir() for w in f.read_text(encoding="utf-8").split()}
 
 
 def conll_head(source: Path, target: Path, sentences: int) -> None:
@@ -64,6 +95,7 @@ def run_preset(tmp_path: Path, name: str, data: Path, **params) -> Path:
     copy; check that it left params.yaml and git alone, then apply the experiment so its
     outputs can be read."""
     project = make_project(tmp_path / "project")
+    tiny_encoder(project / "models/pretrained/tiny", words_in(data))
     shrink_preset(project, name, **{**FAST, **params})
     commit(project)
     before = (project / "params.yaml").read_bytes()

@@ -237,6 +237,15 @@ def test_real_encoder_passes_the_shipped_checks_well_above_chance(tmp_path):
     train(params, tmp_path / "tokenized", tmp_path / "model", tmp_path / "train", tmp_path)
     run_stage(params, tmp_path / "tokenized", tmp_path / "model", tmp_path / "reports", tmp_path)
 
+    # The packaged encoder through the model stages learns the task (moved here from
+    # test_evaluate's dvc repro test, which runs the chain on the tiny encoder).
+    manifest = json.loads((tmp_path / "tokenized/manifest.json").read_text())
+    assert manifest["tokenizer"]["name_or_path"] == "default"
+    trained = json.loads((tmp_path / "train/train_metrics.json").read_text())
+    assert trained["epochs_run"] == 1 and trained["head"] == "new"
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert metrics["samples"] == 800
+    assert metrics["accuracy"] > 0.6 and 0 <= metrics["roc_auc"] <= 1
     report = json.loads((tmp_path / "reports/behaviour.json").read_text())
     checks = report["checks"]
     assert checks["mft"]["pass_rate"] >= 0.75  # chance: 0.5
