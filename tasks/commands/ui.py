@@ -18,7 +18,9 @@ from pathlib import Path
 
 import typer
 
+from tasks.core.config import load_params
 from tasks.core.environment import STATE_DIR
+from tasks.core.tracking import default_tracking_uri
 
 HOST = "127.0.0.1"
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
@@ -29,8 +31,6 @@ def mlflow_server(
 ) -> tuple[list[str], dict[str, str]]:
     """Command and environment of ``mlflow server`` on ``store_uri`` (default: the project's
     SQLite store, artifacts served from beside it)."""
-    from tasks.core.tracking import default_tracking_uri
-
     uri = store_uri or default_tracking_uri(state_dir)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -99,8 +99,6 @@ def mlflow_ui(
 
 def training_runs_url(base: str, store_uri: str) -> str:
     """:func:`experiment_url` of ``tracking.experiment`` when the store has it."""
-    from tasks.core.config import load_params
-
     name = load_params().tracking.experiment
     if store_uri.startswith("sqlite:///") and Path(store_uri.removeprefix("sqlite:///")).exists():
         import mlflow
