@@ -83,6 +83,8 @@ def nightly_deployment(
 ):
     """A runner deployment of ``training_pipeline`` for :func:`prefect.serve` (``options``:
     those of :func:`deployment_options`)."""
+    # Imported here, not at the top: flows.pipeline loads Prefect, and `finetune deploy
+    # --help` (this module is the command's) must not wait for it.
     from flows.pipeline import training_pipeline
 
     return training_pipeline.to_deployment(

@@ -39,6 +39,7 @@ from tasks.commands.experiments import (
 )
 from tasks.commands.presets import load_preset
 from tasks.core.config import ParamsError, load_params
+from tasks.core.environment import state_dir
 from tasks.core.tracking import describe_error, end_pipeline
 
 # A stage that exits with this code rejected its input (bad data, failed gate): running it
@@ -283,17 +284,35 @@ def training_pipeline(
     retries = retries or {}
     if preset is not None or overrides:
         name = experiment or preset or prefect_flow_run.name or "flow-run"
-        try:
-            check_name(name)
-            baseline_commit(project)  # experiments start from a commit
-        except ExperimentError as exc:
-            raise ValueError(str(exc)) from None
-        runner = run_as_experiment.with_options(
-            timeout_seconds=settings.timeout("experiment"),
-            retries=retries.get("experiment", run_as_experiment.retries),
-        )
-        return [runner(name, project, overrides, stages, imports)]
+        return [_run_experiment(name, project, settings, overrides, stages, imports, retries)]
     return _run_stages(project, settings, stages, retries, sync_remote_data, update_imports)
+
+
+def _run_experiment(
+    name: str,
+    project: Path,
+    settings: DeploymentSettings,
+    overrides: dict[str, Any],
+    stages: list[str] | None,
+    imports: dict[str, str],
+    retries: dict[str, int],
+) -> dict[str, Any]:
+    """The run as one DVC experiment (one Prefect task, with the deployment's timeout and
+    retries); its record.
+
+    Raises:
+        ValueError: a bad experiment name, or no git commit to start from.
+    """
+    try:
+        check_name(name)
+        baseline_commit(project)  # experiments start from a commit
+    except ExperimentError as exc:
+        raise ValueError(str(exc)) from None
+    runner = run_as_experiment.with_options(
+        timeout_seconds=settings.timeout("experiment"),
+        retries=retries.get("experiment", run_as_experiment.retries),
+    )
+    return runner(name, project, overrides, stages, imports)
 
 
 def _run_stages(
@@ -366,8 +385,6 @@ def _checked_run(
 def end_parent_run(project: Path, error: str | None = None) -> None:
     """End this flow run's MLflow parent run (the stages opened it): FINISHED, or FAILED with
     the error, so its status and duration are the whole flow run's."""
-    from tasks.core.environment import state_dir
-
     execution = str(prefect_flow_run.id or "")
     if execution:
         params = load_params(project / "params.yaml")

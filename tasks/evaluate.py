@@ -30,10 +30,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import typer
 
+from tasks.core import behaviour, tracking
 from tasks.core.batching import check_budget, position_cap, token_budget
 from tasks.core.cli import stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, Params, headline_metric, load_params
@@ -105,6 +106,17 @@ def _predict_cut_sentences(
     return len(cut)
 
 
+class Scored(NamedTuple):
+    """What one task's scoring hands to the reports: the scores, the (actual, predicted)
+    pairs of the confusion matrix and its labels, the slices and the mistakes."""
+
+    metrics: dict[str, Any]
+    pairs: list[tuple[str, str]]
+    matrix_labels: list[str]
+    slices: dict[str, Any]
+    errors: list[dict[str, Any]]
+
+
 def evaluate(
     params: Params,
     tokenized_dir: Path = TOKENIZED_DIR,
@@ -124,18 +136,8 @@ def evaluate(
     Returns:
         The content of ``metrics.json`` (scores only).
     """
-    import numpy as np
-
     quiet_transformers()
-    task = params.task
-    data, manifest = load_tokenized(tokenized_dir, task, ("test",))
-    test = data["test"]
-    model, tokenizer = load_model(model_dir, task)
-    if vocab_hash(tokenizer) != manifest["tokenizer"]["vocab_sha256"]:
-        raise StageError(
-            f"{tokenized_dir} was tokenized with another tokenizer than the model in "
-            f"{model_dir}; re-run tokenize and train"
-        )
+    test, manifest, model, tokenizer = _load_matching(params.task, tokenized_dir, model_dir)
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     labels = [id2label[i] for i in range(len(id2label))]
     precision = choose_precision(params.train.precision)
@@ -144,57 +146,14 @@ def evaluate(
         max_tokens, list(test["length"]), position_cap(tokenizer), "evaluate.max_tokens_per_batch"
     )
     probabilities, timing = predict(
-        model, tokenizer, test, task, params.evaluate.batch_size, precision, max_tokens
+        model, tokenizer, test, params.task, params.evaluate.batch_size, precision, max_tokens
     )
-
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    if task == "text_classification":
-        label2id = _label_ids(model, set(test["label"]), "label(s)")
-        gold = [label2id[g] for g in test["label"]]
-        predicted = [int(np.argmax(p)) for p in probabilities]
-        metrics: dict[str, Any] = {
-            "samples": len(test),
-            **text_scores(gold, predicted, labels, True),
-        }
-        if len(labels) == 2:
-            metrics["roc_auc"] = roc_auc(gold, [float(p[1]) for p in probabilities])
-        pairs = [(labels[g], labels[p]) for g, p in zip(gold, predicted, strict=True)]
-        slices = text_slices(list(test["text"]), gold, predicted, labels)
-        errors = text_errors(test, gold, predicted, probabilities, labels)
-        matrix_labels = labels
+    if params.task == "text_classification":
+        scored = _score_text(model, test, probabilities, labels)
     else:
-        gold_tags = [list(t) for t in test["tags"]]
-        _label_ids(model, {t for s in gold_tags for t in s}, "tag(s)")
-        predicted_tags, confidences = [], []
-        word_ids = list(test["word_ids"])
-        for i, probs in enumerate(probabilities):
-            token_tags = [id2label[int(k)] for k in probs.argmax(axis=-1)]
-            tags, confidence = words_from_subtokens(
-                word_ids[i], token_tags, probs.max(axis=-1).tolist(), len(gold_tags[i])
-            )
-            predicted_tags.append(tags)
-            confidences.append(confidence)
-        windowed = _predict_cut_sentences(
-            model, tokenizer, test, manifest["max_length"], id2label, predicted_tags, confidences
-        )
-        missing = sum(c is None for sentence in confidences for c in sentence)
-        metrics = {
-            "samples": len(test),
-            "words": sum(len(s) for s in gold_tags),
-            "words_not_predicted": missing,  # words without sub-tokens: scored as O
-            "truncated_sentences": int(manifest["truncated"]["test"]),
-            "windowed_sentences": windowed,  # those predicted in overlapping windows
-            **entity_scores(gold_tags, predicted_tags, detailed=True),
-        }
-        pairs = [
-            (entity_type(g) or "O", entity_type(p) or "O")
-            for gs, ps in zip(gold_tags, predicted_tags, strict=True)
-            for g, p in zip(gs, ps, strict=True)
-        ]
-        errors = token_errors(test, gold_tags, predicted_tags, confidences)
-        slices = token_slices(gold_tags, predicted_tags, metrics["per_type"])
-        matrix_labels = ["O", *sorted({entity_type(t) for t in labels} - {None})]
+        scored = _score_tokens(model, tokenizer, test, manifest, probabilities, id2label, labels)
     speed = {
         **timing,
         "batch_size": params.evaluate.batch_size,
@@ -202,9 +161,107 @@ def evaluate(
         "dtype": str(precision.dtype).removeprefix("torch."),
         "device": str(precision.device),
     }
+    _write_reports(params, scored, speed, test, precision, model_dir, reports_dir)
+    headline = headline_metric(params.task)
+    log.info(
+        "test: %d examples, %s %.4f, %s samples/s (%s on %s); %d errors listed",
+        len(test), headline, scored.metrics[headline], timing["samples_per_second"],
+        precision.dtype, precision.device, min(len(scored.errors), params.evaluate.max_errors),
+    )  # fmt: skip
+    return scored.metrics
+
+
+def _load_matching(task: str, tokenized_dir: Path, model_dir: Path) -> tuple[Any, ...]:
+    """(test split, tokenize manifest, model, tokenizer); raises StageError when the test
+    split was tokenized with another tokenizer than the model's."""
+    data, manifest = load_tokenized(tokenized_dir, task, ("test",))
+    model, tokenizer = load_model(model_dir, task)
+    if vocab_hash(tokenizer) != manifest["tokenizer"]["vocab_sha256"]:
+        raise StageError(
+            f"{tokenized_dir} was tokenized with another tokenizer than the model in "
+            f"{model_dir}; re-run tokenize and train"
+        )
+    return data["test"], manifest, model, tokenizer
+
+
+def _score_text(model: Any, test: Any, probabilities: Any, labels: list[str]) -> Scored:
+    """Text classification: class scores (ROC AUC for two classes), slices and mistakes."""
+    import numpy as np
+
+    label2id = _label_ids(model, set(test["label"]), "label(s)")
+    gold = [label2id[g] for g in test["label"]]
+    predicted = [int(np.argmax(p)) for p in probabilities]
+    metrics: dict[str, Any] = {
+        "samples": len(test),
+        **text_scores(gold, predicted, labels, True),
+    }
+    if len(labels) == 2:
+        metrics["roc_auc"] = roc_auc(gold, [float(p[1]) for p in probabilities])
+    pairs = [(labels[g], labels[p]) for g, p in zip(gold, predicted, strict=True)]
+    slices = text_slices(list(test["text"]), gold, predicted, labels)
+    errors = text_errors(test, gold, predicted, probabilities, labels)
+    return Scored(metrics, pairs, labels, slices, errors)
+
+
+def _score_tokens(
+    model: Any,
+    tokenizer: Any,
+    test: Any,
+    manifest: dict[str, Any],
+    probabilities: Any,
+    id2label: dict[int, str],
+    labels: list[str],
+) -> Scored:
+    """Token classification: word-level tags (cut sentences predicted again in windows),
+    entity scores, per-type slices and mistakes."""
+    gold_tags = [list(t) for t in test["tags"]]
+    _label_ids(model, {t for s in gold_tags for t in s}, "tag(s)")
+    predicted_tags, confidences = [], []
+    word_ids = list(test["word_ids"])
+    for i, probs in enumerate(probabilities):
+        token_tags = [id2label[int(k)] for k in probs.argmax(axis=-1)]
+        tags, confidence = words_from_subtokens(
+            word_ids[i], token_tags, probs.max(axis=-1).tolist(), len(gold_tags[i])
+        )
+        predicted_tags.append(tags)
+        confidences.append(confidence)
+    windowed = _predict_cut_sentences(
+        model, tokenizer, test, manifest["max_length"], id2label, predicted_tags, confidences
+    )
+    missing = sum(c is None for sentence in confidences for c in sentence)
+    metrics = {
+        "samples": len(test),
+        "words": sum(len(s) for s in gold_tags),
+        "words_not_predicted": missing,  # words without sub-tokens: scored as O
+        "truncated_sentences": int(manifest["truncated"]["test"]),
+        "windowed_sentences": windowed,  # those predicted in overlapping windows
+        **entity_scores(gold_tags, predicted_tags, detailed=True),
+    }
+    pairs = [
+        (entity_type(g) or "O", entity_type(p) or "O")
+        for gs, ps in zip(gold_tags, predicted_tags, strict=True)
+        for g, p in zip(gs, ps, strict=True)
+    ]
+    errors = token_errors(test, gold_tags, predicted_tags, confidences)
+    slices = token_slices(gold_tags, predicted_tags, metrics["per_type"])
+    matrix_labels = ["O", *sorted({entity_type(t) for t in labels} - {None})]
+    return Scored(metrics, pairs, matrix_labels, slices, errors)
+
+
+def _write_reports(
+    params: Params,
+    scored: Scored,
+    speed: dict[str, Any],
+    test: Any,
+    precision: Any,
+    model_dir: Path,
+    reports_dir: Path,
+) -> None:
+    """The confusion plot, errors.jsonl (most confident mistakes first), metrics.json, the
+    speed and slices files and eval_report.md; sorts ``scored.errors`` in place."""
     # Named in the report: with a {train, test} source the test split is e.g. SST-2's dev file.
     test_files = sorted(set(test["source_file"])) if "source_file" in test.column_names else []
-
+    metrics, pairs, matrix_labels, slices, errors = scored
     write_confusion(reports_dir, pairs, matrix_labels)
     errors.sort(key=lambda e: -e["confidence"])
     listed = errors[: params.evaluate.max_errors]
@@ -215,18 +272,10 @@ def evaluate(
     write_json(reports_dir / "metrics.json", metrics)
     write_json(reports_dir / SPEED_FILE, speed)
     write_json(reports_dir / SLICES_FILE, slices)
-    write_atomic(
-        reports_dir / "eval_report.md",
-        markdown(task, metrics, pairs, matrix_labels, errors, precision, model_dir, test_files)
-        + slices_markdown(slices),
+    report = markdown(
+        params.task, metrics, pairs, matrix_labels, errors, precision, model_dir, test_files
     )
-    headline = headline_metric(task)
-    log.info(
-        "test: %d examples, %s %.4f, %s samples/s (%s on %s); %d errors listed",
-        len(test), headline, metrics[headline], timing["samples_per_second"], precision.dtype,
-        precision.device, min(len(errors), params.evaluate.max_errors),
-    )  # fmt: skip
-    return metrics
+    write_atomic(reports_dir / "eval_report.md", report + slices_markdown(slices))
 
 
 @app.command()
@@ -252,8 +301,6 @@ def run_stage(
     """The stage inside its MLflow run: scores, reports, then the behavioural checks (whose
     gate, ``evaluate.behaviour.min_pass_rate``, may fail the stage once all is logged), and
     last ``evaluated.json`` (weights and gate outcome, see :mod:`tasks.core.fingerprints`)."""
-    from tasks.core import behaviour, tracking
-
     # Never a record of an earlier model: register reads it to know what it may register.
     (Path(reports_dir) / EVALUATED_FILE).unlink(missing_ok=True)
     # The run is open (RUNNING) while the stage works; a failure ends it FAILED.
@@ -277,8 +324,6 @@ def log_to_mlflow(metrics: dict[str, Any], reports_dir: Path) -> None:
     """Into the evaluate stage's active MLflow run: test metrics (``test_``) and reports."""
     import mlflow
 
-    from tasks.core import tracking
-
     tracking.log_numbers(metrics, prefix="test_")
     tracking.log_to_parent(metrics, prefix="test_")  # the execution's headline metrics
     speed_path = reports_dir / SPEED_FILE
@@ -297,8 +342,6 @@ def log_to_mlflow(metrics: dict[str, Any], reports_dir: Path) -> None:
 def log_behaviour(reports_dir: Path) -> None:
     """Into the active MLflow run: the behavioural checks' pass rates and report."""
     import mlflow
-
-    from tasks.core import behaviour, tracking
 
     path = reports_dir / behaviour.REPORT_FILE
     if path.exists():

@@ -92,17 +92,7 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
     if params.prepare.deduplicate:
         kept = np.flatnonzero(~repeats(whole))
     removed = rows_read - len(kept)
-    rows = split_positions(whole, frames, params, kept)
-    by_sentence = None
-    if _empty_splits(rows, frames) and _documents_only(whole, params):
-        # One -DOCSTART- and then every sentence (a common layout), or a few documents: too
-        # few to keep each document in one split, so sentences are the units instead.
-        rows = split_positions(whole, frames, params, kept, by_group=False)
-        documents = int(whole["group"].nunique())
-        by_sentence = f"sentence ({documents} documents: too few to keep each in one split)"
-    for name in _empty_splits(rows, frames):
-        divided_rows = whole.iloc[kept].reset_index(drop=True)
-        raise empty_split_error(name, divided_rows, params, rows_read, removed)
+    rows, by_sentence = _split_rows(whole, frames, params, kept, removed)
     sizes = {name: len(rows[name]) if name in rows else len(frames[name]) for name in SPLITS}
     cut = {}
     if params.prepare.max_examples:  # an explicit request: it cuts given files too
@@ -118,17 +108,7 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
         summary["grouped_by"] = by_sentence or grouped_by(params)
     lineage = origins(params, given, removed)
     with _staged(out_dir) as staged:
-        train_keys = None
-        for name in SPLITS:
-            # A split of the file's frame is read through its positions, never copied whole.
-            frame, taken = (frames[name], None) if name in frames else (whole, rows[name])
-            summary["splits"][name] = split_summary(frame, params, taken)
-            if name == "train" and given:
-                keys, present = text_keys(frame)
-                train_keys = keys[_rows(present, taken)]
-            if name in given:
-                lineage.setdefault("given_files", {})[name] = given_file(frame, train_keys)
-            _write_parquet(frame, taken, staged / f"{name}.parquet")
+        _write_splits(staged, params, whole, frames, rows, given, summary, lineage)
         summary["total_examples"] = sum(s["examples"] for s in summary["splits"].values())
         summary.update(lineage)
         if cut:
@@ -138,6 +118,58 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
     counts = ", ".join(f"{n} {s['examples']}" for n, s in summary["splits"].items())
     log.info("prepared %s (%s) into %s", summary["source"], counts, out_dir)
     return summary
+
+
+def _split_rows(
+    whole: pd.DataFrame,
+    frames: dict[str, pd.DataFrame],
+    params: Params,
+    kept: np.ndarray,
+    removed: int,
+) -> tuple[dict[str, np.ndarray], str | None]:
+    """(positions of ``whole`` per split it is divided into, the grouping note when sentences
+    replaced too few documents as the units, else None).
+
+    Raises:
+        StageError: a split ends up empty.
+    """
+    rows = split_positions(whole, frames, params, kept)
+    by_sentence = None
+    if _empty_splits(rows, frames) and _documents_only(whole, params):
+        # One -DOCSTART- and then every sentence (a common layout), or a few documents: too
+        # few to keep each document in one split, so sentences are the units instead.
+        rows = split_positions(whole, frames, params, kept, by_group=False)
+        documents = int(whole["group"].nunique())
+        by_sentence = f"sentence ({documents} documents: too few to keep each in one split)"
+    for name in _empty_splits(rows, frames):
+        divided_rows = whole.iloc[kept].reset_index(drop=True)
+        raise empty_split_error(name, divided_rows, params, len(whole), removed)
+    return rows, by_sentence
+
+
+def _write_splits(
+    staged: Path,
+    params: Params,
+    whole: pd.DataFrame,
+    frames: dict[str, pd.DataFrame],
+    rows: dict[str, np.ndarray],
+    given: list[str],
+    summary: dict,
+    lineage: dict,
+) -> None:
+    """Each split's parquet file into ``staged``, its summary into ``summary["splits"]`` and,
+    for a given validation or test file, its repeats of train into ``lineage``."""
+    train_keys = None
+    for name in SPLITS:
+        # A split of the file's frame is read through its positions, never copied whole.
+        frame, taken = (frames[name], None) if name in frames else (whole, rows[name])
+        summary["splits"][name] = split_summary(frame, params, taken)
+        if name == "train" and given:
+            keys, present = text_keys(frame)
+            train_keys = keys[_rows(present, taken)]
+        if name in given:
+            lineage.setdefault("given_files", {})[name] = given_file(frame, train_keys)
+        _write_parquet(frame, taken, staged / f"{name}.parquet")
 
 
 def split_positions(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import typer
 
+from tasks.core import tracking
 from tasks.core.cli import stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, load_params
 from tasks.core.environment import PROJECT_ROOT
@@ -91,8 +92,6 @@ def main(
 ) -> None:
     """Write reports/report.html and log it to the pipeline's MLflow run."""
     import mlflow
-
-    from tasks.core import tracking
 
     params = load_params(params_path)
     with tracking.stage_run(params, "report") as run:

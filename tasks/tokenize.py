@@ -33,6 +33,7 @@ from typing import Any
 
 import typer
 
+from tasks.core import tracking
 from tasks.core.cli import stage_command, user_help
 from tasks.core.config import (
     DEFAULT_PARAMS,
@@ -117,8 +118,6 @@ def tokenize(
     Returns:
         The manifest.
     """
-    import datasets
-
     quiet_transformers()
     frames = read_prepared(Path(prepared_dir), params.task)
     labels = build_labels(params.task, frames)
@@ -128,19 +127,87 @@ def tokenize(
     )
     tokenizer = load_tokenizer(source)
     limit = encoder_limit(tokenizer, source)
-    full_train = None
+    max_length, choice, full_train = _choose_max_length(params, tokenizer, frames, limit)
+    splits, stats = _encode_splits(params, tokenizer, frames, label2id, max_length, full_train)
+    if params.task == "token_classification":
+        _check_word_coverage(params, stats, max_length, limit)
+    manifest = _manifest(params, source, tokenizer, labels, max_length, choice, stats)
+    _save(Path(output_dir), splits, manifest)
+    write_json(Path(report_path), _report(manifest))
+    log.info(
+        "tokenized %s with %s (max_length %d, %d labels) into %s",
+        ", ".join(f"{s} {manifest['counts'][s]}" for s in SPLITS),
+        source.spec,
+        max_length,
+        len(labels),
+        output_dir,
+    )
+    return manifest
+
+
+def _manifest(
+    params: Params,
+    source: Any,
+    tokenizer: Any,
+    labels: list[str],
+    max_length: int,
+    choice: dict[str, Any],
+    stats: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """``manifest.json``: the task, the length setting, the tokenizer's identity, the labels
+    and the per-split statistics."""
+    return {
+        "task": params.task,
+        "max_length": max_length,
+        "max_length_choice": choice,  # the setting, and for auto the statistic and the cap
+        "context_tokens": params.tokenize.context_tokens,
+        "tokenizer": {
+            "name_or_path": source.spec,
+            "registry_version": source.registry_version,
+            "revision": source.revision,
+            "class": type(tokenizer).__name__,
+            "vocab_size": len(tokenizer.get_vocab()),
+            "vocab_sha256": vocab_hash(tokenizer),
+            "model_input_names": list(tokenizer.model_input_names),
+        },
+        "labels": labels,
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "counts": {split: stats[split]["examples"] for split in SPLITS},
+        "truncated": {split: stats[split]["truncated"] for split in SPLITS},
+        "splits": stats,
+    }
+
+
+def _choose_max_length(
+    params: Params, tokenizer: Any, frames: dict[str, Any], limit: dict[str, Any] | None
+) -> tuple[int, dict[str, Any], Any]:
+    """(max_length, how it was chosen, the untruncated train encoding or None): ``auto``
+    measures the train split (whose encoding is reused), a number is taken as set."""
     if params.tokenize.max_length == "auto":
         inputs, kwargs = model_inputs(params.task, frames["train"])
         full_train = tokenizer(inputs, truncation=False, **kwargs)  # reused for train below
         lengths = [len(x) for x in full_train["input_ids"]]
         max_length, choice = auto_max_length(lengths, limit, params.task)
-    else:
-        max_length = params.tokenize.max_length
-        choice = {"setting": max_length, "reason": "set by tokenize.max_length"}
+        return max_length, choice, full_train
+    max_length = params.tokenize.max_length
+    return max_length, {"setting": max_length, "reason": "set by tokenize.max_length"}, None
+
+
+def _encode_splits(
+    params: Params,
+    tokenizer: Any,
+    frames: dict[str, Any],
+    label2id: dict[str, int],
+    max_length: int,
+    full_train: Any,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(one ``datasets.Dataset`` per split, its encoding statistics); warns per split about
+    truncated examples."""
+    import datasets
+
     encode = encode_texts
     if params.task == "token_classification":
         encode = functools.partial(encode_words, context_tokens=params.tokenize.context_tokens)
-
     splits, stats = {}, {}
     progress = Progress(sum(len(frames[split]) for split in SPLITS), "tokenize", "example")
     for split in SPLITS:
@@ -159,39 +226,30 @@ def tokenize(
                 stats[split]["examples"],
                 max_length,
             )
+    return splits, stats
 
-    if params.task == "token_classification":
-        check_unpredicted(stats, max_length, limit, params.tokenize.max_unpredicted_share)
-        alone = [s for s in SPLITS if params.tokenize.context_tokens and not
-                 stats[s]["context"]["documents"]]  # fmt: skip
-        if alone:
-            log.warning(
-                "tokenize.context_tokens=%d: %s without documents (no -DOCSTART- lines): "
-                "its sentences are encoded without context",
-                params.tokenize.context_tokens,
-                ", ".join(alone),
-            )
-    manifest = {
-        "task": params.task,
-        "max_length": max_length,
-        "max_length_choice": choice,  # the setting, and for auto the statistic and the cap
-        "context_tokens": params.tokenize.context_tokens,
-        "tokenizer": {
-            "name_or_path": source.spec,
-            "registry_version": source.registry_version,
-            "revision": source.revision,
-            "class": type(tokenizer).__name__,
-            "vocab_size": len(tokenizer.get_vocab()),
-            "vocab_sha256": vocab_hash(tokenizer),
-            "model_input_names": list(tokenizer.model_input_names),
-        },
-        "labels": labels,
-        "label2id": label2id,
-        "counts": {split: stats[split]["examples"] for split in SPLITS},
-        "truncated": {split: stats[split]["truncated"] for split in SPLITS},
-        "splits": stats,
-    }
-    output_dir = Path(output_dir)
+
+def _check_word_coverage(
+    params: Params, stats: dict[str, dict[str, Any]], max_length: int, limit: dict[str, Any] | None
+) -> None:
+    """Token task: raise when too many words lost their prediction to truncation; warn when
+    ``tokenize.context_tokens`` is set but a split has no documents to take context from."""
+    check_unpredicted(stats, max_length, limit, params.tokenize.max_unpredicted_share)
+    alone = [s for s in SPLITS if params.tokenize.context_tokens and not
+             stats[s]["context"]["documents"]]  # fmt: skip
+    if alone:
+        log.warning(
+            "tokenize.context_tokens=%d: %s without documents (no -DOCSTART- lines): "
+            "its sentences are encoded without context",
+            params.tokenize.context_tokens,
+            ", ".join(alone),
+        )
+
+
+def _save(output_dir: Path, splits: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """The datasets and the manifest into ``output_dir``, replaced whole once all is written."""
+    import datasets
+
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary directory
@@ -202,16 +260,6 @@ def tokenize(
         replace_dir(tmp, output_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    write_json(Path(report_path), _report(manifest))
-    log.info(
-        "tokenized %s with %s (max_length %d, %d labels) into %s",
-        ", ".join(f"{s} {manifest['counts'][s]}" for s in SPLITS),
-        source.spec,
-        max_length,
-        len(labels),
-        output_dir,
-    )
-    return manifest
 
 
 def _report(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -255,8 +303,6 @@ def main(
     state_dir: Path = typer.Option(STATE_DIR, help="cache for registered models"),
 ) -> None:
     """Tokenize data/prepared into data/tokenized (see the module docstring)."""
-    from tasks.core import tracking
-
     params = load_params(params_path)
     # Before the model is read: a local start point must be in models/pretrained/.
     require_tracked_inputs(params, PROJECT_ROOT, ["model.name_or_path"])

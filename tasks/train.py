@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from transformers import EarlyStoppingCallback
+from transformers import EarlyStoppingCallback, TrainerCallback
 
 from tasks.core import distributed, progress, tracking
 from tasks.core.checkpoints import final_model, run_lock, sweep_stale_checkpoints
@@ -119,6 +119,33 @@ def train(
     return metrics
 
 
+class LiveMetrics(TrainerCallback):
+    """A Trainer callback that logs each training log (``train_loss``, ``train_learning_rate``,
+    ``train_grad_norm``) and each validation (``val_<metric>``) to the active MLflow run as it
+    happens, so a run in progress (or one that crashed) shows its curves; without an active
+    run (tuning trials, tests) it does nothing. Hand-written rather than transformers'
+    ``MLflowCallback``, which also logs ~150 TrainingArguments and model-config params per run
+    and starts its own run when none is active."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
+        import mlflow
+
+        if mlflow.active_run() is None or not logs:
+            return
+        if "loss" in logs:
+            names = ("loss", "learning_rate", "grad_norm")
+            values = {f"train_{k}": logs[k] for k in names if k in logs}
+        elif "eval_loss" in logs:
+            values = {
+                f"val_{k[5:]}": v
+                for k, v in logs.items()
+                if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))
+            }
+        else:
+            return
+        tracking.log_numbers(values, "", step=state.global_step)
+
+
 def _make_trainer(run: Run) -> Any:
     """The stock Trainer of the run: evaluation and a checkpoint every epoch (plus every
     ``save_steps``), the best epoch loaded at the end, early stopping."""
@@ -127,7 +154,7 @@ def _make_trainer(run: Run) -> Any:
         tp, run.precision, run.run_dir, best_metric=run.metric, log_steps=True,
         mean_batch=run.mean_batch,
     )  # fmt: skip
-    callbacks = [SaveEvery(tp.save_steps), tracking.live_training_metrics()]
+    callbacks = [SaveEvery(tp.save_steps), LiveMetrics()]
     if tp.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=tp.early_stopping_patience))
     return make_trainer(

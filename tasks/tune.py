@@ -77,6 +77,7 @@ import typer
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
+from tasks.core import tracking
 from tasks.core.cli import stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, Params, load_params, require_tracked_inputs
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
@@ -137,8 +138,6 @@ def work(params: Params, tokenized_dir: Path, state_dir: Path) -> int:
     """
     import mlflow
 
-    from tasks.core import tracking
-
     if not params.tune.enabled:
         raise StageError("tune.enabled is false: there is no study to work on")
     quiet_transformers()
@@ -189,63 +188,27 @@ def tune(
     """
     reports_dir = Path(reports_dir)
     if not params.tune.enabled:
-        summary = {
-            "status": "disabled",
-            "reason": "tune.enabled is false: train uses params.yaml alone",
-            "params": {},
-        }
-        write_reports(params, reports_dir, summary, [], None)
-        log.info("tuning disabled; wrote %s", reports_dir / BEST_PARAMS)
-        return summary
-
-    from tasks.core import tracking
-
+        return _write_disabled(params, reports_dir)
     quiet_transformers()
     warnings.simplefilter("ignore", ExperimentalWarning)
-    tune_params = params.tune
-    data = load_tuning_data(params, tokenized_dir, state_dir)
-    # The start point loads once here, so a model that cannot load fails the stage with one
-    # message before any trial, instead of failing every trial with a traceback each.
-    build_model(data.task, data.source, data.labels, None)
-    free_memory()
+    data = _load_data(params, tokenized_dir, state_dir)
     spec = storage_spec(params, state_dir)
     name = study_name(params, data.fingerprint)
     started = time.perf_counter()
-    timeout = tune_params.timeout
+    timeout = params.tune.timeout
     deadline = time.monotonic() + timeout if timeout is not None else None
     with tracking.stage_run(params, "tune", state_dir) as run:
         storage = open_storage(spec, params)
-        # params.yaml's own values are always a candidate: the first trial of a study (or
-        # the next one, when the train values changed since), never pruned.
-        study, queued = join_study(params, storage, name, stage=True)
-        # Seeded by the study's length before this run queued anything: a re-run samples
-        # new points, reproducibly.
-        seed = tune_params.seed + len(study.get_trials(deepcopy=False)) - queued
-        study.sampler = make_sampler(params, seed)
-        done, running, _ = study_progress(study)
-        log.info(
-            "study %r in %s: %d finished and %d running trials of %s%s; train on %d of %d "
-            "examples",
-            name, describe_storage(spec), done, running, tune_params.n_trials or "(timeout)",
-            " + the defaults" if queued else "", len(data.train), data.train_examples,
-        )  # fmt: skip
+        study = _open_study(params, storage, spec, name, data)
         run_search(
-            params, data, study, tune_params.timeout, run.info.run_id, run.info.experiment_id
+            params, data, study, params.tune.timeout, run.info.run_id, run.info.experiment_id
         )
         trials = study.get_trials(deepcopy=False)
         summary = summarize(params, data, name, spec, trials)
-        summary["other_studies"] = other_studies(storage, tune_params.study_name, name)
-        if not any(t.state == TrialState.COMPLETE for t in trials):
-            reasons = {t.user_attrs.get("fail_reason") for t in trials} - {None}
-            raise StageError(
-                f"no trial of study {name!r} completed ({count_states(trials)}); "
-                f"first failure: {next(iter(reasons), 'none')}"
-            )
+        summary["other_studies"] = other_studies(storage, params.tune.study_name, name)
+        _require_completed(name, trials)
         if finalists.needed(params, summary):
-            whole = Objective(
-                params, data.on_whole_train(), run.info.run_id, run.info.experiment_id,
-                deadline, finalists=True,
-            )  # fmt: skip
+            whole = _whole_train_objective(params, data, run, deadline)
             summary |= finalists.decide_on_whole_train(
                 params, data, storage, name, trials, summary, whole
             )
@@ -258,6 +221,71 @@ def tune(
         summary["reason"], summary["trials"], time.perf_counter() - started,
     )  # fmt: skip
     return summary
+
+
+def _load_data(params: Params, tokenized_dir: Path, state_dir: Path) -> TuningData:
+    """The tuning data, after loading the start point once: a model that cannot load fails
+    the stage with one message before any trial, instead of every trial with a traceback."""
+    data = load_tuning_data(params, tokenized_dir, state_dir)
+    build_model(data.task, data.source, data.labels, None)
+    free_memory()
+    return data
+
+
+def _whole_train_objective(
+    params: Params, data: TuningData, run: Any, deadline: float | None
+) -> Objective:
+    """The objective of the finalists round: trials on the whole train split, nested under
+    the stage's MLflow ``run``, within ``deadline``."""
+    return Objective(
+        params, data.on_whole_train(), run.info.run_id, run.info.experiment_id,
+        deadline, finalists=True,
+    )  # fmt: skip
+
+
+def _write_disabled(params: Params, reports_dir: Path) -> dict[str, Any]:
+    """``tune.enabled: false``: the reports say so and train keeps params.yaml's values."""
+    summary = {
+        "status": "disabled",
+        "reason": "tune.enabled is false: train uses params.yaml alone",
+        "params": {},
+    }
+    write_reports(params, reports_dir, summary, [], None)
+    log.info("tuning disabled; wrote %s", reports_dir / BEST_PARAMS)
+    return summary
+
+
+def _open_study(
+    params: Params, storage: optuna.storages.BaseStorage, spec: str, name: str, data: TuningData
+) -> optuna.Study:
+    """The stage's study ``name`` in ``storage``, params.yaml's values queued and a sampler
+    seeded by the study's length (a re-run samples new points, reproducibly)."""
+    # params.yaml's own values are always a candidate: the first trial of a study (or
+    # the next one, when the train values changed since), never pruned.
+    study, queued = join_study(params, storage, name, stage=True)
+    # Seeded by the study's length before this run queued anything: a re-run samples
+    # new points, reproducibly.
+    seed = params.tune.seed + len(study.get_trials(deepcopy=False)) - queued
+    study.sampler = make_sampler(params, seed)
+    done, running, _ = study_progress(study)
+    log.info(
+        "study %r in %s: %d finished and %d running trials of %s%s; train on %d of %d "
+        "examples",
+        name, describe_storage(spec), done, running, params.tune.n_trials or "(timeout)",
+        " + the defaults" if queued else "", len(data.train), data.train_examples,
+    )  # fmt: skip
+    return study
+
+
+def _require_completed(name: str, trials: list[Any]) -> None:
+    """Raise StageError (with the trial counts and the first failure) unless a trial of
+    study ``name`` completed."""
+    if not any(t.state == TrialState.COMPLETE for t in trials):
+        reasons = {t.user_attrs.get("fail_reason") for t in trials} - {None}
+        raise StageError(
+            f"no trial of study {name!r} completed ({count_states(trials)}); "
+            f"first failure: {next(iter(reasons), 'none')}"
+        )
 
 
 @app.command()

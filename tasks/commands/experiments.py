@@ -294,6 +294,46 @@ def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, "PATH": path, **(extra or {})}
 
 
+def _run_streamed(
+    command: list[str],
+    project: Path,
+    env: Mapping[str, str] | None,
+    on_line: Callable[[str], None],
+) -> tuple[str, int]:
+    """Run ``command`` in ``project``, passing each non-empty line that is not DVC noise to
+    ``on_line``; returns (the whole output, the exit code)."""
+    process = subprocess.Popen(
+        command,
+        cwd=project,
+        env=_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    assert process.stdout is not None
+    with contextlib.closing(process.stdout):
+        for line in process.stdout:
+            lines.append(line)
+            if line.strip() and not any(noise in line for noise in _QUIET):
+                on_line(line.rstrip())
+    process.wait()
+    return "".join(lines), process.returncode
+
+
+def _raise_if_failed(output: str, returncode: int, name: str) -> None:
+    """Raise ExperimentError naming the failed stage and its exit code (from DVC's log) with
+    the log's last 15 lines, when ``returncode`` is not 0."""
+    if returncode != 0:
+        stages = _STAGE_FAILED.findall(output)
+        codes = _EXIT_CODE.findall(output)
+        stage = stages[-1] if stages else None
+        exit_code = int(codes[-1]) if codes else None
+        where = f" in stage '{stage}' (exit code {exit_code})" if stage else ""
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        raise ExperimentError(f"experiment {name} failed{where}:\n{tail}", stage, exit_code)
+
+
 def run_experiment(
     project: Path,
     overrides: Mapping[str, Any],
@@ -333,31 +373,8 @@ def run_experiment(
     command += list(targets)
     on_line(f"experiment {name}: {' '.join(f'{k}={v}' for k, v in overrides.items()) or '-'}")
     started = time.perf_counter()
-    process = subprocess.Popen(
-        command,
-        cwd=project,
-        env=_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines = []
-    assert process.stdout is not None
-    with contextlib.closing(process.stdout):
-        for line in process.stdout:
-            lines.append(line)
-            if line.strip() and not any(noise in line for noise in _QUIET):
-                on_line(line.rstrip())
-    process.wait()
-    output = "".join(lines)
-    if process.returncode != 0:
-        stages = _STAGE_FAILED.findall(output)
-        codes = _EXIT_CODE.findall(output)
-        stage = stages[-1] if stages else None
-        exit_code = int(codes[-1]) if codes else None
-        where = f" in stage '{stage}' (exit code {exit_code})" if stage else ""
-        tail = "\n".join(output.strip().splitlines()[-15:])
-        raise ExperimentError(f"experiment {name} failed{where}:\n{tail}", stage, exit_code)
+    output, returncode = _run_streamed(command, project, env, on_line)
+    _raise_if_failed(output, returncode, name)
     rev, _ = experiment_refs(project).get(name, ("", ""))
     return Experiment(
         name=name,

@@ -24,6 +24,7 @@ from tasks.core.cli import stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, load_params
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
+from tasks.core.tracking import default_tracking_uri
 from tasks.tuning.storage import describe_storage, storage_spec
 
 HOST = "127.0.0.1"
@@ -35,8 +36,6 @@ def mlflow_server(
 ) -> tuple[list[str], dict[str, str]]:
     """Command and environment of ``mlflow server`` on ``store_uri`` (default: the project's
     SQLite store, artifacts served from beside it)."""
-    from tasks.core.tracking import default_tracking_uri
-
     uri = store_uri or default_tracking_uri(state_dir)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from tasks.core.errors import StageError
 from tasks.core.io import write_atomic, write_json
 from tasks.core.labels import entity_type, words_from_subtokens
 from tasks.core.model import load_model
+from tasks.core.precision import choose_precision
 
 CASES_DIR = Path(__file__).parent / "behaviour_cases"
 REPORT_FILE = "behaviour.json"
@@ -348,8 +349,6 @@ def gate(report: dict[str, Any], min_pass_rate: float | None) -> None:
 def check_model(params: Any, model_dir: Path, reports_dir: Path, path: Path | None = None):
     """The evaluate stage's checks: run, write ``behaviour.json`` and a section of
     ``eval_report.md``, then apply the gate. Returns the report (None when disabled)."""
-    from tasks.core.precision import choose_precision
-
     settings = params.evaluate.behaviour
     target = Path(reports_dir) / REPORT_FILE
     target.unlink(missing_ok=True)  # never a stale report from an earlier run

@@ -200,9 +200,8 @@ def markdown(
     model_dir: Path,
     test_files: list[str],
 ) -> str:
-    def fmt(value: Any) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
-
+    """``eval_report.md`` without its slices: the header, the scores, the per-class (or
+    per-entity-type) table, the confusion matrix and the ten most confident mistakes."""
     lines = [
         "# Test evaluation",
         "",
@@ -215,13 +214,27 @@ def markdown(
             if test_files
             else []
         ),
+    ]
+    lines += _score_lines(task, metrics)
+    lines += _confusion_lines(task, pairs, labels)
+    lines += _mistake_lines(task, errors)
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _score_lines(task: str, metrics: dict[str, Any]) -> list[str]:
+    """The scores table and the per-class (text) or per-entity-type (tokens) table."""
+    lines = [
         "## Scores",
         "",
         "| metric | value |",
         "|---|---|",
     ]
     scalar = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-    lines += [f"| {k} | {fmt(v)} |" for k, v in scalar.items()]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in scalar.items()]
     if task == "token_classification":
         lines += [
             "",
@@ -241,10 +254,15 @@ def markdown(
         f"{v['support']} |"
         for k, v in per.items()
     ]
+    return lines
+
+
+def _confusion_lines(task: str, pairs: list[tuple[str, str]], labels: list[str]) -> list[str]:
+    """The confusion matrix section: the plot and the counts as a table."""
     counts = {(a, p): 0 for a in labels for p in labels}
     for pair in pairs:
         counts[pair] += 1
-    lines += [
+    lines = [
         "",
         "## Confusion matrix"
         + (" (words, by entity type)" if task != "text_classification" else ""),
@@ -257,7 +275,12 @@ def markdown(
     lines += [
         f"| {md_cell(a)} | " + " | ".join(str(counts[a, p]) for p in labels) + " |" for a in labels
     ]
-    lines += [
+    return lines
+
+
+def _mistake_lines(task: str, errors: list[dict[str, Any]]) -> list[str]:
+    """The ten most confident mistakes (``errors`` sorted, most confident first)."""
+    lines = [
         "",
         f"## Highest-confidence mistakes ({min(len(errors), 10)} of {len(errors)}; "
         "the first evaluate.max_errors are in errors.jsonl)",
@@ -275,4 +298,4 @@ def markdown(
         lines.append(
             f"| {error['confidence']:.3f} | {md_cell(gold)} | {md_cell(predicted)} | {text} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines

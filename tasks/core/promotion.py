@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.core.config import Params, headline_metric
+from tasks.core.metrics import entity_scores, text_scores
 
 
 def metric_key(params: Params) -> str:
@@ -24,8 +25,6 @@ def trivial_baseline(params: Params, prepared_dir: Path, key: str) -> tuple[floa
     maximises accuracy, macro and weighted F1), or no entities (``O`` for every word) for
     token classification."""
     import pandas as pd
-
-    from tasks.core.metrics import entity_scores, text_scores
 
     frame = pd.read_parquet(Path(prepared_dir) / "test.parquet")
     if params.task == "text_classification":

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from tasks.core import tracking
 from tasks.core.html_blocks import esc, figure_png, fmt, image, note, section, table
 
 # --- reading the stage outputs -----------------------------------------------------------------
@@ -276,8 +277,6 @@ def errors_section(reports: Path) -> str:
 
 
 def lineage_section(reports: Path, project: Path, parent_run: str | None) -> str:
-    from tasks.core import tracking
-
     git = tracking.git_state(project)
     rows = [["git commit", git.get("git.commit", "unknown")],
             ["uncommitted changes", git.get("git.dirty", "unknown")]]  # fmt: skip

@@ -300,30 +300,8 @@ def stage_run(
     from it) is traceable on its own.
     """
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    try:
-        experiment_id = configure(params, state_dir)
-        execution = pipeline_id()
-        parent = parent_run_id(experiment_id, execution, params, project)
-        client = mlflow.MlflowClient()
-        if client.get_run(parent).info.status != "RUNNING":  # a retried or resumed execution
-            client.update_run(parent, status="RUNNING")
-        tags = {PIPELINE_TAG: execution, STAGE_TAG: stage, **lineage_tags(project)}
-        run = mlflow.start_run(
-            run_name=stage,
-            parent_run_id=parent,
-            nested=True,
-            tags=tags,
-            experiment_id=experiment_id,
-            log_system_metrics=system_metrics(params, stage),
-        )
-    except MlflowException as exc:  # e.g. a full disk under the SQLite store: one line, no work
-        message = " ".join(str(exc).split())
-        raise StageError(
-            f"tracking.uri: the MLflow store {tracking_uri(params, state_dir)} failed before "
-            f"the stage started: {message[:300]}"
-        ) from None
+    client, parent, run = _start_stage_run(params, stage, state_dir, project)
     try:
         log_params(client, run.info.run_id, params)
         yield run
@@ -348,6 +326,43 @@ def stage_run(
     mlflow.end_run("FINISHED")
     if stage == last_stage(project):
         client.set_terminated(parent, "FINISHED")
+
+
+def _start_stage_run(
+    params: Params, stage: str, state_dir: Path, project: Path
+) -> tuple[Any, str, Any]:
+    """(client, parent run id, the started child run) of :func:`stage_run`: the parent is
+    RUNNING again if it had ended.
+
+    Raises:
+        StageError: the MLflow store failed (one line, before any work).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        experiment_id = configure(params, state_dir)
+        execution = pipeline_id()
+        parent = parent_run_id(experiment_id, execution, params, project)
+        client = mlflow.MlflowClient()
+        if client.get_run(parent).info.status != "RUNNING":  # a retried or resumed execution
+            client.update_run(parent, status="RUNNING")
+        tags = {PIPELINE_TAG: execution, STAGE_TAG: stage, **lineage_tags(project)}
+        run = mlflow.start_run(
+            run_name=stage,
+            parent_run_id=parent,
+            nested=True,
+            tags=tags,
+            experiment_id=experiment_id,
+            log_system_metrics=system_metrics(params, stage),
+        )
+    except MlflowException as exc:  # e.g. a full disk under the SQLite store: one line, no work
+        message = " ".join(str(exc).split())
+        raise StageError(
+            f"tracking.uri: the MLflow store {tracking_uri(params, state_dir)} failed before "
+            f"the stage started: {message[:300]}"
+        ) from None
+    return client, parent, run
 
 
 _CONNECTION_LOST = re.compile(
@@ -608,36 +623,6 @@ def log_to_parent(values: dict[str, Any], prefix: str = "") -> None:
     ]
     if parent and metrics:
         client.log_batch(parent, metrics=metrics)
-
-
-def live_training_metrics() -> Any:
-    """A Trainer callback that logs each training log (``train_loss``, ``train_learning_rate``,
-    ``train_grad_norm``) and each validation (``val_<metric>``) to the active MLflow run as it
-    happens, so a run in progress (or one that crashed) shows its curves; without an active
-    run (tuning trials, tests) it does nothing. Hand-written rather than transformers'
-    ``MLflowCallback``, which also logs ~150 TrainingArguments and model-config params per run
-    and starts its own run when none is active."""
-    import mlflow
-    from transformers import TrainerCallback
-
-    class LiveMetrics(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
-            if mlflow.active_run() is None or not logs:
-                return
-            if "loss" in logs:
-                names = ("loss", "learning_rate", "grad_norm")
-                values = {f"train_{k}": logs[k] for k in names if k in logs}
-            elif "eval_loss" in logs:
-                values = {
-                    f"val_{k[5:]}": v
-                    for k, v in logs.items()
-                    if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))
-                }
-            else:
-                return
-            log_numbers(values, "", step=state.global_step)
-
-    return LiveMetrics()
 
 
 def log_history(csv_path: Path, prefix: str) -> None:

@@ -203,17 +203,6 @@ def training_arguments(
         mean_batch: examples per batch under a token budget (:func:`budget_mean_batch`): the
             learning rate follows the square-root rule (``scaled_learning_rate``).
     """
-    schedule: dict[str, Any] = {"eval_strategy": "no", "save_strategy": "no"}
-    if best_metric is not None:
-        schedule = {
-            "eval_strategy": "epoch",
-            "save_strategy": "epoch",
-            "save_total_limit": 2,  # the best checkpoint is always kept besides these
-            "metric_for_best_model": best_metric,
-            "greater_is_better": True,
-            "load_best_model_at_end": True,
-            "restore_callback_states_from_checkpoint": True,  # early-stopping counter
-        }
     logging = {"logging_strategy": "steps", "logging_steps": tp.logging_steps}
     several = precision.device == "cpu" and distributed.world_size() > 1
     learning_rate = tp.learning_rate
@@ -241,9 +230,25 @@ def training_arguments(
         dataloader_num_workers=0,
         remove_unused_columns=False,  # keeps "length": the sampler and the counts read it
         ddp_backend="gloo" if several else None,  # CPU processes under torchrun (train only)
-        **schedule,
+        **_schedule(best_metric),
         **(logging if log_steps else {"logging_strategy": "no"}),
     )
+
+
+def _schedule(best_metric: str | None) -> dict[str, Any]:
+    """``TrainingArguments`` of the evaluation and checkpoint schedule: every epoch with the
+    best epoch by ``best_metric`` loaded at the end; none for ``None`` (a tune trial)."""
+    if best_metric is None:
+        return {"eval_strategy": "no", "save_strategy": "no"}
+    return {
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "save_total_limit": 2,  # the best checkpoint is always kept besides these
+        "metric_for_best_model": best_metric,
+        "greater_is_better": True,
+        "load_best_model_at_end": True,
+        "restore_callback_states_from_checkpoint": True,  # early-stopping counter
+    }
 
 
 class CountingCollator:

@@ -190,65 +190,15 @@ def _write_markdown(
     rows: list[dict[str, Any]],
     notes: dict[str, str],
 ) -> None:
+    """``tune_report.md``: the study and its outcome, the values train uses, the finalists,
+    the trials, the other studies of the prefix and the plots (or why one is missing)."""
     lines = ["# Hyperparameter search", ""]
     if summary["status"] != "tuned":
         lines += [f"Tuning is **disabled** ({summary['reason']}).", ""]
     else:
-        tune = params.tune
-        counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(summary["trials"].items()))
-        lines += [
-            f"Study `{summary['study_name']}` in `{summary['storage']}`: {len(rows)} trials "
-            f"({counts}), {summary['trial_epochs']} trial-epochs; pruner "
-            f"`{tune.pruner.type}`, TPE seed {tune.seed}. The study holds this configuration "
-            f"alone (`tune.study_name` `{tune.study_name}` + fingerprint "
-            f"`{summary['fingerprint']}` of the data, model, space and fixed train values).",
-            f"Each trial trains on {summary['train_examples']:,} examples (a stratified "
-            f"{tune.train_fraction:.0%} of train) and is scored on the validation split "
-            f"({summary['metric']}, {tune.evals_per_epoch} evaluation(s) per epoch).",
-            "",
-            f"The trivial baseline (constant prediction) scores {summary['baseline']:.4f}; "
-            "a trial must beat it and the trial of `params.yaml`'s own values "
-            f"(the defaults: trial {_fmt(summary['defaults_trial'])}, "
-            f"{_fmt(summary['defaults_value'])}) to be used.",
-            "",
-        ]
-        if summary["source"] == "tuned":
-            lines += [
-                f"**Tuned: trial {summary['best_trial']}, {summary['metric']} "
-                f"{summary['best_value']:.4f}** ({summary['reason']}). The train stage uses "
-                "these values in place of `params.yaml`'s `train` keys (other keys unchanged):",
-                "",
-                "| parameter | tuned | params.yaml |",
-                "|---|---|---|",
-            ]
-        else:
-            lines += [
-                f"**Defaults kept** ({summary['reason']}). The train stage uses `params.yaml`'s "
-                "`train` values:",
-                "",
-                "| parameter | params.yaml |",
-                "|---|---|",
-            ]
-        for name, value in defaults_values(params).items():
-            tuned = summary["params"].get(name)
-            cells = [_fmt(tuned), _fmt(value)] if summary["source"] == "tuned" else [_fmt(value)]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += _finalists_markdown(summary, tune.train_fraction)
-        names = [k for k in (rows[0] if rows else {}) if k.startswith("params_")]
-        lines += ["", "## Trials", ""]
-        header = ["number", "state", "value", *names, "duration", "epochs_run"]
-        lines += ["| " + " | ".join(h.removeprefix("params_") for h in header) + " |"]
-        lines += ["|" + "---|" * len(header)]
-        for row in rows:
-            cells = [_fmt(row[h]) for h in header]
-            if row["stopped"] == TIMEOUT:
-                cells[1] = "timed out (FAIL)"  # tune.timeout, not the pruner
-            elif row["stopped"] == SURPLUS:
-                cells[1] = "surplus, not run (FAIL)"  # a parallel worker was first
-            if row["role"] == DEFAULTS_ROLE:
-                cells[1] += " (defaults)"
-            lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", *_other_studies_markdown(tune.study_name, summary["other_studies"])]
+        lines += _outcome_markdown(params, summary, len(rows))
+        lines += _trials_markdown(rows)
+        lines += ["", *_other_studies_markdown(params.tune.study_name, summary["other_studies"])]
     lines += ["", "## Plots", ""]
     titles = {"history": "Optimization history", "importance": "Parameter importances"}
     titles["intermediate"] = "Validation metric at each evaluation"
@@ -256,6 +206,72 @@ def _write_markdown(
         note = f" (not available: {notes[key]})" if key in notes else ""
         lines += [f"![{titles[key]}]({name}){note}", ""]
     write_atomic(path, "\n".join(lines).rstrip() + "\n")
+
+
+def _outcome_markdown(params: Params, summary: dict[str, Any], trial_count: int) -> list[str]:
+    """The study, how trials are scored, the values train uses (tuned or the defaults) and
+    the finalists round."""
+    lines: list[str] = []
+    tune = params.tune
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(summary["trials"].items()))
+    lines += [
+        f"Study `{summary['study_name']}` in `{summary['storage']}`: {trial_count} trials "
+        f"({counts}), {summary['trial_epochs']} trial-epochs; pruner "
+        f"`{tune.pruner.type}`, TPE seed {tune.seed}. The study holds this configuration "
+        f"alone (`tune.study_name` `{tune.study_name}` + fingerprint "
+        f"`{summary['fingerprint']}` of the data, model, space and fixed train values).",
+        f"Each trial trains on {summary['train_examples']:,} examples (a stratified "
+        f"{tune.train_fraction:.0%} of train) and is scored on the validation split "
+        f"({summary['metric']}, {tune.evals_per_epoch} evaluation(s) per epoch).",
+        "",
+        f"The trivial baseline (constant prediction) scores {summary['baseline']:.4f}; "
+        "a trial must beat it and the trial of `params.yaml`'s own values "
+        f"(the defaults: trial {_fmt(summary['defaults_trial'])}, "
+        f"{_fmt(summary['defaults_value'])}) to be used.",
+        "",
+    ]
+    if summary["source"] == "tuned":
+        lines += [
+            f"**Tuned: trial {summary['best_trial']}, {summary['metric']} "
+            f"{summary['best_value']:.4f}** ({summary['reason']}). The train stage uses "
+            "these values in place of `params.yaml`'s `train` keys (other keys unchanged):",
+            "",
+            "| parameter | tuned | params.yaml |",
+            "|---|---|---|",
+        ]
+    else:
+        lines += [
+            f"**Defaults kept** ({summary['reason']}). The train stage uses `params.yaml`'s "
+            "`train` values:",
+            "",
+            "| parameter | params.yaml |",
+            "|---|---|",
+        ]
+    for name, value in defaults_values(params).items():
+        tuned = summary["params"].get(name)
+        cells = [_fmt(tuned), _fmt(value)] if summary["source"] == "tuned" else [_fmt(value)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + _finalists_markdown(summary, tune.train_fraction)
+
+
+def _trials_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The trials table: number, state (why a trial stopped), value, parameters, time."""
+    lines: list[str] = []
+    names = [k for k in (rows[0] if rows else {}) if k.startswith("params_")]
+    lines += ["", "## Trials", ""]
+    header = ["number", "state", "value", *names, "duration", "epochs_run"]
+    lines += ["| " + " | ".join(h.removeprefix("params_") for h in header) + " |"]
+    lines += ["|" + "---|" * len(header)]
+    for row in rows:
+        cells = [_fmt(row[h]) for h in header]
+        if row["stopped"] == TIMEOUT:
+            cells[1] = "timed out (FAIL)"  # tune.timeout, not the pruner
+        elif row["stopped"] == SURPLUS:
+            cells[1] = "surplus, not run (FAIL)"  # a parallel worker was first
+        if row["role"] == DEFAULTS_ROLE:
+            cells[1] += " (defaults)"
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _finalists_markdown(summary: dict[str, Any], share: float) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.core.config import Params
+from tasks.core.config import Params, ValidateParams
 from tasks.core.rowkeys import row_keys
 from tasks.core.validation.frames import Entities
 from tasks.core.validation.gx import import_gx
@@ -171,8 +171,19 @@ def _split_expectations(
     seen: list | None,
 ) -> Iterator[Any]:
     """One split's expectations, for the columns (and derived columns) it has."""
-    cfg, token = params.validate_, params.task == "token_classification"
-    text, unit = ("tokens", "tokens") if token else ("text", "characters")
+    token = params.task == "token_classification"
+    yield from _column_expectations(ex, frame, params)
+    if split == "train":
+        yield _expect("not_empty", ex.ExpectTableRowCountToBeBetween, min_value=1)
+    yield from _text_expectations(ex, frame, params.validate_, token)
+    if not token and "label" in frame:
+        yield from _label_expectations(ex, split, allowed, seen)
+    if token and "tags" in frame:
+        yield from _tag_expectations(ex, frame)
+
+
+def _column_expectations(ex: Any, frame: pd.DataFrame, params: Params) -> Iterator[Any]:
+    """Each column of the task exists (but ``group``) and holds values of its type."""
     for column, type_ in {**COLUMNS[params.task], **SOURCE_COLUMNS}.items():
         if column != "group":
             yield _expect("column_exists", ex.ExpectColumnToExist, column=column)
@@ -188,8 +199,14 @@ def _split_expectations(
                 column=checked,
                 type_list=types,
             )
-    if split == "train":
-        yield _expect("not_empty", ex.ExpectTableRowCountToBeBetween, min_value=1)
+
+
+def _text_expectations(
+    ex: Any, frame: pd.DataFrame, cfg: ValidateParams, token: bool
+) -> Iterator[Any]:
+    """The text (or the tokens): present, not blank, within the length bounds, few
+    duplicates, and few repeats of a train text in another split."""
+    text, unit = ("tokens", "tokens") if token else ("text", "characters")
     if "key" in frame:
         bounds = {"min_value": cfg.min_text_length, "max_value": cfg.max_text_length}
         length = (
@@ -218,29 +235,38 @@ def _split_expectations(
             value_set=[True],
             mostly=1 - cfg.max_leakage_share,
         )
-    if not token and "label" in frame:
-        yield _expect("label_not_null", ex.ExpectColumnValuesToNotBeNull, column="label")
-        if allowed is not None:
-            yield _expect(
-                "label_allowed", ex.ExpectColumnValuesToBeInSet, column="label", value_set=allowed
-            )
-        if split != "train" and seen is not None:
-            yield _expect(
-                "label_in_train", ex.ExpectColumnValuesToBeInSet, column="label", value_set=seen
-            )
-    if token and "tags" in frame:
-        if "tokens" in frame:
-            yield _expect(
-                "tokens_tags_same_length",
-                ex.ExpectColumnPairValuesToBeEqual,
-                column_A="n_tokens",
-                column_B="n_tags",
-            )
-        yield _expect("tag_format", ex.ExpectColumnValuesToBeNull, "tags", column="bad_tag")
-        yield _expect("iob_sequence", ex.ExpectColumnValuesToBeNull, "tags", column="iob_error")
-        for check in ("entity_type_allowed", "entity_type_in_train"):
-            if check in frame:
-                yield _expect(check, ex.ExpectColumnValuesToBeNull, "tags", column=check)
+
+
+def _label_expectations(
+    ex: Any, split: str, allowed: list | None, seen: list | None
+) -> Iterator[Any]:
+    """Text task: every row has a label, an allowed one, and (outside train) one train has."""
+    yield _expect("label_not_null", ex.ExpectColumnValuesToNotBeNull, column="label")
+    if allowed is not None:
+        yield _expect(
+            "label_allowed", ex.ExpectColumnValuesToBeInSet, column="label", value_set=allowed
+        )
+    if split != "train" and seen is not None:
+        yield _expect(
+            "label_in_train", ex.ExpectColumnValuesToBeInSet, column="label", value_set=seen
+        )
+
+
+def _tag_expectations(ex: Any, frame: pd.DataFrame) -> Iterator[Any]:
+    """Token task: one tag per token, well-formed IOB2 tags and sequences, allowed entity
+    types that train has (checked on the derived columns)."""
+    if "tokens" in frame:
+        yield _expect(
+            "tokens_tags_same_length",
+            ex.ExpectColumnPairValuesToBeEqual,
+            column_A="n_tokens",
+            column_B="n_tags",
+        )
+    yield _expect("tag_format", ex.ExpectColumnValuesToBeNull, "tags", column="bad_tag")
+    yield _expect("iob_sequence", ex.ExpectColumnValuesToBeNull, "tags", column="iob_error")
+    for check in ("entity_type_allowed", "entity_type_in_train"):
+        if check in frame:
+            yield _expect(check, ex.ExpectColumnValuesToBeNull, "tags", column=check)
 
 
 def _class_shares(counts: pd.Series, allowed: list[str] | None) -> pd.DataFrame:

@@ -38,7 +38,7 @@ def load(path: Path, token: bool) -> pd.DataFrame:
     columns = list(frame.columns)
     # GX checks each value's Python type in an object column and the dtype of any other. A
     # string column stays in Arrow (pd.StringDtype(): only str or missing values, which GX
-    # accepts as type "StringDtype", see expectations._split_expectations) and an int64 one
+    # accepts as type "StringDtype", see expectations._column_expectations) and an int64 one
     # as it is; any other column becomes object, so its values are checked one by one.
     # Objects for every text took 14x the file in memory (bench/memory.py).
     for column in frame.columns:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks.core.config import Params
+from tasks.core.config import Params, ValidateParams
 
 
 def remedy(check: str, params: Params, frame: pd.DataFrame | None) -> str:
@@ -14,36 +14,7 @@ def remedy(check: str, params: Params, frame: pd.DataFrame | None) -> str:
     cfg, token = params.validate_, params.task == "token_classification"
     labels = "null" if cfg.labels is None else cfg.labels
     if check == "text_length":
-        unit = "tokens" if token else "characters"
-        rows = "sentence(s)" if token else "row(s)"
-        bounds = (
-            f"relax with validate.min_text_length = {cfg.min_text_length} or "
-            f"validate.max_text_length = {cfg.max_text_length} ({unit})"
-        )
-        if frame is None or ("n_tokens" if token else "text") not in frame:
-            return bounds
-        lengths = (
-            frame["n_tokens"]
-            if token
-            else frame["text"].map(lambda v: len(v) if isinstance(v, str) else None)
-        )
-        lengths = pd.to_numeric(lengths, errors="coerce")
-        limit = cfg.max_text_length
-        too_long = 0 if limit is None else int((lengths > limit).sum())
-        too_short = int((lengths < cfg.min_text_length).sum())
-        parts = []
-        if too_long:
-            parts.append(
-                f"{too_long} {rows} longer than validate.max_text_length = {cfg.max_text_length} "
-                f"({unit}): raising it is safe, tokenize truncates every example at "
-                "tokenize.max_length sub-tokens (and counts them in reports/tokenize.json)"
-            )
-        if too_short:
-            parts.append(
-                f"{too_short} {rows} shorter than validate.min_text_length = {cfg.min_text_length} "
-                f"({unit}): lower it to accept them"
-            )
-        return "; ".join(parts) or bounds
+        return _length_remedy(cfg, token, frame)
     keyed = {
         "duplicate_share": f"relax with validate.max_duplicate_share = "
         f"{cfg.max_duplicate_share} (the share of a split's rows that may repeat an earlier "
@@ -72,3 +43,38 @@ def remedy(check: str, params: Params, frame: pd.DataFrame | None) -> str:
     }
     default = "no key relaxes it: correct the data (the offending rows name file and line)"
     return keyed.get(check) or fixed.get(check) or default
+
+
+def _length_remedy(cfg: ValidateParams, token: bool, frame: pd.DataFrame | None) -> str:
+    """The ``text_length`` remedy: how many rows are too long or too short and which key
+    moves each bound (the bounds alone without a frame)."""
+    unit = "tokens" if token else "characters"
+    rows = "sentence(s)" if token else "row(s)"
+    bounds = (
+        f"relax with validate.min_text_length = {cfg.min_text_length} or "
+        f"validate.max_text_length = {cfg.max_text_length} ({unit})"
+    )
+    if frame is None or ("n_tokens" if token else "text") not in frame:
+        return bounds
+    lengths = (
+        frame["n_tokens"]
+        if token
+        else frame["text"].map(lambda v: len(v) if isinstance(v, str) else None)
+    )
+    lengths = pd.to_numeric(lengths, errors="coerce")
+    limit = cfg.max_text_length
+    too_long = 0 if limit is None else int((lengths > limit).sum())
+    too_short = int((lengths < cfg.min_text_length).sum())
+    parts = []
+    if too_long:
+        parts.append(
+            f"{too_long} {rows} longer than validate.max_text_length = {cfg.max_text_length} "
+            f"({unit}): raising it is safe, tokenize truncates every example at "
+            "tokenize.max_length sub-tokens (and counts them in reports/tokenize.json)"
+        )
+    if too_short:
+        parts.append(
+            f"{too_short} {rows} shorter than validate.min_text_length = {cfg.min_text_length} "
+            f"({unit}): lower it to accept them"
+        )
+    return "; ".join(parts) or bounds
