@@ -18,7 +18,7 @@ import enum
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -122,19 +122,25 @@ COLLISION_HELP = "A run started while --concurrency runs run: waits (enqueue) or
 
 @app.command()
 def serve(
-    cron: str = typer.Option(DEFAULT_CRON, help="Cron schedule (UTC)."),
-    limit: int = typer.Option(1, help="Flow runs this process executes at the same time."),
-    project: Path = typer.Option(
-        PROJECT_ROOT,
-        help="The project every run of the deployment uses (fixed here).",
-        show_default="this checkout",
-    ),
-    allow: list[str] = typer.Option([], help=ALLOW_HELP),
-    timeout: list[str] = typer.Option([], help=TIMEOUT_HELP),
-    concurrency: int = typer.Option(1, min=1, help="Runs of the deployment at the same time."),
-    collision: Collision = typer.Option(Collision.enqueue, help=COLLISION_HELP),
-    name: str = typer.Option(DEPLOYMENT_NAME, help="Deployment name."),
-    update_imports: bool = typer.Option(True, help=UPDATE_HELP),
+    cron: Annotated[str, typer.Option(help="Cron schedule (UTC).")] = DEFAULT_CRON,
+    limit: Annotated[
+        int, typer.Option(help="Flow runs this process executes at the same time.")
+    ] = 1,
+    project: Annotated[
+        Path,
+        typer.Option(
+            help="The project every run of the deployment uses (fixed here).",
+            show_default="this checkout",
+        ),
+    ] = PROJECT_ROOT,
+    allow: Annotated[list[str], typer.Option(help=ALLOW_HELP)] = (),
+    timeout: Annotated[list[str], typer.Option(help=TIMEOUT_HELP)] = (),
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Runs of the deployment at the same time.")
+    ] = 1,
+    collision: Annotated[Collision, typer.Option(help=COLLISION_HELP)] = Collision.enqueue,
+    name: Annotated[str, typer.Option(help="Deployment name.")] = DEPLOYMENT_NAME,
+    update_imports: Annotated[bool, typer.Option(help=UPDATE_HELP)] = True,
 ) -> None:
     """Register the deployment and run its scheduled (and triggered) flow runs here."""
     from prefect import serve as prefect_serve
@@ -164,18 +170,25 @@ def _git(*arguments: str) -> str:
 
 @app.command()
 def pool(
-    pool_name: str = typer.Option("training", "--pool", help="Work pool (type process)."),
-    cron: str = typer.Option(DEFAULT_CRON, help="Cron schedule (UTC)."),
-    name: str = typer.Option(DEPLOYMENT_NAME, help="Deployment name."),
-    repo: str = typer.Option(
-        "", help="Git URL the workers clone (default: this checkout's `origin` remote)."
-    ),
-    branch: str = typer.Option("", help="Branch the workers run (default: the current one)."),
-    allow: list[str] = typer.Option([], help=ALLOW_HELP),
-    timeout: list[str] = typer.Option([], help=TIMEOUT_HELP),
-    concurrency: int = typer.Option(1, min=1, help="Runs of the deployment at the same time."),
-    collision: Collision = typer.Option(Collision.enqueue, help=COLLISION_HELP),
-    update_imports: bool = typer.Option(True, help=UPDATE_HELP),
+    pool_name: Annotated[
+        str, typer.Option("--pool", help="Work pool (type process).")
+    ] = "training",
+    cron: Annotated[str, typer.Option(help="Cron schedule (UTC).")] = DEFAULT_CRON,
+    name: Annotated[str, typer.Option(help="Deployment name.")] = DEPLOYMENT_NAME,
+    repo: Annotated[
+        str,
+        typer.Option(help="Git URL the workers clone (default: this checkout's `origin` remote)."),
+    ] = "",
+    branch: Annotated[
+        str, typer.Option(help="Branch the workers run (default: the current one).")
+    ] = "",
+    allow: Annotated[list[str], typer.Option(help=ALLOW_HELP)] = (),
+    timeout: Annotated[list[str], typer.Option(help=TIMEOUT_HELP)] = (),
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Runs of the deployment at the same time.")
+    ] = 1,
+    collision: Annotated[Collision, typer.Option(help=COLLISION_HELP)] = Collision.enqueue,
+    update_imports: Annotated[bool, typer.Option(help=UPDATE_HELP)] = True,
 ) -> None:
     """Register the deployment on a work pool; `prefect worker start --pool NAME` runs it,
     from a fresh clone of REPO with the data and outputs of the DVC remote.

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import typer
 
@@ -281,10 +281,14 @@ def _write_reports(
 @app.command()
 @stage_command("evaluate")
 def main(
-    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
-    tokenized_dir: Path = typer.Option(TOKENIZED_DIR, help="output of the tokenize stage"),
-    model_dir: Path = typer.Option(MODEL_DIR, help="the trained model"),
-    reports_dir: Path = typer.Option(REPORTS_DIR, help="where the reports go"),
+    params_path: Annotated[
+        Path, typer.Option("--params", help="params.yaml to read")
+    ] = DEFAULT_PARAMS,
+    tokenized_dir: Annotated[
+        Path, typer.Option(help="output of the tokenize stage")
+    ] = TOKENIZED_DIR,
+    model_dir: Annotated[Path, typer.Option(help="the trained model")] = MODEL_DIR,
+    reports_dir: Annotated[Path, typer.Option(help="where the reports go")] = REPORTS_DIR,
 ) -> None:
     """Score models/model on the test split (see the module docstring)."""
     run_stage(load_params(params_path), tokenized_dir, model_dir, reports_dir)

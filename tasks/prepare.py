@@ -21,6 +21,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
@@ -250,9 +251,15 @@ def _staged(out_dir: Path) -> Iterator[Path]:
 @app.command()
 @stage_command("prepare")
 def main(
-    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
-    out_dir: Path = typer.Option(Path("data/prepared"), help="Where the splits are written."),
-    raw_dir: Path = typer.Option(Path("data/raw"), help="Download folder of built-in data."),
+    params_file: Annotated[Path, typer.Option("--params", help="Parameters file.")] = Path(
+        "params.yaml"
+    ),
+    out_dir: Annotated[Path, typer.Option(help="Where the splits are written.")] = Path(
+        "data/prepared"
+    ),
+    raw_dir: Annotated[Path, typer.Option(help="Download folder of built-in data.")] = Path(
+        "data/raw"
+    ),
 ) -> None:
     """Read the configured data source and write the prepared train/validation/test splits."""
     params = load_params(params_file)

@@ -30,7 +30,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -345,10 +345,16 @@ def rescore(
 @app.command()
 @stage_command("register")
 def main(
-    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
-    model_dir: Path = typer.Option(MODEL_DIR, help="the trained model"),
-    prepared_dir: Path = typer.Option(PREPARED_DIR, help="the prepared splits (test is hashed)"),
-    reports_dir: Path = typer.Option(REPORTS_DIR, help="metrics.json in, registry.json out"),
+    params_path: Annotated[
+        Path, typer.Option("--params", help="params.yaml to read")
+    ] = DEFAULT_PARAMS,
+    model_dir: Annotated[Path, typer.Option(help="the trained model")] = MODEL_DIR,
+    prepared_dir: Annotated[
+        Path, typer.Option(help="the prepared splits (test is hashed)")
+    ] = PREPARED_DIR,
+    reports_dir: Annotated[
+        Path, typer.Option(help="metrics.json in, registry.json out")
+    ] = REPORTS_DIR,
 ) -> None:
     """Register models/model and decide whether it becomes the champion."""
     register(load_params(params_path), model_dir, prepared_dir, reports_dir)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -87,8 +88,10 @@ def write_report(project: Path, output: Path, parent_run: str | None = None) -> 
 @app.command()
 @stage_command("report")
 def main(
-    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
-    output: Path = typer.Option(PROJECT_ROOT / "reports" / REPORT_NAME, help="the page"),
+    params_path: Annotated[
+        Path, typer.Option("--params", help="params.yaml to read")
+    ] = DEFAULT_PARAMS,
+    output: Annotated[Path, typer.Option(help="the page")] = PROJECT_ROOT / "reports" / REPORT_NAME,
 ) -> None:
     """Write reports/report.html and log it to the pipeline's MLflow run."""
     import mlflow

@@ -29,7 +29,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -296,11 +296,15 @@ def _stable_fingerprints(directory: Path) -> None:
 @app.command()
 @stage_command("tokenize")
 def main(
-    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
-    prepared_dir: Path = typer.Option(PREPARED_DIR, help="prepared parquet splits"),
-    output_dir: Path = typer.Option(TOKENIZED_DIR, help="where the tokenized datasets go"),
-    report_path: Path = typer.Option(REPORT_PATH, "--report", help="DVC metrics file"),
-    state_dir: Path = typer.Option(STATE_DIR, help="cache for registered models"),
+    params_path: Annotated[
+        Path, typer.Option("--params", help="params.yaml to read")
+    ] = DEFAULT_PARAMS,
+    prepared_dir: Annotated[Path, typer.Option(help="prepared parquet splits")] = PREPARED_DIR,
+    output_dir: Annotated[
+        Path, typer.Option(help="where the tokenized datasets go")
+    ] = TOKENIZED_DIR,
+    report_path: Annotated[Path, typer.Option("--report", help="DVC metrics file")] = REPORT_PATH,
+    state_dir: Annotated[Path, typer.Option(help="cache for registered models")] = STATE_DIR,
 ) -> None:
     """Tokenize data/prepared into data/tokenized (see the module docstring)."""
     params = load_params(params_path)

@@ -30,7 +30,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from transformers import EarlyStoppingCallback, TrainerCallback
@@ -215,11 +215,15 @@ def _metrics(run: Run, trainer: Any, counts: dict[str, Any], provenance: dict) -
 @app.command()
 @stage_command("train")
 def main(
-    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
-    tokenized_dir: Path = typer.Option(TOKENIZED_DIR, help="output of the tokenize stage"),
-    model_dir: Path = typer.Option(MODEL_DIR, help="where the fine-tuned model goes"),
-    reports_dir: Path = typer.Option(REPORTS_DIR, help="where the reports go"),
-    state_dir: Path = typer.Option(STATE_DIR, help="checkpoints and the registry cache"),
+    params_path: Annotated[
+        Path, typer.Option("--params", help="params.yaml to read")
+    ] = DEFAULT_PARAMS,
+    tokenized_dir: Annotated[
+        Path, typer.Option(help="output of the tokenize stage")
+    ] = TOKENIZED_DIR,
+    model_dir: Annotated[Path, typer.Option(help="where the fine-tuned model goes")] = MODEL_DIR,
+    reports_dir: Annotated[Path, typer.Option(help="where the reports go")] = REPORTS_DIR,
+    state_dir: Annotated[Path, typer.Option(help="checkpoints and the registry cache")] = STATE_DIR,
 ) -> None:
     """Fine-tune on data/tokenized into models/model (see the module docstring)."""
     params = load_params(params_path)

@@ -70,7 +70,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import optuna
 import typer
@@ -291,13 +291,19 @@ def _require_completed(name: str, trials: list[Any]) -> None:
 @app.command()
 @stage_command("tune")
 def main(
-    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
-    tokenized_dir: Path = typer.Option(TOKENIZED_DIR, help="output of the tokenize stage"),
-    reports_dir: Path = typer.Option(REPORTS_DIR, help="where the reports go"),
-    state_dir: Path = typer.Option(STATE_DIR, help="default study storage, registry cache"),
-    worker: bool = typer.Option(
-        False, "--worker", help="only run trials of the shared study; write no outputs"
-    ),
+    params_path: Annotated[
+        Path, typer.Option("--params", help="params.yaml to read")
+    ] = DEFAULT_PARAMS,
+    tokenized_dir: Annotated[
+        Path, typer.Option(help="output of the tokenize stage")
+    ] = TOKENIZED_DIR,
+    reports_dir: Annotated[Path, typer.Option(help="where the reports go")] = REPORTS_DIR,
+    state_dir: Annotated[
+        Path, typer.Option(help="default study storage, registry cache")
+    ] = STATE_DIR,
+    worker: Annotated[
+        bool, typer.Option("--worker", help="only run trials of the shared study; write no outputs")
+    ] = False,
 ) -> None:
     """Search hyperparameters on the validation split (see the module docstring)."""
     params = load_params(params_path)

@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import pyarrow as pa
 import typer
@@ -114,9 +115,15 @@ app = typer.Typer(add_completion=False, help="Validate the prepared splits (the 
 @app.command()
 @stage_command("validate")
 def main(
-    prepared_dir: Path = typer.Option(Path("data/prepared"), help="Folder of the prepared splits."),
-    reports_dir: Path = typer.Option(Path("reports"), help="Where validation.json/.md go."),
-    params: Path = typer.Option(Path("params.yaml"), "--params", help="The parameters file."),
+    prepared_dir: Annotated[Path, typer.Option(help="Folder of the prepared splits.")] = Path(
+        "data/prepared"
+    ),
+    reports_dir: Annotated[Path, typer.Option(help="Where validation.json/.md go.")] = Path(
+        "reports"
+    ),
+    params: Annotated[Path, typer.Option("--params", help="The parameters file.")] = Path(
+        "params.yaml"
+    ),
 ) -> None:
     """Run the validation gate; exit 1 listing the failed expectations when it fails."""
     report = validate(load_params(params), prepared_dir, reports_dir)

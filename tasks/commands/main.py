@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import click
 import typer
@@ -127,18 +128,24 @@ def command(panel: str):
 
 @command("Pipeline")
 def run(
-    preset: str = typer.Option(
-        None, help="Run presets/NAME.yaml as a DVC experiment (params.yaml stays as it is)."
-    ),
-    data: Path = typer.Option(
-        None, help="With --preset: your copy of its dataset (a folder), imported once."
-    ),
-    stage: list[str] = typer.Option(
-        [], "--stage", "-s", help="Run only up to this stage (repeatable); default all."
-    ),
-    flow: bool = typer.Option(
-        False, help="Run as the Prefect flow (flows/pipeline.py): retries, logs, artifacts."
-    ),
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Run presets/NAME.yaml as a DVC experiment (params.yaml stays as it is)."
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="With --preset: your copy of its dataset (a folder), imported once."),
+    ] = None,
+    stage: Annotated[
+        list[str],
+        typer.Option("--stage", "-s", help="Run only up to this stage (repeatable); default all."),
+    ] = (),
+    flow: Annotated[
+        bool,
+        typer.Option(help="Run as the Prefect flow (flows/pipeline.py): retries, logs, artifacts."),
+    ] = False,
 ) -> None:
     """Run the pipeline: every DVC stage in order, unchanged ones skipped (`dvc repro`)."""
     if data is not None and (flow or not preset):
@@ -160,17 +167,20 @@ def run(
 
 @command("Models")
 def serve(
-    port: int = typer.Option(5001, help="Port on 127.0.0.1."),
-    model_uri: str = typer.Option(
-        None, help="Model to serve (default: models:/<register.model_name>@champion)."
-    ),
-    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
-    max_request_bytes: int = typer.Option(
-        serving.MAX_BYTES, min=1, help="Larger POST bodies are refused (413)."
-    ),
-    max_batch: int = typer.Option(
-        serving.MAX_BATCH, min=1, help="Requests with more inputs are refused (413)."
-    ),
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
+    model_uri: Annotated[
+        str | None,
+        typer.Option(help="Model to serve (default: models:/<register.model_name>@champion)."),
+    ] = None,
+    params_path: Annotated[
+        Path, typer.Option("--params", help="params.yaml to read")
+    ] = DEFAULT_PARAMS,
+    max_request_bytes: Annotated[
+        int, typer.Option(min=1, help="Larger POST bodies are refused (413).")
+    ] = serving.MAX_BYTES,
+    max_batch: Annotated[
+        int, typer.Option(min=1, help="Requests with more inputs are refused (413).")
+    ] = serving.MAX_BATCH,
 ) -> None:
     """Serve the champion (or --model-uri) over REST: POST /invocations {"inputs": [...]}.
 
@@ -196,11 +206,14 @@ def serve(
 
 @command("Parameters")
 def params(
-    schema: bool = typer.Option(False, "--schema", help="Write params.schema.json."),
-    check: bool = typer.Option(
-        False, "--check", help="Fail unless params.yaml has every key, default and comment."
-    ),
-    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to check"),
+    schema: Annotated[bool, typer.Option("--schema", help="Write params.schema.json.")] = False,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Fail unless params.yaml has every key, default and comment."),
+    ] = False,
+    params_path: Annotated[
+        Path, typer.Option("--params", help="params.yaml to check")
+    ] = DEFAULT_PARAMS,
 ) -> None:
     """Every params.yaml key with its default and meaning (from tasks/core/config.py)."""
     from tasks.commands import paramsdoc

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
 
 import typer
 import yaml
@@ -82,11 +83,14 @@ def _replace_value(lines: list[str], index: int, value: str) -> None:
 @app.command()
 @stage_command("model pin")
 def pin(
-    name: str = typer.Argument(..., help="The hub model id, NAME or ORG/NAME."),
-    revision: str = typer.Option(
-        None, help="A branch, tag or commit of it (default: main), resolved to its commit."
-    ),
-    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to edit"),
+    name: Annotated[str, typer.Argument(help="The hub model id, NAME or ORG/NAME.")],
+    revision: Annotated[
+        str | None,
+        typer.Option(help="A branch, tag or commit of it (default: main), resolved to its commit."),
+    ] = None,
+    params_path: Annotated[
+        Path, typer.Option("--params", help="params.yaml to edit")
+    ] = DEFAULT_PARAMS,
 ) -> None:
     """Pin a Hugging Face Hub model: write NAME and the commit sha its revision points at now
     into params.yaml (model.name_or_path, model.revision), comments kept.
@@ -109,7 +113,9 @@ def pin(
 @app.command()
 @stage_command("model fetch")
 def fetch(
-    name: str = typer.Argument(..., help=f"A built-in encoder: {', '.join(BUILTIN_ENCODERS)}."),
+    name: Annotated[
+        str, typer.Argument(help=f"A built-in encoder: {', '.join(BUILTIN_ENCODERS)}.")
+    ],
 ) -> None:
     """Fetch a built-in encoder into the download cache ahead of time (sha256-checked, once
     per machine); the stages would otherwise fetch it on first use."""
@@ -151,8 +157,12 @@ def roll_back(params: Params, to: int | None = None) -> tuple[str, str]:
 @app.command()
 @stage_command("model rollback")
 def rollback(
-    to: int = typer.Option(None, help="Version to make champion (default: the one before)."),
-    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
+    to: Annotated[
+        int | None, typer.Option(help="Version to make champion (default: the one before).")
+    ] = None,
+    params_path: Annotated[
+        Path, typer.Option("--params", help="params.yaml to read")
+    ] = DEFAULT_PARAMS,
 ) -> None:
     """Move the champion alias back: to the champion before the current one, or to --to N."""
     params = load_params(params_path)

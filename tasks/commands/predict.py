@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -194,17 +194,25 @@ def render(record: dict[str, Any]) -> str:
 @app.command()
 @stage_command("predict")
 def main(
-    texts: list[str] = typer.Argument(None, help="Texts to classify."),
-    file: Path | None = typer.Option(None, help="A file with one text per line."),
-    model_uri: str | None = typer.Option(
-        None,
-        help="Model to use (default: models:/<register.model_name>@champion; auto: {data}-{task}).",
-    ),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
-    quantize: bool = typer.Option(
-        False, help="Run int8 dynamic-quantized on the CPU (faster; see docs/user-guide.md)."
-    ),
-    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    file: Annotated[Path | None, typer.Option(help="A file with one text per line.")] = None,
+    model_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="Model to use (default: models:/<register.model_name>@champion; "
+            "auto: {data}-{task})."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    quantize: Annotated[
+        bool,
+        typer.Option(
+            help="Run int8 dynamic-quantized on the CPU (faster; see docs/user-guide.md)."
+        ),
+    ] = False,
+    params_path: Annotated[
+        Path, typer.Option("--params", help="params.yaml to read")
+    ] = DEFAULT_PARAMS,
 ) -> None:
     """Print predictions of the champion (or --model-uri) for the given texts."""
     from tasks.core import tracking

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -114,15 +114,21 @@ def load_preset(name: str, presets_dir: Path = PRESETS_DIR) -> Preset:
 @app.command()
 @stage_command("preset")
 def main(
-    name: str = typer.Argument(..., help="preset name: a file presets/NAME.yaml"),
-    data: Path = typer.Option(
-        None, help="your copy of the preset's dataset (a folder), imported once with DVC"
-    ),
-    stage: list[str] = typer.Option(
-        [], "--stage", "-s", help="run only up to this stage (repeatable); default all"
-    ),
-    experiment: str = typer.Option(None, help="experiment name (default: the preset's)"),
-    project: Path = typer.Option(PROJECT_ROOT, help="the project (a git + DVC repository)"),
+    name: Annotated[str, typer.Argument(help="preset name: a file presets/NAME.yaml")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="your copy of the preset's dataset (a folder), imported once with DVC"),
+    ] = None,
+    stage: Annotated[
+        list[str],
+        typer.Option("--stage", "-s", help="run only up to this stage (repeatable); default all"),
+    ] = (),
+    experiment: Annotated[
+        str | None, typer.Option(help="experiment name (default: the preset's)")
+    ] = None,
+    project: Annotated[
+        Path, typer.Option(help="the project (a git + DVC repository)")
+    ] = PROJECT_ROOT,
 ) -> None:
     """Run preset NAME as a DVC experiment; params.yaml and dvc.lock stay as they are."""
     preset = load_preset(name, project / "presets")

@@ -33,7 +33,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -311,8 +311,8 @@ app = typer.Typer(add_completion=False, help=user_help(__doc__))
 @app.command()
 @stage_command("servers")
 def postgres(
-    port: int = typer.Option(DEFAULT_PORT, help="Port on 127.0.0.1."),
-    stop: bool = typer.Option(False, "--stop", help="Stop the server instead."),
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = DEFAULT_PORT,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the server instead.")] = False,
 ) -> None:
     """Start (or stop) the project's PostgreSQL in the background; print its URL."""
     server = Postgres(port=port)
@@ -328,8 +328,8 @@ def postgres(
 @app.command()
 @stage_command("servers")
 def url(
-    database: str = typer.Argument(..., help="Database name (created when missing)."),
-    port: int = typer.Option(DEFAULT_PORT, help="Port of the running server."),
+    database: Annotated[str, typer.Argument(help="Database name (created when missing).")],
+    port: Annotated[int, typer.Option(help="Port of the running server.")] = DEFAULT_PORT,
 ) -> None:
     """Print the URL of a database of the running server, e.g. for ``tune.storage``; the
     database and its own login role are created when missing, the role's password written
@@ -340,9 +340,13 @@ def url(
 @app.command()
 @stage_command("servers")
 def tracking(
-    port: int = typer.Option(MLFLOW_PORT, help="Port of the MLflow server on 127.0.0.1."),
-    postgres_port: int = typer.Option(DEFAULT_PORT, help="Port of PostgreSQL on 127.0.0.1."),
-    workers: int = typer.Option(1, help="Server worker processes."),
+    port: Annotated[
+        int, typer.Option(help="Port of the MLflow server on 127.0.0.1.")
+    ] = MLFLOW_PORT,
+    postgres_port: Annotated[
+        int, typer.Option(help="Port of PostgreSQL on 127.0.0.1.")
+    ] = DEFAULT_PORT,
+    workers: Annotated[int, typer.Option(help="Server worker processes.")] = 1,
 ) -> None:
     """MLflow tracking server: runs and registry in PostgreSQL (started when not running),
     artifacts proxied into .state/mlflow-server/artifacts; runs in the foreground."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -113,8 +114,10 @@ def experiment_url(base: str, experiment_id: str) -> str:
 
 @app.command("mlflow")
 def mlflow_ui(
-    port: int = typer.Option(5000, help="Port on 127.0.0.1."),
-    store: str | None = typer.Option(None, help="Tracking store (default: .state/mlflow)."),
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    store: Annotated[
+        str | None, typer.Option(help="Tracking store (default: .state/mlflow).")
+    ] = None,
 ) -> None:
     """Start the MLflow UI: experiments, nested runs and trials, the model registry."""
     command, env = mlflow_server(port, store)
@@ -135,7 +138,7 @@ def training_runs_url(base: str, store_uri: str) -> str:
 
 
 @app.command("prefect")
-def prefect_ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
+def prefect_ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200) -> None:
     """Start the Prefect server and UI: flow runs, stage task runs, deployments.
 
     CSRF protection on, CORS limited to its own origin; basic auth when
@@ -149,8 +152,10 @@ def prefect_ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> Non
 @app.command("optuna")
 @stage_command("ui")
 def optuna_ui(
-    port: int = typer.Option(8080, help="Port on 127.0.0.1."),
-    params_path: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params.yaml to read"),
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
+    params_path: Annotated[
+        Path, typer.Option("--params", help="params.yaml to read")
+    ] = DEFAULT_PARAMS,
 ) -> None:
     """Start the Optuna dashboard on the tuning studies: trials, history, importances."""
     command, env = optuna_dashboard(port, params_path)

@@ -8,6 +8,7 @@ import inspect
 import logging
 import re
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,12 +62,18 @@ def relative_defaults(func: Callable[..., Any]) -> None:
     """Show path defaults inside the project relative to it (``reports``, not
     ``/home/.../reports``) in ``--help``; the values themselves stay absolute, so a stage
     started from another directory still finds the project's files."""
+    # Annotated[T, typer.Option(...)]: string annotations (``from __future__ import
+    # annotations``) give new Option objects at each evaluation, so the evaluated, changed
+    # annotation replaces the string that Typer would evaluate again.
+    hints = typing.get_type_hints(func, include_extras=True)
     for parameter in inspect.signature(func).parameters.values():
-        info = parameter.default
-        default = getattr(info, "default", None)
-        shown = getattr(info, "show_default", None) is True
-        if shown and isinstance(default, Path) and default.is_relative_to(PROJECT_ROOT):
-            info.show_default = default.relative_to(PROJECT_ROOT).as_posix() or "."
+        default = parameter.default
+        if not (isinstance(default, Path) and default.is_relative_to(PROJECT_ROOT)):
+            continue
+        for info in getattr(hints.get(parameter.name), "__metadata__", ()):
+            if getattr(info, "show_default", None) is True:
+                info.show_default = default.relative_to(PROJECT_ROOT).as_posix() or "."
+                func.__annotations__[parameter.name] = hints[parameter.name]
 
 
 # A write that failed for want of space: a full disk, a file size limit, a disk quota.

