@@ -93,13 +93,12 @@ def optuna_dashboard(
         raise StageError(
             f"{storage}: no study yet: run the tune stage first (`finetune run`, `dvc repro tune`)"
         )
-    # gunicorn (the dashboard's server) puts its control socket in XDG_RUNTIME_DIR, else in
-    # ~/.gunicorn: keep it in the project.
-    runtime = Path(state_dir) / "run"
-    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Its own WSGI server, not gunicorn (its default when installed, as here for MLflow):
+    # gunicorn 26 opens a control socket in $XDG_RUNTIME_DIR or ~/.gunicorn, outside the
+    # project, and a socket path inside a deep project exceeds AF_UNIX's 108 bytes.
     bin_dir = Path(sys.executable).parent
     command = [str(bin_dir / "optuna-dashboard"), storage, "--host", HOST, "--port", str(port)]
-    return command, {**os.environ, "XDG_RUNTIME_DIR": str(runtime.resolve())}
+    return [*command, "--server", "wsgiref"], dict(os.environ)
 
 
 def experiment_url(base: str, experiment_id: str) -> str:
