@@ -28,14 +28,14 @@ class Precision:
 
 
 def cpu_supports_bf16() -> bool:
-    """True when oneDNN has native bf16 kernels (AVX512-BF16 / AMX); there bf16 autocast is
-    1.6-1.7x faster than fp32 (see DESIGN.md); elsewhere it is emulated and slower."""
+    """True when the CPU does bf16 arithmetic natively (AVX512-BF16 or AMX); there bf16
+    autocast is 1.6-1.7x faster than fp32 (see DESIGN.md). oneDNN also reports bf16 support
+    on plain AVX512, where it is emulated and slower than fp32 (bench/RESULTS.md), so its
+    answer is not enough."""
     import torch
 
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, private
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in native)
 
 
 def configure_cuda_attention() -> None:

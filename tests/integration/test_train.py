@@ -459,6 +459,10 @@ def test_data_from_another_tokenizer_is_an_error(tmp_path, tiny_model_dir, text_
 
 
 def test_precision_choice_on_cpu():
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # native bf16 only: AVX512 alone would emulate it, slower than fp32
+        native = {"avx512_bf16", "amx_bf16"} & set(cpuinfo.read_text().split())
+        assert cpu_supports_bf16() == bool(native)
     auto = choose_precision("auto")
     assert auto.device == "cpu"
     assert auto.dtype == ("bf16" if cpu_supports_bf16() else "fp32")
