@@ -36,7 +36,7 @@ import typer
 
 from tasks.core import behaviour, tracking
 from tasks.core.batching import check_budget, position_cap, token_budget
-from tasks.core.cli import stage_command, user_help
+from tasks.core.cli import ParamsPath, stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, Params, headline_metric, load_params
 from tasks.core.entity_pipeline import windowed_words
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
@@ -281,9 +281,7 @@ def _write_reports(
 @app.command()
 @stage_command("evaluate")
 def main(
-    params_path: Annotated[
-        Path, typer.Option("--params", help="params.yaml to read")
-    ] = DEFAULT_PARAMS,
+    params_path: ParamsPath = DEFAULT_PARAMS,
     tokenized_dir: Annotated[
         Path, typer.Option(help="output of the tokenize stage")
     ] = TOKENIZED_DIR,

@@ -35,7 +35,7 @@ from typing import Annotated, Any
 import typer
 
 from tasks.core import registry
-from tasks.core.cli import stage_command, user_help
+from tasks.core.cli import ParamsPath, stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, Params, load_params
 
 # Entity models registered before EntityPipeline moved to tasks.core.entity_pipeline were
@@ -345,9 +345,7 @@ def rescore(
 @app.command()
 @stage_command("register")
 def main(
-    params_path: Annotated[
-        Path, typer.Option("--params", help="params.yaml to read")
-    ] = DEFAULT_PARAMS,
+    params_path: ParamsPath = DEFAULT_PARAMS,
     model_dir: Annotated[Path, typer.Option(help="the trained model")] = MODEL_DIR,
     prepared_dir: Annotated[
         Path, typer.Option(help="the prepared splits (test is hashed)")

@@ -22,7 +22,7 @@ from typing import Annotated
 import typer
 
 from tasks.core import tracking
-from tasks.core.cli import stage_command, user_help
+from tasks.core.cli import ParamsPath, stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, load_params
 from tasks.core.environment import PROJECT_ROOT
 from tasks.core.html_blocks import CSS, esc
@@ -88,9 +88,7 @@ def write_report(project: Path, output: Path, parent_run: str | None = None) -> 
 @app.command()
 @stage_command("report")
 def main(
-    params_path: Annotated[
-        Path, typer.Option("--params", help="params.yaml to read")
-    ] = DEFAULT_PARAMS,
+    params_path: ParamsPath = DEFAULT_PARAMS,
     output: Annotated[Path, typer.Option(help="the page")] = PROJECT_ROOT / "reports" / REPORT_NAME,
 ) -> None:
     """Write reports/report.html and log it to the pipeline's MLflow run."""

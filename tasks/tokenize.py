@@ -34,7 +34,7 @@ from typing import Annotated, Any
 import typer
 
 from tasks.core import tracking
-from tasks.core.cli import stage_command, user_help
+from tasks.core.cli import ParamsPath, stage_command, user_help
 from tasks.core.config import (
     DEFAULT_PARAMS,
     SPLITS,
@@ -296,9 +296,7 @@ def _stable_fingerprints(directory: Path) -> None:
 @app.command()
 @stage_command("tokenize")
 def main(
-    params_path: Annotated[
-        Path, typer.Option("--params", help="params.yaml to read")
-    ] = DEFAULT_PARAMS,
+    params_path: ParamsPath = DEFAULT_PARAMS,
     prepared_dir: Annotated[Path, typer.Option(help="prepared parquet splits")] = PREPARED_DIR,
     output_dir: Annotated[
         Path, typer.Option(help="where the tokenized datasets go")

@@ -37,7 +37,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 
 from tasks.core import distributed, progress, tracking
 from tasks.core.checkpoints import final_model, run_lock, sweep_stale_checkpoints
-from tasks.core.cli import stage_command, user_help
+from tasks.core.cli import ParamsPath, stage_command, user_help
 from tasks.core.config import (
     BEST_PARAMS_FILE,
     DEFAULT_PARAMS,
@@ -215,9 +215,7 @@ def _metrics(run: Run, trainer: Any, counts: dict[str, Any], provenance: dict) -
 @app.command()
 @stage_command("train")
 def main(
-    params_path: Annotated[
-        Path, typer.Option("--params", help="params.yaml to read")
-    ] = DEFAULT_PARAMS,
+    params_path: ParamsPath = DEFAULT_PARAMS,
     tokenized_dir: Annotated[
         Path, typer.Option(help="output of the tokenize stage")
     ] = TOKENIZED_DIR,

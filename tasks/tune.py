@@ -78,7 +78,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from tasks.core import tracking
-from tasks.core.cli import stage_command, user_help
+from tasks.core.cli import ParamsPath, stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, Params, load_params, require_tracked_inputs
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
@@ -291,9 +291,7 @@ def _require_completed(name: str, trials: list[Any]) -> None:
 @app.command()
 @stage_command("tune")
 def main(
-    params_path: Annotated[
-        Path, typer.Option("--params", help="params.yaml to read")
-    ] = DEFAULT_PARAMS,
+    params_path: ParamsPath = DEFAULT_PARAMS,
     tokenized_dir: Annotated[
         Path, typer.Option(help="output of the tokenize stage")
     ] = TOKENIZED_DIR,

@@ -30,7 +30,7 @@ from typer.core import TyperGroup
 
 from tasks.commands import serving
 from tasks.commands.paramsdoc import stage_help
-from tasks.core.cli import plain, reflow, stage_command, user_help
+from tasks.core.cli import ParamsPath, plain, reflow, stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS
 from tasks.core.environment import PROJECT_ROOT
 
@@ -172,9 +172,7 @@ def serve(
         str | None,
         typer.Option(help="Model to serve (default: models:/<register.model_name>@champion)."),
     ] = None,
-    params_path: Annotated[
-        Path, typer.Option("--params", help="params.yaml to read")
-    ] = DEFAULT_PARAMS,
+    params_path: ParamsPath = DEFAULT_PARAMS,
     max_request_bytes: Annotated[
         int, typer.Option(min=1, help="Larger POST bodies are refused (413).")
     ] = serving.MAX_BYTES,

@@ -18,7 +18,7 @@ import yaml
 
 from tasks.commands.paramsdoc import key_lines
 from tasks.core import registry, tracking
-from tasks.core.cli import stage_command, user_help
+from tasks.core.cli import ParamsPath, stage_command, user_help
 from tasks.core.config import (
     BUILTIN_ENCODERS,
     DEFAULT_PARAMS,
@@ -160,9 +160,7 @@ def rollback(
     to: Annotated[
         int | None, typer.Option(help="Version to make champion (default: the one before).")
     ] = None,
-    params_path: Annotated[
-        Path, typer.Option("--params", help="params.yaml to read")
-    ] = DEFAULT_PARAMS,
+    params_path: ParamsPath = DEFAULT_PARAMS,
 ) -> None:
     """Move the champion alias back: to the champion before the current one, or to --to N."""
     params = load_params(params_path)

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import typer
 
 from tasks.commands.quantize import quantize_model
-from tasks.core.cli import stage_command, user_help
+from tasks.core.cli import ParamsPath, stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, load_params
 from tasks.core.entity_pipeline import EntityPipeline
 from tasks.core.errors import StageError
@@ -210,9 +210,7 @@ def main(
             help="Run int8 dynamic-quantized on the CPU (faster; see docs/user-guide.md)."
         ),
     ] = False,
-    params_path: Annotated[
-        Path, typer.Option("--params", help="params.yaml to read")
-    ] = DEFAULT_PARAMS,
+    params_path: ParamsPath = DEFAULT_PARAMS,
 ) -> None:
     """Print predictions of the champion (or --model-uri) for the given texts."""
     from tasks.core import tracking

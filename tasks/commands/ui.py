@@ -21,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from tasks.core.cli import stage_command, user_help
+from tasks.core.cli import ParamsPath, stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, load_params
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
@@ -152,9 +152,7 @@ def prefect_ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4
 @stage_command("ui")
 def optuna_ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
-    params_path: Annotated[
-        Path, typer.Option("--params", help="params.yaml to read")
-    ] = DEFAULT_PARAMS,
+    params_path: ParamsPath = DEFAULT_PARAMS,
 ) -> None:
     """Start the Optuna dashboard on the tuning studies: trials, history, importances."""
     command, env = optuna_dashboard(port, params_path)

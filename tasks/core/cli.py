@@ -11,7 +11,9 @@ import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from tasks.core.config import ParamsError
 from tasks.core.environment import PROJECT_ROOT
@@ -56,6 +58,10 @@ def reflow(text: str) -> str:
         else:
             paragraphs.append(" ".join(line.strip() for line in lines))
     return "\n\n".join(paragraphs)
+
+
+# The `--params` option every stage and command takes (one source for its flag and help).
+ParamsPath = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
 
 
 def relative_defaults(func: Callable[..., Any]) -> None:
