@@ -33,6 +33,7 @@ from tasks.commands.paramsdoc import stage_help
 from tasks.core.cli import ParamsPath, plain, reflow, stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS
 from tasks.core.environment import PROJECT_ROOT
+from tasks.core.tracking import PIPELINE_RUN_ENV, end_execution, new_pipeline_id
 
 # name -> (module, its Typer app, help panel); each app is the module's own command line.
 DELEGATED = {
@@ -162,7 +163,11 @@ def run(
     else:
         dvc = Path(sys.executable).parent / "dvc"
         command = [str(dvc), "repro", *stage]
-        raise typer.Exit(subprocess.run(command, cwd=PROJECT_ROOT, check=False).returncode)
+        execution = new_pipeline_id()  # the stages' MLflow parent run, ended here after them
+        env = {**os.environ, PIPELINE_RUN_ENV: execution}
+        code = subprocess.run(command, cwd=PROJECT_ROOT, env=env, check=False).returncode
+        end_execution(PROJECT_ROOT, execution, code)
+        raise typer.Exit(code)
 
 
 @command("Models")

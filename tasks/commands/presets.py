@@ -29,6 +29,7 @@ from tasks.commands.experiments import run_experiment
 from tasks.core.cli import stage_command, user_help
 from tasks.core.config import EXTERNAL_DATA_DIR, ParamsError
 from tasks.core.environment import PROJECT_ROOT
+from tasks.core.tracking import PIPELINE_RUN_ENV, end_execution, new_pipeline_id
 
 PRESETS_DIR = PROJECT_ROOT / "presets"
 SECTIONS = ("params", "data")
@@ -133,9 +134,20 @@ def main(
     """Run preset NAME as a DVC experiment; params.yaml and dvc.lock stay as they are."""
     preset = load_preset(name, project / "presets")
     imports = preset.data_imports(project, data)
-    done = run_experiment(
-        project, preset.params, experiment or name, targets=stage, imports=imports
-    )
+    execution = new_pipeline_id()  # the stages' MLflow parent run, ended here after them
+    returncode = 1
+    try:
+        done = run_experiment(
+            project,
+            preset.params,
+            experiment or name,
+            targets=stage,
+            imports=imports,
+            env={PIPELINE_RUN_ENV: execution},
+        )
+        returncode = 0
+    finally:
+        end_execution(project, execution, returncode)
     print(
         f"\npreset {name}: experiment '{done.name}' done in {done.seconds:.0f} s "
         f"(baseline {done.baseline[:7]}); params.yaml and dvc.lock are unchanged.\n"

@@ -2,8 +2,10 @@
 
 One pipeline execution is one parent run; every stage that logs opens a child run under it
 (tuning trials are grandchildren). Stages run in separate processes, so the execution is
-identified by ``PIPELINE_RUN_ID`` (the Prefect flow sets it to its flow run id) or, under a
-plain ``dvc repro``, by the ``dvc`` process that runs all the stages.
+identified by ``PIPELINE_RUN_ID`` (``finetune run`` and preset runs set it; the Prefect flow
+passes its flow run id) or, under a bare ``dvc repro`` that passes no id, by the ``dvc``
+process that runs all the stages. Whoever passes the id ends the parent run when the
+stages are done (:func:`end_execution`, :func:`end_pipeline`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 
 import yaml
 
-from tasks.core.config import Params, hide_password
+from tasks.core.config import Params, ParamsError, hide_password, load_params
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
+from tasks.core.environment import state_dir as state_dir_of
 from tasks.core.errors import HubError, StageError
 
 PIPELINE_TAG = "pipeline.id"
@@ -157,15 +160,25 @@ def registered_model_name(params: Params) -> str:
     return f"{data or 'custom'}-{kind}-classifier"
 
 
+PIPELINE_RUN_ENV = "PIPELINE_RUN_ID"
+
+
+def new_pipeline_id() -> str:
+    """A fresh execution id, for the stages one command starts (in ``PIPELINE_RUN_ENV``)."""
+    return f"run-{uuid.uuid4().hex[:12]}"
+
+
 def pipeline_id() -> str:
-    """The id shared by every stage of one pipeline execution."""
-    explicit = os.environ.get("PIPELINE_RUN_ID") or os.environ.get("PIPELINE_FLOW_RUN_ID")
+    """The id shared by every stage of one pipeline execution: the one its starter passed
+    (``PIPELINE_RUN_ID``, else the Prefect flow run's id)."""
+    explicit = os.environ.get(PIPELINE_RUN_ENV) or os.environ.get("PIPELINE_FLOW_RUN_ID")
     if explicit:
         return explicit
     import psutil
 
-    # `dvc repro` runs each stage command as a (grand)child of one dvc process: that
-    # process, with its start time, identifies the execution.
+    # Fallback for a bare `dvc repro` (or `dvc exp run`), which passes no id: it runs each
+    # stage command as a (grand)child of one dvc process, and that process, with its start
+    # time, identifies the execution.
     with contextlib.suppress(psutil.Error):
         for ancestor in psutil.Process().parents():
             command = " ".join(ancestor.cmdline())
@@ -260,21 +273,50 @@ def describe_error(exc: BaseException) -> str:
 def end_pipeline(
     params: Params, execution: str, error: str | None = None, state_dir: Path = STATE_DIR
 ) -> str | None:
-    """End ``execution``'s parent run: FINISHED, or FAILED with ``error`` as its tag.
+    """End ``execution``'s parent run: FINISHED, or FAILED with ``error`` as its tag (a tag a
+    failed stage already set, which names the stage, is kept).
 
-    Returns the parent's run id (None when no stage opened one).
+    The parent is looked up in every experiment of the store (a preset names its own).
+    Returns its run id; None when no stage opened one (nothing is created then).
     """
     import mlflow
 
-    experiment_id = configure(params, state_dir)
-    parent = find_parent(experiment_id, execution)
-    if parent is None:
+    uri = tracking_uri(params, state_dir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return None
+    use_store(params, state_dir)
+    found = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.`{PIPELINE_TAG}` = '{execution}' and tags.`{STAGE_TAG}` = 'pipeline'",
+        max_results=1,
+        output_format="list",
+    )
+    if not found:
+        return None
+    parent = found[0]
     client = mlflow.MlflowClient()
-    if error is not None:
-        client.set_tag(parent, ERROR_TAG, error[:4000])
-    client.set_terminated(parent, "FAILED" if error is not None else "FINISHED")
-    return parent
+    if error is not None and ERROR_TAG not in parent.data.tags:
+        client.set_tag(parent.info.run_id, ERROR_TAG, error[:4000])
+    client.set_terminated(parent.info.run_id, "FAILED" if error is not None else "FINISHED")
+    return parent.info.run_id
+
+
+def end_execution(project: Path, execution: str, returncode: int) -> None:
+    """End the parent run of the stages a command ran as ``execution`` (``finetune run``),
+    by the exit code of the DVC command: also when it ran only some stages (``--stage``) or
+    a stage was killed before it could mark the run. A store that cannot be reached is
+    reported in one line; the command's own exit code stands."""
+    import logging
+
+    from mlflow.exceptions import MlflowException
+
+    error = None if returncode == 0 else f"the DVC command exited with code {returncode}"
+    try:
+        params = load_params(project / "params.yaml")
+        end_pipeline(params, execution, error, state_dir_of(project))
+    except (MlflowException, StageError, ParamsError) as exc:
+        message = " ".join(str(exc).split())[:300]
+        logging.getLogger(__name__).warning("could not end MLflow run %s: %s", execution, message)
 
 
 # The stages whose runs (and tuning trials) sample system metrics: where the compute is.

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 
-from conftest import run, set_params
+from conftest import run, set_params, start_point_in
 
 
 def test_repro_validate_then_noop_then_only_changed_stages(project_copy):
@@ -41,3 +42,26 @@ def test_repro_validate_then_noop_then_only_changed_stages(project_copy):
 
     metrics = run(["dvc", "metrics", "show", "--json"], project_copy)
     assert "summary.json" in metrics.stdout
+
+
+def test_finetune_run_ends_the_parent_run_of_the_stages_it_ran(project_copy, tiny_model_dir):
+    """`finetune run` names its execution (PIPELINE_RUN_ID) and ends the MLflow parent run
+    when DVC returns: with `--stage tokenize` no stage is the last of dvc.yaml, so before it
+    did, the parent stayed RUNNING for ever."""
+    import mlflow
+
+    start = start_point_in(project_copy, tiny_model_dir)
+    set_params(
+        project_copy,
+        **{"prepare.max_examples": 60, "tokenize.max_length": 32, "model.name_or_path": str(start)},
+    )
+    run([sys.executable, "-m", "tasks.commands.main", "run", "--stage", "tokenize"], project_copy)
+
+    client = mlflow.MlflowClient(f"sqlite:///{project_copy / '.state/mlflow/mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = {r.data.tags["pipeline.stage"]: r for r in client.search_runs(ids)}
+    assert set(runs) == {"pipeline", "tokenize"}
+    parent, tokenize = runs["pipeline"], runs["tokenize"]
+    assert parent.info.status == "FINISHED" and tokenize.info.status == "FINISHED"
+    execution = parent.data.tags["pipeline.id"]
+    assert execution.startswith("run-") and tokenize.data.tags["pipeline.id"] == execution
