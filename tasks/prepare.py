@@ -14,12 +14,8 @@ run that fails leaves the previous outputs untouched.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -33,7 +29,7 @@ from tasks.core.cli import stage_command, user_help
 from tasks.core.config import SPLITS, Params, load_params, require_tracked_inputs
 from tasks.core.environment import PROJECT_ROOT
 from tasks.core.errors import StageError
-from tasks.core.io import fsync_dir, fsync_tree, write_atomic
+from tasks.core.io import staged_files, write_atomic
 from tasks.core.sources import BUILTINS, read_builtin, read_user_file, sha256_of
 from tasks.core.split_summary import given_file, origins, split_summary, summary_head
 from tasks.core.splitting import (
@@ -108,7 +104,7 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
     if grouped:
         summary["grouped_by"] = by_sentence or grouped_by(params)
     lineage = origins(params, given, removed)
-    with _staged(out_dir) as staged:
+    with staged_files(out_dir) as staged:
         _write_splits(staged, params, whole, frames, rows, given, summary, lineage)
         summary["total_examples"] = sum(s["examples"] for s in summary["splits"].values())
         summary.update(lineage)
@@ -232,20 +228,6 @@ def _schema(frame: pd.DataFrame) -> pa.Schema:
     for column in lists:
         head[column] = head[column].map(list)
     return pa.Schema.from_pandas(head, preserve_index=False)
-
-
-@contextlib.contextmanager
-def _staged(out_dir: Path) -> Iterator[Path]:
-    """A temporary folder in ``out_dir`` whose files are moved into ``out_dir`` when the
-    block ends without an error (each move atomic); on an error nothing is moved."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-") as tmp:
-        staged = Path(tmp)
-        yield staged
-        fsync_tree(staged)  # the files on disk before they replace the old ones
-        for path in staged.iterdir():
-            os.replace(path, out_dir / path.name)
-        fsync_dir(out_dir)
 
 
 @app.command()

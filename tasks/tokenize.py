@@ -26,8 +26,6 @@ import functools
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,7 +43,7 @@ from tasks.core.config import (
 from tasks.core.encoding import encode_texts, encode_words, model_inputs
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
-from tasks.core.io import replace_dir, write_json
+from tasks.core.io import staged_dir, write_json
 from tasks.core.labels import build_labels
 from tasks.core.model import load_tokenizer, quiet_transformers, resolve_model_source, vocab_hash
 from tasks.core.progress import Progress
@@ -250,16 +248,10 @@ def _save(output_dir: Path, splits: dict[str, Any], manifest: dict[str, Any]) ->
     """The datasets and the manifest into ``output_dir``, replaced whole once all is written."""
     import datasets
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary directory
-    try:
+    with staged_dir(output_dir) as tmp:
         datasets.DatasetDict(splits).save_to_disk(str(tmp))
         _stable_fingerprints(tmp)
         write_json(tmp / MANIFEST, manifest)
-        replace_dir(tmp, output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _report(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -1,16 +1,19 @@
 """Atomic writes: every output a stage writes goes through these (a crash never
-leaves half a file)."""
+leaves half a file): :func:`write_atomic` for one file, :func:`staged_dir` for a folder
+replaced whole, :func:`staged_files` for files that join a folder holding others."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +103,36 @@ def write_figure(path: Path, figure: Any, **savefig: Any) -> None:
     image = io.BytesIO()
     figure.savefig(image, format="png", **savefig)
     write_atomic(path, image.getvalue())
+
+
+@contextlib.contextmanager
+def staged_dir(target: Path) -> Iterator[Path]:
+    """A new folder beside ``target`` to write into; when the block ends without an error it
+    replaces ``target`` whole (:func:`replace_dir`), else it is removed and ``target`` is
+    left as it was."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_files(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder in ``out_dir`` whose files are moved into ``out_dir`` when the
+    block ends without an error (each move atomic; the folder's other files, such as the
+    ``.gitignore`` DVC keeps there, stay); on an error nothing is moved."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-") as tmp:
+        staged = Path(tmp)
+        yield staged
+        fsync_tree(staged)  # the files on disk before they replace the old ones
+        for path in staged.iterdir():
+            os.replace(path, out_dir / path.name)
+        fsync_dir(out_dir)
 
 
 def replace_dir(tmp: Path, target: Path) -> None:

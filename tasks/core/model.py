@@ -23,7 +23,7 @@ from tasks.core.config import BUILTIN_ENCODERS, is_hub_id, unpinned_message
 from tasks.core.encoders import encoder_dir
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
-from tasks.core.io import fsync_tree, replace_dir, write_json
+from tasks.core.io import fsync_tree, staged_dir, write_json
 from tasks.core.tracking import store_uri
 
 log = logging.getLogger(__name__)
@@ -323,14 +323,8 @@ def load_model(model_dir: Path, task: str) -> tuple[Any, Any]:
 def save_model(model: Any, tokenizer: Any, model_dir: Path, extra: dict[str, Any]) -> None:
     """``save_pretrained`` of the model and tokenizer plus the ``extra`` JSON files, written
     to a temporary folder beside ``model_dir`` and swapped into place whole."""
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
-    tmp.chmod(0o755)
-    try:
+    with staged_dir(model_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         for name, payload in extra.items():
             write_json(tmp / name, payload)
-        replace_dir(tmp, model_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

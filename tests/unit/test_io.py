@@ -204,3 +204,36 @@ def test_checkpoints_of_runs_killed_long_ago_are_swept_unless_locked(tmp_path):
         fcntl.flock(lock, fcntl.LOCK_EX)  # a run training that configuration right now
         assert sweep_stale_checkpoints(mine) == [old]
     assert not old.exists() and held.exists() and recent.exists() and mine.exists()
+
+
+def test_a_staged_folder_replaces_its_target_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "model"
+    (target / "old").mkdir(parents=True)
+    (target / "old" / "weights").write_text("v1")
+    with pytest.raises(RuntimeError), io.staged_dir(target) as staged:
+        (staged / "weights").write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert (target / "old" / "weights").read_text() == "v1"  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging left
+
+    with io.staged_dir(target) as staged:
+        (staged / "weights").write_text("v2")
+    assert sorted(p.name for p in target.iterdir()) == ["weights"]  # replaced whole
+    assert (target / "weights").read_text() == "v2"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o755)  # not mkdtemp's 0700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_staged_files_join_the_folder_and_keep_its_other_files(tmp_path):
+    out = tmp_path / "prepared"
+    out.mkdir()
+    (out / ".gitignore").write_text("/train.parquet\n")  # DVC's, beside the outputs
+    (out / "train.parquet").write_text("old")
+    with pytest.raises(ValueError), io.staged_files(out) as staged:
+        (staged / "train.parquet").write_text("half")
+        raise ValueError("bad row")
+    assert (out / "train.parquet").read_text() == "old"
+    with io.staged_files(out) as staged:
+        (staged / "train.parquet").write_text("new")
+    assert (out / "train.parquet").read_text() == "new"
+    assert sorted(p.name for p in out.iterdir()) == [".gitignore", "train.parquet"]
