@@ -62,12 +62,11 @@ from tasks.core.model import (
     quiet_transformers,
     vocab_hash,
 )
+from tasks.core.paths import MODEL_DIR, REPORTS_DIR, TOKENIZED_DIR
 from tasks.core.precision import choose_precision
-from tasks.core.tokenized import TOKENIZED_DIR, load_tokenized
+from tasks.core.tokenized import load_tokenized
 
 log = logging.getLogger(__name__)
-MODEL_DIR = PROJECT_ROOT / "models" / "model"
-REPORTS_DIR = PROJECT_ROOT / "reports"
 
 app = typer.Typer(add_completion=False, help=user_help(__doc__))
 

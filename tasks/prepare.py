@@ -25,11 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 
-from tasks.core.cli import stage_command, user_help
+from tasks.core.cli import ParamsPath, stage_command, user_help
 from tasks.core.config import SPLITS, Params, load_params, require_tracked_inputs
 from tasks.core.environment import PROJECT_ROOT
 from tasks.core.errors import StageError
 from tasks.core.io import staged_files, write_atomic
+from tasks.core.paths import DEFAULT_PARAMS, PREPARED_DIR, RAW_DIR
 from tasks.core.sources import BUILTINS, read_builtin, read_user_file, sha256_of
 from tasks.core.split_summary import given_file, origins, split_summary, summary_head
 from tasks.core.splitting import (
@@ -233,18 +234,12 @@ def _schema(frame: pd.DataFrame) -> pa.Schema:
 @app.command()
 @stage_command("prepare")
 def main(
-    params_file: Annotated[Path, typer.Option("--params", help="Parameters file.")] = Path(
-        "params.yaml"
-    ),
-    out_dir: Annotated[Path, typer.Option(help="Where the splits are written.")] = Path(
-        "data/prepared"
-    ),
-    raw_dir: Annotated[Path, typer.Option(help="Download folder of built-in data.")] = Path(
-        "data/raw"
-    ),
+    params_path: ParamsPath = DEFAULT_PARAMS,
+    out_dir: Annotated[Path, typer.Option(help="Where the splits are written.")] = PREPARED_DIR,
+    raw_dir: Annotated[Path, typer.Option(help="Download folder of built-in data.")] = RAW_DIR,
 ) -> None:
     """Read the configured data source and write the prepared train/validation/test splits."""
-    params = load_params(params_file)
+    params = load_params(params_path)
     # Before any file is read: user data must be in data/external/, which DVC tracks.
     require_tracked_inputs(params, PROJECT_ROOT, ["data.source"])
     prepare(params, out_dir, raw_dir)

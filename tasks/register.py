@@ -41,17 +41,15 @@ from tasks.core.config import DEFAULT_PARAMS, Params, load_params
 # Entity models registered before EntityPipeline moved to tasks.core.entity_pipeline were
 # pickled by reference to ``tasks.register.EntityPipeline``: loading them looks it up here.
 from tasks.core.entity_pipeline import EntityPipeline  # noqa: F401
-from tasks.core.environment import PROJECT_ROOT, STATE_DIR
+from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.fingerprints import require_evaluation, test_data_hash
 from tasks.core.io import write_json
+from tasks.core.paths import MODEL_DIR, PREPARED_DIR, REPORTS_DIR
 from tasks.core.promotion import decide, metric_key, trivial_baseline
 from tasks.core.verified import DIGEST_TAG
 
 log = logging.getLogger(__name__)
-MODEL_DIR = PROJECT_ROOT / "models" / "model"
-PREPARED_DIR = PROJECT_ROOT / "data" / "prepared"
-REPORTS_DIR = PROJECT_ROOT / "reports"
 
 app = typer.Typer(add_completion=False, help=user_help(__doc__))
 

@@ -27,6 +27,7 @@ from tasks.core.config import DEFAULT_PARAMS, load_params
 from tasks.core.environment import PROJECT_ROOT
 from tasks.core.html_blocks import CSS, esc
 from tasks.core.io import write_atomic
+from tasks.core.paths import PREPARED, REPORTS, REPORTS_DIR
 from tasks.core.report_sections import (
     data_section,
     errors_section,
@@ -56,7 +57,7 @@ def headline(reports: Path) -> str:
 
 def build_report(project: Path, parent_run: str | None = None) -> str:
     """The HTML page of the outputs in ``project`` (reports/, data/prepared/)."""
-    reports, prepared = project / "reports", project / "data" / "prepared"
+    reports, prepared = project / REPORTS, project / PREPARED
     title = f"Run report: {headline(reports)}"
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
@@ -89,7 +90,7 @@ def write_report(project: Path, output: Path, parent_run: str | None = None) -> 
 @stage_command("report")
 def main(
     params_path: ParamsPath = DEFAULT_PARAMS,
-    output: Annotated[Path, typer.Option(help="the page")] = PROJECT_ROOT / "reports" / REPORT_NAME,
+    output: Annotated[Path, typer.Option(help="the page")] = REPORTS_DIR / REPORT_NAME,
 ) -> None:
     """Write reports/report.html and log it to the pipeline's MLflow run."""
     import mlflow

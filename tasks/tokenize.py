@@ -46,13 +46,13 @@ from tasks.core.errors import StageError
 from tasks.core.io import staged_dir, write_json
 from tasks.core.labels import build_labels
 from tasks.core.model import load_tokenizer, quiet_transformers, resolve_model_source, vocab_hash
+from tasks.core.paths import PREPARED_DIR, REPORTS_DIR, TOKENIZED_DIR
 from tasks.core.progress import Progress
-from tasks.core.tokenized import MANIFEST, TOKENIZED_DIR
+from tasks.core.tokenized import MANIFEST
 from tasks.core.truncation import auto_max_length, check_unpredicted, encoder_limit
 
 log = logging.getLogger(__name__)
-PREPARED_DIR = PROJECT_ROOT / "data" / "prepared"
-REPORT_PATH = PROJECT_ROOT / "reports" / "tokenize.json"
+REPORT_PATH = REPORTS_DIR / "tokenize.json"
 COLUMNS = {
     "text_classification": ("text", "label"),
     "token_classification": ("tokens", "tags"),

@@ -50,14 +50,13 @@ from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.io import write_json
 from tasks.core.model import quiet_transformers, save_model
-from tasks.core.tokenized import TOKENIZED_DIR, load_tokenized
+from tasks.core.paths import MODEL_DIR, REPORTS_DIR, TOKENIZED_DIR
+from tasks.core.tokenized import load_tokenized
 from tasks.core.train_reports import histories, log_results, outcome, throughput, write_histories
 from tasks.core.train_setup import Run, resume_point, set_up_run
 from tasks.core.training import SaveEvery, make_trainer, training_arguments
 
 log = logging.getLogger(__name__)
-MODEL_DIR = PROJECT_ROOT / "models" / "model"
-REPORTS_DIR = PROJECT_ROOT / "reports"
 
 app = typer.Typer(add_completion=False, help=user_help(__doc__))
 

@@ -83,7 +83,7 @@ from tasks.core.config import DEFAULT_PARAMS, Params, load_params, require_track
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.model import quiet_transformers
-from tasks.core.tokenized import TOKENIZED_DIR
+from tasks.core.paths import REPORTS_DIR, TOKENIZED_DIR
 from tasks.core.training import build_model
 from tasks.tuning import finalists
 from tasks.tuning.data import TuningData, load_tuning_data
@@ -107,7 +107,6 @@ from tasks.tuning.study import (
 )
 
 log = logging.getLogger(__name__)
-REPORTS_DIR = PROJECT_ROOT / "reports"
 
 app = typer.Typer(add_completion=False, help=user_help(__doc__))
 

@@ -20,10 +20,11 @@ from typing import Annotated
 import pyarrow as pa
 import typer
 
-from tasks.core.cli import stage_command
+from tasks.core.cli import ParamsPath, stage_command
 from tasks.core.config import SPLITS, Params, load_params
 from tasks.core.errors import StageError
 from tasks.core.io import write_atomic
+from tasks.core.paths import DEFAULT_PARAMS, PREPARED_DIR, REPORTS_DIR
 from tasks.core.validation.expectations import suites
 from tasks.core.validation.frames import derive, load
 from tasks.core.validation.gx import run_gx
@@ -115,18 +116,14 @@ app = typer.Typer(add_completion=False, help="Validate the prepared splits (the 
 @app.command()
 @stage_command("validate")
 def main(
-    prepared_dir: Annotated[Path, typer.Option(help="Folder of the prepared splits.")] = Path(
-        "data/prepared"
-    ),
-    reports_dir: Annotated[Path, typer.Option(help="Where validation.json/.md go.")] = Path(
-        "reports"
-    ),
-    params: Annotated[Path, typer.Option("--params", help="The parameters file.")] = Path(
-        "params.yaml"
-    ),
+    prepared_dir: Annotated[
+        Path, typer.Option(help="Folder of the prepared splits.")
+    ] = PREPARED_DIR,
+    reports_dir: Annotated[Path, typer.Option(help="Where validation.json/.md go.")] = REPORTS_DIR,
+    params_path: ParamsPath = DEFAULT_PARAMS,
 ) -> None:
     """Run the validation gate; exit 1 listing the failed expectations when it fails."""
-    report = validate(load_params(params), prepared_dir, reports_dir)
+    report = validate(load_params(params_path), prepared_dir, reports_dir)
     if not report.success:
         raise StageError(f"validation failed: {report.failure_message()}")
 

@@ -31,8 +31,9 @@ from typing import Any
 
 import yaml
 
-from tasks.core.config import EXTERNAL_DATA_DIR, PRETRAINED_DIR, ParamsError, load_params
+from tasks.core.config import ParamsError, load_params
 from tasks.core.errors import StageError
+from tasks.core.paths import EXTERNAL_DATA_DIR, PRETRAINED_DIR
 
 # The input folders (dependencies in dvc.yaml): the only places data and start-point models
 # may come from, and where imports go.

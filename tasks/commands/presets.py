@@ -27,8 +27,9 @@ import yaml
 
 from tasks.commands.experiments import run_experiment
 from tasks.core.cli import stage_command, user_help
-from tasks.core.config import EXTERNAL_DATA_DIR, ParamsError
+from tasks.core.config import ParamsError
 from tasks.core.environment import PROJECT_ROOT
+from tasks.core.paths import EXTERNAL_DATA_DIR
 from tasks.core.tracking import PIPELINE_RUN_ENV, end_execution, new_pipeline_id
 
 PRESETS_DIR = PROJECT_ROOT / "presets"

@@ -29,9 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.core.environment import PROJECT_ROOT
-
-DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
+from tasks.core.paths import DEFAULT_PARAMS, EXTERNAL_DATA_DIR, PRETRAINED_DIR
 
 TaskType = Literal["text_classification", "token_classification"]
 # The scores a task's model is judged by (metrics.json and Trainer's evaluation keys), its
@@ -839,8 +837,6 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
 # The folders DVC tracks for the user's inputs (dependencies in dvc.yaml); relative to the
 # project root. A file or model anywhere else would be read, but a change to it would not
 # re-run anything: `dvc repro` would say "up to date" and keep the old results.
-EXTERNAL_DATA_DIR = Path("data", "external")  # prepare
-PRETRAINED_DIR = Path("models", "pretrained")  # tokenize, tune, train
 TRACKED_INPUTS = ("data.source", "model.name_or_path")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # models:/NAME@alias, hf://, https://, ...
 

@@ -9,10 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.config import SPLITS
-from tasks.core.environment import PROJECT_ROOT
 from tasks.core.errors import StageError
 
-TOKENIZED_DIR = PROJECT_ROOT / "data" / "tokenized"
 MANIFEST = "manifest.json"
 
 

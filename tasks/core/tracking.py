@@ -28,6 +28,7 @@ from tasks.core.config import Params, ParamsError, hide_password, load_params
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.environment import state_dir as state_dir_of
 from tasks.core.errors import HubError, StageError
+from tasks.core.paths import PARAMS_FILE, PREPARED
 
 PIPELINE_TAG = "pipeline.id"
 STAGE_TAG = "pipeline.stage"
@@ -244,7 +245,7 @@ def pipeline_run_name(project: Path, commit: str) -> str:
     import datetime
     import json
 
-    summary_path = project / "data" / "prepared" / "summary.json"
+    summary_path = project / PREPARED / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     data = str(summary.get("source", "data")).replace(" ", "-")
     task = str(summary.get("task", "pipeline"))
@@ -312,7 +313,7 @@ def end_execution(project: Path, execution: str, returncode: int) -> None:
 
     error = None if returncode == 0 else f"the DVC command exited with code {returncode}"
     try:
-        params = load_params(project / "params.yaml")
+        params = load_params(project / PARAMS_FILE)
         end_pipeline(params, execution, error, state_dir_of(project))
     except (MlflowException, StageError, ParamsError) as exc:
         message = " ".join(str(exc).split())[:300]
@@ -567,7 +568,7 @@ def log_datasets(project: Path, splits: tuple[str, ...], run_id: str | None = No
     hashes = dvc_hashes(project)
     inputs = []
     for split in splits:
-        path = project / "data" / "prepared" / f"{split}.parquet"
+        path = project / PREPARED / f"{split}.parquet"
         digest = hashes.get(f"data/prepared/{split}.parquet")
         if not path.exists() or digest is None:
             continue

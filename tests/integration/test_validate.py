@@ -89,8 +89,12 @@ def run_case(root: Path, frames, task: str = "text", **validate_params) -> Valid
 
 
 def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m tasks.validate`` on ``root``'s files (the defaults are the checkout's own
+    paths; ``args`` given later win)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "tasks.validate", *args]
+    here = ["--prepared-dir", "data/prepared", "--reports-dir", "reports"]
+    here += ["--params", "params.yaml"]
+    cmd = [sys.executable, "-m", "tasks.validate", *here, *args]
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
 
 
