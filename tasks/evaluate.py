@@ -36,8 +36,8 @@ import typer
 
 from tasks.core import behaviour, tracking
 from tasks.core.batching import check_budget, position_cap, token_budget
-from tasks.core.cli import ParamsPath, stage_command, user_help
-from tasks.core.config import DEFAULT_PARAMS, Params, headline_metric, load_params
+from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
+from tasks.core.config import DEFAULT_PARAMS, Params, headline_metric
 from tasks.core.entity_pipeline import windowed_words
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
@@ -288,7 +288,7 @@ def main(
     reports_dir: Annotated[Path, typer.Option(help="where the reports go")] = REPORTS_DIR,
 ) -> None:
     """Score models/model on the test split (see the module docstring)."""
-    run_stage(load_params(params_path), tokenized_dir, model_dir, reports_dir)
+    run_stage(stage_params(params_path, "evaluate"), tokenized_dir, model_dir, reports_dir)
 
 
 def run_stage(

@@ -25,9 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 
-from tasks.core.cli import ParamsPath, stage_command, user_help
-from tasks.core.config import SPLITS, Params, load_params, require_tracked_inputs
-from tasks.core.environment import PROJECT_ROOT
+from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
+from tasks.core.config import SPLITS, Params
 from tasks.core.errors import StageError
 from tasks.core.io import staged_files, write_atomic
 from tasks.core.paths import DEFAULT_PARAMS, PREPARED_DIR, RAW_DIR
@@ -239,9 +238,7 @@ def main(
     raw_dir: Annotated[Path, typer.Option(help="Download folder of built-in data.")] = RAW_DIR,
 ) -> None:
     """Read the configured data source and write the prepared train/validation/test splits."""
-    params = load_params(params_path)
-    # Before any file is read: user data must be in data/external/, which DVC tracks.
-    require_tracked_inputs(params, PROJECT_ROOT, ["data.source"])
+    params = stage_params(params_path, "prepare")  # checked: inputs tracked by DVC
     prepare(params, out_dir, raw_dir)
 
 

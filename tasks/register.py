@@ -35,8 +35,8 @@ from typing import Annotated, Any
 import typer
 
 from tasks.core import registry
-from tasks.core.cli import ParamsPath, stage_command, user_help
-from tasks.core.config import DEFAULT_PARAMS, Params, load_params
+from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
+from tasks.core.config import DEFAULT_PARAMS, Params
 
 # Entity models registered before EntityPipeline moved to tasks.core.entity_pipeline were
 # pickled by reference to ``tasks.register.EntityPipeline``: loading them looks it up here.
@@ -353,7 +353,7 @@ def main(
     ] = REPORTS_DIR,
 ) -> None:
     """Register models/model and decide whether it becomes the champion."""
-    register(load_params(params_path), model_dir, prepared_dir, reports_dir)
+    register(stage_params(params_path, "register"), model_dir, prepared_dir, reports_dir)
 
 
 if __name__ == "__main__":

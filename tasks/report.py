@@ -22,8 +22,8 @@ from typing import Annotated
 import typer
 
 from tasks.core import tracking
-from tasks.core.cli import ParamsPath, stage_command, user_help
-from tasks.core.config import DEFAULT_PARAMS, load_params
+from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
+from tasks.core.config import DEFAULT_PARAMS
 from tasks.core.environment import PROJECT_ROOT
 from tasks.core.html_blocks import CSS, esc
 from tasks.core.io import write_atomic
@@ -95,7 +95,7 @@ def main(
     """Write reports/report.html and log it to the pipeline's MLflow run."""
     import mlflow
 
-    params = load_params(params_path)
+    params = stage_params(params_path, "report")
     with tracking.stage_run(params, "report") as run:
         client = mlflow.MlflowClient()
         parent = client.get_run(run.info.run_id).data.tags.get("mlflow.parentRunId")

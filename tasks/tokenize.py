@@ -32,16 +32,14 @@ from typing import Annotated, Any
 import typer
 
 from tasks.core import tracking
-from tasks.core.cli import ParamsPath, stage_command, user_help
+from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
 from tasks.core.config import (
     DEFAULT_PARAMS,
     SPLITS,
     Params,
-    load_params,
-    require_tracked_inputs,
 )
 from tasks.core.encoding import encode_texts, encode_words, model_inputs
-from tasks.core.environment import PROJECT_ROOT, STATE_DIR
+from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.io import staged_dir, write_json
 from tasks.core.labels import build_labels
@@ -297,9 +295,7 @@ def main(
     state_dir: Annotated[Path, typer.Option(help="cache for registered models")] = STATE_DIR,
 ) -> None:
     """Tokenize data/prepared into data/tokenized (see the module docstring)."""
-    params = load_params(params_path)
-    # Before the model is read: a local start point must be in models/pretrained/.
-    require_tracked_inputs(params, PROJECT_ROOT, ["model.name_or_path"])
+    params = stage_params(params_path, "tokenize")  # checked: inputs tracked by DVC
     # The first stage that logs: it opens the pipeline's parent run, RUNNING from here on.
     with tracking.stage_run(params, "tokenize", state_dir):
         tracking.log_numbers(tokenize(params, prepared_dir, output_dir, report_path, state_dir))

@@ -37,16 +37,14 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 
 from tasks.core import distributed, progress, tracking
 from tasks.core.checkpoints import final_model, run_lock, sweep_stale_checkpoints
-from tasks.core.cli import ParamsPath, stage_command, user_help
+from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
 from tasks.core.config import (
     BEST_PARAMS_FILE,
     DEFAULT_PARAMS,
     Params,
     apply_tuned_params,
-    load_params,
-    require_tracked_inputs,
 )
-from tasks.core.environment import PROJECT_ROOT, STATE_DIR
+from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.io import write_json
 from tasks.core.model import quiet_transformers, save_model
@@ -223,9 +221,7 @@ def main(
     state_dir: Annotated[Path, typer.Option(help="checkpoints and the registry cache")] = STATE_DIR,
 ) -> None:
     """Fine-tune on data/tokenized into models/model (see the module docstring)."""
-    params = load_params(params_path)
-    # Before the model is read: a local start point must be in models/pretrained/.
-    require_tracked_inputs(params, PROJECT_ROOT, ["model.name_or_path"])
+    params = stage_params(params_path, "train")  # checked: inputs tracked by DVC
     # The values this run uses (tuned ones over params.yaml), so its MLflow run logs them too.
     params, _ = apply_tuned_params(params, Path(reports_dir) / BEST_PARAMS_FILE)
     if params.train.processes > 1 and not distributed.launched():

@@ -78,9 +78,9 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from tasks.core import tracking
-from tasks.core.cli import ParamsPath, stage_command, user_help
-from tasks.core.config import DEFAULT_PARAMS, Params, load_params, require_tracked_inputs
-from tasks.core.environment import PROJECT_ROOT, STATE_DIR
+from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
+from tasks.core.config import DEFAULT_PARAMS, Params
+from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.model import quiet_transformers
 from tasks.core.paths import REPORTS_DIR, TOKENIZED_DIR
@@ -303,9 +303,7 @@ def main(
     ] = False,
 ) -> None:
     """Search hyperparameters on the validation split (see the module docstring)."""
-    params = load_params(params_path)
-    # Before the model is read: a local start point must be in models/pretrained/.
-    require_tracked_inputs(params, PROJECT_ROOT, ["model.name_or_path"])
+    params = stage_params(params_path, "tune")  # checked: inputs tracked by DVC
     if worker:
         work(params, tokenized_dir, state_dir)
     else:

@@ -20,8 +20,8 @@ from typing import Annotated
 import pyarrow as pa
 import typer
 
-from tasks.core.cli import ParamsPath, stage_command
-from tasks.core.config import SPLITS, Params, load_params
+from tasks.core.cli import ParamsPath, stage_command, stage_params
+from tasks.core.config import SPLITS, Params
 from tasks.core.errors import StageError
 from tasks.core.io import write_atomic
 from tasks.core.paths import DEFAULT_PARAMS, PREPARED_DIR, REPORTS_DIR
@@ -123,7 +123,7 @@ def main(
     params_path: ParamsPath = DEFAULT_PARAMS,
 ) -> None:
     """Run the validation gate; exit 1 listing the failed expectations when it fails."""
-    report = validate(load_params(params_path), prepared_dir, reports_dir)
+    report = validate(stage_params(params_path, "validate"), prepared_dir, reports_dir)
     if not report.success:
         raise StageError(f"validation failed: {report.failure_message()}")
 

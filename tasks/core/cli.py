@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tasks.core.config import ParamsError
+from tasks.core.config import Params, ParamsError, load_params, require_tracked_inputs
 from tasks.core.environment import PROJECT_ROOT
 from tasks.core.errors import StageError
 
@@ -117,6 +117,28 @@ def full_disk_message(exc: BaseException) -> str:
         "stage again; outputs are replaced only when complete, so the previous ones (and "
         "any earlier checkpoint) are kept"
     )
+
+
+# The user's inputs each stage reads, checked to be tracked by DVC before any is read (a file
+# or model elsewhere would be read, but a change to it would re-run nothing).
+STAGE_INPUTS = {
+    "prepare": ("data.source",),
+    "tokenize": ("model.name_or_path",),
+    "tune": ("model.name_or_path",),
+    "train": ("model.name_or_path",),
+}
+
+
+def stage_params(path: Path, stage: str, project_root: Path = PROJECT_ROOT) -> Params:
+    """``path`` loaded as ``stage``'s params, with the inputs it reads (:data:`STAGE_INPUTS`)
+    checked to be tracked.
+
+    Raises:
+        ParamsError: a bad file, key or value, or an untracked input (one line each).
+    """
+    params = load_params(path)
+    require_tracked_inputs(params, project_root, STAGE_INPUTS.get(stage, ()))
+    return params
 
 
 def stage_command(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
