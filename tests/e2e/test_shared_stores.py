@@ -2,7 +2,9 @@
 
 Two git clones of one tiny project (toy reviews, a tiny random BERT, one tuning trial, one
 epoch) share an MLflow tracking server (PostgreSQL backend, artifacts proxied) and an Optuna
-storage (PostgreSQL). Both pipelines run at once and each must be recorded on its own: its
+storage (PostgreSQL). Both pipelines run at once, one as `dvc repro`, the other as the Prefect
+flow (`finetune run --flow`, its own temporary Prefect server and database in the clone's
+`.state/prefect`), and each must be recorded on its own: its
 pipeline run with its stage runs, its study with its one trial, its own model version. Then
 the server is killed before a stage and during one (register, while it logs a model): the
 stage retries with backoff, then fails in one line naming the server, leaving no
@@ -93,7 +95,10 @@ def stores(postgres, tmp_path_factory, tiny_model_dir):
         frame[["text", "label"]].to_csv(clone / "data/external/reviews.csv", index=False)
         set_params(clone, **{"train.seed": seed})
         clones.append(clone)
-    pipelines = [start(["dvc", "repro"], clone) for clone in clones]
+    alice, bob = clones
+    flow = [sys.executable, "-m", "tasks.commands.main", "run", "--flow"]
+    # Prefect's logs and artifacts land in bob's .state: the password grep reads them there.
+    pipelines = [start(["dvc", "repro"], alice), start(flow, bob, PREFECT_HOME=prefect_home(bob))]
     for clone, process in zip(clones, pipelines, strict=True):
         stdout, stderr = process.communicate(timeout=900)
         assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
@@ -102,11 +107,16 @@ def stores(postgres, tmp_path_factory, tiny_model_dir):
     server.kill()
 
 
-def start(command: list[str], cwd: Path) -> subprocess.Popen:
+def start(command: list[str], cwd: Path, **env: str) -> subprocess.Popen:
+    environment = {k: v for k, v in project_env().items() if k != "PREFECT_API_URL"}
     return subprocess.Popen(
-        command, cwd=cwd, env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        command, cwd=cwd, env={**environment, **env}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def prefect_home(clone: Path) -> str:
+    return str(clone / ".state" / "prefect")
 
 
 def report(clone: Path, name: str) -> dict:
@@ -171,9 +181,10 @@ def test_two_pipelines_at_once_are_each_recorded_once(stores):
 
 def test_no_password_in_anything_the_runs_wrote_or_logged(stores, postgres):
     """Issue 31 item 2: the database passwords (the superuser's, and each database role's in
-    PGPASSFILE) appear in no file of either clone (reports, params, dvc.lock, .state, git),
-    in no output of the pipelines, in no MLflow param or tag of any run, and in nothing the
-    server wrote (artifacts, log); the stores' URLs hold no password at all."""
+    PGPASSFILE) appear in no file of either clone (reports, params, dvc.lock, .state with the
+    Prefect database of bob's flow run: its logs and artifacts, git), in no output of the
+    pipelines, in no MLflow param or tag of any run, and in nothing the server wrote
+    (artifacts, log); the stores' URLs hold no password at all."""
     import mlflow
 
     server, clones, optuna_url = stores
@@ -190,6 +201,8 @@ def test_no_password_in_anything_the_runs_wrote_or_logged(stores, postgres):
     runs = client.search_runs([client.get_experiment_by_name("finetune").experiment_id])
     logged = [(r.info.run_id, str(r.data.params), str(r.data.tags)) for r in runs]
     assert len(files) > 100 and len(runs) >= 2 * len(STAGE_RUNS)
+    prefect = b"".join(p.read_bytes() for p in Path(prefect_home(clones[1])).glob("*.db*"))
+    assert b"Running stage 'train'" in prefect and b"register-report" in prefect  # log, artifact
     for secret in secrets:
         assert not [p for p in files if secret.encode() in p.read_bytes()], secret[:3]
         assert not [r for r in logged if secret in r[1] + r[2]], secret[:3]
