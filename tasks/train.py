@@ -3,7 +3,7 @@ on validation.
 
 Reads ``task``, ``model.name_or_path``, ``tracking.uri`` and ``train`` from ``params.yaml``
 and ``data/tokenized/``; when ``tune.enabled``, the values in ``reports/best_params.json`` (the
-tune stage's best trial) replace the ``train`` keys they name (``config.apply_tuned_params``).
+tune stage's best trial) replace the ``train`` keys they name (``tasks.core.tuned.apply_tuned_params``).
 Writes ``models/model/`` (``save_pretrained`` layout: safetensors weights, tokenizer,
 ``id2label``/``label2id`` in the config, ``training_params.json`` with the train values used
 and their source), ``reports/train_history.csv``
@@ -38,12 +38,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 from tasks.core import distributed, progress, tracking
 from tasks.core.checkpoints import final_model, run_lock, sweep_stale_checkpoints
 from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
-from tasks.core.config import (
-    BEST_PARAMS_FILE,
-    DEFAULT_PARAMS,
-    Params,
-    apply_tuned_params,
-)
+from tasks.core.config import DEFAULT_PARAMS, Params
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.io import write_json
@@ -53,6 +48,7 @@ from tasks.core.tokenized import load_tokenized
 from tasks.core.train_reports import histories, log_results, outcome, throughput, write_histories
 from tasks.core.train_setup import Run, resume_point, set_up_run
 from tasks.core.training import SaveEvery, make_trainer, training_arguments
+from tasks.core.tuned import BEST_PARAMS_FILE, apply_tuned_params
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ from typing import Annotated, Any
 
 import typer
 
-from tasks.core.config import Params, ParamsError, load_params, require_tracked_inputs
+from tasks.core.config import Params, ParamsError, load_params
 from tasks.core.environment import PROJECT_ROOT
 from tasks.core.errors import StageError
+from tasks.core.tracked_inputs import require_tracked_inputs
 
 SEE_MODULE = " (see the module docstring)"
 

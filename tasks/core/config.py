@@ -6,15 +6,10 @@ path and the value (``validate.max_duplicate_share: must be <= 1, got 3``).
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import json
 import math
-import os
 import re
-import shlex
 import typing
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.core.paths import DEFAULT_PARAMS, EXTERNAL_DATA_DIR, PRETRAINED_DIR
+from tasks.core.paths import DEFAULT_PARAMS
 
 TaskType = Literal["text_classification", "token_classification"]
 # The scores a task's model is judged by (metrics.json and Trainer's evaluation keys), its
@@ -40,6 +35,9 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "token_classification": ("f1_micro", "f1_macro", "token_accuracy"),
 }
 
+
+# A value with a scheme is no path: models:/NAME@alias, hf://, https://, ...
+URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 # A URL's password: ``scheme://user:PASSWORD@host``.
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)[^@\s]*@")
@@ -604,7 +602,7 @@ class ModelParams(Section):
                 f"{revision!r} is not a commit sha (40 hex digits); a branch or tag moves: run "
                 f"`finetune model pin {spec} --revision {revision}`"
             )
-        if spec in BUILTIN_ENCODERS or _URI.match(spec) or spec.startswith(("/", ".", "~")):
+        if spec in BUILTIN_ENCODERS or URI_SCHEME.match(spec) or spec.startswith(("/", ".", "~")):
             raise ValueError(
                 f"{revision!r} is for a Hugging Face Hub id, but model.name_or_path is {spec!r}; "
                 "set model.revision: null"
@@ -750,7 +748,7 @@ def load_params(
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
+        set_dotted(raw, dotted, value)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
@@ -822,7 +820,12 @@ def _suggestion(loc: list[str], raw: dict[str, Any]) -> str:
     return f" (known keys: {', '.join(known)})"
 
 
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``raw[a][b]...`` for the dotted key ``a.b...``, creating sections on the way.
+
+    Raises:
+        ParamsError: a part of the path is a value, not a section.
+    """
     node = raw
     *parents, leaf = dotted.split(".")
     for part in parents:
@@ -830,136 +833,6 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ParamsError(f"override {dotted!r}: {part!r} is not a section")
     node[leaf] = value
-
-
-# --- every input tracked by DVC ---------------------------------------------------------------
-
-# The folders DVC tracks for the user's inputs (dependencies in dvc.yaml); relative to the
-# project root. A file or model anywhere else would be read, but a change to it would not
-# re-run anything: `dvc repro` would say "up to date" and keep the old results.
-TRACKED_INPUTS = ("data.source", "model.name_or_path")
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # models:/NAME@alias, hf://, https://, ...
-
-
-def untracked_inputs(
-    params: Params,
-    project_root: Path,
-    keys: Iterable[str] = TRACKED_INPUTS,
-    base: Path | None = None,
-) -> list[str]:
-    """The user inputs of ``params`` that DVC does not track, one message per problem.
-
-    A user data file (``data.source``) must lie in ``<project_root>/data/external/``, and a
-    local start-point model (``model.name_or_path``, other than ``default`` and
-    ``models:/...``) in ``<project_root>/models/pretrained/``, with symbolic links resolved
-    (a link may only point into DVC's own cache, as ``cache.type: symlink`` makes them).
-    Nothing is read: the check runs before a stage opens any input.
-
-    Args:
-        params: validated parameters.
-        project_root: the project of the running stage (``tasks.core.environment.PROJECT_ROOT``).
-        keys: which inputs to check (a stage checks the ones it reads).
-        base: the folder relative paths are read from (default: the current directory,
-            the project root when DVC runs the stage).
-
-    Returns:
-        ``key: value ...`` lines naming the value and how to bring it into the project;
-        empty when every input is tracked.
-    """
-    root = Path(project_root).resolve()
-    base = Path(base) if base is not None else Path.cwd()
-    problems = []
-    if "data.source" in keys and params.data.builtin is None:
-        for split, path in params.data.source.files().items():
-            key = "data.source." + ("path" if split == "all" else split)
-            problem = _outside(key, str(path), base / path, root, EXTERNAL_DATA_DIR)
-            problems += [problem] if problem else []
-    if "model.name_or_path" not in keys or params.model.revision is not None:
-        return problems  # (a hub model pinned by commit: the params are the whole input)
-    spec = params.model.name_or_path
-    if spec not in BUILTIN_ENCODERS and not _URI.match(spec):
-        path = Path(spec).expanduser()
-        if is_hub_id(spec) and not (base / path).exists():
-            return [*problems, unpinned_message(spec)]
-        problem = _outside("model.name_or_path", spec, base / path, root, PRETRAINED_DIR)
-        problems += [problem] if problem else []
-    return problems
-
-
-# A hub id: NAME or ORG/NAME (the hub's rule, huggingface_hub.utils.validate_repo_id).
-HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
-PIN_COMMAND = "finetune model pin"
-
-
-def is_hub_id(spec: str) -> bool:
-    """Whether ``spec`` reads as a hub id (``NAME`` or ``ORG/NAME``) rather than a path or a
-    URI; the caller decides first whether it is a built-in name or an existing directory."""
-    return bool(HUB_ID.match(spec)) and ".." not in spec and "--" not in spec
-
-
-def unpinned_message(spec: str) -> str:
-    """The refusal for a hub id without ``model.revision``, naming the command that pins it."""
-    return (
-        f"model.name_or_path: {spec!r} is not a local directory; as a Hugging Face Hub model it "
-        f"needs model.revision, a commit sha: run `{PIN_COMMAND} {spec}` (or "
-        f"`{PIN_COMMAND} {spec} --revision BRANCH_OR_TAG`)"
-    )
-
-
-def require_tracked_inputs(
-    params: Params, project_root: Path, keys: Iterable[str] = TRACKED_INPUTS
-) -> None:
-    """Raise unless every input in ``keys`` is tracked (see :func:`untracked_inputs`).
-
-    Raises:
-        ParamsError: one line per untracked input, naming the key, the value and the fix.
-    """
-    problems = untracked_inputs(params, project_root, keys)
-    if problems:
-        raise ParamsError("\n".join(problems))
-
-
-def _outside(key: str, value: str, path: Path, root: Path, folder: Path) -> str | None:
-    """The message for ``value`` (read as ``path``) unless it lies in ``root / folder``."""
-    allowed = root / folder
-    lexical = Path(os.path.normpath(path.absolute()))
-    resolved = path.resolve()
-    if resolved.is_relative_to(allowed):
-        return None
-    if lexical.is_relative_to(allowed) and _in_dvc_cache(resolved, root):
-        return None
-    where = f"{value!r}" if resolved == lexical else f"{value!r} (resolves to {resolved})"
-    stages = "prepare" if folder == EXTERNAL_DATA_DIR else "tokenize, tune and train"
-    copy = "cp" if folder == EXTERNAL_DATA_DIR else "cp -r"
-    origin, target = shlex.quote(str(resolved)), (folder / resolved.name).as_posix()
-    return (
-        f"{key}: {where} is outside {folder.as_posix()}/: DVC does not track it, so {stages} "
-        f"would not re-run when it changes. Bring it into the project and set {key}: "
-        f"{target}, either as a copy:\n"
-        f"    {copy} {origin} {shlex.quote(target)}\n"
-        f"  or keeping its origin (`dvc update {shlex.quote(target + '.dvc')}` fetches it "
-        "again after it changed):\n"
-        f"    dvc import-url {origin} {shlex.quote(target)}"
-    )
-
-
-def _in_dvc_cache(path: Path, root: Path) -> bool:
-    """Whether ``path`` is in the project's DVC cache (links made by ``cache.type: symlink``)."""
-    if path.is_relative_to((root / ".dvc" / "cache").resolve()):
-        return True
-    if not (root / ".dvc").is_dir():
-        return False
-    with contextlib.suppress(Exception):  # not a DVC repository, or an unreadable config
-        from dvc.repo import Repo  # only for this rare case: a configured cache.dir
-
-        with Repo(str(root)) as repo:
-            return path.is_relative_to(Path(repo.cache.local.path).resolve())
-    return False
-
-
-# --- tuned values over the train section ------------------------------------------------------
-
-BEST_PARAMS_FILE = "best_params.json"  # written by the tune stage into reports/, read by train
 
 
 def overlay_train(train: TrainParams, values: dict[str, Any]) -> TrainParams:
@@ -971,63 +844,5 @@ def overlay_train(train: TrainParams, values: dict[str, Any]) -> TrainParams:
     """
     raw = train.model_dump()
     for dotted, value in values.items():
-        _set_dotted(raw, dotted, value)
+        set_dotted(raw, dotted, value)
     return TrainParams.model_validate(raw)
-
-
-def apply_tuned_params(params: Params, best_params: Path | str) -> tuple[Params, dict[str, Any]]:
-    """The parameters a training run uses, and where its ``train`` values came from.
-
-    Precedence (also in ``params.yaml``): when ``tune.enabled`` is true and ``best_params``
-    (``reports/best_params.json``, written by the tune stage) holds a finished search
-    (``status: tuned``), its values replace the ``train`` keys they name; every other key
-    comes from ``params.yaml``. Otherwise, or when the search found nothing better than the
-    ``train`` values themselves (``source: defaults``), ``params.yaml`` alone decides.
-
-    Returns:
-        ``params`` with the resolved ``train`` section, and the provenance:
-        ``params_source`` (``tune`` or ``params.yaml``), ``tuned_params`` (the values taken
-        from the search), and for a tuned run the study, best trial and its score.
-
-    Raises:
-        ParamsError: ``best_params`` is unreadable or names invalid values.
-    """
-    path = Path(best_params)
-    provenance: dict[str, Any] = {"params_source": "params.yaml", "tuned_params": {}}
-    if not params.tune.enabled:
-        return params, {**provenance, "reason": "tune.enabled is false"}
-    if not path.is_file():
-        return params, {**provenance, "reason": f"{path.name} not found (tune has not run)"}
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ParamsError(f"{path}: unreadable: {exc}") from None
-    if not isinstance(found, dict) or found.get("status") != "tuned":
-        status = found.get("status") if isinstance(found, dict) else None
-        return params, {**provenance, "reason": f"{path.name}: status {status!r}, not 'tuned'"}
-    if found.get("source") == "defaults":  # no tuned configuration beat params.yaml's values
-        return params, {
-            **provenance,
-            "reason": f"{path.name}: source 'defaults': {found.get('reason')}",
-            "study_name": found.get("study_name"),
-            "best_trial": found.get("best_trial"),
-            "best_value": found.get("best_value"),
-            "metric": found.get("metric"),
-        }
-    values = found.get("params") or {}
-    unknown = sorted(set(values) - set(TUNABLE_TRAIN_KEYS))
-    if unknown:
-        raise ParamsError(f"{path}: not tunable train keys: {', '.join(unknown)}")
-    try:
-        train = overlay_train(params.train, values)
-    except ValidationError as exc:
-        problems = "; ".join(describe_errors(exc, {}))
-        raise ParamsError(f"{path}: tuned values are not valid train params: {problems}") from None
-    return params.model_copy(update={"train": train}), {
-        "params_source": "tune",
-        "tuned_params": values,
-        "study_name": found.get("study_name"),
-        "best_trial": found.get("best_trial"),
-        "best_value": found.get("best_value"),
-        "metric": found.get("metric"),
-    }

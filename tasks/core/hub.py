@@ -21,8 +21,9 @@ import logging
 import os
 from pathlib import Path
 
-from tasks.core.config import COMMIT_SHA, PIN_COMMAND
+from tasks.core.config import COMMIT_SHA
 from tasks.core.errors import HubError, StageError
+from tasks.core.tracked_inputs import PIN_COMMAND
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core import hub
-from tasks.core.config import BUILTIN_ENCODERS, is_hub_id, unpinned_message
+from tasks.core.config import BUILTIN_ENCODERS
 from tasks.core.encoders import encoder_dir
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.io import fsync_tree, staged_dir, write_json
+from tasks.core.tracked_inputs import is_hub_id, unpinned_message
 from tasks.core.tracking import store_uri
 
 log = logging.getLogger(__name__)

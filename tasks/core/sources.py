@@ -171,7 +171,7 @@ def read_user_file(path: Path, data: DataParams, task: str) -> pd.DataFrame:
     them), so the peak memory stays within a few times the file (bench/memory.py).
     Error messages quote the file's lines and header: call it on the user's data files only
     (prepare's CLI refuses any file outside data/external/ before reading, see
-    :func:`tasks.core.config.untracked_inputs`)."""
+    :func:`tasks.core.tracked_inputs.untracked_inputs`)."""
     codec = _check_readable(path, data.encoding)
     fmt = _format_of(path, data.format)
     origin = str(path)

@@ -12,8 +12,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tasks.core.config import BEST_PARAMS_FILE, Params
+from tasks.core.config import Params
 from tasks.core.io import write_atomic, write_csv, write_figure, write_json
+from tasks.core.tuned import BEST_PARAMS_FILE
 from tasks.tuning.data import TuningData
 from tasks.tuning.space import DEFAULTS_ROLE, defaults_values, is_defaults
 from tasks.tuning.storage import describe_storage

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import make_project, run, set_params, write_toy_prepared
 
-from tasks.core.config import Params, untracked_inputs
+from tasks.core.config import Params
+from tasks.core.tracked_inputs import untracked_inputs
 
 SECRET = "NOT-USER-DATA-7f3a"  # a line of a file outside the project: never echoed
 FIX = "dvc import-url"

@@ -33,8 +33,9 @@ from conftest import (
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial
 
-from tasks.core.config import ParamsError, apply_tuned_params, load_params
+from tasks.core.config import ParamsError, load_params
 from tasks.core.errors import StageError
+from tasks.core.tuned import apply_tuned_params
 from tasks.tokenize import tokenize
 from tasks.train import train
 from tasks.tune import run_search, tune
