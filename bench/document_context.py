@@ -59,9 +59,9 @@ def preset_params(overrides: dict, work: Path):
 
 def run_context(context: int, overrides: dict, work: Path) -> dict:
     """Tokenize with ``context`` sub-tokens a side, train, score the test split."""
-    from tasks.evaluate import evaluate
+    from tasks.core.scoring import evaluate
+    from tasks.core.tokenizing import tokenize
     from tasks.prepare import prepare
-    from tasks.tokenize import tokenize
     from tasks.train import train
 
     params = preset_params({**overrides, "tokenize.context_tokens": context}, work)

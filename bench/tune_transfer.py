@@ -7,7 +7,7 @@ For each seed (``train.seed`` and ``tune.seed``), with the default ``params.yaml
 
 1. the tune stage (``tasks.tune.tune``) in a fresh study: the search on the share, and the
    finalists round when a searched trial leads there;
-2. the train stage and the test split's accuracy (``tasks.evaluate.evaluate``) for each
+2. the train stage and the test split's accuracy (``tasks.core.scoring.evaluate``) for each
    configuration a policy picks: ``untuned`` (params.yaml), ``share`` (the choice made on the
    share alone, ``tune.finalists: 0``) and ``finalists`` (the stage's choice). A configuration
    two policies share is trained once.
@@ -53,8 +53,8 @@ def data_folder(params) -> Path:
 
 def prepared_data(params, work: Path) -> Path:
     """The default source prepared and tokenized once (the pipeline's own stages)."""
+    from tasks.core.tokenizing import tokenize
     from tasks.prepare import prepare
-    from tasks.tokenize import tokenize
 
     tokenized = work / "tokenized"
     if not (tokenized / "manifest.json").exists():
@@ -67,7 +67,7 @@ def train_and_test(params, values: dict, tokenized: Path, work: Path) -> None:
     """Train ``values`` over params.yaml's train section (tuning off), score the test split
     (``work/reports``: train_metrics.json, metrics.json)."""
     from tasks.core.config import overlay_train
-    from tasks.evaluate import evaluate
+    from tasks.core.scoring import evaluate
     from tasks.train import train
 
     untuned = params.model_copy(update={"tune": params.tune.model_copy(update={"enabled": False})})

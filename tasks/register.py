@@ -45,8 +45,11 @@ from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.fingerprints import require_evaluation, test_data_hash
 from tasks.core.io import write_json
+from tasks.core.model import load_tokenizer, model_class, resolve_model_source
 from tasks.core.paths import MODEL_DIR, PREPARED_DIR, REPORTS_DIR
 from tasks.core.promotion import decide, metric_key, trivial_baseline
+from tasks.core.scoring import evaluate
+from tasks.core.tokenizing import tokenize
 from tasks.core.verified import DIGEST_TAG
 
 log = logging.getLogger(__name__)
@@ -324,10 +327,6 @@ def rescore(
     params: Params, name: str, version: str, prepared_dir: Path, state_dir: Path
 ) -> dict[str, Any]:
     """Score a registered version on the current test split with the stages' own code."""
-    from tasks.core.model import load_tokenizer, model_class, resolve_model_source
-    from tasks.evaluate import evaluate
-    from tasks.tokenize import tokenize
-
     source = resolve_model_source(f"models:/{name}/{version}", params.tracking.uri, state_dir)
     with tempfile.TemporaryDirectory(dir=state_dir, prefix=".rescore-") as tmp:
         work = Path(tmp)

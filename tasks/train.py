@@ -3,7 +3,8 @@ on validation.
 
 Reads ``task``, ``model.name_or_path``, ``tracking.uri`` and ``train`` from ``params.yaml``
 and ``data/tokenized/``; when ``tune.enabled``, the values in ``reports/best_params.json`` (the
-tune stage's best trial) replace the ``train`` keys they name (``tasks.core.tuned.apply_tuned_params``).
+tune stage's best trial) replace the ``train`` keys they name
+(``tasks.core.tuned.apply_tuned_params``).
 Writes ``models/model/`` (``save_pretrained`` layout: safetensors weights, tokenizer,
 ``id2label``/``label2id`` in the config, ``training_params.json`` with the train values used
 and their source), ``reports/train_history.csv``

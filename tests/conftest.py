@@ -414,7 +414,7 @@ def tiny_params(task: str, model: str | Path, **sections):
 
 def build_tiny_model(directory: Path, model_dir: Path, task: str, epochs: int, **sections):
     """Tokenize toy data and train a tiny model: (params, tokenized dir, model dir)."""
-    from tasks.tokenize import tokenize
+    from tasks.core.tokenizing import tokenize
     from tasks.train import train
 
     params = tiny_params(task, model_dir, train={"epochs": max(epochs, 1)}, **sections)

@@ -117,7 +117,7 @@ def tokenize_splits(params: Any, splits: dict[str, Any], work: Path) -> tuple[An
     import pyarrow.parquet as pq
 
     from tasks.core.tokenized import load_tokenized
-    from tasks.tokenize import tokenize
+    from tasks.core.tokenizing import tokenize
 
     prepared = work / "prepared"
     prepared.mkdir(parents=True, exist_ok=True)

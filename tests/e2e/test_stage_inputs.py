@@ -85,10 +85,19 @@ def test_stage_depends_on_exactly_the_code_it_imports(stage):
 
 
 def test_import_walk_follows_lazy_imports():
-    """The walk sees imports inside functions (register re-scores with evaluate's code)."""
+    """The walk sees imports inside functions (the CLI loads the flow only for --flow)."""
+    assert "flows/pipeline.py" in code_closure("tasks.commands.main")
     closure = code_closure("tasks.register")
-    assert {"tasks/evaluate.py", "tasks/tokenize.py", "tasks/__init__.py"} <= closure
+    assert {"tasks/core/scoring.py", "tasks/core/tokenizing.py", "tasks/__init__.py"} <= closure
     assert "flows/pipeline.py" not in closure
+
+
+def test_stages_never_import_stages():
+    """What one stage needs of another's work lives in tasks/core (register re-scores with
+    tasks.core.tokenizing and tasks.core.scoring), so a stage's CLI changes only itself."""
+    stages = {f"tasks/{name}.py" for name in _stages()}
+    for stage in _stages():
+        assert code_closure(f"tasks.{stage}") & stages == {f"tasks/{stage}.py"}, stage
 
 
 # --- params each stage reads ------------------------------------------------------------------

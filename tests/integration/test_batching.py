@@ -49,7 +49,7 @@ def tokenized(tmp_path_factory, tiny_model_dir):
     from transformers import AutoTokenizer
 
     from tasks.core.tokenized import load_tokenized
-    from tasks.tokenize import tokenize
+    from tasks.core.tokenizing import tokenize
 
     out = {}
     directory = tmp_path_factory.mktemp("batching")
@@ -181,7 +181,7 @@ def test_budget_resolution_learning_rate_rule_and_too_small_budget():
 
 
 def test_train_with_a_token_budget_learns_and_scales_the_learning_rate(tmp_path, tiny_model_dir):
-    from tasks.tokenize import tokenize
+    from tasks.core.tokenizing import tokenize
     from tasks.train import train
 
     params = tiny_params(

@@ -16,8 +16,8 @@ from tasks.core.config import BehaviourParams
 from tasks.core.errors import StageError
 from tasks.core.model import load_model
 from tasks.core.precision import choose_precision
-from tasks.evaluate import evaluate
-from tasks.tokenize import tokenize
+from tasks.core.scoring import evaluate
+from tasks.core.tokenizing import tokenize
 from tasks.train import train
 
 

@@ -21,7 +21,7 @@ from conftest import (
 from tasks.core.errors import StageError
 from tasks.core.labels import words_from_subtokens
 from tasks.core.metrics import entity_scores, text_scores
-from tasks.evaluate import evaluate
+from tasks.core.scoring import evaluate
 
 
 def test_entity_scores_match_hand_computed_values():
@@ -159,7 +159,7 @@ def test_token_model_with_document_context_is_scored_on_each_sentence_alone(
     import pandas as pd
 
     from tasks.core.tokenized import load_tokenized
-    from tasks.tokenize import tokenize
+    from tasks.core.tokenizing import tokenize
     from tasks.train import train
 
     params = tiny_params(

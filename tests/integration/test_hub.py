@@ -20,8 +20,8 @@ from tasks.core.config import load_params
 from tasks.core.errors import StageError
 from tasks.core.hub import resolve_revision
 from tasks.core.model import load_tokenizer, resolve_model_source
+from tasks.core.tokenizing import tokenize
 from tasks.core.training import build_model
-from tasks.tokenize import tokenize
 
 REPO = "acme/tiny-bert"
 

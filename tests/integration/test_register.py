@@ -31,9 +31,10 @@ from tasks.core.config import BehaviourParams
 from tasks.core.errors import StageError
 from tasks.core.fingerprints import EVALUATED_FILE, model_md5, record_evaluation
 from tasks.core.promotion import decide, trivial_baseline
-from tasks.evaluate import evaluate, run_stage
+from tasks.core.scoring import evaluate
+from tasks.core.tokenizing import tokenize
+from tasks.evaluate import run_stage
 from tasks.register import register
-from tasks.tokenize import tokenize
 from tasks.train import train
 
 

@@ -31,9 +31,9 @@ from test_register import Trained
 
 from tasks.commands.servers import Postgres, tracking_server_command
 from tasks.core.errors import StageError
+from tasks.core.scoring import evaluate
+from tasks.core.tokenizing import tokenize
 from tasks.core.tracking import retry_insert_race
-from tasks.evaluate import evaluate
-from tasks.tokenize import tokenize
 from tasks.train import train
 
 

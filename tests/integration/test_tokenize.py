@@ -17,7 +17,7 @@ from tasks.core.errors import StageError
 from tasks.core.labels import align_labels
 from tasks.core.model import vocab_hash
 from tasks.core.tokenized import load_tokenized
-from tasks.tokenize import tokenize
+from tasks.core.tokenizing import tokenize
 
 TAG2ID = {"O": 0, "B-LOC": 1, "I-LOC": 2, "B-PER": 3, "I-PER": 4}
 

@@ -26,8 +26,8 @@ from conftest import run as run_command
 from tasks.core.config import load_params
 from tasks.core.errors import StageError
 from tasks.core.precision import choose_precision, cpu_supports_bf16
+from tasks.core.tokenizing import tokenize
 from tasks.core.training import build_model, head_parameter_names, make_trainer, training_arguments
-from tasks.tokenize import tokenize
 from tasks.train import train
 
 
@@ -520,8 +520,8 @@ def test_tokenized_data_of_another_task_is_refused_by_every_stage_that_reads_it(
     the same message, before any model is loaded; tune and train never open the test split."""
     import shutil
 
+    from tasks.core.scoring import evaluate
     from tasks.core.tokenized import load_tokenized
-    from tasks.evaluate import evaluate
     from tasks.tuning.data import load_tuning_data
 
     text = tiny_params("text_classification", tiny_model_dir)

@@ -35,8 +35,8 @@ from optuna.trial import FrozenTrial
 
 from tasks.core.config import ParamsError, load_params
 from tasks.core.errors import StageError
+from tasks.core.tokenizing import tokenize
 from tasks.core.tuned import apply_tuned_params
-from tasks.tokenize import tokenize
 from tasks.train import train
 from tasks.tune import run_search, tune
 from tasks.tuning.data import load_tuning_data, stratified_subset, trivial_baseline
