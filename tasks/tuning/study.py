@@ -111,13 +111,11 @@ def run_trials(params: Params, study: optuna.Study, objective: Any) -> int:
                 optuna.storages.fail_stale_trials(study)
             time.sleep(min(params.tune.heartbeat_interval, 5))
             continue
-        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
+        with warnings.catch_warnings():  # no optimize timeout: 0 s left would start no trial
+            warnings.simplefilter("ignore", ExperimentalWarning)  # (the objective keeps time)
             study.optimize(
-                objective, n_trials=1, timeout=left, catch=(Exception,),
-                callbacks=callbacks, gc_after_trial=True,
-            )  # fmt: skip
+                objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True
+            )
         last = study.get_trials(deepcopy=False)  # this process's trial: the latest it ran
         mine = [t for t in last if t.user_attrs.get("worker_pid") == os.getpid()]
         if mine and max(mine, key=lambda t: t.number).state == TrialState.FAIL:
