@@ -59,8 +59,8 @@ def preset_params(overrides: dict, work: Path):
 
 def run_context(context: int, overrides: dict, work: Path) -> dict:
     """Tokenize with ``context`` sub-tokens a side, train, score the test split."""
-    from tasks.core.scoring import evaluate
-    from tasks.core.tokenizing import tokenize
+    from tasks.core.data.tokenizing import tokenize
+    from tasks.core.evaluation.scoring import evaluate
     from tasks.prepare import prepare
     from tasks.train import train
 
@@ -104,7 +104,7 @@ def main() -> None:
     import torch
     import yaml
 
-    from tasks.core.model import quiet_transformers
+    from tasks.core.pretrained.model import quiet_transformers
 
     quiet_transformers()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

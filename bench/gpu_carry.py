@@ -39,7 +39,7 @@ def save_model(target: str) -> None:
     from transformers import AutoModel, AutoTokenizer
 
     import tasks  # noqa: F401 - offline
-    from tasks.core.model import default_model_path
+    from tasks.core.pretrained.model import default_model_path
 
     source, out = default_model_path(), Path(target)
     model = AutoModel.from_pretrained(source, dtype=torch.float32)

@@ -40,9 +40,9 @@ def register_default(work: Path) -> Path:
     import yaml
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tasks.core import registry
     from tasks.core.config import Params
-    from tasks.core.model import default_model_path
+    from tasks.core.pretrained.model import default_model_path
+    from tasks.core.registration import registry
 
     labels = ["negative", "positive"]
     model = AutoModelForSequenceClassification.from_pretrained(

@@ -39,7 +39,7 @@ def train_briefly(args: argparse.Namespace, work: Path):
     from speed.data import read_corpus, sample, tokenize_splits  # bench/speed/
 
     from tasks.core.config import load_params
-    from tasks.core.model import quiet_transformers
+    from tasks.core.pretrained.model import quiet_transformers
     from tasks.train import train
 
     quiet_transformers()

@@ -179,7 +179,8 @@ def _throughput_method(result: dict) -> list[str]:
         "Trainer default = `transformers.Trainer`, default "
         "`TrainingArguments` but batch size and steps, collator padding to the longest "
         "(token task: `DataCollatorForTokenClassification`); fixed-128 = the same, padded to "
-        "128. Inference: `tasks.core.inference.predict` vs a DataLoader sorted by length with "
+        "128. Inference: `tasks.core.evaluation.inference.predict` vs a DataLoader sorted by "
+        "length with "
         "autocast (best flags), or in random order, fp32.",
         "- MFU = FLOPs of the real tokens per second / measured peak of the path's precision; "
         "training 6·N·T, inference 2·N·T (N non-embedding parameters, T real tokens); "

@@ -3,7 +3,7 @@
 The encoder's forward+backward under bf16 autocast, ~16k padded tokens per step, one step per
 bucket width (tokenize.max_length 128): the first call of each width (kernel choice, cuDNN
 graph build) and the mean of 5 more. Keeps the evidence for ``configure_cuda_attention``
-(tasks/core/precision.py). CUDA only; on a CPU it prints one line and exits 0.
+(tasks/core/modeling/precision.py). CUDA only; on a CPU it prints one line and exits 0.
 
     python3 bench/sdpa_backends.py --model .state/gpu-carry/model --out sdpa.md
 """
@@ -33,7 +33,7 @@ def main() -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers import AutoModelForSequenceClassification
 
-    from tasks.core.batching import padded_length
+    from tasks.core.data.batching import padded_length
 
     widths = sorted({padded_length(n) for n in range(1, 129)})  # the token-budget groups
     model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2).cuda()

@@ -19,7 +19,8 @@ Training (real = non-padding tokens, the attention mask's sum):
   batches, padded to the longest in the batch, torch's default attention backends);
 - fixed-128: the tutorial style, every example padded to ``max_length`` 128, fp32.
 
-Inference: ``tasks.core.inference.predict`` (sorted by length, padded for the device, autocast) vs
+Inference: ``tasks.core.evaluation.inference.predict`` (sorted by length, padded for the device,
+autocast) vs
 the best flags (sorted by length, padded to the longest, autocast), vs random order padded to
 the longest, fp32, vs fixed 128, fp32. Tokenization: the tokenize stage's
 ``encode_texts`` / ``encode_words`` on the whole train file, and the ``tokenize()`` stage on the
@@ -215,8 +216,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     warnings.filterwarnings("ignore", message=".*pin_memory.*")  # Trainer default on a CPU
 
-    from tasks.core.model import quiet_transformers
-    from tasks.core.precision import choose_precision
+    from tasks.core.modeling.precision import choose_precision
+    from tasks.core.pretrained.model import quiet_transformers
     from tasks.core.tracking import device_name
 
     quiet_transformers()

@@ -76,7 +76,7 @@ def main() -> None:
     import torch
 
     from tasks.core.config import load_params
-    from tasks.core.model import quiet_transformers
+    from tasks.core.pretrained.model import quiet_transformers
 
     quiet_transformers()
     now = datetime.datetime.now(datetime.UTC)

@@ -93,8 +93,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
 
     from tasks.core.environment import STATE_DIR
-    from tasks.core.model import quiet_transformers
-    from tasks.core.precision import choose_precision
+    from tasks.core.modeling.precision import choose_precision
+    from tasks.core.pretrained.model import quiet_transformers
     from tasks.core.tracking import device_name
     from tasks.tuning.data import load_tuning_data
 

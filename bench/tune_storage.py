@@ -95,7 +95,7 @@ def main() -> None:
     from conftest import tiny_params, write_toy_prepared
 
     from tasks.commands.servers import Postgres
-    from tasks.core.tokenizing import tokenize
+    from tasks.core.data.tokenizing import tokenize
 
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     scratch = Path(tempfile.mkdtemp(prefix="bench-tune-storage-", dir=ROOT / ".state"))

@@ -7,7 +7,8 @@ For each seed (``train.seed`` and ``tune.seed``), with the default ``params.yaml
 
 1. the tune stage (``tasks.tune.tune``) in a fresh study: the search on the share, and the
    finalists round when a searched trial leads there;
-2. the train stage and the test split's accuracy (``tasks.core.scoring.evaluate``) for each
+2. the train stage and the test split's accuracy (``tasks.core.evaluation.scoring.evaluate``) for
+each
    configuration a policy picks: ``untuned`` (params.yaml), ``share`` (the choice made on the
    share alone, ``tune.finalists: 0``) and ``finalists`` (the stage's choice). A configuration
    two policies share is trained once.
@@ -53,7 +54,7 @@ def data_folder(params) -> Path:
 
 def prepared_data(params, work: Path) -> Path:
     """The default source prepared and tokenized once (the pipeline's own stages)."""
-    from tasks.core.tokenizing import tokenize
+    from tasks.core.data.tokenizing import tokenize
     from tasks.prepare import prepare
 
     tokenized = work / "tokenized"
@@ -67,7 +68,7 @@ def train_and_test(params, values: dict, tokenized: Path, work: Path) -> None:
     """Train ``values`` over params.yaml's train section (tuning off), score the test split
     (``work/reports``: train_metrics.json, metrics.json)."""
     from tasks.core.config import overlay_train
-    from tasks.core.scoring import evaluate
+    from tasks.core.evaluation.scoring import evaluate
     from tasks.train import train
 
     untuned = params.model_copy(update={"tune": params.tune.model_copy(update={"enabled": False})})
@@ -186,7 +187,7 @@ def main() -> None:
     import yaml
 
     from tasks.core.config import load_params
-    from tasks.core.model import quiet_transformers
+    from tasks.core.pretrained.model import quiet_transformers
 
     quiet_transformers()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

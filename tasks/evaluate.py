@@ -19,7 +19,8 @@ Reads ``task``, ``train.precision`` (inference runs in the training precision) a
   cut at the test split's median), texts with and without a negation (text task), and each
   entity type (token task).
 - ``eval_report.md``: the tables and the plot.
-- ``behaviour.json``: behavioural checks of the model (``tasks/core/behaviour.py``), with their
+- ``behaviour.json``: behavioural checks of the model (``tasks/core/evaluation/behaviour.py``),
+with their
   section of ``eval_report.md``; run by the stage after the scores (``evaluate.behaviour``).
 - ``evaluated.json``: the md5 of the weights the scores were measured on and the behaviour
   gate's outcome (also written when the gate fails); register registers nothing else.
@@ -34,15 +35,16 @@ from typing import Annotated, Any
 
 import typer
 
-from tasks.core import behaviour, tracking
+from tasks.core import tracking
 from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
 from tasks.core.config import DEFAULT_PARAMS, Params
 from tasks.core.environment import PROJECT_ROOT, STATE_DIR
 from tasks.core.errors import StageError
-from tasks.core.eval_reports import SLICES_FILE, SPEED_FILE
-from tasks.core.fingerprints import EVALUATED_FILE, record_evaluation
+from tasks.core.evaluation import behaviour
+from tasks.core.evaluation.eval_reports import SLICES_FILE, SPEED_FILE
+from tasks.core.evaluation.scoring import evaluate
 from tasks.core.paths import MODEL_DIR, REPORTS_DIR, TOKENIZED_DIR
-from tasks.core.scoring import evaluate
+from tasks.core.registration.fingerprints import EVALUATED_FILE, record_evaluation
 
 log = logging.getLogger(__name__)
 app = typer.Typer(add_completion=False, help=user_help(__doc__))
@@ -72,7 +74,8 @@ def run_stage(
 ) -> dict[str, Any]:
     """The stage inside its MLflow run: scores, reports, then the behavioural checks (whose
     gate, ``evaluate.behaviour.min_pass_rate``, may fail the stage once all is logged), and
-    last ``evaluated.json`` (weights and gate outcome, see :mod:`tasks.core.fingerprints`)."""
+    last ``evaluated.json`` (weights and gate outcome, see
+    :mod:`tasks.core.registration.fingerprints`)."""
     # Never a record of an earlier model: register reads it to know what it may register.
     (Path(reports_dir) / EVALUATED_FILE).unlink(missing_ok=True)
     # The run is open (RUNNING) while the stage works; a failure ends it FAILED.

@@ -27,12 +27,9 @@ import typer
 
 from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
 from tasks.core.config import SPLITS, Params
-from tasks.core.errors import StageError
-from tasks.core.io import staged_files, write_atomic
-from tasks.core.paths import DEFAULT_PARAMS, PREPARED_DIR, RAW_DIR
-from tasks.core.sources import BUILTINS, read_builtin, read_user_file, sha256_of
-from tasks.core.split_summary import given_file, origins, split_summary, summary_head
-from tasks.core.splitting import (
+from tasks.core.data.sources import BUILTINS, read_builtin, read_user_file, sha256_of
+from tasks.core.data.split_summary import given_file, origins, split_summary, summary_head
+from tasks.core.data.splitting import (
     empty_split_error,
     grouped_by,
     hold_out_validation,
@@ -40,6 +37,9 @@ from tasks.core.splitting import (
     split_rows,
     text_keys,
 )
+from tasks.core.errors import StageError
+from tasks.core.io import staged_files, write_atomic
+from tasks.core.paths import DEFAULT_PARAMS, PREPARED_DIR, RAW_DIR
 
 log = logging.getLogger(__name__)
 app = typer.Typer(add_completion=False, help=user_help(__doc__))

@@ -4,7 +4,7 @@ Registration is idempotent. Every version carries, as tags set in the same call 
 it, DVC's md5 of the model directory (``model_md5``, the ``.dir`` hash ``dvc.lock`` records
 for ``models/model``), the md5 of the test split it was scored on (``test_data_hash``) and
 the sha256 of the files the store holds (``weights_sha256``: what predict and serve verify,
-tasks/core/verified.py). When a version with the current weights exists already, it is
+tasks/core/registration/verified.py). When a version with the current weights exists already, it is
 reused: nothing is logged or registered again, the gate is re-applied to it, and its decision
 tags are updated. A version without ``weights_sha256`` (registered before it existed) is not
 reused: its weights are registered again, and the new version replaces it as champion.
@@ -34,23 +34,23 @@ from typing import Annotated, Any
 
 import typer
 
-from tasks.core import registry
 from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
 from tasks.core.config import DEFAULT_PARAMS, Params
+from tasks.core.data.tokenizing import tokenize
 
 # Entity models registered before EntityPipeline moved to tasks.core.entity_pipeline were
 # pickled by reference to ``tasks.register.EntityPipeline``: loading them looks it up here.
 from tasks.core.entity_pipeline import EntityPipeline  # noqa: F401
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
-from tasks.core.fingerprints import require_evaluation, test_data_hash
+from tasks.core.evaluation.scoring import evaluate
 from tasks.core.io import write_json
-from tasks.core.model import load_tokenizer, model_class, resolve_model_source
 from tasks.core.paths import MODEL_DIR, PREPARED_DIR, REPORTS_DIR
-from tasks.core.promotion import decide, metric_key, trivial_baseline
-from tasks.core.scoring import evaluate
-from tasks.core.tokenizing import tokenize
-from tasks.core.verified import DIGEST_TAG
+from tasks.core.pretrained.model import load_tokenizer, model_class, resolve_model_source
+from tasks.core.registration import registry
+from tasks.core.registration.fingerprints import require_evaluation, test_data_hash
+from tasks.core.registration.promotion import decide, metric_key, trivial_baseline
+from tasks.core.registration.verified import DIGEST_TAG
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from tasks.core import tracking
 from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
 from tasks.core.config import DEFAULT_PARAMS
 from tasks.core.environment import PROJECT_ROOT
-from tasks.core.html_blocks import CSS, esc
 from tasks.core.io import write_atomic
 from tasks.core.paths import PREPARED, REPORTS, REPORTS_DIR
-from tasks.core.report_sections import (
+from tasks.core.reports.html_blocks import CSS, esc
+from tasks.core.reports.report_sections import (
     data_section,
     errors_section,
     lineage_section,

@@ -17,7 +17,7 @@ sub-token lengths (text) or the longest (token tasks: a cut word is never predic
 rounded up to a multiple of 8, capped at the encoder's limit; the choice and its reason are
 in the manifest (``max_length_choice``). ``tokenize.context_tokens`` (token task): each
 sentence is encoded with its document's neighbouring sentences as unlabelled context
-(``tasks.core.context``).
+(``tasks.core.data.context``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import typer
 from tasks.core import tracking
 from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
 from tasks.core.config import DEFAULT_PARAMS
+from tasks.core.data.tokenizing import REPORT_PATH, tokenize
 from tasks.core.environment import STATE_DIR
 from tasks.core.paths import PREPARED_DIR, TOKENIZED_DIR
-from tasks.core.tokenizing import REPORT_PATH, tokenize
 
 app = typer.Typer(add_completion=False, help=user_help(__doc__))
 

@@ -18,7 +18,8 @@ same label set keeps its head (rows reordered if needed); otherwise a new head i
 Methods: ``full`` (all weights), ``head`` (encoder frozen), ``lora`` (peft adapters, merged
 into the saved model). The stock transformers ``Trainer`` runs the loop (mixed precision,
 length-grouped batches, gradient accumulation, clipping, schedules, the best epoch, early
-stopping, checkpoint/resume with RNG and optimizer state); ``tasks.core.training`` configures
+stopping, checkpoint/resume with RNG and optimizer state); ``tasks.core.modeling.training``
+configures
 it. Checkpoints live in ``.state/checkpoints/<run key>``, one run at a time per key.
 """
 
@@ -36,19 +37,26 @@ from typing import Annotated, Any
 import typer
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from tasks.core import distributed, progress, tracking
-from tasks.core.checkpoints import final_model, run_lock, sweep_stale_checkpoints
+from tasks.core import progress, tracking
 from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
 from tasks.core.config import DEFAULT_PARAMS, Params
+from tasks.core.data.tokenized import load_tokenized
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.io import write_json
-from tasks.core.model import quiet_transformers, save_model
+from tasks.core.modeling import distributed
+from tasks.core.modeling.checkpoints import final_model, run_lock, sweep_stale_checkpoints
+from tasks.core.modeling.train_setup import Run, resume_point, set_up_run
+from tasks.core.modeling.training import SaveEvery, make_trainer, training_arguments
 from tasks.core.paths import MODEL_DIR, REPORTS_DIR, TOKENIZED_DIR
-from tasks.core.tokenized import load_tokenized
-from tasks.core.train_reports import histories, log_results, outcome, throughput, write_histories
-from tasks.core.train_setup import Run, resume_point, set_up_run
-from tasks.core.training import SaveEvery, make_trainer, training_arguments
+from tasks.core.pretrained.model import quiet_transformers, save_model
+from tasks.core.reports.train_reports import (
+    histories,
+    log_results,
+    outcome,
+    throughput,
+    write_histories,
+)
 from tasks.core.tuned import BEST_PARAMS_FILE, apply_tuned_params
 
 log = logging.getLogger(__name__)

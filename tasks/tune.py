@@ -13,7 +13,7 @@ three plots (``reports/tune_history.png``, ``tune_importance.png``, ``tune_inter
 
 This module reads params, calls the search's parts in ``tasks/tuning/`` (space, storage,
 study, data, objective, results) and writes the outputs. Each trial trains with the train
-stage's own pieces (``tasks/core/training.py``: ``build_model``, ``apply_method``, the
+stage's own pieces (``tasks/core/modeling/training.py``: ``build_model``, ``apply_method``, the
 ``TrainingArguments``, its ``Trainer`` subclass, collators and length-grouped sampler) on a
 stratified ``tune.train_fraction`` of train, evaluates ``tune.evals_per_epoch`` times per
 epoch, reports the validation metric to Optuna at every evaluation and stops when the pruner says
@@ -82,9 +82,9 @@ from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
 from tasks.core.config import DEFAULT_PARAMS, Params
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
-from tasks.core.model import quiet_transformers
+from tasks.core.modeling.training import build_model
 from tasks.core.paths import REPORTS_DIR, TOKENIZED_DIR
-from tasks.core.training import build_model
+from tasks.core.pretrained.model import quiet_transformers
 from tasks.tuning import finalists
 from tasks.tuning.data import TuningData, load_tuning_data
 from tasks.tuning.objective import Objective, free_memory

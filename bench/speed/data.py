@@ -47,7 +47,7 @@ def _user_data(name: str, shared: Path, params: Any) -> tuple[Any, Path, Path]:
 
 def read_corpus(name: str, shared: Path, params: Any) -> Corpus | None:
     """SST-2 or CoNLL-2003 from ``shared``, read with the prepare stage's own reader."""
-    from tasks.core.sources import read_user_file
+    from tasks.core.data.sources import read_user_file
 
     data, train, dev = _user_data(name, shared, params)
     if not train.is_file():
@@ -116,8 +116,8 @@ def tokenize_splits(params: Any, splits: dict[str, Any], work: Path) -> tuple[An
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks.core.tokenized import load_tokenized
-    from tasks.core.tokenizing import tokenize
+    from tasks.core.data.tokenized import load_tokenized
+    from tasks.core.data.tokenizing import tokenize
 
     prepared = work / "prepared"
     prepared.mkdir(parents=True, exist_ok=True)
@@ -136,8 +136,8 @@ def tokenize_splits(params: Any, splits: dict[str, Any], work: Path) -> tuple[An
 
 def time_tokenization(tokenizer: Any, corpus: Corpus, max_length: int, limit: int | None) -> dict:
     """Sentences/s of the tokenize stage's encode function on the train file (no imports)."""
-    from tasks.core.encoding import encode_texts, encode_words
-    from tasks.core.labels import entity_type, iob2_tags
+    from tasks.core.data.encoding import encode_texts, encode_words
+    from tasks.core.data.labels import entity_type, iob2_tags
 
     frame = corpus.train if not limit else corpus.train.head(limit)
     if corpus.task == "text_classification":

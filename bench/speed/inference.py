@@ -1,4 +1,5 @@
-"""Inference paths: ``tasks.core.inference.predict`` vs a plain DataLoader (sorted by length with
+"""Inference paths: ``tasks.core.evaluation.inference.predict`` vs a plain DataLoader (sorted by
+length with
 autocast: the best flags; random order, fp32; padded to 128)."""
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ def infer_product(
     precision: Any,
     max_tokens: int | None,
 ) -> dict:
-    """``tasks.core.inference.predict`` (after a warm-up call on its first two batches)."""
-    from tasks.core.batching import inference_batches, position_cap
-    from tasks.core.inference import predict
+    """``tasks.core.evaluation.inference.predict`` (after a warm-up call on its first two
+    batches)."""
+    from tasks.core.data.batching import inference_batches, position_cap
+    from tasks.core.evaluation.inference import predict
 
     warm = dataset.select(range(min(len(dataset), 2 * batch)))
     predict(model, tokenizer, warm, task, batch, precision, max_tokens)
@@ -45,7 +47,7 @@ def infer_product(
     cap = position_cap(tokenizer)
     batches = inference_batches(lengths, batch, max_tokens, cap)
     size = f"<= {max_tokens} tokens" if max_tokens else f"{batch}"
-    eights = precision.device == "cuda"  # tasks.core.batching.padding_collator
+    eights = precision.device == "cuda"  # tasks.core.data.batching.padding_collator
     width = (lambda n: -(-n // 8) * 8) if eights else (lambda n: n)
     return {
         "path": "product",
@@ -79,8 +81,8 @@ def infer_baseline(
     flags: sorted by length (as Trainer's group_by_length evaluation), mixed precision."""
     import torch
 
-    from tasks.core.batching import model_columns, sorted_by_length
-    from tasks.core.precision import choose_precision
+    from tasks.core.data.batching import model_columns, sorted_by_length
+    from tasks.core.modeling.precision import choose_precision
 
     fixed, best = kind == "fixed-128", kind == BEST
     precision = choose_precision("auto")

@@ -92,8 +92,8 @@ def _inference(
     peaks: dict,
 ) -> list[dict]:
     """Every inference path over the whole sample, the same model."""
-    from tasks.core.batching import token_budget
-    from tasks.core.precision import choose_precision
+    from tasks.core.data.batching import token_budget
+    from tasks.core.modeling.precision import choose_precision
 
     precision = choose_precision(params.train.precision)
     max_tokens = token_budget(params.evaluate.max_tokens_per_batch, precision.device, "inference")
@@ -113,7 +113,7 @@ def _inference(
 
 def bench_dataset(corpus: Corpus, args: Any, peaks: dict[str, float], work: Path) -> dict:
     """Tokenization, training and inference of every path on one dataset."""
-    from tasks.core.model import load_tokenizer, resolve_model_source
+    from tasks.core.pretrained.model import load_tokenizer, resolve_model_source
 
     params = bench_params(args, corpus.task)
     tp = params.train
@@ -156,7 +156,7 @@ def _dev_accuracy(data: Any, task: str, batch: int) -> Any:
     """A function: dev accuracy of a model at a precision (the evaluate stage's predict)."""
     import numpy as np
 
-    from tasks.core.inference import predict
+    from tasks.core.evaluation.inference import predict
 
     gold = np.asarray(data["validation"]["labels"])
 
@@ -169,8 +169,8 @@ def _dev_accuracy(data: Any, task: str, batch: int) -> Any:
 
 def _product_accuracy(params: Any, work: Path, steps: int, accuracy: Any, task: str) -> tuple:
     """The product trained ``steps`` steps: its timing row, accuracy at its precision and fp32."""
-    from tasks.core.model import load_model
-    from tasks.core.precision import Precision, choose_precision
+    from tasks.core.modeling.precision import Precision, choose_precision
+    from tasks.core.pretrained.model import load_model
 
     row = train_product(params, work / "data" / "tokenized", work / "product", steps, 0)
     model, tokenizer = load_model(work / "product" / "model", task)
@@ -186,8 +186,8 @@ def _default_accuracy(
     params: Any, data: Any, labels: list, work: Path, steps: int, accuracy: Any, precision: Any
 ) -> tuple[dict, float]:
     """Trainer defaults trained ``steps`` steps: its timing row and fp32 accuracy."""
-    from tasks.core.model import load_tokenizer, resolve_model_source
-    from tasks.core.precision import Precision
+    from tasks.core.modeling.precision import Precision
+    from tasks.core.pretrained.model import load_tokenizer, resolve_model_source
 
     source = resolve_model_source(
         params.model.name_or_path, params.tracking.uri, work / "state", params.model.revision

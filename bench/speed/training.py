@@ -31,9 +31,9 @@ def train_product(
     """The product's own ``train()``, its Trainer wrapped to stop after the steps
     (``other_padding``: multiples of 8 where the device pads to the longest and vice versa,
     the ablation of ``padding_collator``)."""
-    import tasks.core.training as training
+    import tasks.core.modeling.training as training
     import tasks.train as product
-    from tasks.core.precision import choose_precision
+    from tasks.core.modeling.precision import choose_precision
 
     captured: list[Any] = []
     timed = timed_trainer(training.BatchedTrainer, warmup + steps, warmup, captured)
@@ -74,7 +74,7 @@ def fresh_model(params: Any, source: Any, labels: list[str]) -> Any:
     """The start model exactly as ``train()`` builds it (same seed, head, method)."""
     import transformers
 
-    from tasks.core.training import apply_method, build_model
+    from tasks.core.modeling.training import apply_method, build_model
 
     transformers.set_seed(params.train.seed)
     model, _ = build_model(params.task, source, labels, params.train.dropout)
@@ -96,7 +96,7 @@ def baseline_arguments(kind: str, params: Any, work: Path, max_steps: int) -> An
     best flags add mixed precision where the device has it and group_by_length."""
     from transformers import TrainingArguments
 
-    from tasks.core.precision import choose_precision
+    from tasks.core.modeling.precision import choose_precision
 
     tp = params.train
     best = kind == BEST
@@ -130,7 +130,7 @@ def train_baseline(
     ``Trainer best flags``: mixed precision where the device has it, group_by_length)."""
     from transformers import PrinterCallback, Trainer
 
-    from tasks.core.batching import model_columns
+    from tasks.core.data.batching import model_columns
 
     best = kind == BEST
     args = baseline_arguments(kind, params, work, warmup + steps)

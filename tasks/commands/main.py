@@ -50,7 +50,7 @@ DELEGATED = {
     "ui": ("tasks.commands.ui", "Servers"),
     "deploy": ("flows.deploy", "Pipeline"),
     "servers": ("tasks.commands.servers", "Servers"),
-    "sources": ("tasks.core.sources", "Pipeline"),
+    "sources": ("tasks.core.data.sources", "Pipeline"),
 }
 # Listed in this order (panels too); a module whose docstring is not about its command line
 # gets its summary here.
@@ -190,7 +190,8 @@ def serve(
     MLflow's own scoring server (the routes and formats of `mlflow models serve`) behind
     request limits (tasks/commands/serving.py), reading the registry at tracking.uri, else
     MLFLOW_TRACKING_URI, else the project's store. Only a verified version is served, run
-    by this checkout's code (tasks/core/verified.py): nothing from the registry executes.
+    by this checkout's code (tasks/core/registration/verified.py): nothing from the registry
+    executes.
     """
     from tasks.commands.predict import registry_hint
     from tasks.core import tracking

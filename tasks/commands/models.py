@@ -17,12 +17,13 @@ import typer
 import yaml
 
 from tasks.commands.paramsdoc import key_lines
-from tasks.core import registry, tracking
+from tasks.core import tracking
 from tasks.core.cli import ParamsPath, stage_command, user_help
 from tasks.core.config import BUILTIN_ENCODERS, DEFAULT_PARAMS, Params, ParamsError, load_params
-from tasks.core.encoders import encoder_dir
 from tasks.core.errors import StageError
-from tasks.core.hub import hub_endpoint, resolve_revision
+from tasks.core.pretrained.encoders import encoder_dir
+from tasks.core.pretrained.hub import hub_endpoint, resolve_revision
+from tasks.core.registration import registry
 from tasks.core.tracked_inputs import is_hub_id
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=user_help(__doc__))

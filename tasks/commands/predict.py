@@ -6,7 +6,8 @@
     python -m tasks.commands.predict --quantize --file texts.txt   # int8 dynamic quantization, CPU
 
 The version is verified before use and run by this project's code, never by code from the
-registry (tasks/core/verified.py). Text classification prints the label and its score per
+registry (tasks/core/registration/verified.py). Text classification prints the label and its score
+per
 text; token classification prints each entity with its type, score, character span
 ``[start:end]`` and ``word``, which is ``text[start:end]``: the words as the text has them
 (case, accents, spacing), whatever the tokenizer did to them (see
@@ -27,8 +28,8 @@ from tasks.core.cli import ParamsPath, stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, load_params
 from tasks.core.entity_pipeline import EntityPipeline
 from tasks.core.errors import StageError
+from tasks.core.registration.verified import VerifiedModel, load_verified, verified_model
 from tasks.core.reporter import Progress
-from tasks.core.verified import VerifiedModel, load_verified, verified_model
 
 app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
@@ -80,7 +81,7 @@ def predict_chunks(
 
 
 def load_model(model_uri: str, tracking_uri: str | None = None) -> VerifiedModel:
-    """The version at ``model_uri``, downloaded and verified (tasks/core/verified.py;
+    """The version at ``model_uri``, downloaded and verified (tasks/core/registration/verified.py;
     ``tracking_uri`` None: MLflow's current registry URI); a missing model or alias says why
     and what to run."""
     import mlflow
@@ -96,7 +97,8 @@ def load_model(model_uri: str, tracking_uri: str | None = None) -> VerifiedModel
 
 class Predictor:
     """A verified model run by this project's code: weights and tokenizer loaded by
-    transformers (:func:`~tasks.core.verified.load_verified`), int8 dynamic-quantized with
+    transformers (:func:`~tasks.core.registration.verified.load_verified`), int8 dynamic-quantized
+    with
     ``quantize``; calling it on texts gives ``{label, score}`` per text (text classification)
     or a list of entities per text (``EntityPipeline``'s, token classification)."""
 

@@ -109,7 +109,7 @@ class ServedModel:
 def served_model(model_uri: str, tracking_uri: str) -> Any:
     """The verified version at ``model_uri`` as a pyfunc model built here: its ``MLmodel``
     (signature; read as YAML data) and :class:`ServedModel`; nothing from the registry is
-    unpickled or executed (tasks/core/verified.py)."""
+    unpickled or executed (tasks/core/registration/verified.py)."""
     from mlflow.models import Model
     from mlflow.pyfunc import PyFuncModel
 

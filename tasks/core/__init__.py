@@ -1,3 +1,4 @@
-"""What the stages share: typed params, data sources, model and batching plumbing, the
-training pieces, tracking, progress, atomic writes. Stages import from here; nothing here
-imports a stage."""
+"""What the stages share, in layers: the flat plumbing modules (params, paths, io, errors,
+cli, tracking), then ``pretrained``, ``data``, ``validation``, ``modeling``, ``evaluation``,
+``registration`` and ``reports``. A module imports only its own layer and those before it;
+nothing here imports a stage."""

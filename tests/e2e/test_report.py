@@ -203,7 +203,7 @@ def test_entity_report_has_per_type_scores_and_wrong_words(tmp_path, tiny_model_
     evaluate's metrics.json and errors.jsonl (a tiny model trained by the real stages)."""
     from conftest import build_tiny_model
 
-    from tasks.core.scoring import evaluate
+    from tasks.core.evaluation.scoring import evaluate
 
     params, tokenized, model = build_tiny_model(tmp_path, tiny_model_dir, "token_classification", 1)
     evaluate(params, tokenized, model, tmp_path / "reports")

@@ -88,13 +88,18 @@ def test_import_walk_follows_lazy_imports():
     """The walk sees imports inside functions (the CLI loads the flow only for --flow)."""
     assert "flows/pipeline.py" in code_closure("tasks.commands.main")
     closure = code_closure("tasks.register")
-    assert {"tasks/core/scoring.py", "tasks/core/tokenizing.py", "tasks/__init__.py"} <= closure
+    assert {
+        "tasks/core/evaluation/scoring.py",
+        "tasks/core/data/tokenizing.py",
+        "tasks/__init__.py",
+    } <= closure
     assert "flows/pipeline.py" not in closure
 
 
 def test_stages_never_import_stages():
     """What one stage needs of another's work lives in tasks/core (register re-scores with
-    tasks.core.tokenizing and tasks.core.scoring), so a stage's CLI changes only itself."""
+    tasks.core.data.tokenizing and tasks.core.evaluation.scoring), so a stage's CLI changes only
+    itself."""
     stages = {f"tasks/{name}.py" for name in _stages()}
     for stage in _stages():
         assert code_closure(f"tasks.{stage}") & stages == {f"tasks/{stage}.py"}, stage
@@ -261,11 +266,11 @@ def test_changed_inputs_rerun_exactly_their_stages(recorded_reads):
     report after it, which shows its decision) every time: neither output is ever restored
     from the run cache behind MLflow's back."""
     _, project = recorded_reads
-    sources = project / "tasks/core/sources.py"
+    sources = project / "tasks/core/data/sources.py"
     original = sources.read_text()
     sources.write_text(original + "\n# an edit to a parser\n")
     status = run(["dvc", "status"], project).stdout
-    assert "prepare:" in status and "modified:           tasks/core/sources.py" in status
+    assert "prepare:" in status and "modified:           tasks/core/data/sources.py" in status
     sources.write_text(original)
     assert run(["dvc", "status"], project).stdout.strip() == "Data and pipelines are up to date."
 

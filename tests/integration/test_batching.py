@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_params, write_toy_prepared
 
-from tasks.core.batching import (
+from tasks.core.data.batching import (
     LengthGroupedBatches,
     TokenBudgetBatches,
     check_budget,
@@ -19,7 +19,7 @@ from tasks.core.batching import (
     token_budget,
 )
 from tasks.core.errors import StageError
-from tasks.core.training import budget_mean_batch
+from tasks.core.modeling.training import budget_mean_batch
 
 torch = pytest.importorskip("torch")
 CUDA = torch.cuda.is_available()
@@ -48,8 +48,8 @@ def tokenized(tmp_path_factory, tiny_model_dir):
     """Toy text and token data tokenized by the stage (max_length 32), and the tokenizer."""
     from transformers import AutoTokenizer
 
-    from tasks.core.tokenized import load_tokenized
-    from tasks.core.tokenizing import tokenize
+    from tasks.core.data.tokenized import load_tokenized
+    from tasks.core.data.tokenizing import tokenize
 
     out = {}
     directory = tmp_path_factory.mktemp("batching")
@@ -65,9 +65,9 @@ def tokenized(tmp_path_factory, tiny_model_dir):
 def trainer_for(task: str, data, tokenizer, tiny_model_dir: Path, tmp_path: Path, **train):
     """The train stage's Trainer (``make_trainer``) on the CPU, no training run."""
     from tasks.core.config import TrainParams
-    from tasks.core.model import model_class
-    from tasks.core.precision import Precision
-    from tasks.core.training import make_trainer, training_arguments
+    from tasks.core.modeling.precision import Precision
+    from tasks.core.modeling.training import make_trainer, training_arguments
+    from tasks.core.pretrained.model import model_class
 
     tp = TrainParams(batch_size=16, seed=3, **train)
     model = model_class(task).from_pretrained(tiny_model_dir, num_labels=5)
@@ -117,7 +117,7 @@ def test_evaluation_batches_pad_to_their_longest_and_are_not_counted(
 
 
 def test_cuda_pads_to_multiples_of_8(tokenized):
-    from tasks.core.batching import padding_collator
+    from tasks.core.data.batching import padding_collator
 
     datasets, tokenizer = tokenized
     for task, data in datasets.items():
@@ -181,7 +181,7 @@ def test_budget_resolution_learning_rate_rule_and_too_small_budget():
 
 
 def test_train_with_a_token_budget_learns_and_scales_the_learning_rate(tmp_path, tiny_model_dir):
-    from tasks.core.tokenizing import tokenize
+    from tasks.core.data.tokenizing import tokenize
     from tasks.train import train
 
     params = tiny_params(
@@ -202,9 +202,9 @@ def test_train_with_a_token_budget_learns_and_scales_the_learning_rate(tmp_path,
 def test_predict_with_a_budget_matches_batch_size_predictions(tokenized, tiny_model_dir):
     import numpy as np
 
-    from tasks.core.inference import predict
-    from tasks.core.model import model_class
-    from tasks.core.precision import Precision
+    from tasks.core.evaluation.inference import predict
+    from tasks.core.modeling.precision import Precision
+    from tasks.core.pretrained.model import model_class
 
     datasets, tokenizer = tokenized
     for task, data in datasets.items():
@@ -241,7 +241,7 @@ def test_length_grouped_batches_are_reproducible_shuffled_and_pad_little():
 def test_cuda_precision_turns_cudnn_attention_off_and_every_length_runs():
     from transformers import BertConfig, BertForSequenceClassification
 
-    from tasks.core.precision import choose_precision
+    from tasks.core.modeling.precision import choose_precision
 
     torch.backends.cuda.enable_cudnn_sdp(True)
     precision = choose_precision("auto")

@@ -11,13 +11,13 @@ import pytest
 import yaml
 from conftest import tiny_params, write_toy_prepared
 
-from tasks.core.behaviour import cases_file, check_model, gate, load_cases, run_checks
 from tasks.core.config import BehaviourParams
+from tasks.core.data.tokenizing import tokenize
 from tasks.core.errors import StageError
-from tasks.core.model import load_model
-from tasks.core.precision import choose_precision
-from tasks.core.scoring import evaluate
-from tasks.core.tokenizing import tokenize
+from tasks.core.evaluation.behaviour import cases_file, check_model, gate, load_cases, run_checks
+from tasks.core.evaluation.scoring import evaluate
+from tasks.core.modeling.precision import choose_precision
+from tasks.core.pretrained.model import load_model
 from tasks.train import train
 
 
@@ -264,8 +264,8 @@ def test_the_sst2_preset_maps_its_0_1_labels_to_sentiments():
     from conftest import ROOT
 
     from tasks.commands.presets import load_preset
-    from tasks.core.behaviour import sentiment_indices
     from tasks.core.config import load_params
+    from tasks.core.evaluation.behaviour import sentiment_indices
 
     sst2 = load_params(ROOT / "params.yaml", load_preset("sst2").params).evaluate.behaviour
     assert sentiment_indices({0: "0", 1: "1"}, sst2.sentiment_labels) == {

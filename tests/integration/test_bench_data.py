@@ -8,7 +8,7 @@ import importlib
 import pytest
 from conftest import ROOT, tiny_params
 
-from tasks.core.sources import read_user_file
+from tasks.core.data.sources import read_user_file
 
 CONLL = """-DOCSTART- -X- -X- O
 

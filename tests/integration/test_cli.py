@@ -150,7 +150,7 @@ def test_predict_a_file_as_json_with_progress_and_serve_the_model(
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     from tasks.commands.predict import CHUNK
-    from tasks.core.labels import iob2_tags
+    from tasks.core.data.labels import iob2_tags
 
     labels = iob2_tags(["PER"])
     model = AutoModelForTokenClassification.from_pretrained(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.core.encoders import SPLIT_ENCODERS, encoder_dir
 from tasks.core.errors import StageError
+from tasks.core.pretrained.encoders import SPLIT_ENCODERS, encoder_dir
 
 
 def test_a_cached_part_that_differs_from_its_pin_is_never_used(tmp_path, monkeypatch, caplog):

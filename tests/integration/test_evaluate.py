@@ -18,10 +18,10 @@ from conftest import (
     write_toy_prepared,
 )
 
+from tasks.core.data.labels import words_from_subtokens
 from tasks.core.errors import StageError
-from tasks.core.labels import words_from_subtokens
-from tasks.core.metrics import entity_scores, text_scores
-from tasks.core.scoring import evaluate
+from tasks.core.evaluation.scoring import evaluate
+from tasks.core.modeling.metrics import entity_scores, text_scores
 
 
 def test_entity_scores_match_hand_computed_values():
@@ -130,7 +130,7 @@ def test_sentences_cut_by_max_length_are_predicted_in_windows(tmp_path, tiny_mod
         tokenize={"max_length": 10, "max_unpredicted_share": 1.0},  # cut words on purpose
     )  # fmt: skip
     metrics = evaluate(params, tokenized, model_dir, tmp_path / "reports")
-    from tasks.core.tokenized import load_tokenized
+    from tasks.core.data.tokenized import load_tokenized
 
     data, manifest = load_tokenized(tokenized)
     test = data["test"]
@@ -158,8 +158,8 @@ def test_token_model_with_document_context_is_scored_on_each_sentence_alone(
     evaluate predicts and scores exactly the sentence's own words, none of the context."""
     import pandas as pd
 
-    from tasks.core.tokenized import load_tokenized
-    from tasks.core.tokenizing import tokenize
+    from tasks.core.data.tokenized import load_tokenized
+    from tasks.core.data.tokenizing import tokenize
     from tasks.train import train
 
     params = tiny_params(

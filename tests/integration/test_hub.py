@@ -17,11 +17,11 @@ from conftest import ROOT, free_port, project_env, tiny_params, write_toy_prepar
 from hubserver import LocalHub
 
 from tasks.core.config import load_params
+from tasks.core.data.tokenizing import tokenize
 from tasks.core.errors import StageError
-from tasks.core.hub import resolve_revision
-from tasks.core.model import load_tokenizer, resolve_model_source
-from tasks.core.tokenizing import tokenize
-from tasks.core.training import build_model
+from tasks.core.modeling.training import build_model
+from tasks.core.pretrained.hub import resolve_revision
+from tasks.core.pretrained.model import load_tokenizer, resolve_model_source
 
 REPO = "acme/tiny-bert"
 

@@ -10,8 +10,8 @@ from conftest import register_tiny
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from tasks.commands.predict import predict, render
+from tasks.core.data.labels import iob2_tags
 from tasks.core.entity_pipeline import EntityPipeline
-from tasks.core.labels import iob2_tags
 
 
 def _token(index: int, tag: str, start: int, end: int, score: float = 0.9) -> dict:

@@ -12,13 +12,13 @@ import pytest
 from conftest import ROOT, make_project
 from prepare_data import reviews_csv, run_prepare, user_data, write_params
 
-from tasks.core import sources
-from tasks.core.sources import BUILTINS
+from tasks.core.data import sources
+from tasks.core.data.sources import BUILTINS
 
 
 def test_fetch_command_fills_the_shared_cache():
     done = subprocess.run(
-        [sys.executable, "-m", "tasks.core.sources", "fetch"],
+        [sys.executable, "-m", "tasks.core.data.sources", "fetch"],
         cwd=ROOT,
         env=os.environ,  # FINETUNE_DOWNLOAD_CACHE: the main checkout's cache (conftest)
         capture_output=True,

@@ -28,11 +28,11 @@ from conftest import (
 )
 
 from tasks.core.config import BehaviourParams
+from tasks.core.data.tokenizing import tokenize
 from tasks.core.errors import StageError
-from tasks.core.fingerprints import EVALUATED_FILE, model_md5, record_evaluation
-from tasks.core.promotion import decide, trivial_baseline
-from tasks.core.scoring import evaluate
-from tasks.core.tokenizing import tokenize
+from tasks.core.evaluation.scoring import evaluate
+from tasks.core.registration.fingerprints import EVALUATED_FILE, model_md5, record_evaluation
+from tasks.core.registration.promotion import decide, trivial_baseline
 from tasks.evaluate import run_stage
 from tasks.register import register
 from tasks.train import train
@@ -575,7 +575,7 @@ def test_a_champion_without_the_digest_is_replaced_by_a_verified_version(text_mo
     refused by predict; registering its weights again makes a verified version, which takes
     its place as champion (the unverified one is not reused)."""
     from tasks.commands.predict import predict
-    from tasks.core.verified import DIGEST_TAG
+    from tasks.core.registration.verified import DIGEST_TAG
 
     own = text_model.named("toy-reverify")
     first = own.register()

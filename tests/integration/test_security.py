@@ -16,7 +16,7 @@ from tasks.commands.servers import read_pgpass
 from tasks.core.config import ParamsError, hide_password, load_params
 from tasks.core.environment import private_state_dir
 from tasks.core.errors import StageError
-from tasks.core.model import registry_cache_dir, resolve_model_source
+from tasks.core.pretrained.model import registry_cache_dir, resolve_model_source
 
 # --- item 4: registry versions never become paths outside .state/registry -----------------
 

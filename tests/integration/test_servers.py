@@ -30,9 +30,9 @@ from conftest import (
 from test_register import Trained
 
 from tasks.commands.servers import Postgres, tracking_server_command
+from tasks.core.data.tokenizing import tokenize
 from tasks.core.errors import StageError
-from tasks.core.scoring import evaluate
-from tasks.core.tokenizing import tokenize
+from tasks.core.evaluation.scoring import evaluate
 from tasks.core.tracking import retry_insert_race
 from tasks.train import train
 
@@ -160,9 +160,10 @@ def test_two_registers_deciding_at_once_leave_the_better_champion(
     """Issue 31 item 5 on the PostgreSQL-backed server: champion v1 0.80; A registers 0.90 and
     B 0.85 "at the same time": the second to register decided against v1 too (its champion
     read is v1, as if it happened before the first set the alias) and sets the alias last.
-    The compare-and-set after the alias (tasks.core.registry.settle_champion) leaves the
+    The compare-and-set after the alias (tasks.core.registration.registry.settle_champion) leaves
+    the
     better model champion in both orders."""
-    from tasks.core import registry
+    from tasks.core.registration import registry
 
     trained = served_model.named(f"race-{'better' if better_first else 'worse'}-first")
     trained.set_score(0.80)

@@ -12,12 +12,12 @@ import pytest
 import yaml
 from conftest import ROOT, project_env, tiny_params, write_toy_prepared
 
-from tasks.core.encoding import encode_words
+from tasks.core.data.encoding import encode_words
+from tasks.core.data.labels import align_labels
+from tasks.core.data.tokenized import load_tokenized
+from tasks.core.data.tokenizing import tokenize
 from tasks.core.errors import StageError
-from tasks.core.labels import align_labels
-from tasks.core.model import vocab_hash
-from tasks.core.tokenized import load_tokenized
-from tasks.core.tokenizing import tokenize
+from tasks.core.pretrained.model import vocab_hash
 
 TAG2ID = {"O": 0, "B-LOC": 1, "I-LOC": 2, "B-PER": 3, "I-PER": 4}
 
@@ -235,7 +235,7 @@ def test_words_past_max_length_warn_and_fail_above_the_share(tmp_path, tiny_mode
         "token_classification", tiny_model_dir,
         tokenize={"max_length": 8, "max_unpredicted_share": 1.0},
     )  # fmt: skip
-    with caplog.at_level("WARNING", logger="tasks.core.truncation"):
+    with caplog.at_level("WARNING", logger="tasks.core.data.truncation"):
         manifest, _, report = run_tokenize(tmp_path / "lenient", lenient, "token_classification")
     cut = manifest["splits"]["test"]["words_past_max_length"]
     assert 0 < cut < manifest["splits"]["test"]["words"]

@@ -24,10 +24,15 @@ from conftest import (
 from conftest import run as run_command
 
 from tasks.core.config import load_params
+from tasks.core.data.tokenizing import tokenize
 from tasks.core.errors import StageError
-from tasks.core.precision import choose_precision, cpu_supports_bf16
-from tasks.core.tokenizing import tokenize
-from tasks.core.training import build_model, head_parameter_names, make_trainer, training_arguments
+from tasks.core.modeling.precision import choose_precision, cpu_supports_bf16
+from tasks.core.modeling.training import (
+    build_model,
+    head_parameter_names,
+    make_trainer,
+    training_arguments,
+)
 from tasks.train import train
 
 
@@ -61,8 +66,8 @@ def validation_loss(model_dir: Path, tokenized: Path) -> float:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tasks.core.batching import model_columns, padding_collator
-    from tasks.core.tokenized import load_tokenized
+    from tasks.core.data.batching import model_columns, padding_collator
+    from tasks.core.data.tokenized import load_tokenized
 
     data, _ = load_tokenized(tokenized)
     split = data["validation"].select_columns(model_columns(data["validation"]))
@@ -400,7 +405,7 @@ def test_a_head_for_the_same_labels_is_kept_and_reordered(tmp_path, tiny_model_d
     )  # fmt: skip
     source.save_pretrained(tmp_path / "source")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "source")
-    from tasks.core.model import resolve_model_source
+    from tasks.core.pretrained.model import resolve_model_source
 
     start = resolve_model_source(str(tmp_path / "source"))
     model, head = build_model("text_classification", start, ["negative", "positive"], None)
@@ -476,7 +481,7 @@ def test_group_by_length_pads_less_and_every_example_is_counted_once(tmp_path, t
     collator counts every training example and its real tokens once, evaluation none."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tasks.core.tokenized import load_tokenized
+    from tasks.core.data.tokenized import load_tokenized
 
     padded = {}
     for group in (True, False):
@@ -520,8 +525,8 @@ def test_tokenized_data_of_another_task_is_refused_by_every_stage_that_reads_it(
     the same message, before any model is loaded; tune and train never open the test split."""
     import shutil
 
-    from tasks.core.scoring import evaluate
-    from tasks.core.tokenized import load_tokenized
+    from tasks.core.data.tokenized import load_tokenized
+    from tasks.core.evaluation.scoring import evaluate
     from tasks.tuning.data import load_tuning_data
 
     text = tiny_params("text_classification", tiny_model_dir)
@@ -554,8 +559,8 @@ def test_every_selectable_metric_is_scored_and_auto_means_the_same_everywhere(ta
     from transformers import EvalPrediction
 
     from tasks.core.config import TASK_METRICS
-    from tasks.core.promotion import metric_key
-    from tasks.core.training import metrics_function
+    from tasks.core.modeling.training import metrics_function
+    from tasks.core.registration.promotion import metric_key
 
     labels = ["neg", "pos"] if task == "text_classification" else ["O", "B-PER", "I-PER"]
     if task == "text_classification":
@@ -582,8 +587,8 @@ def test_a_second_run_of_one_configuration_waits_for_the_first(tmp_path, tiny_mo
     params): the second waits for the first's lock instead of clearing its checkpoints."""
     import threading
 
-    from tasks.core.checkpoints import run_key, run_lock
-    from tasks.core.model import resolve_model_source
+    from tasks.core.modeling.checkpoints import run_key, run_lock
+    from tasks.core.pretrained.model import resolve_model_source
 
     params = tiny_params("text_classification", tiny_model_dir, train={"epochs": 1})
     tokenized = prepare_run(tmp_path, params)
@@ -612,7 +617,7 @@ def test_a_missing_best_checkpoint_is_an_error(tmp_path):
 
     from transformers import TrainerState
 
-    from tasks.core.checkpoints import final_model
+    from tasks.core.modeling.checkpoints import final_model
 
     state = TrainerState(best_model_checkpoint=str(tmp_path / "checkpoint-30"))
     with pytest.raises(StageError, match=r"best checkpoint .*checkpoint-30 is missing"):

@@ -34,8 +34,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial
 
 from tasks.core.config import ParamsError, load_params
+from tasks.core.data.tokenizing import tokenize
 from tasks.core.errors import StageError
-from tasks.core.tokenizing import tokenize
 from tasks.core.tuned import apply_tuned_params
 from tasks.train import train
 from tasks.tune import run_search, tune

@@ -1,5 +1,6 @@
 """Issue 31 item 3: predict and serve use only verified versions and run nothing from the
-registry (tasks/core/verified.py): a real SQLite store, tiny models registered as the register
+registry (tasks/core/registration/verified.py): a real SQLite store, tiny models registered as the
+register
 stage logs them, artifacts altered in the store's own folder."""
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typer.testing import CliRunner
 from tasks.commands.main import app
 from tasks.commands.predict import predict
 from tasks.commands.serving import served_model
+from tasks.core.data.labels import iob2_tags
 from tasks.core.entity_pipeline import EntityPipeline
 from tasks.core.errors import StageError
-from tasks.core.labels import iob2_tags
-from tasks.core.verified import DIGEST_TAG, stored_digest
+from tasks.core.registration.verified import DIGEST_TAG, stored_digest
 
 TEXTS = ["alice went to paris", "a great film"]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoTokenizer, BertForTokenClassification
 
+from tasks.core.data.labels import words_from_subtokens
 from tasks.core.entity_pipeline import (
     best_word_positions,
     encode_windows,
@@ -13,7 +14,6 @@ from tasks.core.entity_pipeline import (
     window_probabilities,
     windowed_words,
 )
-from tasks.core.labels import words_from_subtokens
 
 # Words of several sub-tokens (the tiny vocabulary spells unknown words letter by letter), so
 # windows start inside words.

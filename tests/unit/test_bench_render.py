@@ -186,7 +186,8 @@ def test_a_throughput_result_renders_as_its_results_md_section(bench):
         "attention off on CUDA; Trainer default = `transformers.Trainer`, default "
         "`TrainingArguments` but batch size and steps, collator padding to the longest (token "
         "task: `DataCollatorForTokenClassification`); fixed-128 = the same, padded to 128. "
-        "Inference: `tasks.core.inference.predict` vs a DataLoader sorted by length with autocast "
+        "Inference: `tasks.core.evaluation.inference.predict` vs a DataLoader sorted by length "
+        "with autocast "
         "(best flags), or in random order, fp32.",
     ]
     heading = section.index(

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.encoders import (
+from tasks.core.errors import StageError
+from tasks.core.pretrained.encoders import (
     SPLIT_ENCODERS,
     SplitEncoder,
     WheelPart,
     encoder_dir,
     unpacked_encoder,
 )
-from tasks.core.errors import StageError
-from tasks.core.model import resolve_model_source
+from tasks.core.pretrained.model import resolve_model_source
 
 WEIGHTS = b"not really safetensors, but pinned all the same" * 100
 

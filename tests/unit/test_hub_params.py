@@ -12,7 +12,7 @@ from conftest import ROOT
 from tasks.commands.models import set_model_lines
 from tasks.core.config import Params, ParamsError, load_params
 from tasks.core.errors import StageError
-from tasks.core.model import resolve_model_source
+from tasks.core.pretrained.model import resolve_model_source
 from tasks.core.tracked_inputs import untracked_inputs
 
 SHA = "0123456789abcdef0123456789abcdef01234567"

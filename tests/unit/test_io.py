@@ -144,7 +144,7 @@ def test_eval_report_shows_user_labels_and_texts_as_plain_text():
     """A label or text can open no link, image, HTML tag, code span or new table cell."""
     from types import SimpleNamespace
 
-    from tasks.core.eval_reports import markdown
+    from tasks.core.evaluation.eval_reports import markdown
 
     bad = "<img src=x onerror=alert(1)>|[click](http://x)"
     labels = [bad, "ok"]
@@ -189,7 +189,7 @@ def test_replacing_an_output_sweeps_what_killed_runs_staged_beside_it(tmp_path):
 
 
 def test_checkpoints_of_runs_killed_long_ago_are_swept_unless_locked(tmp_path):
-    from tasks.core.checkpoints import STALE_CHECKPOINTS_S, sweep_stale_checkpoints
+    from tasks.core.modeling.checkpoints import STALE_CHECKPOINTS_S, sweep_stale_checkpoints
 
     checkpoints = tmp_path / "checkpoints"
     old, held, recent, mine = (checkpoints / key for key in ("old", "held", "recent", "mine"))

@@ -20,11 +20,17 @@ from prepare_data import (
     write_params,
 )
 
-from tasks.core import sources
 from tasks.core.config import DataParams, load_params
+from tasks.core.data import sources
+from tasks.core.data.sources import (
+    BUILTINS,
+    BuiltinDataset,
+    iob1_to_iob2,
+    read_builtin,
+    read_user_file,
+)
+from tasks.core.data.splitting import split_frame
 from tasks.core.errors import StageError
-from tasks.core.sources import BUILTINS, BuiltinDataset, iob1_to_iob2, read_builtin, read_user_file
-from tasks.core.splitting import split_frame
 
 # --- formats ---------------------------------------------------------------------------
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from tasks.core.config import Params
+from tasks.core.data.sources import _parse_conll
+from tasks.core.data.splitting import split_frame
 from tasks.core.errors import StageError
-from tasks.core.sources import _parse_conll
-from tasks.core.splitting import split_frame
 from tasks.prepare import prepare
 
 SPLITS = ("train", "validation", "test")
@@ -138,7 +138,7 @@ def test_origins_for_every_layout(tmp_path):
 
 
 def test_builtin_origin_says_split_from_the_builtin():
-    from tasks.core.split_summary import _lineage
+    from tasks.core.data.split_summary import _lineage
 
     frame = pd.DataFrame({"text": ["a"], "label": ["x"]})
     lineage = _lineage(params_for(), dict.fromkeys(SPLITS, frame), [], 0)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.config import Params, ValidateParams
-from tasks.core.rowkeys import row_keys
+from tasks.core.data.rowkeys import row_keys
 from tasks.core.validation.frames import Entities
 from tasks.core.validation.gx import import_gx
 

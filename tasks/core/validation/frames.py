@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.core.data.rowkeys import first_rows, row_keys
 from tasks.core.errors import StageError
-from tasks.core.rowkeys import first_rows, row_keys
 
 TAG_RE = re.compile(r"^(O|[BI]-\S+)$")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.core.batching import percentiles
-from tasks.core.context import centre_word_ids, with_context
-from tasks.core.labels import align_labels
+from tasks.core.data.batching import percentiles
+from tasks.core.data.context import centre_word_ids, with_context
+from tasks.core.data.labels import align_labels
 
 
 def _encode_once(
@@ -77,7 +77,7 @@ def encode_words(
     ``word_ids`` keeps, per sub-token, the index of its word (-1 for special tokens and
     document context), so evaluate can map predictions back to words.
     ``words_past_max_length`` counts the words truncation removed: the model never predicts
-    them. ``context_tokens``: document context on each side (``tasks.core.context``)."""
+    them. ``context_tokens``: document context on each side (``tasks.core.data.context``)."""
     words, kwargs = model_inputs("token_classification", frame)
     tags = [[str(t) for t in ts] for ts in frame["tags"]]
     inputs, offsets, context = with_context(tokenizer, frame, words, context_tokens, max_length)

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.core import hub
 from tasks.core.config import BUILTIN_ENCODERS
-from tasks.core.encoders import encoder_dir
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.io import fsync_tree, staged_dir, write_json
+from tasks.core.pretrained import hub
+from tasks.core.pretrained.encoders import encoder_dir
 from tasks.core.tracked_inputs import is_hub_id, unpinned_message
 from tasks.core.tracking import store_uri
 
@@ -94,7 +94,8 @@ def resolve_model_source(
         state_dir: registered models are downloaded once per store, name and version into
             ``state_dir/registry`` (never outside it).
         revision: the hub model's commit sha (``model.revision``); hub models are downloaded
-            once into the Hugging Face cache (tasks/core/hub.py), read from it afterwards.
+            once into the Hugging Face cache (tasks/core/pretrained/hub.py), read from it
+            afterwards.
 
     Raises:
         StageError: the directory does not exist or holds no model, the registered model

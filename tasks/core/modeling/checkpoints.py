@@ -18,8 +18,8 @@ from typing import Any
 from tasks.core.config import Params
 from tasks.core.errors import StageError
 from tasks.core.io import sweep_stale
-from tasks.core.model import ModelSource
-from tasks.core.precision import Precision
+from tasks.core.modeling.precision import Precision
+from tasks.core.pretrained.model import ModelSource
 
 log = logging.getLogger("tasks.train")
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")

@@ -14,12 +14,17 @@ from typing import Any
 
 import transformers
 
-from tasks.core import distributed
-from tasks.core.checkpoints import last_complete_checkpoint, run_key
 from tasks.core.config import Params
-from tasks.core.model import load_matching_tokenizer, resolve_model_source
-from tasks.core.precision import Precision, choose_precision
-from tasks.core.training import apply_method, budget_mean_batch, build_model, count_parameters
+from tasks.core.modeling import distributed
+from tasks.core.modeling.checkpoints import last_complete_checkpoint, run_key
+from tasks.core.modeling.precision import Precision, choose_precision
+from tasks.core.modeling.training import (
+    apply_method,
+    budget_mean_batch,
+    build_model,
+    count_parameters,
+)
+from tasks.core.pretrained.model import load_matching_tokenizer, resolve_model_source
 
 log = logging.getLogger("tasks.train")
 

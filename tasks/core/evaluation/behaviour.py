@@ -3,7 +3,7 @@ after CheckList: Ribeiro et al., 2020).
 
 Test scores say how often the model is right on data like its training data; these checks
 say whether it does obvious things right on text written to probe it. The cases are data,
-one file per task type in ``tasks/core/behaviour_cases/<task>.yaml``:
+one file per task type in ``tasks/core/evaluation/behaviour_cases/<task>.yaml``:
 
 - ``mft`` (minimum functionality): obvious inputs get the expected label (sentiment) or the
   expected entities (NER).
@@ -28,11 +28,11 @@ from typing import Any
 import yaml
 
 from tasks.core.config import BehaviourParams
+from tasks.core.data.labels import entity_type, words_from_subtokens
 from tasks.core.errors import StageError
 from tasks.core.io import write_atomic, write_json
-from tasks.core.labels import entity_type, words_from_subtokens
-from tasks.core.model import load_model
-from tasks.core.precision import choose_precision
+from tasks.core.modeling.precision import choose_precision
+from tasks.core.pretrained.model import load_model
 
 CASES_DIR = Path(__file__).parent / "behaviour_cases"
 REPORT_FILE = "behaviour.json"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.core.config import Params, headline_metric
-from tasks.core.metrics import entity_scores, text_scores
+from tasks.core.modeling.metrics import entity_scores, text_scores
 
 
 def metric_key(params: Params) -> str:

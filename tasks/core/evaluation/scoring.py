@@ -8,11 +8,13 @@ import logging
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tasks.core.batching import check_budget, position_cap, token_budget
 from tasks.core.config import Params, headline_metric
+from tasks.core.data.batching import check_budget, position_cap, token_budget
+from tasks.core.data.labels import entity_type, words_from_subtokens
+from tasks.core.data.tokenized import load_tokenized
 from tasks.core.entity_pipeline import windowed_words
 from tasks.core.errors import StageError
-from tasks.core.eval_reports import (
+from tasks.core.evaluation.eval_reports import (
     SLICES_FILE,
     SPEED_FILE,
     markdown,
@@ -23,14 +25,12 @@ from tasks.core.eval_reports import (
     token_slices,
     write_confusion,
 )
-from tasks.core.inference import predict
+from tasks.core.evaluation.inference import predict
 from tasks.core.io import write_atomic, write_json
-from tasks.core.labels import entity_type, words_from_subtokens
-from tasks.core.metrics import entity_scores, roc_auc, text_scores
-from tasks.core.model import load_model, quiet_transformers, vocab_hash
+from tasks.core.modeling.metrics import entity_scores, roc_auc, text_scores
+from tasks.core.modeling.precision import choose_precision
 from tasks.core.paths import MODEL_DIR, REPORTS_DIR, TOKENIZED_DIR
-from tasks.core.precision import choose_precision
-from tasks.core.tokenized import load_tokenized
+from tasks.core.pretrained.model import load_model, quiet_transformers, vocab_hash
 
 log = logging.getLogger(__name__)
 

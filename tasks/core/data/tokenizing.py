@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.config import SPLITS, Params
-from tasks.core.encoding import encode_texts, encode_words, model_inputs
+from tasks.core.data.encoding import encode_texts, encode_words, model_inputs
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.io import staged_dir, write_json
-from tasks.core.labels import build_labels
-from tasks.core.model import load_tokenizer, quiet_transformers, resolve_model_source, vocab_hash
+from tasks.core.data.labels import build_labels
+from tasks.core.pretrained.model import load_tokenizer, quiet_transformers, resolve_model_source, vocab_hash
 from tasks.core.paths import PREPARED_DIR, REPORTS_DIR, TOKENIZED_DIR
 from tasks.core.progress import Progress
-from tasks.core.tokenized import MANIFEST
-from tasks.core.truncation import auto_max_length, check_unpredicted, encoder_limit
+from tasks.core.data.tokenized import MANIFEST
+from tasks.core.data.truncation import auto_max_length, check_unpredicted, encoder_limit
 
 log = logging.getLogger(__name__)
 REPORT_PATH = REPORTS_DIR / "tokenize.json"

@@ -7,7 +7,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tasks.core.batching import inference_batches, model_columns, padding_collator, position_cap
+from tasks.core.data.batching import (
+    inference_batches,
+    model_columns,
+    padding_collator,
+    position_cap,
+)
 from tasks.core.progress import Progress
 
 
@@ -24,7 +29,7 @@ def predict(
 
     Batches are cut from the examples sorted by length (little padding): ``batch_size``
     examples, or as many as fit in ``max_tokens`` padded tokens; each is padded for the
-    device (:func:`~tasks.core.batching.padding_collator`) and run under ``inference_mode``
+    device (:func:`~tasks.core.data.batching.padding_collator`) and run under ``inference_mode``
     with the training precision's autocast.
 
     Returns:

@@ -35,7 +35,7 @@ from typing import Any
 
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
-from tasks.core.model import MODEL_URI, download_version
+from tasks.core.pretrained.model import MODEL_URI, download_version
 
 log = logging.getLogger(__name__)
 DIGEST_TAG = "weights_sha256"

@@ -23,8 +23,8 @@ from transformers import (
     TrainingArguments,
 )
 
-from tasks.core import distributed
-from tasks.core.batching import (
+from tasks.core.config import TrainParams
+from tasks.core.data.batching import (
     LengthGroupedBatches,
     TokenBudgetBatches,
     check_budget,
@@ -33,11 +33,11 @@ from tasks.core.batching import (
     position_cap,
     scaled_learning_rate,
 )
-from tasks.core.config import TrainParams
 from tasks.core.errors import StageError
-from tasks.core.metrics import entity_scores, text_scores, word_level_tags
-from tasks.core.model import TASK_HEADS, ModelSource, model_class
-from tasks.core.precision import Precision
+from tasks.core.modeling import distributed
+from tasks.core.modeling.metrics import entity_scores, text_scores, word_level_tags
+from tasks.core.modeling.precision import Precision
+from tasks.core.pretrained.model import TASK_HEADS, ModelSource, model_class
 
 # --- model ------------------------------------------------------------------------------------
 
@@ -81,7 +81,7 @@ def build_model(
         ``"new"`` (freshly initialised head; the caller seeds the RNG first).
     """
     auto = model_class(task)
-    # Never trust_remote_code: a model's own Python code is not run (tasks/core/hub.py).
+    # Never trust_remote_code: a model's own Python code is not run (tasks/core/pretrained/hub.py).
     config = AutoConfig.from_pretrained(source.model_dir, trust_remote_code=False)
     previous = head_labels(config, task)
     id2label = dict(enumerate(labels))
@@ -288,7 +288,7 @@ class SaveEvery(TrainerCallback):
 class BatchedTrainer(Trainer):
     """``Trainer`` whose training batches come from a batch sampler: token budgets
     (``train.max_tokens_per_batch``, opt-in; transformers has none) or, with
-    ``train.group_by_length``, :class:`~tasks.core.batching.LengthGroupedBatches` (why not
+    ``train.group_by_length``, :class:`~tasks.core.data.batching.LengthGroupedBatches` (why not
     Trainer's own sampler: see there). Only the public ``get_train_dataloader`` is replaced."""
 
     def __init__(self, *args: Any, max_tokens: int | None, **kw: Any):

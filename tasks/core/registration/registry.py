@@ -14,7 +14,7 @@ from tasks.core import entity_pipeline
 from tasks.core.config import Params
 from tasks.core.entity_pipeline import EntityPipeline
 from tasks.core.errors import StageError
-from tasks.core.verified import DIGEST_TAG, stored_digest
+from tasks.core.registration.verified import DIGEST_TAG, stored_digest
 
 log = logging.getLogger(__name__)
 MODEL_MD5_TAG = "model_md5"  # DVC's md5 of the model directory: the identity of the weights
@@ -118,7 +118,8 @@ def version_with_weights(client: Any, name: str, weights: str) -> Any | None:
 def log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str, str]) -> str:
     """Log the model into the active run with signature, input example and explicit
     requirements, then create a version of ``name`` from it with ``tags`` and the
-    ``weights_sha256`` of the files the store holds (``tasks.core.verified``; one call: the
+    ``weights_sha256`` of the files the store holds (``tasks.core.registration.verified``; one
+    call: the
     version never exists without them). Returns the new version."""
     import mlflow
     import torch

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core import tracking
-from tasks.core.html_blocks import esc, figure_png, fmt, image, note, section, table
+from tasks.core.reports.html_blocks import esc, figure_png, fmt, image, note, section, table
 
 # --- reading the stage outputs -----------------------------------------------------------------
 

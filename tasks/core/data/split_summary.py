@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.core.config import Params
-from tasks.core.splitting import grouped_by, repeats, split_units, text_keys
+from tasks.core.data.splitting import grouped_by, repeats, split_units, text_keys
 
 
 def summarize(splits: dict[str, pd.DataFrame], params: Params, inputs: list[dict]) -> dict:

@@ -1,0 +1,1 @@
+"""Evaluation: inference, the test scores and their reports, and the behavioural checks."""

@@ -1,0 +1,1 @@
+"""Training: precision, distributed runs, checkpoints, the Trainer setup and the task metrics."""

@@ -1,0 +1,2 @@
+"""Registration: registry versions, their verification, champion promotion and the
+fingerprints a score belongs to."""
