@@ -4,6 +4,7 @@ defaults, and a prediction without a champion says why and what to run."""
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 import urllib.error
 import urllib.request
@@ -224,7 +225,9 @@ def test_shell_completion_installs_and_completes(tmp_path):
     finetune = str(Path(sys.executable).parent / "finetune")
     home = tmp_path / "home"
     home.mkdir()
-    installed = run([finetune, "--install-completion", "bash"], tmp_path, HOME=str(home))
+    # Typer detects the shell from the parent process: a bash parent, however pytest started.
+    install = ["bash", "-c", f"{shlex.quote(finetune)} --install-completion; exit $?"]
+    installed = run(install, tmp_path, HOME=str(home))
     assert "completion installed" in installed.stdout.lower(), installed.stdout
     assert "finetune" in (home / ".bashrc").read_text()
     asked = {"_FINETUNE_COMPLETE": "complete_bash", "COMP_WORDS": "finetune tr", "COMP_CWORD": "1"}
