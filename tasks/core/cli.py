@@ -24,8 +24,7 @@ SEE_MODULE = " (see the module docstring)"
 
 
 def help_text(func: Callable[..., Any]) -> str:
-    """The command's ``--help``: its docstring, then its module's summary and command
-    examples (:func:`user_help`); the rest of the module docstring is for engineers."""
+    """The command's ``--help``: its docstring, then :func:`user_help` of its module."""
     summary = plain(reflow(inspect.cleandoc(func.__doc__ or "").replace(SEE_MODULE, "")))
     summary = summary.replace("[", "\\[")  # `text[start:end]` is text, not rich markup
     module = user_help(sys.modules[func.__module__].__doc__ or "")
@@ -33,9 +32,8 @@ def help_text(func: Callable[..., Any]) -> str:
 
 
 def user_help(doc: str) -> str:
-    """A module docstring as ``--help`` text: its first paragraph and its indented command
-    examples, without reST markup, ``[`` escaped (``text[start:end]`` is text, not rich
-    markup). Other paragraphs are implementation notes and are left out."""
+    """A module docstring as ``--help`` text: its first paragraph and indented command
+    examples, without reST markup, ``[`` escaped for rich; other paragraphs left out."""
     paragraphs = inspect.cleandoc(doc).split("\n\n")
     indented = [p for p in paragraphs[1:] if all(ln.startswith("    ") for ln in p.splitlines())]
     text = reflow("\n\n".join([paragraphs[0], *indented]))
@@ -43,14 +41,12 @@ def user_help(doc: str) -> str:
 
 
 def plain(text: str) -> str:
-    """``text`` without reST markup: ``:func:`name``` and ````code```` become ``name`` and
-    ``code``."""
+    """``text`` without reST roles and double backquotes."""
     return re.sub(r":[a-z]+:`([^`]*)`", r"\1", text).replace("``", "")
 
 
 def reflow(text: str) -> str:
-    """Paragraphs as single lines (the help formatter wraps them to the terminal); indented
-    blocks (command examples) kept line by line."""
+    """Paragraphs as single lines; indented blocks (command examples) kept line by line."""
     paragraphs = []
     for paragraph in text.split("\n\n"):
         lines = paragraph.splitlines()
@@ -61,17 +57,13 @@ def reflow(text: str) -> str:
     return "\n\n".join(paragraphs)
 
 
-# The `--params` option every stage and command takes (one source for its flag and help).
 ParamsPath = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
 
 
 def relative_defaults(func: Callable[..., Any]) -> None:
-    """Show path defaults inside the project relative to it (``reports``, not
-    ``/home/.../reports``) in ``--help``; the values themselves stay absolute, so a stage
-    started from another directory still finds the project's files."""
-    # Annotated[T, typer.Option(...)]: string annotations (``from __future__ import
-    # annotations``) give new Option objects at each evaluation, so the evaluated, changed
-    # annotation replaces the string that Typer would evaluate again.
+    """Show path defaults inside the project relative to it in ``--help``; the values stay
+    absolute."""
+    # string annotations give new Option objects per evaluation: store the changed one
     hints = typing.get_type_hints(func, include_extras=True)
     for parameter in inspect.signature(func).parameters.values():
         default = parameter.default
@@ -87,8 +79,7 @@ def relative_defaults(func: Callable[..., Any]) -> None:
 FULL_DISK = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
-# The same, as written by libraries that wrap the OS error in their own exception (e.g.
-# safetensors, saving a checkpoint: "I/O error: File too large (os error 27)").
+# The same, as text of libraries that wrap the OS error (e.g. safetensors).
 _CODES = "|".join(str(code) for code in sorted(FULL_DISK))
 FULL_DISK_TEXT = re.compile(
     rf"\(os error (?:{_CODES})\)|No space left on device|File too large|Disk quota exceeded"
@@ -120,8 +111,7 @@ def full_disk_message(exc: BaseException) -> str:
     )
 
 
-# The user's inputs each stage reads, checked to be tracked by DVC before any is read (a file
-# or model elsewhere would be read, but a change to it would re-run nothing).
+# The user's inputs each stage reads, checked to be tracked by DVC before any is read.
 STAGE_INPUTS = {
     "prepare": ("data.source",),
     "tokenize": ("model.name_or_path",),
@@ -131,24 +121,16 @@ STAGE_INPUTS = {
 
 
 def stage_params(path: Path, stage: str, project_root: Path = PROJECT_ROOT) -> Params:
-    """``path`` loaded as ``stage``'s params, with the inputs it reads (:data:`STAGE_INPUTS`)
-    checked to be tracked.
-
-    Raises:
-        ParamsError: a bad file, key or value, or an untracked input (one line each).
-    """
+    """``path`` loaded as ``stage``'s params, its :data:`STAGE_INPUTS` checked to be tracked
+    (ParamsError otherwise, one line each)."""
     params = load_params(path)
     require_tracked_inputs(params, project_root, STAGE_INPUTS.get(stage, ()))
     return params
 
 
 def stage_command(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Wrap a stage's ``main``: configure logging, and turn expected failures into a clear
-    one-paragraph message on stderr and exit code 1 (no traceback for bad input).
-
-    ``--help`` shows the command's and the module's docstring, path defaults relative to
-    the project.
-    """
+    """Wrap a stage's ``main``: configure logging; expected failures (and a full disk)
+    become one message on stderr and exit code 1, no traceback. Sets its ``--help``."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         relative_defaults(func)

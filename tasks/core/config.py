@@ -27,9 +27,7 @@ from pydantic import (
 from tasks.core.paths import DEFAULT_PARAMS
 
 TaskType = Literal["text_classification", "token_classification"]
-# The scores a task's model is judged by (metrics.json and Trainer's evaluation keys), its
-# headline first: what ``auto`` means wherever a metric is chosen (train.metric,
-# register.metric, evaluate's log line). Token tasks: seqeval's entity F1 is ``f1_micro``.
+# A task's scores, headline first: what ``auto`` means wherever a metric is chosen.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "text_classification": ("f1_macro", "accuracy", "f1_weighted"),
     "token_classification": ("f1_micro", "f1_macro", "token_accuracy"),
@@ -44,15 +42,13 @@ _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)[^@\s
 
 
 def hide_password(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***`` (for reports, logs
-    and MLflow params; params themselves refuse passwords, see :func:`refuse_password`)."""
+    """``text`` with the password of every URL in it replaced by ``***``."""
     return _URL_PASSWORD.sub(r"\g<head>***@", text)
 
 
 def refuse_password(url: str | None, key: str) -> None:
-    """Raise ValueError when ``url`` (a database or server URL from params) carries a
-    password: params are committed and logged, so the password comes from the environment
-    (``PGPASSWORD``) or the PostgreSQL password file (``PGPASSFILE``, default .state/pgpass)."""
+    """Raise ValueError when ``url`` carries a password: params are committed and logged
+    (passwords come from ``PGPASSWORD`` or ``PGPASSFILE``)."""
     if url is not None and hide_password(url) != url:
         where = f"{key}: " if key else ""
         raise ValueError(
@@ -87,8 +83,7 @@ class Section(BaseModel):
 
 class UserFiles(Section):
     """The user's own data: one file to split; train/validation/test files used as given; or
-    train and test files, with validation held out from train (``prepare.split.validation``
-    of its examples), for benchmarks whose labelled evaluation set is the only other file."""
+    train and test files, validation held out from train."""
 
     path: Path | None = None
     """One file, split into train/validation/test by prepare.split."""
@@ -338,7 +333,6 @@ class TrainParams(Section):
 
 
 # `train.epochs: auto`: enough passes for about this many optimizer steps, within this range.
-# Early stopping (train.early_stopping_patience) ends a run whose validation score stalls.
 AUTO_EPOCHS_STEPS = 1500
 AUTO_EPOCHS_RANGE = (2, 20)
 
@@ -516,8 +510,7 @@ SentimentName = Literal["positive", "negative"]
 
 
 class BehaviourParams(Section):
-    """Behavioural checks of the trained model in ``evaluate``
-    (tasks/core/evaluation/behaviour.py)."""
+    """Behavioural checks of the trained model in ``evaluate``."""
 
     enabled: bool = Field(
         True, description="run the checks of tasks/core/evaluation/behaviour_cases/<task>.yaml"
@@ -572,8 +565,7 @@ class RegisterParams(Section):
     baseline on test (the most frequent label; no entities for token tasks)."""
 
 
-# The encoders the project fetches itself (tasks/core/pretrained/encoders.py): name -> what it
-# costs.
+# The built-in encoders (tasks/core/pretrained/encoders.py): name -> what it costs.
 BUILTIN_ENCODERS = {
     "default": "all-MiniLM-L6-v2 (6 layers, 22.7M parameters): the fast one",
     "mpnet-base": "all-mpnet-base-v2 (12 layers, 110M parameters): about 4.8x MiniLM's training "
@@ -735,11 +727,8 @@ class Params(Section):
 def load_params(
     path: Path | str = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None
 ) -> Params:
-    """Read and validate ``params.yaml``; ``overrides`` maps dotted keys to values.
-
-    Raises:
-        ParamsError: naming the file and every bad key path with its value.
-    """
+    """Read and validate ``params.yaml``, ``overrides`` (dotted keys) applied; ParamsError
+    naming the file and every bad key path with its value."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -766,8 +755,7 @@ def describe_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
     for error, loc in zip(errors, keys, strict=True):
         key = ".".join(loc)
         kind = error["type"]
-        # A union field (data.source: str | UserFiles) reports one error per branch: when
-        # the value was a mapping, the "not a string" branch error is noise.
+        # a union field reports one error per branch; for a mapping "not a string" is noise
         if kind == "string_type" and sum(k[: len(loc)] == loc for k in keys) > 1:
             continue
         if kind == "extra_forbidden":
@@ -823,11 +811,8 @@ def _suggestion(loc: list[str], raw: dict[str, Any]) -> str:
 
 
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``raw[a][b]...`` for the dotted key ``a.b...``, creating sections on the way.
-
-    Raises:
-        ParamsError: a part of the path is a value, not a section.
-    """
+    """Set ``raw[a][b]...`` for the dotted key ``a.b...``, creating sections; ParamsError
+    when a part of the path is a value."""
     node = raw
     *parents, leaf = dotted.split(".")
     for part in parents:
@@ -838,12 +823,8 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def overlay_train(train: TrainParams, values: dict[str, Any]) -> TrainParams:
-    """``train`` with ``values`` (keys as in ``tune.space``: ``learning_rate``, ``lora.r``) put
-    over it and validated again. The one overlay both a tuning trial and ``train`` use.
-
-    Raises:
-        pydantic.ValidationError: a value is not valid for its key.
-    """
+    """``train`` with ``values`` (``tune.space`` keys) put over it and validated again
+    (pydantic.ValidationError); used by tuning trials and ``train`` alike."""
     raw = train.model_dump()
     for dotted, value in values.items():
         set_dotted(raw, dotted, value)

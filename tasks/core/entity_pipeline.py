@@ -2,19 +2,15 @@
 ``EntityPipeline`` serves the fine-tuned token classifier and returns each entity with its
 type, score and character span (``word`` is always the user's own ``text[start:end]``).
 
-The model is logged from this file's code (MLflow's models-from-code: the file travels with
-the model and ends with ``set_model``), so it imports nothing of this project: the champion
-loads in any environment with the model's requirements. This project's ``predict`` and
-``serve`` never run the copy a version carries: they load its verified weights and run this
-module (tasks/core/registration/verified.py). Versions logged before were pickled
-by reference to ``tasks.core.entity_pipeline`` or ``tasks.register``, which keep the name.
+The model is logged from this file's code (MLflow's models-from-code; it ends with
+``set_model``), so it imports nothing of this project and loads in any environment with the
+model's requirements. ``predict`` and ``serve`` never run the copy a version carries: they
+run this module on verified weights (tasks/core/registration/verified.py). Older versions
+are pickled by reference to ``tasks.core.entity_pipeline`` or ``tasks.register``: keep both names.
 
-Token classification at any length lives here too (evaluate uses it): a sentence longer than
-the model's window is encoded in overlapping windows (the tokenizer's
-``return_overflowing_tokens`` with a ``stride``) and every word takes the prediction of the
-window where its first sub-token lies farthest from an edge. Gap closed: the transformers
-pipeline's own ``stride`` refuses ``aggregation_strategy="none"``, the word-exact grouping
-used here (first sub-token per word).
+Token classification at any length (evaluate uses it too): overlapping windows, each word
+taking the window where its first sub-token lies farthest from an edge. Hand-written: the
+transformers pipeline's ``stride`` refuses ``aggregation_strategy="none"``.
 """
 
 from __future__ import annotations
@@ -27,24 +23,19 @@ from mlflow.pyfunc import PythonModel
 
 
 class EntityPipeline(PythonModel):
-    """Named entities with type, score and character span, from the fine-tuned token
-    classifier saved by ``train`` (the ``model`` artifact).
+    """Named entities with type, score and character span from the ``model`` artifact.
 
-    Word-level, as ``train`` labels and ``evaluate`` scores: a word (the fast tokenizer's
-    ``word_ids()``) takes the tag of its first sub-token, and adjacent words of one type form
-    an entity (``B-`` starts a new one). ``word`` is ``text[start:end]``: the user's own text,
-    with its case, accents and spacing, never the decoded (lowercased) sub-tokens.
+    Word-level, as ``train`` labels and ``evaluate`` scores: a word takes its first sub-token's
+    tag; adjacent words of one type form an entity (``B-`` starts a new one). ``word`` is the
+    user's own ``text[start:end]``, never decoded sub-tokens.
     """
 
-    # MLflow's own opt-out of type-hint validation: without it, defining this class (every
-    # import of this module, `tasks.register --help` too) prints a coloured "Add type hints"
-    # warning.
+    # MLflow's opt-out of type-hint validation (else every import prints a warning)
     _skip_type_hint_validation = True
 
     def load_context(self, context):
         import transformers
 
-        # Sub-token predictions: entities() groups them into words (see there).
         self.pipeline = transformers.pipeline(
             "token-classification", model=context.artifacts["model"], device="cpu"
         )
@@ -56,22 +47,16 @@ class EntityPipeline(PythonModel):
 
     @staticmethod
     def entities(pipeline: Any, texts: list[str]) -> list[list[dict[str, Any]]]:
-        """One list per text of ``{entity, score, word, start, end}``, every word predicted at
-        any length: a text longer than the model's window is encoded in overlapping windows
-        (:func:`encode_windows`).
+        """One list per text of ``{entity, score, word, start, end}``, at any length.
 
-        The pipeline's own aggregation is not used: ``simple`` groups sub-tokens by their
-        tags (untrained on all but a word's first sub-token, so one word can come out as two
-        entities or half of one), ``first`` guesses word boundaries from token lengths
-        (wrong for decomposed accents), and its ``stride`` refuses the ``none`` aggregation.
-        Each word takes its first sub-token's prediction (``word_ids()``), as evaluate scores.
+        Not the pipeline's aggregation: ``simple`` can split a word into two entities,
+        ``first`` misreads decomposed accents, and ``stride`` refuses ``none``.
         """
         return EntityPipeline.entities_of(pipeline.model, pipeline.tokenizer, texts)
 
     @staticmethod
     def entities_of(model: Any, tokenizer: Any, texts: list[str]) -> list[list[dict[str, Any]]]:
-        """:meth:`entities` of a token classifier and its fast tokenizer (``predict`` and
-        ``serve`` load them from verified weights: tasks/core/registration/verified.py)."""
+        """:meth:`entities` of a token classifier and its fast tokenizer."""
         cap = getattr(model.config, "max_position_embeddings", 512)
         length = min(tokenizer.model_max_length, cap, 512)
         return [EntityPipeline._text_entities(model, tokenizer, t, length) for t in texts]
@@ -103,10 +88,8 @@ class EntityPipeline(PythonModel):
     def spans(
         text: str, tokens: list[dict[str, Any]], word_ids: list[int | None]
     ) -> list[dict[str, Any]]:
-        """Entities of ``text`` from per-sub-token predictions (the ``none`` aggregation's
-        ``{entity, score, index, start, end}``, ``O`` included) and the ``word_ids()`` of
-        that encoding (``None`` on special tokens). Scores are the mean over the entity's
-        words of their first sub-token's probability."""
+        """Entities of ``text`` from per-sub-token ``{entity, score, index, start, end}`` and
+        their ``word_ids()``; a score is the mean over the entity's words."""
         import unicodedata
 
         words: dict[int, dict[str, Any]] = {}
@@ -148,9 +131,6 @@ class EntityPipeline(PythonModel):
         ]
 
 
-# --- token classification at any length ------------------------------------------------------
-
-
 def encode_windows(tokenizer: Any, inputs: Any, max_length: int, **kwargs: Any) -> Any:
     """``inputs`` (one text, or one list of words with ``is_split_into_words=True``) as
     windows of at most ``max_length`` sub-tokens overlapping by half a window, padded into
@@ -181,9 +161,8 @@ def window_probabilities(model: Any, encoding: Any) -> np.ndarray:
 
 
 def best_word_positions(encoding: Any, subtokens: dict[int, int]) -> dict[int, tuple[int, int]]:
-    """For every word, the (window, position) of its first sub-token that lies farthest from
-    its window's edges. ``subtokens``: each word's sub-token count in the whole encoding, which
-    tells a window that cut a word's start (it holds fewer of them, from its first position)."""
+    """For every word, the (window, position) of its first sub-token farthest from its
+    window's edges; ``subtokens`` (whole-encoding counts) tells a window that cut a word."""
     chosen: dict[int, tuple[int, int, int]] = {}
     for window in range(len(encoding["input_ids"])):
         word_ids = encoding.word_ids(window)

@@ -1,6 +1,5 @@
-"""Atomic writes: every output a stage writes goes through these (a crash never
-leaves half a file): :func:`write_atomic` for one file, :func:`staged_dir` for a folder
-replaced whole, :func:`staged_files` for files that join a folder holding others."""
+"""Atomic writes: every output a stage writes goes through these (a crash never leaves half
+a file or folder)."""
 
 from __future__ import annotations
 
@@ -19,22 +18,20 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# A temporary folder untouched this long belongs to a killed process (a live stage writes
-# into its folders at least every few minutes); the sweeps below remove it.
+# A temporary folder untouched this long belongs to a killed process.
 STALE_AFTER_S = 24 * 3600
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Write ``payload`` atomically (a crash never leaves half a report)."""
+    """Write ``payload`` as JSON, atomically."""
     write_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False, default=float) + "\n")
 
 
 def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write ``content`` (text as UTF-8) to a temporary file beside ``path``, then move it
-    into place: a crash never leaves half a file, a failed write no temporary file."""
+    """Write ``content`` (text as UTF-8) to ``path`` atomically (never half a file, nor a
+    leftover temporary file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The process id in the name: two writers never share a temporary file. A plain open (not
-    # mkstemp) so the file gets the usual umask permissions, not 0600.
+    # per-process name; a plain open (not mkstemp) keeps umask permissions, not 0600
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("wb") as handle:
@@ -57,8 +54,7 @@ def fsync_dir(directory: Path) -> None:
 
 
 def fsync_tree(root: Path) -> None:
-    """Flush every file under ``root`` and every folder's entries to disk (before ``root``
-    is renamed into place: a power loss never leaves a folder whose files are empty)."""
+    """Flush every file and folder entry under ``root`` to disk (before renaming it)."""
     for folder, _, files in os.walk(root):
         for name in files:
             descriptor = os.open(os.path.join(folder, name), os.O_RDONLY)
@@ -70,8 +66,7 @@ def fsync_tree(root: Path) -> None:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str] | tuple[str, ...]) -> None:
-    """Write ``rows`` as a CSV with the header ``fields`` (other keys ignored), atomically;
-    text cells pass through :func:`spreadsheet_safe`."""
+    """Write ``rows`` as a CSV with the header ``fields``, atomically, spreadsheet-safe."""
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=list(fields), extrasaction="ignore")
     writer.writeheader()
@@ -86,9 +81,8 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def spreadsheet_safe(value: str) -> str:
-    """``value`` with a leading ``'`` when a spreadsheet would read it as a formula (it
-    starts with ``= + - @``, a tab or a carriage return; OWASP's CSV injection advice), unless
-    it is a plain number such as ``-1``."""
+    """``value`` with a leading ``'`` when a spreadsheet would read it as a formula (CSV
+    injection, OWASP), unless it is a plain number."""
     if not value.startswith(_FORMULA_START):
         return value
     try:
@@ -107,9 +101,8 @@ def write_figure(path: Path, figure: Any, **savefig: Any) -> None:
 
 @contextlib.contextmanager
 def staged_dir(target: Path) -> Iterator[Path]:
-    """A new folder beside ``target`` to write into; when the block ends without an error it
-    replaces ``target`` whole (:func:`replace_dir`), else it is removed and ``target`` is
-    left as it was."""
+    """A new folder to write into that replaces ``target`` whole when the block succeeds;
+    on an error ``target`` stays as it was."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
@@ -122,9 +115,8 @@ def staged_dir(target: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def staged_files(out_dir: Path) -> Iterator[Path]:
-    """A temporary folder in ``out_dir`` whose files are moved into ``out_dir`` when the
-    block ends without an error (each move atomic; the folder's other files, such as the
-    ``.gitignore`` DVC keeps there, stay); on an error nothing is moved."""
+    """A temporary folder whose files move into ``out_dir`` (each atomically) when the block
+    succeeds; other files of ``out_dir`` stay; on an error nothing is moved."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-") as tmp:
         staged = Path(tmp)
@@ -136,8 +128,7 @@ def staged_files(out_dir: Path) -> Iterator[Path]:
 
 
 def replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished ``tmp`` directory to ``target``, replacing the old one; its files
-    are flushed to disk first and the rename after (:func:`fsync_tree`)."""
+    """Move the finished ``tmp`` directory to ``target``, flushed, replacing the old one."""
     fsync_tree(tmp)
     if target.exists():
         old = target.with_name(f".{target.name}.old")
@@ -153,9 +144,7 @@ def replace_dir(tmp: Path, target: Path) -> None:
 
 
 def sweep_stale(candidates: Iterable[Path], older_than_s: float = STALE_AFTER_S) -> list[Path]:
-    """Remove the folders among ``candidates`` whose newest file (or the folder itself) was
-    modified more than ``older_than_s`` ago; return them. A folder that vanishes meanwhile
-    (another sweep) is skipped."""
+    """Remove and return the folders among ``candidates`` untouched for ``older_than_s``."""
     now, removed = time.time(), []
     for path in candidates:
         try:

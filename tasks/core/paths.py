@@ -1,8 +1,5 @@
-"""Where the pipeline's files live, declared once: the folders of ``dvc.yaml``.
-
-The relative paths are the layout of any checkout (the tracked-input policy and DVC
-experiments apply them to a given project folder); the ``*_DIR`` paths below them are this
-checkout's, the stages' defaults.
+"""Where the pipeline's files live, declared once: the folders of ``dvc.yaml`` (relative: any
+checkout's layout; ``*_DIR``: this checkout's, the stages' defaults).
 """
 
 from __future__ import annotations

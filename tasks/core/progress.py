@@ -3,10 +3,7 @@ otherwise (DVC, Prefect and CI logs), e.g.
 
     train: step 120/600 (20%) loss 0.4123 lr 4.1e-05 3,412 tokens/s ETA 2m10s
 
-:class:`Progress` is the reporter; :class:`TrainerProgress` puts it in place of ``Trainer``'s
-own printing (a tqdm bar plus a raw ``{'loss': ...}`` dict every ``logging_steps``);
-:class:`TrialProgress` reports Optuna trials (i of n, best so far, pruned) in place of
-Optuna's ``[I ...]`` lines.
+:class:`TrainerProgress` replaces ``Trainer``'s printing, :class:`TrialProgress` Optuna's.
 """
 
 from __future__ import annotations
@@ -28,8 +25,7 @@ class TrainerProgress(TrainerCallback):
     ``Trainer``; the evaluation metrics of each epoch in one line."""
 
     def __init__(self, task: str = "train", every: float = 5.0, seen: Any = None) -> None:
-        # seen(): real tokens so far (the train stage's collator counts them on the CPU);
-        # default: Trainer's include_num_input_tokens_seen count.
+        # seen(): real tokens so far; default: Trainer's include_num_input_tokens_seen count
         self.task, self.every, self.seen = task, every, seen
         self.progress: Progress | None = None
         self.tokens, self.clock = 0, time.perf_counter()
@@ -78,8 +74,7 @@ class TrainerProgress(TrainerCallback):
 
 
 def install(trainer: Any, task: str = "train", every: float = 5.0) -> Any:
-    """Replace ``trainer``'s own console output (its tqdm bar and the raw ``{'loss': ...}``
-    dicts of ``PrinterCallback``/``ProgressCallback``) with :class:`TrainerProgress`."""
+    """Replace ``trainer``'s own console output with :class:`TrainerProgress`."""
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     counted = getattr(trainer.data_collator, "tokens", None)  # training.CountingCollator

@@ -1,7 +1,5 @@
-"""The progress reporter (:class:`Progress`): a bar on a terminal, one concise log line every
-few percent otherwise. Its own module, apart from ``tasks.core.progress`` (Trainer and Optuna
-reporters), because that one imports transformers' Trainer (seconds), and ``finetune predict``
-reports with this one only.
+"""The progress reporter (:class:`Progress`): a bar on a terminal, else a log line every few
+percent. Apart from ``tasks.core.progress`` so as not to import transformers' Trainer.
 """
 
 from __future__ import annotations
@@ -34,13 +32,8 @@ def _value(name: str, value: Any) -> str:
 
 
 class Progress:
-    """Progress of ``total`` steps of ``task`` (``update`` as they finish, with numbers such
-    as ``loss=0.41`` to show beside the count).
-
-    Not on a terminal, a line is logged (logger ``tasks.<task>``) each time another
-    ``every`` percent is done, and at the end: ``step/total (percent)``, the numbers, the
-    rate and the ETA.
-    """
+    """Progress of ``total`` steps of ``task`` (``update`` with numbers such as ``loss=0.41``);
+    off a terminal, logged every ``every`` percent and at the end."""
 
     def __init__(
         self, total: int, task: str, unit: str = "step", every: float = 10.0, stream: Any = None

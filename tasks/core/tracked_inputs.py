@@ -14,9 +14,7 @@ from pathlib import Path
 from tasks.core.config import BUILTIN_ENCODERS, URI_SCHEME, Params, ParamsError
 from tasks.core.paths import EXTERNAL_DATA_DIR, PRETRAINED_DIR
 
-# The folders DVC tracks for the user's inputs (dependencies in dvc.yaml); relative to the
-# project root. A file or model anywhere else would be read, but a change to it would not
-# re-run anything: `dvc repro` would say "up to date" and keep the old results.
+# An input outside DVC's tracked folders would be read, but its change would re-run nothing.
 TRACKED_INPUTS = ("data.source", "model.name_or_path")
 
 
@@ -26,24 +24,10 @@ def untracked_inputs(
     keys: Iterable[str] = TRACKED_INPUTS,
     base: Path | None = None,
 ) -> list[str]:
-    """The user inputs of ``params`` that DVC does not track, one message per problem.
-
-    A user data file (``data.source``) must lie in ``<project_root>/data/external/``, and a
-    local start-point model (``model.name_or_path``, other than ``default`` and
-    ``models:/...``) in ``<project_root>/models/pretrained/``, with symbolic links resolved
-    (a link may only point into DVC's own cache, as ``cache.type: symlink`` makes them).
-    Nothing is read: the check runs before a stage opens any input.
-
-    Args:
-        params: validated parameters.
-        project_root: the project of the running stage (``tasks.core.environment.PROJECT_ROOT``).
-        keys: which inputs to check (a stage checks the ones it reads).
-        base: the folder relative paths are read from (default: the current directory,
-            the project root when DVC runs the stage).
-
-    Returns:
-        ``key: value ...`` lines naming the value and how to bring it into the project;
-        empty when every input is tracked.
+    """The ``keys`` inputs of ``params`` that DVC does not track, one message (with the fix)
+    per problem; empty when all are. A data file must lie in ``data/external/``, a local
+    start point in ``models/pretrained/`` (links resolved; a link may point into DVC's cache).
+    Nothing is read. ``base``: where relative paths start (default: the current directory).
     """
     root = Path(project_root).resolve()
     base = Path(base) if base is not None else Path.cwd()
@@ -71,8 +55,7 @@ PIN_COMMAND = "finetune model pin"
 
 
 def is_hub_id(spec: str) -> bool:
-    """Whether ``spec`` reads as a hub id (``NAME`` or ``ORG/NAME``) rather than a path or a
-    URI; the caller decides first whether it is a built-in name or an existing directory."""
+    """Whether ``spec`` reads as a hub id (``NAME`` or ``ORG/NAME``), not a path or a URI."""
     return bool(HUB_ID.match(spec)) and ".." not in spec and "--" not in spec
 
 
@@ -88,11 +71,7 @@ def unpinned_message(spec: str) -> str:
 def require_tracked_inputs(
     params: Params, project_root: Path, keys: Iterable[str] = TRACKED_INPUTS
 ) -> None:
-    """Raise unless every input in ``keys`` is tracked (see :func:`untracked_inputs`).
-
-    Raises:
-        ParamsError: one line per untracked input, naming the key, the value and the fix.
-    """
+    """Raise ParamsError (a line per problem) unless every input in ``keys`` is tracked."""
     problems = untracked_inputs(params, project_root, keys)
     if problems:
         raise ParamsError("\n".join(problems))

@@ -1,11 +1,9 @@
 """MLflow tracking: where runs go, the run tree of one pipeline execution, and lineage tags.
 
-One pipeline execution is one parent run; every stage that logs opens a child run under it
-(tuning trials are grandchildren). Stages run in separate processes, so the execution is
-identified by ``PIPELINE_RUN_ID`` (``finetune run`` and preset runs set it; the Prefect flow
-passes its flow run id) or, under a bare ``dvc repro`` that passes no id, by the ``dvc``
-process that runs all the stages. Whoever passes the id ends the parent run when the
-stages are done (:func:`end_execution`, :func:`end_pipeline`).
+One execution is one parent run; each logging stage opens a child run under it (tuning
+trials are grandchildren). The execution is ``PIPELINE_RUN_ID`` (or the Prefect flow run
+id, or under a bare ``dvc repro`` the ``dvc`` process); whoever passes the id ends the
+parent run (:func:`end_execution`, :func:`end_pipeline`).
 """
 
 from __future__ import annotations
@@ -33,8 +31,7 @@ from tasks.core.paths import PARAMS_FILE, PREPARED
 PIPELINE_TAG = "pipeline.id"
 STAGE_TAG = "pipeline.stage"
 ERROR_TAG = "error"
-# MLflow 3's UI opens an experiment on its GenAI traces overview unless this experiment tag
-# says it is for model training; then it opens on the runs list.
+# Makes MLflow 3's UI open the experiment on its runs list, not the GenAI traces overview.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
@@ -50,8 +47,7 @@ def tracking_uri(params: Params, state_dir: Path = STATE_DIR) -> str:
 
 
 def store_uri(configured: str | None, state_dir: Path = STATE_DIR) -> str:
-    """``configured`` (``tracking.uri``), else ``MLFLOW_TRACKING_URI``, else the project's
-    SQLite store: the one rule every stage and ``models:/`` resolution follow."""
+    """``configured``, else ``MLFLOW_TRACKING_URI``, else the project's SQLite store."""
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(state_dir)
 
 
@@ -72,16 +68,13 @@ def use_store(params: Params, state_dir: Path = STATE_DIR) -> str:
 
 
 SERVER_TRIES = (0, 1, 2, 4)  # seconds to wait before each try of an unreachable server
-# MLflow's HTTP client retries a failed request 7 times with backoff factor 2 (~4 minutes
-# before the error, meant for rate limits): a server that died mid-stage then holds the stage
-# for minutes. Here: 4 tries, waiting 0, 2 and 4 s (+ up to 1 s jitter) in between.
+# MLflow's default (7 retries, backoff 2: ~4 minutes) holds a stage whose server died.
 HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
 def require_server(uri: str, key: str) -> None:
-    """Fail early and in one line when the MLflow server at ``uri`` does not answer (a few
-    tries with backoff, ~7 s), before any run is opened: MLflow's own client retries a
-    refused connection for minutes and ends with a traceback that names no setting."""
+    """Raise a one-line StageError naming ``key`` when the server at ``uri`` does not answer
+    (MLflow's client retries for minutes, then raises a traceback naming no setting)."""
     import time
     import urllib.error
     import urllib.request
@@ -104,11 +97,7 @@ def require_server(uri: str, key: str) -> None:
 
 
 def configure(params: Params, state_dir: Path = STATE_DIR) -> str:
-    """Point MLflow at the tracking store and experiment; return the experiment id.
-
-    A new experiment keeps its artifacts under ``state_dir/mlflow/artifacts`` when the
-    store is the local default (MLflow would otherwise write ``./mlruns``).
-    """
+    """Point MLflow at the tracking store and experiment; return the experiment id."""
     import mlflow
 
     uri = use_store(params, state_dir)
@@ -142,10 +131,8 @@ def configure(params: Params, state_dir: Path = STATE_DIR) -> str:
 
 
 def registered_model_name(params: Params) -> str:
-    """``register.model_name``, or with ``auto`` one name per data and task:
-    ``{data}-{text|token}-classifier``, data being the built-in dataset's name or the stem of
-    the user's file (``data.source.path``, else ``.train``), so a token-classification run
-    never lands in a sentiment model's registry entry."""
+    """``register.model_name``, or with ``auto`` ``{data}-{text|token}-classifier`` (data:
+    the built-in dataset's name or the user's file stem), one name per data and task."""
     import re
 
     name = params.register_.model_name
@@ -170,16 +157,13 @@ def new_pipeline_id() -> str:
 
 
 def pipeline_id() -> str:
-    """The id shared by every stage of one pipeline execution: the one its starter passed
-    (``PIPELINE_RUN_ID``, else the Prefect flow run's id)."""
+    """The id shared by every stage of one pipeline execution (see the module docstring)."""
     explicit = os.environ.get(PIPELINE_RUN_ENV) or os.environ.get("PIPELINE_FLOW_RUN_ID")
     if explicit:
         return explicit
     import psutil
 
-    # Fallback for a bare `dvc repro` (or `dvc exp run`), which passes no id: it runs each
-    # stage command as a (grand)child of one dvc process, and that process, with its start
-    # time, identifies the execution.
+    # A bare `dvc repro`/`dvc exp run` passes no id: its dvc ancestor process identifies it.
     with contextlib.suppress(psutil.Error):
         for ancestor in psutil.Process().parents():
             command = " ".join(ancestor.cmdline())
@@ -191,13 +175,8 @@ def pipeline_id() -> str:
 def parent_run_id(
     experiment_id: str, execution: str, params: Params, project: Path = PROJECT_ROOT
 ) -> str:
-    """Find or create the parent run of ``execution`` (tagged with it), with the lineage
-    tags and the resolved params.
-
-    It is created RUNNING and stays so while stages run: :func:`stage_run` ends it FAILED
-    when a stage fails and FINISHED after the last stage of ``dvc.yaml``; the Prefect flow
-    ends it too (:func:`end_pipeline`). Its duration is the whole execution's.
-    """
+    """Find or create ``execution``'s parent run (RUNNING, with lineage tags and params);
+    :func:`stage_run` and :func:`end_pipeline` end it."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -212,7 +191,6 @@ def parent_run_id(
     )
     run_id = run.info.run_id
     log_params(client, run_id, params)
-    # What every later stage builds on: the data summary and the validation report.
     for report in (
         "data/prepared/summary.json",
         "reports/validation.md",
@@ -237,11 +215,8 @@ def find_parent(experiment_id: str, execution: str) -> str | None:
 
 
 def pipeline_run_name(project: Path, commit: str) -> str:
-    """A name a person can read in the runs list: data, task, start time, commit.
-
-    Data and task come from prepare's ``summary.json`` (already logged with the parent run),
-    not from params: naming a run is no reason for a stage to depend on ``data.source``.
-    """
+    """A readable run name: data, task, start time, commit. Data and task come from
+    ``summary.json``, so naming a run adds no dependency on ``data.source``."""
     import datetime
     import json
 
@@ -274,12 +249,8 @@ def describe_error(exc: BaseException) -> str:
 def end_pipeline(
     params: Params, execution: str, error: str | None = None, state_dir: Path = STATE_DIR
 ) -> str | None:
-    """End ``execution``'s parent run: FINISHED, or FAILED with ``error`` as its tag (a tag a
-    failed stage already set, which names the stage, is kept).
-
-    The parent is looked up in every experiment of the store (a preset names its own).
-    Returns its run id; None when no stage opened one (nothing is created then).
-    """
+    """End ``execution``'s parent run (in any experiment): FINISHED, or FAILED with ``error``
+    as its tag unless a failed stage set one. Returns its id; None when there is none."""
     import mlflow
 
     uri = tracking_uri(params, state_dir)
@@ -303,10 +274,8 @@ def end_pipeline(
 
 
 def end_execution(project: Path, execution: str, returncode: int) -> None:
-    """End the parent run of the stages a command ran as ``execution`` (``finetune run``),
-    by the exit code of the DVC command: also when it ran only some stages (``--stage``) or
-    a stage was killed before it could mark the run. A store that cannot be reached is
-    reported in one line; the command's own exit code stands."""
+    """End ``execution``'s parent run by the DVC command's exit code (also after ``--stage``
+    or a killed stage); an unreachable store is only logged as a warning."""
     import logging
 
     from mlflow.exceptions import MlflowException
@@ -320,7 +289,6 @@ def end_execution(project: Path, execution: str, returncode: int) -> None:
         logging.getLogger(__name__).warning("could not end MLflow run %s: %s", execution, message)
 
 
-# The stages whose runs (and tuning trials) sample system metrics: where the compute is.
 SYSTEM_METRICS_STAGES = ("train", "tune")
 
 
@@ -333,14 +301,10 @@ def system_metrics(params: Params, stage: str) -> bool:
 def stage_run(
     params: Params, stage: str, state_dir: Path = STATE_DIR, project: Path = PROJECT_ROOT
 ) -> Iterator[Any]:
-    """Open ``stage``'s child run under this execution's parent run (active in the block).
-
-    Open the block when the stage starts and do the work inside it: the run is RUNNING
-    (and its metrics visible) while the stage works. It ends FINISHED, or FAILED (KILLED
-    on Ctrl-C) with the error as its ``error`` tag; a failure ends the parent run FAILED
-    too, with ``stage: error``; the last stage of ``dvc.yaml`` ends it FINISHED. The child
-    carries the lineage tags and params too, so any run (and the model version registered
-    from it) is traceable on its own.
+    """Open ``stage``'s child run (with lineage tags and params) under the execution's parent
+    run, active in the block. It ends FINISHED, or FAILED (KILLED on Ctrl-C) with an
+    ``error`` tag, and then the parent too; the last stage of ``dvc.yaml`` ends the parent.
+    Raises StageError (one line) when the tracking server is lost.
     """
     import mlflow
 
@@ -374,12 +338,7 @@ def stage_run(
 def _start_stage_run(
     params: Params, stage: str, state_dir: Path, project: Path
 ) -> tuple[Any, str, Any]:
-    """(client, parent run id, the started child run) of :func:`stage_run`: the parent is
-    RUNNING again if it had ended.
-
-    Raises:
-        StageError: the MLflow store failed (one line, before any work).
-    """
+    """(client, parent run id, child run) of :func:`stage_run`; StageError if the store fails."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -417,8 +376,7 @@ _REASON = re.compile(r"\[Errno -?\d+\] [^')\]]+|Connection refused|Connection re
 
 
 def server_lost(exc: BaseException) -> BaseException | None:
-    """The connection error in ``exc``'s chain when the tracking server stopped answering
-    (MLflow wraps requests' ``ConnectionError`` in an ``MlflowException``), else None."""
+    """The connection error in ``exc``'s chain when the tracking server stopped answering."""
     import requests
 
     seen = set()
@@ -430,7 +388,7 @@ def server_lost(exc: BaseException) -> BaseException | None:
             exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError
         ):
             return exc
-        # Failures of parallel artifact uploads come back as text only, the chain cut.
+        # parallel artifact uploads fail with text only, the chain cut
         if isinstance(exc, Exception) and _CONNECTION_LOST.search(str(exc)):
             return exc
         exc = exc.__cause__ or exc.__context__
@@ -450,8 +408,7 @@ def server_lost_message(uri: str, stage: str, cause: BaseException) -> str:
 
 
 def log_params(client: Any, run_id: str, params: Params) -> None:
-    """The resolved params as flat keys (``train.learning_rate``), any URL's password
-    masked (params refuse passwords; a mask still keeps one out of every run)."""
+    """The resolved params as flat keys (``train.learning_rate``), URL passwords masked."""
     from mlflow.entities import Param
 
     flat = mlflow_names(flatten(params.model_dump(by_alias=True, mode="json")))
@@ -470,14 +427,12 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
-# What MLflow accepts in a metric or param name; user data (label names such as ``<pos>`` or
-# ``B-ORG/x?``) can hold anything else, and MLflow rejects the whole batch for one bad key.
+# MLflow rejects a whole batch for one key outside these (label names can hold anything).
 _UNSAFE_NAME_CHARS = re.compile(r"[^\w\-. :/]")
 
 
 def mlflow_names(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with keys MLflow accepts: other characters become ``_``, and a key that then
-    collides with another gets a short hash of the original, so no value is lost."""
+    """``values`` with keys MLflow accepts (``_`` for others; a hash suffix on a collision)."""
     safe: dict[str, Any] = {}
     for key, value in values.items():
         name = _UNSAFE_NAME_CHARS.sub("_", key)
@@ -551,12 +506,8 @@ def dvc_hashes(project: Path = PROJECT_ROOT) -> dict[str, str]:
 
 
 def log_datasets(project: Path, splits: tuple[str, ...], run_id: str | None = None) -> None:
-    """The prepared splits as MLflow dataset inputs of ``run_id`` (default: the active run),
-    digest = DVC's hash.
-
-    Only metadata is logged (no rows are read), so logging the test split's identity does not
-    mean a stage looked at it.
-    """
+    """The prepared splits as dataset inputs of ``run_id`` (default: active run), digest =
+    DVC's hash. Only metadata: no rows are read, so the test split is never looked at."""
     import warnings
 
     import mlflow
@@ -585,9 +536,8 @@ def log_datasets(project: Path, splits: tuple[str, ...], run_id: str | None = No
 def log_model_metrics(
     client: Any, name: str, version: str, metrics: dict[str, Any], prepared: Path, digest: str
 ) -> None:
-    """The test scores (``metrics.json``'s numbers) as MLflow 3 model metrics of version
-    ``version``'s logged model, linked to the test split by name and digest (DVC's hash), in
-    the active run: what the Models view and the version's page show."""
+    """The test scores as MLflow 3 model metrics of ``version``'s logged model, linked to the
+    test split by name and ``digest``, in the active run."""
     import warnings
 
     import mlflow
@@ -617,12 +567,8 @@ def _log_inputs(client: Any, run_id: str, inputs: list[Any]) -> None:
 
 
 def retry_insert_race(call: Any, *args: Any, tries: int = 3, **kwargs: Any) -> Any:
-    """``call(*args, **kwargs)``, tried again when it lost an insert race in MLflow's SQL
-    store. The store writes a dataset, an alias or a tag by reading whether its row exists,
-    then inserting it (``session.merge``), so two pipelines (two checkouts, one store) doing
-    it at the same moment make one fail on the row's UNIQUE constraint (measured: 4 clients
-    setting one alias at once on a PostgreSQL-backed server failed in 5 of 10 rounds); a
-    second try finds the row and updates it."""
+    """``call(*args, **kwargs)``, retried when it lost an insert race on a UNIQUE row in
+    MLflow's SQL store (read-then-insert ``session.merge``; two pipelines on one store)."""
     from mlflow.exceptions import MlflowException
 
     for attempt in range(tries):
@@ -650,8 +596,7 @@ def log_numbers(values: dict[str, Any], prefix: str = "", step: int | None = Non
 
 
 def log_to_parent(values: dict[str, Any], prefix: str = "") -> None:
-    """Numbers of ``values`` also on the pipeline's parent run of the active stage run: the
-    headline metrics of an execution, in the runs list's columns without opening a child."""
+    """Numbers of ``values`` also on the active stage run's parent (the runs list's columns)."""
     import mlflow
     from mlflow.entities import Metric
 

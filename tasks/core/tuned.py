@@ -21,21 +21,12 @@ BEST_PARAMS_FILE = "best_params.json"  # written by the tune stage into reports/
 
 
 def apply_tuned_params(params: Params, best_params: Path | str) -> tuple[Params, dict[str, Any]]:
-    """The parameters a training run uses, and where its ``train`` values came from.
+    """``params`` with the resolved ``train`` section, and its provenance (``params_source``,
+    ``tuned_params``, and for a tuned run study, best trial and score).
 
-    Precedence (also in ``params.yaml``): when ``tune.enabled`` is true and ``best_params``
-    (``reports/best_params.json``, written by the tune stage) holds a finished search
-    (``status: tuned``), its values replace the ``train`` keys they name; every other key
-    comes from ``params.yaml``. Otherwise, or when the search found nothing better than the
-    ``train`` values themselves (``source: defaults``), ``params.yaml`` alone decides.
-
-    Returns:
-        ``params`` with the resolved ``train`` section, and the provenance:
-        ``params_source`` (``tune`` or ``params.yaml``), ``tuned_params`` (the values taken
-        from the search), and for a tuned run the study, best trial and its score.
-
-    Raises:
-        ParamsError: ``best_params`` is unreadable or names invalid values.
+    With ``tune.enabled`` and a finished search (``status: tuned``) in ``best_params``, its
+    values replace the ``train`` keys they name; otherwise (or ``source: defaults``)
+    ``params.yaml`` alone decides. ParamsError when ``best_params`` is unreadable or invalid.
     """
     path = Path(best_params)
     provenance: dict[str, Any] = {"params_source": "params.yaml", "tuned_params": {}}

@@ -1,6 +1,5 @@
-"""Batches: the padding collators, length-grouped and token-budget training batches (opt-in,
-``train.max_tokens_per_batch``) and their learning-rate rule, length-sorted inference batches
-(the evaluate stage), the model's columns."""
+"""Batches: padding collators, length-grouped and token-budget training batches with their
+learning-rate rule, length-sorted inference batches, the model's columns."""
 
 from __future__ import annotations
 
@@ -11,14 +10,11 @@ from transformers import DataCollatorForTokenClassification, DataCollatorWithPad
 
 from tasks.core.errors import StageError
 
-# Token budgets group examples by padded length (the bucket): multiples of 8 up to 64
-# sub-tokens, then multiples of 32, so tokenize.max_length 128 gives 10 groups (512: 22); a
-# batch of a group is padded to at most its bucket, so it stays within the budget.
+# Padded-length buckets of token budgets: multiples of 8 up to 64 sub-tokens, then of 32.
 FINE_STEP, FINE_UP_TO, COARSE_STEP = 8, 64, 32
 
 
-# evaluate.max_tokens_per_batch: auto. Padded tokens per inference batch on CUDA (tens of
-# thousands keep a GPU busy); on a CPU null: evaluate.batch_size examples per batch.
+# evaluate.max_tokens_per_batch: auto on CUDA (on a CPU: None, batch_size examples).
 AUTO_TOKEN_BUDGET = {"inference": 65536}
 
 
@@ -44,10 +40,9 @@ def model_columns(dataset: Any) -> list[str]:
 
 
 def padding_collator(task: str, tokenizer: Any, device: str) -> Any:
-    """transformers' padding collator for ``task`` (labels padded with -100): to the longest
-    example of the batch, rounded up to a multiple of 8 on CUDA (tensor-core shapes). A CPU
-    pads to the longest itself: rounding up cost it measurably (bench/RESULTS.md, throughput
-    2026-12-06: padding to buckets trained at 0.92x / 0.88x)."""
+    """transformers' padding collator for ``task``: to the batch's longest example, rounded up
+    to a multiple of 8 on CUDA only (on a CPU it is slower: bench/RESULTS.md, throughput
+    2026-12-06)."""
     multiple = 8 if device == "cuda" else None
     if task == "token_classification":
         return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=multiple)
@@ -55,19 +50,14 @@ def padding_collator(task: str, tokenizer: Any, device: str) -> Any:
 
 
 def token_budget(value: int | str | None, device: str, kind: str = "inference") -> int | None:
-    """``evaluate.max_tokens_per_batch`` resolved: ``auto`` is :data:`AUTO_TOKEN_BUDGET` on
-    CUDA and ``None`` (``batch_size`` examples per batch) elsewhere."""
+    """``evaluate.max_tokens_per_batch`` resolved (``auto``: see :data:`AUTO_TOKEN_BUDGET`)."""
     if value == "auto":
         return AUTO_TOKEN_BUDGET[kind] if device == "cuda" else None
     return None if value is None else int(value)
 
 
 def check_budget(max_tokens: int | None, lengths: Sequence[int], cap: int | None, what: str):
-    """A budget must hold the longest example, padded.
-
-    Raises:
-        StageError: it does not.
-    """
+    """Raise StageError when the budget cannot hold the longest example, padded."""
     if max_tokens and lengths:
         longest = padded_length(max(lengths), cap)
         if longest > max_tokens:
@@ -78,13 +68,9 @@ def check_budget(max_tokens: int | None, lengths: Sequence[int], cap: int | None
 
 
 class TokenBudgetBatches:
-    """Training batches of at most ``max_tokens`` padded tokens, reproducible per (seed, epoch).
-
-    transformers has no token-budget sampler. Examples are grouped by bucket
-    (:func:`padded_length`); each epoch shuffles every bucket, cuts it into batches of
-    ``max_tokens // bucket`` examples, and shuffles the batches. So each bucket gives one
-    batch shape (plus one short batch), and the number of batches per epoch is the same
-    every epoch (the Trainer's schedule is computed from it once).
+    """Training batches of at most ``max_tokens`` padded tokens, reproducible per (seed, epoch)
+    (transformers has no token-budget sampler). Per bucket, one batch shape; the number of
+    batches is the same every epoch (Trainer computes its schedule once).
     """
 
     def __init__(self, lengths: Sequence[int], max_tokens: int, seed: int, cap: int | None = None):
@@ -116,16 +102,10 @@ class TokenBudgetBatches:
 
 
 class LengthGroupedBatches:
-    """Training batches of ``batch_size`` examples of similar lengths, in shuffled order,
-    reproducible per (seed, epoch).
-
-    Kept over Trainer's ``group_by_length`` sampler, which sorts each mega-batch of 50 batches
-    longest first and orders its batches that way: a toy text task (test_train.py,
-    ``test_text_task_learns_and_writes_outputs``: 240 examples, one mega-batch) stayed at
-    validation accuracy 0.50 after 4 epochs with it and reached 1.00 with random order or
-    these batches. Its order also comes from the global RNG at each epoch's start, so a run
-    resumed in a later epoch sees other batches; here it depends on (seed, epoch) alone.
-    Only the last batch may be short.
+    """Training batches of ``batch_size`` examples of similar lengths, shuffled, reproducible
+    per (seed, epoch); only the last may be short. Hand-written: Trainer's ``group_by_length``
+    orders batches longest first (a toy task did not learn: test_train.py) and draws from the
+    global RNG (a resumed run sees other batches).
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int):
@@ -160,8 +140,8 @@ def sorted_by_length(lengths: Sequence[int]) -> list[int]:
 def inference_batches(
     lengths: Sequence[int], batch_size: int, max_tokens: int | None = None, cap: int | None = None
 ) -> list[list[int]]:
-    """Inference batches, longest first: ``batch_size`` examples each, or (``max_tokens``) as
-    many as fit in that many padded tokens (each batch padded to its longest's bucket)."""
+    """Inference batches, longest first: ``batch_size`` examples, or as many as fit in
+    ``max_tokens`` padded tokens."""
     order = sorted_by_length(lengths)
     if not max_tokens:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -178,10 +158,8 @@ def inference_batches(
 
 
 def scaled_learning_rate(learning_rate: float, batch_size: int, mean_examples: float) -> float:
-    """The square-root rule for Adam-type optimizers (Malladi et al. 2022, "On the SDEs and
-    Scaling Rules for Adaptive Gradient Algorithms"): ``learning_rate`` is set for
-    ``batch_size`` examples per step; batches of ``mean_examples`` use
-    ``learning_rate * sqrt(mean_examples / batch_size)``. Warm-up stays a share of steps."""
+    """The square-root rule for Adam-type optimizers (Malladi et al. 2022): ``learning_rate``
+    for ``batch_size`` examples, scaled to batches of ``mean_examples``."""
     return learning_rate * (mean_examples / batch_size) ** 0.5
 
 

@@ -1,12 +1,8 @@
 """Document context for token classification (``tokenize.context_tokens``).
 
-A sentence of a CoNLL document is encoded with the words of its neighbours in the same
-document (``-DOCSTART-``; prepare's ``group`` column) around it: up to ``context_tokens``
-sub-tokens of the sentences before it and as many of those after it, whole words only, and
-never past ``max_length``. Only the centre sentence's words carry labels and word ids, so
-training, evaluate and its word alignment treat the context like special tokens (label
--100, word id -1). A name's other mentions in the document ("Leicester" the club, "AN"
-the party) are then in view. FLERT (Schweter and Akbik, 2020) used 64 sub-tokens a side.
+A sentence is encoded with up to ``context_tokens`` sub-tokens of whole words of its
+document's neighbouring sentences on each side, never past ``max_length`` (FLERT, Schweter
+and Akbik 2020). Context is treated like special tokens (label -100, word id -1).
 """
 
 from __future__ import annotations
@@ -17,8 +13,7 @@ import numpy as np
 
 
 def document_order(frame: Any) -> list[list[int]] | None:
-    """The rows of each document in reading order (by source file and first line); ``None``
-    when the split has no documents (no ``group`` column: a file without ``-DOCSTART-``)."""
+    """The rows of each document in reading order; ``None`` without a ``group`` column."""
     if "group" not in frame.columns:
         return None
     keys = frame[["source_file", "group", "source_line"]].copy()
@@ -44,8 +39,8 @@ def subtoken_counts(tokenizer: Any, words: list[list[str]]) -> list[list[int]]:
 def _take(
     rows: list[int], words: list[list[str]], counts: list[list[int]], budget: int, before: bool
 ) -> tuple[list[str], int]:
-    """Whole words from ``rows`` (the neighbouring sentences, nearest first) up to ``budget``
-    sub-tokens; nearest words first, returned in reading order with the sub-tokens used."""
+    """Whole words of ``rows`` (nearest first) up to ``budget`` sub-tokens, in reading order,
+    with the sub-tokens used."""
     taken: list[str] = []
     used = 0
     for row in rows:
@@ -61,11 +56,8 @@ def _take(
 def with_context(
     tokenizer: Any, frame: Any, words: list[list[str]], context_tokens: int, max_length: int
 ) -> tuple[list[list[str]], list[int], dict[str, Any]]:
-    """Each sentence's words with its document context around it.
-
-    Returns the word lists to encode, where each sentence starts in its list (its offset),
-    and statistics (sentences with context, mean context sub-tokens, documents). Without
-    documents, or with ``context_tokens`` 0, the sentences come back as they are."""
+    """Each sentence's words with its document context: (word lists to encode, each
+    sentence's offset in its list, statistics); unchanged without documents or context."""
     offsets = [0] * len(words)
     documents = document_order(frame) if context_tokens else None
     if not documents:
@@ -81,7 +73,7 @@ def with_context(
             if room <= 0:
                 continue
             before, after = rows[position - 1 :: -1] if position else [], rows[position + 1 :]
-            # Each side up to context_tokens; a side with less to give leaves its room to the other.
+            # a side with less to give leaves its room to the other
             left_budget = min(context_tokens, room // 2)
             left, left_used = _take(before, words, counts, left_budget, True)
             right_budget = min(context_tokens, room - left_used)
@@ -102,8 +94,8 @@ def with_context(
 
 
 def centre_word_ids(word_ids: list[int | None], offset: int, n_words: int) -> list[int | None]:
-    """``word_ids()`` of a sentence encoded with context, renumbered to the sentence's own
-    words; context sub-tokens become ``None`` (like special tokens: no label, no prediction)."""
+    """``word_ids()`` of a sentence encoded with context, renumbered to its own words;
+    context sub-tokens become ``None``."""
     return [
         None if w is None or not offset <= w < offset + n_words else w - offset for w in word_ids
     ]

@@ -1,6 +1,5 @@
-"""Model inputs from prepared rows: what the tokenizer is given (texts, or word lists), one
-tokenizer pass that truncates only the rows longer than ``max_length``, and the columns and
-statistics (truncation, sub-token lengths, words cut off) of a text or token dataset."""
+"""Model inputs from prepared rows: one tokenizer pass, and the columns and statistics of a
+text or token dataset."""
 
 from __future__ import annotations
 
@@ -14,13 +13,9 @@ from tasks.core.data.labels import align_labels
 def _encode_once(
     tokenizer: Any, inputs: list, max_length: int, full: Any = None, **kwargs: Any
 ) -> tuple[dict[str, list], tuple[list, list], list[int]]:
-    """Tokenize ``inputs`` once without truncation (the full lengths are statistics), then
-    re-encode with truncation only the rows longer than ``max_length``: usually none, so the
-    data is tokenized once instead of twice (the library's path for both would be two passes).
-    ``full``: that untruncated encoding when the caller has it already (``max_length: auto``).
-
-    Returns the model columns (truncated), the word ids per row before and after truncation,
-    and the full lengths."""
+    """Tokenize ``inputs`` once untruncated (``full``, if the caller has it), re-encoding only
+    rows longer than ``max_length``; returns the truncated model columns, word ids before and
+    after truncation, and the full lengths."""
     if full is None:
         full = tokenizer(inputs, truncation=False, **kwargs)
     columns = {key: list(values) for key, values in full.items()}
@@ -72,12 +67,8 @@ def encode_words(
     full: Any = None,
     context_tokens: int = 0,
 ) -> tuple[dict[str, list], dict[str, Any]]:
-    """Columns of the token-classification dataset and this split's statistics.
-
-    ``word_ids`` keeps, per sub-token, the index of its word (-1 for special tokens and
-    document context), so evaluate can map predictions back to words.
-    ``words_past_max_length`` counts the words truncation removed: the model never predicts
-    them. ``context_tokens``: document context on each side (``tasks.core.data.context``)."""
+    """Columns of the token-classification dataset (``word_ids``: each sub-token's word, -1
+    for special tokens and context) and this split's statistics."""
     words, kwargs = model_inputs("token_classification", frame)
     tags = [[str(t) for t in ts] for ts in frame["tags"]]
     inputs, offsets, context = with_context(tokenizer, frame, words, context_tokens, max_length)

@@ -1,6 +1,4 @@
-"""Labels: IOB2 entity tags (the entity type of a tag, the tag set of entity types, checks),
-the label map a dataset's train split defines, and word tags on sub-tokens (a word's
-tag on its first sub-token, and back)."""
+"""Labels: IOB2 entity tags, the label map train defines, and word tags on sub-tokens."""
 
 from __future__ import annotations
 
@@ -31,9 +29,6 @@ def check_iob2(tag: str, where: str) -> None:
         raise StageError(f"{where}: tag {tag!r} is not IOB2 (expected O, B-TYPE or I-TYPE)")
 
 
-# --- the label map ----------------------------------------------------------------------------
-
-
 def _where(row: Any, split: str) -> str:
     if row.get("source_file") is not None and row.get("source_line", -1) != -1:
         return f"{split} split ({row['source_file']}:{row['source_line']})"
@@ -41,13 +36,8 @@ def _where(row: Any, split: str) -> str:
 
 
 def build_labels(task: str, frames: dict[str, Any]) -> list[str]:
-    """The label map, built from train: sorted labels, or the IOB2 tag list of the entity
-    types seen in train (``O``, then ``B-``/``I-`` per type).
-
-    Raises:
-        StageError: a validation/test label (or entity type) never occurs in train, or a
-            tag is not IOB2.
-    """
+    """The label map from train (sorted labels, or ``O`` then ``B-``/``I-`` per type);
+    StageError for a label or type absent from train, or a tag that is not IOB2."""
     if task == "text_classification":
         known = sorted({str(x) for x in frames["train"]["label"]})
         for split in ("validation", "test"):
@@ -80,9 +70,6 @@ def build_labels(task: str, frames: dict[str, Any]) -> list[str]:
     return iob2_tags(types["train"])
 
 
-# --- sub-tokens -------------------------------------------------------------------------------
-
-
 def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
     """Sub-token labels: a word's label on its first sub-token, -100 on the rest and on
     special tokens (``word_ids`` is ``None`` there)."""
@@ -96,15 +83,11 @@ def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int
     return labels
 
 
-# --- models -------------------------------------------------------------------------------------
-
-
 def words_from_subtokens(
     word_ids: list[int], token_tags: list[str], confidences: list[float], n_words: int
 ) -> tuple[list[str], list[float | None]]:
-    """Word-level tags: each word takes the tag predicted on its first sub-token. Words
-    without a sub-token (truncated away, or nothing the tokenizer could represent) get
-    ``O`` (they count as missed entities) and confidence ``None``."""
+    """Word-level tags from each word's first sub-token; a word without one gets ``O`` and
+    confidence ``None``."""
     tags: list[str] = ["O"] * n_words
     confidence: list[float | None] = [None] * n_words
     previous = -1

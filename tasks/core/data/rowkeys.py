@@ -1,8 +1,7 @@
 """Row digests: compare, deduplicate and look up texts without holding them twice.
 
-Hand-written to close a named gap: keying rows by their texts (pandas groupby, isin, string
-concatenation) held every text again as a Python object; prepare peaked at 13x the file
-and validate at 14x (bench/memory.py). A digest takes 16 bytes a row.
+Hand-written: keying rows by their texts in pandas held every text again as a Python object
+(bench/memory.py); a digest takes 16 bytes a row.
 """
 
 from __future__ import annotations
@@ -16,10 +15,8 @@ KEYS = ("finetune-flow-01", "finetune-flow-02")  # two SipHash-2-4 keys: 128 bit
 
 
 def row_keys(values: pd.Series | pd.DataFrame) -> np.ndarray:
-    """A 128-bit digest of each row's value(s) (pandas' SipHash under two keys), as 16-byte
-    numpy void scalars that ``np.unique`` and ``np.isin`` compare exactly like the values
-    (two different values share a digest with odds of about n^2 / 2^129: under 1e-20 for a
-    billion rows). A null has a digest too: callers decide what a null row means."""
+    """A 128-bit digest of each row's value(s) as 16-byte numpy voids for ``np.unique`` and
+    ``np.isin`` (collision odds about n^2 / 2^129). A null has a digest too."""
     digests = np.empty((len(values), 2), dtype=np.uint64)
     for start in range(0, len(values), CHUNK_ROWS):
         chunk = values.iloc[start : start + CHUNK_ROWS]

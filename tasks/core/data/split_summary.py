@@ -1,7 +1,5 @@
-"""What prepare's ``summary.json`` says about the splits: counts, label (entity type)
-distribution, length percentiles and groups per split, read in place from the rows each split
-takes; and the lineage: where validation and test come from, what deduplication removed, and
-the repeats and train overlap left in given validation and test files.
+"""What prepare's ``summary.json`` says about the splits (counts, labels, lengths, groups,
+read in place) and their lineage (sources, deduplication, repeats and train overlap).
 """
 
 from __future__ import annotations
@@ -40,8 +38,7 @@ def summary_head(params: Params, inputs: list[dict]) -> dict:
 
 
 def split_summary(frame: pd.DataFrame, params: Params, taken: np.ndarray | None = None) -> dict:
-    """One split's counts, labels (entity types) and length percentiles: the rows of
-    ``frame`` at positions ``taken`` (None: all), read in place (texts are not copied)."""
+    """One split's counts, labels and length percentiles, of the rows at ``taken`` (None: all)."""
     if params.task == "token_classification":
         lengths = _rows_of(_list_lengths(frame["tokens"]), taken)
         labels = _entity_counts(frame["tags"], taken)
@@ -73,8 +70,7 @@ def _list_lengths(lists: pd.Series) -> pd.Series:
 
 
 def _entity_counts(tags: pd.Series, taken: np.ndarray | None) -> dict[str, int]:
-    """Entities (``B-`` tags) per type in the rows at positions ``taken`` (None: all),
-    counted in Arrow on the tags in place (the split's tags are not copied)."""
+    """Entities (``B-`` tags) per type in the rows at ``taken``, counted in Arrow in place."""
     lists = pa.array(tags)
     values = pc.list_flatten(lists)
     starts = np.flatnonzero(pc.starts_with(values, "B-").to_numpy(zero_copy_only=False))
@@ -92,9 +88,8 @@ def _entity_counts(tags: pd.Series, taken: np.ndarray | None) -> dict[str, int]:
 def _lineage(
     params: Params, splits: dict[str, pd.DataFrame], given: list[str], removed: int
 ) -> dict:
-    """Where validation and test come from, what deduplication removed, and what is left in
-    the given validation/test files as written: rows repeating an earlier row of the same
-    file (text and label) and rows whose text also occurs in the train split."""
+    """Where validation and test come from, what deduplication removed, and the repeats and
+    train overlap left in given validation/test files."""
     lineage = origins(params, given, removed)
     if given:
         keys, present = text_keys(splits["train"])

@@ -1,6 +1,5 @@
-"""Splitting a frame into train, validation and test: the units that never straddle two
-splits (a group, a CoNLL document, else one text), the rows repeating an earlier row
-(deduplication), the stratified assignment of units to splits, and why a split came out empty.
+"""Splitting a frame into train, validation and test in units that never straddle two splits,
+deduplication, and why a split came out empty.
 """
 
 from __future__ import annotations
@@ -31,15 +30,11 @@ def split_rows(
     kept: np.ndarray | None = None,
     by_group: bool = True,
 ) -> dict[str, np.ndarray]:
-    """The positions in ``frame`` of each split's rows (of the rows ``kept``, default all).
+    """The shuffled positions of each split's rows (of the rows ``kept``, default all).
 
-    Rows are split in units that never straddle two splits: a ``group`` value when the
-    frame has that column and ``by_group`` (every review of one movie, every sentence of one
-    CoNLL document; a row without a value is its own unit), otherwise one text (identical
-    texts or sentences stay together, so duplicates cannot leak from train into test).
-    Without groups, units are split within each value of ``stratify_by`` (the label), so
-    every split keeps the class balance. Rows inside each split are shuffled. Positions, not
-    frames: prepare copies each split's rows once, from the file's frame.
+    Units (:func:`split_units`: a ``group`` with ``by_group``, else one text, so duplicates
+    cannot leak into test) never straddle two splits. Without groups, units are split within
+    each ``stratify_by`` value, keeping the class balance.
     """
     rng = np.random.default_rng(seed)
     bounds = np.cumsum([ratios.train, ratios.validation, ratios.test])
@@ -57,7 +52,6 @@ def split_rows(
     for _, members in table.groupby("stratum", sort=True):
         members = members.iloc[rng.permutation(len(members))]
         sizes = members["size"].to_numpy()
-        # Each unit goes to the split whose ratio range holds the midpoint of its rows.
         midpoints = (np.cumsum(sizes) - sizes / 2) / sizes.sum()
         split_of_unit[members.index.to_numpy()] = np.minimum(np.searchsorted(bounds, midpoints), 2)
     assignment = split_of_unit[units]
@@ -71,8 +65,8 @@ def split_rows(
 def hold_out_validation(
     train: pd.DataFrame, params: Params, kept: np.ndarray | None = None, by_group: bool = True
 ) -> dict[str, np.ndarray]:
-    """Split a train file into train and validation (``prepare.split.validation`` of it),
-    with the same grouping and stratification as a single-file split: the rows' positions."""
+    """Positions of train and validation rows of a train file (``prepare.split.validation``
+    held out), grouped and stratified as a single-file split."""
     share = params.prepare.split.validation
     if not 0 < share < 1:
         raise StageError(
@@ -97,18 +91,15 @@ def repeats(frame: pd.DataFrame) -> np.ndarray:
 
 
 def text_keys(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's text digest (:func:`row_keys`; token frames: of the joined tokens, as
-    validate's leakage check sees them) and whether the row has a text."""
+    """Each row's text digest (token frames: joined tokens) and whether it has a text."""
     if "text" in frame.columns:
         return row_keys(frame["text"]), frame["text"].notna().to_numpy()
     return _joined_keys(frame, ["tokens"]), np.ones(len(frame), dtype=bool)
 
 
 def _joined_keys(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    """:func:`row_keys` of list columns' values joined by spaces, joined CHUNK_ROWS rows at a
-    time: the joined texts of a whole file are never held (they are as large as its tokens).
-    One column hashes as its joined strings alone, so the digests (and the split units
-    numbered in digest order) are those of the texts."""
+    """:func:`row_keys` of list columns joined by spaces, CHUNK_ROWS rows at a time (a whole
+    file's joined texts are never held); one column hashes as its joined texts."""
     digests = [np.empty(0, dtype=np.dtype((np.void, 16)))]
     for start in range(0, len(frame), CHUNK_ROWS):
         chunk = frame.iloc[start : start + CHUNK_ROWS]
@@ -123,8 +114,8 @@ def _joined(lists: pd.Series) -> pd.Series:
 
 
 def split_units(frame: pd.DataFrame, by_group: bool = True) -> pd.Series:
-    """The unit that keeps rows together, as an integer: one per group (with ``by_group``),
-    else per text (or joined tokens); a row without a group (text) is a unit of its own."""
+    """Each row's unit as an integer: its group (``by_group``), else its text; a row without
+    either is a unit of its own."""
     if by_group and "group" in frame.columns:
         keys, present = row_keys(frame["group"]), frame["group"].notna().to_numpy()
     else:

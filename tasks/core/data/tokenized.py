@@ -1,6 +1,5 @@
-"""The tokenize stage's output as the later stages read it: ``data/tokenized/`` (one Hugging
-Face dataset per split) and its ``manifest.json``. Here, not in the stage module, so that
-train, tune and evaluate depend on the reader, not on how tokenize encodes."""
+"""The tokenize stage's output as later stages read it: one dataset per split and the
+``manifest.json`` (a reader apart from how tokenize encodes)."""
 
 from __future__ import annotations
 
@@ -15,12 +14,8 @@ MANIFEST = "manifest.json"
 
 
 def read_manifest(tokenized_dir: Path, task: str | None = None) -> dict[str, Any]:
-    """The manifest of the tokenized data; with ``task``, checked to describe that task's data
-    (the one "this data holds task X" check of tune, train and evaluate).
-
-    Raises:
-        StageError: no manifest (tokenize has not run), or data of another task.
-    """
+    """The manifest of the tokenized data, checked against ``task`` when given; StageError
+    when missing or of another task."""
     manifest_path = Path(tokenized_dir) / MANIFEST
     if not manifest_path.is_file():
         raise StageError(f"{manifest_path}: not found (run the tokenize stage first)")
@@ -35,13 +30,8 @@ def read_manifest(tokenized_dir: Path, task: str | None = None) -> dict[str, Any
 def load_tokenized(
     tokenized_dir: Path, task: str | None = None, splits: tuple[str, ...] = SPLITS
 ) -> tuple[Any, dict[str, Any]]:
-    """The tokenized splits (a ``DatasetDict`` of ``splits`` only: tune never opens test) and
-    the manifest (checked against ``task`` when given: ``read_manifest``).
-
-    Raises:
-        StageError: the manifest or a split is missing, a split is empty, or the data is of
-            another task.
-    """
+    """A ``DatasetDict`` of ``splits`` only (tune never opens test) and the manifest;
+    StageError when something is missing or empty, or of another task."""
     import datasets
 
     tokenized_dir = Path(tokenized_dir)

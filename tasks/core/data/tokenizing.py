@@ -1,6 +1,5 @@
-"""Tokenize the prepared splits into model inputs (the ``tokenize`` stage's work; the stage's
-contract is in ``tasks/tokenize.py``). Register re-tokenizes a registered model's test split
-with it."""
+"""Tokenize the prepared splits into model inputs (the ``tokenize`` stage's work; its contract
+is in ``tasks/tokenize.py``)."""
 
 from __future__ import annotations
 
@@ -31,15 +30,8 @@ COLUMNS = {
 }
 
 
-# --- input ------------------------------------------------------------------------------------
-
-
 def read_prepared(prepared_dir: Path, task: str) -> dict[str, Any]:
-    """The three prepared splits as DataFrames.
-
-    Raises:
-        StageError: a split is missing, empty, or lacks the task's columns.
-    """
+    """The three prepared splits; StageError if one is missing, empty or lacks a column."""
     import pandas as pd
 
     frames = {}
@@ -63,9 +55,6 @@ def read_prepared(prepared_dir: Path, task: str) -> dict[str, Any]:
     return frames
 
 
-# --- the stage --------------------------------------------------------------------------------
-
-
 def tokenize(
     params: Params,
     prepared_dir: Path = PREPARED_DIR,
@@ -73,19 +62,9 @@ def tokenize(
     report_path: Path = REPORT_PATH,
     state_dir: Path = STATE_DIR,
 ) -> dict[str, Any]:
-    """Tokenize the prepared splits; write the datasets, the manifest and the report.
-
-    Args:
-        params: validated parameters (``task``, ``model``, ``tracking``, ``tokenize``).
-        prepared_dir: holds ``{train,validation,test}.parquet`` from prepare.
-        output_dir: receives one dataset per split and ``manifest.json`` (replaced whole,
-            only once everything succeeded).
-        report_path: DVC metrics file with the counts.
-        state_dir: cache for registered models (``models:/...``).
-
-    Returns:
-        The manifest.
-    """
+    """Tokenize the prepared splits; write the datasets and ``manifest.json`` into
+    ``output_dir`` (replaced whole on success) and the counts to ``report_path``. Returns
+    the manifest."""
     quiet_transformers()
     frames = read_prepared(Path(prepared_dir), params.task)
     labels = build_labels(params.task, frames)
@@ -122,8 +101,7 @@ def _manifest(
     choice: dict[str, Any],
     stats: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    """``manifest.json``: the task, the length setting, the tokenizer's identity, the labels
-    and the per-split statistics."""
+    """``manifest.json``'s content."""
     return {
         "task": params.task,
         "max_length": max_length,
@@ -149,8 +127,7 @@ def _manifest(
 def _choose_max_length(
     params: Params, tokenizer: Any, frames: dict[str, Any], limit: dict[str, Any] | None
 ) -> tuple[int, dict[str, Any], Any]:
-    """(max_length, how it was chosen, the untruncated train encoding or None): ``auto``
-    measures the train split (whose encoding is reused), a number is taken as set."""
+    """(max_length, how it was chosen, the untruncated train encoding for ``auto`` or None)."""
     if params.tokenize.max_length == "auto":
         inputs, kwargs = model_inputs(params.task, frames["train"])
         full_train = tokenizer(inputs, truncation=False, **kwargs)  # reused for train below
@@ -169,8 +146,7 @@ def _encode_splits(
     max_length: int,
     full_train: Any,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(one ``datasets.Dataset`` per split, its encoding statistics); warns per split about
-    truncated examples."""
+    """(one ``datasets.Dataset`` per split, its statistics); warns about truncation."""
     import datasets
 
     encode = encode_texts
@@ -200,8 +176,8 @@ def _encode_splits(
 def _check_word_coverage(
     params: Params, stats: dict[str, dict[str, Any]], max_length: int, limit: dict[str, Any] | None
 ) -> None:
-    """Token task: raise when too many words lost their prediction to truncation; warn when
-    ``tokenize.context_tokens`` is set but a split has no documents to take context from."""
+    """Raise when too many words lost their prediction to truncation; warn about context
+    tokens without documents."""
     check_unpredicted(stats, max_length, limit, params.tokenize.max_unpredicted_share)
     alone = [s for s in SPLITS if params.tokenize.context_tokens and not
              stats[s]["context"]["documents"]]  # fmt: skip
@@ -244,8 +220,8 @@ def _report(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stable_fingerprints(directory: Path) -> None:
-    """Replace the random fingerprints ``datasets`` writes into ``state.json`` by a hash of
-    the data, so the same input gives byte-identical outputs and DVC skips later stages."""
+    """Replace ``datasets``' random fingerprints by a hash of the data: byte-identical outputs
+    for the same input, so DVC skips later stages."""
     for state_file in sorted(directory.glob("*/state.json")):
         digest = hashlib.sha256()
         for data_file in sorted(state_file.parent.glob("*.arrow")):

@@ -1,6 +1,5 @@
-"""Where sequences are cut: ``tokenize.max_length: auto`` (a percentile of train's sub-token
-lengths, rounded up to a multiple of 8, capped at the encoder's limit, with the record of
-why) and the check on words a cut leaves unpredicted in a token task."""
+"""Where sequences are cut: ``tokenize.max_length: auto`` and the check on words a cut leaves
+unpredicted in a token task."""
 
 from __future__ import annotations
 
@@ -12,20 +11,15 @@ from tasks.core.errors import StageError
 log = logging.getLogger(__name__)
 
 
-# tokenize.max_length auto: this percentile of train's lengths. Token tasks take the longest
-# (100): a word past max_length is never predicted, and on CoNLL-2003 with the default
-# encoder the 99.9th percentile (72) would cut 0.44% of the test words (206 of 46,435) where
-# train's longest (164 -> 168) cuts none; with batches padded per batch and grouped by length
-# the longer limit costs only the few long sentences. Text tasks keep 99.9: a truncated text
-# is still classified, from its first max_length sub-tokens.
+# tokenize.max_length auto: this percentile of train's lengths. Token tasks take the longest:
+# a word past max_length is never predicted; a cut text is still classified.
 AUTO_PERCENTILE = {"text_classification": 99.9, "token_classification": 100.0}
 NO_LIMIT = 1_000_000  # a tokenizer without a length limit reports int(1e30)
 
 
 def encoder_limit(tokenizer: Any, source: Any) -> dict[str, Any] | None:
-    """The most sub-tokens the encoder takes: the smaller of the tokenizer's
-    ``model_max_length`` and the model's ``max_position_embeddings`` (RoBERTa's 514 holds
-    2 padding offsets), with where it comes from; ``None`` when neither is known."""
+    """The most sub-tokens the encoder takes (tokenizer's or model's limit, the smaller) with
+    its source; ``None`` when neither is known."""
     from transformers import AutoConfig
 
     limits = {}
@@ -47,10 +41,8 @@ def encoder_limit(tokenizer: Any, source: Any) -> dict[str, Any] | None:
 def auto_max_length(
     lengths: list[int], limit: dict[str, Any] | None, task: str = "text_classification"
 ) -> tuple[int, dict]:
-    """``tokenize.max_length: auto``: the ``AUTO_PERCENTILE`` of train's sub-token lengths
-    (an observed length: 99.9th for text, the longest for token tasks), rounded up to a
-    multiple of 8 (tensor-core friendly), at least 8, at most the encoder's limit. Returns the
-    value and the record of why (for the manifest)."""
+    """``tokenize.max_length: auto``: the ``AUTO_PERCENTILE`` of train's lengths rounded up to
+    a multiple of 8, at most the encoder's limit; returns it and the record of why."""
     import numpy as np
 
     q = AUTO_PERCENTILE[task]
@@ -76,15 +68,8 @@ def auto_max_length(
 def check_unpredicted(
     stats: dict[str, Any], max_length: int, limit: dict[str, Any] | None, max_share: float
 ) -> None:
-    """Token task: words past ``max_length`` are not in the encoded examples. Evaluate and
-    predict encode such sentences again in overlapping windows (``entity_pipeline``), so
-    test words are always predicted; training's validation scores (epoch choice, tuning) see
-    only the encoded words. A warning names the counts and the key; a validation share above
-    ``tokenize.max_unpredicted_share`` fails the stage.
-
-    Raises:
-        StageError: naming the split, the counts, the keys to change and a value.
-    """
+    """Token task: warn about words past ``max_length`` (training's validation scores never
+    see them); StageError when the validation share exceeds ``max_share``."""
     problems = []
     for split in stats:  # train, validation, test
         cut, words = stats[split]["words_past_max_length"], stats[split]["words"]

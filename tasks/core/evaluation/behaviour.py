@@ -1,21 +1,9 @@
-"""Behavioural checks of the trained model, run by the evaluate stage (Made-With-ML style,
-after CheckList: Ribeiro et al., 2020).
+"""Behavioural checks of the trained model, run by the evaluate stage (after CheckList).
 
-Test scores say how often the model is right on data like its training data; these checks
-say whether it does obvious things right on text written to probe it. The cases are data,
-one file per task type in ``tasks/core/evaluation/behaviour_cases/<task>.yaml``:
-
-- ``mft`` (minimum functionality): obvious inputs get the expected label (sentiment) or the
-  expected entities (NER).
-- ``inv`` (invariance): filling a template's ``{placeholder}`` with other names or places
-  keeps the prediction.
-- ``dir`` (directional, sentiment only): a negation moves the positive probability the
-  stated way (a label flip is counted as well).
-
-``evaluate.behaviour`` sets the label and entity-type mappings and an optional gate
-(``min_pass_rate``). Results go to ``reports/behaviour.json`` (a DVC metrics file: per
-check its pass rate, count and failed cases), a section of ``eval_report.md``, and MLflow
-(``behaviour/<check>/pass_rate`` and the json as an artifact).
+Cases are data, in ``behaviour_cases/<task>.yaml``: ``mft`` (obvious inputs get the expected
+label or entities), ``inv`` (filling a template's ``{placeholder}`` keeps the prediction),
+``dir`` (sentiment: a negation moves the positive probability the stated way). Results go
+to ``reports/behaviour.json`` (a DVC metrics file), ``eval_report.md`` and MLflow.
 """
 
 from __future__ import annotations
@@ -41,21 +29,14 @@ BATCH = 32
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
-# --- cases ------------------------------------------------------------------------------------
-
-
 def cases_file(task: str) -> Path:
     """The shipped cases of ``task``."""
     return CASES_DIR / f"{task}.yaml"
 
 
 def load_cases(path: Path, task: str) -> dict[str, dict[str, Any]]:
-    """The checks of a cases file, with their structure checked.
-
-    Raises:
-        StageError: the file is missing or a check or case is malformed (file, check, case
-            number and field named).
-    """
+    """The checks of a cases file; StageError naming file, check, case and field when the
+    file is missing or malformed."""
     path = Path(path)
     if not path.is_file():
         raise StageError(f"{path}: behaviour cases file not found")
@@ -110,9 +91,6 @@ def fillings(template: str, fills: dict[str, list[str]]) -> list[str]:
     return [template.format(**{n: fills[n][i] for n in names}) for i in range(count)]
 
 
-# --- predictions ------------------------------------------------------------------------------
-
-
 def text_log_probabilities(model: Any, tokenizer: Any, texts: list[str], precision: Any) -> list:
     """Log class probabilities (numpy) of each text."""
     import torch
@@ -130,8 +108,7 @@ def text_log_probabilities(model: Any, tokenizer: Any, texts: list[str], precisi
 
 
 def word_tags(model: Any, tokenizer: Any, sentences: list[list[str]], precision: Any) -> list:
-    """Word-level tags of each sentence (each word takes its first sub-token's tag, as the
-    evaluate stage scores)."""
+    """Word-level tags of each sentence (a word takes its first sub-token's tag)."""
     import torch
 
     model.to(precision.device)
@@ -158,9 +135,6 @@ def entities(words: list[str], tags: list[str]) -> set[tuple[str, str]]:
     from seqeval.metrics.sequence_labeling import get_entities
 
     return {(" ".join(words[s : e + 1]), kind) for kind, s, e in get_entities(list(tags))}
-
-
-# --- checks -----------------------------------------------------------------------------------
 
 
 def _result(description: str, outcomes: list[tuple[bool, dict]], **extra: Any) -> dict:
@@ -196,8 +170,7 @@ def text_checks(model, tokenizer, checks: dict, settings: BehaviourParams, preci
     sentiment = {i: name for name, i in index.items()}
 
     def predict(texts: list[str]) -> list[tuple[str, float, float]]:
-        """Label, positive probability and log-odds (which, unlike a probability near 1,
-        never saturates: a direction is always measurable)."""
+        """Label, positive probability and log-odds (never saturates, unlike a probability)."""
         found = []
         for logp in text_log_probabilities(model, tokenizer, texts, precision):
             positive, negative = float(logp[index["positive"]]), float(logp[index["negative"]])
@@ -272,8 +245,7 @@ def token_checks(model, tokenizer, checks: dict, settings: BehaviourParams, prec
 
 
 def _token_invariance(model: Any, tokenizer: Any, check: dict, precision: Any) -> dict:
-    """Each template: the tags outside the filled words, and the entity types of the filled
-    words, are the same for every filling."""
+    """Per template: same tags outside, and same entity types of, the filled words."""
     outcomes = []
     for template in check["cases"]:
         parts = re.split(r"(\{\w+\})", template)
@@ -302,19 +274,12 @@ def _token_invariance(model: Any, tokenizer: Any, check: dict, precision: Any) -
     return _result(check.get("description", ""), outcomes)
 
 
-# --- the stage's part -------------------------------------------------------------------------
-
-
 def run_checks(
     model: Any, tokenizer: Any, task: str, settings: BehaviourParams, precision: Any,
     path: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Run the checks of ``path`` (default: the shipped cases of ``task``) on the model.
-
-    Returns:
-        ``{"cases_file", "checks": {name: {pass_rate, count, passed, failures, ...}},
-        "skipped": {name: reason}, "pass_rate"}`` (all cases of all checks together).
-    """
+    """Run the checks of ``path`` (default: ``task``'s shipped cases): ``{"cases_file",
+    "checks": {name: {pass_rate, count, passed, failures}}, "skipped", "pass_rate"}``."""
     path = Path(path) if path is not None else cases_file(task)
     checks = load_cases(path, task)
     run = text_checks if task == "text_classification" else token_checks
@@ -360,7 +325,7 @@ def check_model(params: Any, model_dir: Path, reports_dir: Path, path: Path | No
     report = run_checks(model, tokenizer, params.task, settings, precision, path)
     write_json(target, report)
     markdown = Path(reports_dir) / "eval_report.md"
-    if markdown.exists():  # replaced whole, as every report: a crash never leaves half
+    if markdown.exists():
         write_atomic(markdown, markdown.read_text(encoding="utf-8") + render(report))
     gate(report, settings.min_pass_rate)
     return report

@@ -1,6 +1,4 @@
-"""Batched inference: class probabilities per example (text) or per sub-token (tokens) for a
-tokenized dataset, in dataset order, with the time it took; batches cut by length (a batch size
-or a token budget) and run under the training precision's autocast."""
+"""Batched inference over a tokenized dataset, with the time it took."""
 
 from __future__ import annotations
 
@@ -25,17 +23,9 @@ def predict(
     precision: Any,
     max_tokens: int | None = None,
 ) -> tuple[list[Any], dict[str, float]]:
-    """Class probabilities per example (text) or per sub-token (tokens), in dataset order.
-
-    Batches are cut from the examples sorted by length (little padding): ``batch_size``
-    examples, or as many as fit in ``max_tokens`` padded tokens; each is padded for the
-    device (:func:`~tasks.core.data.batching.padding_collator`) and run under ``inference_mode``
-    with the training precision's autocast.
-
-    Returns:
-        The probabilities (numpy arrays) and timing: ``seconds``, ``samples_per_second``,
-        ``tokens_per_second`` (real, non-padding tokens).
-    """
+    """Class probabilities per example (text) or per sub-token (tokens), in dataset order,
+    from length-sorted batches under the precision's autocast; and timing (``seconds``,
+    ``samples_per_second``, real ``tokens_per_second``)."""
     import torch
 
     device = torch.device(precision.device)
@@ -47,7 +37,7 @@ def predict(
     probabilities: list[Any] = [None] * len(lengths)
     tokens = 0
     started = time.perf_counter()
-    # One read of the columns: indexing the dataset row by row costs ~10x more per row.
+    # one read of the columns: row-by-row indexing is far slower
     columns = inputs.to_dict()
     progress = Progress(len(batches), "evaluate", unit="batch")
     predicted = 0

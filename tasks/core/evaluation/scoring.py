@@ -55,9 +55,8 @@ def _predict_cut_sentences(
     tags: list[list[str]],
     confidences: list[list[float | None]],
 ) -> int:
-    """Predict again, in overlapping windows, every sentence that truncation cut (its encoding
-    fills ``max_length`` and words lack a prediction), replacing its tags and confidences in
-    place: every word is scored on a prediction at any length. Returns their number."""
+    """Predict again in overlapping windows every sentence truncation cut, replacing its tags
+    and confidences in place; returns their number."""
     cut = [
         i
         for i, (length, sentence) in enumerate(zip(test["length"], confidences, strict=True))
@@ -70,8 +69,7 @@ def _predict_cut_sentences(
 
 
 class Scored(NamedTuple):
-    """What one task's scoring hands to the reports: the scores, the (actual, predicted)
-    pairs of the confusion matrix and its labels, the slices and the mistakes."""
+    """What one task's scoring hands to the reports."""
 
     metrics: dict[str, Any]
     pairs: list[tuple[str, str]]
@@ -86,19 +84,9 @@ def evaluate(
     model_dir: Path = MODEL_DIR,
     reports_dir: Path = REPORTS_DIR,
 ) -> dict[str, Any]:
-    """Score ``model_dir`` on the test split and write the reports.
-
-    Args:
-        params: validated parameters (``task``, ``train.precision``, ``evaluate``).
-        tokenized_dir: output of the tokenize stage (only ``test`` is read).
-        model_dir: output of the train stage.
-        reports_dir: receives metrics.json, inference_speed.json, slices.json,
-            confusion.csv, confusion_matrix.png, errors.jsonl and eval_report.md (the
-            behavioural checks are the stage's next step: ``run_stage``).
-
-    Returns:
-        The content of ``metrics.json`` (scores only).
-    """
+    """Score ``model_dir`` on the tokenized test split; write metrics.json (scores only:
+    timings go to inference_speed.json), slices, confusion, errors and eval_report.md into
+    ``reports_dir``. Returns metrics.json's content."""
     quiet_transformers()
     test, manifest, model, tokenizer = _load_matching(params.task, tokenized_dir, model_dir)
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
@@ -175,8 +163,7 @@ def _score_tokens(
     id2label: dict[int, str],
     labels: list[str],
 ) -> Scored:
-    """Token classification: word-level tags (cut sentences predicted again in windows),
-    entity scores, per-type slices and mistakes."""
+    """Token classification: word-level tags, entity scores, per-type slices and mistakes."""
     gold_tags = [list(t) for t in test["tags"]]
     _label_ids(model, {t for s in gold_tags for t in s}, "tag(s)")
     predicted_tags, confidences = [], []
@@ -220,9 +207,7 @@ def _write_reports(
     model_dir: Path,
     reports_dir: Path,
 ) -> None:
-    """The confusion plot, errors.jsonl (most confident mistakes first), metrics.json, the
-    speed and slices files and eval_report.md; sorts ``scored.errors`` in place."""
-    # Named in the report: with a {train, test} source the test split is e.g. SST-2's dev file.
+    """Write the evaluate reports (errors most confident first; sorts ``scored.errors``)."""
     test_files = sorted(set(test["source_file"])) if "source_file" in test.column_names else []
     metrics, pairs, matrix_labels, slices, errors = scored
     write_confusion(reports_dir, pairs, matrix_labels)

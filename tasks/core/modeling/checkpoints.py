@@ -1,6 +1,5 @@
-"""Training checkpoints: the run key that names a run's checkpoint folder (so a checkpoint
-is only resumed into the same run), its lock, the newest complete checkpoint, and the model
-train saves (the best epoch's, LoRA adapters merged)."""
+"""Training checkpoints: the run key naming a run's checkpoint folder, its lock, the newest
+complete checkpoint, and the model train saves."""
 
 from __future__ import annotations
 
@@ -26,13 +25,9 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def run_key(params: Params, source: ModelSource, precision: Precision, tokenized_dir: Path) -> str:
-    """Hash of everything that shapes the training run (not ``train.resume``).
-
-    Checkpoints live in ``.state/checkpoints/<key>``, outside every DVC out: DVC deletes a
-    stage's outs before it re-runs the stage, which would throw away the very checkpoints
-    a resume needs. Keying the directory by the inputs means a checkpoint is only ever
-    resumed into the same run; changed data or params start afresh.
-    """
+    """Hash of everything that shapes the training run (not ``train.resume``): a checkpoint
+    folder (outside DVC's outs, which DVC deletes before a re-run) is only resumed into the
+    same run."""
     digest = hashlib.sha256()
     spec = {
         "task": params.task,
@@ -49,8 +44,8 @@ def run_key(params: Params, source: ModelSource, precision: Precision, tokenized
 
 
 def last_complete_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint that was completely written; half-written ones (the process
-    was killed while saving) are removed. ``trainer_state.json`` is written last."""
+    """The newest complete checkpoint (``trainer_state.json`` is written last); half-written
+    ones are removed."""
     if not run_dir.is_dir():
         return None
     found = sorted(
@@ -68,14 +63,9 @@ def last_complete_checkpoint(run_dir: Path) -> Path | None:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold the lock of the checkpoint folder ``run_dir`` (one run key) while its run trains.
-
-    Every DVC experiment of a checkout shares ``.state/checkpoints``: two queued runs that
-    differ only in later stages' params have one key and would resume from, rotate and
-    delete each other's checkpoints. The second waits here until the first is done (its
-    checkpoints are gone then; it trains afresh). The lock is ``flock`` on
-    ``<state>/locks/checkpoints-<key>``, released by the kernel if the holder dies; the small
-    file stays (removing it would let a waiter lock a deleted file).
+    """Hold the ``flock`` of checkpoint folder ``run_dir`` while its run trains: two DVC
+    experiments with one run key would otherwise share checkpoints; the second waits. The
+    lock file stays (removing it would let a waiter lock a deleted file).
     """
     locks = run_dir.parent.parent / "locks"
     locks.mkdir(parents=True, exist_ok=True)
@@ -99,9 +89,8 @@ STALE_CHECKPOINTS_S = 7 * 24 * 3600
 
 
 def sweep_stale_checkpoints(run_dir: Path) -> list[Path]:
-    """Remove the checkpoint folders of other run keys beside ``run_dir`` untouched for
-    :data:`STALE_CHECKPOINTS_S` (runs killed long ago); one whose lock a run holds is kept,
-    and the lock is held while a folder is removed (:func:`run_lock`'s file)."""
+    """Remove other run keys' checkpoint folders untouched for :data:`STALE_CHECKPOINTS_S`,
+    under their lock (a locked one is kept)."""
     removed: list[Path] = []
     if not run_dir.parent.is_dir():
         return removed
@@ -123,13 +112,8 @@ def sweep_stale_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def final_model(trainer: Any) -> Any:
-    """The trained model, which Trainer's ``load_best_model_at_end`` set to the best epoch's
-    weights, LoRA adapters merged.
-
-    Raises:
-        StageError: the best checkpoint is missing (Trainer then keeps the last epoch's
-            weights with a warning only).
-    """
+    """The best epoch's model, LoRA adapters merged; StageError when the best checkpoint is
+    missing (Trainer would only warn and keep the last epoch)."""
     best = trainer.state.best_model_checkpoint
     if best is None or not Path(best).is_dir():
         raise StageError(

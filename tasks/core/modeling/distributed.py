@@ -1,9 +1,7 @@
 """Data-parallel training over several processes with torchrun (``train.processes``).
 
-DVC runs one command: the train stage re-executes itself under ``torch.distributed.run``
-(torchrun) when ``train.processes`` > 1, and every process runs the same ``Trainer``, which
-sees torchrun's environment and trains with DistributedDataParallel (gloo on CPU, NCCL on
-GPUs). Rank 0 alone writes outputs and checkpoints and logs to MLflow.
+The train stage re-executes itself under torchrun; every process runs the same ``Trainer``
+(DDP). Rank 0 alone writes outputs and checkpoints and logs to MLflow.
 """
 
 from __future__ import annotations
@@ -40,10 +38,8 @@ def _die_with_parent(sig: signal.Signals) -> None:
 
 
 def exit_with_launcher() -> None:
-    """In a torchrun worker: die when the launcher dies. torchrun starts its workers in new
-    sessions, so a SIGKILL of the stage's process group (DVC or Prefect cancelled, the OOM
-    killer, kill -9) would otherwise leave them training and writing outputs behind the next
-    run's back."""
+    """In a torchrun worker: die when the launcher dies (workers run in new sessions, so a
+    killed stage would otherwise leave them writing outputs)."""
     parent = os.getppid()
     _die_with_parent(signal.SIGKILL)
     if os.getppid() != parent:  # the launcher died before the request was made
@@ -51,8 +47,7 @@ def exit_with_launcher() -> None:
 
 
 def relaunch(processes: int, module: str, arguments: list[str]) -> int:
-    """Run ``python -m module arguments`` as ``processes`` torchrun workers on this machine
-    and return torchrun's exit code (non-zero when any worker failed)."""
+    """Run ``python -m module arguments`` as ``processes`` torchrun workers; its exit code."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc-per-node={processes}", "-m", module, *arguments,

@@ -1,10 +1,7 @@
-"""Scores shared by train (the validation metric that picks the best epoch) and evaluate
-(the test report), so both stages measure exactly the same thing.
+"""Scores shared by train and evaluate, so both measure exactly the same thing.
 
-Token classification is scored on word-level IOB2 tags (the tag of each word's first
-sub-token) with seqeval in strict mode: an entity counts only when its type and both
-boundaries match. ``token_accuracy`` is the share of words with the right tag, which is
-*not* an entity score (``O`` dominates it).
+Token classification: word-level IOB2 tags with seqeval in strict mode (type and both
+boundaries must match); ``token_accuracy`` is not an entity score (``O`` dominates it).
 """
 
 from __future__ import annotations
@@ -101,11 +98,7 @@ def word_level_tags(
     label_ids: Sequence[int],
     id2tag: dict[int, str] | Sequence[str],
 ) -> tuple[list[str], list[str]]:
-    """Gold and predicted tags at the positions that carry a label (first sub-tokens).
-
-    Used during training, where truncated words are simply absent from both sides; the
-    test report (evaluate) instead maps back to every word and counts truncated ones.
-    """
+    """Gold and predicted tags at the positions that carry a label (first sub-tokens)."""
     gold, pred = [], []
     for p, g in zip(predicted_ids, label_ids, strict=True):
         if g == -100:

@@ -28,10 +28,9 @@ class Precision:
 
 
 def cpu_supports_bf16() -> bool:
-    """True when the CPU does bf16 arithmetic natively (AVX512-BF16 or AMX); there bf16
-    autocast is 1.6-1.7x faster than fp32 (see DESIGN.md). oneDNN also reports bf16 support
-    on plain AVX512, where it is emulated and slower than fp32 (bench/RESULTS.md), so its
-    answer is not enough."""
+    """True when the CPU does bf16 natively (AVX512-BF16 or AMX). Not oneDNN's answer: it
+    says yes on plain AVX512, where bf16 is emulated and slower (bench/RESULTS.md, bf16
+    autocast on a CPU without native bf16)."""
     import torch
 
     native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, private
@@ -39,26 +38,16 @@ def cpu_supports_bf16() -> bool:
 
 
 def configure_cuda_attention() -> None:
-    """Keep PyTorch's scaled-dot-product attention off the cuDNN backend.
-
-    With bf16 on CUDA, SDPA prefers cuDNN attention, which builds a graph for every new
-    sequence length: measured on an H200 (issue 13), training ran 4.5x slower with it than
-    without (flash / memory-efficient attention then run). Buckets bound the shapes, but
-    every first step of a bucket would still pay the build; bench/gpu_check.sh times each
-    backend on the bucket shapes.
-    """
+    """Keep PyTorch's SDPA off the cuDNN backend: it builds a graph per new sequence length,
+    slowing bf16 training (bench/gpu_check.sh times each backend)."""
     import torch
 
     torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def choose_precision(requested: str = "auto") -> Precision:
-    """CUDA when present (bf16 if supported, else fp16); on CPU bf16 autocast when the CPU
-    supports it, else fp32. ``requested`` (bf16|fp16|fp32) forces one.
-
-    Raises:
-        StageError: the forced precision is not available on this machine.
-    """
+    """CUDA (bf16 if supported, else fp16), else CPU bf16 when native, else fp32;
+    ``requested`` forces one (StageError when unavailable)."""
     import torch
 
     if torch.cuda.is_available():

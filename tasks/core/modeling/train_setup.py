@@ -1,7 +1,5 @@
-"""Setting up a train-stage run before its Trainer is built: the tokenizer matching the
-tokenized data, the start model with its head and training method, the precision, the
-checkpoint folder of the run and the checkpoint to resume from (an unfinished run's folder is
-cleared otherwise), held together in one :class:`Run`.
+"""Setting up a train-stage run before its Trainer is built: tokenizer, start model, precision,
+checkpoint folder and resume point, held in one :class:`Run`.
 """
 
 from __future__ import annotations
@@ -49,12 +47,8 @@ class Run:
 def set_up_run(
     params: Params, data: Any, manifest: dict[str, Any], tokenized_dir: Path, state_dir: Path
 ) -> Run:
-    """Load the start model for the tokenized ``data`` (its ``manifest``) and name the run's
-    checkpoint folder.
-
-    Raises:
-        StageError: the start point cannot be loaded, or a token budget is too small.
-    """
+    """Load the start model for the tokenized ``data`` and name the run's checkpoint folder;
+    StageError when the start point cannot be loaded or a token budget is too small."""
     examples = len(data["train"])
     tp = params.train.with_epochs_for(examples, distributed.world_size())
     if tp.epochs != params.train.epochs:

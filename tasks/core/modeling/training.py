@@ -1,11 +1,6 @@
-"""What the train stage and every tune trial share: the start model with a head for the
-labels and the training method, and the stock ``transformers.Trainer`` configured as a careful
-user would (bf16 where the device has it, ``group_by_length``, the stock padding collators,
-the best epoch by the task's metric, early stopping), with the metrics it computes.
-
-One implementation for both, so a tune trial trains exactly as the train stage would
-(``tasks/train.py`` adds checkpoints, resume and the reports; ``tasks/tuning/objective.py`` the
-Optuna reporting).
+"""What the train stage and every tune trial share, so a trial trains exactly as train would:
+the start model with a head for the labels, the training method, and the stock
+``transformers.Trainer`` with its arguments and metrics.
 """
 
 from __future__ import annotations
@@ -38,8 +33,6 @@ from tasks.core.modeling import distributed
 from tasks.core.modeling.metrics import entity_scores, text_scores, word_level_tags
 from tasks.core.modeling.precision import Precision
 from tasks.core.pretrained.model import TASK_HEADS, ModelSource, model_class
-
-# --- model ------------------------------------------------------------------------------------
 
 
 def head_labels(config: Any, task: str) -> list[str] | None:
@@ -74,12 +67,8 @@ def _head_output(model: Any, num_labels: int) -> Any:
 def build_model(
     task: str, source: ModelSource, labels: list[str], dropout: float | None
 ) -> tuple[Any, str]:
-    """Load the start point with a head for ``labels``.
-
-    Returns:
-        The model and ``"kept"`` (the start point's head predicts the same label set) or
-        ``"new"`` (freshly initialised head; the caller seeds the RNG first).
-    """
+    """The start point with a head for ``labels``, and ``"kept"`` (its head predicts the same
+    label set) or ``"new"`` (head initialised afresh; the caller seeds the RNG first)."""
     auto = model_class(task)
     # Never trust_remote_code: a model's own Python code is not run (tasks/core/pretrained/hub.py).
     config = AutoConfig.from_pretrained(source.model_dir, trust_remote_code=False)
@@ -116,8 +105,7 @@ def build_model(
                     layer.bias.copy_(layer.bias[order].clone())
             model.config.id2label, model.config.label2id = id2label, label2id
         else:
-            # A head of another label set (or task) may have the same shape and would load
-            # silently; initialise every head layer afresh instead.
+            # another label set's head of the same shape would load silently
             base = {id(m) for m in getattr(model, model.base_model_prefix).modules()}
             std = getattr(config, "initializer_range", 0.02)
             for module in model.modules():
@@ -166,19 +154,13 @@ def count_parameters(model: Any) -> tuple[int, int]:
 
 
 def budget_mean_batch(tp: TrainParams, lengths: list[int], tokenizer: Any) -> float | None:
-    """Mean examples per batch under ``train.max_tokens_per_batch``; ``None`` without one.
-
-    Raises:
-        StageError: the budget cannot hold the longest example.
-    """
+    """Mean examples per batch under ``train.max_tokens_per_batch`` (``None`` without one);
+    StageError when the budget cannot hold the longest example."""
     if tp.max_tokens_per_batch is None:
         return None
     cap, budget = position_cap(tokenizer), tp.max_tokens_per_batch
     check_budget(budget, lengths, cap, "train.max_tokens_per_batch")
     return len(lengths) / len(TokenBudgetBatches(lengths, budget, seed=0, cap=cap))
-
-
-# --- the training loop ------------------------------------------------------------------------
 
 
 def training_arguments(
@@ -190,18 +172,11 @@ def training_arguments(
     log_steps: bool,
     mean_batch: float | None = None,
 ) -> TrainingArguments:
-    """The ``TrainingArguments`` of the train stage and of every tune trial: batches,
-    optimizer, schedule, seeds and precision from ``tp``; Trainer never reports to MLflow
-    itself and drops no columns (the callers select them).
+    """The ``TrainingArguments`` of train and of every tune trial, from ``tp``.
 
-    Args:
-        best_metric: the train stage's schedule: evaluate and checkpoint every epoch (plus
-            every ``tp.save_steps`` steps, :class:`SaveEvery`), load the best epoch by this
-            metric at the end. ``None``, a tune trial: no evaluation schedule (its reporter
-            asks for evaluations at its own points) and no checkpoints.
-        log_steps: log loss and learning rate every ``tp.logging_steps`` steps; else none.
-        mean_batch: examples per batch under a token budget (:func:`budget_mean_batch`): the
-            learning rate follows the square-root rule (``scaled_learning_rate``).
+    ``best_metric``: evaluate and checkpoint every epoch, load the best by it at the end
+    (``None``, a tune trial: no evaluation schedule, no checkpoints). ``log_steps``: log every
+    ``tp.logging_steps``. ``mean_batch`` (token budget): the learning rate is scaled to it.
     """
     logging = {"logging_strategy": "steps", "logging_steps": tp.logging_steps}
     several = precision.device == "cpu" and distributed.world_size() > 1
@@ -236,8 +211,7 @@ def training_arguments(
 
 
 def _schedule(best_metric: str | None) -> dict[str, Any]:
-    """``TrainingArguments`` of the evaluation and checkpoint schedule: every epoch with the
-    best epoch by ``best_metric`` loaded at the end; none for ``None`` (a tune trial)."""
+    """The evaluation and checkpoint arguments (see :func:`training_arguments`)."""
     if best_metric is None:
         return {"eval_strategy": "no", "save_strategy": "no"}
     return {
@@ -252,10 +226,9 @@ def _schedule(best_metric: str | None) -> dict[str, Any]:
 
 
 class CountingCollator:
-    """:func:`padding_collator` that counts the training examples, real and padded tokens
-    as it pads, on the CPU (Trainer's own ``include_num_input_tokens_seen`` syncs the GPU
-    every step and has no padded count). Training rows carry the ``length`` column (the
-    sampler's), evaluation rows do not: only training batches are counted."""
+    """:func:`padding_collator` that counts training examples, real and padded tokens on the
+    CPU (Trainer's ``include_num_input_tokens_seen`` syncs the GPU and has no padded count).
+    Only rows with a ``length`` column (training rows) are counted."""
 
     def __init__(self, task: str, tokenizer: Any, device: str):
         self.pad = padding_collator(task, tokenizer, device)
@@ -272,9 +245,8 @@ class CountingCollator:
 
 
 class SaveEvery(TrainerCallback):
-    """A checkpoint every ``steps`` optimizer steps besides the one after every epoch:
-    ``load_best_model_at_end`` ties saving to the evaluation schedule (each epoch), and a
-    long epoch would lose all its steps to a crash."""
+    """A checkpoint every ``steps`` optimizer steps too (``load_best_model_at_end`` ties
+    saving to the per-epoch evaluation schedule)."""
 
     def __init__(self, steps: int):
         self.steps = steps
@@ -286,10 +258,8 @@ class SaveEvery(TrainerCallback):
 
 
 class BatchedTrainer(Trainer):
-    """``Trainer`` whose training batches come from a batch sampler: token budgets
-    (``train.max_tokens_per_batch``, opt-in; transformers has none) or, with
-    ``train.group_by_length``, :class:`~tasks.core.data.batching.LengthGroupedBatches` (why not
-    Trainer's own sampler: see there). Only the public ``get_train_dataloader`` is replaced."""
+    """``Trainer`` whose training batches come from a batch sampler: token budgets (transformers
+    has none) or :class:`~tasks.core.data.batching.LengthGroupedBatches`."""
 
     def __init__(self, *args: Any, max_tokens: int | None, **kw: Any):
         super().__init__(*args, **kw)
@@ -324,9 +294,8 @@ def make_trainer(
     callbacks: list[Any],
     max_tokens: int | None = None,
 ) -> BatchedTrainer:
-    """The :class:`BatchedTrainer` of a run: ``data["train"]`` (with its ``length`` column)
-    and ``data["validation"]``, the :class:`CountingCollator` (``trainer.data_collator``), the
-    task's metrics."""
+    """The :class:`BatchedTrainer` of a run on ``data["train"]`` (with ``length``) and
+    ``data["validation"]``, with a :class:`CountingCollator` and the task's metrics."""
     device = args.device.type
     return BatchedTrainer(
         model=model,
@@ -343,8 +312,7 @@ def make_trainer(
 
 
 def metrics_function(task: str, labels: list[str]) -> Any:
-    """Trainer's ``compute_metrics`` for ``task``: text scores, or seqeval entity scores on
-    word-level tags."""
+    """Trainer's ``compute_metrics`` for ``task``."""
 
     def compute(prediction: Any) -> dict[str, float]:
         predicted, gold = prediction.predictions, prediction.label_ids

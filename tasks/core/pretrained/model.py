@@ -48,9 +48,6 @@ TASK_HEADS = {
 }
 
 
-# --- where the model comes from -------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class ModelSource:
     """A resolved ``model.name_or_path``: local directories for weights and tokenizer."""
@@ -83,24 +80,11 @@ def resolve_model_source(
     state_dir: Path = STATE_DIR,
     revision: str | None = None,
 ) -> ModelSource:
-    """Turn ``model.name_or_path`` (and ``model.revision``) into local directories.
-
-    Args:
-        spec: a built-in encoder (``default``, ``mpnet-base``), a local model directory,
-            ``models:/NAME@alias`` / ``models:/NAME/VERSION`` (a registered MLflow model), or
-            a Hugging Face Hub id (``ORG/NAME``) with ``revision``.
-        tracking_uri: MLflow tracking/registry URI (``None``: ``MLFLOW_TRACKING_URI``, else
-            the project's SQLite store, as every stage resolves it).
-        state_dir: registered models are downloaded once per store, name and version into
-            ``state_dir/registry`` (never outside it).
-        revision: the hub model's commit sha (``model.revision``); hub models are downloaded
-            once into the Hugging Face cache (tasks/core/pretrained/hub.py), read from it
-            afterwards.
-
-    Raises:
-        StageError: the directory does not exist or holds no model, the registered model
-            cannot be found, the registry answers a version that is not a number, or a hub
-            model is unpinned, unreachable and not cached.
+    """Turn ``model.name_or_path`` (``spec``: a built-in encoder, a local directory,
+    ``models:/NAME@alias`` or ``/VERSION``, or a hub id pinned by ``revision``) into local
+    directories. Registered versions are cached under ``state_dir/registry``, hub models in
+    the Hugging Face cache. Raises StageError for a missing model or tokenizer, an unknown
+    registered model, an unpinned hub id, or a hub model unreachable and not cached.
     """
     if spec in BUILTIN_ENCODERS and revision is None:
         path = encoder_dir(spec)
@@ -183,23 +167,17 @@ def download_version(
     key: str = "model.name_or_path",
 ) -> Path:
     """The files of ``name`` version ``version`` in the store at ``uri``, downloaded once into
-    :func:`registry_cache_dir` (a later call reads the cache); errors name ``key: spec``.
-
-    Raises:
-        StageError: the version is not a number, or the download failed.
-    """
+    :func:`registry_cache_dir`. StageError (naming ``key: spec``) when the download fails."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    # Cached per store and version: a moved alias downloads the new version; a download that
-    # dies half-way leaves only a temporary directory, never a broken cache entry.
+    # a download that dies half-way leaves a temporary directory, never a broken cache entry
     target = registry_cache_dir(state_dir, uri, name, str(version), spec, key)
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
         try:
-            # The version's own artifact location: mlflow resolves "models:/NAME/VERSION"
-            # through the process-wide registry URI, not the one passed in.
+            # not "models:/...": mlflow would resolve it through the process-wide registry URI
             location = client.get_model_version_download_uri(name, version)
             mlflow.artifacts.download_artifacts(
                 artifact_uri=location, dst_path=str(tmp), tracking_uri=uri
@@ -220,13 +198,9 @@ def _safe_name(name: str) -> str:
 def registry_cache_dir(
     state_dir: Path, uri: str, name: str, version: str, spec: str, key: str = "model.name_or_path"
 ) -> Path:
-    """``state_dir/registry/<store>/<name>/v<version>``: the cache folder of one registered
-    version, ``<store>`` a hash of the tracking URI (two stores' "v1" are two models).
-
-    Raises:
-        StageError: ``version`` (as the registry answered it) is not a number, or the folder
-            would lie outside ``state_dir/registry`` (a hostile or intercepted server).
-    """
+    """``state_dir/registry/<store hash>/<name>/v<version>``, one registered version's cache.
+    StageError when ``version`` is not a number or the folder would lie outside
+    ``state_dir/registry`` (a hostile or intercepted server)."""
     if not re.fullmatch(r"[0-9]{1,18}", version):
         raise StageError(
             f"{key}: {spec!r}: the registry at {uri} answered version "
@@ -239,9 +213,6 @@ def registry_cache_dir(
     if name_part in {".", ".."} or not target.is_relative_to(root):
         raise StageError(f"{key}: {spec!r}: {target} is outside {root}; refused")
     return target
-
-
-# --- tokenizer --------------------------------------------------------------------------------
 
 
 def load_tokenizer(source: ModelSource) -> Any:
@@ -277,9 +248,6 @@ def load_matching_tokenizer(source: ModelSource, manifest: dict, tokenized_dir: 
     return tokenizer
 
 
-# --- labels -----------------------------------------------------------------------------------
-
-
 def model_class(task: str) -> Any:
     """The transformers auto class with the task's head."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
@@ -287,9 +255,6 @@ def model_class(task: str) -> Any:
     if task == "text_classification":
         return AutoModelForSequenceClassification
     return AutoModelForTokenClassification
-
-
-# --- device, precision ------------------------------------------------------------------------
 
 
 def quiet_transformers() -> None:
@@ -306,11 +271,7 @@ def quiet_transformers() -> None:
 
 
 def load_model(model_dir: Path, task: str) -> tuple[Any, Any]:
-    """The fine-tuned model (in eval mode) and its tokenizer.
-
-    Raises:
-        StageError: ``model_dir`` holds no model of the task's kind.
-    """
+    """The fine-tuned model (in eval mode) and its tokenizer; StageError if there is none."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise StageError(f"{model_dir}: no trained model found (run the train stage first)")
@@ -323,8 +284,7 @@ def load_model(model_dir: Path, task: str) -> tuple[Any, Any]:
 
 
 def save_model(model: Any, tokenizer: Any, model_dir: Path, extra: dict[str, Any]) -> None:
-    """``save_pretrained`` of the model and tokenizer plus the ``extra`` JSON files, written
-    to a temporary folder beside ``model_dir`` and swapped into place whole."""
+    """Save model, tokenizer and the ``extra`` JSON files into ``model_dir``, swapped in whole."""
     with staged_dir(model_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

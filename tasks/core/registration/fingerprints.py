@@ -1,11 +1,8 @@
-"""Identities of what a registered score belongs to: DVC's md5 of the model directory (the
-weights) and the md5 of the prepared test split (the data it was scored on). The register
-stage tags every version with both, so a re-run finds the version of the same weights and a
-champion's score is compared only on the same test data.
+"""Identities of what a registered score belongs to: DVC's md5 of the weights and the md5 of
+the test split (a champion is compared only on the same test data).
 
-``reports/evaluated.json`` (written by the evaluate stage beside the scores-only
-``metrics.json``) binds the scores to the weights they were measured on and records the
-behaviour gate's outcome; register refuses weights it does not vouch for.
+``reports/evaluated.json`` (beside the scores-only ``metrics.json``) binds the scores to the
+weights and records the behaviour gate; register refuses weights it does not vouch for.
 """
 
 from __future__ import annotations
@@ -27,12 +24,8 @@ def test_data_hash(prepared_dir: Path) -> str:
 
 
 def model_md5(model_dir: Path) -> str:
-    """DVC's md5 of the model directory: the ``.dir`` hash ``dvc.lock`` records for it.
-
-    Computed by DVC's own code (``dvc_data``'s ``build``, as ``dvc add`` and ``dvc repro``
-    hash a directory output) in a dry run: nothing is written to any cache. The project's
-    ``.dvcignore`` is not applied (it ignores nothing inside ``models/model``).
-    """
+    """DVC's ``.dir`` md5 of the model directory (as ``dvc.lock`` records it), by DVC's own
+    ``build`` in a dry run (no cache written; ``.dvcignore`` not applied)."""
     import os
 
     from dvc_data.hashfile.build import build
@@ -46,9 +39,7 @@ def model_md5(model_dir: Path) -> str:
 
 
 def record_evaluation(reports_dir: Path, model_dir: Path, gate: str, detail: str = "") -> dict:
-    """Write ``reports_dir/evaluated.json``: the md5 of the weights the scores in
-    ``metrics.json`` were measured on and the behaviour gate's outcome (one of
-    ``GATE_OUTCOMES``; ``detail``: the gate's message when it failed)."""
+    """Write ``evaluated.json``: the weights' md5 and the gate outcome (``GATE_OUTCOMES``)."""
     if gate not in GATE_OUTCOMES:
         raise ValueError(f"gate outcome {gate!r} not in {GATE_OUTCOMES}")
     record = {"model_md5": model_md5(Path(model_dir)), "behaviour_gate": gate, "detail": detail}
@@ -57,12 +48,8 @@ def record_evaluation(reports_dir: Path, model_dir: Path, gate: str, detail: str
 
 
 def require_evaluation(reports_dir: Path, model_dir: Path) -> str:
-    """The md5 of ``model_dir``'s weights, once ``evaluated.json`` shows that the scores in
-    ``reports_dir`` were measured on exactly these weights and passed the behaviour gate.
-
-    Raises:
-        StageError: no record (evaluate did not finish), other weights, or a failed gate.
-    """
+    """The md5 of ``model_dir``'s weights; StageError unless ``evaluated.json`` shows the
+    scores were measured on them and the behaviour gate passed."""
     path = Path(reports_dir) / EVALUATED_FILE
     if not path.is_file():
         raise StageError(

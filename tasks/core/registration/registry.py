@@ -1,7 +1,5 @@
-"""Reads and writes of the MLflow model registry for the register stage: the champion and
-the aliases, the version that holds given weights, the lock that serialises two register
-runs on one store, logging and registering a model (signature, input example, explicit
-requirements) with its identity tags, and the descriptions the registry pages show.
+"""The MLflow model registry for the register stage: champion and aliases, the version
+holding given weights, the register lock, logging and registering a model with its tags.
 """
 
 from __future__ import annotations
@@ -43,13 +41,10 @@ PROMOTED = "promoted to champion"
 
 
 def settle_champion(client: Any, name: str, task: str, since: int, metric: str, data: str) -> int:
-    """Compare-and-set of ``champion`` after a promotion, for two register runs that decided
-    against the same champion (version ``since``) at the same time and set the alias in
-    either order: re-read the champion and the versions newer than ``since`` promoted on the
-    same ``metric`` and test ``data``, and set ``champion`` to the best score among them
-    (re-decide; re-read and retry up to 3 times). Whichever run settles last sees both
-    versions, so the better ends as champion. Hand-written: MLflow's alias API has no
-    compare-and-set and a server store no lock. Returns the champion's version."""
+    """Compare-and-set of ``champion`` after a promotion: set it to the best of the versions
+    newer than ``since`` promoted on the same ``metric`` and test ``data`` (up to 3 tries), so
+    of two concurrent register runs the better ends as champion. Returns its version.
+    Hand-written: MLflow's alias API has no compare-and-set, a server store no lock."""
     query = f"name = '{name}' AND tags.decision = '{PROMOTED}'"
     for _ in range(3):
         current = champion(client, name, task)
@@ -71,10 +66,8 @@ def settle_champion(client: Any, name: str, task: str, since: int, metric: str, 
 
 
 def registry_lock(uri: str, state_dir: Path, name: str) -> Any:
-    """A file lock held from looking up the weights to setting the aliases, so two register
-    runs at once (two checkouts, one store) cannot both create a version of one model. It
-    lies beside a local store's files (SQLite database, file store), which every checkout
-    using that store shares; for a server store, in this checkout's ``.state``."""
+    """The file lock serialising register runs on one store (beside a local store's files,
+    shared by its checkouts; for a server store, in ``state_dir``)."""
     from filelock import FileLock
 
     if uri.startswith("sqlite:///"):  # the database's folder
@@ -93,17 +86,14 @@ def same(version: Any, other: Any) -> bool:
 
 
 def verified_versions(client: Any, name: str, weights: str) -> list[Any]:
-    """The versions of ``name`` whose ``model_md5`` tag is ``weights`` (the registry's own tag
-    filter, evaluated in SQL by a database store) and that carry a ``weights_sha256`` tag:
-    one registered before predict and serve verified models is not reused (registering
-    its weights again makes a verified version)."""
+    """The versions of ``name`` whose ``model_md5`` tag is ``weights`` and that carry a
+    ``weights_sha256`` tag (unverified versions are never reused)."""
     found = client.search_model_versions(f"name = '{name}' AND tags.{MODEL_MD5_TAG} = '{weights}'")
     return [version for version in found if version.tags.get(DIGEST_TAG)]
 
 
 def version_with_weights(client: Any, name: str, weights: str) -> Any | None:
-    """The verified version of ``name`` holding ``weights`` (:func:`verified_versions`); the
-    champion or challenger if several."""
+    """The verified version of ``name`` holding ``weights``; champion or challenger first."""
     found = verified_versions(client, name, weights)
     if not found:
         return None
@@ -116,11 +106,8 @@ def version_with_weights(client: Any, name: str, weights: str) -> Any | None:
 
 
 def log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str, str]) -> str:
-    """Log the model into the active run with signature, input example and explicit
-    requirements, then create a version of ``name`` from it with ``tags`` and the
-    ``weights_sha256`` of the files the store holds (``tasks.core.registration.verified``; one
-    call: the
-    version never exists without them). Returns the new version."""
+    """Log the model into the active run, then create a version of ``name`` with ``tags``
+    and ``weights_sha256`` in one call (never a version without them). Returns the version."""
     import mlflow
     import torch
     import transformers
@@ -143,10 +130,7 @@ def log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str,
             pip_requirements=requirements,
         )
     else:
-        # MLflow's transformers pyfunc collapses token-classification output into a
-        # comma-joined string of entity types (no spans, no scores) and raises IndexError
-        # on a text without entities; this wrapper serves the same aggregated pipeline but
-        # returns every entity with its type, score and character span.
+        # MLflow's transformers pyfunc returns only a string of entity types for this task
         pipeline = transformers.pipeline(
             "token-classification",
             model=str(model_dir),
@@ -172,8 +156,7 @@ def log_and_register(params: Params, model_dir: Path, name: str, tags: dict[str,
 
 
 def _ensure_registered(client: Any, name: str) -> None:
-    """Create the registered model ``name`` unless it exists (another register may create
-    it at the same moment)."""
+    """Create the registered model ``name`` unless it exists (also concurrently)."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
 
@@ -210,8 +193,7 @@ def model_description(params: Params) -> str:
 
 
 def version_description(params: Params, run: Any, tags: dict[str, str]) -> str:
-    """A version's description: score, gate decision, and links (MLflow UI routes) to the
-    pipeline execution's run (which holds ``report/report.html``) and the register run."""
+    """A version's description: score, gate decision, links to the pipeline and register runs."""
     experiment, run_id = run.info.experiment_id, run.info.run_id
     parent = run.data.tags.get("mlflow.parentRunId")
     lines = [
@@ -230,10 +212,7 @@ def version_description(params: Params, run: Any, tags: dict[str, str]) -> str:
 
 def _keep_first(client: Any, name: str, version: str, weights: str) -> str:
     """The first version of ``name`` holding ``weights``; ``version`` (just created) is
-    deleted when an earlier one exists. The HTTP client retries a request whose answer was
-    lost (the server died or restarted after creating the version): the retry creates a
-    second version of the same weights. The registry lock does not reach another machine's
-    register on one server either; both then keep the same, first, version."""
+    deleted if an earlier one exists (a retried request, or another machine's register)."""
     same = verified_versions(client, name, weights)
     first = min((int(v.version) for v in same), default=int(version))
     if first < int(version):

@@ -2,27 +2,16 @@
 only files that match what ``register`` recorded, and execute nothing from it.
 
 The contract (``register`` writes it, :func:`verified_model` checks it): the version tag
-``weights_sha256`` is the sha256 of the manifest of the logged model's folder (the folder
-holding ``MLmodel``, as the version's download URI gives it). The manifest has one line
-``<sha256 of the file>  <path>\\n`` per file, the path relative to that folder with ``/``
-separators, lines sorted by path. Every file counts: the weights (``model.safetensors``),
-``config.json``, the tokenizer files, ``MLmodel``, the environment files and examples, and the
-entity model's code file: a file added, removed, renamed or changed changes the digest; a
-link or other non-regular file is refused. One file is left out: ``registered_model_meta``
-beside ``MLmodel`` (the registered name and version, as YAML), which MLflow's own ``models:/``
-download writes after registration, into the store's folder itself for a local store
-(``ModelsArtifactRepository``); nothing here reads it. (``model_md5`` stays DVC's md5 of the local
-``models/model``, another layout: the gate finds a version by its weights with it.)
+``weights_sha256`` is the sha256 of the manifest of the logged model's folder (the one holding
+``MLmodel``): one line ``<sha256>  <relative posix path>\\n`` per file, sorted by path. Every
+file counts; a link or other non-regular file is refused. Only ``registered_model_meta`` is
+left out (MLflow's ``models:/`` download writes it after registration; nothing reads it).
 
-After the check, only data is read: the weights with ``use_safetensors=True`` (a pickled
-``pytorch_model.bin`` is refused), the fast tokenizer's JSON files, ``MLmodel`` with a safe
-YAML reader, never ``trust_remote_code``; the entity model is run by this project's own
-``EntityPipeline``, never by the code file it carries. Only the two layouts ``register`` logs
-are accepted: the transformers flavour's text classifier and the entity models-from-code
-pyfunc; any other (a pickled ``python_model.pkl``, another loader module) is refused by name.
-The digest tag lives in the registry beside the artifacts: it detects files changed in the
-artifact store after registration (or a corrupt download); a writer of both could change both,
-which is why nothing from the registry ever executes.
+After the check only data is read: safetensors weights, the fast tokenizer's JSON files,
+``MLmodel`` with a safe YAML reader, never ``trust_remote_code``; the entity model runs as this
+project's ``EntityPipeline``, never its carried code. Only the two layouts ``register`` logs
+are accepted. The tag lives beside the artifacts, so a writer of both could change both:
+that is why nothing from the registry ever executes.
 """
 
 from __future__ import annotations
@@ -61,11 +50,8 @@ class VerifiedModel:
 
 
 def manifest_digest(folder: Path) -> str:
-    """sha256 of the manifest of every file under ``folder`` (see the module docstring).
-
-    Raises:
-        StageError: a link or other non-regular file lies under ``folder``.
-    """
+    """sha256 of the manifest of ``folder`` (module docstring); StageError for a link or
+    other non-regular file."""
     lines = []
     for path in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix()):
         if (path.is_dir() and not path.is_symlink()) or path == folder / REGISTERED_META:
@@ -81,8 +67,7 @@ def manifest_digest(folder: Path) -> str:
 
 
 def model_folder(download: Path) -> Path:
-    """The folder holding ``MLmodel`` in a download of a logged model (the download keeps
-    the artifact folder's own name, ``artifacts``)."""
+    """The folder holding ``MLmodel`` in a download of a logged model."""
     candidates = [download, *sorted(p.parent for p in download.glob("*/MLmodel"))]
     for folder in candidates:
         if (folder / "MLmodel").is_file():
@@ -91,12 +76,9 @@ def model_folder(download: Path) -> Path:
 
 
 def verified_model(model_uri: str, tracking_uri: str, state_dir: Path = STATE_DIR) -> VerifiedModel:
-    """The version at ``model_uri`` (``models:/NAME@alias`` or ``models:/NAME/VERSION``),
-    downloaded (cached per store and version under ``state_dir/registry``) and verified.
-
-    Raises:
-        StageError: another kind of URI, no such version, no ``weights_sha256`` tag, files that
-            differ from it, or a layout register does not log; one line naming the version.
+    """The version at ``model_uri`` (``models:/NAME@alias`` or ``/VERSION``), downloaded
+    (cached under ``state_dir/registry``) and verified. StageError (one line) for another
+    URI, no such version, no or a mismatched digest tag, or a layout register does not log.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -141,8 +123,7 @@ def verified_model(model_uri: str, tracking_uri: str, state_dir: Path = STATE_DI
 
 
 def layout(folder: Path, label: str) -> tuple[str, Path, Path]:
-    """(task, weights folder, tokenizer folder) of a logged model of one of the two layouts
-    register logs, read from ``MLmodel``; any other flavour is refused by name."""
+    """(task, weights folder, tokenizer folder) from ``MLmodel``; other layouts refused."""
     import yaml
 
     flavors = (yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8")) or {}).get(
@@ -176,8 +157,7 @@ def _inside(folder: Path, path: Path, label: str) -> Path:
 
 
 def load_verified(verified: VerifiedModel) -> tuple[Any, Any]:
-    """The model (eval mode, CPU) and fast tokenizer of ``verified``: safetensors weights and
-    JSON tokenizer files only, no remote code."""
+    """The model (eval mode, CPU) and fast tokenizer of ``verified``: data files only."""
     from transformers import (
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
@@ -202,10 +182,8 @@ def load_verified(verified: VerifiedModel) -> tuple[Any, Any]:
 
 
 def stored_digest(model_id: str) -> str:
-    """The ``weights_sha256`` of a model just logged (its id, ``m-...``), computed as
-    :func:`verified_model` does, from a download of what the store holds at the logged
-    model's own artifact location (the version's download URI; a ``models:/`` download
-    would add MLflow's client-side ``registered_model_meta`` file)."""
+    """The ``weights_sha256`` of a just-logged model ``m-...``, from a download of its own
+    artifact location (as :func:`verified_model` computes it)."""
     import tempfile
 
     import mlflow

@@ -1,6 +1,5 @@
-"""The sections of the run report (``reports/report.html``), each built from the files the
-stages wrote (data summary and validation, tuning, training, test metrics, worst errors,
-lineage); a missing file becomes a note in its section. Nothing is re-scored or re-trained.
+"""The sections of the run report (``reports/report.html``), built from the files the stages
+wrote (a missing file becomes a note); nothing is re-scored or re-trained.
 """
 
 from __future__ import annotations
@@ -14,9 +13,6 @@ from typing import Any
 
 from tasks.core import tracking
 from tasks.core.reports.html_blocks import esc, figure_png, fmt, image, note, section, table
-
-# --- reading the stage outputs -----------------------------------------------------------------
-
 
 def read_json(path: Path) -> Any:
     """The JSON content of ``path``, None when the file is missing."""
@@ -45,9 +41,6 @@ def as_number(text: str) -> int | float | str:
         except (TypeError, ValueError):
             continue
     return text
-
-
-# --- sections ----------------------------------------------------------------------------------
 
 
 def data_section(reports: Path, prepared: Path) -> str:
@@ -130,9 +123,8 @@ def tuning_section(reports: Path) -> str:
 
 
 def importance_part(trials: list[dict[str, str]], best: dict[str, Any]) -> str:
-    """fANOVA importances (optuna.importance) over the complete trials that sampled every
-    dimension; the study is rebuilt in memory from tune_trials.csv (the stored study may be
-    on another machine or database: the CSV is tune's declared output)."""
+    """fANOVA importances over the complete trials, from a study rebuilt in memory from
+    tune_trials.csv (tune's declared output; the stored study may be elsewhere)."""
     import optuna
 
     names = [
@@ -280,8 +272,7 @@ def lineage_section(reports: Path, project: Path, parent_run: str | None) -> str
     git = tracking.git_state(project)
     rows = [["git commit", git.get("git.commit", "unknown")],
             ["uncommitted changes", git.get("git.dirty", "unknown")]]  # fmt: skip
-    # dvc.lock is read, not a dependency: DVC rewrites it after every stage, this one too
-    # (the same lineage every stage tags its MLflow run with).
+    # dvc.lock is read, not a dependency: DVC rewrites it after every stage
     rows += [
         [f"DVC hash of {path}", digest] for path, digest in tracking.dvc_hashes(project).items()
     ]

@@ -1,6 +1,5 @@
-"""The Great Expectations suites of the validate stage: what each check asserts, the
-expectations of each split for the columns (and derived columns) it has, and the train tables
-they check beside the splits (classes, class shares, label spellings)."""
+"""The Great Expectations suites of the validate stage: each check's meaning, the expectations
+of each split, and the train tables checked beside them (classes, shares, spellings)."""
 
 from __future__ import annotations
 
@@ -17,11 +16,8 @@ from tasks.core.data.rowkeys import row_keys
 from tasks.core.validation.frames import Entities
 from tasks.core.validation.gx import import_gx
 
-# Python's \S spelled as the class of what it excludes, the characters str.isspace()
-# accepts. pandas runs a pattern with \s or \S through Python's re, one Python object per
-# text (RE2's \s misses "\x0b"): +0.4 to 0.7x the file in peak memory (tests/test_memory.py).
-# This class runs in Arrow (RE2) with the same verdict on every code point
-# (tests/test_validate.py).
+# Python's \S as an explicit class: runs in Arrow (RE2), where \S would fall back to Python's
+# re per text (peak memory: tests/test_memory.py); same verdict (tests/test_validate.py).
 NOT_SPACE = "[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 COLUMNS = {  # required columns -> the Python type of their values ("group" is optional)
     "text_classification": {"text": "str", "label": "str"},
@@ -52,10 +48,8 @@ CHECKS = {  # check name -> what it asserts (shown in the reports)
 
 
 def _expect(check: str, cls: type, show: str | None = None, unit: str = "", **kw: Any) -> Any:
-    """A GX expectation whose meta carries the check name, its description and threshold.
-
-    ``show`` names the user's column when GX checks a derived one.
-    """
+    """A GX expectation with the check's name, description and threshold in its meta
+    (``show``: the user's column when a derived one is checked)."""
     if "mostly" in kw:
         threshold = f"<= {1 - kw['mostly']:.2%} of rows"
     elif "max_value" in kw:
@@ -69,7 +63,6 @@ def _expect(check: str, cls: type, show: str | None = None, unit: str = "", **kw
     else:
         threshold = "present" if check == "column_exists" else "no offending rows"
     column = kw.get("column")
-    # Where the derived column is only a flag, offending rows show the text (joined tokens).
     value = "key" if column in ("key", "duplicate_of", "in_train") else column
     if "column_A" in kw:
         column = f"{kw['column_A']}, {kw['column_B']}"
@@ -188,8 +181,7 @@ def _column_expectations(ex: Any, frame: pd.DataFrame, params: Params) -> Iterat
         if column != "group":
             yield _expect("column_exists", ex.ExpectColumnToExist, column=column)
         if column in frame:
-            # A string column in Arrow (see frames.load) holds only str: GX accepts its dtype. An
-            # Arrow list column is checked through its derived column (see frames.derive).
+            # Arrow strings pass as StringDtype; Arrow lists via their derived column
             types = [type_, "StringDtype"] if type_ == "str" else [type_]
             checked = f"{column}_type" if f"{column}_type" in frame else column
             yield _expect(
@@ -204,8 +196,7 @@ def _column_expectations(ex: Any, frame: pd.DataFrame, params: Params) -> Iterat
 def _text_expectations(
     ex: Any, frame: pd.DataFrame, cfg: ValidateParams, token: bool
 ) -> Iterator[Any]:
-    """The text (or the tokens): present, not blank, within the length bounds, few
-    duplicates, and few repeats of a train text in another split."""
+    """The text (tokens): present, not blank, length, duplicates, leakage from train."""
     text, unit = ("tokens", "tokens") if token else ("text", "characters")
     if "key" in frame:
         bounds = {"min_value": cfg.min_text_length, "max_value": cfg.max_text_length}
@@ -253,8 +244,7 @@ def _label_expectations(
 
 
 def _tag_expectations(ex: Any, frame: pd.DataFrame) -> Iterator[Any]:
-    """Token task: one tag per token, well-formed IOB2 tags and sequences, allowed entity
-    types that train has (checked on the derived columns)."""
+    """Token task: one tag per token, IOB2 tags and sequences, allowed and known types."""
     if "tokens" in frame:
         yield _expect(
             "tokens_tags_same_length",
@@ -270,10 +260,8 @@ def _tag_expectations(ex: Any, frame: pd.DataFrame) -> Iterator[Any]:
 
 
 def _class_shares(counts: pd.Series, allowed: list[str] | None) -> pd.DataFrame:
-    """One row per class with its count and share in train (``counts``: rows per label; token
-    task: entities, B- tags, per type)."""
-    # An allowed class absent from train has share 0.
+    """One row per class (allowed ones too) with its count and share in train."""
     counts = counts.reindex(sorted(set(counts.index) | set(allowed or [])), fill_value=0)
     shares = counts / max(int(counts.sum()), 1)
-    # A plain RangeIndex: GX reports a named index as dicts rather than positions.
+    # a plain RangeIndex: GX reports a named index as dicts
     return pd.DataFrame({"class": counts.index, "count": counts.values, "share": shares.values})

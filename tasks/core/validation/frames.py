@@ -1,7 +1,5 @@
-"""The prepared splits as pandas frames for Great Expectations: each parquet file read with
-its columns kept in Arrow where that saves memory (strings, lists of strings), and the derived
-columns some expectations check (joined text, token counts, duplicates, tag format and IOB2
-errors judged in Arrow, entity types per row)."""
+"""The prepared splits as pandas frames for Great Expectations (strings and lists of strings
+kept in Arrow), with the derived columns some expectations check."""
 
 from __future__ import annotations
 
@@ -30,17 +28,13 @@ def load(path: Path, token: bool) -> pd.DataFrame:
             "(python -m tasks.prepare, or dvc repro prepare)"
         )
     try:
-        # Token frames: lists of strings as Arrow lists (see _string_lists), not numpy objects.
         frame = _read_lists(path) if token else pd.read_parquet(path)
         frame = frame.reset_index(drop=True)
     except Exception as exc:
         raise StageError(f"{path}: cannot read the parquet file: {exc}") from None
     columns = list(frame.columns)
-    # GX checks each value's Python type in an object column and the dtype of any other. A
-    # string column stays in Arrow (pd.StringDtype(): only str or missing values, which GX
-    # accepts as type "StringDtype", see expectations._column_expectations) and an int64 one
-    # as it is; any other column becomes object, so its values are checked one by one.
-    # Objects for every text took 14x the file in memory (bench/memory.py).
+    # GX checks the dtype of a non-object column: strings stay in Arrow (GX type
+    # "StringDtype"), int64 as is; the rest become object, checked value by value.
     for column in frame.columns:
         if isinstance(frame[column].dtype, pd.ArrowDtype):
             frame[column] = _string_lists(frame[column])
@@ -58,22 +52,15 @@ def load(path: Path, token: bool) -> pd.DataFrame:
 
 
 def _one_chunk(column: pd.Series) -> pd.Series:
-    """An Arrow string column in one contiguous chunk (one per parquet row group before).
-
-    Arrow's ``take`` concatenates a column's chunks before it picks rows, so each time GX
-    selects rows of a frame (the offending ones, or the non-null ones) a split's text was
-    copied whole for the moment: +0.6x the file in peak memory (tests/test_memory.py).
-    Concatenated once here, while the peak is still far off (Great Expectations is not
-    imported yet).
-    """
+    """An Arrow string column in one contiguous chunk, made once before GX runs (Arrow's
+    ``take`` concatenates chunks on every row selection: peak memory, tests/test_memory.py)."""
     chunks = pa.chunked_array(pa.array(column.array)).combine_chunks()
     return pd.Series(pd.arrays.ArrowStringArray(chunks), index=column.index, name=column.name)
 
 
 def _read_lists(path: Path) -> pd.DataFrame:
-    """A parquet file whose list-of-strings columns become Arrow list columns, each read and
-    made one contiguous chunk before the next is read (a whole table read first, then
-    concatenated, held every list twice at once)."""
+    """A parquet file with list-of-strings columns as Arrow list columns, each made one chunk
+    before the next is read (never every list twice at once)."""
     parquet = pq.ParquetFile(path)
     schema = parquet.schema_arrow
     columns = []
@@ -85,8 +72,7 @@ def _read_lists(path: Path) -> pd.DataFrame:
 
 
 def _list_type(arrow_type: pa.DataType) -> pd.ArrowDtype | None:
-    """``pd.ArrowDtype`` for a list of strings (CoNLL tokens and tags), else None (the
-    default conversion)."""
+    """``pd.ArrowDtype`` for a list of strings, else None (the default conversion)."""
     lists = pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)
     if lists and arrow_type.value_type in (pa.string(), pa.large_string()):
         return pd.ArrowDtype(arrow_type)
@@ -94,11 +80,9 @@ def _list_type(arrow_type: pa.DataType) -> pd.ArrowDtype | None:
 
 
 def _string_lists(column: pd.Series) -> pd.Series:
-    """An Arrow list-of-strings column in one contiguous chunk (see :func:`_one_chunk`), kept
-    in Arrow; a list holding a null item becomes Python lists (the checks of
-    :func:`_python_derived` then see it as before). Hand-written to close a named gap:
-    sentences as Python lists of strings took 12x the file in memory (bench/memory.py
-    --format conll)."""
+    """An Arrow list-of-strings column in one chunk; Python lists if an item is null.
+    Hand-written: Python lists of strings cost far more memory (bench/memory.py --format
+    conll)."""
     lists = column.array.__arrow_array__().combine_chunks()
     if pc.list_flatten(lists).null_count:
         return pd.Series(lists.to_pylist(), index=column.index, name=column.name, dtype=object)
@@ -114,16 +98,15 @@ def _arrow_lists(column: pd.Series) -> pa.Array | None:
 
 @dataclass
 class Entities:
-    """A split's entity types: one (row, type) pair per type found in a row (valid tags other
-    than O) and the count of entities (B- tags) per type."""
+    """A split's (row, entity type) pairs and the count of entities (B- tags) per type."""
 
     pairs: pd.DataFrame
     counts: pd.Series
 
 
 def derive(frame: pd.DataFrame, token: bool) -> tuple[pd.DataFrame, Entities | None]:
-    """Add the derived columns that some expectations check (where their inputs exist);
-    return the frame and its entity types (token frames with tags)."""
+    """Add the derived columns some expectations check; return the frame and its entity
+    types (token frames with tags)."""
     entities = None
     if not token and "text" in frame:
         frame["key"] = frame["text"]
@@ -144,8 +127,7 @@ def derive(frame: pd.DataFrame, token: bool) -> tuple[pd.DataFrame, Entities | N
         entities = judge(frame, lists)
     for column in ("tokens", "tags"):
         if token and column in frame and isinstance(frame[column].dtype, pd.ArrowDtype):
-            # Each value of an Arrow list column is a list (or null): the column_type check
-            # reads one shared empty list per row, not every sentence as Python objects.
+            # one shared empty list per row for the column_type check, not every sentence
             kinds = np.empty(len(frame), dtype=object)
             kinds.fill([])
             kinds[frame[column].isna().to_numpy()] = None
@@ -181,16 +163,13 @@ def _python_derived(frame: pd.DataFrame, _: None) -> Entities:
     return Entities(pd.DataFrame({"row": rows, "type": types}), pd.Series(counts, dtype=int))
 
 
-# Sentences whose tags are judged at once: the per-tag arrays (~40 bytes a tag) are made for
-# this many only (over a whole 100 MB file they took 2.6x the file, bench/memory.py).
+# Sentences whose tags are judged at once, bounding the per-tag arrays (bench/memory.py).
 TAG_ROWS = 65_536
 
 
 def _arrow_derived(frame: pd.DataFrame, lists: pa.Array) -> Entities:
-    """The tag checks' columns from an Arrow list<string> column, the same as
-    :func:`_python_derived` gives: each distinct tag is judged once in Python, each tag then
-    by its number, TAG_ROWS sentences at a time; only the sentences with an offending tag
-    are read as Python lists (for their messages)."""
+    """:func:`_python_derived` for an Arrow list<string> column: distinct tags judged once,
+    TAG_ROWS sentences at a time; only offending sentences become Python lists."""
     names = pc.unique(pc.list_flatten(lists))
     tags = names.to_pylist() or ["O"]  # (no tags at all: one name, never used)
     valid = np.array([_is_tag(t) for t in tags], dtype=bool)
@@ -237,8 +216,7 @@ class _TagKinds:
 
 
 def _judged(lists: pa.Array, names: pa.Array, kinds: _TagKinds) -> dict[str, np.ndarray]:
-    """Some sentences' rows with a refused tag, rows with an IOB2 error, distinct (row, type
-    number) pairs and the type numbers of their B- tags."""
+    """Rows with a refused tag, rows with an IOB2 error, (row, type) pairs, B- tag types."""
     values = pc.list_flatten(lists)
     ends = lists.offsets.to_numpy()[1:] - lists.offsets[0].as_py()  # (a slice: shifted)
     codes = pc.index_in(values, value_set=names).to_numpy(zero_copy_only=False)
@@ -258,8 +236,7 @@ def _judged(lists: pa.Array, names: pa.Array, kinds: _TagKinds) -> dict[str, np.
 
 
 def _messages(rows: int, offending: np.ndarray, lists: pa.Array, message: Any) -> np.ndarray:
-    """An object column: ``message(tags)`` for the ``offending`` rows (Python lists of their
-    tags), None elsewhere."""
+    """``message(tags)`` for the ``offending`` rows, None elsewhere."""
     column = np.full(rows, None, dtype=object)
     for row in offending.astype(np.int64).tolist():
         column[row] = message(lists[row].as_py())
