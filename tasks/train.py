@@ -37,14 +37,14 @@ from typing import Annotated, Any
 import typer
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from tasks.core import progress, tracking
+from tasks.core import tracking
 from tasks.core.cli import ParamsPath, stage_command, stage_params, user_help
 from tasks.core.config import DEFAULT_PARAMS, Params
 from tasks.core.data.tokenized import load_tokenized
 from tasks.core.environment import STATE_DIR
 from tasks.core.errors import StageError
 from tasks.core.io import write_json
-from tasks.core.modeling import distributed
+from tasks.core.modeling import distributed, trainer_progress
 from tasks.core.modeling.checkpoints import final_model, run_lock, sweep_stale_checkpoints
 from tasks.core.modeling.train_setup import Run, resume_point, set_up_run
 from tasks.core.modeling.training import SaveEvery, make_trainer, training_arguments
@@ -99,7 +99,7 @@ def train(
     with run_lock(run.run_dir) if main else contextlib.nullcontext():
         checkpoint = resume_point(run)
         trainer = _make_trainer(run)
-        progress.install(trainer, "train")  # step/total, loss, tokens/s, ETA; no raw dicts
+        trainer_progress.install(trainer, "train")  # step/total, loss, tokens/s, ETA; no raw dicts
         counts = _fit(trainer, checkpoint)
         metrics = _metrics(run, trainer, counts, provenance)
         if not main:

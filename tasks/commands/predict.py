@@ -28,8 +28,8 @@ from tasks.core.cli import ParamsPath, stage_command, user_help
 from tasks.core.config import DEFAULT_PARAMS, load_params
 from tasks.core.entity_pipeline import EntityPipeline
 from tasks.core.errors import StageError
+from tasks.core.progress import Progress
 from tasks.core.registration.verified import VerifiedModel, load_verified, verified_model
-from tasks.core.reporter import Progress
 
 app = typer.Typer(add_completion=False, help=user_help(__doc__))
 

@@ -3,85 +3,104 @@ otherwise (DVC, Prefect and CI logs), e.g.
 
     train: step 120/600 (20%) loss 0.4123 lr 4.1e-05 3,412 tokens/s ETA 2m10s
 
-:class:`TrainerProgress` replaces ``Trainer``'s printing, :class:`TrialProgress` Optuna's.
+:class:`Progress` is the reporter, :class:`TrialProgress` replaces Optuna's lines. Nothing
+here imports transformers (the Trainer's callback: tasks/core/modeling/trainer_progress.py),
+so stages that never train start without it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from typing import Any
 
-from transformers import TrainerCallback
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-from tasks.core.reporter import STYLE_VARIABLE, Progress, _duration
-
-__all__ = ["STYLE_VARIABLE", "Progress", "TrainerProgress", "TrialProgress", "install"]
+# FINETUNE_PROGRESS=bar|lines forces one style (default: bar on a terminal, else lines).
+STYLE_VARIABLE = "FINETUNE_PROGRESS"
 
 
-class TrainerProgress(TrainerCallback):
-    """Step/total, loss, learning rate, real (non-padding) tokens/s and ETA of a
-    ``Trainer``; the evaluation metrics of each epoch in one line."""
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
-    def __init__(self, task: str = "train", every: float = 5.0, seen: Any = None) -> None:
-        # seen(): real tokens so far; default: Trainer's include_num_input_tokens_seen count
-        self.task, self.every, self.seen = task, every, seen
-        self.progress: Progress | None = None
-        self.tokens, self.clock = 0, time.perf_counter()
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return  # one progress line per run, not one per training process
-        self.progress = Progress(state.max_steps, self.task, every=self.every)
-        self.tokens, self.clock = self._seen(state), time.perf_counter()
+def _value(name: str, value: Any) -> str:
+    if isinstance(value, float):
+        if name in ("lr", "learning_rate"):
+            return f"{name} {value:.1e}"
+        if name.endswith("tokens/s") or name.endswith("/s"):
+            return f"{value:,.0f} {name}"
+        return f"{name} {value:.4f}"
+    return f"{name} {value}"
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.update(state.global_step)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.progress is None or not logs:
+class Progress:
+    """Progress of ``total`` steps of ``task`` (``update`` with numbers such as ``loss=0.41``);
+    off a terminal, logged every ``every`` percent and at the end."""
+
+    def __init__(
+        self, total: int, task: str, unit: str = "step", every: float = 10.0, stream: Any = None
+    ):
+        self.total, self.task, self.unit, self.every = max(int(total), 0), task, unit, every
+        self.done, self.fields = 0, {}
+        self.started = time.perf_counter()
+        self.next_percent = every
+        self.log = logging.getLogger(f"tasks.{task}")
+        stream = stream or sys.stderr
+        style = os.environ.get(STYLE_VARIABLE) or ("bar" if _isatty(stream) else "lines")
+        self.bar = None
+        if style == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, desc=task, unit=unit, file=stream, leave=True)
+
+    def update(self, done: int | None = None, advance: int = 1, **fields: Any) -> None:
+        """Set the count to ``done`` (or add ``advance``) and the numbers shown beside it."""
+        before = self.done
+        self.done = min(self.total, done if done is not None else self.done + advance)
+        self.fields.update({k: v for k, v in fields.items() if v is not None})
+        if self.bar is not None:
+            self.bar.update(self.done - before)
+            if self.fields:
+                self.bar.set_postfix_str(self._numbers(), refresh=False)
             return
-        fields: dict[str, Any] = {}
-        if "loss" in logs:
-            fields["loss"] = float(logs["loss"])
-        if "learning_rate" in logs:
-            fields["lr"] = float(logs["learning_rate"])
-        seen = self._seen(state)
-        now = time.perf_counter()
-        if seen > self.tokens and now > self.clock:
-            fields["tokens/s"] = (seen - self.tokens) / (now - self.clock)
-            self.tokens, self.clock = seen, now
-        self.progress.fields.update(fields)
-        evaluation = {k: v for k, v in logs.items() if k.startswith("eval_")}
-        if evaluation:
-            shown = " ".join(
-                f"{k.removeprefix('eval_')} {v:.4f}"
-                for k, v in evaluation.items()
-                if isinstance(v, float) and "runtime" not in k and "per_second" not in k
-            )
-            logging.getLogger(f"tasks.{self.task}").info(
-                "epoch %.0f validation: %s", state.epoch or 0, shown
-            )
+        percent = 100.0 * self.done / self.total if self.total else 100.0
+        if percent + 1e-9 >= self.next_percent or self.done == self.total:
+            while self.next_percent <= percent + 1e-9:
+                self.next_percent += self.every
+            self.log.info(self.line())
 
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.close()
+    def line(self) -> str:
+        """``unit done/total (percent) numbers [rate] ETA``."""
+        elapsed = time.perf_counter() - self.started
+        percent = 100.0 * self.done / self.total if self.total else 100.0
+        parts = [f"{self.unit} {self.done}/{self.total} ({percent:.0f}%)"]
+        if self.fields:
+            parts.append(self._numbers())
+        if 0 < self.done < self.total:
+            parts.append(f"ETA {_duration(elapsed / self.done * (self.total - self.done))}")
+        elif self.done >= self.total:
+            parts.append(f"in {_duration(elapsed)}")
+        return " ".join(parts)
 
-    def _seen(self, state: Any) -> int:
-        return self.seen() if self.seen is not None else state.num_input_tokens_seen or 0
+    def _numbers(self) -> str:
+        return " ".join(_value(name, value) for name, value in self.fields.items())
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.done < self.total:  # ended early (e.g. early stopping): say where
+            self.log.info(self.line())
 
 
-def install(trainer: Any, task: str = "train", every: float = 5.0) -> Any:
-    """Replace ``trainer``'s own console output with :class:`TrainerProgress`."""
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    counted = getattr(trainer.data_collator, "tokens", None)  # training.CountingCollator
-    seen = (lambda: trainer.data_collator.tokens) if counted is not None else None
-    callback = TrainerProgress(task, every, seen)
-    trainer.add_callback(callback)
-    return callback
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 class TrialProgress:

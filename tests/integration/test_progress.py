@@ -4,13 +4,15 @@ library noise, and --help that documents each stage."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import sys
 
 import pytest
 from conftest import ROOT, run
 
-from tasks.core.progress import Progress, install
+from tasks.core.modeling.trainer_progress import install
+from tasks.core.progress import Progress
 
 
 def test_progress_logs_one_line_every_few_percent(caplog, monkeypatch):
@@ -99,3 +101,16 @@ def test_help_documents_the_stage_quietly(stage):
     assert first_line[:60] in text.replace("\\[", "").replace("[", ""), text
     assert str(ROOT) not in text, text  # defaults are shown relative to the project
     assert "(params.yaml)" in text
+
+
+def test_stages_that_never_train_start_without_the_trainer():
+    """tokenize, evaluate, register and predict report progress without importing
+    transformers' Trainer, and peft with it (seconds of every such process's start)."""
+    heavy = ["peft", "transformers.trainer", "transformers.trainer_utils"]
+    script = (
+        "import json, sys, tasks.tokenize, tasks.evaluate, tasks.register, tasks.report, "
+        f"tasks.commands.predict; print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
+    )
+    assert run([sys.executable, "-c", script], ROOT).stdout.splitlines()[-1] == "[]"
+    trains = run([sys.executable, "-c", f"{script.replace('tasks.tokenize', 'tasks.train')}"], ROOT)
+    assert trains.stdout.splitlines()[-1] == json.dumps(heavy)  # the check sees them
