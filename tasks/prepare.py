@@ -1,15 +1,12 @@
 """Stage ``prepare``: read the configured source and write train/validation/test parquet files.
 
 Reads ``task``, ``data`` and ``prepare`` from ``params.yaml``. One input file is split by
-``prepare.split`` in units that never straddle two splits: a group (``data.group_column``,
-a CoNLL file's ``-DOCSTART-`` document, a built-in's movie), else one text (stratified by
-label for text classification). Train and test files: validation is held out of train the
-same way. Given validation and test files are used exactly as they are: deduplication
-(``prepare.deduplicate``) only touches the single file or the train file; repeats in the
-given files and their overlap with train are counted in ``summary.json``, not removed.
-``prepare.max_examples`` (an explicit request) still cuts every split, given ones included.
-Writes ``data/prepared/{train,validation,test}.parquet`` and ``summary.json`` atomically: a
-run that fails leaves the previous outputs untouched.
+``prepare.split`` in units that never straddle two splits (a group, a CoNLL document, else
+one text, stratified by label); with train and test files, validation is held out of train.
+Given validation and test files are used as they are (``prepare.deduplicate`` touches only
+the divided file; their repeats are counted in ``summary.json``); ``prepare.max_examples``
+cuts every split. Writes ``data/prepared/{train,validation,test}.parquet`` and
+``summary.json`` atomically: a failed run leaves the previous outputs untouched.
 """
 
 from __future__ import annotations
@@ -46,10 +43,8 @@ app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
 
 def load_source(params: Params, raw_dir: Path) -> tuple[dict[str, pd.DataFrame], list[dict]]:
-    """Read the configured source into frames (``{"all": df}`` or one per split).
-
-    Returns the frames and a list of the input files with their sha256 (for lineage).
-    """
+    """The configured source as frames (``{"all": df}`` or one per split) and the input files
+    with their sha256 (for lineage)."""
     data = params.data
     if data.group_column and params.task == "token_classification":
         raise StageError(
@@ -73,15 +68,11 @@ def load_source(params: Params, raw_dir: Path) -> tuple[dict[str, pd.DataFrame],
 
 
 def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
-    """Run the stage: read, split, write parquet files and ``summary.json``; return the summary.
-
-    Raises:
-        StageError: the source cannot be read, or a split ends up empty (the message gives the
-            rows read, the duplicates removed, the units and the params keys to change).
-    """
+    """Read, split, write the parquet files and ``summary.json``; return the summary. Raises
+    StageError when the source cannot be read or a split ends up empty (naming the rows
+    read, duplicates removed, units and the params keys to change)."""
     frames, inputs = load_source(params, raw_dir)
-    # Only the frame that gets split is deduplicated: the single file, else the train file.
-    # Given validation and test files are never altered (their repeats are only counted).
+    # Only the divided frame is deduplicated; given validation and test files never are.
     divided = "all" if "all" in frames else "train"
     whole = frames.pop(divided)
     rows_read = len(whole)
@@ -124,17 +115,12 @@ def _split_rows(
     kept: np.ndarray,
     removed: int,
 ) -> tuple[dict[str, np.ndarray], str | None]:
-    """(positions of ``whole`` per split it is divided into, the grouping note when sentences
-    replaced too few documents as the units, else None).
-
-    Raises:
-        StageError: a split ends up empty.
-    """
+    """(positions of ``whole`` per split, the grouping note when sentences replaced too few
+    documents as the units, else None); StageError when a split ends up empty."""
     rows = split_positions(whole, frames, params, kept)
     by_sentence = None
     if _empty_splits(rows, frames) and _documents_only(whole, params):
-        # One -DOCSTART- and then every sentence (a common layout), or a few documents: too
-        # few to keep each document in one split, so sentences are the units instead.
+        # Too few documents to keep each in one split: sentences are the units instead.
         rows = split_positions(whole, frames, params, kept, by_group=False)
         documents = int(whole["group"].nunique())
         by_sentence = f"sentence ({documents} documents: too few to keep each in one split)"
@@ -158,7 +144,6 @@ def _write_splits(
     for a given validation or test file, its repeats of train into ``lineage``."""
     train_keys = None
     for name in SPLITS:
-        # A split of the file's frame is read through its positions, never copied whole.
         frame, taken = (frames[name], None) if name in frames else (whole, rows[name])
         summary["splits"][name] = split_summary(frame, params, taken)
         if name == "train" and given:
@@ -198,8 +183,7 @@ def _documents_only(whole: pd.DataFrame, params: Params) -> bool:
     return params.task == "token_classification" and "group" in whole.columns
 
 
-# Rows written at a time (one parquet row group): the writer then buffers this many rows,
-# not a whole split (bench/memory.py).
+# Rows per parquet row group: the writer buffers this many, not a split (bench/memory.py).
 WRITE_ROWS = 65_536
 
 
@@ -209,8 +193,7 @@ def _rows(mask: np.ndarray, taken: np.ndarray | None) -> np.ndarray:
 
 
 def _write_parquet(frame: pd.DataFrame, taken: np.ndarray | None, path: Path) -> None:
-    """Write ``frame``'s rows at positions ``taken`` (None: all) to ``path``, WRITE_ROWS
-    rows at a time, so no copy of the whole split is made."""
+    """Write ``frame``'s rows at ``taken`` (None: all) to ``path``, WRITE_ROWS at a time."""
     taken = np.arange(len(frame)) if taken is None else taken
     schema = _schema(frame)
     with pq.ParquetWriter(path, schema) as writer:
@@ -220,9 +203,8 @@ def _write_parquet(frame: pd.DataFrame, taken: np.ndarray | None, path: Path) ->
 
 
 def _schema(frame: pd.DataFrame) -> pa.Schema:
-    """The parquet schema of ``frame``. Arrow list columns (CoNLL tokens and tags) are
-    described as the object columns of Python lists they were before they were read into
-    Arrow (the same pandas metadata, hence the same files); their type is list<string>."""
+    """The parquet schema of ``frame``, Arrow list columns described as object columns of
+    lists (the same pandas metadata as before they were read into Arrow, hence same files)."""
     lists = [c for c in frame.columns if isinstance(frame[c].dtype, pd.ArrowDtype)]
     head = frame.head(1).astype(dict.fromkeys(lists, object))
     for column in lists:
