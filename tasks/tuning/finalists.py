@@ -1,15 +1,8 @@
-"""The finalists round: the search ranks configurations on a share of train
-(``tune.train_fraction``); a ranking there does not transfer to the whole split (fewer steps
-favour large learning rates and short warm-ups: on rotten tomatoes the winner on 20%, lr
-2.1e-4 and warm-up 0.19, trained on all of train reached 0.809 test accuracy against the
-defaults' 0.821). So when a searched trial
-beats the defaults on the share, the ``tune.finalists`` best searched trials and the
-defaults are trained again on the whole train split, each as train would (its epochs, no
-pruning), and the choice is made there: like with like, with the budget train will spend.
-
-The finalists are trials of a second study, ``{study}-full`` in the same storage: a re-run
-finds them finished and trains only what is missing (a new finalist after a top-up, or one
-whose run failed)."""
+"""The finalists round: a ranking on ``tune.train_fraction`` of train does not transfer to the
+whole split (bench/RESULTS.md, tune_transfer), so when a searched trial beats the defaults
+there, the ``tune.finalists`` best and the defaults are trained again on the whole split as
+train would, and the choice is made there. They are trials of the study ``{study}-full`` in
+the same storage: a re-run trains only what is missing."""
 
 from __future__ import annotations
 
@@ -52,9 +45,8 @@ def pick_finalists(trials: list[FrozenTrial], baseline: float, count: int) -> li
 
 
 def needed(params: Params, search_choice: dict[str, Any]) -> bool:
-    """Whether a finalists round can change the decision: finalists are asked for, trials
-    trained on a share of train, and a searched trial beat the defaults there (if none did,
-    the defaults stay without more training)."""
+    """Whether a finalists round can change the decision: asked for, trials on a share of
+    train, and a searched trial beat the defaults there."""
     tune = params.tune
     return tune.finalists > 0 and tune.train_fraction < 1 and search_choice["source"] == "tuned"
 
@@ -66,9 +58,8 @@ def run_finalists(
     finalists: list[FrozenTrial],
     objective: Any,
 ) -> list[FrozenTrial]:
-    """Train the defaults and each finalist on the whole train split (``objective`` holds
-    that data) in the study ``{name}-full``; returns that study's trials. Finished ones
-    of an earlier run are kept, not trained again."""
+    """Train the defaults and each finalist with ``objective`` (the whole train split) in the
+    study ``{name}-full``, keeping finished ones; return that study's trials."""
     study = optuna.create_study(
         study_name=finalists_study_name(name),
         storage=storage,
@@ -103,16 +94,11 @@ def choose_on_full_train(
     metric: str,
     defaults_trial: int | None,
 ) -> dict[str, Any] | None:
-    """The choice among the finalists and the defaults from their scores on the whole train
-    split: a finalist only if it beats the defaults and the trivial baseline (ties keep the
-    defaults, then the better-ranked finalist). ``None`` when the defaults or a finalist did
-    not complete there (the caller keeps the decision made on the share).
-
-    Returns the keys of :func:`tasks.tuning.results.choose` that change (``source``,
-    ``reason``, ``best_trial``: a search trial, or ``defaults_trial`` for the defaults;
-    ``best_value``: its score on the whole split; ``params``), ``defaults_full_value`` and
-    ``finalists``: per finalist its search trial and its score on the share and on the
-    whole split."""
+    """The choice on the whole train split: a finalist only if it beats the defaults and the
+    trivial baseline (ties keep the defaults, then the better-ranked finalist); ``None``
+    when the defaults or a finalist did not complete there. Returns the changed keys of
+    :func:`tasks.tuning.results.choose`, ``defaults_full_value`` and ``finalists`` (each
+    one's search trial and its scores on the share and on the whole split)."""
     values = defaults_values(params)
     complete = [t for t in full_trials if t.state == TrialState.COMPLETE and t.value is not None]
     own = next((t for t in complete if is_defaults(t, values)), None)
@@ -151,9 +137,8 @@ def decide_on_whole_train(
     summary: dict[str, Any],
     objective: Objective,
 ) -> dict[str, Any]:
-    """The finalists round: the summary keys it decides. When the defaults or a finalist
-    could not be trained on the whole split (``tune.timeout``, a failure), the decision on
-    the share stands and ``decided_on`` says so."""
+    """The finalists round: the summary keys it decides (when it is incomplete, the choice
+    on the share stands and ``decided_on`` says so)."""
     chosen = pick_finalists(trials, data.baseline, params.tune.finalists)
     full_trials = run_finalists(params, storage, name, chosen, objective)
     decision = choose_on_full_train(

@@ -1,9 +1,6 @@
-"""One tune trial: train the trial's values with the train stage's own pieces
-(``tasks.core.modeling.training``) on the tuning data, evaluate ``tune.evals_per_epoch`` times per
-epoch,
-report each score to Optuna (and the trial's nested MLflow run) and stop when the pruner or
-``tune.timeout`` says so. The trial's value is its best evaluation, as train keeps its best
-epoch."""
+"""One tune trial: train with the train stage's own pieces, evaluate ``tune.evals_per_epoch``
+times per epoch, report each score to Optuna and MLflow, stop when the pruner or
+``tune.timeout`` says so. The value is the best evaluation, as train keeps its best epoch."""
 
 from __future__ import annotations
 
@@ -96,17 +93,11 @@ class ReportToTrial(TrainerCallback):
             scores["epoch"] = round(float(state.epoch or 0), 4)
             mlflow.log_metrics(scores, step=step)
         self.trial.report(value, step)
-        # Token tasks: entity F1 stays 0 for the first evaluations of most trials (no
-        # whole entity found yet), so early rungs would rank ties at random and prune
-        # trials that have not started to learn. No pruning decision is asked for (and no
-        # rung recorded) until this trial's score is first above 0; the trial then
-        # enters every rung it passed with that score. (Validation loss would be
-        # measurable from the start but ranks trials by a quantity they are not chosen
-        # by, and would need a second, minimised objective.)
+        # Token tasks: entity F1 is 0 early in most trials, so early rungs would be ties;
+        # no pruning decision until this trial's score is first above 0.
         if self.wait_for_signal and max(self.values) <= 0:
             return control
-        # The defaults trial is asked too (its scores are the pruner's reference) but
-        # always runs to its end: the final choice compares it whole.
+        # The defaults trial reports (the pruner's reference) but is never pruned.
         if self.trial.should_prune() and self.prunable:
             self.pruned = True
             control.should_training_stop = True
@@ -118,8 +109,7 @@ class TrialTimedOut(Exception):
 
 
 class SurplusTrial(Exception):
-    """Another worker started the study's last missing trial first: failed before training
-    (no values sampled), so the study ends with exactly ``tune.n_trials`` finished trials."""
+    """Another worker started the study's last missing trial first: failed before training."""
 
 
 @dataclass
@@ -129,18 +119,10 @@ class TrialRecord:
 
 
 class Objective:
-    """Train and evaluate one trial's values; the study's objective function.
-
-    Args:
-        params: validated parameters (the ``train`` section is the base of every trial).
-        data: from :func:`load_tuning_data`.
-        parent_run_id: the stage's MLflow run; ``None`` logs nothing to MLflow.
-        experiment_id: the MLflow experiment of the parent run.
-        deadline: ``time.monotonic()`` at which the search's time budget ends: a trial still
-            training then stops (recorded as failed, ``stopped: timeout``).
-        finalists: the trials are the finalists round's (``tasks.tuning.finalists``): no
-            surplus rule (the stage alone runs them), runs named ``full-train-<trial>``.
-    """
+    """The study's objective: train and evaluate one trial's values over ``params.train``.
+    ``parent_run_id`` None logs nothing to MLflow; at ``deadline`` (``time.monotonic()``) a
+    training trial stops (failed, ``stopped: timeout``); ``finalists``: the finalists round's
+    trials (no surplus rule, runs named ``full-train-<trial>``)."""
 
     def __init__(
         self,
@@ -257,9 +239,7 @@ class Objective:
             transformers.set_seed(tp.seed)  # the same head initialisation in every trial
             model, _ = build_model(data.task, data.source, data.labels, tp.dropout)
             model = apply_method(model, data.task, tp)
-            # The train stage's batches (token budget, scaled learning rate) in every trial.
             mean_batch = budget_mean_batch(tp, list(data.train["length"]), data.tokenizer)
-            # No evaluation schedule (the reporter asks at its own points), no checkpoints.
             args = training_arguments(
                 tp, precision, scratch, best_metric=None, log_steps=False, mean_batch=mean_batch
             )
@@ -296,8 +276,7 @@ class Objective:
 
 
 def free_memory() -> None:
-    """Collect the finished trial's model, optimizer and Trainer (reference cycles), and
-    give cached GPU memory back."""
+    """Collect the finished trial's objects (reference cycles); give cached GPU memory back."""
     gc.collect()
     with contextlib.suppress(ImportError):
         import torch
