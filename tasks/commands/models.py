@@ -37,13 +37,9 @@ def _scalar(value: str) -> str:
 
 
 def set_model_lines(text: str, name: str, revision: str) -> str:
-    """``text`` (a params.yaml) with ``model.name_or_path`` and ``model.revision`` set, every
-    other line and every comment kept: the values are replaced on their own lines (a missing
-    ``revision`` line is added under ``name_or_path``), nothing is re-dumped.
-
-    Raises:
-        ParamsError: the file has no block-style ``model.name_or_path`` line.
-    """
+    """``text`` (a params.yaml) with ``model.name_or_path`` and ``model.revision`` replaced on
+    their own lines, every other line and comment kept; ParamsError without a block-style
+    ``model.name_or_path`` line."""
     lines = text.splitlines(keepends=True)
     found = key_lines(text)
     if "model.name_or_path" not in found:
@@ -120,13 +116,9 @@ def fetch(
 
 
 def roll_back(params: Params, to: int | None = None) -> tuple[str, str]:
-    """Move the ``champion`` alias of the project's registered model to version ``to``, or
-    to the version that was champion when the current one was registered (its
-    ``champion_before`` tag); tag the new champion ``rolled_back_from``. Returns (from, to).
-
-    Raises:
-        StageError: no champion, no earlier champion and no ``to``, or no such version.
-    """
+    """Move the ``champion`` alias to version ``to``, else to the current one's
+    ``champion_before``; tag it ``rolled_back_from``; return (from, to). StageError: no
+    champion, no earlier champion and no ``to``, or no such version."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
