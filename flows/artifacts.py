@@ -25,10 +25,8 @@ STAGE_REPORTS = {
 
 
 def publish_stage_artifact(stage: str, project: Path, failed: bool = False) -> str | None:
-    """Create the Prefect artifact of ``stage`` from its report file; return its key.
-
-    A failed stage publishes only when it left a fresh report (validate does, by design).
-    """
+    """Create the Prefect artifact of ``stage`` from its report file (a failed stage: only a
+    fresh one); return its key."""
     relative = STAGE_REPORTS.get(stage)
     path = project / relative if relative else None
     if path is None or not path.exists():
@@ -123,8 +121,7 @@ def _registry_markdown(path: Path) -> str:
 
 
 def _report_markdown(path: Path) -> str:
-    """The run report's title and where to open it: Prefect's UI renders markdown, not a
-    whole HTML page, so the artifact links the file (and names its copy in MLflow)."""
+    """The run report's title and link (Prefect's UI renders markdown, not an HTML page)."""
     import html
     import re
 
