@@ -38,8 +38,7 @@ from tasks.core.config import ParamsError, load_params
 from tasks.core.environment import state_dir
 from tasks.core.tracking import describe_error, end_pipeline
 
-# A stage that exits with this code rejected its input (bad data, failed gate): running it
-# again cannot help, so it is never retried. Anything else (a crash, a kill) may be transient.
+# The exit code of a stage that rejected its input: never retried (a crash may be transient).
 BAD_INPUT_EXIT = 1
 _EXIT_CODE = re.compile(r"exited with (\d+)")
 # This flow file's checkout: on a work-pool worker, its pull step's clone (PROJECT_ROOT could
@@ -233,9 +232,8 @@ def training_pipeline(
     sync_remote_data: bool = False,
     update_imports: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every DVC stage in order; unchanged stages are skipped. With ``overrides``,
-    ``preset`` or ``task`` the run is one DVC experiment; the project, allowed keys and
-    timeouts are the deployment's (flows/settings.py), never run parameters.
+    """Run every DVC stage in order, unchanged ones skipped; with ``overrides``, ``preset`` or
+    ``task``, one DVC experiment. Project, allowed keys, timeouts: flows/settings.py.
 
     Args:
         overrides: dotted params, e.g. ``{"prepare.seed": 7}``; only keys the deployment allows.
@@ -248,12 +246,9 @@ def training_pipeline(
         update_imports: ``dvc update`` the ``data/external/`` imports first and publish the
             ``nightly-summary`` artifact (flows/nightly.py). Not for experiments.
 
-    Returns:
-        One record per stage (name, whether it ran, seconds), or one for the experiment.
-
-    Raises:
-        ValueError: before any stage runs: a key or preset the deployment does not allow, a
-            bad key or value, an unknown stage, a bad experiment name.
+    Returns one record per stage (name, ran, seconds), or one for the experiment. Raises
+    ValueError before any stage runs: a key or preset not allowed, a bad key or value, an
+    unknown stage, a bad experiment name.
     """
     settings, project, overrides, imports = _checked_run(overrides, task, preset, stages)
     retries = retries or {}
@@ -275,7 +270,7 @@ def _run_experiment(
     """The run as one DVC experiment task; ValueError for a bad name or no git commit."""
     try:
         check_name(name)
-        baseline_commit(project)  # experiments start from a commit
+        baseline_commit(project)
     except ExperimentError as exc:
         raise ValueError(str(exc)) from None
     runner = run_as_experiment.with_options(
@@ -332,7 +327,7 @@ def _checked_run(
     if task is not None:
         overrides["task"] = task
     settings.check_run(overrides, preset, who)  # first: nothing of the run is used before
-    stage_order(project, stages)  # raises ValueError for an unknown stage
+    stage_order(project, stages)
     imports: dict[str, str] = {}
     try:
         if preset is not None:
@@ -340,7 +335,7 @@ def _checked_run(
             overrides = {**chosen.params, **overrides}
             imports = chosen.data_imports(project)  # imported before: never a path from a run
         if preset is not None or overrides:
-            set_param_args(project / "params.yaml", overrides)  # validates: names a bad key
+            set_param_args(project / "params.yaml", overrides)  # names a bad key
         else:
             load_params(project / "params.yaml")
     except (ParamsError, ExperimentError) as exc:

@@ -1,17 +1,12 @@
 """Stage ``register``: log the trained model to MLflow, register it, and gate the champion.
 
-Idempotent: every version carries, set in the call that creates it, ``model_md5`` (the
-``.dir`` hash ``dvc.lock`` records for ``models/model``), ``test_data_hash`` and
-``weights_sha256`` (what predict and serve verify); a version with the current weights is
-reused and the gate re-applied to it (one without ``weights_sha256`` is registered again).
-
-The version gets ``challenger``, and ``champion`` only if its test score beats the
-champion's by ``register.min_improvement`` on the same test data (a champion scored on
-another test split is re-scored first); with no champion, if it reaches
-``register.min_score`` (``auto``: beats the trivial baseline). Versions are never deleted or
-overwritten. Nothing is registered unless ``reports/evaluated.json`` shows ``metrics.json``
-was measured on exactly these weights and they passed the behaviour gate. Writes
-``reports/registry.json`` atomically, last.
+Idempotent: each version carries ``model_md5`` (``dvc.lock``'s hash of ``models/model``),
+``test_data_hash`` and ``weights_sha256`` (verified by predict and serve); a version with the
+current weights is reused. It gets ``challenger``, and ``champion`` only if it beats the
+champion by ``register.min_improvement`` on the same test data (else re-scored), or with no
+champion reaches ``register.min_score``. Nothing is registered unless
+``reports/evaluated.json`` shows these weights were scored and passed the behaviour gate.
+Versions are never deleted; ``reports/registry.json`` is written atomically, last.
 """
 
 from __future__ import annotations
@@ -210,9 +205,8 @@ def set_aliases(
     gate: Decision,
     tags: dict[str, str],
 ) -> None:
-    """``challenger`` first, ``champion`` last (a crash in between is repaired by a re-run);
-    after a promotion, settle the champion against a register promoting at the same time
-    (``gate`` and ``tags`` are updated when the other version wins)."""
+    """``challenger`` first, ``champion`` last (a re-run repairs a crash between); then settle
+    against a concurrent promotion (updating ``gate`` and ``tags`` when the other wins)."""
     from tasks.core import tracking
 
     if gate.decision == "stays champion":
@@ -223,7 +217,6 @@ def set_aliases(
     if not gate.promote:
         return
     retried(client.set_registered_model_alias, name, "champion", version)
-    # Another register may have promoted its version against the same champion.
     since = int(champion.version) if champion else 0
     settled = registry.settle_champion(client, name, params.task, since, scores.key,
                                        scores.data_hash)  # fmt: skip

@@ -1,18 +1,12 @@
 """Stage ``train``: fine-tune the encoder on the tokenized train split, pick the best epoch
 on validation.
 
-Reads ``task``, ``model.name_or_path``, ``tracking.uri`` and ``train`` from ``params.yaml``
-and ``data/tokenized/``; when ``tune.enabled``, ``reports/best_params.json``'s values replace
-the ``train`` keys they name. Writes ``models/model/`` (``save_pretrained`` layout plus
-``training_params.json``: the train values used and their source),
-``reports/train_history.csv``, ``reports/validation_history.csv`` and
-``reports/train_metrics.json``.
-
-The start point (encoder, local directory or ``models:/NAME@champion``) keeps its head when
-it predicts the same label set. Methods: ``full``, ``head`` (encoder frozen), ``lora``
-(merged into the saved model). The stock transformers ``Trainer`` runs the loop
-(``tasks.core.modeling.training`` configures it); checkpoints live in
-``.state/checkpoints/<run key>``, one run at a time per key.
+Reads ``task``, ``model.name_or_path``, ``tracking.uri`` and ``train`` from ``params.yaml``,
+``data/tokenized/`` and (``tune.enabled``) ``reports/best_params.json``, whose values replace
+the ``train`` keys they name. Writes ``models/model/`` (with ``training_params.json``: the
+values used and their source), ``reports/train_history.csv``,
+``reports/validation_history.csv`` and ``reports/train_metrics.json``. The stock transformers
+``Trainer`` runs the loop; checkpoints in ``.state/checkpoints/<run key>``, one run per key.
 """
 
 from __future__ import annotations
@@ -126,8 +120,7 @@ class LiveMetrics(TrainerCallback):
 
 
 def _make_trainer(run: Run) -> Any:
-    """The stock Trainer of the run: evaluation and a checkpoint every epoch (plus every
-    ``save_steps``), the best epoch loaded at the end, early stopping."""
+    """The run's stock Trainer: evaluation and checkpoint every epoch, best epoch at the end."""
     tp = run.params.train
     args = training_arguments(
         tp, run.precision, run.run_dir, best_metric=run.metric, log_steps=True,

@@ -2,23 +2,15 @@
 hand the best ones to ``train``.
 
 Reads ``task``, ``model.name_or_path``, ``tracking``, ``train`` and ``tune`` from
-``params.yaml`` and ``data/tokenized/{train,validation}`` (the test split is never opened).
-Writes ``reports/best_params.json`` (read by ``train``: ``source`` tuned or defaults and why,
-the chosen values and scores; ``status: disabled`` when ``tune.enabled`` is false; nothing
-that differs between two identical runs, so ``train`` re-runs only when the result changes),
-``reports/tune_trials.csv``, ``reports/tune_report.md`` and three ``tune_*.png`` plots.
+``params.yaml`` and ``data/tokenized/{train,validation}`` (never test). Writes
+``reports/best_params.json`` (train's input: ``source`` tuned or defaults and why, the values;
+nothing that differs between two identical runs, so train re-runs only when it changes),
+``reports/tune_trials.csv``, ``reports/tune_report.md`` and ``tune_*.png`` plots.
 
-Trials train with the train stage's own pieces (``tasks/core/modeling/training.py``) on
-``tune.train_fraction`` of train. Budget: ``tune.n_trials`` finished trials in the study
-(``tune.timeout`` is only a cap). The first trial trains ``params.yaml``'s own values and is
-never pruned; ``source: tuned`` only when a searched trial beats it and the trivial baseline,
-decided on the whole train split when ``tune.finalists`` > 0 (``tasks/tuning/finalists.py``).
-One study per configuration, ``{tune.study_name}-{fingerprint}`` in ``tune.storage``: a
-re-run continues it. ``--worker`` joins the study in a shared storage and only runs trials.
-Contract in full: docs/reproducibility.md (one study per configuration, never worse than the
-defaults, chosen like with like); workers: docs/servers.md (parallel tuning).
-
-MLflow: the stage's run holds the summary, reports and plots; each trial is a nested run.
+Budget: ``tune.n_trials`` finished trials (``tune.timeout``: a cap). The first trial trains
+``params.yaml``'s values; ``source: tuned`` only when a searched trial beats it and the
+trivial baseline. One study per configuration, continued by a re-run; ``--worker`` only runs
+trials of it. Contract: docs/reproducibility.md; workers: docs/servers.md.
 """
 
 from __future__ import annotations
@@ -77,19 +69,16 @@ def run_search(
     parent_run_id: str | None = None,
     experiment_id: str | None = None,
 ) -> int:
-    """Run trials in this process until the study holds ``tune.n_trials`` finished ones
-    (``study.run_trials``: the surplus rule); after ``timeout`` seconds no trial starts and a
-    running one stops. Returns how many ran here."""
+    """Run trials here until the study holds ``tune.n_trials`` finished ones or ``timeout``
+    seconds passed; return how many ran here."""
     deadline = time.monotonic() + timeout if timeout is not None else None
     objective = Objective(params, data, parent_run_id, experiment_id, deadline)
     return run_trials(params, study, objective)
 
 
 def work(params: Params, tokenized_dir: Path, state_dir: Path) -> int:
-    """One parallel worker (``--worker``): join this configuration's study in ``tune.storage``
-    and run trials until it holds ``tune.n_trials`` finished ones (or ``tune.timeout``), as
-    nested runs of a ``tune-worker`` MLflow run. Writes no stage output; returns the number
-    of trials run here."""
+    """One parallel worker (``--worker``): run trials of this configuration's study under a
+    ``tune-worker`` MLflow run; write no stage output; return the number run here."""
     import mlflow
 
     if not params.tune.enabled:
@@ -198,9 +187,8 @@ def _write_disabled(params: Params, reports_dir: Path) -> dict[str, Any]:
 def _open_study(
     params: Params, storage: optuna.storages.BaseStorage, spec: str, name: str, data: TuningData
 ) -> optuna.Study:
-    """The stage's study ``name`` in ``storage``, params.yaml's values queued and a sampler
-    seeded by the study's length before this run queued anything (a re-run samples new
-    points, reproducibly)."""
+    """The study ``name``, params.yaml's values queued, the sampler seeded by the study's
+    length before this run (a re-run samples new points, reproducibly)."""
     study, queued = join_study(params, storage, name, stage=True)
     seed = params.tune.seed + len(study.get_trials(deepcopy=False)) - queued
     study.sampler = make_sampler(params, seed)

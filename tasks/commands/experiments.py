@@ -68,9 +68,6 @@ class Experiment:
         )
 
 
-# --- -S arguments ------------------------------------------------------------------------------
-
-
 def set_param_args(params_file: Path, overrides: Mapping[str, Any]) -> list[str]:
     """``dvc exp run -S`` arguments that give ``params_file`` exactly ``overrides``, checked
     through DVC's own override code. Hydra merges a mapping into a mapping, so one that
@@ -144,9 +141,6 @@ def _check_round_trip(params_file: Path, args: list[str], expected: Any) -> None
         raise ParamsError(f"dvc exp run -S {' '.join(args)} would not set the same params")
 
 
-# --- experiment names and the git baseline ------------------------------------------------------
-
-
 def _git(project: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=project, capture_output=True, text=True)
 
@@ -191,9 +185,6 @@ def unique_name(project: Path, base: str) -> str:
         number += 1
         name = f"{base}-{number}"
     return name
-
-
-# --- data imports ---------------------------------------------------------------------------------
 
 
 def check_imports(imports: Mapping[str, str], where: str) -> None:
@@ -249,9 +240,6 @@ def uncommitted_inputs(project: Path) -> list[str]:
     (its copy of the workspace holds only what git tracks)."""
     done = _git(project, "ls-files", "--others", "--exclude-standard", "--", *INPUT_DIRS)
     return [line for line in done.stdout.splitlines() if line]
-
-
-# --- running ------------------------------------------------------------------------------------
 
 
 def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
