@@ -83,7 +83,7 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
     rows, by_sentence = _split_rows(whole, frames, params, kept, removed)
     sizes = {name: len(rows[name]) if name in rows else len(frames[name]) for name in SPLITS}
     cut = {}
-    if params.prepare.max_examples:  # an explicit request: it cuts given files too
+    if params.prepare.max_examples:
         limit = params.prepare.max_examples
         cut = {name: max(size - limit, 0) for name, size in sizes.items()}
         rows = {name: taken[:limit] for name, taken in rows.items()}

@@ -74,7 +74,7 @@ def train(
     with run_lock(run.run_dir) if main else contextlib.nullcontext():
         checkpoint = resume_point(run)
         trainer = _make_trainer(run)
-        progress.install(trainer, "train")  # step/total, loss, tokens/s, ETA; no raw dicts
+        progress.install(trainer, "train")
         counts = _fit(trainer, checkpoint)
         metrics = _metrics(run, trainer, counts, provenance)
         if not main:
@@ -179,7 +179,7 @@ def _metrics(run: Run, trainer: Any, counts: dict[str, Any], provenance: dict) -
         "total_parameters": run.parameters[1],
         "seed": tp.seed,
         "processes": distributed.world_size(),
-        "params_source": provenance["params_source"],  # tune | params.yaml
+        "params_source": provenance["params_source"],
         "tuned_params": provenance["tuned_params"],
     }
 

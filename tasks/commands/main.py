@@ -151,7 +151,7 @@ def run(
     if flow:
         from flows.pipeline import training_pipeline
 
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         training_pipeline(preset=preset, stages=stage or None)
     elif preset:
         from tasks.commands.presets import main as run_preset
@@ -198,7 +198,7 @@ def serve(
     params = load_params(params_path)
     uri = tracking.use_store(params)
     model = model_uri or f"models:/{tracking.registered_model_name(params)}@champion"
-    hint = registry_hint(model)  # no such model or alias: why, and what to run
+    hint = registry_hint(model)
     if hint:
         raise StageError(hint)
     os.environ["MLFLOW_TRACKING_URI"] = uri

@@ -126,7 +126,7 @@ def classify(model: Any, tokenizer: Any, texts: list[str], batch: int = 32) -> l
 
 def records(texts: list[str], output: list[Any]) -> list[dict[str, Any]]:
     """The model's ``output`` for ``texts`` (a :class:`Predictor`'s) as one record per text."""
-    if output and isinstance(output[0], dict):  # text classification: label and score
+    if output and isinstance(output[0], dict):
         return [
             {"text": t, "label": r["label"], "score": float(r["score"])}
             for t, r in zip(texts, output, strict=True)

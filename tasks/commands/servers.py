@@ -127,7 +127,7 @@ class Postgres:
         if self.root.resolve().is_relative_to(state) and state.is_dir():
             state.chmod(state.stat().st_mode & 0o777 | 0o001)
         for folder in reversed(self.root.resolve().parents):
-            if not folder.exists():  # created by us below, enterable by all (umask 022)
+            if not folder.exists():
                 break
             probe = ["runuser", "-u", user.pw_name, "--", "test", "-x", str(folder)]
             if subprocess.run(probe, capture_output=True).returncode != 0:
@@ -277,9 +277,8 @@ def write_pgpass(port: int, database: str, role: str, password: str) -> None:
 def tracking_server_command(
     backend_uri: str, artifacts: Path, port: int = MLFLOW_PORT, workers: int = 1
 ) -> tuple[list[str], dict[str, str]]:
-    """``mlflow server`` on ``backend_uri`` with artifacts proxied into ``artifacts``: the
-    command and the variables to add to its environment (the backend URI goes there, so its
-    password is not in the process list)."""
+    """``mlflow server`` on ``backend_uri``, artifacts proxied into ``artifacts``: the command
+    and its extra environment (holding the backend URI: no password in the process list)."""
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--serve-artifacts", "--artifacts-destination", str(artifacts.resolve()),
@@ -316,9 +315,8 @@ def url(
     database: Annotated[str, typer.Argument(help="Database name (created when missing).")],
     port: Annotated[int, typer.Option(help="Port of the running server.")] = DEFAULT_PORT,
 ) -> None:
-    """Print the URL of a database of the running server, e.g. for ``tune.storage``; the
-    database and its own login role are created when missing, the role's password written
-    to .state/pgpass (PGPASSFILE), never printed."""
+    """Print the URL of a database (e.g. for ``tune.storage``), creating it and its login role
+    when missing; the password goes to .state/pgpass (PGPASSFILE), never printed."""
     typer.echo(Postgres(port=port).create_database(database))
 
 

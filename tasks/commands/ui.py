@@ -124,10 +124,8 @@ def training_runs_url(base: str, store_uri: str) -> str:
 
 @app.command("prefect")
 def prefect_ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200) -> None:
-    """Start the Prefect server and UI: flow runs, stage task runs, deployments.
-
-    CSRF protection on, CORS limited to its own origin; basic auth when
-    PREFECT_SERVER_API_AUTH_STRING or PREFECT_API_AUTH_STRING is set (user:password)."""
+    """Start the Prefect server and UI: flow runs, stage task runs, deployments. CSRF
+    protection on, CORS to its own origin; basic auth when PREFECT_API_AUTH_STRING is set."""
     command, env = prefect_server(port)
     auth = "on" if "PREFECT_SERVER_API_AUTH_STRING" in env else "off (set PREFECT_API_AUTH_STRING)"
     typer.echo(f"Prefect UI: {env['PREFECT_UI_URL']} (CSRF protection on, basic auth {auth})")

@@ -76,7 +76,7 @@ def run_finalists(
             study.enqueue_trial(trial.params, user_attrs=attrs)
     quiet_optuna()
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    for index, queued in enumerate(waiting, 1):  # optimize takes them in this order
+    for index, queued in enumerate(waiting, 1):
         number = queued.user_attrs.get("search_trial")
         what = "the defaults" if number is None else f"trial {number}"
         log.info("whole train split, run %d of %d: %s", index, len(waiting), what)
@@ -95,10 +95,9 @@ def choose_on_full_train(
     defaults_trial: int | None,
 ) -> dict[str, Any] | None:
     """The choice on the whole train split: a finalist only if it beats the defaults and the
-    trivial baseline (ties keep the defaults, then the better-ranked finalist); ``None``
-    when the defaults or a finalist did not complete there. Returns the changed keys of
-    :func:`tasks.tuning.results.choose`, ``defaults_full_value`` and ``finalists`` (each
-    one's search trial and its scores on the share and on the whole split)."""
+    trivial baseline (ties: the defaults, then the better-ranked finalist); ``None`` when one
+    did not complete there. Returns :func:`tasks.tuning.results.choose`'s changed keys,
+    ``defaults_full_value`` and ``finalists`` (each one's scores on share and whole split)."""
     values = defaults_values(params)
     complete = [t for t in full_trials if t.state == TrialState.COMPLETE and t.value is not None]
     own = next((t for t in complete if is_defaults(t, values)), None)
@@ -151,6 +150,6 @@ def decide_on_whole_train(
     return {
         **decision,
         "decided_on": "whole train split",
-        "finalist_epochs": round(epochs, 3),  # reports: epochs over the whole split
+        "finalist_epochs": round(epochs, 3),
         "examples_trained": summary["examples_trained"] + round(epochs * len(data.whole_train)),
     }

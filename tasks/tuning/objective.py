@@ -40,9 +40,8 @@ log = logging.getLogger("tasks.tune")
 
 
 class ReportToTrial(TrainerCallback):
-    """Optuna pruning: evaluate ``per_epoch`` times per epoch, report each score to the trial
-    (and its MLflow run) and stop training when the trial is pruned or the search's time
-    budget (``deadline``, monotonic seconds) is spent."""
+    """Evaluate ``per_epoch`` times per epoch, report each score to the trial and MLflow, stop
+    when the trial is pruned or ``deadline`` (monotonic seconds) passed."""
 
     def __init__(
         self,
@@ -120,9 +119,8 @@ class TrialRecord:
 
 class Objective:
     """The study's objective: train and evaluate one trial's values over ``params.train``.
-    ``parent_run_id`` None logs nothing to MLflow; at ``deadline`` (``time.monotonic()``) a
-    training trial stops (failed, ``stopped: timeout``); ``finalists``: the finalists round's
-    trials (no surplus rule, runs named ``full-train-<trial>``)."""
+    ``parent_run_id`` None: no MLflow; at ``deadline`` a trial stops (``stopped: timeout``);
+    ``finalists``: no surplus rule, runs named ``full-train-<trial>``."""
 
     def __init__(
         self,
@@ -199,7 +197,7 @@ class Objective:
         if retry_of is not None:
             tags["trial.retry_of"] = str(retry_of)
         name = f"trial-{trial.number}"
-        if self.finalists:  # the search trial it re-trains, or the defaults
+        if self.finalists:
             name = f"full-train-{trial.user_attrs.get('search_trial', DEFAULTS_ROLE)}"
         run = mlflow.start_run(
             run_name=name,
@@ -252,7 +250,7 @@ class Objective:
                 data.task, model, args, splits, data.tokenizer, data.labels, [reporter],
                 max_tokens=tp.max_tokens_per_batch,
             )  # fmt: skip
-            trainer.remove_callback(PrinterCallback)  # no metrics dicts on stdout
+            trainer.remove_callback(PrinterCallback)
             trainer.train()
             record.epochs = float(trainer.state.epoch or 0)
             record.evaluations = len(reporter.values)
@@ -264,7 +262,7 @@ class Objective:
                 )
             if not reporter.values:
                 raise StageError("the trial ran no evaluation")
-            return max(reporter.values)  # train keeps its best epoch too
+            return max(reporter.values)
         finally:
             if trainer is not None:
                 record.epochs = float(trainer.state.epoch or 0)

@@ -64,9 +64,7 @@ def choose(
     trials: list[FrozenTrial], baseline: float, defaults: dict[str, Any], metric: str
 ) -> dict[str, Any]:
     """What train uses: the best searched trial only if it beats the trivial baseline and the
-    defaults trial (ties keep the defaults, then the earlier trial), else ``source:
-    defaults``. Returns ``source``, ``reason``, ``baseline``, ``defaults_trial``/``_value``,
-    ``best_trial``/``best_value`` (None when nothing beat the baseline) and ``params``."""
+    defaults trial (ties: the defaults, then the earlier trial), else ``source: defaults``."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     own = [t for t in complete if is_defaults(t, defaults)]
     base = min(own, key=lambda t: t.number, default=None)
@@ -124,8 +122,8 @@ def write_reports(
             "duration": t.user_attrs.get("duration_s", ""),
             "epochs_run": t.user_attrs.get("epochs_run", ""),
             "retry_of": t.user_attrs.get("retry_of", ""),
-            "role": t.user_attrs.get("role", "search"),  # defaults: params.yaml's values
-            "stopped": t.user_attrs.get("stopped", ""),  # timeout: tune.timeout stopped it
+            "role": t.user_attrs.get("role", "search"),
+            "stopped": t.user_attrs.get("stopped", ""),
         }
         for t in trials
     ]
@@ -256,9 +254,9 @@ def _trials_markdown(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         cells = [_fmt(row[h]) for h in header]
         if row["stopped"] == TIMEOUT:
-            cells[1] = "timed out (FAIL)"  # tune.timeout, not the pruner
+            cells[1] = "timed out (FAIL)"
         elif row["stopped"] == SURPLUS:
-            cells[1] = "surplus, not run (FAIL)"  # a parallel worker was first
+            cells[1] = "surplus, not run (FAIL)"
         if row["role"] == DEFAULTS_ROLE:
             cells[1] += " (defaults)"
         lines.append("| " + " | ".join(cells) + " |")

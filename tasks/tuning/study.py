@@ -49,7 +49,7 @@ def make_pruner(params: Params) -> optuna.pruners.BasePruner:
     if pruner.type == "hyperband":
         epochs = tune.space.get("epochs")
         most = max(epochs.bounds()) if epochs is not None else params.train.epochs
-        most = AUTO_EPOCHS_RANGE[1] if most == "auto" else most  # at most, by trial size
+        most = AUTO_EPOCHS_RANGE[1] if most == "auto" else most
         return optuna.pruners.HyperbandPruner(
             min_resource=pruner.min_resource,
             max_resource=max(int(most) * tune.evals_per_epoch, pruner.min_resource + 1),
@@ -79,8 +79,8 @@ def run_trials(params: Params, study: optuna.Study, objective: Any) -> int:
     A trial that raises is FAIL and the search goes on, up to ``n_trials`` failures here."""
     deadline = objective.deadline
     target = params.tune.n_trials
-    callbacks = [TrialProgress(target or 0)]  # trial i/n, best so far, pruned
-    quiet_optuna()  # instead of Optuna's [I ...] lines
+    callbacks = [TrialProgress(target or 0)]
+    quiet_optuna()
     ran = failed = 0
     while True:
         out_of_time = deadline is not None and time.monotonic() >= deadline
@@ -95,17 +95,17 @@ def run_trials(params: Params, study: optuna.Study, objective: Any) -> int:
         if target is not None and finished + running >= target and not defaults_queued:
             if out_of_time:
                 break
-            with warnings.catch_warnings():  # the missing trials run elsewhere: wait
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
             time.sleep(min(params.tune.heartbeat_interval, 5))
             continue
         with warnings.catch_warnings():  # no optimize timeout: 0 s left would start no trial
-            warnings.simplefilter("ignore", ExperimentalWarning)  # (the objective keeps time)
+            warnings.simplefilter("ignore", ExperimentalWarning)
             study.optimize(
                 objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True
             )
-        last = study.get_trials(deepcopy=False)  # this process's trial: the latest it ran
+        last = study.get_trials(deepcopy=False)
         mine = [t for t in last if t.user_attrs.get("worker_pid") == os.getpid()]
         if mine and max(mine, key=lambda t: t.number).state == TrialState.FAIL:
             failed += max(mine, key=lambda t: t.number).user_attrs.get("stopped") != SURPLUS
