@@ -11,7 +11,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.core.tracking import flatten
 
-# The report each stage leaves behind, relative to the project root.
 STAGE_REPORTS = {
     "prepare": "data/prepared/summary.json",
     "validate": "reports/validation.json",
@@ -73,7 +72,7 @@ def _validation_table(path: Path) -> tuple[list[dict[str, Any]], str]:
             "expected": e["threshold"],
             "offending rows": e.get("unexpected_count", 0),
         }
-        for e in report["expectations"]  # failed expectations come first in the report
+        for e in report["expectations"]
     ]
     verdict = "passed" if report["success"] else f"FAILED ({report['failed']} failed)"
     return rows, f"Data validation {verdict}: {report['evaluated']} expectations."

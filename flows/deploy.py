@@ -24,7 +24,7 @@ from tasks.core.environment import PROJECT_ROOT
 
 DEPLOYMENT_NAME = "nightly-retrain"
 SCHEDULE_SLUG = "nightly-retrain"
-DEFAULT_CRON = "0 2 * * *"  # 02:00 UTC every night
+DEFAULT_CRON = "0 2 * * *"
 ENTRYPOINT = "flows/pipeline.py:training_pipeline"
 
 app = typer.Typer(add_completion=False, help=user_help(__doc__))

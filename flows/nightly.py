@@ -27,8 +27,7 @@ ARTIFACT_KEY = "nightly-summary"
 
 
 def used_imports(project: Path) -> list[str]:
-    """The ``.dvc`` files of ``data/external/`` that are DVC imports (``import-url``: they
-    have a dependency) holding a file ``data.source`` reads, relative to ``project``."""
+    """The ``data/external/`` import ``.dvc`` files holding a file ``data.source`` reads."""
     params = load_params(project / "params.yaml")
     if params.data.builtin is not None:
         return []

@@ -1,18 +1,12 @@
 """Stage ``evaluate``: score the trained model on the test split, once.
 
-Reads ``task``, ``train.precision`` (inference runs in the training precision) and
-``evaluate`` from ``params.yaml``, ``data/tokenized/`` (test split only) and
-``models/model/``. Writes into ``reports/``:
-
-- ``metrics.json``: DVC metrics (text: accuracy, F1s, per class, ROC AUC for two classes;
-  tokens: seqeval entity scores, strict IOB2, and ``token_accuracy``). Scores only: register
-  depends on it, so nothing in it changes between two runs of the same model and data.
-- ``inference_speed.json``: DVC metrics nothing depends on (seconds, rates, device).
-- ``confusion.csv`` (a DVC confusion plot), ``confusion_matrix.png``, ``errors.jsonl``
-  (most confident mistakes first), ``slices.json`` (scores on slices), ``eval_report.md``.
-- ``behaviour.json``: behavioural checks (``evaluate.behaviour``), run after the scores.
-- ``evaluated.json``: the md5 of the weights scored and the behaviour gate's outcome (also
-  when the gate fails); register registers nothing else.
+Reads ``task``, ``train.precision`` and ``evaluate`` from ``params.yaml``, the test split of
+``data/tokenized/`` and ``models/model/``. Writes into ``reports/``: ``metrics.json`` (DVC
+metrics, scores only: register depends on it, so nothing in it changes between two runs of
+the same model and data), ``inference_speed.json`` (nothing depends on it),
+``confusion.csv``, ``confusion_matrix.png``, ``errors.jsonl``, ``slices.json``,
+``eval_report.md``, ``behaviour.json`` (``evaluate.behaviour``) and ``evaluated.json`` (the
+md5 of the weights scored and the behaviour gate's outcome: register registers nothing else).
 """
 
 from __future__ import annotations
@@ -70,7 +64,7 @@ def run_stage(
         log_to_mlflow(metrics, Path(reports_dir))
         try:
             checked = behaviour.check_model(params, model_dir, reports_dir)
-        except StageError as exc:  # the gate (or its cases) failed: recorded, then raised
+        except StageError as exc:  # the gate failed: recorded, then raised
             record_evaluation(reports_dir, model_dir, "failed", str(exc))
             raise
         finally:  # a failed gate still leaves its report in the run
@@ -86,7 +80,7 @@ def log_to_mlflow(metrics: dict[str, Any], reports_dir: Path) -> None:
     import mlflow
 
     tracking.log_numbers(metrics, prefix="test_")
-    tracking.log_to_parent(metrics, prefix="test_")  # the execution's headline metrics
+    tracking.log_to_parent(metrics, prefix="test_")
     speed_path = reports_dir / SPEED_FILE
     if speed_path.exists():
         tracking.log_numbers(json.loads(speed_path.read_text()), prefix="test_")

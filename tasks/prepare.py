@@ -1,12 +1,9 @@
 """Stage ``prepare``: read the configured source and write train/validation/test parquet files.
 
-Reads ``task``, ``data`` and ``prepare`` from ``params.yaml``. One input file is split by
-``prepare.split`` in units that never straddle two splits (a group, a CoNLL document, else
-one text, stratified by label); with train and test files, validation is held out of train.
-Given validation and test files are used as they are (``prepare.deduplicate`` touches only
-the divided file; their repeats are counted in ``summary.json``); ``prepare.max_examples``
-cuts every split. Writes ``data/prepared/{train,validation,test}.parquet`` and
-``summary.json`` atomically: a failed run leaves the previous outputs untouched.
+Reads ``task``, ``data`` and ``prepare`` from ``params.yaml``. Splits by ``prepare.split`` in
+units that never straddle two splits (a group, a CoNLL document, else a text); given
+validation and test files are used as they are. Writes
+``data/prepared/{train,validation,test}.parquet`` and ``summary.json`` atomically.
 """
 
 from __future__ import annotations
@@ -43,8 +40,7 @@ app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
 
 def load_source(params: Params, raw_dir: Path) -> tuple[dict[str, pd.DataFrame], list[dict]]:
-    """The configured source as frames (``{"all": df}`` or one per split) and the input files
-    with their sha256 (for lineage)."""
+    """The source as frames (``{"all": df}`` or per split) and the input files' sha256."""
     data = params.data
     if data.group_column and params.task == "token_classification":
         raise StageError(
@@ -115,8 +111,7 @@ def _split_rows(
     kept: np.ndarray,
     removed: int,
 ) -> tuple[dict[str, np.ndarray], str | None]:
-    """(positions of ``whole`` per split, the grouping note when sentences replaced too few
-    documents as the units, else None); StageError when a split ends up empty."""
+    """(positions of ``whole`` per split, the grouping note or None); StageError if one is empty."""
     rows = split_positions(whole, frames, params, kept)
     by_sentence = None
     if _empty_splits(rows, frames) and _documents_only(whole, params):
@@ -140,8 +135,7 @@ def _write_splits(
     summary: dict,
     lineage: dict,
 ) -> None:
-    """Each split's parquet file into ``staged``, its summary into ``summary["splits"]`` and,
-    for a given validation or test file, its repeats of train into ``lineage``."""
+    """Each split's parquet into ``staged``, its summary and (given files) repeats of train."""
     train_keys = None
     for name in SPLITS:
         frame, taken = (frames[name], None) if name in frames else (whole, rows[name])
@@ -161,8 +155,8 @@ def split_positions(
     kept: np.ndarray,
     by_group: bool = True,
 ) -> dict[str, np.ndarray]:
-    """The positions in ``whole`` of the splits it gives: all three (a single file: no other
-    ``frames``), train and validation (no validation file), else train alone."""
+    """The positions in ``whole`` of the splits it gives (all three, train and validation, or
+    train)."""
     if not frames:
         stratify = "label" if params.task == "text_classification" else None
         split, seed = params.prepare.split, params.prepare.seed

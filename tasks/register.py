@@ -1,12 +1,11 @@
 """Stage ``register``: log the trained model to MLflow, register it, and gate the champion.
 
-Idempotent: each version carries ``model_md5`` (``dvc.lock``'s hash of ``models/model``),
-``test_data_hash`` and ``weights_sha256`` (verified by predict and serve); a version with the
-current weights is reused. It gets ``challenger``, and ``champion`` only if it beats the
-champion by ``register.min_improvement`` on the same test data (else re-scored), or with no
-champion reaches ``register.min_score``. Nothing is registered unless
-``reports/evaluated.json`` shows these weights were scored and passed the behaviour gate.
-Versions are never deleted; ``reports/registry.json`` is written atomically, last.
+Idempotent: versions carry ``model_md5`` (``dvc.lock``'s hash of ``models/model``),
+``test_data_hash`` and ``weights_sha256``; one with the current weights is reused. It gets
+``challenger``, and ``champion`` only if it beats the champion by
+``register.min_improvement`` on the same test data (or, with none, reaches
+``register.min_score``). Only weights that ``reports/evaluated.json`` shows scored and past
+the behaviour gate; writes ``reports/registry.json`` atomically, last.
 """
 
 from __future__ import annotations

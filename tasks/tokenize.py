@@ -1,17 +1,10 @@
 """Stage ``tokenize``: turn the prepared splits into model inputs with the model's tokenizer.
 
 Reads ``task``, ``model.name_or_path``, ``model.revision``, ``tracking.uri`` and ``tokenize``
-from ``params.yaml`` and ``data/prepared/{train,validation,test}.parquet``. Writes
-``data/tokenized/`` (one unpadded Hugging Face dataset per split, with ``manifest.json``:
-tokenizer identity, label map, counts, truncation, lengths) and ``reports/tokenize.json``
-(the counts, as DVC metrics).
-
-Token tasks: each word's tag goes on its first sub-token, ``-100`` elsewhere. Truncation is
-counted, never silent; words cut off above ``tokenize.max_unpredicted_share`` of validation
-or test fail the stage. ``max_length: auto`` is the 99.9th percentile of train's lengths
-(token tasks: the longest), rounded up to 8, capped at the encoder's limit
-(``max_length_choice`` in the manifest). ``tokenize.context_tokens``: neighbouring
-sentences as unlabelled context (``tasks.core.data.context``).
+from ``params.yaml`` and ``data/prepared/*.parquet``. Writes ``data/tokenized/`` (an unpadded
+dataset per split, ``manifest.json``) and ``reports/tokenize.json`` (counts, DVC metrics).
+Truncation is counted, never silent; words cut off above ``tokenize.max_unpredicted_share``
+of validation or test fail the stage. ``max_length: auto``: docs/reproducibility.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """Stage ``validate``: the data-quality gate between ``prepare`` and ``tokenize``.
 
-Every verdict comes from a built-in Great Expectations 1.x expectation. Checks that need a
-derived value (token counts, IOB errors, duplicates, per-class shares) validate a column or
-table computed here with pandas. Writes ``validation.json`` and ``validation.md`` to the
-reports folder; a failed gate exits non-zero. Files under ``data/`` are only read. Every
-failure carries its ``remedy``: the ``validate`` key that relaxes it with its current value
-(``validate.max_leakage_share = 0.01``), or why no key does.
+Every verdict is a built-in Great Expectations expectation (derived values computed with
+pandas). Writes ``reports/validation.json`` and ``validation.md``; a failed gate exits
+non-zero, each failure with its ``remedy`` (the ``validate`` key that relaxes it, or why
+none does). Files under ``data/`` are only read.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ class TuningData:
     tokenizer: Any
     train: Any  # the stratified subset, model columns and length
     validation: Any
-    train_examples: int  # of the whole train split
+    train_examples: int
     fingerprint: str  # the configuration whose trials are comparable: names the study
     baseline: float = 0.0  # the metric of the trivial prediction on validation
     whole_train: Any = None  # the whole train split, as train (the finalists round)
