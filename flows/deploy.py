@@ -76,8 +76,7 @@ def nightly_deployment(
     paused: bool = False,
     **options: Any,
 ):
-    """A runner deployment of ``training_pipeline`` for :func:`prefect.serve` (``options``:
-    those of :func:`deployment_options`)."""
+    """A runner deployment of ``training_pipeline`` for :func:`prefect.serve`."""
     # Not at the top: `finetune deploy --help` must not wait for Prefect.
     from flows.pipeline import training_pipeline
 
@@ -140,7 +139,7 @@ def serve(
     settings = DeploymentSettings(
         project=str(project.resolve()), allow=tuple(allow), timeouts=parse_timeouts(timeout)
     )
-    os.environ.update(settings_env({name: settings}))  # inherited by the flow-run processes
+    os.environ.update(settings_env({name: settings}))
     deployment = nightly_deployment(
         cron,
         {"update_imports": update_imports},

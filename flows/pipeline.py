@@ -141,8 +141,7 @@ def run_as_experiment(
     stages: list[str] | None = None,
     imports: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run the stages with ``overrides`` as DVC experiment ``name`` (``dvc exp run --temp``),
-    streaming its log; publish an artifact naming the experiment and the stage reports."""
+    """Run the stages as DVC experiment ``name``, streaming its log; publish its artifacts."""
     logger = get_run_logger()
     env = {"PIPELINE_FLOW_RUN_ID": str(prefect_flow_run.id or "")}
     try:
@@ -335,7 +334,7 @@ def _checked_run(
             overrides = {**chosen.params, **overrides}
             imports = chosen.data_imports(project)  # imported before: never a path from a run
         if preset is not None or overrides:
-            set_param_args(project / "params.yaml", overrides)  # names a bad key
+            set_param_args(project / "params.yaml", overrides)
         else:
             load_params(project / "params.yaml")
     except (ParamsError, ExperimentError) as exc:

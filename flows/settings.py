@@ -23,7 +23,7 @@ DIRECT = ""  # the entry for direct calls (no deployment)
 SENSITIVE = ("tracking.*", "tune.storage", "model.name_or_path")
 # Seconds per stage, so a hung `dvc repro` cannot hold the nightly run for ever.
 DEFAULT_TIMEOUTS = {"tune": 6 * 3600, "train": 6 * 3600}
-DEFAULT_TIMEOUT = 3600  # any other stage
+DEFAULT_TIMEOUT = 3600
 # The flow-run page (the failure notification links it): Prefect UI's route.
 FLOW_RUN_PAGE = "{ui}/runs/flow-run/{id}"
 
@@ -45,12 +45,10 @@ class DeploymentSettings(BaseModel):
     timeouts: dict[str, float] = Field(default_factory=dict)
 
     def timeout(self, stage: str) -> float:
-        """The timeout of ``stage`` in seconds."""
         return self.timeouts.get(stage, DEFAULT_TIMEOUTS.get(stage, DEFAULT_TIMEOUT))
 
     def check_run(self, overrides: dict[str, Any], preset: str | None, who: str) -> None:
-        """Raise RunRefused (refused keys, allowed ones, how to allow more) for an override
-        or preset not allowed here."""
+        """Raise RunRefused (refused and allowed keys) for an override or preset not allowed."""
         if self.allow is None:
             return
         refused = sorted(key for key in overrides if not self.allows(key))
@@ -64,7 +62,6 @@ class DeploymentSettings(BaseModel):
             )
 
     def allows(self, key: str) -> bool:
-        """Whether a run may override params key ``key``."""
         if self.allow is None or key in self.allow:
             return True
         if any(fnmatch.fnmatchcase(key, pattern) for pattern in SENSITIVE):

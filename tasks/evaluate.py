@@ -64,7 +64,7 @@ def run_stage(
         log_to_mlflow(metrics, Path(reports_dir))
         try:
             checked = behaviour.check_model(params, model_dir, reports_dir)
-        except StageError as exc:  # the gate failed: recorded, then raised
+        except StageError as exc:
             record_evaluation(reports_dir, model_dir, "failed", str(exc))
             raise
         finally:  # a failed gate still leaves its report in the run

@@ -155,8 +155,7 @@ def split_positions(
     kept: np.ndarray,
     by_group: bool = True,
 ) -> dict[str, np.ndarray]:
-    """The positions in ``whole`` of the splits it gives (all three, train and validation, or
-    train)."""
+    """The positions in ``whole`` of its splits (all three, train and validation, or train)."""
     if not frames:
         stratify = "label" if params.task == "text_classification" else None
         split, seed = params.prepare.split, params.prepare.seed
@@ -167,7 +166,6 @@ def split_positions(
 
 
 def _empty_splits(rows: dict[str, np.ndarray], frames: dict[str, pd.DataFrame]) -> list[str]:
-    """The splits with no rows, in SPLITS order."""
     sizes = {name: len(rows[name]) if name in rows else len(frames[name]) for name in SPLITS}
     return [name for name, size in sizes.items() if size == 0]
 
@@ -197,8 +195,7 @@ def _write_parquet(frame: pd.DataFrame, taken: np.ndarray | None, path: Path) ->
 
 
 def _schema(frame: pd.DataFrame) -> pa.Schema:
-    """The parquet schema of ``frame``, Arrow list columns described as object columns of
-    lists (the same pandas metadata as before they were read into Arrow, hence same files)."""
+    """The parquet schema of ``frame``, Arrow list columns as object columns (same files)."""
     lists = [c for c in frame.columns if isinstance(frame[c].dtype, pd.ArrowDtype)]
     head = frame.head(1).astype(dict.fromkeys(lists, object))
     for column in lists:

@@ -110,8 +110,7 @@ def register(
 
 
 def read_scores(params: Params, model_dir: Path, prepared_dir: Path, reports_dir: Path) -> Scores:
-    """The weights' identity and test score, refusing scores of other weights or of a failed
-    behaviour gate (``reports/evaluated.json``)."""
+    """The weights' identity and score; refuses other weights' or a failed behaviour gate."""
     metrics_path = reports_dir / "metrics.json"
     if not metrics_path.exists():
         raise StageError(f"{metrics_path}: not found; run the evaluate stage first")
@@ -137,8 +136,7 @@ def decide_gate(
     prepared_dir: Path,
     state_dir: Path,
 ) -> Decision:
-    """The gate's decision for the current weights, re-scoring a champion scored on other
-    test data."""
+    """The gate's decision, re-scoring a champion scored on other test data."""
     score, key = scores.score, scores.key
     if existing is not None and champion is not None and registry.same(existing, champion):
         # The champion's own weights: nothing to decide, and metrics.json is its score.

@@ -136,8 +136,7 @@ def _make_trainer(run: Run) -> Any:
 
 
 def _fit(trainer: Any, checkpoint: Path | None) -> dict[str, Any]:
-    """Train (resuming from ``checkpoint``); return the step resumed from, the training
-    seconds (evaluation excluded) and the examples and tokens seen by all processes."""
+    """Train (resuming from ``checkpoint``); the step resumed from, seconds, examples and tokens."""
     resumed_step = None
     if checkpoint is not None:
         resumed_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]

@@ -69,8 +69,7 @@ def run_search(
     parent_run_id: str | None = None,
     experiment_id: str | None = None,
 ) -> int:
-    """Run trials here until the study holds ``tune.n_trials`` finished ones or ``timeout``
-    seconds passed; return how many ran here."""
+    """Run trials here until the study holds ``tune.n_trials`` or ``timeout``; how many ran here."""
     deadline = time.monotonic() + timeout if timeout is not None else None
     objective = Objective(params, data, parent_run_id, experiment_id, deadline)
     return run_trials(params, study, objective)
@@ -154,8 +153,7 @@ def tune(
 
 
 def _load_data(params: Params, tokenized_dir: Path, state_dir: Path) -> TuningData:
-    """The tuning data, after loading the start point once: a model that cannot load fails
-    the stage with one message before any trial."""
+    """The tuning data, the start point loaded once: a bad model fails before any trial."""
     data = load_tuning_data(params, tokenized_dir, state_dir)
     build_model(data.task, data.source, data.labels, None)
     free_memory()

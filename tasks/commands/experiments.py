@@ -54,7 +54,7 @@ class Experiment:
     rev: str
     baseline: str
     overrides: dict[str, Any]
-    ran: list[str] = field(default_factory=list)  # stages that ran
+    ran: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)  # stages restored from DVC's run cache
     seconds: float = 0.0
     output: str = ""
@@ -188,8 +188,7 @@ def unique_name(project: Path, base: str) -> str:
 
 
 def check_imports(imports: Mapping[str, str], where: str) -> None:
-    """Raise ParamsError (naming the target) unless each target is ``data/external/NAME`` or
-    ``models/pretrained/NAME``."""
+    """ParamsError (naming it) unless targets are ``data/external/*`` or ``models/pretrained/*``."""
     for target, source in imports.items():
         parts = Path(target).parts
         if len(parts) != 3 or "/".join(parts[:2]) not in INPUT_DIRS or ".." in parts:
@@ -236,14 +235,12 @@ def imported_from(project: Path, target: str) -> str | None:
 
 
 def uncommitted_inputs(project: Path) -> list[str]:
-    """Untracked, unignored files in the input folders: the experiment's ``--copy-paths``
-    (its copy of the workspace holds only what git tracks)."""
+    """Untracked, unignored files in the input folders: the experiment's ``--copy-paths``."""
     done = _git(project, "ls-files", "--others", "--exclude-standard", "--", *INPUT_DIRS)
     return [line for line in done.stdout.splitlines() if line]
 
 
 def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This environment with the interpreter's tools first on PATH."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**os.environ, "PATH": path, **(extra or {})}
 
@@ -275,8 +272,7 @@ def _run_streamed(
 
 
 def _raise_if_failed(output: str, returncode: int, name: str) -> None:
-    """When ``returncode`` is not 0, raise ExperimentError with the failed stage, its exit
-    code and the log's last 15 lines."""
+    """Unless ``returncode`` is 0, raise ExperimentError: failed stage, exit code, log tail."""
     if returncode != 0:
         stages = _STAGE_FAILED.findall(output)
         codes = _EXIT_CODE.findall(output)

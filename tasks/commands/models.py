@@ -30,8 +30,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=user_help(__d
 
 
 def _scalar(value: str) -> str:
-    """``value`` as a YAML scalar that reads back as the same string (a sha of digits only
-    would otherwise read as a number)."""
+    """``value`` as a YAML scalar that reads back as the same string (a sha of digits too)."""
     text = yaml.safe_dump(value, default_style=None).splitlines()[0]
     return text if yaml.safe_load(text) == value and not text[0].isdigit() else f'"{value}"'
 
@@ -56,8 +55,7 @@ def set_model_lines(text: str, name: str, revision: str) -> str:
 
 
 def _replace_value(lines: list[str], index: int, value: str) -> None:
-    """Put ``value`` after the key of ``lines[index]``, keeping a trailing ``# comment`` at
-    its column where the value fits."""
+    """Put ``value`` after ``lines[index]``'s key, keeping a trailing comment at its column."""
     match = re.match(
         r"^(?P<key> *[\w-]+:)(?P<old>[^#\n]*?)(?P<gap> *)(?P<comment>#.*)?$",
         lines[index].rstrip("\n"),

@@ -50,8 +50,7 @@ CHUNK = 256  # texts per model call with --file: progress and output advance per
 def predict(
     model_uri: str, texts: list[str], quantize: bool = False, tracking_uri: str | None = None
 ) -> list[dict[str, Any]]:
-    """One record per text: ``{text, label, score}`` or ``{text, entities: [...]}``
-    (``quantize``: by the model's int8 dynamic-quantized copy)."""
+    """One record per text: ``{text, label, score}`` or ``{text, entities: [...]}``."""
     return list(predict_chunks(model_uri, texts, quantize=quantize, tracking_uri=tracking_uri))
 
 
@@ -105,8 +104,7 @@ class Predictor:
 
 
 def classify(model: Any, tokenizer: Any, texts: list[str], batch: int = 32) -> list[dict]:
-    """``{label, score}`` per text (the most probable label and its softmax probability, as
-    transformers' pipeline gives them); batches of ``batch`` sorted by length."""
+    """``{label, score}`` per text (as transformers' pipeline), batches sorted by length."""
     import torch
 
     window = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings",

@@ -69,7 +69,6 @@ class Preset:
 
 
 def available_presets(presets_dir: Path = PRESETS_DIR) -> list[str]:
-    """Names of the presets shipped in ``presets_dir``."""
     return sorted(path.stem for path in presets_dir.glob("*.yaml"))
 
 

@@ -234,7 +234,6 @@ class Postgres:
 
 
 def database_role(database: str) -> str:
-    """The login role of ``database``."""
     return f"{database}_user"
 
 
@@ -256,8 +255,7 @@ def read_pgpass(port: int, database: str, role: str) -> str | None:
 
 
 def write_pgpass(port: int, database: str, role: str, password: str) -> None:
-    """Set ``role``'s entry in ``PGPASSFILE`` (0600, as libpq requires; replaced under a lock,
-    so two writers keep both entries)."""
+    """Set ``role``'s entry in ``PGPASSFILE`` (0600; under a lock: two writers keep both)."""
     path = pgpass_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     key = _pgpass_key(port, database, role)

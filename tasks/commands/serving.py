@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from tasks.commands.predict import Predictor
 
 MAX_BYTES = 1_000_000  # a POST body: ~2,000 reviews of 500 characters
-MAX_BATCH = 256  # inputs per request
+MAX_BATCH = 256
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]

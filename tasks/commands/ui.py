@@ -32,8 +32,7 @@ app = typer.Typer(add_completion=False, help=user_help(__doc__), no_args_is_help
 def mlflow_server(
     port: int, store_uri: str | None = None, state_dir: Path = STATE_DIR
 ) -> tuple[list[str], dict[str, str]]:
-    """Command and environment of ``mlflow server`` on ``store_uri`` (default: the project's
-    SQLite store, artifacts served from beside it)."""
+    """Command and environment of ``mlflow server`` on ``store_uri`` (default: the project's)."""
     uri = store_uri or default_tracking_uri(state_dir)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

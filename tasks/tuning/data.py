@@ -70,8 +70,7 @@ def _strata(task: str, labels_column: list[Any], label_names: list[str]) -> list
 
 
 def load_tuning_data(params: Params, tokenized_dir: Path, state_dir: Path) -> TuningData:
-    """Load train (a stratified ``train_fraction``) and validation, never test; StageError
-    for missing or mismatched tokenized data."""
+    """Train (a stratified ``train_fraction``) and validation; StageError for bad tokenized data."""
     task, tokenized_dir = params.task, Path(tokenized_dir)
     splits, manifest = load_tokenized(tokenized_dir, task, ("train", "validation"))
     source = resolve_model_source(
@@ -128,8 +127,7 @@ def _configuration(
 
 
 def trivial_baseline(task: str, gold: list[Any], labels: list[str], metric: str) -> float:
-    """``metric`` of the best constant prediction, scored like a trial: the most frequent
-    validation label (text), no entities (token tasks)."""
+    """``metric`` of the best constant prediction (the top label, or no entities)."""
     import numpy as np
     from transformers import EvalPrediction
 

@@ -31,8 +31,7 @@ def finalists_study_name(name: str) -> str:
 
 
 def pick_finalists(trials: list[FrozenTrial], baseline: float, count: int) -> list[FrozenTrial]:
-    """The ``count`` best completed searched trials above the trivial baseline (best first;
-    ties: the earlier trial)."""
+    """The ``count`` best completed searched trials above ``baseline`` (ties: the earlier)."""
     searched = [
         t
         for t in trials
@@ -45,8 +44,7 @@ def pick_finalists(trials: list[FrozenTrial], baseline: float, count: int) -> li
 
 
 def needed(params: Params, search_choice: dict[str, Any]) -> bool:
-    """Whether a finalists round can change the decision: asked for, trials on a share of
-    train, and a searched trial beat the defaults there."""
+    """Whether a finalists round can change the decision."""
     tune = params.tune
     return tune.finalists > 0 and tune.train_fraction < 1 and search_choice["source"] == "tuned"
 

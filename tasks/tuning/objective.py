@@ -40,8 +40,7 @@ log = logging.getLogger("tasks.tune")
 
 
 class ReportToTrial(TrainerCallback):
-    """Evaluate ``per_epoch`` times per epoch, report each score to the trial and MLflow, stop
-    when the trial is pruned or ``deadline`` (monotonic seconds) passed."""
+    """Evaluate ``per_epoch`` times per epoch, report to the trial, stop when pruned or late."""
 
     def __init__(
         self,
@@ -266,7 +265,7 @@ class Objective:
         finally:
             if trainer is not None:
                 record.epochs = float(trainer.state.epoch or 0)
-                trainer.accelerator.free_memory()  # drops its model/optimizer references
+                trainer.accelerator.free_memory()
                 trainer.model = trainer.model_wrapped = None
                 trainer.optimizer = trainer.lr_scheduler = None
             del model, trainer

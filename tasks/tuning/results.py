@@ -139,8 +139,7 @@ def write_reports(
 def _write_plots(
     reports_dir: Path, view: optuna.Study | None, summary: dict[str, Any], names: list[str]
 ) -> dict[str, str]:
-    """The three PNGs (a note where a plot is not possible); returns the notes. Importances
-    use the trials that sampled every dimension."""
+    """The three PNGs (a note where a plot is not possible); returns the notes."""
     import matplotlib
 
     matplotlib.use("Agg")

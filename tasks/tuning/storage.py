@@ -33,8 +33,7 @@ def describe_storage(spec: str) -> str:
 
 
 class RetryStaleTrial:
-    """Re-queue a trial whose worker died, with the same values (Optuna's
-    ``RetryHeartbeatStaleTrialCallback``), and close its MLflow run as FAILED."""
+    """Re-queue a dead worker's trial with its values; end its MLflow run as FAILED."""
 
     def __init__(self, max_retry: int) -> None:
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)

@@ -59,8 +59,7 @@ def make_pruner(params: Params) -> optuna.pruners.BasePruner:
 
 
 def study_progress(study: optuna.Study) -> tuple[int, int, bool]:
-    """Finished (complete or pruned) and running trials of every process, and whether a
-    defaults trial is queued."""
+    """(finished, running) trials of every process, and whether a defaults trial is queued."""
     finished = running = 0
     defaults_queued = False
     for trial in study.get_trials(deepcopy=False):
@@ -170,7 +169,6 @@ def is_surplus(trial: optuna.Trial, n_trials: int | None) -> bool:
 
 
 def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
-    """Trials by state name."""
     counts: dict[str, int] = {}
     for trial in trials:
         counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
