@@ -24,8 +24,7 @@ STAGE_REPORTS = {
 
 
 def publish_stage_artifact(stage: str, project: Path, failed: bool = False) -> str | None:
-    """Create the Prefect artifact of ``stage`` from its report file (a failed stage: only a
-    fresh one); return its key."""
+    """The Prefect artifact of ``stage``'s report (failed: only a fresh one); its key."""
     relative = STAGE_REPORTS.get(stage)
     path = project / relative if relative else None
     if path is None or not path.exists():

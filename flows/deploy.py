@@ -52,8 +52,7 @@ def deployment_options(
     concurrency: int = 1,
     collision: str = "enqueue",
 ) -> dict[str, Any]:
-    """``to_deployment``/``deploy`` options: the nightly schedule and at most ``concurrency``
-    runs at once (a manual run never interleaves its stages with the nightly's)."""
+    """Options: the nightly schedule, at most ``concurrency`` runs at once (no interleaving)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
     strategy = {"enqueue": "ENQUEUE", "cancel": "CANCEL_NEW"}[collision]

@@ -45,8 +45,7 @@ def stream_dvc(arguments: list[str], project: Path) -> tuple[int, str]:
 
 
 def _stop_group(process: subprocess.Popen) -> None:
-    """Terminate ``process``'s group if it still runs, kill it after 10 s (hand-written: a
-    Prefect task timeout leaves the subprocesses it started running)."""
+    """Terminate, then kill, ``process``'s group (gap: a Prefect timeout leaves it running)."""
     if process.poll() is not None:
         return
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):

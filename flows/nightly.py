@@ -45,8 +45,7 @@ def used_imports(project: Path) -> list[str]:
 
 @task(task_run_name="dvc update", retries=1, retry_delay_seconds=30)
 def refresh_imports(project: Path) -> dict[str, list[str]]:
-    """``dvc update`` of :func:`used_imports`; returns ``updated`` (all) and ``changed``
-    (upstream version changed). RuntimeError naming a failed update."""
+    """``dvc update`` the used imports: ``updated`` and ``changed`` (RuntimeError on failure)."""
     files = used_imports(project)
     before = {name: (project / name).read_bytes() for name in files}
     if files:

@@ -1,14 +1,10 @@
 """Tell someone that a flow run failed: a JSON POST to the webhook in ``FINETUNE_FAILURE_WEBHOOK``.
 
 The URL comes from the flow process's environment, never from a run's parameters (security).
-The body suits Slack and Mattermost (``text``) and carries the details as fields::
-
-    {"text": "training-pipeline run 'calm-fox' failed at stage 'validate': ... http://.../runs/flow-run/ID",
-     "flow_run_id": "...", "flow_run_url": "...", "failed_stages": ["validate"],
-     "deployment": "nightly-retrain", "message": "..."}
-
-Hand-written ``on_failure`` hook: a Prefect automation needs a block and event triggers on
-the server, which a served local deployment lacks. Send failures are logged, never raised.
+The body has ``text`` (Slack, Mattermost), ``flow_run_id``, ``flow_run_url``,
+``failed_stages``, ``deployment`` and ``message``. Hand-written ``on_failure`` hook: a Prefect
+automation needs a block and event triggers on the server, which a served local deployment
+lacks. Send failures are logged, never raised.
 """
 
 from __future__ import annotations

@@ -119,8 +119,7 @@ def run_stage(stage: str, project: Path) -> dict[str, Any]:
 
 @task(task_run_name="dvc {action}", retries=2, retry_delay_seconds=exponential_backoff(10))
 def sync_remote(action: str, project: Path) -> None:
-    """``dvc pull --allow-missing`` (a fresh clone restores up-to-date outputs instead of
-    re-running them) or ``dvc push``, with the checkout's default DVC remote."""
+    """``dvc pull --allow-missing`` or ``dvc push`` with the checkout's default remote."""
     arguments = ["pull", "--allow-missing"] if action == "pull" else ["push"]
     returncode, output = stream_dvc(arguments, project)
     if returncode != 0:
@@ -245,9 +244,8 @@ def training_pipeline(
         update_imports: ``dvc update`` the ``data/external/`` imports first and publish the
             ``nightly-summary`` artifact (flows/nightly.py). Not for experiments.
 
-    Returns one record per stage (name, ran, seconds), or one for the experiment. Raises
-    ValueError before any stage runs: a key or preset not allowed, a bad key or value, an
-    unknown stage, a bad experiment name.
+    Returns one record per stage (name, ran, seconds) or the experiment's. Raises ValueError
+    before any stage runs: a key or preset not allowed, a bad value, stage or name.
     """
     settings, project, overrides, imports = _checked_run(overrides, task, preset, stages)
     retries = retries or {}
@@ -318,8 +316,7 @@ def _checked_run(
     preset: str | None,
     stages: list[str] | None,
 ) -> tuple[DeploymentSettings, Path, dict[str, Any], dict[str, str]]:
-    """The deployment's settings and project, the run's overrides (preset first) and imports,
-    checked before any work (ValueError as :func:`training_pipeline` lists)."""
+    """The deployment's settings, project, overrides and imports, checked (ValueError)."""
     settings, who = current_settings(prefect_deployment.name)
     project = project_of(settings, FLOW_PROJECT)
     overrides = dict(overrides or {})

@@ -55,8 +55,7 @@ def run_stage(
     state_dir: Path = STATE_DIR,
     project: Path = PROJECT_ROOT,
 ) -> dict[str, Any]:
-    """The stage in its MLflow run: scores, reports, the behavioural checks (whose gate may
-    fail the stage once all is logged), and last ``evaluated.json``."""
+    """The stage in its MLflow run: scores, reports, behavioural gate, last ``evaluated.json``."""
     # Never a record of an earlier model: register reads it to know what it may register.
     (Path(reports_dir) / EVALUATED_FILE).unlink(missing_ok=True)
     with tracking.stage_run(params, "evaluate", state_dir, project):

@@ -71,8 +71,7 @@ def register(
     reports_dir: Path = REPORTS_DIR,
     state_dir: Path = STATE_DIR,
 ) -> dict[str, Any]:
-    """Register ``model_dir`` (or reuse the version holding the same weights), apply the
-    champion/challenger gate; return the content of ``reports/registry.json``."""
+    """Register (or reuse) ``model_dir``'s version, apply the gate; the registry.json content."""
     import mlflow
 
     from tasks.core import tracking
@@ -202,8 +201,7 @@ def set_aliases(
     gate: Decision,
     tags: dict[str, str],
 ) -> None:
-    """``challenger`` first, ``champion`` last (a re-run repairs a crash between); then settle
-    against a concurrent promotion (updating ``gate`` and ``tags`` when the other wins)."""
+    """``challenger`` first, ``champion`` last; then settle against a concurrent promotion."""
     from tasks.core import tracking
 
     if gate.decision == "stays champion":

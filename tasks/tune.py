@@ -76,8 +76,7 @@ def run_search(
 
 
 def work(params: Params, tokenized_dir: Path, state_dir: Path) -> int:
-    """One parallel worker (``--worker``): run trials of this configuration's study under a
-    ``tune-worker`` MLflow run; write no stage output; return the number run here."""
+    """A ``--worker``: run trials of this configuration's study, write no output; count run."""
     import mlflow
 
     if not params.tune.enabled:
@@ -185,8 +184,7 @@ def _write_disabled(params: Params, reports_dir: Path) -> dict[str, Any]:
 def _open_study(
     params: Params, storage: optuna.storages.BaseStorage, spec: str, name: str, data: TuningData
 ) -> optuna.Study:
-    """The study ``name``, params.yaml's values queued, the sampler seeded by the study's
-    length before this run (a re-run samples new points, reproducibly)."""
+    """Study ``name`` with params.yaml's values queued, sampler seeded by its length."""
     study, queued = join_study(params, storage, name, stage=True)
     seed = params.tune.seed + len(study.get_trials(deepcopy=False)) - queued
     study.sampler = make_sampler(params, seed)

@@ -146,7 +146,7 @@ def _git(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def baseline_commit(project: Path) -> str:
-    """``HEAD``, where experiments start; ExperimentError without a git commit."""
+    """``HEAD``, where experiments start; ExperimentError without a commit."""
     done = _git(project, "rev-parse", "--verify", "-q", "HEAD^{commit}")
     if done.returncode != 0:
         raise ExperimentError(
@@ -203,10 +203,7 @@ def check_imports(imports: Mapping[str, str], where: str) -> None:
 def import_data(
     project: Path, imports: Mapping[str, str], on_line: Callable[[str], None] = print
 ) -> list[str]:
-    """``dvc import-url`` each target from its source unless already imported from it; return
-    the targets imported. The ``.dvc`` record stays untracked: it names a folder outside the
-    project, so committing it would break every other checkout. Raises ExperimentError on a
-    missing source or a failed import."""
+    """``dvc import-url`` each target unless done; the targets imported (ExperimentError)."""
     imported = []
     for target, source in imports.items():
         origin = Path(project, source).resolve()

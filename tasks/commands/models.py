@@ -106,8 +106,7 @@ def fetch(
         str, typer.Argument(help=f"A built-in encoder: {', '.join(BUILTIN_ENCODERS)}.")
     ],
 ) -> None:
-    """Fetch a built-in encoder into the download cache ahead of time (sha256-checked, once
-    per machine); the stages would otherwise fetch it on first use."""
+    """Fetch a built-in encoder into the download cache ahead of time (sha256-checked)."""
     if name not in BUILTIN_ENCODERS:
         raise ParamsError(f"{name!r} is not a built-in encoder ({', '.join(BUILTIN_ENCODERS)})")
     print(f"{name}: {encoder_dir(name)}")

@@ -107,8 +107,7 @@ _KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w-]*):(?P<rest>.*)$")
 
 
 def key_lines(text: str) -> dict[str, tuple[int, bool]]:
-    """Dotted key -> (line number, has a comment on its line or just above at its indentation)
-    for each block-style key of a YAML text."""
+    """Dotted key -> (line, documented by a comment) for each block-style key of a YAML text."""
     found: dict[str, tuple[int, bool]] = {}
     stack: list[tuple[int, str]] = []
     lines = text.splitlines()

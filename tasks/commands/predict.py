@@ -133,8 +133,7 @@ def records(texts: list[str], output: list[Any]) -> list[dict[str, Any]]:
 
 
 def registry_hint(model_uri: str) -> str | None:
-    """Why ``models:/NAME@alias`` cannot be loaded (model or alias missing, the aliases and
-    the latest version's gate reason) and what to do; None otherwise."""
+    """Why ``models:/NAME@alias`` cannot be loaded and what to do; None when it can."""
     import mlflow
     from mlflow.exceptions import MlflowException
 

@@ -275,8 +275,7 @@ def write_pgpass(port: int, database: str, role: str, password: str) -> None:
 def tracking_server_command(
     backend_uri: str, artifacts: Path, port: int = MLFLOW_PORT, workers: int = 1
 ) -> tuple[list[str], dict[str, str]]:
-    """``mlflow server`` on ``backend_uri``, artifacts proxied into ``artifacts``: the command
-    and its extra environment (holding the backend URI: no password in the process list)."""
+    """``mlflow server`` command and extra env (the backend URI: no password in ``ps``)."""
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--serve-artifacts", "--artifacts-destination", str(artifacts.resolve()),

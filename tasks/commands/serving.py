@@ -88,8 +88,7 @@ async def _refuse(send: Send, reason: str) -> None:
 
 
 class ServedModel:
-    """The pyfunc ``finetune serve`` runs: a :class:`Predictor` answering as the registered
-    flavours do (text: a frame of label and score; tokens: entity lists)."""
+    """The pyfunc ``finetune serve`` runs: a :class:`Predictor` answering as the flavours do."""
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor

@@ -76,8 +76,7 @@ def prefect_server(port: int) -> tuple[list[str], dict[str, str]]:
 def optuna_dashboard(
     port: int, params_path: Path = DEFAULT_PARAMS, state_dir: Path = STATE_DIR
 ) -> tuple[list[str], dict[str, str]]:
-    """Command and environment of ``optuna-dashboard`` on ``tune.storage`` (a PostgreSQL URL
-    carries no password: libpq reads ``PGPASSFILE``)."""
+    """Command and environment of ``optuna-dashboard`` on ``tune.storage``."""
     storage = storage_spec(load_params(params_path), state_dir)
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
         raise StageError(
@@ -91,8 +90,7 @@ def optuna_dashboard(
 
 
 def experiment_url(base: str, experiment_id: str) -> str:
-    """The page of an experiment's training runs (MLflow 3.17's UI opens GenAI traces unless
-    the URL selects the model-training workflow)."""
+    """The training runs page (MLflow 3.17's UI opens GenAI traces unless told)."""
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 

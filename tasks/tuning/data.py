@@ -103,9 +103,7 @@ def load_tuning_data(params: Params, tokenized_dir: Path, state_dir: Path) -> Tu
 def _configuration(
     params: Params, source: ModelSource, data: list[str], labels: list[str], metric: str
 ) -> str:
-    """The fingerprint of what makes two trials comparable (it names the study): the data,
-    model, labels, metric, the train values outside the space, the space itself,
-    ``train_fraction`` and ``evals_per_epoch``."""
+    """The fingerprint of what makes two trials comparable (it names the study)."""
     tune = params.tune
     identity = {
         "task": params.task,
@@ -147,7 +145,7 @@ def trivial_baseline(task: str, gold: list[Any], labels: list[str], metric: str)
 
 
 def _dataset_fingerprint(directory: Path, dataset: Any) -> str:
-    """The content fingerprint tokenize stores in ``state.json`` (stable across runs)."""
+    """The content fingerprint tokenize stores in ``state.json``."""
     with contextlib.suppress(OSError, ValueError, KeyError):
         return json.loads((directory / "state.json").read_text())["_fingerprint"]
     return str(getattr(dataset, "_fingerprint", ""))

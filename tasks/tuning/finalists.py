@@ -56,8 +56,7 @@ def run_finalists(
     finalists: list[FrozenTrial],
     objective: Any,
 ) -> list[FrozenTrial]:
-    """Train the defaults and each finalist with ``objective`` (the whole train split) in the
-    study ``{name}-full``, keeping finished ones; return that study's trials."""
+    """Train the defaults and finalists with ``objective`` in ``{name}-full``; its trials."""
     study = optuna.create_study(
         study_name=finalists_study_name(name),
         storage=storage,
@@ -134,8 +133,7 @@ def decide_on_whole_train(
     summary: dict[str, Any],
     objective: Objective,
 ) -> dict[str, Any]:
-    """The finalists round: the summary keys it decides (when it is incomplete, the choice
-    on the share stands and ``decided_on`` says so)."""
+    """The finalists round's summary keys (incomplete: the share's choice stands)."""
     chosen = pick_finalists(trials, data.baseline, params.tune.finalists)
     full_trials = run_finalists(params, storage, name, chosen, objective)
     decision = choose_on_full_train(

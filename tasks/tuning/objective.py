@@ -91,8 +91,7 @@ class ReportToTrial(TrainerCallback):
             scores["epoch"] = round(float(state.epoch or 0), 4)
             mlflow.log_metrics(scores, step=step)
         self.trial.report(value, step)
-        # Token tasks: entity F1 is 0 early in most trials, so early rungs would be ties;
-        # no pruning decision until this trial's score is first above 0.
+        # Token tasks: entity F1 is 0 early (ties): no pruning decision until it is above 0.
         if self.wait_for_signal and max(self.values) <= 0:
             return control
         # The defaults trial reports (the pruner's reference) but is never pruned.

@@ -27,8 +27,7 @@ PLOTS = {
     "importance": "tune_importance.png",
     "intermediate": "tune_intermediate.png",
 }
-# best_params.json (train's input): the same for two identical runs, so no paths, counts,
-# durations, dates or run ids.
+# best_params.json (train's input): identical runs, identical file (no paths, counts, dates).
 BEST_PARAMS_KEYS = (
     "status", "source", "reason", "study_name", "fingerprint", "metric", "direction",
     "baseline", "defaults_trial", "defaults_value", "best_trial", "best_value", "params",
@@ -63,8 +62,7 @@ def summarize(
 def choose(
     trials: list[FrozenTrial], baseline: float, defaults: dict[str, Any], metric: str
 ) -> dict[str, Any]:
-    """What train uses: the best searched trial only if it beats the trivial baseline and the
-    defaults trial (ties: the defaults, then the earlier trial), else ``source: defaults``."""
+    """What train uses: the best searched trial above the baseline and defaults (ties: defaults)."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     own = [t for t in complete if is_defaults(t, defaults)]
     base = min(own, key=lambda t: t.number, default=None)

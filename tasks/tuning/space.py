@@ -57,8 +57,7 @@ def _fits(dim: SearchDimension, value: Any) -> bool:
 
 
 def enqueue_defaults(study: optuna.Study, params: Params) -> bool:
-    """Queue a trial of the ``train`` values unless the study holds one already; ``True`` when
-    queued. Values outside the space (``dropout: null``) stay out of ``trial.params``."""
+    """Queue a trial of the ``train`` values unless the study has one; ``True`` when queued."""
     values = defaults_values(params)
     present = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
     for trial in study.get_trials(deepcopy=False, states=present):
@@ -71,7 +70,6 @@ def enqueue_defaults(study: optuna.Study, params: Params) -> bool:
 
 
 def is_defaults(trial: FrozenTrial, values: dict[str, Any]) -> bool:
-    """Whether ``trial`` is a defaults trial of these ``train`` values."""
     return trial.user_attrs.get("role") == DEFAULTS_ROLE and (
         trial.user_attrs.get("defaults") == values
     )

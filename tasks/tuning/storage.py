@@ -52,8 +52,7 @@ class RetryStaleTrial:
 
 
 def open_storage(spec: str, params: Params) -> optuna.storages.BaseStorage:
-    """Optuna's RDB storage of a SQLAlchemy URL with a heartbeat: a trial silent for
-    ``tune.grace_period`` is failed and re-queued with the same values."""
+    """Optuna's RDB storage of a SQLAlchemy URL with a heartbeat (stale trials re-queued)."""
     tune = params.tune
     engine: dict[str, Any] = {}
     if spec.startswith("sqlite:"):

@@ -120,8 +120,7 @@ def study_name(params: Params, fingerprint: str) -> str:
 def join_study(
     params: Params, storage: optuna.storages.BaseStorage, name: str, stage: bool
 ) -> tuple[optuna.Study, bool]:
-    """Create or join the study ``name``; return it and whether a defaults trial was queued
-    (by the creator, once, as creation is atomic; in a study with trials by the stage only)."""
+    """Create or join study ``name``; return it and whether a defaults trial was queued."""
     kwargs = {"study_name": name, "storage": storage, "pruner": make_pruner(params)}
     try:
         study = optuna.create_study(direction=DIRECTION, **kwargs)
@@ -137,8 +136,7 @@ def join_study(
 def other_studies(
     storage: optuna.storages.BaseStorage, prefix: str, current: str
 ) -> list[dict[str, Any]]:
-    """The other studies named ``prefix`` or ``prefix-<fingerprint>`` in the storage: name,
-    trials, best value and first start, most recent first."""
+    """The other studies of ``prefix`` in the storage, most recent first."""
     pattern = re.compile(rf"{re.escape(prefix)}(-[0-9a-f]{{{FINGERPRINT_CHARS}}})?")
     found = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
@@ -159,8 +157,7 @@ def other_studies(
 
 
 def is_surplus(trial: optuna.Trial, n_trials: int | None) -> bool:
-    """Whether ``n_trials`` finished or running trials precede this one (two workers started
-    the last one at once); never the defaults trial."""
+    """Whether ``n_trials`` finished or running trials precede this one (not the defaults)."""
     if n_trials is None or trial.user_attrs.get("role") == DEFAULTS_ROLE:
         return False
     counted = (*FINISHED, TrialState.RUNNING)
