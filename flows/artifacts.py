@@ -11,7 +11,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.core.tracking import flatten
 
-# The report each stage leaves behind, relative to the project root.
 STAGE_REPORTS = {
     "prepare": "data/prepared/summary.json",
     "validate": "reports/validation.json",
@@ -25,10 +24,7 @@ STAGE_REPORTS = {
 
 
 def publish_stage_artifact(stage: str, project: Path, failed: bool = False) -> str | None:
-    """Create the Prefect artifact of ``stage`` from its report file; return its key.
-
-    A failed stage publishes only when it left a fresh report (validate does, by design).
-    """
+    """The Prefect artifact of ``stage``'s report (failed: only a fresh one); its key."""
     relative = STAGE_REPORTS.get(stage)
     path = project / relative if relative else None
     if path is None or not path.exists():
@@ -75,7 +71,7 @@ def _validation_table(path: Path) -> tuple[list[dict[str, Any]], str]:
             "expected": e["threshold"],
             "offending rows": e.get("unexpected_count", 0),
         }
-        for e in report["expectations"]  # failed expectations come first in the report
+        for e in report["expectations"]
     ]
     verdict = "passed" if report["success"] else f"FAILED ({report['failed']} failed)"
     return rows, f"Data validation {verdict}: {report['evaluated']} expectations."
@@ -123,8 +119,7 @@ def _registry_markdown(path: Path) -> str:
 
 
 def _report_markdown(path: Path) -> str:
-    """The run report's title and where to open it: Prefect's UI renders markdown, not a
-    whole HTML page, so the artifact links the file (and names its copy in MLflow)."""
+    """The run report's title and link (Prefect's UI renders markdown, not an HTML page)."""
     import html
     import re
 

@@ -3,13 +3,9 @@
     python -m flows.deploy serve              # register + execute scheduled runs (this machine)
     python -m flows.deploy pool --pool NAME   # register for `prefect worker start --pool NAME`
 
-A pool deployment runs from git, not from this directory: its worker (on any machine)
-clones ``--repo`` at ``--branch``, ``dvc pull``s what the DVC remote holds, runs the stages
-(those restored are up to date and skipped) and ``dvc push``es what they produced.
-
-Both need a Prefect API (``make prefect-server`` starts one on 127.0.0.1; set
-``PREFECT_API_URL``). The schedule has a stable slug, so re-deploying updates it in place
-instead of creating a second schedule.
+A pool deployment's worker clones ``--repo`` at ``--branch``, ``dvc pull``s, runs the stages
+and ``dvc push``es. Both need a Prefect API (``PREFECT_API_URL``); the schedule's stable slug
+makes re-deploying update it in place.
 """
 
 from __future__ import annotations
@@ -28,7 +24,7 @@ from tasks.core.environment import PROJECT_ROOT
 
 DEPLOYMENT_NAME = "nightly-retrain"
 SCHEDULE_SLUG = "nightly-retrain"
-DEFAULT_CRON = "0 2 * * *"  # 02:00 UTC every night
+DEFAULT_CRON = "0 2 * * *"
 ENTRYPOINT = "flows/pipeline.py:training_pipeline"
 
 app = typer.Typer(add_completion=False, help=user_help(__doc__))
@@ -56,9 +52,7 @@ def deployment_options(
     concurrency: int = 1,
     collision: str = "enqueue",
 ) -> dict[str, Any]:
-    """``to_deployment``/``deploy`` options: the nightly schedule, and at most ``concurrency``
-    runs at once (``enqueue``: a run started meanwhile waits for a slot; ``cancel``: it is
-    cancelled), so a manual run never interleaves its stages with the nightly's."""
+    """Options: the nightly schedule, at most ``concurrency`` runs at once (no interleaving)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
     strategy = {"enqueue": "ENQUEUE", "cancel": "CANCEL_NEW"}[collision]
@@ -81,10 +75,8 @@ def nightly_deployment(
     paused: bool = False,
     **options: Any,
 ):
-    """A runner deployment of ``training_pipeline`` for :func:`prefect.serve` (``options``:
-    those of :func:`deployment_options`)."""
-    # Imported here, not at the top: flows.pipeline loads Prefect, and `finetune deploy
-    # --help` (this module is the command's) must not wait for it.
+    """A runner deployment of ``training_pipeline`` for :func:`prefect.serve`."""
+    # Not at the top: `finetune deploy --help` must not wait for Prefect.
     from flows.pipeline import training_pipeline
 
     return training_pipeline.to_deployment(
@@ -93,11 +85,7 @@ def nightly_deployment(
 
 
 def parse_timeouts(values: list[str]) -> dict[str, float]:
-    """``["train=7200", ...]`` -> ``{"train": 7200.0}``.
-
-    Raises:
-        typer.BadParameter: a value that is not STAGE=SECONDS with positive seconds.
-    """
+    """``["train=7200", ...]`` -> ``{"train": 7200.0}``; typer.BadParameter otherwise."""
     timeouts = {}
     for value in values:
         stage, _, seconds = value.partition("=")
@@ -150,7 +138,7 @@ def serve(
     settings = DeploymentSettings(
         project=str(project.resolve()), allow=tuple(allow), timeouts=parse_timeouts(timeout)
     )
-    os.environ.update(settings_env({name: settings}))  # inherited by the flow-run processes
+    os.environ.update(settings_env({name: settings}))
     deployment = nightly_deployment(
         cron,
         {"update_imports": update_imports},

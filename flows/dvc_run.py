@@ -1,5 +1,4 @@
-"""DVC commands run from the flow: a subprocess per command, its lines streamed to the Prefect
-log, stopped with everything it started when the task times out or the run is cancelled."""
+"""DVC commands run from the flow, streamed to the Prefect log, stopped on timeout or cancel."""
 
 from __future__ import annotations
 
@@ -15,8 +14,7 @@ from prefect.runtime import flow_run as prefect_flow_run
 
 
 def stream_dvc(arguments: list[str], project: Path) -> tuple[int, str]:
-    """Run ``dvc ARGUMENTS`` in ``project``, each output line logged as it comes; return
-    its exit code and output."""
+    """Run ``dvc ARGUMENTS`` in ``project``, logging each line; return (exit code, output)."""
     logger = get_run_logger()
     env = {
         **os.environ,
@@ -47,9 +45,7 @@ def stream_dvc(arguments: list[str], project: Path) -> tuple[int, str]:
 
 
 def _stop_group(process: subprocess.Popen) -> None:
-    """Terminate ``process``'s group (dvc and the stage command it started) if it still runs;
-    kill it after 10 s. Hand-written: a Prefect task timeout raises in the flow's thread but
-    leaves the subprocesses it started running."""
+    """Terminate, then kill, ``process``'s group (gap: a Prefect timeout leaves it running)."""
     if process.poll() is not None:
         return
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):

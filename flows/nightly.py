@@ -1,13 +1,10 @@
 """The nightly retrain on new data: refresh the DVC imports the data comes from, then report.
 
-User data comes in through ``dvc import-url`` into ``data/external/`` and stays frozen until
-``dvc update``. A run with ``update_imports`` (on in the nightly deployment) first updates
-the imports that ``data.source`` reads, so the stages see what arrived upstream since the
-last run, and ends with a ``nightly-summary`` artifact: "no new data" when the imports did
-not change, else the examples per split before and after (from ``data/prepared/summary.json``),
-the label shares, the new model's score against the champion's and the gate's decision (from
-``reports/registry.json``), and the files to commit (``dvc.lock`` and the ``.dvc`` files).
-The flow commits nothing: the workspace belongs to its owner; the artifact gives the command.
+A run with ``update_imports`` first runs ``dvc update`` on the ``data/external/`` imports
+``data.source`` reads, and ends with a ``nightly-summary`` artifact: "no new data", or the
+examples per split before and after, label shares, the new score against the champion's and
+the gate's decision, and the files to commit. The flow commits nothing: the artifact gives
+the command.
 """
 
 from __future__ import annotations
@@ -30,8 +27,7 @@ ARTIFACT_KEY = "nightly-summary"
 
 
 def used_imports(project: Path) -> list[str]:
-    """The ``.dvc`` files of ``data/external/`` that are DVC imports (``import-url``: they
-    have a dependency) holding a file ``data.source`` reads, relative to ``project``."""
+    """The ``data/external/`` import ``.dvc`` files holding a file ``data.source`` reads."""
     params = load_params(project / "params.yaml")
     if params.data.builtin is not None:
         return []
@@ -49,12 +45,7 @@ def used_imports(project: Path) -> list[str]:
 
 @task(task_run_name="dvc update", retries=1, retry_delay_seconds=30)
 def refresh_imports(project: Path) -> dict[str, list[str]]:
-    """``dvc update`` of :func:`used_imports`; returns ``updated`` (all of them) and
-    ``changed`` (those whose recorded upstream version changed).
-
-    Raises:
-        RuntimeError: ``dvc update`` failed (an upstream gone or unreadable), naming it.
-    """
+    """``dvc update`` the used imports: ``updated`` and ``changed`` (RuntimeError on failure)."""
     files = used_imports(project)
     before = {name: (project / name).read_bytes() for name in files}
     if files:
@@ -95,8 +86,7 @@ def publish_summary(
 
 
 def split_changes(old: dict | None, new: dict | None) -> list[str]:
-    """A table of examples per split before and after (the net change: ``summary.json``
-    counts rows, it does not name them) and the label shares."""
+    """A table of examples per split before and after (net change) and the label shares."""
     if new is None:
         return []
     rows = ["| split | examples before | after | change | labels before | labels after |"]

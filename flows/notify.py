@@ -1,17 +1,10 @@
 """Tell someone that a flow run failed: a JSON POST to the webhook in ``FINETUNE_FAILURE_WEBHOOK``.
 
-The URL comes from the environment of the process that runs the flow (for a served
-deployment, the ``finetune deploy serve`` process), never from a run's parameters. The body
-works with Slack and Mattermost incoming webhooks (``text``) and carries the details as
-fields for anything else::
-
-    {"text": "training-pipeline run 'calm-fox' failed at stage 'validate': ... http://.../runs/flow-run/ID",
-     "flow_run_id": "...", "flow_run_url": "...", "failed_stages": ["validate"],
-     "deployment": "nightly-retrain", "message": "..."}
-
-A Prefect flow ``on_failure`` hook (hand-written rather than a Prefect automation: those need
-a block saved on the server and its event triggers, which a served deployment on a local
-server does not have). A notification that cannot be sent is logged, never raised.
+The URL comes from the flow process's environment, never from a run's parameters (security).
+The body has ``text`` (Slack, Mattermost), ``flow_run_id``, ``flow_run_url``,
+``failed_stages``, ``deployment`` and ``message``. Hand-written ``on_failure`` hook: a Prefect
+automation needs a block and event triggers on the server, which a served local deployment
+lacks. Send failures are logged, never raised.
 """
 
 from __future__ import annotations
@@ -32,8 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def failed_stages(flow_run_id: Any) -> list[str]:
-    """Names of the flow run's task runs (stages, or ``experiment NAME``) that failed or
-    crashed, in the order they started."""
+    """The flow run's failed or crashed task runs' names, in start order."""
     with get_client(sync_client=True) as client:
         found = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}),
@@ -62,8 +54,7 @@ def failure_message(flow_name: str, flow_run: Any, message: str) -> dict[str, An
 
 
 def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
-    """Flow ``on_failure`` hook: POST :func:`failure_message` to ``$FINETUNE_FAILURE_WEBHOOK``
-    (nothing when it is unset)."""
+    """Flow ``on_failure`` hook: POST :func:`failure_message` to the webhook, when set."""
     url = os.environ.get(WEBHOOK_ENV)
     if not url:
         return

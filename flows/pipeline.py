@@ -1,13 +1,9 @@
 """The Prefect flow: runs the DVC stages in order, one Prefect task per stage.
 
-Prefect adds retries, schedules, logs and artifacts; it does not re-implement any stage.
-Each task runs ``dvc repro --single-item <stage>``, so DVC decides what is up to date, writes
-``dvc.lock`` exactly as ``dvc repro`` would, and both drivers skip unchanged stages.
-
-A run with ``overrides``, ``preset`` or ``task`` is an ad-hoc configuration: it runs as one
-Prefect task, a DVC experiment in a temporary copy of the workspace (tasks/commands/experiments.py),
-so ``params.yaml`` and ``dvc.lock`` stay as committed and the next scheduled run trains what
-it would have trained anyway. ``dvc exp show`` lists the experiment, ``dvc exp apply`` adopts it.
+Each task runs ``dvc repro --single-item <stage>``, so DVC decides what is up to date and
+writes ``dvc.lock`` as ``dvc repro`` would. A run with ``overrides``, ``preset`` or ``task``
+is one DVC experiment instead (tasks/commands/experiments.py): ``params.yaml`` and
+``dvc.lock`` stay as committed.
 """
 
 from __future__ import annotations
@@ -42,12 +38,11 @@ from tasks.core.config import ParamsError, load_params
 from tasks.core.environment import state_dir
 from tasks.core.tracking import describe_error, end_pipeline
 
-# A stage that exits with this code rejected its input (bad data, failed gate): running it
-# again cannot help, so it is never retried. Anything else (a crash, a kill) may be transient.
+# The exit code of a stage that rejected its input: never retried (a crash may be transient).
 BAD_INPUT_EXIT = 1
 _EXIT_CODE = re.compile(r"exited with (\d+)")
-# The checkout this flow file belongs to: on a work-pool worker, the clone its pull step made
-# (tasks.core.environment.PROJECT_ROOT could name another checkout through an editable install).
+# This flow file's checkout: on a work-pool worker, its pull step's clone (PROJECT_ROOT could
+# name another checkout through an editable install).
 FLOW_PROJECT = Path(__file__).resolve().parents[1]
 
 
@@ -62,14 +57,9 @@ class StageFailed(RuntimeError):
 
 
 def stage_order(project: Path, targets: list[str] | None = None) -> list[str]:
-    """The stages of ``project``'s ``dvc.yaml`` in dependency order (upstream first); with
-    ``targets``, only those and the stages they depend on.
-
-    ``.dvc`` files (``dvc add``, ``dvc import-url`` data) have no command to run: left out.
-
-    Raises:
-        ValueError: a target that is not a stage of ``dvc.yaml``.
-    """
+    """The stages of ``project``'s ``dvc.yaml`` in dependency order (upstream first), only
+    ``targets`` and their dependencies when given; ``.dvc`` files are left out. Raises
+    ValueError for a target that is not a stage."""
     import networkx as nx
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
@@ -87,7 +77,6 @@ def stage_order(project: Path, targets: list[str] | None = None) -> list[str]:
             wanted = set()
             for target in targets:
                 wanted |= {by_name[target], *nx.descendants(graph, by_name[target])}
-        # `.dvc` stages (imports) among the targets' dependencies have no name: left out.
         pipeline = [stage for stage in order if isinstance(stage, PipelineStage)]
         return [stage.name for stage in pipeline if stage in wanted]
 
@@ -130,9 +119,7 @@ def run_stage(stage: str, project: Path) -> dict[str, Any]:
 
 @task(task_run_name="dvc {action}", retries=2, retry_delay_seconds=exponential_backoff(10))
 def sync_remote(action: str, project: Path) -> None:
-    """``dvc pull --allow-missing`` before the stages, so a fresh clone restores the outputs
-    of every up-to-date stage instead of re-running it, or ``dvc push`` after them, so the
-    next machine finds this run's data and models. Uses the checkout's default DVC remote."""
+    """``dvc pull --allow-missing`` or ``dvc push`` with the checkout's default remote."""
     arguments = ["pull", "--allow-missing"] if action == "pull" else ["push"]
     returncode, output = stream_dvc(arguments, project)
     if returncode != 0:
@@ -153,8 +140,7 @@ def run_as_experiment(
     stages: list[str] | None = None,
     imports: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run the stages with ``overrides`` as DVC experiment ``name`` (``dvc exp run --temp``),
-    streaming its log; publish an artifact naming the experiment and the stage reports."""
+    """Run the stages as DVC experiment ``name``, streaming its log; publish its artifacts."""
     logger = get_run_logger()
     env = {"PIPELINE_FLOW_RUN_ID": str(prefect_flow_run.id or "")}
     try:
@@ -244,41 +230,22 @@ def training_pipeline(
     sync_remote_data: bool = False,
     update_imports: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every DVC stage in order; unchanged stages are skipped.
-
-    Without ``overrides``, ``preset`` and ``task`` (the nightly deployment) the stages run in
-    the project's workspace from its ``params.yaml``, one Prefect task each. With any of
-    them the run is a DVC experiment instead (one Prefect task): ``params.yaml`` and
-    ``dvc.lock`` stay as they are; ``dvc exp show`` lists it, ``dvc exp apply NAME`` adopts it.
-
-    The project directory, the keys a run may override and the stage timeouts are the
-    deployment's, fixed when it was made (flows/settings.py), never run parameters.
+    """Run every DVC stage in order, unchanged ones skipped; with ``overrides``, ``preset`` or
+    ``task``, one DVC experiment. Project, allowed keys, timeouts: flows/settings.py.
 
     Args:
-        overrides: dotted params for this run, e.g. ``{"prepare.seed": 7}``; validated by
-            the typed params before any work (``dvc exp run -S``); only keys the deployment
-            allows.
+        overrides: dotted params, e.g. ``{"prepare.seed": 7}``; only keys the deployment allows.
         task: shortcut for ``overrides["task"]``.
-        preset: a ready-made configuration (``presets/NAME.yaml``, e.g. ``conll2003``);
-            ``overrides`` and ``task`` apply on top of it (if the deployment allows presets).
-        retries: retries per stage name, ``experiment`` for an experiment (default 1; bad
-            input and timeouts are never retried).
+        preset: ``presets/NAME.yaml``; ``overrides`` and ``task`` apply on top of it.
+        retries: retries per stage name, or ``experiment`` (default 1; never for bad input).
         stages: run only these stages and the ones they depend on (default: all).
-        experiment: the experiment's name (default: the preset's, else the flow run's);
-            ``-2``, ``-3``... is added when it is taken.
-        sync_remote_data: ``dvc pull`` before the stages and ``dvc push`` after them (the
-            work-pool deployment sets it: its worker starts from a fresh clone).
-        update_imports: ``dvc update`` the imports under ``data/external/`` that
-            ``data.source`` reads before the stages, and publish the ``nightly-summary``
-            artifact after them (flows/nightly.py; the nightly deployments set it). Not for
-            experiments.
+        experiment: the experiment's name (default: the preset's, else the flow run's).
+        sync_remote_data: ``dvc pull`` before the stages and ``dvc push`` after them.
+        update_imports: ``dvc update`` the ``data/external/`` imports first and publish the
+            ``nightly-summary`` artifact (flows/nightly.py). Not for experiments.
 
-    Returns:
-        One record per stage (name, whether it ran, seconds), or one for the experiment.
-
-    Raises:
-        ValueError: (before any stage runs) a key or preset the deployment does not allow, a
-            bad key or value, an unknown stage, a bad experiment name.
+    Returns one record per stage (name, ran, seconds) or the experiment's. Raises ValueError
+    before any stage runs: a key or preset not allowed, a bad value, stage or name.
     """
     settings, project, overrides, imports = _checked_run(overrides, task, preset, stages)
     retries = retries or {}
@@ -297,15 +264,10 @@ def _run_experiment(
     imports: dict[str, str],
     retries: dict[str, int],
 ) -> dict[str, Any]:
-    """The run as one DVC experiment (one Prefect task, with the deployment's timeout and
-    retries); its record.
-
-    Raises:
-        ValueError: a bad experiment name, or no git commit to start from.
-    """
+    """The run as one DVC experiment task; ValueError for a bad name or no git commit."""
     try:
         check_name(name)
-        baseline_commit(project)  # experiments start from a commit
+        baseline_commit(project)
     except ExperimentError as exc:
         raise ValueError(str(exc)) from None
     runner = run_as_experiment.with_options(
@@ -354,19 +316,14 @@ def _checked_run(
     preset: str | None,
     stages: list[str] | None,
 ) -> tuple[DeploymentSettings, Path, dict[str, Any], dict[str, str]]:
-    """The deployment's settings and project, and the run's overrides (preset first) and
-    imports, checked before any work.
-
-    Raises:
-        ValueError: what :func:`training_pipeline` lists.
-    """
+    """The deployment's settings, project, overrides and imports, checked (ValueError)."""
     settings, who = current_settings(prefect_deployment.name)
     project = project_of(settings, FLOW_PROJECT)
     overrides = dict(overrides or {})
     if task is not None:
         overrides["task"] = task
     settings.check_run(overrides, preset, who)  # first: nothing of the run is used before
-    stage_order(project, stages)  # raises ValueError for an unknown stage
+    stage_order(project, stages)
     imports: dict[str, str] = {}
     try:
         if preset is not None:
@@ -374,7 +331,7 @@ def _checked_run(
             overrides = {**chosen.params, **overrides}
             imports = chosen.data_imports(project)  # imported before: never a path from a run
         if preset is not None or overrides:
-            set_param_args(project / "params.yaml", overrides)  # validates: names a bad key
+            set_param_args(project / "params.yaml", overrides)
         else:
             load_params(project / "params.yaml")
     except (ParamsError, ExperimentError) as exc:
@@ -383,8 +340,7 @@ def _checked_run(
 
 
 def end_parent_run(project: Path, error: str | None = None) -> None:
-    """End this flow run's MLflow parent run (the stages opened it): FINISHED, or FAILED with
-    the error, so its status and duration are the whole flow run's."""
+    """End this flow run's MLflow parent run: FINISHED, or FAILED with ``error``."""
     execution = str(prefect_flow_run.id or "")
     if execution:
         params = load_params(project / "params.yaml")

@@ -1,29 +1,12 @@
 """Stage ``evaluate``: score the trained model on the test split, once.
 
-Reads ``task``, ``train.precision`` (inference runs in the training precision) and
-``evaluate`` from ``params.yaml``, ``data/tokenized/`` (test split only) and
-``models/model/``. Writes into ``reports/``:
-
-- ``metrics.json``: DVC metrics. Text: accuracy, macro/weighted F1, per-class precision,
-  recall, F1 and support, ROC AUC for two classes. Tokens: seqeval entity precision,
-  recall and F1 (micro, macro, per type; strict IOB2, on word-level tags) and
-  ``token_accuracy`` (share of words tagged right, not an entity score). Scores only: the
-  register stage depends on this file, so it holds nothing that changes between two runs
-  of the same model on the same data.
-- ``inference_speed.json``: DVC metrics that nothing depends on: inference seconds,
-  samples/s, real tokens/s, batch size, precision and device.
-- ``confusion.csv`` (one ``actual,predicted`` row per example, or per word for tokens; a
-  DVC confusion plot) and ``confusion_matrix.png``.
-- ``errors.jsonl``: the misclassified examples, highest-confidence mistakes first.
-- ``slices.json``: DVC metrics on slices of the test split: short and long texts (in words,
-  cut at the test split's median), texts with and without a negation (text task), and each
-  entity type (token task).
-- ``eval_report.md``: the tables and the plot.
-- ``behaviour.json``: behavioural checks of the model (``tasks/core/evaluation/behaviour.py``),
-with their
-  section of ``eval_report.md``; run by the stage after the scores (``evaluate.behaviour``).
-- ``evaluated.json``: the md5 of the weights the scores were measured on and the behaviour
-  gate's outcome (also written when the gate fails); register registers nothing else.
+Reads ``task``, ``train.precision`` and ``evaluate`` from ``params.yaml``, the test split of
+``data/tokenized/`` and ``models/model/``. Writes into ``reports/``: ``metrics.json`` (DVC
+metrics, scores only: register depends on it, so nothing in it changes between two runs of
+the same model and data), ``inference_speed.json`` (nothing depends on it),
+``confusion.csv``, ``confusion_matrix.png``, ``errors.jsonl``, ``slices.json``,
+``eval_report.md``, ``behaviour.json`` (``evaluate.behaviour``) and ``evaluated.json`` (the
+md5 of the weights scored and the behaviour gate's outcome: register registers nothing else).
 """
 
 from __future__ import annotations
@@ -72,19 +55,15 @@ def run_stage(
     state_dir: Path = STATE_DIR,
     project: Path = PROJECT_ROOT,
 ) -> dict[str, Any]:
-    """The stage inside its MLflow run: scores, reports, then the behavioural checks (whose
-    gate, ``evaluate.behaviour.min_pass_rate``, may fail the stage once all is logged), and
-    last ``evaluated.json`` (weights and gate outcome, see
-    :mod:`tasks.core.registration.fingerprints`)."""
+    """The stage in its MLflow run: scores, reports, behavioural gate, last ``evaluated.json``."""
     # Never a record of an earlier model: register reads it to know what it may register.
     (Path(reports_dir) / EVALUATED_FILE).unlink(missing_ok=True)
-    # The run is open (RUNNING) while the stage works; a failure ends it FAILED.
     with tracking.stage_run(params, "evaluate", state_dir, project):
         metrics = evaluate(params, tokenized_dir, model_dir, reports_dir)
         log_to_mlflow(metrics, Path(reports_dir))
         try:
             checked = behaviour.check_model(params, model_dir, reports_dir)
-        except StageError as exc:  # the gate (or its cases) failed: recorded, then raised
+        except StageError as exc:
             record_evaluation(reports_dir, model_dir, "failed", str(exc))
             raise
         finally:  # a failed gate still leaves its report in the run
@@ -100,7 +79,7 @@ def log_to_mlflow(metrics: dict[str, Any], reports_dir: Path) -> None:
     import mlflow
 
     tracking.log_numbers(metrics, prefix="test_")
-    tracking.log_to_parent(metrics, prefix="test_")  # the execution's headline metrics
+    tracking.log_to_parent(metrics, prefix="test_")
     speed_path = reports_dir / SPEED_FILE
     if speed_path.exists():
         tracking.log_numbers(json.loads(speed_path.read_text()), prefix="test_")

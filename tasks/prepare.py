@@ -1,15 +1,9 @@
 """Stage ``prepare``: read the configured source and write train/validation/test parquet files.
 
-Reads ``task``, ``data`` and ``prepare`` from ``params.yaml``. One input file is split by
-``prepare.split`` in units that never straddle two splits: a group (``data.group_column``,
-a CoNLL file's ``-DOCSTART-`` document, a built-in's movie), else one text (stratified by
-label for text classification). Train and test files: validation is held out of train the
-same way. Given validation and test files are used exactly as they are: deduplication
-(``prepare.deduplicate``) only touches the single file or the train file; repeats in the
-given files and their overlap with train are counted in ``summary.json``, not removed.
-``prepare.max_examples`` (an explicit request) still cuts every split, given ones included.
-Writes ``data/prepared/{train,validation,test}.parquet`` and ``summary.json`` atomically: a
-run that fails leaves the previous outputs untouched.
+Reads ``task``, ``data`` and ``prepare`` from ``params.yaml``. Splits by ``prepare.split`` in
+units that never straddle two splits (a group, a CoNLL document, else a text); given
+validation and test files are used as they are. Writes
+``data/prepared/{train,validation,test}.parquet`` and ``summary.json`` atomically.
 """
 
 from __future__ import annotations
@@ -46,10 +40,7 @@ app = typer.Typer(add_completion=False, help=user_help(__doc__))
 
 
 def load_source(params: Params, raw_dir: Path) -> tuple[dict[str, pd.DataFrame], list[dict]]:
-    """Read the configured source into frames (``{"all": df}`` or one per split).
-
-    Returns the frames and a list of the input files with their sha256 (for lineage).
-    """
+    """The source as frames (``{"all": df}`` or per split) and the input files' sha256."""
     data = params.data
     if data.group_column and params.task == "token_classification":
         raise StageError(
@@ -73,15 +64,11 @@ def load_source(params: Params, raw_dir: Path) -> tuple[dict[str, pd.DataFrame],
 
 
 def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
-    """Run the stage: read, split, write parquet files and ``summary.json``; return the summary.
-
-    Raises:
-        StageError: the source cannot be read, or a split ends up empty (the message gives the
-            rows read, the duplicates removed, the units and the params keys to change).
-    """
+    """Read, split, write the parquet files and ``summary.json``; return the summary. Raises
+    StageError when the source cannot be read or a split ends up empty (naming the rows
+    read, duplicates removed, units and the params keys to change)."""
     frames, inputs = load_source(params, raw_dir)
-    # Only the frame that gets split is deduplicated: the single file, else the train file.
-    # Given validation and test files are never altered (their repeats are only counted).
+    # Only the divided frame is deduplicated; given validation and test files never are.
     divided = "all" if "all" in frames else "train"
     whole = frames.pop(divided)
     rows_read = len(whole)
@@ -92,7 +79,7 @@ def prepare(params: Params, out_dir: Path, raw_dir: Path) -> dict:
     rows, by_sentence = _split_rows(whole, frames, params, kept, removed)
     sizes = {name: len(rows[name]) if name in rows else len(frames[name]) for name in SPLITS}
     cut = {}
-    if params.prepare.max_examples:  # an explicit request: it cuts given files too
+    if params.prepare.max_examples:
         limit = params.prepare.max_examples
         cut = {name: max(size - limit, 0) for name, size in sizes.items()}
         rows = {name: taken[:limit] for name, taken in rows.items()}
@@ -124,17 +111,11 @@ def _split_rows(
     kept: np.ndarray,
     removed: int,
 ) -> tuple[dict[str, np.ndarray], str | None]:
-    """(positions of ``whole`` per split it is divided into, the grouping note when sentences
-    replaced too few documents as the units, else None).
-
-    Raises:
-        StageError: a split ends up empty.
-    """
+    """(positions of ``whole`` per split, the grouping note or None); StageError if one is empty."""
     rows = split_positions(whole, frames, params, kept)
     by_sentence = None
     if _empty_splits(rows, frames) and _documents_only(whole, params):
-        # One -DOCSTART- and then every sentence (a common layout), or a few documents: too
-        # few to keep each document in one split, so sentences are the units instead.
+        # Too few documents to keep each in one split: sentences are the units instead.
         rows = split_positions(whole, frames, params, kept, by_group=False)
         documents = int(whole["group"].nunique())
         by_sentence = f"sentence ({documents} documents: too few to keep each in one split)"
@@ -154,11 +135,9 @@ def _write_splits(
     summary: dict,
     lineage: dict,
 ) -> None:
-    """Each split's parquet file into ``staged``, its summary into ``summary["splits"]`` and,
-    for a given validation or test file, its repeats of train into ``lineage``."""
+    """Each split's parquet into ``staged``, its summary and (given files) repeats of train."""
     train_keys = None
     for name in SPLITS:
-        # A split of the file's frame is read through its positions, never copied whole.
         frame, taken = (frames[name], None) if name in frames else (whole, rows[name])
         summary["splits"][name] = split_summary(frame, params, taken)
         if name == "train" and given:
@@ -176,8 +155,7 @@ def split_positions(
     kept: np.ndarray,
     by_group: bool = True,
 ) -> dict[str, np.ndarray]:
-    """The positions in ``whole`` of the splits it gives: all three (a single file: no other
-    ``frames``), train and validation (no validation file), else train alone."""
+    """The positions in ``whole`` of its splits (all three, train and validation, or train)."""
     if not frames:
         stratify = "label" if params.task == "text_classification" else None
         split, seed = params.prepare.split, params.prepare.seed
@@ -188,7 +166,6 @@ def split_positions(
 
 
 def _empty_splits(rows: dict[str, np.ndarray], frames: dict[str, pd.DataFrame]) -> list[str]:
-    """The splits with no rows, in SPLITS order."""
     sizes = {name: len(rows[name]) if name in rows else len(frames[name]) for name in SPLITS}
     return [name for name, size in sizes.items() if size == 0]
 
@@ -198,8 +175,7 @@ def _documents_only(whole: pd.DataFrame, params: Params) -> bool:
     return params.task == "token_classification" and "group" in whole.columns
 
 
-# Rows written at a time (one parquet row group): the writer then buffers this many rows,
-# not a whole split (bench/memory.py).
+# Rows per parquet row group: the writer buffers this many, not a split (bench/memory.py).
 WRITE_ROWS = 65_536
 
 
@@ -209,8 +185,7 @@ def _rows(mask: np.ndarray, taken: np.ndarray | None) -> np.ndarray:
 
 
 def _write_parquet(frame: pd.DataFrame, taken: np.ndarray | None, path: Path) -> None:
-    """Write ``frame``'s rows at positions ``taken`` (None: all) to ``path``, WRITE_ROWS
-    rows at a time, so no copy of the whole split is made."""
+    """Write ``frame``'s rows at ``taken`` (None: all) to ``path``, WRITE_ROWS at a time."""
     taken = np.arange(len(frame)) if taken is None else taken
     schema = _schema(frame)
     with pq.ParquetWriter(path, schema) as writer:
@@ -220,9 +195,7 @@ def _write_parquet(frame: pd.DataFrame, taken: np.ndarray | None, path: Path) ->
 
 
 def _schema(frame: pd.DataFrame) -> pa.Schema:
-    """The parquet schema of ``frame``. Arrow list columns (CoNLL tokens and tags) are
-    described as the object columns of Python lists they were before they were read into
-    Arrow (the same pandas metadata, hence the same files); their type is list<string>."""
+    """The parquet schema of ``frame``, Arrow list columns as object columns (same files)."""
     lists = [c for c in frame.columns if isinstance(frame[c].dtype, pd.ArrowDtype)]
     head = frame.head(1).astype(dict.fromkeys(lists, object))
     for column in lists:

@@ -1,26 +1,11 @@
 """Stage ``register``: log the trained model to MLflow, register it, and gate the champion.
 
-Registration is idempotent. Every version carries, as tags set in the same call that creates
-it, DVC's md5 of the model directory (``model_md5``, the ``.dir`` hash ``dvc.lock`` records
-for ``models/model``), the md5 of the test split it was scored on (``test_data_hash``) and
-the sha256 of the files the store holds (``weights_sha256``: what predict and serve verify,
-tasks/core/registration/verified.py). When a version with the current weights exists already, it is
-reused: nothing is logged or registered again, the gate is re-applied to it, and its decision
-tags are updated. A version without ``weights_sha256`` (registered before it existed) is not
-reused: its weights are registered again, and the new version replaces it as champion.
-
-The registered version of the current weights gets the alias ``challenger``. It becomes
-``champion`` only if its test score beats the current champion's by at least
-``register.min_improvement``, both scored on the same test data: when the champion was
-scored on another version of the test split, it is re-scored on the current one first
-(tokenize + evaluate, exactly as the stages do). With no champion yet, the version is
-promoted if it reaches ``register.min_score``, or with ``auto`` (the default) if it beats the
-trivial baseline on the same test split (the most frequent label, or no entities). A reused
-version that is the champion stays champion (its aliases are left as they are). Versions
-are never deleted or overwritten. Writes ``reports/registry.json`` atomically, last.
-
-Nothing is registered unless ``reports/evaluated.json`` shows that ``metrics.json`` was
-measured on exactly the weights in ``models/model`` and that they passed the behaviour gate.
+Idempotent: versions carry ``model_md5`` (``dvc.lock``'s hash of ``models/model``),
+``test_data_hash`` and ``weights_sha256``; one with the current weights is reused. It gets
+``challenger``, and ``champion`` only if it beats the champion by
+``register.min_improvement`` on the same test data (or, with none, reaches
+``register.min_score``). Only weights that ``reports/evaluated.json`` shows scored and past
+the behaviour gate; writes ``reports/registry.json`` atomically, last.
 """
 
 from __future__ import annotations
@@ -86,12 +71,7 @@ def register(
     reports_dir: Path = REPORTS_DIR,
     state_dir: Path = STATE_DIR,
 ) -> dict[str, Any]:
-    """Register ``model_dir`` (or reuse the version holding the same weights), apply the
-    champion/challenger gate, and write the report.
-
-    Returns:
-        The content of ``reports/registry.json``.
-    """
+    """Register (or reuse) ``model_dir``'s version, apply the gate; the registry.json content."""
     import mlflow
 
     from tasks.core import tracking
@@ -107,8 +87,7 @@ def register(
                            state_dir)  # fmt: skip
         tags = version_tags(params, scores, gate, champion, run.info.run_id)
         if existing is None:
-            # The version and its identity tags come into being in one call: a crash after
-            # it leaves a version that the next run finds and reuses.
+            # Version and identity tags in one call: after a crash the next run reuses it.
             version = registry.log_and_register(params, Path(model_dir), name, tags)
             source_run = run.info.run_id
         else:
@@ -130,14 +109,12 @@ def register(
 
 
 def read_scores(params: Params, model_dir: Path, prepared_dir: Path, reports_dir: Path) -> Scores:
-    """The weights' identity and test score, refusing scores of other weights or of a failed
-    behaviour gate (``reports/evaluated.json``)."""
+    """The weights' identity and score; refuses other weights' or a failed behaviour gate."""
     metrics_path = reports_dir / "metrics.json"
     if not metrics_path.exists():
         raise StageError(f"{metrics_path}: not found; run the evaluate stage first")
     if not (model_dir / "config.json").exists():
         raise StageError(f"{model_dir}: no trained model found; run the train stage first")
-    # The scores belong to these very weights and they passed the behaviour gate.
     weights = require_evaluation(reports_dir, model_dir)
     metrics = json.loads(metrics_path.read_text())
     key = metric_key(params)
@@ -158,8 +135,7 @@ def decide_gate(
     prepared_dir: Path,
     state_dir: Path,
 ) -> Decision:
-    """The champion/challenger decision for the version of the current weights (see the
-    module docstring), re-scoring a champion scored on other test data."""
+    """The gate's decision, re-scoring a champion scored on other test data."""
     score, key = scores.score, scores.key
     if existing is not None and champion is not None and registry.same(existing, champion):
         # The champion's own weights: nothing to decide, and metrics.json is its score.
@@ -169,8 +145,7 @@ def decide_gate(
         )
         return Decision(False, "stays champion", reason, score)
     if champion is not None and champion.tags.get(registry.MODEL_MD5_TAG) == scores.weights:
-        # Its own weights, registered before versions carried weights_sha256: this verified
-        # version of them takes its place (predict and serve refuse the unverified one).
+        # Its weights without weights_sha256: this verified version replaces it.
         reason = (
             f"same weights as champion v{champion.version}, which has no "
             f"{DIGEST_TAG} (registered before verification): replaces it"
@@ -226,9 +201,7 @@ def set_aliases(
     gate: Decision,
     tags: dict[str, str],
 ) -> None:
-    """``challenger`` first, ``champion`` last (a crash in between is repaired by a re-run);
-    after a promotion, settle the champion against a register promoting at the same time
-    (``gate`` and ``tags`` are updated when the other version wins)."""
+    """``challenger`` first, ``champion`` last; then settle against a concurrent promotion."""
     from tasks.core import tracking
 
     if gate.decision == "stays champion":
@@ -239,7 +212,6 @@ def set_aliases(
     if not gate.promote:
         return
     retried(client.set_registered_model_alias, name, "champion", version)
-    # Another register may have promoted its version against the same champion.
     since = int(champion.version) if champion else 0
     settled = registry.settle_champion(client, name, params.task, since, scores.key,
                                        scores.data_hash)  # fmt: skip
@@ -263,8 +235,7 @@ def describe(
     tags: dict[str, str],
     prepared_dir: Path,
 ) -> None:
-    """What the registry pages show (where the version came from and why it has its alias),
-    the test scores as metrics of the logged model, and the register run's tags."""
+    """The registry pages' descriptions, the test scores as model metrics, the run's tags."""
     import mlflow
 
     from tasks.core import tracking
@@ -330,7 +301,6 @@ def rescore(
     source = resolve_model_source(f"models:/{name}/{version}", params.tracking.uri, state_dir)
     with tempfile.TemporaryDirectory(dir=state_dir, prefix=".rescore-") as tmp:
         work = Path(tmp)
-        # One folder with weights and tokenizer, as the train stage saves a model.
         model_class(params.task).from_pretrained(source.model_dir).save_pretrained(work / "model")
         load_tokenizer(source).save_pretrained(work / "model")
         update = {"model": params.model.model_copy(update={"name_or_path": str(work / "model")})}

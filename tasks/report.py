@@ -1,15 +1,9 @@
 """Stage ``report``: one self-contained HTML page per pipeline run, ``reports/report.html``.
 
-Reads only what the other stages wrote (nothing is re-scored or re-trained): prepare's
-``summary.json``, validate's ``validation.json``, tune's ``best_params.json``,
-``tune_trials.csv`` and plots, train's ``train_metrics.json`` and history CSVs, evaluate's
-``metrics.json``, ``inference_speed.json``, ``confusion.csv``, ``confusion_matrix.png`` and
-``errors.jsonl``, register's ``registry.json``; lineage from git and ``dvc.lock``. A missing
-file (tuning disabled, a stage not run) becomes a note in its section.
-
-The page has inline CSS and charts as base64 PNGs (no network, no scripts); every text from
-the data (labels, examples, file names) is HTML-escaped. It is logged to the MLflow run of
-the pipeline execution (the parent run) as ``report/report.html``.
+Reads only what the other stages wrote under ``reports/`` and ``data/prepared/``, plus
+lineage from git and ``dvc.lock`` (the deps in dvc.yaml); a missing file becomes a note in
+its section. Inline CSS and PNGs, no network or scripts; every text from the data is
+HTML-escaped (security). Logged to the pipeline's MLflow parent run as ``report/report.html``.
 """
 
 from __future__ import annotations

@@ -1,23 +1,10 @@
 """Stage ``tokenize``: turn the prepared splits into model inputs with the model's tokenizer.
 
-Reads ``task``, ``model.name_or_path`` and ``model.revision``, ``tracking.uri`` and ``tokenize``
-from ``params.yaml`` and ``data/prepared/{train,validation,test}.parquet``. Writes
-``data/tokenized/`` (one Hugging Face dataset per split, unpadded: batches are padded when
-they are made) with
-``manifest.json`` (tokenizer identity, label map, counts, truncation, token lengths), and
-``reports/tokenize.json`` (the counts, as DVC metrics).
-
-Text classification: each text is truncated to ``tokenize.max_length`` sub-tokens.
-Token classification: words are split into sub-tokens; each word's tag goes on its first
-sub-token, ``-100`` (ignored by the loss) on the others and on special tokens. Examples
-longer than ``max_length`` are truncated and counted, never silently; words cut off are
-counted per split, and above ``tokenize.max_unpredicted_share`` of validation or test the
-stage fails. ``max_length: auto`` (the default) is the 99.9th percentile of train's
-sub-token lengths (text) or the longest (token tasks: a cut word is never predicted),
-rounded up to a multiple of 8, capped at the encoder's limit; the choice and its reason are
-in the manifest (``max_length_choice``). ``tokenize.context_tokens`` (token task): each
-sentence is encoded with its document's neighbouring sentences as unlabelled context
-(``tasks.core.data.context``).
+Reads ``task``, ``model.name_or_path``, ``model.revision``, ``tracking.uri`` and ``tokenize``
+from ``params.yaml`` and ``data/prepared/*.parquet``. Writes ``data/tokenized/`` (an unpadded
+dataset per split, ``manifest.json``) and ``reports/tokenize.json`` (counts, DVC metrics).
+Truncation is counted, never silent; words cut off above ``tokenize.max_unpredicted_share``
+of validation or test fail the stage. ``max_length: auto``: docs/reproducibility.md.
 """
 
 from __future__ import annotations
@@ -50,7 +37,7 @@ def main(
 ) -> None:
     """Tokenize data/prepared into data/tokenized (see the module docstring)."""
     params = stage_params(params_path, "tokenize")  # checked: inputs tracked by DVC
-    # The first stage that logs: it opens the pipeline's parent run, RUNNING from here on.
+    # The first stage that logs: it opens the pipeline's parent run.
     with tracking.stage_run(params, "tokenize", state_dir):
         tracking.log_numbers(tokenize(params, prepared_dir, output_dir, report_path, state_dir))
 

@@ -1,26 +1,12 @@
 """Stage ``train``: fine-tune the encoder on the tokenized train split, pick the best epoch
 on validation.
 
-Reads ``task``, ``model.name_or_path``, ``tracking.uri`` and ``train`` from ``params.yaml``
-and ``data/tokenized/``; when ``tune.enabled``, the values in ``reports/best_params.json`` (the
-tune stage's best trial) replace the ``train`` keys they name
-(``tasks.core.tuned.apply_tuned_params``).
-Writes ``models/model/`` (``save_pretrained`` layout: safetensors weights, tokenizer,
-``id2label``/``label2id`` in the config, ``training_params.json`` with the train values used
-and their source), ``reports/train_history.csv``
-(loss and learning rate per logging step), ``reports/validation_history.csv`` (validation
-metrics per epoch) and ``reports/train_metrics.json``.
-
-Start point: the default encoder, a local model directory, or a registered model
-(``models:/NAME@champion``). A start point whose classification head already predicts the
-same label set keeps its head (rows reordered if needed); otherwise a new head is made.
-
-Methods: ``full`` (all weights), ``head`` (encoder frozen), ``lora`` (peft adapters, merged
-into the saved model). The stock transformers ``Trainer`` runs the loop (mixed precision,
-length-grouped batches, gradient accumulation, clipping, schedules, the best epoch, early
-stopping, checkpoint/resume with RNG and optimizer state); ``tasks.core.modeling.training``
-configures
-it. Checkpoints live in ``.state/checkpoints/<run key>``, one run at a time per key.
+Reads ``task``, ``model.name_or_path``, ``tracking.uri`` and ``train`` from ``params.yaml``,
+``data/tokenized/`` and (``tune.enabled``) ``reports/best_params.json``, whose values replace
+the ``train`` keys they name. Writes ``models/model/`` (with ``training_params.json``: the
+values used and their source), ``reports/train_history.csv``,
+``reports/validation_history.csv`` and ``reports/train_metrics.json``. The stock transformers
+``Trainer`` runs the loop; checkpoints in ``.state/checkpoints/<run key>``, one run per key.
 """
 
 from __future__ import annotations
@@ -71,22 +57,11 @@ def train(
     reports_dir: Path = REPORTS_DIR,
     state_dir: Path = STATE_DIR,
 ) -> dict[str, Any]:
-    """Fine-tune, restore the best validation epoch, save the model and the reports.
-
-    Args:
-        params: validated parameters (``task``, ``model``, ``tracking``, ``train``).
-        tokenized_dir: output of the tokenize stage.
-        model_dir: receives the fine-tuned model (replaced whole at the end).
-        reports_dir: receives ``train_history.csv``, ``validation_history.csv`` and
-            ``train_metrics.json``.
-        state_dir: ``checkpoints/<run key>`` (for resume) and the registry cache.
-
-    Returns:
-        The content of ``train_metrics.json``.
-    """
+    """Fine-tune on ``tokenized_dir``, restore the best validation epoch, replace ``model_dir``
+    whole and write the reports to ``reports_dir``; ``state_dir`` holds the checkpoints (for
+    resume). Returns the content of ``train_metrics.json``."""
     started = time.perf_counter()
     quiet_transformers()
-    # Tuned values (reports/best_params.json, when tune.enabled) over params.yaml's train.
     params, provenance = apply_tuned_params(params, Path(reports_dir) / BEST_PARAMS_FILE)
     if provenance["params_source"] == "tune":
         log.info("train values from tuning (trial %s): %s", provenance["best_trial"],
@@ -99,13 +74,12 @@ def train(
     with run_lock(run.run_dir) if main else contextlib.nullcontext():
         checkpoint = resume_point(run)
         trainer = _make_trainer(run)
-        trainer_progress.install(trainer, "train")  # step/total, loss, tokens/s, ETA; no raw dicts
+        trainer_progress.install(trainer, "train")
         counts = _fit(trainer, checkpoint)
         metrics = _metrics(run, trainer, counts, provenance)
         if not main:
             return metrics
         final = final_model(trainer)  # the best epoch's weights, LoRA merged
-        # The train values this model was trained with, and where they came from.
         trained_with = {**provenance, "train": run.params.train.model_dump(mode="json")}
         save_model(final, run.tokenizer, Path(model_dir), {"training_params.json": trained_with})
         history, validation = histories(trainer.state.log_history)
@@ -122,12 +96,9 @@ def train(
 
 
 class LiveMetrics(TrainerCallback):
-    """A Trainer callback that logs each training log (``train_loss``, ``train_learning_rate``,
-    ``train_grad_norm``) and each validation (``val_<metric>``) to the active MLflow run as it
-    happens, so a run in progress (or one that crashed) shows its curves; without an active
-    run (tuning trials, tests) it does nothing. Hand-written rather than transformers'
-    ``MLflowCallback``, which also logs ~150 TrainingArguments and model-config params per run
-    and starts its own run when none is active."""
+    """Logs each training log (``train_*``) and validation (``val_<metric>``) to the active
+    MLflow run as it happens; without an active run it does nothing. Hand-written because
+    transformers' ``MLflowCallback`` also logs ~150 params per run and starts its own run."""
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
         import mlflow
@@ -149,8 +120,7 @@ class LiveMetrics(TrainerCallback):
 
 
 def _make_trainer(run: Run) -> Any:
-    """The stock Trainer of the run: evaluation and a checkpoint every epoch (plus every
-    ``save_steps``), the best epoch loaded at the end, early stopping."""
+    """The run's stock Trainer: evaluation and checkpoint every epoch, best epoch at the end."""
     tp = run.params.train
     args = training_arguments(
         tp, run.precision, run.run_dir, best_metric=run.metric, log_steps=True,
@@ -166,8 +136,7 @@ def _make_trainer(run: Run) -> Any:
 
 
 def _fit(trainer: Any, checkpoint: Path | None) -> dict[str, Any]:
-    """Train (resuming from ``checkpoint``); the step resumed from, the training seconds
-    (evaluation excluded) and the examples, real and padded tokens seen by all processes."""
+    """Train (resuming from ``checkpoint``); the step resumed from, seconds, examples and tokens."""
     resumed_step = None
     if checkpoint is not None:
         resumed_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
@@ -209,7 +178,7 @@ def _metrics(run: Run, trainer: Any, counts: dict[str, Any], provenance: dict) -
         "total_parameters": run.parameters[1],
         "seed": tp.seed,
         "processes": distributed.world_size(),
-        "params_source": provenance["params_source"],  # tune | params.yaml
+        "params_source": provenance["params_source"],
         "tuned_params": provenance["tuned_params"],
     }
 
@@ -227,7 +196,6 @@ def main(
 ) -> None:
     """Fine-tune on data/tokenized into models/model (see the module docstring)."""
     params = stage_params(params_path, "train")  # checked: inputs tracked by DVC
-    # The values this run uses (tuned ones over params.yaml), so its MLflow run logs them too.
     params, _ = apply_tuned_params(params, Path(reports_dir) / BEST_PARAMS_FILE)
     if params.train.processes > 1 and not distributed.launched():
         code = distributed.relaunch(params.train.processes, "tasks.train", sys.argv[1:])
@@ -240,7 +208,6 @@ def main(
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports progress for all
         train(params, tokenized_dir, model_dir, reports_dir, state_dir)
         return
-    # The MLflow run is open while training (RUNNING, curves streamed; FAILED with the error).
     with tracking.stage_run(params, "train", state_dir):
         metrics = train(params, tokenized_dir, model_dir, reports_dir, state_dir)
         log_results(metrics, Path(reports_dir))

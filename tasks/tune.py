@@ -2,65 +2,15 @@
 hand the best ones to ``train``.
 
 Reads ``task``, ``model.name_or_path``, ``tracking``, ``train`` and ``tune`` from
-``params.yaml`` and ``data/tokenized/{train,validation}`` (the test split is never opened).
-Writes ``reports/best_params.json`` (read by ``train``: ``source`` tuned or defaults and why,
-the chosen values, their trial number and score, the defaults' and the trivial baseline's
-scores, the study and metric; ``status: disabled`` when ``tune.enabled`` is false; nothing
-that differs between two identical runs, so ``train`` re-runs only when the result changes),
-``reports/tune_trials.csv`` (number, state, value, ``params_*``, duration in seconds, epochs
-run), ``reports/tune_report.md`` (also the storage, trial counts and the other studies) and
-three plots (``reports/tune_history.png``, ``tune_importance.png``, ``tune_intermediate.png``).
+``params.yaml`` and ``data/tokenized/{train,validation}`` (never test). Writes
+``reports/best_params.json`` (train's input: ``source`` tuned or defaults and why, the values;
+nothing that differs between two identical runs, so train re-runs only when it changes),
+``reports/tune_trials.csv``, ``reports/tune_report.md`` and ``tune_*.png`` plots.
 
-This module reads params, calls the search's parts in ``tasks/tuning/`` (space, storage,
-study, data, objective, results) and writes the outputs. Each trial trains with the train
-stage's own pieces (``tasks/core/modeling/training.py``: ``build_model``, ``apply_method``, the
-``TrainingArguments``, its ``Trainer`` subclass, collators and length-grouped sampler) on a
-stratified ``tune.train_fraction`` of train, evaluates ``tune.evals_per_epoch`` times per
-epoch, reports the validation metric to Optuna at every evaluation and stops when the pruner says
-so. Its value is the best evaluation, as train keeps its best epoch. Budget: ``tune.n_trials``
-finished (complete or pruned) trials in the study, so the same commit, params and data give
-the same result on a busy and an idle machine; ``tune.timeout`` (default none) is a cap in
-seconds: then no trial starts, and a running one stops and is failed with ``stopped:
-timeout`` (shown as timed out in the report; never pruned, never chosen).
-
-Never worse than the defaults: the study's first trial (or the next, after the ``train``
-values changed) trains ``params.yaml``'s own ``train`` values on the same data with the same
-evaluations, and is never pruned. ``best_params.json`` names a searched trial
-(``source: tuned``) only when it scores above that trial and above the trivial baseline
-(the metric of a constant prediction on validation: the most frequent label, or no entities);
-otherwise ``source: defaults`` and train keeps ``params.yaml``'s values. For token tasks no
-pruning decision is taken before a trial's entity F1 first rises above 0.
-
-Decided like with like (``tasks/tuning/finalists.py``): when a searched trial beats the
-defaults on the ``train_fraction`` share, the ``tune.finalists`` best searched trials and the
-defaults are trained again on the whole train split (a study ``{study}-full``) and the choice
-is made from those scores (``decided_on: whole train split``); a ranking on a share does not
-transfer to the whole split.
-
-One study per configuration: the study is named ``{tune.study_name}-{fingerprint}``
-(``tune.study_name`` is the prefix), where the fingerprint hashes what makes two trials
-comparable: the tokenized train and validation data, the model, labels, metric, the train
-values outside ``tune.space``, the space itself, ``tune.train_fraction`` and
-``tune.evals_per_epoch`` (not ``n_trials``, ``timeout``, the pruner or the seed). The TPE
-sampler and the pruner therefore see only trials of the objective they are searching. The
-study lives in ``tune.storage`` (by default SQLite in ``.state/optuna/``): a re-run of the same
-configuration continues its study, keeps every finished trial and runs only what is missing
-to reach ``tune.n_trials``; a changed configuration starts a new study, and the old ones stay
-in the storage, listed in the report.
-
-Parallel tuning: ``python -m tasks.tune --worker`` (any number, on any machine with the
-tokenized data) joins the same study in a shared ``tune.storage`` (``postgresql://...``;
-Optuna's RDB storage) and runs trials until the study holds ``tune.n_trials`` finished
-ones, writing no outputs; the stage runs trials too and writes the outputs once the study
-is complete. No trial starts while finished + running trials reach ``n_trials`` (a trial
-that two workers start at once is failed as ``surplus`` before training), so the study ends
-with exactly ``n_trials``. Running trials send Optuna's heartbeats; a trial whose worker died
-is failed and re-queued with the same values (``RetryHeartbeatStaleTrialCallback``, the
-successor of ``RetryFailedTrialCallback``) and run by a live worker or the next run.
-
-MLflow: the stage's run (a child of the pipeline execution's run) holds the summary, the
-reports and plots; every trial is a nested run with its values, the validation metrics of
-each evaluation (step = evaluation number), its final state and duration.
+Budget: ``tune.n_trials`` finished trials (``tune.timeout``: a cap). The first trial trains
+``params.yaml``'s values; ``source: tuned`` only when a searched trial beats it and the
+trivial baseline. One study per configuration, continued by a re-run; ``--worker`` only runs
+trials of it. Contract: docs/reproducibility.md; workers: docs/servers.md.
 """
 
 from __future__ import annotations
@@ -119,22 +69,14 @@ def run_search(
     parent_run_id: str | None = None,
     experiment_id: str | None = None,
 ) -> int:
-    """Run trials in this process until the study holds ``tune.n_trials`` finished ones
-    (``study.run_trials``: the surplus rule); after ``timeout`` seconds no trial starts and a
-    running one stops. Returns how many ran here."""
+    """Run trials here until the study holds ``tune.n_trials`` or ``timeout``; how many ran here."""
     deadline = time.monotonic() + timeout if timeout is not None else None
     objective = Objective(params, data, parent_run_id, experiment_id, deadline)
     return run_trials(params, study, objective)
 
 
 def work(params: Params, tokenized_dir: Path, state_dir: Path) -> int:
-    """One parallel worker (``python -m tasks.tune --worker``): join the study of this
-    configuration in ``tune.storage`` and run trials until it holds ``tune.n_trials``
-    finished ones (or ``tune.timeout``); writes no stage output (the stage does, once the
-    study is complete). Returns the number of trials this worker ran.
-
-    Its trials are nested MLflow runs under a ``tune-worker`` run of its own.
-    """
+    """A ``--worker``: run trials of this configuration's study, write no output; count run."""
     import mlflow
 
     if not params.tune.enabled:
@@ -168,23 +110,10 @@ def tune(
     reports_dir: Path = REPORTS_DIR,
     state_dir: Path = STATE_DIR,
 ) -> dict[str, Any]:
-    """Search hyperparameters and write the reports (see the module docstring).
-
-    Args:
-        params: validated parameters.
-        tokenized_dir: output of the tokenize stage (train and validation are read).
-        reports_dir: receives ``best_params.json``, ``tune_trials.csv``, ``tune_report.md``
-            and the plots.
-        state_dir: the default study storage (``optuna/``) and the registry cache.
-
-    Returns:
-        The summary: the content of ``best_params.json`` (its keys are ``BEST_PARAMS_KEYS``)
-        and, for the reports, the storage, the trial counts by state, the trial-epochs
-        spent, the train examples per trial and the other studies of the prefix.
-
-    Raises:
-        StageError: bad input, or no trial of the study completed.
-    """
+    """Search hyperparameters on ``tokenized_dir``'s train and validation splits and write the
+    reports to ``reports_dir``; ``state_dir`` holds the default study storage. Returns the
+    summary (``best_params.json``'s keys plus the report-only facts). Raises StageError on bad
+    input or when no trial of the study completed."""
     reports_dir = Path(reports_dir)
     if not params.tune.enabled:
         return _write_disabled(params, reports_dir)
@@ -223,8 +152,7 @@ def tune(
 
 
 def _load_data(params: Params, tokenized_dir: Path, state_dir: Path) -> TuningData:
-    """The tuning data, after loading the start point once: a model that cannot load fails
-    the stage with one message before any trial, instead of every trial with a traceback."""
+    """The tuning data, the start point loaded once: a bad model fails before any trial."""
     data = load_tuning_data(params, tokenized_dir, state_dir)
     build_model(data.task, data.source, data.labels, None)
     free_memory()
@@ -234,8 +162,7 @@ def _load_data(params: Params, tokenized_dir: Path, state_dir: Path) -> TuningDa
 def _whole_train_objective(
     params: Params, data: TuningData, run: Any, deadline: float | None
 ) -> Objective:
-    """The objective of the finalists round: trials on the whole train split, nested under
-    the stage's MLflow ``run``, within ``deadline``."""
+    """The finalists round's objective: the whole train split, nested under ``run``."""
     return Objective(
         params, data.on_whole_train(), run.info.run_id, run.info.experiment_id,
         deadline, finalists=True,
@@ -257,13 +184,8 @@ def _write_disabled(params: Params, reports_dir: Path) -> dict[str, Any]:
 def _open_study(
     params: Params, storage: optuna.storages.BaseStorage, spec: str, name: str, data: TuningData
 ) -> optuna.Study:
-    """The stage's study ``name`` in ``storage``, params.yaml's values queued and a sampler
-    seeded by the study's length (a re-run samples new points, reproducibly)."""
-    # params.yaml's own values are always a candidate: the first trial of a study (or
-    # the next one, when the train values changed since), never pruned.
+    """Study ``name`` with params.yaml's values queued, sampler seeded by its length."""
     study, queued = join_study(params, storage, name, stage=True)
-    # Seeded by the study's length before this run queued anything: a re-run samples
-    # new points, reproducibly.
     seed = params.tune.seed + len(study.get_trials(deepcopy=False)) - queued
     study.sampler = make_sampler(params, seed)
     done, running, _ = study_progress(study)
@@ -277,8 +199,7 @@ def _open_study(
 
 
 def _require_completed(name: str, trials: list[Any]) -> None:
-    """Raise StageError (with the trial counts and the first failure) unless a trial of
-    study ``name`` completed."""
+    """Raise StageError (trial counts, first failure) unless a trial of ``name`` completed."""
     if not any(t.state == TrialState.COMPLETE for t in trials):
         reasons = {t.user_attrs.get("fail_reason") for t in trials} - {None}
         raise StageError(

@@ -1,11 +1,9 @@
 """Stage ``validate``: the data-quality gate between ``prepare`` and ``tokenize``.
 
-Every verdict comes from a built-in Great Expectations 1.x expectation. Checks that need a
-derived value (token counts, IOB errors, duplicates, per-class shares) validate a column or
-table computed here with pandas. Writes ``validation.json`` and ``validation.md`` to the
-reports folder; a failed gate exits non-zero. Files under ``data/`` are only read. Every
-failure carries its ``remedy``: the ``validate`` key that relaxes it with its current value
-(``validate.max_leakage_share = 0.01``), or why no key does.
+Every verdict is a built-in Great Expectations expectation (derived values computed with
+pandas). Writes ``reports/validation.json`` and ``validation.md``; a failed gate exits
+non-zero, each failure with its ``remedy`` (the ``validate`` key that relaxes it, or why
+none does). Files under ``data/`` are only read.
 """
 
 from __future__ import annotations
@@ -35,36 +33,19 @@ log = logging.getLogger(__name__)
 
 
 def validate(params: Params, prepared_dir: Path, reports_dir: Path) -> ValidationReport:
-    """Validate the prepared splits, write the reports and return the result.
-
-    Args:
-        params: the whole ``params.yaml``; thresholds come from ``params.validate_``.
-        prepared_dir: folder with ``train/validation/test.parquet``.
-        reports_dir: where ``validation.json`` and ``validation.md`` are written.
-
-    Raises:
-        StageError: a prepared file is missing or unreadable (no report is written then).
-    """
+    """Validate ``prepared_dir``'s splits against ``params.validate_``, write
+    ``validation.json`` and ``validation.md`` to ``reports_dir``, return the result.
+    StageError when a prepared file is missing or unreadable (no report written)."""
     with _returning_arrow_pool():
         return _validate(params, prepared_dir, reports_dir)
 
 
 @contextlib.contextmanager
 def _returning_arrow_pool() -> Iterator[None]:
-    """Arrow allocates through jemalloc with decay 0 here: freed pages go back to the OS at once.
-
-    Reading the parquet files frees about as much scratch memory (pages, decompression
-    buffers) as the frames keep. Arrow's default pool, mimalloc, gives freed pages back to
-    the OS only after a purge delay and only when it next runs on that thread, so how much of
-    it is still resident when Great Expectations' import sets the peak depends on timing and
-    thread scheduling (a busy machine): that was the run-to-run spread of
-    tests/test_memory.py, 2.7 to 3.4 bytes of peak per byte of file (2.35, 2.35, 3.73 with the
-    other fixes of this stage and mimalloc). jemalloc with decay 0 returns them at once: the
-    three splits of a 40 MB CSV take 57 MB of RSS for 50 MB of Arrow data, where mimalloc
-    kept 104 to 134 MB. Where pyarrow has no jemalloc (Windows wheels) the system allocator
-    (79 MB) is next best. The previous pool comes back afterwards (Arrow buffers remember
-    their pool).
-    """
+    """Arrow allocates through jemalloc with decay 0 here, then the previous pool is back.
+    Gap: Arrow's default mimalloc returns freed read scratch late, so the peak RSS varied
+    run to run (tests/test_memory.py; 3 splits of a 40 MB CSV: 57 MB with jemalloc, 104 to
+    134 MB with mimalloc). Without jemalloc (Windows wheels): the system allocator."""
     previous = pa.default_memory_pool()
     try:
         pa.set_memory_pool(pa.jemalloc_memory_pool())

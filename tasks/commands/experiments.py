@@ -1,17 +1,9 @@
 """Run a configuration as a DVC experiment: ``params.yaml`` and ``dvc.lock`` stay as they are.
 
-Presets (``make run PRESET=NAME``) and the Prefect flow's ``overrides`` come through here, so an
-ad-hoc configuration never changes what the next plain ``make run`` or scheduled run trains.
-``dvc exp run --temp -n NAME -S key=value ...`` copies the workspace (committed files plus
-uncommitted edits) into ``.dvc/tmp/exps/``, applies the overrides there, runs the stages and
-saves the result as an experiment: a git ref plus DVC-cached outputs. ``dvc exp show`` lists
-it beside the workspace; ``dvc exp apply NAME`` brings its params, ``dvc.lock`` and outputs in.
-
-Inside the copy the stages keep using the project's ``.state/`` (MLflow runs and registry,
-Optuna studies, checkpoints, caches): see :func:`tasks.core.environment.state_dir`.
-
-Before any work the overrides are validated by the typed params (a bad key is named), and the
-exact ``-S`` arguments are checked to produce, through DVC's own override code, the same params.
+Presets and the Prefect flow's ``overrides`` come through here, so an ad-hoc configuration
+never changes what the next plain ``make run`` trains. ``dvc exp run --temp -n NAME -S ...``
+runs the stages in a copy of the workspace and saves a git ref plus DVC-cached outputs; the
+stages keep using the project's ``.state/`` (:func:`tasks.core.environment.state_dir`).
 """
 
 from __future__ import annotations
@@ -35,8 +27,7 @@ from tasks.core.config import ParamsError, load_params
 from tasks.core.errors import StageError
 from tasks.core.paths import EXTERNAL_DATA_DIR, PRETRAINED_DIR
 
-# The input folders (dependencies in dvc.yaml): the only places data and start-point models
-# may come from, and where imports go.
+# The input folders (dvc.yaml deps): the only places data and start-point models come from.
 INPUT_DIRS = (EXTERNAL_DATA_DIR.as_posix(), PRETRAINED_DIR.as_posix())
 _STAGE_FAILED = re.compile(r"failed to reproduce '([^']+)'")
 _EXIT_CODE = re.compile(r"exited with (\d+)")
@@ -63,7 +54,7 @@ class Experiment:
     rev: str
     baseline: str
     overrides: dict[str, Any]
-    ran: list[str] = field(default_factory=list)  # stages that ran
+    ran: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)  # stages restored from DVC's run cache
     seconds: float = 0.0
     output: str = ""
@@ -77,19 +68,11 @@ class Experiment:
         )
 
 
-# --- -S arguments ------------------------------------------------------------------------------
-
-
 def set_param_args(params_file: Path, overrides: Mapping[str, Any]) -> list[str]:
-    """``dvc exp run -S`` arguments that give ``params_file`` exactly ``overrides``.
-
-    DVC parses ``-S`` with Hydra's grammar, which merges a mapping into an existing one;
-    ``overrides`` replace the value of each key (as :func:`tasks.core.config.load_params` does), so
-    a mapping over a mapping is sent as delete (``~key``) then add (``++key=value``).
-
-    Raises:
-        ParamsError: a bad key or value (named), or a value Hydra cannot express exactly.
-    """
+    """``dvc exp run -S`` arguments that give ``params_file`` exactly ``overrides``, checked
+    through DVC's own override code. Hydra merges a mapping into a mapping, so one that
+    replaces a mapping is sent as ``~key`` then ``++key=value``. Raises ParamsError on a bad
+    key or value (named) or one Hydra cannot express exactly."""
     expected = load_params(params_file, dict(overrides))  # names the bad key, before any work
     raw = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
     args = []
@@ -141,8 +124,7 @@ def _hydra_value(value: Any, key: str) -> str:
 
 
 def _check_round_trip(params_file: Path, args: list[str], expected: Any) -> None:
-    """Apply ``args`` to a copy of ``params_file`` with DVC's own code; the result must
-    validate to ``expected``."""
+    """Raise ParamsError unless ``args`` applied by DVC to a copy gives ``expected``."""
     from dvc.exceptions import InvalidArgumentError
     from dvc.utils.hydra import apply_overrides
 
@@ -159,19 +141,12 @@ def _check_round_trip(params_file: Path, args: list[str], expected: Any) -> None
         raise ParamsError(f"dvc exp run -S {' '.join(args)} would not set the same params")
 
 
-# --- experiment names and the git baseline ------------------------------------------------------
-
-
 def _git(project: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=project, capture_output=True, text=True)
 
 
 def baseline_commit(project: Path) -> str:
-    """The commit experiments of ``project`` start from (``HEAD``).
-
-    Raises:
-        ExperimentError: not a git repository, or no commit yet.
-    """
+    """``HEAD``, where experiments start; ExperimentError without a commit."""
     done = _git(project, "rev-parse", "--verify", "-q", "HEAD^{commit}")
     if done.returncode != 0:
         raise ExperimentError(
@@ -194,11 +169,7 @@ def experiment_refs(project: Path) -> dict[str, tuple[str, str]]:
 
 
 def check_name(name: str) -> None:
-    """An experiment name is part of a git ref (no spaces, ``..``, ``~``, ``:``...).
-
-    Raises:
-        ExperimentError: naming the bad name.
-    """
+    """Raise ExperimentError unless ``name`` is a valid git ref name (experiments are refs)."""
     done = subprocess.run(
         ["git", "check-ref-format", f"refs/exps/00/{'0' * 38}/{name}"], capture_output=True
     )
@@ -216,16 +187,8 @@ def unique_name(project: Path, base: str) -> str:
     return name
 
 
-# --- data imports ---------------------------------------------------------------------------------
-
-
 def check_imports(imports: Mapping[str, str], where: str) -> None:
-    """Each target must be an entry directly under ``data/external/`` (data) or
-    ``models/pretrained/`` (start-point models).
-
-    Raises:
-        ParamsError: naming the offending target.
-    """
+    """ParamsError (naming it) unless targets are ``data/external/*`` or ``models/pretrained/*``."""
     for target, source in imports.items():
         parts = Path(target).parts
         if len(parts) != 3 or "/".join(parts[:2]) not in INPUT_DIRS or ".." in parts:
@@ -240,16 +203,7 @@ def check_imports(imports: Mapping[str, str], where: str) -> None:
 def import_data(
     project: Path, imports: Mapping[str, str], on_line: Callable[[str], None] = print
 ) -> list[str]:
-    """Bring each target in from its source folder with ``dvc import-url`` (absolute path),
-    unless the target was already imported from that source; return the targets imported.
-
-    DVC git-ignores the data; its ``.dvc`` record (which ``dvc update`` reads) stays
-    untracked, never staged (``core.autostage`` is off): it names a folder outside the
-    project, so committing it would break every other checkout.
-
-    Raises:
-        ExperimentError: a source that does not exist, or a failed import.
-    """
+    """``dvc import-url`` each target unless done; the targets imported (ExperimentError)."""
     imported = []
     for target, source in imports.items():
         origin = Path(project, source).resolve()
@@ -278,19 +232,12 @@ def imported_from(project: Path, target: str) -> str | None:
 
 
 def uncommitted_inputs(project: Path) -> list[str]:
-    """Files in the input folders that git neither tracks nor ignores (new data or models,
-    the ``.dvc`` records of imports): ``--copy-paths`` of the experiment, whose copy of the
-    workspace otherwise holds only what git tracks (and what DVC checks out)."""
+    """Untracked, unignored files in the input folders: the experiment's ``--copy-paths``."""
     done = _git(project, "ls-files", "--others", "--exclude-standard", "--", *INPUT_DIRS)
     return [line for line in done.stdout.splitlines() if line]
 
 
-# --- running ------------------------------------------------------------------------------------
-
-
 def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This environment with the interpreter's tools first on PATH (stage commands run
-    ``python -m ...``)."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**os.environ, "PATH": path, **(extra or {})}
 
@@ -301,8 +248,7 @@ def _run_streamed(
     env: Mapping[str, str] | None,
     on_line: Callable[[str], None],
 ) -> tuple[str, int]:
-    """Run ``command`` in ``project``, passing each non-empty line that is not DVC noise to
-    ``on_line``; returns (the whole output, the exit code)."""
+    """Run ``command``, each non-noise line to ``on_line``; return (output, exit code)."""
     process = subprocess.Popen(
         command,
         cwd=project,
@@ -323,8 +269,7 @@ def _run_streamed(
 
 
 def _raise_if_failed(output: str, returncode: int, name: str) -> None:
-    """Raise ExperimentError naming the failed stage and its exit code (from DVC's log) with
-    the log's last 15 lines, when ``returncode`` is not 0."""
+    """Unless ``returncode`` is 0, raise ExperimentError: failed stage, exit code, log tail."""
     if returncode != 0:
         stages = _STAGE_FAILED.findall(output)
         codes = _EXIT_CODE.findall(output)
@@ -345,21 +290,11 @@ def run_experiment(
     on_line: Callable[[str], None] = print,
     env: Mapping[str, str] | None = None,
 ) -> Experiment:
-    """Run ``project``'s pipeline with ``overrides`` as DVC experiment ``name`` (a suffix is
-    added when the name is taken), streaming DVC's log lines to ``on_line``.
-
-    Args:
-        overrides: dotted params keys to values, e.g. ``{"prepare.seed": 7}``.
-        targets: stages to reproduce (with everything they depend on); default all.
-        imports: ``data/external/NAME: SOURCE`` (or ``models/pretrained/NAME``) to bring
-            in first when missing.
-        env: extra environment variables for the stages.
-
-    Raises:
-        ParamsError: a bad override (before any work).
-        ExperimentError: no git commit, a failed import, or a failed stage (``stage`` and
-            ``exit_code`` set; the log went to ``on_line``).
-    """
+    """Run ``project``'s pipeline with ``overrides`` (dotted keys, e.g. ``prepare.seed``) as
+    DVC experiment ``name`` (suffixed when taken), ``targets`` only (default all), after
+    bringing in ``imports`` (target: source); DVC's log lines go to ``on_line``. Raises
+    ParamsError on a bad override (before any work), ExperimentError on no git commit, a
+    failed import, or a failed stage (``stage`` and ``exit_code`` set)."""
     project = Path(project).resolve()
     overrides = dict(overrides)
     args = set_param_args(project / "params.yaml", overrides)

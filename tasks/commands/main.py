@@ -35,7 +35,7 @@ from tasks.core.config import DEFAULT_PARAMS
 from tasks.core.environment import PROJECT_ROOT
 from tasks.core.tracking import PIPELINE_RUN_ENV, end_execution, new_pipeline_id
 
-# name -> (module, its Typer app, help panel); each app is the module's own command line.
+# name -> (module whose Typer app is the command, help panel).
 DELEGATED = {
     "prepare": ("tasks.prepare", "Stages"),
     "validate": ("tasks.validate", "Stages"),
@@ -52,8 +52,7 @@ DELEGATED = {
     "servers": ("tasks.commands.servers", "Servers"),
     "sources": ("tasks.core.data.sources", "Pipeline"),
 }
-# Listed in this order (panels too); a module whose docstring is not about its command line
-# gets its summary here.
+# Listing order; SUMMARIES: for modules whose docstring is not about their command line.
 ORDER = [*list(DELEGATED)[:8], "run", "deploy", "sources", "model", "predict", "serve", "ui"]
 ORDER += ["servers"]
 SUMMARIES = {"sources": "The built-in datasets' download cache: fetch them once per checkout."}
@@ -68,12 +67,11 @@ def summary(module: str) -> str:
 
 
 def load(name: str) -> click.Command:
-    """The click command of ``finetune NAME``: the module's own Typer app (a stage's help
-    lists the params it reads, from tasks/core/config.py's descriptions)."""
+    """The click command of ``finetune NAME``: the module's Typer app, plus a stage's params."""
     module = importlib.import_module(DELEGATED[name][0])
     command = typer.main.get_command(module.app)
     command.name = name
-    params_help = stage_help(name)  # the keys the stage declares in dvc.yaml, described
+    params_help = stage_help(name)
     if params_help:
         command.help = f"{command.help}\n\n{params_help}"
     return command
@@ -115,8 +113,7 @@ app = typer.Typer(
 
 
 def command(panel: str):
-    """Register a command of this module: the stages' error handling, its own docstring as
-    help (not this module's, which is the group's)."""
+    """Register a command of this module, with its own docstring as help."""
 
     def decorate(func):
         doc = plain(reflow(inspect.cleandoc(func.__doc__ or "")))
@@ -154,7 +151,7 @@ def run(
     if flow:
         from flows.pipeline import training_pipeline
 
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         training_pipeline(preset=preset, stages=stage or None)
     elif preset:
         from tasks.commands.presets import main as run_preset
@@ -201,7 +198,7 @@ def serve(
     params = load_params(params_path)
     uri = tracking.use_store(params)
     model = model_uri or f"models:/{tracking.registered_model_name(params)}@champion"
-    hint = registry_hint(model)  # no such model or alias: why, and what to run
+    hint = registry_hint(model)
     if hint:
         raise StageError(hint)
     os.environ["MLFLOW_TRACKING_URI"] = uri

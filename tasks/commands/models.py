@@ -30,20 +30,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=user_help(__d
 
 
 def _scalar(value: str) -> str:
-    """``value`` as a YAML scalar that reads back as the same string (a sha of digits only
-    would otherwise read as a number)."""
+    """``value`` as a YAML scalar that reads back as the same string (a sha of digits too)."""
     text = yaml.safe_dump(value, default_style=None).splitlines()[0]
     return text if yaml.safe_load(text) == value and not text[0].isdigit() else f'"{value}"'
 
 
 def set_model_lines(text: str, name: str, revision: str) -> str:
-    """``text`` (a params.yaml) with ``model.name_or_path`` and ``model.revision`` set, every
-    other line and every comment kept: the values are replaced on their own lines (a missing
-    ``revision`` line is added under ``name_or_path``), nothing is re-dumped.
-
-    Raises:
-        ParamsError: the file has no block-style ``model.name_or_path`` line.
-    """
+    """``text`` (a params.yaml) with ``model.name_or_path`` and ``model.revision`` replaced on
+    their own lines, every other line and comment kept; ParamsError without a block-style
+    ``model.name_or_path`` line."""
     lines = text.splitlines(keepends=True)
     found = key_lines(text)
     if "model.name_or_path" not in found:
@@ -60,8 +55,7 @@ def set_model_lines(text: str, name: str, revision: str) -> str:
 
 
 def _replace_value(lines: list[str], index: int, value: str) -> None:
-    """Put ``value`` after the key of ``lines[index]``, keeping a trailing ``# comment`` at
-    its column where the value fits."""
+    """Put ``value`` after ``lines[index]``'s key, keeping a trailing comment at its column."""
     match = re.match(
         r"^(?P<key> *[\w-]+:)(?P<old>[^#\n]*?)(?P<gap> *)(?P<comment>#.*)?$",
         lines[index].rstrip("\n"),
@@ -112,21 +106,16 @@ def fetch(
         str, typer.Argument(help=f"A built-in encoder: {', '.join(BUILTIN_ENCODERS)}.")
     ],
 ) -> None:
-    """Fetch a built-in encoder into the download cache ahead of time (sha256-checked, once
-    per machine); the stages would otherwise fetch it on first use."""
+    """Fetch a built-in encoder into the download cache ahead of time (sha256-checked)."""
     if name not in BUILTIN_ENCODERS:
         raise ParamsError(f"{name!r} is not a built-in encoder ({', '.join(BUILTIN_ENCODERS)})")
     print(f"{name}: {encoder_dir(name)}")
 
 
 def roll_back(params: Params, to: int | None = None) -> tuple[str, str]:
-    """Move the ``champion`` alias of the project's registered model to version ``to``, or
-    to the version that was champion when the current one was registered (its
-    ``champion_before`` tag); tag the new champion ``rolled_back_from``. Returns (from, to).
-
-    Raises:
-        StageError: no champion, no earlier champion and no ``to``, or no such version.
-    """
+    """Move the ``champion`` alias to version ``to``, else to the current one's
+    ``champion_before``; tag it ``rolled_back_from``; return (from, to). StageError: no
+    champion, no earlier champion and no ``to``, or no such version."""
     import mlflow
     from mlflow.exceptions import MlflowException
 

@@ -1,10 +1,8 @@
 """The parameters, documented once: the field descriptions of tasks/core/config.py.
 
-From them come the table of ``finetune params`` (key, default, meaning), the JSON schema
-``params.schema.json`` (editors complete and check ``params.yaml`` with it: see the
-modeline at the top of that file) and ``finetune params --check``, which fails unless
-``params.yaml`` has every key, with the config's default and a comment, and the committed
-schema is the generated one.
+From them come ``finetune params`` (key, default, meaning), ``params.schema.json`` (for
+editors) and ``finetune params --check`` (``params.yaml`` has every key with the config's
+default and a comment; the committed schema is the generated one).
 """
 
 from __future__ import annotations
@@ -104,14 +102,12 @@ def schema() -> str:
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
-# Gap: PyYAML drops comments and ruamel.yaml attaches a comment line to the key *before* it;
-# this scanner gives each block-style key its line number and whether a comment documents it
-# (on its line, or on the line just above at the same indentation).
+# Gap: PyYAML drops comments and ruamel.yaml attaches a comment line to the key *before* it.
 _KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w-]*):(?P<rest>.*)$")
 
 
 def key_lines(text: str) -> dict[str, tuple[int, bool]]:
-    """Dotted key -> (line number, has a comment) for each block-style key of a YAML text."""
+    """Dotted key -> (line, documented by a comment) for each block-style key of a YAML text."""
     found: dict[str, tuple[int, bool]] = {}
     stack: list[tuple[int, str]] = []
     lines = text.splitlines()
@@ -132,12 +128,9 @@ def key_lines(text: str) -> dict[str, tuple[int, bool]]:
 
 
 def check(path: Path = DEFAULT_PARAMS, schema_file: Path = SCHEMA_FILE) -> list[str]:
-    """Where ``path`` disagrees with tasks/core/config.py, one line each (empty: it agrees).
-
-    Every key must be present with the config's default and a comment (a key written in
-    flow style, ``split: {train: 0.8, ...}``, is covered by its parent's comment); the
-    schema file must equal :func:`schema`.
-    """
+    """Where ``path`` disagrees with tasks/core/config.py, one line each (empty: it agrees):
+    every key present with the default and a comment (flow-style keys: the parent's), the
+    schema file equal to :func:`schema`."""
     text = path.read_text(encoding="utf-8")
     raw = yaml.safe_load(text) or {}
     loaded = load_params(path).model_dump(mode="json", by_alias=True)

@@ -5,13 +5,9 @@
     finetune predict --model-uri models:/rotten_tomatoes-text-classifier@challenger "..."
     python -m tasks.commands.predict --quantize --file texts.txt   # int8 dynamic quantization, CPU
 
-The version is verified before use and run by this project's code, never by code from the
-registry (tasks/core/registration/verified.py). Text classification prints the label and its score
-per
-text; token classification prints each entity with its type, score, character span
-``[start:end]`` and ``word``, which is ``text[start:end]``: the words as the text has them
-(case, accents, spacing), whatever the tokenizer did to them (see
-``tasks.core.entity_pipeline.EntityPipeline``).
+The version is verified and run by this project's code, never by code from the registry
+(tasks/core/registration/verified.py). Entities come with their span ``[start:end]`` and
+``word`` = ``text[start:end]`` (``tasks.core.entity_pipeline.EntityPipeline``).
 """
 
 from __future__ import annotations
@@ -48,15 +44,13 @@ def load_texts(texts: list[str], file: Path | None) -> list[str]:
     return collected
 
 
-# Texts per model call with --file: the progress (on stderr) and the output advance per chunk.
-CHUNK = 256
+CHUNK = 256  # texts per model call with --file: progress and output advance per chunk
 
 
 def predict(
     model_uri: str, texts: list[str], quantize: bool = False, tracking_uri: str | None = None
 ) -> list[dict[str, Any]]:
-    """One record per text: ``{text, label, score}`` or ``{text, entities: [...]}``; with
-    ``quantize``, by the model's int8 dynamic-quantized copy (tasks/commands/quantize.py)."""
+    """One record per text: ``{text, label, score}`` or ``{text, entities: [...]}``."""
     return list(predict_chunks(model_uri, texts, quantize=quantize, tracking_uri=tracking_uri))
 
 
@@ -67,8 +61,7 @@ def predict_chunks(
     quantize: bool = False,
     tracking_uri: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The records of :func:`predict`, :data:`CHUNK` texts per model call, reporting
-    texts done, rate and ETA (``tasks.core.progress``) when ``progress`` is set."""
+    """The records of :func:`predict`, :data:`CHUNK` texts per call, with progress if asked."""
     predictor = Predictor(load_model(model_uri, tracking_uri), quantize=quantize)
     reporter = Progress(len(texts), "predict", unit="text") if progress else None
     for start in range(0, len(texts), CHUNK):
@@ -81,9 +74,8 @@ def predict_chunks(
 
 
 def load_model(model_uri: str, tracking_uri: str | None = None) -> VerifiedModel:
-    """The version at ``model_uri``, downloaded and verified (tasks/core/registration/verified.py;
-    ``tracking_uri`` None: MLflow's current registry URI); a missing model or alias says why
-    and what to run."""
+    """The version at ``model_uri``, downloaded and verified; a missing model or alias raises
+    StageError saying why and what to run."""
     import mlflow
 
     try:
@@ -96,11 +88,8 @@ def load_model(model_uri: str, tracking_uri: str | None = None) -> VerifiedModel
 
 
 class Predictor:
-    """A verified model run by this project's code: weights and tokenizer loaded by
-    transformers (:func:`~tasks.core.registration.verified.load_verified`), int8 dynamic-quantized
-    with
-    ``quantize``; calling it on texts gives ``{label, score}`` per text (text classification)
-    or a list of entities per text (``EntityPipeline``'s, token classification)."""
+    """A verified model run by this project's code (optionally int8-quantized); called on
+    texts it gives ``{label, score}`` or a list of entities per text."""
 
     def __init__(self, verified: VerifiedModel, quantize: bool = False):
         self.task = verified.task
@@ -115,10 +104,7 @@ class Predictor:
 
 
 def classify(model: Any, tokenizer: Any, texts: list[str], batch: int = 32) -> list[dict]:
-    """``{label, score}`` per text: the most probable label (``config.id2label``) and its
-    softmax probability, as the transformers text-classification pipeline gives them; texts
-    sorted by length into batches of ``batch`` (little padding), truncated to the model's
-    window."""
+    """``{label, score}`` per text (as transformers' pipeline), batches sorted by length."""
     import torch
 
     window = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings",
@@ -138,7 +124,7 @@ def classify(model: Any, tokenizer: Any, texts: list[str], batch: int = 32) -> l
 
 def records(texts: list[str], output: list[Any]) -> list[dict[str, Any]]:
     """The model's ``output`` for ``texts`` (a :class:`Predictor`'s) as one record per text."""
-    if output and isinstance(output[0], dict):  # text classification: label and score
+    if output and isinstance(output[0], dict):
         return [
             {"text": t, "label": r["label"], "score": float(r["score"])}
             for t, r in zip(texts, output, strict=True)
@@ -147,8 +133,7 @@ def records(texts: list[str], output: list[Any]) -> list[dict[str, Any]]:
 
 
 def registry_hint(model_uri: str) -> str | None:
-    """Why ``models:/NAME@alias`` cannot be loaded and what to do: the model or the alias
-    is missing (with the aliases that exist and the gate's reason for the latest version)."""
+    """Why ``models:/NAME@alias`` cannot be loaded and what to do; None when it can."""
     import mlflow
     from mlflow.exceptions import MlflowException
 

@@ -1,15 +1,10 @@
 """Ready-made configurations (``presets/NAME.yaml``), each run as a DVC experiment on your copy
 of its dataset.
 
-A preset file holds ``params:``, dotted params keys whose values replace those keys (as
-``dvc exp run -S key=value``), and ``data:``, the files your copy of the dataset must hold
-(``files:``) and their format (``format:``). ``--data PATH`` imports the folder PATH into
-``data/external/NAME`` with ``dvc import-url`` (its origin recorded in ``NAME.dvc``, which
-stays uncommitted: nothing committed points outside the project); later runs reuse it.
-
-Running a preset never writes ``params.yaml``: the pipeline runs as experiment NAME (NAME-2,
-... when taken) in a temporary copy of the workspace (see tasks/commands/experiments.py); ``dvc exp
-show`` lists it and ``dvc exp apply NAME`` brings its results into the workspace.
+A preset file holds ``params:`` (dotted keys and values) and ``data:`` (the ``files:`` your
+copy must hold, their ``format:``). ``--data PATH`` imports PATH into ``data/external/NAME``
+(``dvc import-url``; the ``.dvc`` record stays uncommitted); later runs reuse it. A preset
+never writes ``params.yaml`` (tasks/commands/experiments.py).
 
     finetune run --preset conll2003 --data /path/to/conll2003    # make run PRESET=... DATA=...
     python -m tasks.commands.presets conll2003 --stage validate   # only up to validate
@@ -63,11 +58,7 @@ class Preset:
 
     def data_imports(self, project: Path, data: Path | None = None) -> dict[str, str]:
         """``{target: source}`` for :func:`run_experiment`: ``data`` (checked to hold every
-        file), or nothing when ``data`` is None and an earlier import holds every file.
-
-        Raises:
-            ParamsError: no data given and none imported, or files missing (one line each).
-        """
+        file), or nothing when an earlier import holds every file; ParamsError otherwise."""
         folder = Path(data).expanduser().resolve() if data is not None else project / self.target
         if data is None and not folder.is_dir():
             raise ParamsError(self.needs())
@@ -78,17 +69,12 @@ class Preset:
 
 
 def available_presets(presets_dir: Path = PRESETS_DIR) -> list[str]:
-    """Names of the presets shipped in ``presets_dir``."""
     return sorted(path.stem for path in presets_dir.glob("*.yaml"))
 
 
 def load_preset(name: str, presets_dir: Path = PRESETS_DIR) -> Preset:
-    """Read preset ``name`` (its params are validated when it runs, against params.yaml).
-
-    Raises:
-        ParamsError: a bad or unknown name, or a file without a ``params:`` mapping of dotted
-            keys and a ``data:`` mapping of ``files`` and ``format``.
-    """
+    """Read preset ``name`` (params validated when it runs); ParamsError for a bad or unknown
+    name or a file without ``params:`` and ``data:`` (``files``, ``format``) mappings."""
     known = ", ".join(available_presets(presets_dir)) or "none"
     if not PRESET_NAME.match(name):
         raise ParamsError(f"preset {name!r}: a name is letters, digits, - and _ (known: {known})")

@@ -1,9 +1,7 @@
 """Dynamic int8 quantization for CPU inference (``predict --quantize``).
 
-``torch.ao.quantization.quantize_dynamic`` replaces every ``nn.Linear`` (attention, feed-forward,
-classifier head) by a dynamic-quantized one: int8 weights, activations quantized per batch at
-run time; embeddings and LayerNorm stay fp32. No calibration data and no retraining; the
-measured speed-up and accuracy change are in bench/RESULTS.md (``bench/quantize.py``).
+``quantize_dynamic`` makes every ``nn.Linear`` int8 (activations quantized per batch at run
+time); no calibration, no retraining. Speed and accuracy: bench/RESULTS.md, quantize.
 """
 
 from __future__ import annotations
@@ -15,11 +13,8 @@ from tasks.core.errors import StageError
 
 
 def quantize_model(model: Any) -> Any:
-    """An int8 dynamic-quantized copy of the torch ``model`` (fp32, eval mode) for CPU.
-
-    Raises:
-        StageError: this torch build has no int8 CPU engine.
-    """
+    """An int8 dynamic-quantized copy of the torch ``model`` (fp32, eval mode) for CPU;
+    StageError when this torch build has no int8 CPU engine."""
     import torch
     from torch.ao.quantization import quantize_dynamic
 
@@ -27,11 +22,8 @@ def quantize_model(model: Any) -> Any:
     if not any(engine in engines for engine in ("x86", "fbgemm", "qnnpack")):
         raise StageError(f"--quantize: this torch build has no int8 CPU engine ({engines})")
     model = model.to("cpu", dtype=torch.float32).eval()
-    # torch 2.13 deprecates quantize_dynamic for torchao's ``quantize_``
-    # (Int8DynamicActivationInt8WeightConfig); torchao is not in requirements.lock, so the
-    # deprecated API stays, its warning silenced here only.
-    # test_quantize.py::test_the_deprecated_api_is_still_the_one_available fails when torch
-    # removes it or torchao becomes installed: migrate then.
+    # torch 2.13 deprecates this for torchao (not in requirements.lock): warning silenced;
+    # test_quantize.py::test_the_deprecated_api_is_still_the_one_available says when to move.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

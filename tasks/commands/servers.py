@@ -5,19 +5,11 @@
     python -m tasks.commands.servers url mlflow      # the URL of a database (created when missing)
     python -m tasks.commands.servers tracking        # MLflow server on PostgreSQL (foreground)
 
-PostgreSQL runs Debian's binaries (``initdb``/``pg_ctl``) on a data directory inside the
-project (``.state/postgres``), listening on 127.0.0.1 only (no Unix socket). Its superuser
-``finetune`` (random password in ``.state/postgres/password``, 0600) only creates databases:
-each database gets its own login role ``<name>_user``, without superuser, database or role
-rights, owning its database, which no other role may connect to. Its random password goes to
-the PostgreSQL password file (``PGPASSFILE``, default ``.state/pgpass``, 0600) that libpq
-reads, so the printed URLs hold none. PostgreSQL refuses to run as root: as root, its files
-belong to the ``postgres`` user (created when missing), its commands run through ``runuser``,
-and ``.state`` keeps only the execute bit for others (0711: no listing) so that user reaches
-its folder. The tracking server keeps runs and the registry in the
-``mlflow`` database and proxies artifacts into ``.state/mlflow-server/artifacts``: clients
-need only ``http://127.0.0.1:PORT`` (``tracking.uri`` or ``MLFLOW_TRACKING_URI``), never a
-path or a bucket of their own.
+PostgreSQL (Debian's binaries) keeps its data in ``.state/postgres`` and listens on 127.0.0.1
+only. Its superuser ``finetune`` only creates databases, each with its own unprivileged login
+role ``<name>_user`` whose random password goes to ``PGPASSFILE`` (0600), so printed URLs
+hold none; as root, the server runs as user ``postgres`` (it refuses root). The tracking
+server proxies artifacts, so clients need only its URL. Security model: docs/servers.md.
 """
 
 from __future__ import annotations
@@ -95,8 +87,7 @@ class Postgres:
         return self.root / "password"
 
     def url(self, database: str) -> str:
-        """SQLAlchemy/libpq URL of ``database`` for its own role, without the password
-        (libpq takes it from ``PGPASSFILE``, see :meth:`create_database`)."""
+        """libpq URL of ``database`` for its own role, without the password (``PGPASSFILE``)."""
         return f"postgresql://{database_role(database)}@127.0.0.1:{self.port}/{database}"
 
     def _admin(self) -> Any:
@@ -127,8 +118,8 @@ class Postgres:
         return done
 
     def _check_reachable(self) -> None:
-        """As root, the server user must be able to enter every folder above ``root``; the
-        project's own ``.state`` (0700) gets the execute bit for others (enter, not list)."""
+        """As root: StageError unless the server user can enter every folder above ``root``;
+        ``.state`` gets the execute bit for others (enter, not list)."""
         user = _server_user()
         if user is None:
             return
@@ -136,7 +127,7 @@ class Postgres:
         if self.root.resolve().is_relative_to(state) and state.is_dir():
             state.chmod(state.stat().st_mode & 0o777 | 0o001)
         for folder in reversed(self.root.resolve().parents):
-            if not folder.exists():  # created by us below, enterable by all (umask 022)
+            if not folder.exists():
                 break
             probe = ["runuser", "-u", user.pw_name, "--", "test", "-x", str(folder)]
             if subprocess.run(probe, capture_output=True).returncode != 0:
@@ -197,14 +188,9 @@ class Postgres:
             self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data.resolve()))
 
     def create_database(self, name: str) -> str:
-        """Create ``name`` and its login role ``<name>_user`` (no superuser, no CREATEDB, no
-        CREATEROLE; owner of ``name``; other roles cannot connect) unless they exist; give
-        the role a new random password when ``PGPASSFILE`` has none for it; return the URL
-        (without the password).
-
-        Raises:
-            StageError: ``name`` is not a plain identifier.
-        """
+        """Create ``name`` and its unprivileged login role ``<name>_user`` (owner; other roles
+        cannot connect) unless they exist, with a new random password in ``PGPASSFILE`` when it
+        has none; return the URL without the password. StageError: not a plain identifier."""
         from psycopg2 import sql
 
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,57}", name):
@@ -248,7 +234,6 @@ class Postgres:
 
 
 def database_role(database: str) -> str:
-    """The login role of ``database``."""
     return f"{database}_user"
 
 
@@ -270,8 +255,7 @@ def read_pgpass(port: int, database: str, role: str) -> str | None:
 
 
 def write_pgpass(port: int, database: str, role: str, password: str) -> None:
-    """Set the entry of ``role`` on ``database`` in ``PGPASSFILE`` (created 0600, which libpq
-    requires; replaced whole under a lock, so two writers keep both entries)."""
+    """Set ``role``'s entry in ``PGPASSFILE`` (0600; under a lock: two writers keep both)."""
     path = pgpass_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     key = _pgpass_key(port, database, role)
@@ -291,16 +275,13 @@ def write_pgpass(port: int, database: str, role: str, password: str) -> None:
 def tracking_server_command(
     backend_uri: str, artifacts: Path, port: int = MLFLOW_PORT, workers: int = 1
 ) -> tuple[list[str], dict[str, str]]:
-    """``mlflow server`` on ``backend_uri`` with artifacts proxied into ``artifacts``: the
-    command and the variables to add to its environment (the backend URI goes there, so its
-    password is not in the process list)."""
+    """``mlflow server`` command and extra env (the backend URI: no password in ``ps``)."""
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--serve-artifacts", "--artifacts-destination", str(artifacts.resolve()),
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
     ]  # fmt: skip
-    # The server's job runner (Huey consumer processes for GenAI scorers and trace archival)
-    # does nothing for this project's runs and registry: off, it starts no extra processes.
+    # The job runner (GenAI scorers, trace archival) does nothing here: off, no extra processes.
     env = {"MLFLOW_BACKEND_STORE_URI": backend_uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return command, env
 
@@ -331,9 +312,8 @@ def url(
     database: Annotated[str, typer.Argument(help="Database name (created when missing).")],
     port: Annotated[int, typer.Option(help="Port of the running server.")] = DEFAULT_PORT,
 ) -> None:
-    """Print the URL of a database of the running server, e.g. for ``tune.storage``; the
-    database and its own login role are created when missing, the role's password written
-    to .state/pgpass (PGPASSFILE), never printed."""
+    """Print the URL of a database (e.g. for ``tune.storage``), creating it and its login role
+    when missing; the password goes to .state/pgpass (PGPASSFILE), never printed."""
     typer.echo(Postgres(port=port).create_database(database))
 
 

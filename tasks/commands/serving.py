@@ -2,11 +2,9 @@
 routes, formats and request timeout as ``mlflow models serve``) behind request limits, serving
 only a verified version, run by this project's code (:func:`served_model`).
 
-MLflow's server reads any body whole and predicts any number of inputs at once: one request
-can take the machine's memory. :class:`RequestLimits` (hand-written: neither MLflow nor
-uvicorn has a body or batch limit) refuses, before the model sees them, a POST body over
-``max_bytes`` (413, counted while it arrives, whatever Content-Length says) and a batch of
-more than ``max_batch`` inputs (413), each with a one-line JSON reason.
+:class:`RequestLimits` (hand-written: neither MLflow nor uvicorn limits body or batch size, so
+one request could take the machine's memory) answers 413 to a POST body over ``max_bytes``
+(counted as it arrives) or over ``max_batch`` inputs, before the model sees it.
 """
 
 from __future__ import annotations
@@ -19,15 +17,14 @@ if TYPE_CHECKING:
     from tasks.commands.predict import Predictor
 
 MAX_BYTES = 1_000_000  # a POST body: ~2,000 reviews of 500 characters
-MAX_BATCH = 256  # inputs per request
+MAX_BATCH = 256
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def batch_size(body: bytes) -> int:
-    """The number of inputs of a scoring request (MLflow's JSON formats: ``inputs``,
-    ``instances``, ``dataframe_records``, ``dataframe_split``; CSV: its lines)."""
+    """The number of inputs of a scoring request (MLflow's JSON formats, or CSV lines)."""
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -91,9 +88,7 @@ async def _refuse(send: Send, reason: str) -> None:
 
 
 class ServedModel:
-    """The pyfunc implementation ``finetune serve`` runs: a :class:`Predictor` (verified
-    weights, this project's code) answering MLflow's scoring-server inputs, as the registered
-    flavours answer them (text: a frame of label and score; tokens: entity lists)."""
+    """The pyfunc ``finetune serve`` runs: a :class:`Predictor` answering as the flavours do."""
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
@@ -107,14 +102,12 @@ class ServedModel:
 
 
 def served_model(model_uri: str, tracking_uri: str) -> Any:
-    """The verified version at ``model_uri`` as a pyfunc model built here: its ``MLmodel``
-    (signature; read as YAML data) and :class:`ServedModel`; nothing from the registry is
-    unpickled or executed (tasks/core/registration/verified.py)."""
+    """The verified version at ``model_uri`` as a pyfunc model built here (its ``MLmodel``
+    read as YAML data): nothing from the registry is unpickled or executed."""
     from mlflow.models import Model
     from mlflow.pyfunc import PyFuncModel
 
-    # Here, not at the top: every `finetune` command imports this module for its limits,
-    # and predict's imports (mlflow, torch) take seconds.
+    # Not at the top: every `finetune` command imports this module; predict's imports are slow.
     from tasks.commands.predict import Predictor, load_model
 
     verified = load_model(model_uri, tracking_uri)
@@ -122,8 +115,7 @@ def served_model(model_uri: str, tracking_uri: str) -> Any:
 
 
 def serve(model_uri: str, port: int, max_bytes: int, max_batch: int, tracking_uri: str) -> None:
-    """Verify ``model_uri`` in the store at ``tracking_uri`` and serve it on
-    127.0.0.1:``port``."""
+    """Verify ``model_uri`` in the store at ``tracking_uri``; serve it on 127.0.0.1:``port``."""
     import uvicorn
     from mlflow.pyfunc import scoring_server
 

@@ -1,6 +1,5 @@
-"""What every tune trial trains and is scored on: a stratified ``tune.train_fraction`` of the
-tokenized train split and the whole validation split (the test split is never opened), the
-trivial baseline's score, and the fingerprint of the configuration that names the study."""
+"""What every tune trial trains and is scored on (never the test split), the trivial
+baseline's score, and the configuration's fingerprint that names the study."""
 
 from __future__ import annotations
 
@@ -30,7 +29,7 @@ class TuningData:
     tokenizer: Any
     train: Any  # the stratified subset, model columns and length
     validation: Any
-    train_examples: int  # of the whole train split
+    train_examples: int
     fingerprint: str  # the configuration whose trials are comparable: names the study
     baseline: float = 0.0  # the metric of the trivial prediction on validation
     whole_train: Any = None  # the whole train split, as train (the finalists round)
@@ -42,8 +41,7 @@ class TuningData:
 
 
 def stratified_subset(keys: list[Any], fraction: float, seed: int) -> list[int]:
-    """Indices of about ``fraction`` of the rows, the same share of every key (at least one
-    row per key), chosen reproducibly by ``seed``; sorted."""
+    """Sorted indices of about ``fraction`` of the rows, per key (at least one), by ``seed``."""
     import random
 
     if fraction >= 1:
@@ -61,8 +59,7 @@ def stratified_subset(keys: list[Any], fraction: float, seed: int) -> list[int]:
 
 
 def _strata(task: str, labels_column: list[Any], label_names: list[str]) -> list[Any]:
-    """Stratification key per example: the label (text), or the first entity tag of the
-    sentence, ``O`` for none (token classification)."""
+    """Stratification key per example: the label, or the sentence's first entity tag (``O``)."""
     if task == "text_classification":
         return list(labels_column)
     outside = label_names.index("O") if "O" in label_names else -1
@@ -73,12 +70,7 @@ def _strata(task: str, labels_column: list[Any], label_names: list[str]) -> list
 
 
 def load_tuning_data(params: Params, tokenized_dir: Path, state_dir: Path) -> TuningData:
-    """Load train (a stratified ``train_fraction``) and validation; the test split is never
-    opened.
-
-    Raises:
-        StageError: missing or mismatched tokenized data.
-    """
+    """Train (a stratified ``train_fraction``) and validation; StageError for bad tokenized data."""
     task, tokenized_dir = params.task, Path(tokenized_dir)
     splits, manifest = load_tokenized(tokenized_dir, task, ("train", "validation"))
     source = resolve_model_source(
@@ -111,9 +103,7 @@ def load_tuning_data(params: Params, tokenized_dir: Path, state_dir: Path) -> Tu
 def _configuration(
     params: Params, source: ModelSource, data: list[str], labels: list[str], metric: str
 ) -> str:
-    """The fingerprint of what makes two trials comparable (it names the study): the data,
-    model, labels, metric, the train values outside the space, the space itself,
-    ``train_fraction`` and ``evals_per_epoch``."""
+    """The fingerprint of what makes two trials comparable (it names the study)."""
     tune = params.tune
     identity = {
         "task": params.task,
@@ -135,9 +125,7 @@ def _configuration(
 
 
 def trivial_baseline(task: str, gold: list[Any], labels: list[str], metric: str) -> float:
-    """``metric`` of the best constant prediction, scored like a trial (``metrics_function``):
-    the most frequent validation label for text (it maximises accuracy, macro and weighted
-    F1 among constants), no entities (``O`` everywhere: entity F1 0) for token tasks."""
+    """``metric`` of the best constant prediction (the top label, or no entities)."""
     import numpy as np
     from transformers import EvalPrediction
 
@@ -157,7 +145,7 @@ def trivial_baseline(task: str, gold: list[Any], labels: list[str], metric: str)
 
 
 def _dataset_fingerprint(directory: Path, dataset: Any) -> str:
-    """The content fingerprint tokenize stores in ``state.json`` (stable across runs)."""
+    """The content fingerprint tokenize stores in ``state.json``."""
     with contextlib.suppress(OSError, ValueError, KeyError):
         return json.loads((directory / "state.json").read_text())["_fingerprint"]
     return str(getattr(dataset, "_fingerprint", ""))

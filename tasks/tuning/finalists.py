@@ -1,15 +1,8 @@
-"""The finalists round: the search ranks configurations on a share of train
-(``tune.train_fraction``); a ranking there does not transfer to the whole split (fewer steps
-favour large learning rates and short warm-ups: on rotten tomatoes the winner on 20%, lr
-2.1e-4 and warm-up 0.19, trained on all of train reached 0.809 test accuracy against the
-defaults' 0.821). So when a searched trial
-beats the defaults on the share, the ``tune.finalists`` best searched trials and the
-defaults are trained again on the whole train split, each as train would (its epochs, no
-pruning), and the choice is made there: like with like, with the budget train will spend.
-
-The finalists are trials of a second study, ``{study}-full`` in the same storage: a re-run
-finds them finished and trains only what is missing (a new finalist after a top-up, or one
-whose run failed)."""
+"""The finalists round: a ranking on ``tune.train_fraction`` of train does not transfer to the
+whole split (bench/RESULTS.md, tune_transfer), so when a searched trial beats the defaults
+there, the ``tune.finalists`` best and the defaults are trained again on the whole split as
+train would, and the choice is made there. They are trials of the study ``{study}-full`` in
+the same storage: a re-run trains only what is missing."""
 
 from __future__ import annotations
 
@@ -38,8 +31,7 @@ def finalists_study_name(name: str) -> str:
 
 
 def pick_finalists(trials: list[FrozenTrial], baseline: float, count: int) -> list[FrozenTrial]:
-    """The ``count`` best completed searched trials above the trivial baseline (best first;
-    ties: the earlier trial)."""
+    """The ``count`` best completed searched trials above ``baseline`` (ties: the earlier)."""
     searched = [
         t
         for t in trials
@@ -52,9 +44,7 @@ def pick_finalists(trials: list[FrozenTrial], baseline: float, count: int) -> li
 
 
 def needed(params: Params, search_choice: dict[str, Any]) -> bool:
-    """Whether a finalists round can change the decision: finalists are asked for, trials
-    trained on a share of train, and a searched trial beat the defaults there (if none did,
-    the defaults stay without more training)."""
+    """Whether a finalists round can change the decision."""
     tune = params.tune
     return tune.finalists > 0 and tune.train_fraction < 1 and search_choice["source"] == "tuned"
 
@@ -66,9 +56,7 @@ def run_finalists(
     finalists: list[FrozenTrial],
     objective: Any,
 ) -> list[FrozenTrial]:
-    """Train the defaults and each finalist on the whole train split (``objective`` holds
-    that data) in the study ``{name}-full``; returns that study's trials. Finished ones
-    of an earlier run are kept, not trained again."""
+    """Train the defaults and finalists with ``objective`` in ``{name}-full``; its trials."""
     study = optuna.create_study(
         study_name=finalists_study_name(name),
         storage=storage,
@@ -85,7 +73,7 @@ def run_finalists(
             study.enqueue_trial(trial.params, user_attrs=attrs)
     quiet_optuna()
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    for index, queued in enumerate(waiting, 1):  # optimize takes them in this order
+    for index, queued in enumerate(waiting, 1):
         number = queued.user_attrs.get("search_trial")
         what = "the defaults" if number is None else f"trial {number}"
         log.info("whole train split, run %d of %d: %s", index, len(waiting), what)
@@ -103,16 +91,10 @@ def choose_on_full_train(
     metric: str,
     defaults_trial: int | None,
 ) -> dict[str, Any] | None:
-    """The choice among the finalists and the defaults from their scores on the whole train
-    split: a finalist only if it beats the defaults and the trivial baseline (ties keep the
-    defaults, then the better-ranked finalist). ``None`` when the defaults or a finalist did
-    not complete there (the caller keeps the decision made on the share).
-
-    Returns the keys of :func:`tasks.tuning.results.choose` that change (``source``,
-    ``reason``, ``best_trial``: a search trial, or ``defaults_trial`` for the defaults;
-    ``best_value``: its score on the whole split; ``params``), ``defaults_full_value`` and
-    ``finalists``: per finalist its search trial and its score on the share and on the
-    whole split."""
+    """The choice on the whole train split: a finalist only if it beats the defaults and the
+    trivial baseline (ties: the defaults, then the better-ranked finalist); ``None`` when one
+    did not complete there. Returns :func:`tasks.tuning.results.choose`'s changed keys,
+    ``defaults_full_value`` and ``finalists`` (each one's scores on share and whole split)."""
     values = defaults_values(params)
     complete = [t for t in full_trials if t.state == TrialState.COMPLETE and t.value is not None]
     own = next((t for t in complete if is_defaults(t, values)), None)
@@ -151,9 +133,7 @@ def decide_on_whole_train(
     summary: dict[str, Any],
     objective: Objective,
 ) -> dict[str, Any]:
-    """The finalists round: the summary keys it decides. When the defaults or a finalist
-    could not be trained on the whole split (``tune.timeout``, a failure), the decision on
-    the share stands and ``decided_on`` says so."""
+    """The finalists round's summary keys (incomplete: the share's choice stands)."""
     chosen = pick_finalists(trials, data.baseline, params.tune.finalists)
     full_trials = run_finalists(params, storage, name, chosen, objective)
     decision = choose_on_full_train(
@@ -166,6 +146,6 @@ def decide_on_whole_train(
     return {
         **decision,
         "decided_on": "whole train split",
-        "finalist_epochs": round(epochs, 3),  # reports: epochs over the whole split
+        "finalist_epochs": round(epochs, 3),
         "examples_trained": summary["examples_trained"] + round(epochs * len(data.whole_train)),
     }

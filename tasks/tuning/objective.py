@@ -1,9 +1,6 @@
-"""One tune trial: train the trial's values with the train stage's own pieces
-(``tasks.core.modeling.training``) on the tuning data, evaluate ``tune.evals_per_epoch`` times per
-epoch,
-report each score to Optuna (and the trial's nested MLflow run) and stop when the pruner or
-``tune.timeout`` says so. The trial's value is its best evaluation, as train keeps its best
-epoch."""
+"""One tune trial: train with the train stage's own pieces, evaluate ``tune.evals_per_epoch``
+times per epoch, report each score to Optuna and MLflow, stop when the pruner or
+``tune.timeout`` says so. The value is the best evaluation, as train keeps its best epoch."""
 
 from __future__ import annotations
 
@@ -43,9 +40,7 @@ log = logging.getLogger("tasks.tune")
 
 
 class ReportToTrial(TrainerCallback):
-    """Optuna pruning: evaluate ``per_epoch`` times per epoch, report each score to the trial
-    (and its MLflow run) and stop training when the trial is pruned or the search's time
-    budget (``deadline``, monotonic seconds) is spent."""
+    """Evaluate ``per_epoch`` times per epoch, report to the trial, stop when pruned or late."""
 
     def __init__(
         self,
@@ -96,17 +91,10 @@ class ReportToTrial(TrainerCallback):
             scores["epoch"] = round(float(state.epoch or 0), 4)
             mlflow.log_metrics(scores, step=step)
         self.trial.report(value, step)
-        # Token tasks: entity F1 stays 0 for the first evaluations of most trials (no
-        # whole entity found yet), so early rungs would rank ties at random and prune
-        # trials that have not started to learn. No pruning decision is asked for (and no
-        # rung recorded) until this trial's score is first above 0; the trial then
-        # enters every rung it passed with that score. (Validation loss would be
-        # measurable from the start but ranks trials by a quantity they are not chosen
-        # by, and would need a second, minimised objective.)
+        # Token tasks: entity F1 is 0 early (ties): no pruning decision until it is above 0.
         if self.wait_for_signal and max(self.values) <= 0:
             return control
-        # The defaults trial is asked too (its scores are the pruner's reference) but
-        # always runs to its end: the final choice compares it whole.
+        # The defaults trial reports (the pruner's reference) but is never pruned.
         if self.trial.should_prune() and self.prunable:
             self.pruned = True
             control.should_training_stop = True
@@ -118,8 +106,7 @@ class TrialTimedOut(Exception):
 
 
 class SurplusTrial(Exception):
-    """Another worker started the study's last missing trial first: failed before training
-    (no values sampled), so the study ends with exactly ``tune.n_trials`` finished trials."""
+    """Another worker started the study's last missing trial first: failed before training."""
 
 
 @dataclass
@@ -129,18 +116,9 @@ class TrialRecord:
 
 
 class Objective:
-    """Train and evaluate one trial's values; the study's objective function.
-
-    Args:
-        params: validated parameters (the ``train`` section is the base of every trial).
-        data: from :func:`load_tuning_data`.
-        parent_run_id: the stage's MLflow run; ``None`` logs nothing to MLflow.
-        experiment_id: the MLflow experiment of the parent run.
-        deadline: ``time.monotonic()`` at which the search's time budget ends: a trial still
-            training then stops (recorded as failed, ``stopped: timeout``).
-        finalists: the trials are the finalists round's (``tasks.tuning.finalists``): no
-            surplus rule (the stage alone runs them), runs named ``full-train-<trial>``.
-    """
+    """The study's objective: train and evaluate one trial's values over ``params.train``.
+    ``parent_run_id`` None: no MLflow; at ``deadline`` a trial stops (``stopped: timeout``);
+    ``finalists``: no surplus rule, runs named ``full-train-<trial>``."""
 
     def __init__(
         self,
@@ -217,7 +195,7 @@ class Objective:
         if retry_of is not None:
             tags["trial.retry_of"] = str(retry_of)
         name = f"trial-{trial.number}"
-        if self.finalists:  # the search trial it re-trains, or the defaults
+        if self.finalists:
             name = f"full-train-{trial.user_attrs.get('search_trial', DEFAULTS_ROLE)}"
         run = mlflow.start_run(
             run_name=name,
@@ -257,9 +235,7 @@ class Objective:
             transformers.set_seed(tp.seed)  # the same head initialisation in every trial
             model, _ = build_model(data.task, data.source, data.labels, tp.dropout)
             model = apply_method(model, data.task, tp)
-            # The train stage's batches (token budget, scaled learning rate) in every trial.
             mean_batch = budget_mean_batch(tp, list(data.train["length"]), data.tokenizer)
-            # No evaluation schedule (the reporter asks at its own points), no checkpoints.
             args = training_arguments(
                 tp, precision, scratch, best_metric=None, log_steps=False, mean_batch=mean_batch
             )
@@ -272,7 +248,7 @@ class Objective:
                 data.task, model, args, splits, data.tokenizer, data.labels, [reporter],
                 max_tokens=tp.max_tokens_per_batch,
             )  # fmt: skip
-            trainer.remove_callback(PrinterCallback)  # no metrics dicts on stdout
+            trainer.remove_callback(PrinterCallback)
             trainer.train()
             record.epochs = float(trainer.state.epoch or 0)
             record.evaluations = len(reporter.values)
@@ -284,11 +260,11 @@ class Objective:
                 )
             if not reporter.values:
                 raise StageError("the trial ran no evaluation")
-            return max(reporter.values)  # train keeps its best epoch too
+            return max(reporter.values)
         finally:
             if trainer is not None:
                 record.epochs = float(trainer.state.epoch or 0)
-                trainer.accelerator.free_memory()  # drops its model/optimizer references
+                trainer.accelerator.free_memory()
                 trainer.model = trainer.model_wrapped = None
                 trainer.optimizer = trainer.lr_scheduler = None
             del model, trainer
@@ -296,8 +272,7 @@ class Objective:
 
 
 def free_memory() -> None:
-    """Collect the finished trial's model, optimizer and Trainer (reference cycles), and
-    give cached GPU memory back."""
+    """Collect the finished trial's objects (reference cycles); give cached GPU memory back."""
     gc.collect()
     with contextlib.suppress(ImportError):
         import torch

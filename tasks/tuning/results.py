@@ -1,6 +1,5 @@
-"""What a finished search leaves: the choice between the best searched trial and the
-defaults (``best_params.json``, train's input), ``tune_trials.csv``, ``tune_report.md``, the
-three plots, and the summary on the stage's MLflow run."""
+"""What a finished search leaves: ``best_params.json`` (train's input), ``tune_trials.csv``,
+``tune_report.md``, the plots, the summary on the stage's MLflow run."""
 
 from __future__ import annotations
 
@@ -28,8 +27,7 @@ PLOTS = {
     "importance": "tune_importance.png",
     "intermediate": "tune_intermediate.png",
 }
-# What best_params.json holds (train's input): the same for two identical runs, so no
-# storage path, trial counts, durations, dates or run ids (those go to the other reports).
+# best_params.json (train's input): identical runs, identical file (no paths, counts, dates).
 BEST_PARAMS_KEYS = (
     "status", "source", "reason", "study_name", "fingerprint", "metric", "direction",
     "baseline", "defaults_trial", "defaults_value", "best_trial", "best_value", "params",
@@ -40,8 +38,7 @@ BEST_PARAMS_KEYS = (
 def summarize(
     params: Params, data: TuningData, name: str, spec: str, trials: list[FrozenTrial]
 ) -> dict[str, Any]:
-    """The content of ``best_params.json`` (``BEST_PARAMS_KEYS``), then the facts for the
-    reports only."""
+    """``best_params.json``'s content (``BEST_PARAMS_KEYS``), then facts for the reports."""
     epochs = sum(t.user_attrs.get("epochs_run", 0.0) for t in trials)
     return {
         "status": "tuned",
@@ -50,14 +47,13 @@ def summarize(
         "fingerprint": data.fingerprint,
         "metric": data.metric,
         "direction": DIRECTION,
-        "decided_on": "train share",  # or "whole train split": the finalists round
-        "defaults_full_value": None,  # the finalists round's scores (tasks/tuning/finalists.py)
+        "decided_on": "train share",
+        "defaults_full_value": None,
         "finalists": [],
-        # Reports only: a path, and counts that a timeout or a killed worker can change.
         "storage": describe_storage(spec),
         "trials": count_states(trials),
         "trial_epochs": round(epochs, 3),
-        "examples_trained": round(epochs * len(data.train)),  # + the finalists': compute
+        "examples_trained": round(epochs * len(data.train)),
         "train_examples": len(data.train),
         "train_fraction": params.tune.train_fraction,
     }
@@ -66,14 +62,7 @@ def summarize(
 def choose(
     trials: list[FrozenTrial], baseline: float, defaults: dict[str, Any], metric: str
 ) -> dict[str, Any]:
-    """What train uses: the best searched trial only if it beats both the trivial baseline
-    and the trial of params.yaml's own values (same data, same evaluations; ties keep the
-    defaults, then the earlier trial), else params.yaml (``source: defaults``).
-
-    Returns ``source``, ``reason``, ``baseline``, ``defaults_trial``/``defaults_value``,
-    ``best_trial``/``best_value`` (the chosen trial: ``None`` when nothing beat the
-    baseline) and ``params`` (the values that replace train's; empty for the defaults).
-    """
+    """What train uses: the best searched trial above the baseline and defaults (ties: defaults)."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     own = [t for t in complete if is_defaults(t, defaults)]
     base = min(own, key=lambda t: t.number, default=None)
@@ -131,8 +120,8 @@ def write_reports(
             "duration": t.user_attrs.get("duration_s", ""),
             "epochs_run": t.user_attrs.get("epochs_run", ""),
             "retry_of": t.user_attrs.get("retry_of", ""),
-            "role": t.user_attrs.get("role", "search"),  # defaults: params.yaml's values
-            "stopped": t.user_attrs.get("stopped", ""),  # timeout: tune.timeout stopped it
+            "role": t.user_attrs.get("role", "search"),
+            "stopped": t.user_attrs.get("stopped", ""),
         }
         for t in trials
     ]
@@ -148,9 +137,7 @@ def write_reports(
 def _write_plots(
     reports_dir: Path, view: optuna.Study | None, summary: dict[str, Any], names: list[str]
 ) -> dict[str, str]:
-    """The three PNGs (a note in the image where a plot is not possible); returns the notes.
-    Importances are computed over the trials that sampled every dimension (a defaults trial
-    with a value outside the space does not hide that dimension)."""
+    """The three PNGs (a note where a plot is not possible); returns the notes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,8 +178,7 @@ def _write_markdown(
     rows: list[dict[str, Any]],
     notes: dict[str, str],
 ) -> None:
-    """``tune_report.md``: the study and its outcome, the values train uses, the finalists,
-    the trials, the other studies of the prefix and the plots (or why one is missing)."""
+    """``tune_report.md``: the study, its outcome, the trials, other studies, the plots."""
     lines = ["# Hyperparameter search", ""]
     if summary["status"] != "tuned":
         lines += [f"Tuning is **disabled** ({summary['reason']}).", ""]
@@ -210,8 +196,7 @@ def _write_markdown(
 
 
 def _outcome_markdown(params: Params, summary: dict[str, Any], trial_count: int) -> list[str]:
-    """The study, how trials are scored, the values train uses (tuned or the defaults) and
-    the finalists round."""
+    """The study, how trials are scored, the values train uses and the finalists round."""
     lines: list[str] = []
     tune = params.tune
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(summary["trials"].items()))
@@ -266,9 +251,9 @@ def _trials_markdown(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         cells = [_fmt(row[h]) for h in header]
         if row["stopped"] == TIMEOUT:
-            cells[1] = "timed out (FAIL)"  # tune.timeout, not the pruner
+            cells[1] = "timed out (FAIL)"
         elif row["stopped"] == SURPLUS:
-            cells[1] = "surplus, not run (FAIL)"  # a parallel worker was first
+            cells[1] = "surplus, not run (FAIL)"
         if row["role"] == DEFAULTS_ROLE:
             cells[1] += " (defaults)"
         lines.append("| " + " | ".join(cells) + " |")

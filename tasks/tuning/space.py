@@ -44,8 +44,7 @@ def defaults_values(params: Params) -> dict[str, Any]:
 
 
 def _fits(dim: SearchDimension, value: Any) -> bool:
-    """Whether ``value`` is a point of ``dim`` (Optuna would warn about, and TPE mis-model,
-    a fixed value outside its distribution)."""
+    """Whether ``value`` is a point of ``dim`` (TPE mis-models a fixed value outside it)."""
     if dim.type == "categorical":
         return any(type(value) is type(c) and value == c for c in dim.choices or [])
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -58,12 +57,7 @@ def _fits(dim: SearchDimension, value: Any) -> bool:
 
 
 def enqueue_defaults(study: optuna.Study, params: Params) -> bool:
-    """Queue a trial of the ``train`` values themselves unless the study holds one of these
-    values already (finished, running or queued); ``True`` when queued.
-
-    Values inside the space are the trial's fixed parameters (TPE learns from them); one
-    outside it (e.g. ``dropout: null``) stays out of ``trial.params`` and is trained as is.
-    """
+    """Queue a trial of the ``train`` values unless the study has one; ``True`` when queued."""
     values = defaults_values(params)
     present = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
     for trial in study.get_trials(deepcopy=False, states=present):
@@ -76,15 +70,13 @@ def enqueue_defaults(study: optuna.Study, params: Params) -> bool:
 
 
 def is_defaults(trial: FrozenTrial, values: dict[str, Any]) -> bool:
-    """Whether ``trial`` is a defaults trial of these ``train`` values."""
     return trial.user_attrs.get("role") == DEFAULTS_ROLE and (
         trial.user_attrs.get("defaults") == values
     )
 
 
 def suggest_defaults(trial: optuna.Trial, params: Params) -> dict[str, Any]:
-    """The defaults trial's values: its fixed (in-space) parameters recorded through the
-    usual suggest calls, the others as ``train`` has them."""
+    """The defaults trial's values: in-space ones through the suggest calls, others as is."""
     values = defaults_values(params)
     space = params.tune.space
     suggest(trial, {n: space[n] for n, value in values.items() if _fits(space[n], value)})

@@ -1,6 +1,4 @@
-"""Where studies live: Optuna's RDB storage (SQLite on one machine by default, PostgreSQL for
-workers on several) with its heartbeat, and the callback that re-queues a dead worker's
-trial."""
+"""Where studies live: Optuna's RDB storage with its heartbeat, and the dead-worker retry."""
 
 from __future__ import annotations
 
@@ -35,8 +33,7 @@ def describe_storage(spec: str) -> str:
 
 
 class RetryStaleTrial:
-    """Re-queue a trial whose worker died, with the same values (Optuna's
-    ``RetryHeartbeatStaleTrialCallback``), and close its MLflow run as FAILED."""
+    """Re-queue a dead worker's trial with its values; end its MLflow run as FAILED."""
 
     def __init__(self, max_retry: int) -> None:
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
@@ -55,9 +52,7 @@ class RetryStaleTrial:
 
 
 def open_storage(spec: str, params: Params) -> optuna.storages.BaseStorage:
-    """Optuna's RDB storage of a SQLAlchemy URL (SQLite, PostgreSQL, ...) with its own
-    heartbeat: a running trial beats every ``tune.heartbeat_interval`` seconds; one silent
-    for ``tune.grace_period`` is failed and re-queued with the same values."""
+    """Optuna's RDB storage of a SQLAlchemy URL with a heartbeat (stale trials re-queued)."""
     tune = params.tune
     engine: dict[str, Any] = {}
     if spec.startswith("sqlite:"):
@@ -80,10 +75,8 @@ def open_storage(spec: str, params: Params) -> optuna.storages.BaseStorage:
 
 
 def _first_open(open_rdb: Any, tries: int = 3) -> RDBStorage:
-    """``RDBStorage`` on a new database, tried again when another process created the schema
-    at the same moment: Optuna creates its tables (and alembic's) without a lock, so two
-    pipelines starting on one new database (two checkouts, one storage) make one fail on a
-    duplicate table or key; the next try finds the schema in place."""
+    """``RDBStorage``, tried again when another process created the schema at the same moment
+    (gap: Optuna creates its tables without a lock, so one of two fails on a duplicate)."""
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     for attempt in range(tries - 1):

@@ -1,6 +1,4 @@
-"""One Optuna study per configuration: its name, sampler and pruner, joining or creating it
-(with the defaults trial), the loop that runs trials in this process with the surplus rule
-of parallel workers, and the other studies of the same prefix."""
+"""One Optuna study per configuration: name, sampler, pruner, joining it, the trial loop."""
 
 from __future__ import annotations
 
@@ -40,8 +38,7 @@ def make_pruner(params: Params) -> optuna.pruners.BasePruner:
     """``tune.pruner``; steps are evaluation numbers (``evals_per_epoch`` per epoch)."""
     pruner, tune = params.tune.pruner, params.tune
     if pruner.type == "median":
-        # Optuna may prune at step == n_warmup_steps; our steps count from 1, so +1 keeps
-        # the first ``warmup_steps`` evaluations of every trial unpruned, as documented.
+        # Optuna may prune at step == n_warmup_steps and our steps count from 1: +1.
         return optuna.pruners.MedianPruner(
             n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps + 1
         )
@@ -52,7 +49,7 @@ def make_pruner(params: Params) -> optuna.pruners.BasePruner:
     if pruner.type == "hyperband":
         epochs = tune.space.get("epochs")
         most = max(epochs.bounds()) if epochs is not None else params.train.epochs
-        most = AUTO_EPOCHS_RANGE[1] if most == "auto" else most  # at most, by trial size
+        most = AUTO_EPOCHS_RANGE[1] if most == "auto" else most
         return optuna.pruners.HyperbandPruner(
             min_resource=pruner.min_resource,
             max_resource=max(int(most) * tune.evals_per_epoch, pruner.min_resource + 1),
@@ -62,8 +59,7 @@ def make_pruner(params: Params) -> optuna.pruners.BasePruner:
 
 
 def study_progress(study: optuna.Study) -> tuple[int, int, bool]:
-    """Finished (complete or pruned) and running trials of every process, and whether a
-    defaults trial is queued."""
+    """(finished, running) trials of every process, and whether a defaults trial is queued."""
     finished = running = 0
     defaults_queued = False
     for trial in study.get_trials(deepcopy=False):
@@ -75,23 +71,15 @@ def study_progress(study: optuna.Study) -> tuple[int, int, bool]:
 
 
 def run_trials(params: Params, study: optuna.Study, objective: Any) -> int:
-    """Run trials of ``objective`` in this process, one at a time, until the study holds
-    ``tune.n_trials`` finished (complete or pruned) trials of every process; return how many
-    ran here.
-
-    Surplus rule (parallel workers): no trial starts while finished + running trials reach
-    ``n_trials`` (a queued defaults trial always runs); this process then waits for the
-    running ones, failing and re-queuing those whose worker stopped beating (Optuna's
-    ``fail_stale_trials``), and runs the retries. After the objective's ``deadline``
-    (``time.monotonic()``) no trial starts and a running one stops (failed, ``stopped:
-    timeout``). A trial that raises is recorded as FAIL and the search goes on (up to
-    ``n_trials`` failures in this process: a broken objective must not loop forever); a
-    pruned one as PRUNED.
-    """
+    """Run trials of ``objective`` here, one at a time, until the study holds ``tune.n_trials``
+    finished trials of every process; return how many ran here. No trial starts while
+    finished + running reach ``n_trials`` (a queued defaults trial always runs): then wait,
+    failing stale trials for re-queuing. After the objective's ``deadline`` no trial starts.
+    A trial that raises is FAIL and the search goes on, up to ``n_trials`` failures here."""
     deadline = objective.deadline
     target = params.tune.n_trials
-    callbacks = [TrialProgress(target or 0)]  # trial i/n, best so far, pruned
-    quiet_optuna()  # instead of Optuna's [I ...] lines
+    callbacks = [TrialProgress(target or 0)]
+    quiet_optuna()
     ran = failed = 0
     while True:
         out_of_time = deadline is not None and time.monotonic() >= deadline
@@ -106,17 +94,17 @@ def run_trials(params: Params, study: optuna.Study, objective: Any) -> int:
         if target is not None and finished + running >= target and not defaults_queued:
             if out_of_time:
                 break
-            with warnings.catch_warnings():  # the missing trials run elsewhere: wait
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
             time.sleep(min(params.tune.heartbeat_interval, 5))
             continue
         with warnings.catch_warnings():  # no optimize timeout: 0 s left would start no trial
-            warnings.simplefilter("ignore", ExperimentalWarning)  # (the objective keeps time)
+            warnings.simplefilter("ignore", ExperimentalWarning)
             study.optimize(
                 objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True
             )
-        last = study.get_trials(deepcopy=False)  # this process's trial: the latest it ran
+        last = study.get_trials(deepcopy=False)
         mine = [t for t in last if t.user_attrs.get("worker_pid") == os.getpid()]
         if mine and max(mine, key=lambda t: t.number).state == TrialState.FAIL:
             failed += max(mine, key=lambda t: t.number).user_attrs.get("stopped") != SURPLUS
@@ -132,13 +120,7 @@ def study_name(params: Params, fingerprint: str) -> str:
 def join_study(
     params: Params, storage: optuna.storages.BaseStorage, name: str, stage: bool
 ) -> tuple[optuna.Study, bool]:
-    """Create the study ``name`` or join it (another process may have created it); return it
-    and whether a defaults trial was queued.
-
-    The defaults trial is queued by the process that created the study (creation is atomic
-    in the storage, so parallel workers queue it once) and, in an existing study that has
-    trials, by the stage only (``train`` values changed since: a new defaults trial).
-    """
+    """Create or join study ``name``; return it and whether a defaults trial was queued."""
     kwargs = {"study_name": name, "storage": storage, "pruner": make_pruner(params)}
     try:
         study = optuna.create_study(direction=DIRECTION, **kwargs)
@@ -154,9 +136,7 @@ def join_study(
 def other_studies(
     storage: optuna.storages.BaseStorage, prefix: str, current: str
 ) -> list[dict[str, Any]]:
-    """The studies of other configurations under the same ``tune.study_name`` prefix in the
-    storage (and a study named just ``prefix``, from before one study per configuration):
-    name, number of trials, best value and first start, most recent first."""
+    """The other studies of ``prefix`` in the storage, most recent first."""
     pattern = re.compile(rf"{re.escape(prefix)}(-[0-9a-f]{{{FINGERPRINT_CHARS}}})?")
     found = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
@@ -177,9 +157,7 @@ def other_studies(
 
 
 def is_surplus(trial: optuna.Trial, n_trials: int | None) -> bool:
-    """Whether ``n_trials`` finished or running trials numbered before this one exist (two
-    workers started the last missing trial at once: this one is failed before training, so
-    the study ends with exactly ``n_trials``); the defaults trial always runs."""
+    """Whether ``n_trials`` finished or running trials precede this one (not the defaults)."""
     if n_trials is None or trial.user_attrs.get("role") == DEFAULTS_ROLE:
         return False
     counted = (*FINISHED, TrialState.RUNNING)
@@ -188,7 +166,6 @@ def is_surplus(trial: optuna.Trial, n_trials: int | None) -> bool:
 
 
 def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
-    """Trials by state name."""
     counts: dict[str, int] = {}
     for trial in trials:
         counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
