@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +291,8 @@ def end_execution(project: Path, execution: str, returncode: int) -> None:
 
 
 SYSTEM_METRICS_STAGES = ("train", "tune")
+# Stages that run a model: their runs carry the ``device`` tag (finding it imports torch).
+MODEL_STAGES = ("tune", "train", "evaluate", "register")
 
 
 def system_metrics(params: Params, stage: str) -> bool:
@@ -349,7 +352,8 @@ def _start_stage_run(
         client = mlflow.MlflowClient()
         if client.get_run(parent).info.status != "RUNNING":  # a retried or resumed execution
             client.update_run(parent, status="RUNNING")
-        tags = {PIPELINE_TAG: execution, STAGE_TAG: stage, **lineage_tags(project)}
+        lineage = lineage_tags(project, device=stage in MODEL_STAGES)
+        tags = {PIPELINE_TAG: execution, STAGE_TAG: stage, **lineage}
         run = mlflow.start_run(
             run_name=stage,
             parent_run_id=parent,
@@ -442,16 +446,12 @@ def mlflow_names(values: dict[str, Any]) -> dict[str, Any]:
     return safe
 
 
-def lineage_tags(project: Path = PROJECT_ROOT) -> dict[str, str]:
-    """Git commit and dirtiness, DVC data hashes, Prefect flow run, device and versions."""
-    import torch
-    import transformers
-
-    tags = {
-        "torch.version": torch.__version__,
-        "transformers.version": transformers.__version__,
-        "device": device_name(),
-    }
+def lineage_tags(project: Path = PROJECT_ROOT, device: bool = True) -> dict[str, str]:
+    """Git commit and dirtiness, DVC data hashes, Prefect flow run, versions, and the compute
+    device unless ``device`` is off (a stage that runs no model: torch is not imported)."""
+    tags = {"torch.version": version("torch"), "transformers.version": version("transformers")}
+    if device:
+        tags["device"] = device_name()
     tags |= git_state(project)
     tags |= {f"dvc.{path}": digest for path, digest in dvc_hashes(project).items()}
     flow_run = os.environ.get("PIPELINE_FLOW_RUN_ID")

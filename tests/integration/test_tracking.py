@@ -3,7 +3,10 @@ error; the pipeline's parent run spans the whole execution and says how it ended
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +154,19 @@ def test_train_and_tune_runs_sample_system_metrics(tmp_path, monkeypatch):
     assert len(samples) >= 2 and all(0 <= s.value <= 100 * 64 for s in samples)
     assert "system/system_memory_usage_megabytes" in runs["train"].data.metrics
     assert not [m for m in runs["tokenize"].data.metrics if m.startswith("system/")]
+
+
+def test_only_model_stages_find_the_device_and_others_never_import_torch():
+    """Lineage tags name the versions from package metadata; the device (which needs torch)
+    only where a stage runs a model, so validate, tokenize and report start without torch."""
+    script = (
+        "import sys, json; from tasks.core import tracking; "
+        "tags = tracking.lineage_tags(device=False); "
+        "print(json.dumps(['torch' in sys.modules, sorted(tags)]))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    torch_loaded, keys = json.loads(done.stdout.splitlines()[-1])
+    assert not torch_loaded and "device" not in keys and "torch.version" in keys
+    with_device = tracking.lineage_tags(ROOT)
+    assert with_device["device"].startswith(("cpu: ", "cuda: "))
+    assert set(tracking.MODEL_STAGES) == {"tune", "train", "evaluate", "register"}
