@@ -46,6 +46,9 @@ def state_variables(root: Path = PROJECT_ROOT) -> dict[str, str]:
         "PGPASSFILE": str(state / "pgpass"),
         # a PostgreSQL server that does not answer fails a stage instead of hanging it
         "PGCONNECT_TIMEOUT": "10",
+        # `finetune run --flow` starts a temporary Prefect server; Prefect's 20 s start limit
+        # failed the flow on a loaded machine (a training beside the test suite)
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     }
 
 

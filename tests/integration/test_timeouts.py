@@ -44,3 +44,21 @@ def test_a_silent_database_fails_within_the_connect_timeout(tmp_path):
         silent.close()
     assert done.returncode == 3, done.stderr[-2000:]
     assert "timeout expired" in done.stdout, done.stdout
+
+
+def test_the_flows_temporary_prefect_server_gets_two_minutes_to_start():
+    """`finetune run --flow` starts Prefect's temporary server: the project's 120 s start
+    limit replaces Prefect's 20 s (which failed flows on a loaded machine); a user's own
+    setting wins."""
+    script = (
+        "import tasks; from prefect.settings import "
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as limit; print(limit.value())"
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_EPH")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert done.stdout.split()[-1] == "120"
+    environment["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "300"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert done.stdout.split()[-1] == "300"
