@@ -33,7 +33,7 @@ from tasks.core.data.splitting import (
 )
 from tasks.core.errors import StageError
 from tasks.core.io import staged_files, write_atomic
-from tasks.core.paths import DEFAULT_PARAMS, PREPARED_DIR, RAW_DIR
+from tasks.core.paths import DEFAULT_PARAMS, PREPARED_DIR, RAW_DIR, project_relative
 
 log = logging.getLogger(__name__)
 app = typer.Typer(add_completion=False, help=user_help(__doc__))
@@ -52,7 +52,8 @@ def load_source(params: Params, raw_dir: Path) -> tuple[dict[str, pd.DataFrame],
     if data.builtin is not None:
         spec = BUILTINS[data.builtin]
         frame = read_builtin(data.builtin, raw_dir)  # the wheel's sha256 is checked there
-        return {"all": frame}, [{"path": str(raw_dir / spec.wheel), "sha256": spec.sha256}]
+        wheel = project_relative(raw_dir / spec.wheel)
+        return {"all": frame}, [{"path": wheel, "sha256": spec.sha256}]
     frames, inputs = {}, []
     for split, path in data.source.files().items():
         frames[split] = read_user_file(path, data, params.task)

@@ -24,3 +24,11 @@ PREPARED_DIR = PROJECT_ROOT / PREPARED
 TOKENIZED_DIR = PROJECT_ROOT / TOKENIZED
 MODEL_DIR = PROJECT_ROOT / MODEL
 REPORTS_DIR = PROJECT_ROOT / REPORTS
+
+
+def project_relative(path: Path) -> str:
+    """``path`` as outputs record it: relative to the project root when inside it (the same in
+    every checkout, as DVC's contract wants), else as given."""
+    path = Path(path)
+    inside = path.is_absolute() and path.is_relative_to(PROJECT_ROOT)
+    return path.relative_to(PROJECT_ROOT).as_posix() if inside else path.as_posix()

@@ -15,6 +15,8 @@ def test_repro_validate_then_noop_then_only_changed_stages(project_copy):
     assert "Running stage 'validate'" in first.stdout
     summary = json.loads((project_copy / "data/prepared/summary.json").read_text())
     assert summary["source"] == "rotten_tomatoes"
+    (source,) = summary["inputs"]  # recorded as in every checkout: no absolute path
+    assert source["path"].startswith("data/raw/") and source["path"].endswith(".whl")
     assert {s["examples"] for s in summary["splits"].values()} == {300}
     report = json.loads((project_copy / "reports/validation.json").read_text())
     assert report["success"] is True
