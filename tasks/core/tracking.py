@@ -184,7 +184,9 @@ def parent_run_id(
     found = find_parent(experiment_id, execution)
     if found is not None:
         return found
-    tags = lineage_tags(project)
+    # The device is each model stage's own tag: finding it here would import torch (about
+    # 2 s) in whichever stage opens the parent run first, usually tokenize.
+    tags = lineage_tags(project, device=False)
     run = client.create_run(
         experiment_id,
         run_name=pipeline_run_name(project, tags.get("git.commit", "")),

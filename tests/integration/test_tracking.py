@@ -80,6 +80,9 @@ def test_runs_are_live_and_the_parent_spans_the_execution(tmp_path, monkeypatch)
     assert "exec-ok" not in parent.info.run_name
     commit = parent.data.tags["git.commit"]
     assert parent.info.run_name.split()[-1] == commit[:7]
+    # The device is a model stage's tag: the stage that opens the parent needs no torch for it.
+    assert "device" not in parent.data.tags and "device" not in runs["tokenize"].data.tags
+    assert all("device" in runs[s].data.tags for s in tracking.MODEL_STAGES if s in STAGES)
     import mlflow
 
     experiment = mlflow.get_experiment(parent.info.experiment_id)
