@@ -40,7 +40,10 @@ def main() -> None:
     from speed.training import train_product
 
     import tasks  # noqa: F401 - offline, state inside the tree
-    from tasks.core.pretrained.model import quiet_transformers
+    try:
+        from tasks.core.pretrained.model import quiet_transformers
+    except ImportError:  # a tree from before tasks/core's packages
+        from tasks.core.model import quiet_transformers
 
     quiet_transformers()
     if args.cpu_time:  # the window's clock (speed.clock's Clock callback) counts CPU seconds
