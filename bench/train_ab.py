@@ -40,6 +40,7 @@ def main() -> None:
     from speed.training import train_product
 
     import tasks  # noqa: F401 - offline, state inside the tree
+
     try:
         from tasks.core.pretrained.model import quiet_transformers
     except ImportError:  # a tree from before tasks/core's packages
