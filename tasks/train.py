@@ -101,9 +101,10 @@ class LiveMetrics(TrainerCallback):
     transformers' ``MLflowCallback`` also logs ~150 params per run and starts its own run."""
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
-        import mlflow
-
-        if mlflow.active_run() is None or not logs:
+        # Never imports MLflow itself: without it imported there is no active run, and its
+        # import (about 1 s) inside the loop was the whole A/B gap of bench/RESULTS.md.
+        mlflow = sys.modules.get("mlflow")
+        if mlflow is None or mlflow.active_run() is None or not logs:
             return
         if "loss" in logs:
             names = ("loss", "learning_rate", "grad_norm")

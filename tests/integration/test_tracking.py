@@ -173,3 +173,17 @@ def test_only_model_stages_find_the_device_and_others_never_import_torch():
     with_device = tracking.lineage_tags(ROOT)
     assert with_device["device"].startswith(("cpu: ", "cuda: "))
     assert set(tracking.MODEL_STAGES) == {"tune", "train", "evaluate", "register"}
+
+
+def test_live_metrics_without_a_run_never_import_mlflow_inside_the_training_loop():
+    """Tune trials, benchmarks and tests train without an MLflow run: the live-metrics
+    callback must then cost nothing, not MLflow's import (about 1 s) at the first log."""
+    script = (
+        "import sys, types; from tasks.train import LiveMetrics; "
+        "state = types.SimpleNamespace(global_step=10); "
+        "LiveMetrics().on_log(None, state, None, logs={'loss': 1.0, 'learning_rate': 1e-5}); "
+        "print('mlflow' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "False"
