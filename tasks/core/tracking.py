@@ -237,8 +237,15 @@ def last_stage(project: Path = PROJECT_ROOT) -> str | None:
     path = project / "dvc.yaml"
     if not path.exists():
         return None
-    stages = list((yaml.safe_load(path.read_text()) or {}).get("stages", {}))
+    stages = list(_read_dvc_file(path).get("stages", {}))
     return stages[-1] if stages else None
+
+
+def _read_dvc_file(path: Path) -> dict[str, Any]:
+    """``dvc.yaml`` or ``dvc.lock`` (written by DVC, never by hand) through libyaml's C loader
+    where PyYAML has it: every stage reads them at start and end, and the pure-Python loader
+    took 8x longer on a full pipeline's lock (bench/RESULTS.md, "stage start-up")."""
+    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
 
 
 def describe_error(exc: BaseException) -> str:
@@ -498,7 +505,7 @@ def dvc_hashes(project: Path = PROJECT_ROOT) -> dict[str, str]:
     lock = project / "dvc.lock"
     if not lock.exists():
         return {}
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    stages = _read_dvc_file(lock).get("stages", {})
     hashes = {}
     for stage in stages.values():
         for out in stage.get("outs", []):
